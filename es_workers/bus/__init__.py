@@ -1,0 +1,4 @@
+from .base import EventBus, NotifyingEventBus
+from .memory import InMemoryEventBus
+
+__all__ = ["EventBus", "InMemoryEventBus", "NotifyingEventBus"]

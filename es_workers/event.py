@@ -1,0 +1,86 @@
+"""Content (what happened, defined by the application) and Event (content plus metadata)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
+
+from pydantic import BaseModel
+
+from .errors import InvalidNameError
+
+
+class Content(BaseModel):
+    """The application's data of one event. Subclass it per kind of event.
+
+    The event name stored with the data is the class variable `event_name`, by default the
+    class name. Renaming a class therefore needs `event_name` set to the old name, or an
+    upgrade.
+    """
+
+    event_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "event_name" not in cls.__dict__:
+            cls.event_name = cls.__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One business event of one entity, as stored.
+
+    `event_number` is 1-based and gap-free within an entity. `store_event_id` is a UUIDv7
+    assigned at write time; `store_entity_id` is the `store_event_id` of the entity's first
+    event, so entities sort by creation time.
+    """
+
+    entity_id: str
+    entity_type: str
+    event_number: int
+    event_time: datetime
+    content: Content
+    store_event_id: str
+    store_entity_id: str
+
+
+@runtime_checkable
+class HandlerObject(Protocol):
+    def handle(self, event: Event) -> None: ...
+
+
+Handler: TypeAlias = Callable[[Event], Any] | HandlerObject
+
+
+def as_callable(handler: Handler) -> Callable[[Event], Any]:
+    """Turns a handler (callable, or object with `.handle`) into a callable."""
+    if isinstance(handler, HandlerObject):
+        return handler.handle
+    if callable(handler):
+        return handler
+    raise TypeError(f"a handler must be callable or have .handle(event), got {handler!r}")
+
+
+_ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+_ENTITY_ID = re.compile(r"[!-~]{1,200}")  # printable ASCII, no spaces
+
+
+def check_entity_type(entity_type: object) -> str:
+    if not isinstance(entity_type, str) or not _ENTITY_TYPE.fullmatch(entity_type):
+        raise InvalidNameError(
+            f"invalid entity type {entity_type!r}: use a letter followed by up to 99 letters, "
+            "digits, '_', '.' or '-'"
+        )
+    return entity_type
+
+
+def check_entity_id(entity_id: object) -> str:
+    if not isinstance(entity_id, str) or not _ENTITY_ID.fullmatch(entity_id):
+        raise InvalidNameError(
+            f"invalid entity ID {entity_id!r}: use 1 to 200 printable ASCII characters "
+            "without spaces"
+        )
+    return entity_id

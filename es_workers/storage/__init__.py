@@ -1,0 +1,5 @@
+from .base import Storage
+from .memory import InMemoryStorage
+from .redis import RedisStorage
+
+__all__ = ["InMemoryStorage", "RedisStorage", "Storage"]

@@ -1,0 +1,61 @@
+-- append.lua: optimistic, atomic append of a batch of events to one entity stream.
+--
+-- KEYS[1] entity stream   {tag}:stream:<type>:<id>   stream IDs are "<event number>-0"
+-- KEYS[2] heads           {tag}:heads:<type>         hash entity ID -> position
+-- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
+-- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
+-- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
+-- then per event: name, JSON data, event time (microseconds), store_event_id.
+--
+-- Returns {0, new position} when appended, {1, position} when the same events (same
+-- store_event_ids) were already appended there (a retried write), {2, actual position}
+-- on a conflict. A Lua error does not undo earlier writes, so every check comes first.
+
+local stream, heads, index, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local expected = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
+
+-- The position is the stream's last generated ID: it survives trimming, unlike XLEN.
+local position = 0
+if redis.call('EXISTS', stream) == 1 then
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      position = tonumber(string.match(info[i + 1], '^(%d+)'))
+      break
+    end
+  end
+end
+
+local function event_id_at(number)
+  local entries = redis.call('XRANGE', stream, number .. '-0', number .. '-0')
+  if #entries == 0 then return nil end
+  local fields = entries[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then return fields[i + 1] end
+  end
+  return nil
+end
+
+if position ~= expected then
+  if position >= expected + count and expected >= 0
+      and event_id_at(expected + 1) == ARGV[8]
+      and event_id_at(expected + count) == ARGV[4 + 4 * count] then
+    return {1, expected + count}
+  end
+  return {2, position}
+end
+
+for i = 0, count - 1 do
+  local arg = 5 + 4 * i
+  redis.call('XADD', stream, (expected + i + 1) .. '-0',
+    'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
+end
+local new_position = expected + count
+redis.call('HSET', heads, ARGV[2], new_position)
+if expected == 0 then
+  redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
+end
+redis.call('XADD', outbox, '*', 'type', ARGV[1], 'id', ARGV[2],
+  'first', expected + 1, 'last', new_position)
+return {0, new_position}

@@ -1,0 +1,126 @@
+"""InMemoryStorage: a Storage for tests and single-process use. Nothing survives the process."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ..errors import ConcurrencyError
+from ..event import Content, Event, check_entity_id, check_entity_type
+from .registry import ContentRegistry
+
+if TYPE_CHECKING:
+    from ..bus.base import EventBus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    name: str
+    data: str
+    event_time: datetime
+    store_event_id: str
+
+
+class InMemoryStorage:
+    """Keeps encoded events in a dict, so decoding behaves as with Redis."""
+
+    def __init__(self) -> None:
+        self.registry = ContentRegistry()
+        self._lock = threading.Lock()
+        self._streams: dict[tuple[str, str], list[_Record]] = {}
+        self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
+        self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        self.registry.register(entity_type, *content_types)
+
+    def entity_types(self) -> list[str]:
+        return self.registry.entity_types()
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        with self._lock:
+            records = list(self._streams.get((entity_type, entity_id), ()))
+        if not records:
+            return
+        store_entity_id = records[0].store_event_id
+        for number, record in enumerate(records[after:], start=after + 1):
+            content = self.registry.decode(
+                key=f"memory:{entity_type}:{entity_id}",
+                entity_type=entity_type,
+                entity_id=entity_id,
+                event_number=number,
+                name=record.name,
+                data=record.data,
+            )
+            yield Event(
+                entity_id=entity_id,
+                entity_type=entity_type,
+                event_number=number,
+                event_time=record.event_time,
+                content=content,
+                store_event_id=record.store_event_id,
+                store_entity_id=store_entity_id,
+            )
+
+    def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        check_entity_type(entity_type)
+        entity_id = check_entity_id(events[0].entity_id)
+        encoded = [self.registry.encode(entity_type, event.content) for event in events]
+        expected = events[0].event_number - 1
+        with self._lock:
+            records = self._streams.setdefault((entity_type, entity_id), [])
+            if len(records) != expected:
+                done = records[expected : expected + len(events)]
+                if [r.store_event_id for r in done] == [e.store_event_id for e in events]:
+                    return  # a retry of a write that was stored
+                raise ConcurrencyError(entity_type, entity_id, expected, len(records))
+            for event, (name, data) in zip(events, encoded, strict=True):
+                records.append(_Record(name, data, event.event_time, event.store_event_id))
+            if expected == 0:
+                self._order.setdefault(entity_type, []).append(
+                    (events[0].store_event_id, entity_id)
+                )
+                self._order[entity_type].sort()
+        self._published.put((entity_type, entity_id, expected + 1, expected + len(events)))
+
+    def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        check_entity_type(entity_type)
+        with self._lock:
+            order = [item for item in self._order.get(entity_type, []) if after is None
+                     or item[0] > after]
+        page = order[:limit]
+        token = page[-1][0] if len(order) > limit else None
+        return [entity_id for _, entity_id in page], token
+
+    def start_publish(self, bus: EventBus, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                entity_type, entity_id, first, last = self._published.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            events = [
+                event
+                for event in self.read(entity_type, entity_id, first - 1)
+                if event.event_number <= last
+            ]
+            try:
+                bus.write(entity_type, events)
+            except Exception:
+                log.exception("publishing %s %r events %d..%d failed", entity_type, entity_id,
+                              first, last)
+
+    def close(self) -> None:
+        pass

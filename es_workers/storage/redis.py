@@ -1,0 +1,227 @@
+"""RedisStorage: entity streams in Redis Streams, appended by one Lua script."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
+from ..event import Content, Event, check_entity_id, check_entity_type
+from .keys import RedisKeys
+from .registry import ContentRegistry
+
+if TYPE_CHECKING:
+    from ..bus.base import EventBus
+    from ..publisher import PublisherOptions
+
+DEFAULT_PARTITIONS = 16
+_READ_PAGE = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+_APPEND_LUA = resources.files(__package__).joinpath("append.lua").read_text()
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStorage:
+    """Stores each entity as a Redis Stream whose entry IDs are the event numbers.
+
+    `client` is a `redis.Redis` (a real server or fakeredis). `partitions` is fixed per
+    prefix: the first RedisStorage to use a prefix records it in Redis, later ones read it
+    (passing a different number is a ConfigurationError, since it would move entities).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "es",
+        partitions: int | None = None,
+        publisher: PublisherOptions | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = self._open_keys(client, prefix, partitions)
+        self.registry = ContentRegistry()
+        self.publisher_options = publisher
+        self._append = client.register_script(_APPEND_LUA)
+
+    @staticmethod
+    def _open_keys(client: redis.Redis, prefix: str, partitions: int | None) -> RedisKeys:
+        wanted = DEFAULT_PARTITIONS if partitions is None else partitions
+        keys = RedisKeys(prefix, wanted)  # validates before anything is written
+        client.hsetnx(keys.meta(), "partitions", wanted)
+        stored = client.hget(keys.meta(), "partitions")
+        if stored is None or not text(stored).isdigit():
+            raise ConfigurationError(f"{keys.meta()!r} holds no valid 'partitions': {stored!r}")
+        actual = int(text(stored))
+        if partitions is not None and actual != partitions:
+            raise ConfigurationError(
+                f"prefix {prefix!r} was created with {actual} partitions, not {partitions}; "
+                "the number of partitions cannot change (it decides where entities live)"
+            )
+        return RedisKeys(prefix, actual)
+
+    @property
+    def partitions(self) -> int:
+        return self.keys.partitions
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        self.registry.register(entity_type, *content_types)
+
+    def entity_types(self) -> list[str]:
+        return self.registry.entity_types()
+
+    def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        check_entity_type(entity_type)
+        entity_id = check_entity_id(events[0].entity_id)
+        expected = events[0].event_number - 1
+        args: list[Any] = [entity_type, entity_id, expected, len(events)]
+        for offset, event in enumerate(events):
+            if event.entity_id != entity_id or event.event_number != expected + 1 + offset:
+                raise ValueError("a write holds events of one entity with consecutive numbers")
+            name, data = self.registry.encode(entity_type, event.content)
+            micros = (event.event_time - EPOCH) // MICROSECOND
+            args += (name, data, micros, event.store_event_id)
+        partition = self.keys.partition(entity_type, entity_id)
+        keys = [
+            self.keys.stream(entity_type, entity_id),
+            self.keys.heads(entity_type, partition),
+            self.keys.index(entity_type, partition),
+            self.keys.outbox(partition),
+        ]
+        # redis-py retries a command whose connection failed; the script then finds the
+        # same store_event_ids in place and answers 1, so a lost reply never duplicates.
+        status, position = self._append(keys=keys, args=args)
+        if status == 2:
+            raise ConcurrencyError(entity_type, entity_id, expected, int(position))
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        key = self.keys.stream(entity_type, entity_id)
+        store_entity_id: str | None = None
+        start = f"{after + 1}-0"
+        while True:
+            if store_entity_id is None and start != "1-0":
+                pipe = self.client.pipeline(transaction=False)
+                pipe.xrange(key, "1-0", "1-0")
+                pipe.xrange(key, start, "+", count=_READ_PAGE)
+                first, entries = pipe.execute()
+                if first:
+                    store_entity_id = self._field(key, first[0], "e", entity_type, entity_id)
+            else:
+                entries = self.client.xrange(key, start, "+", count=_READ_PAGE)
+            for entry in entries:
+                event = self._decode(key, entity_type, entity_id, entry, store_entity_id)
+                store_entity_id = event.store_entity_id
+                yield event
+            if len(entries) < _READ_PAGE:
+                return
+            start = f"{event.event_number + 1}-0"
+
+    def _field(
+        self, key: str, entry: Any, field: str, entity_type: str, entity_id: str
+    ) -> str:
+        value = entry[1].get(field) if isinstance(entry[1], dict) else None
+        if value is None:
+            value = entry[1].get(field.encode()) if isinstance(entry[1], dict) else None
+        if value is None:
+            raise CorruptEventError(
+                f"stored event lacks field {field!r}",
+                key=key,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                event_number=self._number(key, entry[0], entity_type, entity_id),
+            )
+        return text(value)
+
+    @staticmethod
+    def _number(key: str, entry_id: bytes | str, entity_type: str, entity_id: str) -> int:
+        number, _, sequence = text(entry_id).partition("-")
+        if not number.isdigit() or sequence != "0":
+            raise CorruptEventError(
+                f"stream entry ID {text(entry_id)!r} is not '<event number>-0'",
+                key=key, entity_type=entity_type, entity_id=entity_id, event_number=0,
+            )
+        return int(number)
+
+    def _decode(
+        self,
+        key: str,
+        entity_type: str,
+        entity_id: str,
+        entry: Any,
+        store_entity_id: str | None,
+    ) -> Event:
+        number = self._number(key, entry[0], entity_type, entity_id)
+        fields = {text(name): value for name, value in entry[1].items()}
+        try:
+            name, data = text(fields["n"]), fields["d"]
+            micros = int(fields["t"])
+            store_event_id = text(fields["e"])
+        except (KeyError, ValueError) as error:
+            raise CorruptEventError(
+                f"stored event lacks or mangles field {error}",
+                key=key, entity_type=entity_type, entity_id=entity_id, event_number=number,
+            ) from error
+        content = self.registry.decode(
+            key=key,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            event_number=number,
+            name=name,
+            data=data,
+        )
+        return Event(
+            entity_id=entity_id,
+            entity_type=entity_type,
+            event_number=number,
+            event_time=EPOCH + timedelta(microseconds=micros),
+            content=content,
+            store_event_id=store_event_id,
+            store_entity_id=store_entity_id if number != 1 else store_event_id,
+        )
+
+    def position(self, entity_type: str, entity_id: str) -> int:
+        """The entity's last event number (0 when it has none)."""
+        partition = self.keys.partition(entity_type, entity_id)
+        value = self.client.hget(self.keys.heads(entity_type, partition), entity_id)
+        return int(value) if value is not None else 0
+
+    def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        check_entity_type(entity_type)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        # The token is the store_entity_id of the page's last entity; members are
+        # "<store_entity_id><entity ID>", so "(" + token + "\xff" starts after that entity.
+        start = "-" if after is None else f"({after}\xff"
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.zrangebylex(self.keys.index(entity_type, partition), start, "+", 0, limit + 1)
+        merged = heapq.merge(*(map(text, page) for page in pipe.execute()))
+        members = [member for _, member in zip(range(limit + 1), merged, strict=False)]
+        page = members[:limit]
+        token = page[-1][:36] if len(members) > limit else None
+        return [member[36:] for member in page], token
+
+    def start_publish(self, bus: EventBus, stop: threading.Event) -> None:
+        from ..publisher import Publisher
+
+        Publisher(self, bus, self.publisher_options).run(stop)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,84 @@
+"""Which Content classes an entity type may hold, and how they are encoded."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from ..errors import InvalidPayloadError, NotRegisteredError, UnknownEventError
+from ..event import Content, check_entity_type
+
+
+class ContentRegistry:
+    """Maps (entity type, event name) to a Content class; shared by the storages."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, dict[str, type[Content]]] = {}
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        check_entity_type(entity_type)
+        names = self._types.setdefault(entity_type, {})
+        for content_type in content_types:
+            if not (isinstance(content_type, type) and issubclass(content_type, Content)):
+                raise NotRegisteredError(
+                    f"cannot register {content_type!r} for {entity_type!r}: "
+                    "events must be es_workers.Content subclasses"
+                )
+            name = content_type.event_name
+            known = names.get(name)
+            if known is not None and known is not content_type:
+                raise NotRegisteredError(
+                    f"event name {name!r} of {entity_type!r} is taken by {known.__qualname__}; "
+                    f"set a different event_name on {content_type.__qualname__}"
+                )
+            names[name] = content_type
+
+    def entity_types(self) -> list[str]:
+        return sorted(self._types)
+
+    def content_types(self, entity_type: str) -> list[type[Content]]:
+        return list(self._types.get(entity_type, {}).values())
+
+    def encode(self, entity_type: str, content: object) -> tuple[str, str]:
+        """Returns (event name, JSON); refuses content the type cannot read back."""
+        if not isinstance(content, Content):
+            raise NotRegisteredError(
+                f"cannot write {content!r} to {entity_type!r}: events must be "
+                "es_workers.Content instances"
+            )
+        cls = type(content)
+        if self._types.get(entity_type, {}).get(cls.event_name) is not cls:
+            raise NotRegisteredError(
+                f"{cls.__qualname__} (event name {cls.event_name!r}) is not registered for "
+                f"{entity_type!r}; add it to Store(events={{{entity_type!r}: [...]}})"
+            )
+        return cls.event_name, content.model_dump_json()
+
+    def decode(
+        self,
+        *,
+        key: str,
+        entity_type: str,
+        entity_id: str,
+        event_number: int,
+        name: str,
+        data: str | bytes,
+    ) -> Content:
+        cls = self._types.get(entity_type, {}).get(name)
+        if cls is None:
+            raise UnknownEventError(
+                name=name,
+                key=key,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                event_number=event_number,
+            )
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as error:
+            raise InvalidPayloadError(
+                f"stored {name!r} payload does not validate: {error}",
+                key=key,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                event_number=event_number,
+            ) from error

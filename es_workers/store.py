@@ -1,0 +1,151 @@
+"""Store: opens entity streams, projects them, and publishes new events to subscribers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+from .bus.base import EventBus, NotifyingEventBus
+from .bus.memory import InMemoryEventBus
+from .event import Content, Event, Handler, check_entity_id, check_entity_type
+from .storage.base import Storage
+from .stream import Stream
+from .upgrade import EventUpgrade, apply_upgrades
+
+H = TypeVar("H", bound=Handler)
+
+
+class Store:
+    """The entry point: `Store(storage, bus=..., events={...}, upgrades={...})`.
+
+    `events` maps each entity type to the Content classes it may hold; they are registered
+    with the storage at once, so reading and writing work without `start()`. `upgrades`
+    maps entity types to upgrades applied, in order, on read and on delivery.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        bus: EventBus | None = None,
+        events: Mapping[str, Iterable[type[Content]]] | None = None,
+        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.storage = storage
+        self.bus: EventBus = bus if bus is not None else InMemoryEventBus()
+        self.log = logger or logging.getLogger("es_workers")
+        for entity_type, content_types in (events or {}).items():
+            storage.register(entity_type, *content_types)
+        self._upgrades: dict[str, list[EventUpgrade]] = {}
+        for entity_type, chain in (upgrades or {}).items():
+            check_entity_type(entity_type)
+            for upgrade in chain:
+                if not callable(upgrade):
+                    raise TypeError(f"upgrade {upgrade!r} for {entity_type!r} is not callable")
+            self._upgrades[entity_type] = list(chain)
+        self._stop = threading.Event()
+        if isinstance(self.bus, NotifyingEventBus):
+            self.bus.bind(self)
+
+    def open(self, entity_type: str, entity_id: str) -> Stream:
+        """A stream of the entity from its first event. Use it as a context manager."""
+        return self.open_from(entity_type, entity_id, 0)
+
+    def open_from(self, entity_type: str, entity_id: str, event_number: int) -> Stream:
+        """A stream whose first event read is `event_number + 1`.
+
+        It must be read before it is written to.
+        """
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        if not isinstance(event_number, int) or event_number < 0:
+            raise ValueError(f"event_number must be an int >= 0, got {event_number!r}")
+        return Stream(self, entity_type, entity_id, event_number)
+
+    def project(self, entity_type: str, entity_id: str, handler: Handler) -> None:
+        """Calls the handler with every event of the entity, upgraded, in order."""
+        with self.open(entity_type, entity_id) as stream:
+            stream.project(handler)
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """Events of the entity after `after`, upgraded: what subscribers are handed."""
+        events = self.storage.read(entity_type, entity_id, after)
+        return apply_upgrades(events, self.upgrades_for(entity_type))
+
+    def upgrades_for(self, entity_type: str) -> list[EventUpgrade]:
+        return self._upgrades.get(entity_type, [])
+
+    def entity_types(self) -> list[str]:
+        """The entity types this store was given events for."""
+        return self.storage.entity_types()
+
+    @overload
+    def subscribe(self, entity_type: str, subscriber_id: str) -> Callable[[H], H]: ...
+
+    @overload
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None: ...
+
+    def subscribe(
+        self, entity_type: str, subscriber_id: str, handler: Handler | None = None
+    ) -> Callable[[H], H] | None:
+        """Registers a handler for every event of the entity type under `subscriber_id`.
+
+        Used as a decorator, `@store.subscribe("account", "balances")`, it returns the
+        function unchanged.
+        """
+        if handler is not None:
+            self.bus.subscribe(entity_type, subscriber_id, handler)
+            return None
+
+        def register(function: H) -> H:
+            self.bus.subscribe(entity_type, subscriber_id, function)
+            return function
+
+        return register
+
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        return self.bus.subscriber_ids(entity_type)
+
+    def start(self) -> None:
+        """Runs the publisher in this thread until `close()` (or a stop signal)."""
+        self._stop.clear()
+        bus: EventBus = self.bus
+        if not isinstance(bus, NotifyingEventBus):
+            bus = _UpgradingBus(bus, self)
+        self.storage.start_publish(bus, self._stop)
+
+    def close(self) -> None:
+        """Stops `start()` and closes the bus."""
+        self._stop.set()
+        self.bus.close()
+
+
+class _UpgradingBus:
+    """Applies the store's upgrades to the events handed to a bus that takes events."""
+
+    def __init__(self, bus: EventBus, store: Store) -> None:
+        self._bus = bus
+        self._store = store
+
+    def write(self, entity_type: str, events: Iterable[Event]) -> None:
+        self._bus.write(entity_type, self._upgrade(entity_type, events))
+
+    def write_to(
+        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str]
+    ) -> None:
+        self._bus.write_to(entity_type, self._upgrade(entity_type, events), subscriber_ids)
+
+    def _upgrade(self, entity_type: str, events: Iterable[Event]) -> list[Event]:
+        return list(apply_upgrades(events, self._store.upgrades_for(entity_type)))
+
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Any) -> None:
+        self._bus.subscribe(entity_type, subscriber_id, handler)
+
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        return self._bus.subscriber_ids(entity_type)
+
+    def close(self) -> None:
+        self._bus.close()
