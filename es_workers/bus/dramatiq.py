@@ -1,0 +1,162 @@
+"""DramatiqEventBus: each subscriber is a Dramatiq actor whose queue is its subscriber ID.
+
+The publisher sends a small notice per (entity, subscriber): `(entity_type, entity_id,
+event_number)`. The actor reads the entity's events past its checkpoint and runs the
+handler (see `es_workers.delivery`), so Dramatiq's at-least-once, unordered delivery
+still gives each handler every event once, in order per entity, in parallel across
+entities.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+
+from ..delivery import Deliverer, DeliveryOptions
+from ..errors import ConfigurationError, SubscriberError
+from ..event import Event, Handler, as_callable, check_entity_id, check_entity_type
+from .names import check_subscriber_id
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+ACTOR_PREFIX = "es_"
+
+
+class DramatiqEventBus:
+    """Delivers events to subscriber actors on `broker` (RedisBroker, RabbitmqBroker, Stub).
+
+    The broker becomes Dramatiq's global broker, so `dramatiq APP_MODULE` and
+    `es-workers worker APP` find the actors the app module declares when imported.
+    Actor-level failures (Redis down while handling) use Dramatiq's retries, kept short;
+    handler failures are retried and parked per entity by `delivery.Deliverer`.
+    """
+
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        options: DeliveryOptions | None = None,
+        max_retries: int = 20,
+        max_backoff_ms: int = 30_000,
+        time_limit_ms: int = 600_000,
+    ) -> None:
+        self.broker = broker
+        self.options = options or DeliveryOptions()
+        self._actor_options = {
+            "max_retries": max_retries,
+            "min_backoff": 100,
+            "max_backoff": max_backoff_ms,
+            "time_limit": time_limit_ms,
+        }
+        dramatiq.set_broker(broker)
+        self._lock = threading.Lock()
+        self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
+        self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
+        self._deliverer: Deliverer | None = None
+
+    def bind(self, store: Store) -> None:
+        from ..storage.redis import RedisStorage
+
+        if not isinstance(store.storage, RedisStorage):
+            raise ConfigurationError(
+                "DramatiqEventBus needs a RedisStorage: subscribers keep their checkpoints "
+                "beside the entity streams"
+            )
+        self._deliverer = Deliverer(store, store.storage, self.options)
+
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
+        check_entity_type(entity_type)
+        check_subscriber_id(subscriber_id)
+        function = as_callable(handler)
+        with self._lock:
+            if (entity_type, subscriber_id) in self._handlers:
+                raise SubscriberError(
+                    f"subscriber {subscriber_id!r} is already registered for {entity_type!r}"
+                )
+            self._handlers[(entity_type, subscriber_id)] = function
+            if subscriber_id not in self._actors:
+                self._actors[subscriber_id] = self._declare_actor(subscriber_id)
+
+    def _declare_actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
+        def deliver(entity_type: str, entity_id: str, event_number: int | None = None) -> None:
+            self._deliver(subscriber_id, entity_type, entity_id, event_number)
+
+        deliver.__name__ = f"{ACTOR_PREFIX}{subscriber_id}"
+        return dramatiq.Actor(
+            deliver,
+            broker=self.broker,
+            actor_name=f"{ACTOR_PREFIX}{subscriber_id}",
+            queue_name=subscriber_id,
+            priority=0,
+            options=dict(self._actor_options),
+        )
+
+    def _deliver(
+        self, subscriber_id: str, entity_type: str, entity_id: str, event_number: int | None
+    ) -> None:
+        handler = self._handlers.get((entity_type, subscriber_id))
+        if handler is None:
+            # A notice for a subscription this process does not know: most likely the app
+            # dropped it. Nothing to do; the checkpoint stays where it was.
+            return
+        if self._deliverer is None:
+            raise ConfigurationError("DramatiqEventBus is not bound to a Store")
+        self._deliverer.deliver(
+            subscriber_id, handler, entity_type, entity_id, event_number, self._resend
+        )
+
+    def _resend(
+        self,
+        subscriber_id: str,
+        entity_type: str,
+        entity_id: str,
+        event_number: int | None,
+        delay_ms: int,
+    ) -> None:
+        self._actors[subscriber_id].send_with_options(
+            args=(entity_type, entity_id, event_number), delay=delay_ms
+        )
+
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        with self._lock:
+            return [sub for (kind, sub) in self._handlers if kind == entity_type]
+
+    def notify(
+        self,
+        entity_type: str,
+        entity_id: str,
+        event_number: int | None,
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
+        for subscriber_id in targets:
+            actor = self._actors.get(subscriber_id)
+            if actor is None:
+                raise SubscriberError(f"no subscriber {subscriber_id!r} for {entity_type!r}")
+            actor.send(entity_type, entity_id, event_number)
+
+    def write(self, entity_type: str, events: Iterable[Event]) -> None:
+        self._notify_events(entity_type, events, None)
+
+    def write_to(
+        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str]
+    ) -> None:
+        self._notify_events(entity_type, events, subscriber_ids)
+
+    def _notify_events(
+        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str] | None
+    ) -> None:
+        heads: dict[str, int] = {}
+        for event in events:
+            heads[event.entity_id] = max(heads.get(event.entity_id, 0), event.event_number)
+        for entity_id, head in heads.items():
+            self.notify(entity_type, entity_id, head, subscriber_ids)
+
+    def close(self) -> None:
+        self.broker.close()

@@ -1,0 +1,23 @@
+"""Prometheus metrics. Collected always (cheap); served only when a metrics port is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+APPENDS = Counter("es_appends_total", "Events appended", ["entity_type"])
+CONFLICTS = Counter("es_conflicts_total", "Appends refused by a concurrent writer", ["entity_type"])
+PUBLISHED = Counter("es_published_total", "Outbox entries relayed to the bus", ["entity_type"])
+PUBLISH_LAG = Histogram(
+    "es_publish_lag_seconds",
+    "Time from append to relay by the publisher",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+HANDLED = Counter("es_handled_total", "Events handled", ["subscriber_id", "entity_type"])
+HANDLER_SECONDS = Histogram(
+    "es_handler_seconds", "Handler time per event", ["subscriber_id", "entity_type"]
+)
+HANDLER_FAILURES = Counter(
+    "es_handler_failures_total", "Handler exceptions", ["subscriber_id", "entity_type"]
+)
+PARKED = Counter("es_parked_total", "Entities parked for a subscriber", ["subscriber_id"])
+OUTBOX_BACKLOG = Gauge("es_outbox_backlog", "Outbox entries not yet relayed (last seen)")

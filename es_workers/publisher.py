@@ -1,0 +1,310 @@
+"""The publisher: relays each partition's outbox to the bus, at least once.
+
+Every append also adds an entry to its partition's outbox (same Lua script), so nothing is
+stored without being queued. The publisher reads the outboxes through one consumer group,
+sends the bus a notice per (entity, subscriber), and only then acknowledges and deletes
+the entries. A publisher killed in between leaves its entries pending in the group; any
+publisher claims them after `claim_idle_ms` and sends them again (duplicates are skipped
+by the subscribers' checkpoints). While the bus or Redis is down it retries with
+exponential backoff and jitter. Several publishers may run at once.
+
+It also runs two slower duties:
+- catch-up: a subscriber the entity type has never seen is sent a notice for every entity
+  of the type (paging through `entity_ids`), so it receives the whole history first;
+- sweep: notices sent but not seen handled within `redrive_after_ms` (a worker was killed
+  with them prefetched) are sent again if the subscriber still lags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from . import metrics
+from .bus.base import EventBus, NotifyingEventBus
+from .delivery import DeliveryOptions, due_member
+from .storage.redis import text
+
+if TYPE_CHECKING:
+    from .storage.redis import RedisStorage
+
+log = logging.getLogger("es_workers.publisher")
+
+GROUP = "publishers"
+
+
+@dataclass(frozen=True)
+class PublisherOptions:
+    batch: int = 200  # outbox entries read per partition per call
+    block_ms: int = 500  # how long one read waits for new entries (real Redis)
+    claim_idle_ms: int = 10_000  # entries pending this long belong to a dead publisher
+    claim_every_ms: int = 2_000
+    sweep_every_ms: int = 1_000
+    catch_up_page: int = 500
+    min_backoff_ms: int = 50
+    max_backoff_ms: int = 5_000
+
+
+@dataclass(frozen=True)
+class _Notice:
+    entity_type: str
+    entity_id: str
+    first: int
+    last: int
+    partition: int
+
+
+class Publisher:
+    def __init__(
+        self,
+        storage: RedisStorage,
+        bus: EventBus,
+        options: PublisherOptions | None = None,
+        delivery: DeliveryOptions | None = None,
+    ) -> None:
+        self.storage = storage
+        self.client = storage.client
+        self.keys = storage.keys
+        self.bus = bus
+        self.options = options or PublisherOptions()
+        self.delivery = delivery or getattr(bus, "options", None) or DeliveryOptions()
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._outboxes = [self.keys.outbox(p) for p in range(self.keys.partitions)]
+        self._partition_of = {key: p for p, key in enumerate(self._outboxes)}
+        self._own_pending = True  # after a start or an error, re-read what we hold first
+        self._next_claim = 0.0
+        self._next_sweep = 0.0
+        self._caught_up: set[tuple[str, str]] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Relays until `stop` is set. Errors are logged and retried, never raised."""
+        failures = 0
+        log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
+        while not stop.is_set():
+            try:
+                if failures or self._own_pending:
+                    self._ensure_groups()
+                busy = self.step()
+                failures = 0
+                if not busy:
+                    stop.wait(0.002)  # fakeredis does not block in XREADGROUP
+            except Exception as error:
+                failures += 1
+                self._own_pending = True
+                delay = min(
+                    self.options.max_backoff_ms,
+                    self.options.min_backoff_ms * 2 ** min(failures - 1, 16),
+                ) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "publisher %s: %s: %s; retrying in %.0f ms (attempt %d)",
+                    self.consumer, type(error).__name__, error, delay, failures,
+                )
+                stop.wait(delay / 1000)
+        log.info("publisher %s stopped", self.consumer)
+
+    def step(self) -> bool:
+        """One round: relay new (or own pending) entries, then the periodic duties."""
+        now = time.monotonic()
+        busy = self._relay_outbox()
+        if now >= self._next_claim:
+            busy = self._claim_abandoned() or busy
+            self._next_claim = now + self.options.claim_every_ms / 1000
+        if isinstance(self.bus, NotifyingEventBus):
+            busy = self._catch_up() or busy
+            if now >= self._next_sweep:
+                self._sweep()
+                self._next_sweep = now + self.options.sweep_every_ms / 1000
+        return busy
+
+    def _ensure_groups(self) -> None:
+        for key in self._outboxes:
+            try:
+                self.client.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    def _relay_outbox(self) -> bool:
+        streams = {key: "0" if self._own_pending else ">" for key in self._outboxes}
+        block = None if self._own_pending else self.options.block_ms
+        reply = self.client.xreadgroup(
+            GROUP, self.consumer, streams, count=self.options.batch, block=block  # type: ignore[arg-type]
+        )
+        entries = [(text(key), entry) for key, items in reply or [] for entry in items]
+        if self._own_pending and not entries:
+            self._own_pending = False
+        if not entries:
+            return False
+        self._relay(entries)
+        return True
+
+    def _claim_abandoned(self) -> bool:
+        found = False
+        for key in self._outboxes:
+            reply = self.client.xautoclaim(
+                key, GROUP, self.consumer, self.options.claim_idle_ms, "0-0",
+                count=self.options.batch,
+            )
+            entries = [(key, entry) for entry in reply[1] if entry and entry[1]]
+            if entries:
+                log.info("publisher %s claimed %d abandoned entries of %s",
+                         self.consumer, len(entries), key)
+                self._relay(entries)
+                found = True
+        return found
+
+    def _relay(self, entries: Sequence[tuple[str, Any]]) -> None:
+        """Sends one notice per entity (the highest event number wins), then acks."""
+        notices: dict[tuple[str, str], _Notice] = {}
+        now_ms = time.time() * 1000
+        for key, (entry_id, raw) in entries:
+            fields = {text(k): text(v) for k, v in raw.items()}
+            try:
+                entity_type, entity_id = fields["type"], fields["id"]
+                first, last = int(fields["first"]), int(fields["last"])
+            except (KeyError, ValueError):
+                log.error("outbox %s entry %s is malformed, dropping it: %r",
+                          key, text(entry_id), fields)
+                continue
+            metrics.PUBLISH_LAG.observe(
+                max(0.0, now_ms - int(text(entry_id).split("-")[0])) / 1000
+            )
+            metrics.PUBLISHED.labels(entity_type).inc()
+            known = notices.get((entity_type, entity_id))
+            notices[(entity_type, entity_id)] = _Notice(
+                entity_type, entity_id,
+                min(first, known.first) if known else first,
+                max(last, known.last) if known else last,
+                self._partition_of[key],
+            )
+        due_at = time.time() * 1000 + self.delivery.redrive_after_ms
+        pipe = self.client.pipeline(transaction=False)
+        for notice in notices.values():
+            if isinstance(self.bus, NotifyingEventBus):
+                subscriber_ids = self.bus.subscriber_ids(notice.entity_type)
+                self.bus.notify(notice.entity_type, notice.entity_id, notice.last, subscriber_ids)
+                for subscriber_id in subscriber_ids:
+                    pipe.zadd(
+                        self.keys.due(subscriber_id, notice.partition),
+                        {due_member(notice.entity_type, notice.entity_id): due_at},
+                        nx=True,
+                    )
+            else:
+                self._write_events(notice)
+        by_key: dict[str, list[str]] = {}
+        for key, (entry_id, _) in entries:
+            by_key.setdefault(key, []).append(text(entry_id))
+        for key, ids in by_key.items():
+            pipe.xack(key, GROUP, *ids)
+            pipe.xdel(key, *ids)
+        pipe.execute()
+
+    def _write_events(self, notice: _Notice) -> None:
+        events = [
+            event
+            for event in self.storage.read(notice.entity_type, notice.entity_id, notice.first - 1)
+            if event.event_number <= notice.last
+        ]
+        try:
+            self.bus.write(notice.entity_type, events)
+        except Exception:
+            # A bus that takes events (InMemoryEventBus) has no retry of its own: report
+            # and go on, as the Go library does.
+            log.exception("a subscriber failed on %s %r events %d..%d", notice.entity_type,
+                          notice.entity_id, notice.first, notice.last)
+
+    def _catch_up(self) -> bool:
+        """Hands one page of history to each subscriber that has not had it yet."""
+        assert isinstance(self.bus, NotifyingEventBus)
+        busy = False
+        for entity_type in self.storage.entity_types():
+            for subscriber_id in self.bus.subscriber_ids(entity_type):
+                if (entity_type, subscriber_id) in self._caught_up:
+                    continue
+                caught_up_key = self.keys.caught_up(entity_type)
+                if self.client.sismember(caught_up_key, subscriber_id):
+                    self._caught_up.add((entity_type, subscriber_id))
+                    continue
+                cursor_key = self.keys.catch_up_cursor(entity_type, subscriber_id)
+                cursor = self.client.get(cursor_key)
+                ids, token = self.storage.entity_ids(
+                    entity_type, text(cursor) if cursor else None, self.options.catch_up_page
+                )
+                for entity_id in ids:
+                    self.bus.notify(entity_type, entity_id, None, [subscriber_id])
+                if token is None:
+                    pipe = self.client.pipeline(transaction=True)
+                    pipe.sadd(caught_up_key, subscriber_id)
+                    pipe.delete(cursor_key)
+                    pipe.execute()
+                    self._caught_up.add((entity_type, subscriber_id))
+                    log.info("subscriber %s was handed the history of %s", subscriber_id,
+                             entity_type)
+                else:
+                    self.client.set(cursor_key, token)
+                busy = True
+        return busy
+
+    def _sweep(self) -> None:
+        """Re-sends notices that are due and whose subscriber still lags the entity."""
+        assert isinstance(self.bus, NotifyingEventBus)
+        subscribers = sorted(
+            {(t, s) for t in self.storage.entity_types() for s in self.bus.subscriber_ids(t)}
+        )
+        subscriber_ids = sorted({s for _, s in subscribers})
+        if not subscriber_ids:
+            return
+        now_ms = time.time() * 1000
+        pipe = self.client.pipeline(transaction=False)
+        slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
+        for subscriber_id, partition in slots:
+            pipe.zrangebyscore(self.keys.due(subscriber_id, partition), "-inf", now_ms, 0, 200)
+        due = [
+            (subscriber_id, partition, text(member))
+            for (subscriber_id, partition), members in zip(slots, pipe.execute(), strict=True)
+            for member in members
+        ]
+        if not due:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for subscriber_id, partition, member in due:
+            entity_type, _, entity_id = member.partition(":")
+            pipe.hget(self.keys.checkpoints(subscriber_id, entity_type, partition), entity_id)
+            pipe.hget(self.keys.heads(entity_type, partition), entity_id)
+            pipe.hexists(self.keys.parked(subscriber_id, entity_type, partition), entity_id)
+            pipe.exists(self.keys.lock(subscriber_id, entity_type, entity_id))
+        answers = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        later = now_ms + self.delivery.redrive_after_ms
+        for index, (subscriber_id, partition, member) in enumerate(due):
+            checkpoint, head, parked, locked = answers[4 * index : 4 * index + 4]
+            due_key = self.keys.due(subscriber_id, partition)
+            entity_type, _, entity_id = member.partition(":")
+            if parked or int(checkpoint or 0) >= int(head or 0) or (
+                entity_type, subscriber_id) not in subscribers:
+                pipe.zrem(due_key, member)
+                continue
+            if not locked:
+                log.info("re-sending %s %r to %s: handled up to %s of %s", entity_type,
+                         entity_id, subscriber_id, int(checkpoint or 0), int(head or 0))
+                self.bus.notify(entity_type, entity_id, None, [subscriber_id])
+            pipe.zadd(due_key, {member: later}, xx=True)
+        pipe.execute()
+        metrics.OUTBOX_BACKLOG.set(self.backlog())
+
+    def backlog(self) -> int:
+        """Outbox entries written but not yet relayed and acknowledged."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._outboxes:
+            pipe.xlen(key)
+        return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
