@@ -86,3 +86,7 @@ class SubscriberError(EsError, ValueError):
 
 class ConfigurationError(EsError, ValueError):
     """Settings or storage parameters are invalid or disagree with what Redis holds."""
+
+
+class NotParkedError(EsError, LookupError):
+    """`retry` or `skip` named an entity that is not parked for that subscriber."""
