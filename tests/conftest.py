@@ -1,0 +1,125 @@
+"""Shared fixtures: every storage test runs on fakeredis and on a real Redis.
+
+The real Redis comes from ES_REDIS_URL (default redis://127.0.0.1:6379/0). If it cannot be
+reached the real-Redis tests are skipped, unless ES_REQUIRE_REDIS=1 (CI sets it): then
+they fail, so a missing server never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from es_workers import Content, InMemoryStorage, RedisStorage, Store
+
+REDIS_URL = os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("ES_REQUIRE_REDIS") == "1"
+
+
+def real_redis() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        if REQUIRE_REDIS:
+            pytest.fail(f"ES_REQUIRE_REDIS=1 but Redis at {REDIS_URL} is unreachable: {error}")
+        pytest.skip(f"no Redis at {REDIS_URL} ({error}); set ES_REQUIRE_REDIS=1 to fail instead")
+    return client
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis_client(backend: str) -> Iterator[redis.Redis]:
+    if backend == "fakeredis":
+        client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    else:
+        client = real_redis()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_prefix(redis_client, name)
+
+
+@pytest.fixture
+def storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
+    return RedisStorage(redis_client, prefix=prefix)
+
+
+class Opened(Content):
+    owner: str
+
+
+class Deposited(Content):
+    amount: int
+
+
+class Withdrawn(Content):
+    amount: int
+
+
+ACCOUNT_EVENTS: dict[str, list[type[Content]]] = {"account": [Opened, Deposited, Withdrawn]}
+
+
+@pytest.fixture
+def make_store(storage: RedisStorage) -> Callable[..., Store]:
+    """Builds a Store on the test's RedisStorage; account events registered by default."""
+
+    def build(**options: object) -> Store:
+        options.setdefault("events", ACCOUNT_EVENTS)
+        return Store(storage, **options)  # type: ignore[arg-type]
+
+    return build
+
+
+@pytest.fixture(params=["fakeredis", "redis", "memory"])
+def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMemoryStorage]:
+    """Each kind of Storage: RedisStorage on fakeredis and on a real Redis, InMemoryStorage.
+
+    For tests of behaviour every Storage must share (the Go library's storage contract).
+    """
+    if request.param == "memory":
+        yield InMemoryStorage()
+        return
+    client: redis.Redis = (
+        fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+        if request.param == "fakeredis"
+        else real_redis()
+    )
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    try:
+        yield RedisStorage(client, prefix=name)
+    finally:
+        delete_prefix(client, name)
+        client.close()
+
+
+@pytest.fixture
+def make_any_store(any_storage: RedisStorage | InMemoryStorage) -> Callable[..., Store]:
+    """`make_store` over `any_storage`."""
+
+    def build(**options: object) -> Store:
+        options.setdefault("events", ACCOUNT_EVENTS)
+        return Store(any_storage, **options)  # type: ignore[arg-type]
+
+    return build
