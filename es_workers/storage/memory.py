@@ -76,8 +76,11 @@ class InMemoryStorage:
             return
         check_entity_type(entity_type)
         entity_id = check_entity_id(events[0].entity_id)
-        encoded = [self.registry.encode(entity_type, event.content) for event in events]
         expected = events[0].event_number - 1
+        for offset, event in enumerate(events, start=1):
+            if event.entity_id != entity_id or event.event_number != expected + offset:
+                raise ValueError("a write holds events of one entity with consecutive numbers")
+        encoded = [self.registry.encode(entity_type, event.content) for event in events]
         with self._lock:
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:
@@ -98,6 +101,8 @@ class InMemoryStorage:
         self, entity_type: str, after: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:
         check_entity_type(entity_type)
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
         with self._lock:
             order = [item for item in self._order.get(entity_type, []) if after is None
                      or item[0] > after]
