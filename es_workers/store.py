@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -47,6 +48,8 @@ class Store:
                     raise TypeError(f"upgrade {upgrade!r} for {entity_type!r} is not callable")
             self._upgrades[entity_type] = list(chain)
         self._stop = threading.Event()
+        self._publishing: threading.Thread | None = None
+        self._close_on_exit = False
         if isinstance(self.bus, NotifyingEventBus):
             self.bus.bind(self)
 
@@ -112,14 +115,32 @@ class Store:
     def start(self) -> None:
         """Runs the publisher in this thread until `close()` (or a stop signal)."""
         self._stop.clear()
+        self._publishing = threading.current_thread()
         bus: EventBus = self.bus
         if not isinstance(bus, NotifyingEventBus):
             bus = _UpgradingBus(bus, self)
-        self.storage.start_publish(bus, self._stop)
+        try:
+            self.storage.start_publish(bus, self._stop)
+        finally:
+            self._publishing = None
+            if self._close_on_exit:
+                self._close_on_exit = False
+                self.bus.close()
 
-    def close(self) -> None:
-        """Stops `start()` and closes the bus."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops `start()` (letting the current relay round finish) and closes the bus.
+
+        Safe to call from a signal handler in the thread running `start()`: `start()` then
+        returns at its next round and closes the bus itself.
+        """
         self._stop.set()
+        running = self._publishing
+        if running is threading.current_thread():
+            self._close_on_exit = True
+            return
+        deadline = time.monotonic() + timeout
+        while self._publishing is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.bus.close()
 
 

@@ -1,0 +1,145 @@
+"""Real publisher and worker processes on real Redis, killed with SIGKILL mid-run.
+
+Checks guarantee 5: kill the publisher or a worker at any instant, start it again: no event
+is lost, every subscriber sees each entity's events in order, and an event is handled
+twice only when a worker died between running the handler and moving the checkpoint (so
+a repeat is always of the last event handled, never of an earlier one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, delete_prefix, real_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+APP = "tests.process_app:store"
+
+pytestmark = pytest.mark.process
+
+
+class Processes:
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts = 0
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        out = open(self.logs / f"{name}-{self.starts}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [*args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill reaches Dramatiq's children
+        )
+        self.running[name] = process
+        return process
+
+    def publisher(self) -> subprocess.Popen[bytes]:
+        return self.start("publisher", ES_WORKERS, "publish", APP)
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self.start("worker", ES_WORKERS, "worker", APP, "--processes", "1",
+                          "--threads", "4")
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        process = self.running[name]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Processes, redis.Redis, str]]:
+    client = real_redis()
+    prefix = f"proc-{uuid.uuid4().hex[:10]}"
+    env = dict(os.environ, ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, PYTHONPATH=str(ROOT),
+               ES_LOG_LEVEL="INFO")
+    processes = Processes(env, tmp_path)
+    yield processes, client, prefix
+    processes.stop_all()
+    delete_prefix(client, prefix)
+    delete_prefix(client, f"{prefix}-dq")
+
+
+def handled(client: redis.Redis, prefix: str, subscriber: str) -> list[tuple[str, int]]:
+    items = client.lrange(f"{prefix}:log:{subscriber}", 0, -1)
+    pairs = [item.decode().split(":") for item in items]
+    return [(entity_id, int(number)) for entity_id, number in pairs]
+
+
+def wait_until_handled(client: redis.Redis, prefix: str, expected: set[tuple[str, int]],
+                       timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(expected <= set(handled(client, prefix, s)) for s in ("fast", "slow")):
+            return
+        time.sleep(0.25)
+    missing = {s: len(expected - set(handled(client, prefix, s))) for s in ("fast", "slow")}
+    raise AssertionError(f"events never handled after {timeout} s: {missing}")
+
+
+def assert_in_order_without_loss(log: list[tuple[str, int]], heads: dict[str, int]) -> int:
+    """Each entity's handler calls go 1, 2, 3, ... where a number may repeat right away
+    (a worker killed after the handler, before the checkpoint). Returns the repeats."""
+    last: dict[str, int] = {}
+    repeats = 0
+    for entity_id, number in log:
+        previous = last.get(entity_id, 0)
+        assert number in (previous, previous + 1), (
+            f"{entity_id}: event {number} handled after {previous}"
+        )
+        repeats += number == previous
+        last[entity_id] = number
+    assert last == heads
+    return repeats
+
+
+def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup) -> None:
+    processes, client, prefix = setup
+    count, entities = 3000, 40
+    processes.publisher()
+    processes.worker()
+    writer = processes.start(
+        "writer", sys.executable, "-m", "tests.process_writer", str(count), str(entities), "150"
+    )
+    kills = 0
+    while writer.poll() is None:
+        time.sleep(2.5)
+        victim = ("publisher", "worker")[kills % 2]
+        processes.kill(victim)
+        kills += 1
+        time.sleep(0.3)
+        processes.publisher() if victim == "publisher" else processes.worker()
+    assert writer.returncode == 0
+    assert kills >= 4, "the writer finished before the processes were killed a few times"
+
+    heads = {f"c{e}": len(range(e, count, entities)) for e in range(entities)}
+    expected = {(entity_id, n) for entity_id, head in heads.items() for n in range(1, head + 1)}
+    wait_until_handled(client, prefix, expected, timeout=120)
+
+    # Graceful stop: SIGTERM ends both with status 0.
+    for name in ("publisher", "worker"):
+        processes.kill(name, signal.SIGTERM)
+        assert processes.running[name].returncode == 0, f"{name} did not stop cleanly"
+
+    for subscriber in ("fast", "slow"):
+        log = handled(client, prefix, subscriber)
+        repeats = assert_in_order_without_loss(log, heads)
+        assert repeats <= 4 * kills, f"{subscriber}: {repeats} repeats for {kills} kills"
