@@ -220,9 +220,7 @@ def test_event_name_defaults_to_the_class_name_and_can_be_set(make_any_store: Ma
     store = make_any_store(events={"account": [Opened, AccountClosed]})
     store.open("account", "a1").write(Opened(owner="a"), AccountClosed(reason="done"))
 
-    assert [e.content for e in store.open("account", "a1").all()][1] == AccountClosed(
-        reason="done"
-    )
+    assert [e.content for e in store.open("account", "a1").all()][1] == AccountClosed(reason="done")
 
 
 def test_upgrades_that_are_not_callable_or_for_a_bad_type_are_refused(
