@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import metrics
 from .errors import EsError
 from .event import Event
+from .upgrade import apply_upgrades
 
 if TYPE_CHECKING:
     from .storage.redis import RedisStorage
@@ -142,11 +143,29 @@ class Deliverer:
             # Read the checkpoint under the lock: the notice's view may be stale.
             checkpoint = int(client.hget(checkpoints, entity_id) or 0)
             head = checkpoint
-            events: Iterator[Event] = self.store.read(entity_type, entity_id, checkpoint)
+            read_up_to = checkpoint
+
+            def stored(after: int) -> Iterator[Event]:
+                nonlocal read_up_to
+                for event in self.storage.read(entity_type, entity_id, after):
+                    read_up_to = event.event_number
+                    yield event
+
+            # As Store.read, but knowing how far the storage was read: an upgrade may drop
+            # events, and the checkpoint must pass the dropped ones too.
+            events = apply_upgrades(stored(checkpoint), self.store.upgrades_for(entity_type))
             while True:
                 try:
                     event = next(events)
                 except StopIteration:
+                    if read_up_to > checkpoint:  # the last events read were dropped
+                        head = int(self._checkpoint(
+                            keys=script_keys,
+                            args=[entity_id, read_up_to, token, self.options.lock_ms, member],
+                        ))
+                        if head < 0:
+                            return
+                        checkpoint = read_up_to
                     break
                 except EsError as error:  # a record we cannot read: retry, then park
                     self._failed(subscriber_id, entity_type, entity_id, checkpoint + 1, error,

@@ -1,0 +1,234 @@
+"""Helpers for the delivery tests: a Store wired to Dramatiq with its publisher in a thread
+and a Dramatiq worker in this process, a recording subscriber, and a polling wait.
+
+Option values are small so that retries, claims and sweeps happen within a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from es_workers import Content, Event, RedisStorage, Store
+from es_workers.bus.dramatiq import DramatiqEventBus
+from es_workers.delivery import DeliveryOptions
+from es_workers.publisher import Publisher, PublisherOptions
+from es_workers.upgrade import EventUpgrade
+
+FAST_DELIVERY = DeliveryOptions(
+    min_backoff_ms=10, max_backoff_ms=50, lock_ms=2000, redrive_after_ms=300
+)
+FAST_PUBLISHER = PublisherOptions(
+    claim_idle_ms=200, claim_every_ms=100, sweep_every_ms=100, block_ms=50
+)
+
+
+def wait_for(
+    condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.01
+) -> None:
+    """Polls `condition` until it is true; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Recorder:
+    """A subscriber's handler: records each call, the calls running at once per entity
+    (`overlaps` counts calls that started while another ran for the same entity) and the
+    most calls running at once over all entities."""
+
+    def __init__(
+        self,
+        *,
+        fail: Callable[[Event], bool] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.fail = fail
+        self.delay = delay
+        self.calls: list[tuple[str, int]] = []
+        self.contents: dict[str, list[Content]] = defaultdict(list)
+        self.overlaps = 0
+        self.most_at_once = 0
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if self._running[event.entity_id]:
+                self.overlaps += 1
+            self._running[event.entity_id] += 1
+            self.most_at_once = max(self.most_at_once, sum(self._running.values()))
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if self.fail is not None and self.fail(event):
+                raise RuntimeError(f"poison {event.entity_id} #{event.event_number}")
+            with self._lock:
+                self.calls.append((event.entity_id, event.event_number))
+                self.contents[event.entity_id].append(event.content)
+        finally:
+            with self._lock:
+                self._running[event.entity_id] -= 1
+
+    def by_entity(self) -> dict[str, list[int]]:
+        with self._lock:
+            numbers: dict[str, list[int]] = defaultdict(list)
+            for entity_id, number in self.calls:
+                numbers[entity_id].append(number)
+            return dict(numbers)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def has(self, heads: Mapping[str, int]) -> bool:
+        """True once every entity was handled up to its head."""
+        seen = self.by_entity()
+        return all(seen.get(entity_id, [0])[-1] >= head for entity_id, head in heads.items())
+
+
+def assert_exactly_once_in_order(recorder: Recorder, heads: Mapping[str, int]) -> None:
+    """Every event 1..head of every entity handled once, in event-number order."""
+    seen = recorder.by_entity()
+    wrong = {
+        entity_id: seen.get(entity_id, [])
+        for entity_id, head in heads.items()
+        if seen.get(entity_id, []) != list(range(1, head + 1))
+    }
+    some = dict(list(wrong.items())[:5])
+    assert not wrong, f"{len(wrong)} entities not handled exactly 1..head in order: {some}"
+    assert set(seen) <= set(heads), f"handled unknown entities {set(seen) - set(heads)}"
+
+
+class FlakyStubBroker(StubBroker):
+    """A StubBroker whose enqueue fails with ConnectionError while `down` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.refused = 0
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        if self.down.is_set():
+            self.refused += 1
+            raise ConnectionError("broker down (test)")
+        return super().enqueue(message, delay=delay)
+
+
+def stub_broker() -> StubBroker:
+    broker = FlakyStubBroker()
+    broker.emit_after("process_boot")
+    return broker
+
+
+@contextmanager
+def redis_broker(client: redis.Redis, backend: str, url: str) -> Iterator[dramatiq.Broker]:
+    """A RedisBroker beside the test's storage: on the same fakeredis server, or on the
+    real Redis under a namespace of its own (its keys are deleted afterwards)."""
+    if backend == "fakeredis":
+        import fakeredis
+
+        server = client.connection_pool.connection_kwargs["server"]
+        yield RedisBroker(client=fakeredis.FakeRedis(server=server))  # type: ignore[no-untyped-call]
+        return
+    namespace = f"t-dq-{uuid.uuid4().hex[:12]}"
+    broker = RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+    try:
+        yield broker
+    finally:
+        keys = list(client.scan_iter(f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+class Delivery:
+    """A Store with a DramatiqEventBus; its publisher runs in a thread and a Dramatiq worker
+    in this process, both stopped by `stop()`."""
+
+    def __init__(
+        self,
+        storage: RedisStorage,
+        broker: dramatiq.Broker,
+        *,
+        events: Mapping[str, Sequence[type[Content]]],
+        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
+        options: DeliveryOptions = FAST_DELIVERY,
+    ) -> None:
+        self.storage = storage
+        self.broker = broker
+        self.bus = DramatiqEventBus(broker, options=options, max_backoff_ms=200)
+        self.store = Store(storage, bus=self.bus, events=events, upgrades=upgrades)
+        self.worker: dramatiq.Worker | None = None
+        self._publishers: list[tuple[threading.Thread, threading.Event]] = []
+        self._started: threading.Thread | None = None
+        self._done_lock = threading.Lock()
+        self.notices_done = 0  # notices (actor messages) the worker has finished with
+        deliver = self.bus._deliver
+
+        def counted(*args: Any) -> None:
+            try:
+                deliver(*args)
+            finally:
+                with self._done_lock:
+                    self.notices_done += 1
+
+        self.bus._deliver = counted  # type: ignore[method-assign,assignment]
+
+    def done(self) -> int:
+        with self._done_lock:
+            return self.notices_done
+
+    def start_worker(self, threads: int = 4) -> None:
+        self.worker = dramatiq.Worker(self.broker, worker_timeout=10, worker_threads=threads)
+        self.worker.start()
+
+    def start_store(self) -> None:
+        """Runs `store.start()` (the storage's own publisher) in a thread until `stop()`."""
+        self._started = threading.Thread(target=self.store.start, daemon=True)
+        self._started.start()
+
+    def start_publisher(self, options: PublisherOptions = FAST_PUBLISHER) -> Publisher:
+        """Runs one more publisher in a thread (several may run at once)."""
+        publisher = Publisher(self.storage, self.bus, options)
+        stop = threading.Event()
+        thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
+        thread.start()
+        self._publishers.append((thread, stop))
+        return publisher
+
+    def stop_publishers(self) -> None:
+        for thread, stop in self._publishers:
+            stop.set()
+            thread.join(timeout=10)
+        self._publishers.clear()
+
+    def stop(self) -> None:
+        self.stop_publishers()
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        self.store.close()  # stops start() and closes the broker
+        if self._started is not None:
+            self._started.join(timeout=10)
+            self._started = None
+
+
+def write(store: Store, entity_type: str, entity_id: str, *contents: Content) -> int:
+    """Appends to the entity at its current head; returns the new head."""
+    with store.open(entity_type, entity_id) as stream:
+        for _ in stream.all():
+            pass
+        stream.write(*contents)
+        return stream.position

@@ -1,0 +1,327 @@
+"""Guarantee 4 (and 6, 7) end to end, in one process: publisher thread, Dramatiq worker
+threads, RedisBroker on the same fakeredis server or on the real Redis.
+
+Every subscriber sees every event of its entity type once, in event-number order per entity,
+in parallel across entities; duplicate and old notices are skipped; a failing handler parks
+its entity for its subscriber only; a late subscriber is handed the history; upgrades apply
+to delivered events as to read ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import dramatiq
+import pytest
+import redis
+from apps.delivery_kit import (
+    FAST_PUBLISHER,
+    Delivery,
+    Recorder,
+    assert_exactly_once_in_order,
+    redis_broker,
+    stub_broker,
+    wait_for,
+)
+from apps.delivery_kit import write as write_at_head
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
+
+from es_workers import Event, RedisStorage, admin
+from es_workers.delivery import DeliveryOptions
+
+
+@pytest.fixture
+def fast_storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
+    return RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER)
+
+
+@pytest.fixture
+def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]:
+    with redis_broker(redis_client, backend, REDIS_URL) as made:
+        yield made
+
+
+@pytest.fixture
+def delivery(fast_storage: RedisStorage, broker: dramatiq.Broker) -> Iterator[Delivery]:
+    made = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    yield made
+    made.stop()
+
+
+def write(delivery: Delivery, entity_id: str, count: int) -> int:
+    """Appends `count` events (an Opened first if the entity is new); returns the head."""
+    head = delivery.storage.position("account", entity_id)
+    contents = [
+        Opened(owner=entity_id) if head + i == 0 else Deposited(amount=head + i)
+        for i in range(count)
+    ]
+    return write_at_head(delivery.store, "account", entity_id, *contents)
+
+
+def subscribe(delivery: Delivery, *names: str, **recorder: object) -> list[Recorder]:
+    recorders = [Recorder(**recorder) for _ in names]  # type: ignore[arg-type]
+    for name, handler in zip(names, recorders, strict=True):
+        delivery.store.subscribe("account", name, handler)
+    return recorders
+
+
+def settled(delivery: Delivery) -> bool:
+    """Nothing left to relay and no subscriber behind."""
+    status = admin.status(delivery.store)
+    return status.outbox_backlog == 0 and all(s.events_behind == 0 for s in status.subscribers)
+
+
+def test_every_subscriber_handles_every_event_once_in_order_per_entity(
+    delivery: Delivery,
+) -> None:
+    recorders = subscribe(delivery, "balances", "audit", "mailer")
+    rng = random.Random(7)
+    heads: dict[str, int] = {}
+    # Half the entities have history before the publisher and the worker start.
+    for i in range(25):
+        heads[f"acc-{i}"] = write(delivery, f"acc-{i}", 5)
+    delivery.start_store()
+    delivery.start_worker(threads=4)
+    # The rest is written in small batches while delivery runs, old and new entities mixed.
+    while any(heads.get(f"acc-{i}", 0) < 10 for i in range(50)):
+        i = rng.randrange(50)
+        head = heads.get(f"acc-{i}", 0)
+        if head < 10:
+            heads[f"acc-{i}"] = write(delivery, f"acc-{i}", min(10 - head, rng.randint(1, 3)))
+
+    wait_for(lambda: all(r.has(heads) for r in recorders), "all 500 events x 3 subscribers")
+    wait_for(lambda: settled(delivery), "status to show no backlog and no lag")
+    for recorder in recorders:
+        assert_exactly_once_in_order(recorder, heads)
+        assert recorder.overlaps == 0
+
+
+def test_duplicate_and_old_notices_do_not_call_the_handler_again(delivery: Delivery) -> None:
+    (recorder,) = subscribe(delivery, "balances")
+    heads = {f"acc-{i}": write(delivery, f"acc-{i}", 4) for i in range(10)}
+    delivery.start_store()
+    delivery.start_worker()
+    wait_for(lambda: recorder.has(heads), "the history to be handled")
+    wait_for(lambda: settled(delivery), "no lag")
+    handled = recorder.count()
+
+    before = delivery.done()
+    actor = delivery.bus._actors["balances"]
+    for entity_id, head in heads.items():
+        delivery.bus.notify("account", entity_id, head)  # a duplicate
+        delivery.bus.notify("account", entity_id, 1)  # an old notice
+        delivery.bus.notify("account", entity_id, None, ["balances"])  # "up to the head"
+        actor.send("account", entity_id, head - 1)  # straight to the actor
+    wait_for(lambda: delivery.done() >= before + 4 * len(heads), "the 40 notices to be done")
+
+    assert recorder.count() == handled
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_notice_ahead_of_the_checkpoint_handles_every_event_in_between(
+    delivery: Delivery,
+) -> None:
+    (recorder,) = subscribe(delivery, "balances")
+    head = write(delivery, "acc-1", 7)  # no publisher runs: nobody is told
+    delivery.start_worker()
+
+    delivery.bus.notify("account", "acc-1", 7)
+
+    wait_for(lambda: recorder.has({"acc-1": head}), "events 1..7")
+    assert recorder.by_entity() == {"acc-1": [1, 2, 3, 4, 5, 6, 7]}
+
+
+def test_concurrent_notices_for_one_entity_never_run_its_handler_at_once() -> None:
+    """Many notices for one entity on 8 worker threads: one at a time, in order, once;
+    other entities are handled in parallel meanwhile."""
+    import fakeredis
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    storage = RedisStorage(client, prefix="concurrent", publisher=FAST_PUBLISHER)
+    delivery = Delivery(storage, stub_broker(), events=ACCOUNT_EVENTS)
+    (recorder,) = subscribe(delivery, "slow", delay=0.003)
+    heads = {"hot": write(delivery, "hot", 20)}
+    heads.update({f"cold-{i}": write(delivery, f"cold-{i}", 3) for i in range(12)})
+    delivery.start_worker(threads=8)
+    try:
+        for number in [*range(1, 21), None, *range(20, 0, -1)]:
+            delivery.bus.notify("account", "hot", number)
+        for entity_id, head in heads.items():
+            if entity_id != "hot":
+                delivery.bus.notify("account", entity_id, head)
+        wait_for(lambda: recorder.has(heads), "every entity handled")
+    finally:
+        delivery.stop()
+
+    assert recorder.overlaps == 0
+    assert_exactly_once_in_order(recorder, heads)
+    assert recorder.most_at_once > 1, "entities should be handled in parallel"
+
+
+def test_poison_event_parks_that_entity_for_that_subscriber_only(delivery: Delivery) -> None:
+    poison = {("acc-1", 3), ("acc-2", 4)}
+    (fragile,) = subscribe(
+        delivery, "fragile", fail=lambda e: (e.entity_id, e.event_number) in poison
+    )
+    (sturdy,) = subscribe(delivery, "sturdy")
+    heads = {f"acc-{i}": write(delivery, f"acc-{i}", 5) for i in range(4)}
+    delivery.start_store()
+    delivery.start_worker()
+
+    def parked() -> dict[str, admin.ParkedEntity]:
+        return {p.entity_id: p for p in admin.parked(delivery.store, "fragile", "account")}
+
+    wait_for(lambda: len(parked()) == 2, "acc-1 and acc-2 parked for fragile")
+    wait_for(lambda: sturdy.has(heads), "sturdy to handle everything")
+    wait_for(lambda: fragile.has({"acc-0": 5, "acc-3": 5}), "fragile to go on with others")
+    assert parked()["acc-1"].event_number == 3
+    assert parked()["acc-1"].error == "RuntimeError: poison acc-1 #3"
+    assert parked()["acc-1"].attempts == 5
+    assert admin.parked(delivery.store, "sturdy", "account") == []
+    status = {s.subscriber_id: s for s in admin.status(delivery.store).subscribers}
+    assert [p.entity_id for p in status["fragile"].parked] == ["acc-1", "acc-2"] or [
+        p.entity_id for p in status["fragile"].parked] == ["acc-2", "acc-1"]
+    assert status["fragile"].lagging_entities == 2 and status["sturdy"].lagging_entities == 0
+
+    # Later events of a parked entity wait (sturdy, unparked, gets them).
+    heads["acc-1"] = write(delivery, "acc-1", 2)
+    wait_for(lambda: sturdy.has(heads), "sturdy to handle acc-1 #6-7")
+    wait_for(lambda: settled_for(delivery, "sturdy"), "sturdy caught up")
+    assert fragile.by_entity()["acc-1"] == [1, 2]
+
+    # Fixed: retry delivers from the failed event, in order.
+    poison.discard(("acc-1", 3))
+    retried = admin.retry_parked(delivery.store, "fragile", "account", "acc-1")
+    assert retried.event_number == 3
+    wait_for(lambda: fragile.has({"acc-1": 7}), "acc-1 #3-7 after retry")
+    assert fragile.by_entity()["acc-1"] == [1, 2, 3, 4, 5, 6, 7]
+
+    # Skipped: the bad event is marked handled without the handler, the rest delivered.
+    admin.skip_parked(delivery.store, "fragile", "account", "acc-2")
+    wait_for(lambda: fragile.has({"acc-2": 5}), "acc-2 #5 after skip")
+    assert fragile.by_entity()["acc-2"] == [1, 2, 3, 5]
+    assert parked() == {}
+    assert sturdy.overlaps == 0
+    assert_exactly_once_in_order(sturdy, heads)
+
+
+def settled_for(delivery: Delivery, subscriber_id: str) -> bool:
+    return all(
+        s.events_behind == 0
+        for s in admin.status(delivery.store).subscribers
+        if s.subscriber_id == subscriber_id
+    )
+
+
+def test_late_subscriber_gets_the_whole_history_then_live_events(
+    fast_storage: RedisStorage, broker: dramatiq.Broker, redis_client: redis.Redis,
+    backend: str,
+) -> None:
+    first = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    (early,) = subscribe(first, "early")
+    heads = {f"acc-{i}": write(first, f"acc-{i}", 1 + i % 5) for i in range(30)}
+    first.start_store()
+    first.start_worker()
+    try:
+        wait_for(lambda: early.has(heads), "the early subscriber to handle the history")
+    finally:
+        first.stop()
+
+    # The app is deployed again with one more subscriber.
+    storage = RedisStorage(redis_client, prefix=fast_storage.keys.prefix, publisher=FAST_PUBLISHER)
+    with redis_broker(redis_client, backend, REDIS_URL) as second_broker:
+        second = Delivery(storage, second_broker, events=ACCOUNT_EVENTS)
+        early_again, late = subscribe(second, "early", "late")
+        second.start_store()
+        second.start_worker()
+        try:
+            wait_for(lambda: late.has(heads), "the late subscriber to get the history")
+            live = {f"acc-{i}": write(second, f"acc-{i}", 2) for i in range(0, 40, 3)}
+            heads.update(live)  # old and new entities
+            wait_for(lambda: late.has(heads) and early_again.has(live), "the live events")
+            wait_for(lambda: settled(second), "no lag")
+            status = admin.status(second.store)
+            caught_up = {s.subscriber_id: s.caught_up for s in status.subscribers}
+        finally:
+            second.stop()
+
+    assert caught_up == {"early": True, "late": True}
+    assert_exactly_once_in_order(late, heads)
+    # The early subscriber was not handed the history again: only the live events.
+    early_history = early.by_entity()
+    assert set(early_again.by_entity()) == set(live)
+    for entity_id, numbers in early_again.by_entity().items():
+        assert numbers == list(range(len(early_history.get(entity_id, [])) + 1,
+                                     heads[entity_id] + 1))
+
+
+def withdrawals_as_negative_deposits(events: Iterator[Event]) -> Iterator[Event]:
+    for event in events:
+        if isinstance(event.content, Withdrawn):
+            from dataclasses import replace
+
+            yield replace(event, content=Deposited(amount=-event.content.amount))
+        else:
+            yield event
+
+
+def test_upgrades_apply_to_delivered_events_as_to_read_events(
+    fast_storage: RedisStorage, broker: dramatiq.Broker
+) -> None:
+    delivery = Delivery(
+        fast_storage, broker, events=ACCOUNT_EVENTS,
+        upgrades={"account": [withdrawals_as_negative_deposits]},
+    )
+    (recorder,) = subscribe(delivery, "balances")
+    contents: Sequence[object] = [Opened(owner="ann"), Deposited(amount=10), Withdrawn(amount=3)]
+    write_at_head(delivery.store, "account", "acc-1", *contents)  # type: ignore[arg-type]
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: recorder.has({"acc-1": 3}), "3 events")
+        write_at_head(delivery.store, "account", "acc-1", Withdrawn(amount=4))
+        wait_for(lambda: recorder.has({"acc-1": 4}), "the live event")
+    finally:
+        delivery.stop()
+
+    read: list[object] = []
+    delivery.store.project("account", "acc-1", lambda event: read.append(event.content))
+    assert recorder.contents["acc-1"] == read
+    assert read[2:] == [Deposited(amount=-3), Deposited(amount=-4)]
+
+
+def test_default_backoff_parks_a_failing_entity_within_seconds() -> None:
+    options = DeliveryOptions()
+    total = sum(options.backoff_ms(attempt) for attempt in range(1, options.max_attempts))
+    assert total < 10_000
+
+
+def without_withdrawals(events: Iterator[Event]) -> Iterator[Event]:
+    return (event for event in events if not isinstance(event.content, Withdrawn))
+
+
+def test_events_an_upgrade_drops_count_as_handled(
+    fast_storage: RedisStorage, broker: dramatiq.Broker
+) -> None:
+    """An upgrade may drop events (as it would on read). When the entity's last events are
+    dropped, the subscriber is still caught up: not lagging, not re-sent notices forever."""
+    delivery = Delivery(
+        fast_storage, broker, events=ACCOUNT_EVENTS, upgrades={"account": [without_withdrawals]}
+    )
+    (recorder,) = subscribe(delivery, "balances")
+    write_at_head(delivery.store, "account", "acc-1", Opened(owner="ann"), Deposited(amount=5))
+    write_at_head(delivery.store, "account", "acc-1", Withdrawn(amount=1), Withdrawn(amount=2))
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: recorder.has({"acc-1": 2}), "the two kept events")
+        wait_for(lambda: settled(delivery), "no lag once the dropped events are passed")
+        wait_for(lambda: delivery.storage.client.zcard(
+            delivery.storage.keys.due("balances", delivery.storage.keys.partition(
+                "account", "acc-1"))) == 0, "no re-send due")
+        write_at_head(delivery.store, "account", "acc-1", Deposited(amount=7))
+        wait_for(lambda: recorder.has({"acc-1": 5}), "the next kept event")
+    finally:
+        delivery.stop()
+    assert recorder.by_entity() == {"acc-1": [1, 2, 5]}
