@@ -1,0 +1,302 @@
+"""Guarantees 3, 5 and 6 at the publisher: every outbox entry is relayed at least once, an
+entry is acknowledged only after its notices were sent, a dead publisher's entries are
+claimed by another, several publishers may run at once, the bus being down is retried with
+backoff, lost notices are re-sent by the sweep, and new subscribers are handed the history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from apps.delivery_kit import (
+    FAST_PUBLISHER,
+    Delivery,
+    FlakyStubBroker,
+    Recorder,
+    assert_exactly_once_in_order,
+    redis_broker,
+    stub_broker,
+    wait_for,
+)
+from apps.delivery_kit import write as write_at_head
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened
+
+from es_workers import Event, RedisStorage, Store, admin
+from es_workers.event import Handler
+from es_workers.publisher import GROUP, Publisher, PublisherOptions
+
+
+@pytest.fixture
+def fast_storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
+    return RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER)
+
+
+@pytest.fixture
+def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]:
+    with redis_broker(redis_client, backend, REDIS_URL) as made:
+        yield made
+
+
+def write(store: Store, entity_id: str, count: int) -> int:
+    head = store.storage.position("account", entity_id)  # type: ignore[attr-defined]
+    contents = [
+        Opened(owner=entity_id) if head + i == 0 else Deposited(amount=head + i)
+        for i in range(count)
+    ]
+    return write_at_head(store, "account", entity_id, *contents)
+
+
+def outbox(storage: RedisStorage) -> tuple[int, int]:
+    """(entries in the outboxes, entries read by a publisher but not acknowledged)."""
+    length = pending = 0
+    for partition in range(storage.partitions):
+        key = storage.keys.outbox(partition)
+        length += int(storage.client.xlen(key))
+        if storage.client.exists(key):
+            groups = storage.client.xinfo_groups(key)
+            pending += sum(int(group["pending"]) for group in groups)
+    return length, pending
+
+
+def test_broker_down_entries_stay_unacknowledged_and_all_are_delivered_once_it_is_back(
+    fast_storage: RedisStorage,
+) -> None:
+    broker = stub_broker()
+    assert isinstance(broker, FlakyStubBroker)
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    broker.down.set()
+    delivery.start_publisher(replace(FAST_PUBLISHER, min_backoff_ms=20, max_backoff_ms=200))
+    delivery.start_worker()
+    try:
+        heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 3) for i in range(10)}
+        wait_for(lambda: broker.refused >= 3, "the publisher to try the broker again")
+        refused = broker.refused
+        time.sleep(0.3)
+        # It retries with backoff (at most one try per 20..200 ms), never spinning.
+        assert 1 <= broker.refused - refused <= 15
+        assert outbox(fast_storage)[0] == 10, "nothing may be acknowledged while sends fail"
+        assert recorder.count() == 0
+
+        broker.down.clear()
+        wait_for(lambda: recorder.has(heads), "every event once the broker is back")
+        wait_for(lambda: outbox(fast_storage) == (0, 0), "the outbox to be acknowledged")
+    finally:
+        delivery.stop()
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_redis_down_the_publisher_retries_and_relays_everything_after() -> None:
+    import fakeredis
+
+    server = fakeredis.FakeServer(version=(7, 0))
+    storage = RedisStorage(fakeredis.FakeRedis(server=server), prefix="down")
+    delivery = Delivery(storage, stub_broker(), events=ACCOUNT_EVENTS)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(5)}
+    server.connected = False  # every command now fails with ConnectionError
+    delivery.start_publisher(replace(FAST_PUBLISHER, min_backoff_ms=20, max_backoff_ms=200))
+    delivery.start_worker()
+    try:
+        time.sleep(0.3)
+        assert recorder.count() == 0
+        server.connected = True
+        wait_for(lambda: recorder.has(heads), "every event once Redis is back")
+        wait_for(lambda: outbox(storage) == (0, 0), "the outbox to be acknowledged")
+    finally:
+        delivery.stop()
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_entries_of_a_publisher_killed_between_send_and_ack_are_claimed_by_another(
+    fast_storage: RedisStorage,
+) -> None:
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(12)}
+    # The "dead" publisher read every entry, sent notices for half of them, then died.
+    client = fast_storage.client
+    Publisher(fast_storage, delivery.bus)._ensure_groups()
+    streams = {fast_storage.keys.outbox(p): ">" for p in range(fast_storage.partitions)}
+    read: Any = client.xreadgroup(GROUP, "dead-publisher", streams, count=100)  # type: ignore[arg-type]
+    assert sum(len(entries) for _, entries in read) == 12
+    for entity_id in list(heads)[:6]:
+        delivery.bus.notify("account", entity_id, heads[entity_id])
+    assert outbox(fast_storage) == (12, 12)
+
+    started = time.monotonic()
+    delivery.start_publisher()  # claim_idle_ms=200
+    delivery.start_worker()
+    try:
+        wait_for(lambda: recorder.has(heads), "every event, the claimed ones included")
+        wait_for(lambda: outbox(fast_storage) == (0, 0), "the claimed entries acknowledged")
+    finally:
+        delivery.stop()
+    assert time.monotonic() - started >= 0.2, "claimed only once idle for claim_idle_ms"
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_two_publishers_at_once_deliver_every_event_once_in_order(
+    fast_storage: RedisStorage, broker: dramatiq.Broker
+) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    recorders = [Recorder(), Recorder()]
+    delivery.store.subscribe("account", "balances", recorders[0])
+    delivery.store.subscribe("account", "audit", recorders[1])
+    delivery.start_publisher()
+    delivery.start_publisher()
+    delivery.start_worker()
+    heads: dict[str, int] = {}
+
+    def writer(offset: int) -> None:
+        for round_ in range(5):
+            for i in range(offset, 40, 2):
+                heads[f"acc-{i}"] = write(delivery.store, f"acc-{i}", 1 + round_ % 2)
+
+    try:
+        writers = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        wait_for(lambda: all(r.has(heads) for r in recorders), "every event to both")
+        wait_for(lambda: outbox(fast_storage) == (0, 0), "the outbox to be acknowledged")
+    finally:
+        delivery.stop()
+    for recorder in recorders:
+        assert_exactly_once_in_order(recorder, heads)
+
+
+def test_sweep_resends_a_notice_that_was_lost(fast_storage: RedisStorage) -> None:
+    broker = stub_broker()
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)  # redrive_after_ms=300
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    delivery.start_publisher()
+    try:
+        wait_for(lambda: admin.status(delivery.store).subscribers[0].caught_up, "catch-up done")
+        heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(5)}
+        wait_for(lambda: outbox(fast_storage) == (0, 0), "the entries relayed")
+        due = sum(
+            int(fast_storage.client.zcard(fast_storage.keys.due("balances", p)))
+            for p in range(fast_storage.partitions)
+        )
+        assert due == 5
+        broker.flush_all()  # the notices are lost, as if a worker died holding them
+        lost_at = time.monotonic()
+        delivery.start_worker()
+        wait_for(lambda: recorder.has(heads), "the sweep to re-send the lost notices")
+        assert time.monotonic() - lost_at >= 0.1
+    finally:
+        delivery.stop()
+    assert_exactly_once_in_order(recorder, heads)
+    assert not any(
+        fast_storage.client.zcard(fast_storage.keys.due("balances", p))
+        for p in range(fast_storage.partitions)
+    ), "nothing is due once handled"
+
+
+class RecordingBus:
+    """A NotifyingEventBus that only records the notices it is asked to send."""
+
+    def __init__(self, *subscriber_ids: str) -> None:
+        self.ids = list(subscriber_ids)
+        self.notices: list[tuple[str, str, int | None, tuple[str, ...]]] = []
+
+    def bind(self, store: Store) -> None:
+        pass
+
+    def notify(
+        self, entity_type: str, entity_id: str, event_number: int | None,
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        targets = tuple(self.ids if subscriber_ids is None else subscriber_ids)
+        self.notices.append((entity_type, entity_id, event_number, targets))
+
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
+        self.ids.append(subscriber_id)
+
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        return list(self.ids)
+
+    def write(self, entity_type: str, events: Iterable[Event]) -> None:
+        raise AssertionError("a notifying bus is sent notices, not events")
+
+    def write_to(self, entity_type: str, events: Iterable[Event], ids: Sequence[str]) -> None:
+        raise AssertionError("a notifying bus is sent notices, not events")
+
+    def close(self) -> None:
+        pass
+
+
+def test_one_notice_per_entity_and_batch_with_its_highest_event_number(
+    storage: RedisStorage,
+) -> None:
+    bus = RecordingBus("balances")
+    store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
+    storage.client.sadd(storage.keys.caught_up("account"), "balances")  # no catch-up here
+    for _ in range(3):
+        write(store, "acc-1", 2)
+    write(store, "acc-2", 1)
+    publisher = Publisher(storage, bus, PublisherOptions(block_ms=10))
+    publisher._ensure_groups()
+
+    for _ in range(3):
+        publisher.step()
+
+    assert sorted(bus.notices) == [
+        ("account", "acc-1", 6, ("balances",)),
+        ("account", "acc-2", 1, ("balances",)),
+    ]
+    assert outbox(storage) == (0, 0)
+
+
+def test_catch_up_pages_through_the_history_and_resumes_from_its_cursor(
+    storage: RedisStorage,
+) -> None:
+    bus = RecordingBus()
+    store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
+    ids = [f"acc-{i:02}" for i in range(23)]
+    for entity_id in ids:
+        write(store, entity_id, 1)
+    store.subscribe("account", "late", Recorder())
+    options = PublisherOptions(catch_up_page=10)
+    assert Publisher(storage, bus, options)._catch_up()  # one page, then it dies
+    assert storage.client.get(storage.keys.catch_up_cursor("account", "late")) is not None
+    second = Publisher(storage, bus, options)
+    while second._catch_up():
+        pass
+    handed = [entity_id for _, entity_id, number, targets in bus.notices if targets == ("late",)]
+    assert all(number is None for *_, number, _ in bus.notices)
+    assert handed == ids, "each entity once, oldest first"
+    assert storage.client.sismember(storage.keys.caught_up("account"), "late")
+    assert storage.client.get(storage.keys.catch_up_cursor("account", "late")) is None
+
+
+def test_malformed_outbox_entry_is_dropped_and_relaying_goes_on(
+    storage: RedisStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = RecordingBus("balances")
+    store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
+    storage.client.sadd(storage.keys.caught_up("account"), "balances")
+    storage.client.xadd(storage.keys.outbox(0), {"type": "account", "oops": "1"})
+    write(store, "acc-1", 1)
+    publisher = Publisher(storage, bus, PublisherOptions(block_ms=10))
+    publisher._ensure_groups()
+
+    for _ in range(3):
+        publisher.step()
+
+    assert [notice[1] for notice in bus.notices] == ["acc-1"]
+    assert outbox(storage) == (0, 0)
+    assert "malformed" in caplog.text
