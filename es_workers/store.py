@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .bus.base import EventBus, NotifyingEventBus
 from .bus.memory import InMemoryEventBus
@@ -14,6 +14,9 @@ from .event import Content, Event, Handler, check_entity_id, check_entity_type
 from .storage.base import Storage
 from .stream import Stream
 from .upgrade import EventUpgrade, apply_upgrades
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 H = TypeVar("H", bound=Handler)
 
@@ -52,6 +55,20 @@ class Store:
         self._close_on_exit = False
         if isinstance(self.bus, NotifyingEventBus):
             self.bus.bind(self)
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        events: Mapping[str, Iterable[type[Content]]] | None = None,
+        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
+        settings: Settings | None = None,
+    ) -> Store:
+        """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
+        (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
+        from .settings import build_store
+
+        return build_store(settings, events=events, upgrades=upgrades)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
