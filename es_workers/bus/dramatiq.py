@@ -18,6 +18,7 @@ import dramatiq
 from ..delivery import Deliverer, DeliveryOptions
 from ..errors import ConfigurationError, SubscriberError
 from ..event import Event, Handler, as_callable, check_entity_id, check_entity_type
+from ..observability import SingleStop
 from .names import check_subscriber_id
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class DramatiqEventBus:
             "time_limit": time_limit_ms,
         }
         dramatiq.set_broker(broker)
+        if not any(isinstance(m, SingleStop) for m in broker.middleware):
+            broker.add_middleware(SingleStop())  # clean exit on a process-group SIGTERM
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}

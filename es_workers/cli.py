@@ -1,0 +1,475 @@
+"""`es-workers`: run the publisher and the workers of an app, inspect and repair delivery.
+
+APP is `module:attribute` naming the app's `Store` (e.g. `examples.bank:store`); the module
+is imported with the current directory on `sys.path` and registers its subscribers when
+imported. Settings come from `ES_...` environment variables and `config/es.toml` (see
+`es_workers.settings`). Exit codes: 0 done, 1 failed, 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import redis
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import ConfigurationError, EsError
+from .settings import Settings, load_settings
+from .store import Store
+
+if TYPE_CHECKING:
+    from .admin import ParkedEntity
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("es_workers.cli")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="es-workers",
+    help="Event sourcing on Redis with Dramatiq workers: run, inspect and repair an app.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+parked_app = typer.Typer(
+    help="Entities a subscriber gave up on after max_attempts: list, retry or skip them.",
+    no_args_is_help=True,
+)
+app.add_typer(parked_app, name="parked")
+
+AppRef = Annotated[
+    str,
+    typer.Argument(
+        metavar="APP", help="module:attribute naming the Store, e.g. examples.bank:store"
+    ),
+]
+SubscriberId = Annotated[
+    str, typer.Argument(metavar="SUBSCRIBER", help="The subscriber ID (its Dramatiq queue)")
+]
+EntityType = Annotated[
+    str, typer.Argument(metavar="ENTITY_TYPE", help="The entity type, e.g. account")
+]
+EntityId = Annotated[str, typer.Argument(metavar="ENTITY_ID", help="The entity ID")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+# -- Helpers shared by the commands --------------------------------------------------------
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"error: {message}", style="red", markup=False)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    """Reads and checks the settings, and configures logging from them."""
+    from .observability import configure_logging
+
+    try:
+        settings = load_settings()
+    except ConfigurationError as error:
+        fail(str(error), EXIT_USAGE)
+    configure_logging(settings.log_level)
+    return settings
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turns the errors a user can act on into one clear line and an exit code."""
+    try:
+        yield
+    except ConfigurationError as error:
+        fail(str(error), EXIT_USAGE)
+    except EsError as error:
+        fail(str(error))
+    except redis.ConnectionError as error:
+        fail(f"cannot reach Redis: {error}")
+    except redis.RedisError as error:
+        fail(f"Redis: {type(error).__name__}: {error}")
+
+
+def load_app(ref: str) -> Store:
+    """Imports `module:attribute` (current directory on sys.path) and returns the Store."""
+    module_name, _, attribute = ref.partition(":")
+    if not module_name or not attribute:
+        fail(f"APP must be 'module:attribute' naming a Store (e.g. examples.bank:store), "
+             f"not {ref!r}", EXIT_USAGE)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    with reported_errors():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (module_name + ".").startswith(error.name + "."):
+                raise  # the app itself failed to import something: show where
+            fail(f"cannot import {module_name!r} ({error}): run from the directory that "
+                 "holds it, or add that directory to PYTHONPATH", EXIT_USAGE)
+    target: object = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            fail(f"module {module_name!r} has no attribute {attribute!r}", EXIT_USAGE)
+        target = getattr(target, part)
+    if not isinstance(target, Store):
+        fail(f"{ref} is a {type(target).__name__}, not an es_workers.Store", EXIT_USAGE)
+    return target
+
+
+def require_shared_redis(store: Store, command: str) -> None:
+    """The publisher and workers are separate processes: they need a Redis they share."""
+    from .storage.redis import RedisStorage
+
+    storage = store.storage
+    if not isinstance(storage, RedisStorage):
+        fail(f"`{command}` needs a Store on RedisStorage, not {type(storage).__name__}",
+             EXIT_USAGE)
+    if type(storage.client).__module__.startswith("fakeredis"):
+        fail(f"`{command}` needs a Redis server other processes can reach: ES_REDIS_URL is "
+             "not set, so the store lives in an embedded Redis inside this process. Set "
+             "ES_REDIS_URL, or try `es-workers demo`.", EXIT_USAGE)
+
+
+def describe(store: Store) -> str:
+    from .storage.redis import RedisStorage
+
+    storage = store.storage
+    if not isinstance(storage, RedisStorage):
+        return type(storage).__name__
+    kwargs = storage.client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    return f"prefix {storage.keys.prefix!r} on Redis {where} db {kwargs.get('db', 0)}"
+
+
+class StopSignals:
+    """SIGTERM/SIGINT handling from the first moment of a long-running command.
+
+    Without it a stop signal during start-up (importing the app) would kill the process
+    with status -15 rather than stop it. The first signal sets `requested` and calls
+    `on_stop`; a second one exits at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.on_stop: Callable[[], None] | None = None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise SystemExit(EXIT_FAILED)  # asked twice: stop now
+        self.requested = True
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        if self.on_stop is not None:
+            self.on_stop()
+
+    def block(self) -> None:
+        """Holds further signals pending (they survive exec) for the next program."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+
+# -- Running -------------------------------------------------------------------------------
+
+@app.command()
+def publish(app_ref: AppRef) -> None:
+    """Run the publisher: relay new events from the outbox to the subscribers' queues.
+
+    Also hands new subscribers the history and re-sends notices that got lost. Several
+    publishers may run at once. Stops cleanly on SIGTERM or SIGINT: it finishes the
+    current round (entries are acknowledged only after they are sent, so nothing is lost).
+    """
+    from .observability import serve_metrics
+
+    stop = StopSignals()
+    settings = settings_or_exit()
+    store = load_app(app_ref)
+    require_shared_redis(store, "publish")
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
+    stop.on_stop = store.close  # the running round finishes, then start() returns
+    if stop.requested:
+        return
+    log.info("publishing %s (%s)", app_ref, describe(store))
+    with reported_errors():
+        store.start()
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Other options are passed to Dramatiq, e.g. --queues balances. Plain "
+    "`dramatiq APP_MODULE` works too (set dramatiq_worker_timeout=20 for low latency).",
+)
+def worker(
+    ctx: typer.Context,
+    app_ref: AppRef,
+    processes: Annotated[
+        int | None, typer.Option("--processes", "-p", min=1, help="Worker processes "
+                                 "[default: ES_WORKER_PROCESSES, 1]")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="Threads per process "
+                                 "[default: ES_WORKER_THREADS, 8]")
+    ] = None,
+    worker_timeout: Annotated[
+        int | None, typer.Option("--worker-timeout", min=1, help="Broker poll timeout in ms: "
+                                 "idle latency [default: ES_WORKER_TIMEOUT_MS, 20]")
+    ] = None,
+) -> None:
+    """Run the Dramatiq workers of the app's subscribers (replaces this process).
+
+    Each subscriber is an actor on its own queue; a worker reads an entity's events from
+    the subscriber's checkpoint and runs the handler, in order per entity. SIGTERM or
+    SIGINT: in-flight deliveries finish, prefetched ones go back to the queue.
+    """
+    stop = StopSignals()
+    settings = settings_or_exit()
+    store = load_app(app_ref)
+    require_shared_redis(store, "worker")
+    from .bus.dramatiq import DramatiqEventBus
+
+    if not isinstance(store.bus, DramatiqEventBus):
+        fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
+             "(Store.from_settings builds one)", EXIT_USAGE)
+    if worker_timeout is not None:
+        settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
+    module = app_ref.partition(":")[0]
+    argv = [
+        sys.executable, "-m", "dramatiq", module,
+        "--processes", str(processes or settings.worker_processes),
+        "--threads", str(threads or settings.worker_threads),
+        *ctx.args,
+    ]
+    # Dramatiq reads its poll timeout and prefetch from the environment when imported,
+    # so the workers run in a fresh process.
+    env = {**os.environ, **settings.worker_environment()}
+    log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
+             " ".join(argv[1:]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # From here a stop signal waits, pending, until Dramatiq has its handlers in place.
+    stop.block()
+    if stop.requested:
+        return
+    os.execvpe(sys.executable, argv, env)
+
+
+# -- Inspecting ----------------------------------------------------------------------------
+
+@app.command()
+def status(app_ref: AppRef, as_json: AsJson = False) -> None:
+    """Show the outbox backlog and, per subscriber, its lag and parked entities."""
+    from . import admin
+
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        report = admin.status(store)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    out.print(f"{app_ref}: {describe(store)}")
+    out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
+    table = Table("entity type", "subscriber", "history", "lagging entities",
+                  "events behind", "parked")
+    parked_entities: list[ParkedEntity] = []
+    for sub in report.subscribers:
+        table.add_row(
+            sub.entity_type, sub.subscriber_id,
+            "caught up" if sub.caught_up else "[yellow]pending[/]",
+            str(sub.lagging_entities), str(sub.events_behind),
+            f"[red]{len(sub.parked)}[/]" if sub.parked else "0",
+        )
+        parked_entities.extend(sub.parked)
+    if report.subscribers:
+        out.print(table)
+    else:
+        out.print("no subscribers")
+    if parked_entities:
+        out.print(parked_table(parked_entities))
+        out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID")
+
+
+def parked_table(entities: list[ParkedEntity]) -> Table:
+    table = Table("subscriber", "entity type", "entity ID", "event", "attempts", "parked at",
+                  "error", title="parked entities")
+    for item in entities:
+        table.add_row(item.subscriber_id, item.entity_type, item.entity_id,
+                      str(item.event_number), str(item.attempts), item.parked_at, item.error)
+    return table
+
+
+@app.command()
+def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
+         as_json: AsJson = False) -> None:
+    """Print an entity's events (upgraded, as subscribers see them).
+
+    With --json, one JSON object per line: event_number, event_name, event_time,
+    store_event_id, content.
+    """
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors(), store.open(entity_type, entity_id) as stream:
+        events = list(stream.all())
+    if not events:
+        fail(f"{entity_type} {entity_id!r} has no events")
+    if as_json:
+        for event in events:
+            typer.echo(json.dumps({
+                "event_number": event.event_number,
+                "event_name": event.content.event_name,
+                "event_time": event.event_time.isoformat(),
+                "store_event_id": event.store_event_id,
+                "content": event.content.model_dump(mode="json"),
+            }))
+        return
+    table = Table("#", "event", "time (UTC)", "store event ID", "content",
+                  title=f"{entity_type} {entity_id}")
+    for event in events:
+        table.add_row(str(event.event_number), event.content.event_name,
+                      event.event_time.isoformat(timespec="milliseconds"),
+                      event.store_event_id, event.content.model_dump_json())
+    out.print(table)
+
+
+@app.command()
+def config(as_json: AsJson = False) -> None:
+    """Print the settings in effect (environment ES_... over config/es.toml over defaults)."""
+    settings = settings_or_exit()
+    values = settings.shown()
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    table = Table("setting", "environment variable", "value")
+    for name, value in values.items():
+        table.add_row(name, f"ES_{name.upper()}", "(unset)" if value is None else str(value))
+    out.print(table)
+
+
+# -- Repairing -----------------------------------------------------------------------------
+
+@app.command()
+def replay(
+    app_ref: AppRef,
+    subscriber_id: SubscriberId,
+    entity_type: Annotated[
+        str | None, typer.Option("--entity-type", "-e", help="Only this entity type "
+                                 "[default: every type the subscriber has]")
+    ] = None,
+) -> None:
+    """Deliver a subscriber's whole history again: forget its checkpoints and parked
+    entities, then send it every entity. Clear its read model first."""
+    from . import admin
+
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        types = [entity_type] if entity_type else [
+            t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)
+        ]
+        total = sum(admin.count_entities(store, t) for t in types)
+        with Progress(TextColumn("replay {task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
+            task = progress.add_task(subscriber_id, total=total)
+            sent = admin.replay(
+                store, subscriber_id, entity_type,
+                progress=lambda done: progress.update(task, completed=done),
+            )
+    out.print(f"{subscriber_id}: {sent} entities sent again; the workers deliver their events")
+
+
+@parked_app.command("list")
+def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
+                as_json: AsJson = False) -> None:
+    """List the entities parked for a subscriber."""
+    from . import admin
+
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        entities = admin.parked(store, subscriber_id, entity_type)
+    if as_json:
+        typer.echo(json.dumps([vars(item) for item in entities], indent=2))
+    elif entities:
+        out.print(parked_table(entities))
+    else:
+        out.print(f"nothing parked for {subscriber_id} on {entity_type}")
+
+
+@parked_app.command("retry")
+def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
+                 entity_id: EntityId) -> None:
+    """Unpark the entity and deliver again from the event that failed (after a fix)."""
+    from . import admin
+
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        item = admin.retry_parked(store, subscriber_id, entity_type, entity_id)
+    out.print(f"{subscriber_id}: {entity_type} {entity_id!r} unparked; delivering again from "
+              f"event {item.event_number} (it failed {item.attempts} times: {item.error})",
+              markup=False)
+
+
+@parked_app.command("skip")
+def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
+                entity_id: EntityId) -> None:
+    """Mark the failing event handled without handling it, then deliver the rest."""
+    from . import admin
+
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        item = admin.skip_parked(store, subscriber_id, entity_type, entity_id)
+    out.print(f"{subscriber_id}: {entity_type} {entity_id!r} skipped event "
+              f"{item.event_number} ({item.error}); delivering the rest", markup=False)
+
+
+# -- Demo ----------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    accounts: Annotated[int, typer.Option(min=2, max=100, help="Accounts to open")] = 5,
+    operations: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Deposits, withdrawals and transfers")
+    ] = 200,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for the subscribers")
+    ] = 60.0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the publisher's and worker's logs")
+    ] = False,
+) -> None:
+    """Run the bank example end to end: a publisher and a worker process, events written,
+    read models filled in, then everything stopped.
+
+    Without ES_REDIS_URL it runs on an embedded Redis (fakeredis) served to the child
+    processes; with it, on that Redis under a prefix of its own, deleted afterwards.
+    """
+    from .demo import run_demo
+
+    settings = settings_or_exit()
+    code = run_demo(
+        console=out, redis_url=settings.redis_url, accounts=accounts, operations=operations,
+        timeout=timeout, verbose=verbose,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
