@@ -337,8 +337,9 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
                 "content": event.content.model_dump(mode="json"),
             }))
         return
-    table = Table("#", "event", "time (UTC)", "store event ID", "content",
-                  title=f"{entity_type} {entity_id}")
+    table = Table(title=f"{entity_type} {entity_id}")
+    for column in ("#", "event", "time (UTC)", "store event ID", "content"):
+        table.add_column(column, overflow="fold")
     for event in events:
         table.add_row(str(event.event_number), event.content.event_name,
                       event.event_time.isoformat(timespec="milliseconds"),
@@ -354,7 +355,8 @@ def config(as_json: AsJson = False) -> None:
     if as_json:
         typer.echo(json.dumps(values, indent=2))
         return
-    table = Table("setting", "environment variable", "value")
+    table = Table("setting", "environment variable")
+    table.add_column("value", overflow="fold")
     for name, value in values.items():
         table.add_row(name, f"ES_{name.upper()}", "(unset)" if value is None else str(value))
     out.print(table)
