@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import redis
 import typer
@@ -72,7 +72,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 # -- Helpers shared by the commands --------------------------------------------------------
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err.print(f"error: {message}", style="red", markup=False)
+    err.print(f"error: {message}", style="red", markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -149,6 +149,8 @@ def describe(store: Store) -> str:
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         return type(storage).__name__
+    if type(storage.client).__module__.startswith("fakeredis"):
+        return f"prefix {storage.keys.prefix!r} on the embedded Redis of this process"
     kwargs = storage.client.connection_pool.connection_kwargs
     where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
     return f"prefix {storage.keys.prefix!r} on Redis {where} db {kwargs.get('db', 0)}"
@@ -167,10 +169,23 @@ class StopSignals:
     def __init__(self) -> None:
         self.requested = False
         self.on_stop: Callable[[], None] | None = None
+        self._previous: dict[int, Any] = {}
+        self._done = False
+
+    def __enter__(self) -> StopSignals:
         for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done = True  # a signal still pending repeats one already acted on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._done:
+            return
         if self.requested:
             raise SystemExit(EXIT_FAILED)  # asked twice: stop now
         self.requested = True
@@ -195,18 +210,18 @@ def publish(app_ref: AppRef) -> None:
     """
     from .observability import serve_metrics
 
-    stop = StopSignals()
-    settings = settings_or_exit()
-    store = load_app(app_ref)
-    require_shared_redis(store, "publish")
-    if settings.metrics_port is not None:
-        serve_metrics(settings.metrics_port)
-    stop.on_stop = store.close  # the running round finishes, then start() returns
-    if stop.requested:
-        return
-    log.info("publishing %s (%s)", app_ref, describe(store))
-    with reported_errors():
-        store.start()
+    with StopSignals() as stop:
+        settings = settings_or_exit()
+        store = load_app(app_ref)
+        require_shared_redis(store, "publish")
+        if settings.metrics_port is not None:
+            serve_metrics(settings.metrics_port)
+        stop.on_stop = store.close  # the running round finishes, then start() returns
+        if stop.requested:
+            return
+        log.info("publishing %s (%s)", app_ref, describe(store))
+        with reported_errors():
+            store.start()
 
 
 @app.command(
@@ -236,36 +251,36 @@ def worker(
     the subscriber's checkpoint and runs the handler, in order per entity. SIGTERM or
     SIGINT: in-flight deliveries finish, prefetched ones go back to the queue.
     """
-    stop = StopSignals()
-    settings = settings_or_exit()
-    store = load_app(app_ref)
-    require_shared_redis(store, "worker")
-    from .bus.dramatiq import DramatiqEventBus
+    with StopSignals() as stop:
+        settings = settings_or_exit()
+        store = load_app(app_ref)
+        require_shared_redis(store, "worker")
+        from .bus.dramatiq import DramatiqEventBus
 
-    if not isinstance(store.bus, DramatiqEventBus):
-        fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
-             "(Store.from_settings builds one)", EXIT_USAGE)
-    if worker_timeout is not None:
-        settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
-    module = app_ref.partition(":")[0]
-    argv = [
-        sys.executable, "-m", "dramatiq", module,
-        "--processes", str(processes or settings.worker_processes),
-        "--threads", str(threads or settings.worker_threads),
-        *ctx.args,
-    ]
-    # Dramatiq reads its poll timeout and prefetch from the environment when imported,
-    # so the workers run in a fresh process.
-    env = {**os.environ, **settings.worker_environment()}
-    log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
-             " ".join(argv[1:]))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # From here a stop signal waits, pending, until Dramatiq has its handlers in place.
-    stop.block()
-    if stop.requested:
-        return
-    os.execvpe(sys.executable, argv, env)
+        if not isinstance(store.bus, DramatiqEventBus):
+            fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
+                 "(Store.from_settings builds one)", EXIT_USAGE)
+        if worker_timeout is not None:
+            settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
+        module = app_ref.partition(":")[0]
+        argv = [
+            sys.executable, "-m", "dramatiq", module,
+            "--processes", str(processes or settings.worker_processes),
+            "--threads", str(threads or settings.worker_threads),
+            *ctx.args,
+        ]
+        # Dramatiq reads its poll timeout and prefetch from the environment when imported,
+        # so the workers run in a fresh process.
+        env = {**os.environ, **settings.worker_environment()}
+        log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
+                 " ".join(argv[1:]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # From here a stop signal waits, pending, until Dramatiq has its handlers in place.
+        stop.block()
+        if stop.requested:
+            return
+        os.execvpe(sys.executable, argv, env)
 
 
 # -- Inspecting ----------------------------------------------------------------------------
@@ -284,8 +299,8 @@ def status(app_ref: AppRef, as_json: AsJson = False) -> None:
         return
     out.print(f"{app_ref}: {describe(store)}")
     out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
-    table = Table("entity type", "subscriber", "history", "lagging entities",
-                  "events behind", "parked")
+    table = folding_table("entity type", "subscriber", "history", "lagging entities",
+                          "events behind", "parked")
     parked_entities: list[ParkedEntity] = []
     for sub in report.subscribers:
         table.add_row(
@@ -300,17 +315,26 @@ def status(app_ref: AppRef, as_json: AsJson = False) -> None:
     else:
         out.print("no subscribers")
     if parked_entities:
-        out.print(parked_table(parked_entities))
+        print_parked(parked_entities)
         out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID")
 
 
-def parked_table(entities: list[ParkedEntity]) -> Table:
-    table = Table("subscriber", "entity type", "entity ID", "event", "attempts", "parked at",
-                  "error", title="parked entities")
-    for item in entities:
-        table.add_row(item.subscriber_id, item.entity_type, item.entity_id,
-                      str(item.event_number), str(item.attempts), item.parked_at, item.error)
+def folding_table(*columns: str, title: str | None = None) -> Table:
+    """A table that wraps long values instead of cutting them short."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
     return table
+
+
+def print_parked(entities: list[ParkedEntity]) -> None:
+    """One line per parked entity: long errors stay readable on a narrow terminal."""
+    for item in entities:
+        out.print(
+            f"parked: {item.subscriber_id} {item.entity_type} {item.entity_id!r} at event "
+            f"{item.event_number}, {item.attempts} attempts, {item.parked_at}: {item.error}",
+            markup=False, soft_wrap=True,
+        )
 
 
 @app.command()
@@ -337,9 +361,8 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
                 "content": event.content.model_dump(mode="json"),
             }))
         return
-    table = Table(title=f"{entity_type} {entity_id}")
-    for column in ("#", "event", "time (UTC)", "store event ID", "content"):
-        table.add_column(column, overflow="fold")
+    table = folding_table("#", "event", "time (UTC)", "store event ID", "content",
+                          title=f"{entity_type} {entity_id}")
     for event in events:
         table.add_row(str(event.event_number), event.content.event_name,
                       event.event_time.isoformat(timespec="milliseconds"),
@@ -355,8 +378,7 @@ def config(as_json: AsJson = False) -> None:
     if as_json:
         typer.echo(json.dumps(values, indent=2))
         return
-    table = Table("setting", "environment variable")
-    table.add_column("value", overflow="fold")
+    table = folding_table("setting", "environment variable", "value")
     for name, value in values.items():
         table.add_row(name, f"ES_{name.upper()}", "(unset)" if value is None else str(value))
     out.print(table)
@@ -407,7 +429,7 @@ def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
     if as_json:
         typer.echo(json.dumps([vars(item) for item in entities], indent=2))
     elif entities:
-        out.print(parked_table(entities))
+        print_parked(entities)
     else:
         out.print(f"nothing parked for {subscriber_id} on {entity_type}")
 

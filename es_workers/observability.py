@@ -25,8 +25,12 @@ log = logging.getLogger("es_workers")
 
 
 def configure_logging(level: str) -> None:
-    """Logs to stderr in the common format at `level` (a name such as "INFO")."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    """Logs to stderr in the common format at `level` (a name such as "INFO").
+
+    Leaves handlers already installed (by the app, or a test runner) in place.
+    """
+    logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger().setLevel(level)
 
 
 def serve_metrics(port: int, *, search: int = 0) -> int:

@@ -70,88 +70,105 @@ class Settings(BaseSettings):
 
     # Where events live.
     redis_url: str | None = Field(
-        None, description="Redis for events and delivery state; unset: embedded fakeredis"
+        default=None,
+        description="Redis for events and delivery state; unset: embedded fakeredis",
     )
-    prefix: str = Field("es", description="Key prefix of this store in Redis")
+    prefix: str = Field(default="es", description="Key prefix of this store in Redis")
     partitions: int | None = Field(
-        None, ge=1, le=4096,
+        default=None, ge=1, le=4096,
         description="Partitions of a new prefix (16 when unset); fixed once the prefix exists",
     )
     # The bus.
     broker_url: str | None = Field(
-        None, description="Dramatiq broker: redis://..., amqp://... (RabbitMQ) or stub://; "
+        default=None,
+        description="Dramatiq broker: redis://..., amqp://... (RabbitMQ) or stub://; "
         "unset: the Redis of redis_url",
     )
     broker_namespace: str | None = Field(
-        None, description="Dramatiq key namespace on a Redis broker; unset: '<prefix>:dramatiq'"
+        default=None,
+        description="Dramatiq key namespace on a Redis broker; unset: '<prefix>:dramatiq'",
     )
     # Worker processes.
-    worker_processes: int = Field(1, ge=1, le=256, description="Dramatiq worker processes")
-    worker_threads: int = Field(8, ge=1, le=1024, description="Threads per worker process")
+    worker_processes: int = Field(
+        default=1, ge=1, le=256, description="Dramatiq worker processes"
+    )
+    worker_threads: int = Field(
+        default=8, ge=1, le=1024, description="Threads per worker process"
+    )
     worker_timeout_ms: int = Field(
-        20, ge=1, le=60_000,
+        default=20, ge=1, le=60_000,
         description="Broker poll timeout: the idle latency of a worker (Dramatiq's default 1000)",
     )
     worker_prefetch: int = Field(
-        0, ge=0, le=65_535, description="Messages prefetched per queue; 0: 2 x worker_threads"
+        default=0, ge=0, le=65_535,
+        description="Messages prefetched per queue; 0: 2 x worker_threads",
     )
     # Delivery: es_workers.delivery.DeliveryOptions.
     max_attempts: int = Field(
-        _DELIVERY.max_attempts, ge=1, description="Handler attempts before the entity is parked"
+        default=_DELIVERY.max_attempts, ge=1,
+        description="Handler attempts before the entity is parked",
     )
     min_backoff_ms: int = Field(
-        _DELIVERY.min_backoff_ms, ge=0, description="First retry delay of a failing handler"
+        default=_DELIVERY.min_backoff_ms, ge=0,
+        description="First retry delay of a failing handler",
     )
     max_backoff_ms: int = Field(
-        _DELIVERY.max_backoff_ms, ge=0, description="Longest retry delay of a failing handler"
+        default=_DELIVERY.max_backoff_ms, ge=0,
+        description="Longest retry delay of a failing handler",
     )
     lock_ms: int = Field(
-        _DELIVERY.lock_ms, ge=100,
+        default=_DELIVERY.lock_ms, ge=100,
         description="Lease of a (subscriber, entity) lock; a crashed worker's entities wait "
         "this long",
     )
     redrive_after_ms: int = Field(
-        _DELIVERY.redrive_after_ms, ge=100,
+        default=_DELIVERY.redrive_after_ms, ge=100,
         description="A notice not seen handled by then is sent again",
     )
     time_limit_ms: int = Field(
-        600_000, ge=1000, description="Dramatiq time limit of one delivery (all events of it)"
+        default=600_000, ge=1000,
+        description="Dramatiq time limit of one delivery (all events of it)",
     )
     # Publisher: es_workers.publisher.PublisherOptions.
     publisher_batch: int = Field(
-        _PUBLISHER.batch, ge=1, description="Outbox entries read per partition per round"
+        default=_PUBLISHER.batch, ge=1,
+        description="Outbox entries read per partition per round",
     )
     publisher_block_ms: int = Field(
-        _PUBLISHER.block_ms, ge=1, description="How long one outbox read waits for entries"
+        default=_PUBLISHER.block_ms, ge=1,
+        description="How long one outbox read waits for entries",
     )
     publisher_claim_idle_ms: int = Field(
-        _PUBLISHER.claim_idle_ms, ge=100,
+        default=_PUBLISHER.claim_idle_ms, ge=100,
         description="Outbox entries pending this long belong to a dead publisher and are "
         "claimed",
     )
     publisher_claim_every_ms: int = Field(
-        _PUBLISHER.claim_every_ms, ge=10, description="How often to look for such entries"
+        default=_PUBLISHER.claim_every_ms, ge=10,
+        description="How often to look for such entries",
     )
     publisher_sweep_every_ms: int = Field(
-        _PUBLISHER.sweep_every_ms, ge=10,
+        default=_PUBLISHER.sweep_every_ms, ge=10,
         description="How often to re-send notices that are due (see redrive_after_ms)",
     )
     publisher_catch_up_page: int = Field(
-        _PUBLISHER.catch_up_page, ge=1,
+        default=_PUBLISHER.catch_up_page, ge=1,
         description="Entities per page when a new subscriber is handed the history",
     )
     publisher_min_backoff_ms: int = Field(
-        _PUBLISHER.min_backoff_ms, ge=1, description="First retry delay when Redis or the bus "
-        "fails",
+        default=_PUBLISHER.min_backoff_ms, ge=1,
+        description="First retry delay when Redis or the bus fails",
     )
     publisher_max_backoff_ms: int = Field(
-        _PUBLISHER.max_backoff_ms, ge=1, description="Longest retry delay when Redis or the "
-        "bus fails",
+        default=_PUBLISHER.max_backoff_ms, ge=1,
+        description="Longest retry delay when Redis or the bus fails",
     )
     # Operations.
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
     metrics_port: int | None = Field(
-        None, ge=1, le=65_535,
+        default=None, ge=1, le=65_535,
         description="Prometheus metrics: publisher on this port, worker processes on the "
         "next ones; unset: off",
     )

@@ -1,0 +1,319 @@
+"""The es-workers command: through typer's CliRunner, in this process, on the embedded Redis,
+and as a real subprocess.
+
+In-process tests write an app module into a temporary directory and run the CLI from there
+(the CLI imports APP with the current directory on sys.path). Delivery runs in this
+process: a publisher thread and a Dramatiq worker on the app's broker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import dramatiq
+import pytest
+from typer.testing import CliRunner
+
+from es_workers import admin
+from es_workers.cli import app
+from es_workers.publisher import Publisher, PublisherOptions
+from es_workers.storage.redis import RedisStorage
+
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+
+APP_SOURCE = '''
+from es_workers import Content, Event, Store
+
+
+class Opened(Content):
+    owner: str
+
+
+class Deposited(Content):
+    amount: int
+
+
+store = Store.from_settings(events={"account": [Opened, Deposited]})
+calls = []
+
+
+@store.subscribe("account", "audit")
+def audit(event: Event) -> None:
+    calls.append((event.entity_id, event.event_number))
+
+
+@store.subscribe("account", "fragile")
+def fragile(event: Event) -> None:
+    if isinstance(event.content, Deposited) and event.content.amount < 0:
+        raise ValueError("negative deposit")
+
+
+not_a_store = 42
+'''
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("ES_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+@pytest.fixture
+def app_module(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+    """The test app, on the embedded Redis under a prefix of its own."""
+    name = f"cliapp_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(APP_SOURCE)
+    clean_env.setenv("ES_PREFIX", f"t-{uuid.uuid4().hex[:10]}")
+    clean_env.setenv("ES_MAX_ATTEMPTS", "1")  # the first failure parks the entity
+    clean_env.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    module.store.close()
+    sys.modules.pop(name, None)
+
+
+def ref(module: ModuleType) -> str:
+    return f"{module.__name__}:store"
+
+
+def write(module: ModuleType, entity_id: str, *contents: object) -> None:
+    with module.store.open("account", entity_id) as stream:
+        for _ in stream.all():
+            pass
+        stream.write(*contents)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Delivery:
+    """The app's publisher in a thread and a Dramatiq worker, in this process."""
+
+    def __init__(self, module: ModuleType) -> None:
+        store = module.store
+        assert isinstance(store.storage, RedisStorage)
+        self.stop_publisher = threading.Event()
+        publisher = Publisher(
+            store.storage, store.bus, PublisherOptions(block_ms=10, sweep_every_ms=100)
+        )
+        self.publisher = threading.Thread(
+            target=publisher.run, args=(self.stop_publisher,), daemon=True
+        )
+        self.worker = dramatiq.Worker(store.bus.broker, worker_timeout=20, worker_threads=2)
+
+    def __enter__(self) -> Delivery:
+        self.worker.start()
+        self.publisher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_publisher.set()
+        self.publisher.join(timeout=10)
+        self.worker.stop()
+
+
+def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus:
+    return next(s for s in admin.status(module.store).subscribers
+                if s.subscriber_id == subscriber_id)
+
+
+# -- Help and errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"],
+     ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"]],
+    ids=lambda c: " ".join(c) or "es-workers",
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ES_PARTITIONS", "0"), ("ES_REDIS_URL", "http://127.0.0.1:6379"), ("ES_LOG_LEVEL", "LOUD")],
+)
+def test_invalid_setting_exits_2_naming_it_without_a_traceback(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    result = runner.invoke(app, ["status", "examples.bank:store"])
+    assert result.exit_code == 2
+    assert f"{name}={value!r}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_app_must_name_a_store_in_an_importable_module(app_module: ModuleType) -> None:
+    cases = {
+        "no_colon": "must be 'module:attribute'",
+        "no_such_module_xyz:store": "cannot import 'no_such_module_xyz'",
+        f"{app_module.__name__}:missing": "has no attribute 'missing'",
+        f"{app_module.__name__}:not_a_store": "is a int, not an es_workers.Store",
+    }
+    for target, message in cases.items():
+        result = runner.invoke(app, ["status", target])
+        assert result.exit_code == 2, (target, result.output)
+        assert message in result.output
+        assert "Traceback" not in result.output
+
+
+def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> None:
+    for command in ("publish", "worker"):
+        result = runner.invoke(app, [command, ref(app_module)])
+        assert result.exit_code == 2
+        assert "ES_REDIS_URL is not set" in result.output
+
+
+def test_config_prints_the_settings_with_passwords_hidden(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ES_REDIS_URL", "redis://:s3cret@127.0.0.1:6379/0")
+    clean_env.setenv("ES_WORKER_THREADS", "3")
+    result = runner.invoke(app, ["config", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["worker_threads"] == 3
+    assert shown["redis_url"] == "redis://:***@127.0.0.1:6379/0"
+    assert "s3cret" not in result.output
+
+
+# -- Inspecting and repairing --------------------------------------------------------------
+
+def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
+    write(app_module, "a1", app_module.Opened(owner="Ada"), app_module.Deposited(amount=5))
+
+    result = runner.invoke(app, ["show", ref(app_module), "account", "a1", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["event_number"], x["event_name"], x["content"]) for x in lines] == [
+        (1, "Opened", {"owner": "Ada"}), (2, "Deposited", {"amount": 5})
+    ]
+    assert all(set(x) == {"event_number", "event_name", "event_time", "store_event_id",
+                          "content"} for x in lines)
+
+    table = runner.invoke(app, ["show", ref(app_module), "account", "a1"])
+    assert table.exit_code == 0
+    assert "Opened" in table.stdout and "Deposited" in table.stdout
+
+    missing = runner.invoke(app, ["show", ref(app_module), "account", "nobody"])
+    assert missing.exit_code == 1
+    assert "has no events" in missing.output
+
+
+def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(
+    app_module: ModuleType,
+) -> None:
+    write(app_module, "a1", app_module.Opened(owner="Ada"), app_module.Deposited(amount=5))
+    write(app_module, "a2", app_module.Opened(owner="Bob"), app_module.Deposited(amount=-1))
+    with Delivery(app_module):
+        wait_for(lambda: subscriber(app_module, "fragile").parked, "a2 to be parked")
+        wait_for(lambda: len(app_module.calls) == 4, "audit to handle 4 events")
+    # No publisher runs now: this event stays in the outbox.
+    write(app_module, "a1", app_module.Deposited(amount=1))
+
+    result = runner.invoke(app, ["status", ref(app_module), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["outbox_backlog"] >= 1
+    subscribers = {s["subscriber_id"]: s for s in report["subscribers"]}
+    assert set(subscribers) == {"audit", "fragile"}
+    [parked] = subscribers["fragile"]["parked"]
+    assert (parked["entity_type"], parked["entity_id"], parked["event_number"]) == (
+        "account", "a2", 2
+    )
+    assert parked["error"] == "ValueError: negative deposit"
+    assert subscribers["audit"]["parked"] == []
+    assert subscribers["audit"]["events_behind"] == 1  # the event not yet relayed
+
+    table = runner.invoke(app, ["status", ref(app_module)])
+    assert table.exit_code == 0
+    assert "outbox backlog" in table.stdout
+    assert "ValueError: negative deposit" in table.stdout
+
+
+def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
+    write(app_module, "a2", app_module.Opened(owner="Bob"), app_module.Deposited(amount=-1),
+          app_module.Deposited(amount=3))
+    target = [ref(app_module), "fragile", "account"]
+    with Delivery(app_module):
+        wait_for(lambda: subscriber(app_module, "fragile").parked, "a2 to be parked")
+
+        listed = runner.invoke(app, ["parked", "list", *target, "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [(p["entity_id"], p["event_number"]) for p in json.loads(listed.stdout)] == [
+            ("a2", 2)
+        ]
+
+        skipped = runner.invoke(app, ["parked", "skip", *target, "a2"])
+        assert skipped.exit_code == 0, skipped.output
+        assert "skipped event 2" in skipped.stdout
+        # Event 3 is delivered after the skipped one.
+        wait_for(lambda: subscriber(app_module, "fragile").events_behind == 0,
+                 "fragile to handle the rest of a2")
+        assert not subscriber(app_module, "fragile").parked
+
+        again = runner.invoke(app, ["parked", "retry", *target, "a2"])
+        assert again.exit_code == 1
+        assert "not parked" in again.output
+        assert "Traceback" not in again.output
+
+
+def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
+    for n in range(3):
+        write(app_module, f"a{n}", app_module.Opened(owner=f"o{n}"),
+              app_module.Deposited(amount=n + 1))
+    with Delivery(app_module):
+        wait_for(lambda: len(app_module.calls) == 6, "audit to handle 6 events")
+
+        result = runner.invoke(app, ["replay", ref(app_module), "audit"])
+        assert result.exit_code == 0, result.output
+        assert "3 entities sent again" in result.stdout
+
+        wait_for(lambda: len(app_module.calls) == 12, "audit to handle the history again")
+    by_entity: dict[str, list[int]] = {}
+    for entity_id, number in app_module.calls:
+        by_entity.setdefault(entity_id, []).append(number)
+    assert by_entity == {f"a{n}": [1, 2, 1, 2] for n in range(3)}
+
+    unknown = runner.invoke(app, ["replay", ref(app_module), "nobody"])
+    assert unknown.exit_code == 2
+    assert "not registered" in unknown.output
+
+
+# -- As a real process ---------------------------------------------------------------------
+
+def test_console_script_reports_bad_settings_and_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
+    env["ES_PARTITIONS"] = "0"
+    result = subprocess.run([ES_WORKERS, "status", "examples.bank:store"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "ES_PARTITIONS='0'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_python_dash_m_es_workers_runs_the_cli(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "es_workers", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "publish" in result.stdout and "worker" in result.stdout

@@ -1,0 +1,177 @@
+"""Deployment: Procfile under honcho on real Redis, `es-workers demo`, docker-compose, README.
+
+The compose file cannot run here (no Docker engine): its services and Redis settings are
+checked as data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from es_workers.settings import Settings
+from tests.conftest import REDIS_URL, delete_prefix, real_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ES_WORKERS = str(BIN / "es-workers")
+
+
+def env_without_es(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+# -- Files as data -------------------------------------------------------------------------
+
+def test_procfile_runs_publisher_and_worker_of_the_example_with_exec() -> None:
+    entries = dict(
+        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert {k: v.strip() for k, v in entries.items()} == {
+        "publisher": "exec es-workers publish examples.bank:store",
+        "worker": "exec es-workers worker examples.bank:store",
+    }
+
+
+def test_compose_runs_durable_redis_and_the_two_processes() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "publisher", "worker"}
+
+    redis_args = services["redis"]["command"]
+    options = dict(zip(redis_args[1::2], redis_args[2::2], strict=True))
+    assert redis_args[0] == "redis-server"
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] in ("everysec", "always")
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert "/data" in services["redis"]["volumes"][0]
+
+    assert services["publisher"]["command"] == "es-workers publish examples.bank:store"
+    assert services["worker"]["command"].startswith("es-workers worker examples.bank:store")
+    for name in ("publisher", "worker"):
+        service = services[name]
+        assert service["build"] == "."
+        assert service["environment"]["ES_REDIS_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+        Settings(**{k[3:].lower(): v for k, v in service["environment"].items()})
+
+
+def test_dockerfile_installs_the_package_and_the_example() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^COPY examples ", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+
+
+def test_readme_documents_every_setting_and_the_ci_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`ES_{name.upper()}`" in readme, f"README lacks ES_{name.upper()}"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q" in ci
+    assert "pip install -e '.[test]' && python -m pytest -q" in readme
+
+
+# -- Real processes ------------------------------------------------------------------------
+
+
+@pytest.mark.process
+def test_demo_runs_end_to_end_on_an_embedded_redis(tmp_path: Path) -> None:
+    result = subprocess.run([ES_WORKERS, "demo", "--operations", "60"], cwd=tmp_path,
+                            env=env_without_es(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "embedded Redis" in result.stdout
+    assert "read models match the events" in result.stdout
+    assert "'publisher': 0, 'worker': 0" in result.stdout
+
+
+@pytest.mark.process
+def test_demo_on_real_redis_deletes_its_keys_afterwards(tmp_path: Path) -> None:
+    client = real_redis()
+    result = subprocess.run([ES_WORKERS, "demo", "--operations", "60"], cwd=tmp_path,
+                            env=env_without_es(ES_REDIS_URL=REDIS_URL), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    prefix = re.search(r"key\s+prefix\s+'(es-demo-[0-9a-f]+)'", result.stdout)
+    assert prefix, result.stdout
+    assert "read models match the events" in result.stdout
+    assert list(client.scan_iter(f"{prefix.group(1)}:*")) == []
+
+
+@pytest.fixture
+def bank(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ModuleType, str]]:
+    """A fresh copy of examples/bank.py on real Redis under a test prefix."""
+    client = real_redis()
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("ES_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ES_PREFIX", prefix)
+    name = f"bank_{prefix.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "bank.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look the module up
+    spec.loader.exec_module(module)
+    yield module, prefix
+    module.store.close()
+    delete_prefix(client, prefix)
+
+
+@pytest.mark.process
+def test_procfile_under_honcho_handles_events_and_stops_cleanly_on_sigterm(
+    bank: tuple[ModuleType, str], tmp_path: Path
+) -> None:
+    module, prefix = bank
+    log = open(tmp_path / "honcho.log", "w+b")  # noqa: SIM115
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", "Procfile"], cwd=ROOT,
+        env=env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_LOG_LEVEL="INFO"),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        module.open_account("a1", "Ada")
+        module.open_account("a2", "Grace")
+        module.deposit("a1", 100)
+        module.deposit("a2", 10)
+        module.withdraw("a2", 5)
+        module.transfer("a1", "a2", 30)  # a2 is credited by the `transfers` subscriber
+        expected = {"a1": 70, "a2": 35}
+        deadline = time.monotonic() + 60
+        while module.balances() != expected and time.monotonic() < deadline:
+            assert honcho.poll() is None, "honcho exited early"
+            time.sleep(0.05)
+        assert module.balances() == expected
+        deadline = time.monotonic() + 10
+        activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 1, "TransferSent": 1,
+                    "TransferReceived": 1}
+        while module.activity() != activity and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert module.activity() == activity
+    finally:
+        honcho.send_signal(signal.SIGTERM)
+        try:
+            honcho.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+        log.close()
+    assert honcho.returncode == 128 + signal.SIGTERM, output[-3000:]  # honcho's own code
+    assert re.search(r"publisher\.1 stopped \(rc=0\)", output), output[-3000:]
+    assert re.search(r"worker\.1 stopped \(rc=0\)", output), output[-3000:]
+    assert "Traceback" not in output
