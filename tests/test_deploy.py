@@ -7,6 +7,7 @@ checked as data.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -175,3 +176,71 @@ def test_procfile_under_honcho_handles_events_and_stops_cleanly_on_sigterm(
     assert re.search(r"publisher\.1 stopped \(rc=0\)", output), output[-3000:]
     assert re.search(r"worker\.1 stopped \(rc=0\)", output), output[-3000:]
     assert "Traceback" not in output
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free (publisher and one worker process)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port >= 65_000:
+            continue
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free pair of ports")
+
+
+def scrape(port: int) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.mark.process
+def test_publish_and_worker_processes_serve_metrics_and_stop_on_sigterm(
+    bank: tuple[ModuleType, str], tmp_path: Path
+) -> None:
+    module, prefix = bank
+    port = free_port_pair()
+    env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port))
+    app = "examples.bank:store"
+    processes = [
+        subprocess.Popen([ES_WORKERS, *args], cwd=ROOT, env=env, stdout=log, stderr=log)
+        for args, log in (
+            (["publish", app], open(tmp_path / "publisher.log", "wb")),  # noqa: SIM115
+            (["worker", app, "-p", "1", "-t", "2"], open(tmp_path / "worker.log", "wb")),  # noqa: SIM115
+        )
+    ]
+    try:
+        module.open_account("m1", "Ada")
+        module.deposit("m1", 7)
+        deadline = time.monotonic() + 30
+        while module.balances() != {"m1": 7} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert module.balances() == {"m1": 7}
+        assert 'es_published_total{entity_type="account"}' in scrape(port)
+        handled = scrape(port + 1)
+        assert 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0' in handled
+
+        status = subprocess.run([ES_WORKERS, "status", app, "--json"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert {s["subscriber_id"] for s in report["subscribers"]} == {
+            "balances", "activity", "transfers"
+        }
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=30) for process in processes]
+    logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
+    assert codes == [0, 0], logs
+    assert "Traceback" not in "".join(logs.values())
