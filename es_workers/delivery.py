@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("es_workers.delivery")
 
 _SCRIPTS = resources.files("es_workers.storage")
+_BEGIN_LUA = _SCRIPTS.joinpath("begin.lua").read_text()
 _CHECKPOINT_LUA = _SCRIPTS.joinpath("checkpoint.lua").read_text()
 _UNLOCK_LUA = _SCRIPTS.joinpath("unlock.lua").read_text()
 
@@ -66,6 +67,11 @@ Resend = Callable[[str, str, str, "int | None", int], None]
 """resend(subscriber_id, entity_type, entity_id, event_number, delay_ms)"""
 
 
+# begin.lua's answers
+_NOTHING_TO_DO = 1
+_BUSY = 2
+
+
 def due_member(entity_type: str, entity_id: str) -> str:
     return f"{entity_type}:{entity_id}"
 
@@ -78,6 +84,7 @@ class Deliverer:
         self.storage = storage
         self.keys = storage.keys
         self.options = options
+        self._begin = storage.client.register_script(_BEGIN_LUA)
         self._checkpoint = storage.client.register_script(_CHECKPOINT_LUA)
         self._unlock = storage.client.register_script(_UNLOCK_LUA)
 
@@ -90,32 +97,38 @@ class Deliverer:
         event_number: int | None,
         resend: Resend,
     ) -> None:
-        keys, client = self.keys, self.storage.client
+        keys = self.keys
         partition = keys.partition(entity_type, entity_id)
-        checkpoints = keys.checkpoints(subscriber_id, entity_type, partition)
-        parked_key = keys.parked(subscriber_id, entity_type, partition)
-        pipe = client.pipeline(transaction=False)
-        pipe.hget(checkpoints, entity_id)
-        pipe.hexists(parked_key, entity_id)
-        pipe.hget(keys.heads(entity_type, partition), entity_id)
-        raw_checkpoint, parked, raw_head = pipe.execute()
-        checkpoint = int(raw_checkpoint or 0)
-        target = int(raw_head or 0) if event_number is None else event_number
-        if parked or checkpoint >= target:
-            return  # parked entities wait for retry/skip; old notices are duplicates
         lock = keys.lock(subscriber_id, entity_type, entity_id)
         token = uuid.uuid4().hex
-        if not client.set(lock, token, nx=True, px=self.options.lock_ms):
+        # One round trip: skip a parked entity or an old notice, else take the lock and read
+        # the checkpoint under it (the notice's view may be stale).
+        state, checkpoint = self._begin(
+            keys=[
+                keys.checkpoints(subscriber_id, entity_type, partition),
+                keys.parked(subscriber_id, entity_type, partition),
+                keys.heads(entity_type, partition),
+                lock,
+            ],
+            args=[entity_id, -1 if event_number is None else event_number, token,
+                  self.options.lock_ms],
+        )
+        if state == _NOTHING_TO_DO:
+            return  # parked entities wait for retry/skip; old notices are duplicates
+        if state == _BUSY:
             # Another worker is on this entity; it may stop short of this event, so look again
             # shortly. The re-sent notice is skipped if that worker got this far.
             resend(subscriber_id, entity_type, entity_id, event_number, random.randint(20, 80))
             return
+        released = False
         try:
-            self._handle_from(
-                subscriber_id, handler, entity_type, entity_id, partition, lock, token, resend
+            released = self._handle_from(
+                subscriber_id, handler, entity_type, entity_id, partition, lock, token,
+                int(checkpoint), resend,
             )
         finally:
-            self._unlock(keys=[lock], args=[token])
+            if not released:
+                self._unlock(keys=[lock], args=[token])
 
     def _handle_from(
         self,
@@ -126,12 +139,14 @@ class Deliverer:
         partition: int,
         lock: str,
         token: str,
+        checkpoint: int,
         resend: Resend,
-    ) -> None:
-        keys, client = self.keys, self.storage.client
-        checkpoints = keys.checkpoints(subscriber_id, entity_type, partition)
+    ) -> bool:
+        """Handles the events after `checkpoint`, holding the lock. Returns True once the lock
+        is no longer held: the last checkpoint released it, or it was lost."""
+        keys = self.keys
         script_keys = [
-            checkpoints,
+            keys.checkpoints(subscriber_id, entity_type, partition),
             lock,
             keys.heads(entity_type, partition),
             keys.due(subscriber_id, partition),
@@ -139,10 +154,8 @@ class Deliverer:
         ]
         member = due_member(entity_type, entity_id)
         labels = (subscriber_id, entity_type)
+        upgrades = self.store.upgrades_for(entity_type)
         while True:
-            # Read the checkpoint under the lock: the notice's view may be stale.
-            checkpoint = int(client.hget(checkpoints, entity_id) or 0)
-            head = checkpoint
             read_up_to = checkpoint
 
             def stored(after: int) -> Iterator[Event]:
@@ -153,24 +166,15 @@ class Deliverer:
 
             # As Store.read, but knowing how far the storage was read: an upgrade may drop
             # events, and the checkpoint must pass the dropped ones too.
-            events = apply_upgrades(stored(checkpoint), self.store.upgrades_for(entity_type))
-            while True:
-                try:
-                    event = next(events)
-                except StopIteration:
-                    if read_up_to > checkpoint:  # the last events read were dropped
-                        head = int(self._checkpoint(
-                            keys=script_keys,
-                            args=[entity_id, read_up_to, token, self.options.lock_ms, member],
-                        ))
-                        if head < 0:
-                            return
-                        checkpoint = read_up_to
-                    break
-                except EsError as error:  # a record we cannot read: retry, then park
-                    self._failed(subscriber_id, entity_type, entity_id, checkpoint + 1, error,
-                                 resend)
-                    return
+            events = apply_upgrades(stored(checkpoint), upgrades)
+            unreadable: EsError | None = None
+            try:
+                upcoming = next(events, None)
+            except EsError as error:  # a record we cannot read: retry, then park
+                upcoming, unreadable = None, error
+            handled = checkpoint
+            while upcoming is not None:
+                event = upcoming
                 started = time.perf_counter()
                 try:
                     handler(event)
@@ -178,24 +182,61 @@ class Deliverer:
                     metrics.HANDLER_FAILURES.labels(*labels).inc()
                     self._failed(subscriber_id, entity_type, entity_id, event.event_number,
                                  error, resend)
-                    return
+                    return False
                 metrics.HANDLER_SECONDS.labels(*labels).observe(time.perf_counter() - started)
                 metrics.HANDLED.labels(*labels).inc()
-                head = int(self._checkpoint(
-                    keys=script_keys,
-                    args=[entity_id, event.event_number, token, self.options.lock_ms, member],
-                ))
-                if head < 0:
-                    log.warning(
-                        "subscriber %s lost the lock on %s %r after event %d (handler slower "
-                        "than lock_ms=%d?); stopping, another worker goes on",
-                        subscriber_id, entity_type, entity_id, event.event_number,
-                        self.options.lock_ms,
-                    )
-                    return
-                checkpoint = event.event_number
-            if head <= checkpoint:
-                return  # caught up with what was written while we handled
+                try:
+                    upcoming = next(events, None)  # read ahead: is this the last one?
+                except EsError as error:
+                    upcoming, unreadable = None, error
+                handled = event.event_number
+                if upcoming is None and unreadable is None:
+                    break  # the last one read: checkpointed below, with the dropped ones
+                if not self._commit(script_keys, entity_id, handled, token, member, False):
+                    return self._lost_lock(subscriber_id, entity_type, entity_id, handled)
+            if unreadable is not None:
+                if handled > checkpoint and not self._commit(
+                    script_keys, entity_id, handled, token, member, False
+                ):
+                    return self._lost_lock(subscriber_id, entity_type, entity_id, handled)
+                self._failed(subscriber_id, entity_type, entity_id, handled + 1, unreadable,
+                             resend)
+                return False
+            handled = max(handled, read_up_to)
+            if handled == checkpoint:
+                return False  # nothing to read after all
+            # The last event read: record it and release the lock in one step, unless more
+            # events were written meanwhile: then read on.
+            head, released = self._checkpoint(
+                keys=script_keys,
+                args=[entity_id, handled, token, self.options.lock_ms, member, 1],
+            )
+            if int(head) < 0:
+                return self._lost_lock(subscriber_id, entity_type, entity_id, handled)
+            if released:
+                return True
+            checkpoint = handled
+
+    def _commit(
+        self, script_keys: list[str], entity_id: str, number: int, token: str, member: str,
+        release: bool,
+    ) -> bool:
+        """Moves the checkpoint to `number`; False if the lock is no longer ours."""
+        head, _ = self._checkpoint(
+            keys=script_keys,
+            args=[entity_id, number, token, self.options.lock_ms, member, int(release)],
+        )
+        return int(head) >= 0
+
+    def _lost_lock(
+        self, subscriber_id: str, entity_type: str, entity_id: str, event_number: int
+    ) -> bool:
+        log.warning(
+            "subscriber %s lost the lock on %s %r after event %d (handler slower than "
+            "lock_ms=%d?); stopping, another worker goes on",
+            subscriber_id, entity_type, entity_id, event_number, self.options.lock_ms,
+        )
+        return True
 
     def _failed(
         self,

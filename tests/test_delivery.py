@@ -10,6 +10,8 @@ to delivered events as to read ones.
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import dramatiq
@@ -27,7 +29,7 @@ from apps.delivery_kit import (
 from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
 
-from es_workers import Event, RedisStorage, admin
+from es_workers import Content, Event, RedisStorage, Store, admin
 from es_workers.delivery import DeliveryOptions
 
 
@@ -325,3 +327,67 @@ def test_events_an_upgrade_drops_count_as_handled(
     finally:
         delivery.stop()
     assert recorder.by_entity() == {"acc-1": [1, 2, 5]}
+
+
+class Closed(Content):
+    reason: str
+
+
+def test_an_unreadable_event_parks_the_entity_at_that_event(
+    fast_storage: RedisStorage, broker: dramatiq.Broker, redis_client: redis.Redis
+) -> None:
+    """A newer app wrote an event this worker cannot read: the events before it are
+    handled, the entity is parked at it (with the decode error), `skip` goes on after it."""
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    (recorder,) = subscribe(delivery, "balances")
+    newer = Store(RedisStorage(redis_client, prefix=fast_storage.keys.prefix),
+                  events={"account": [Opened, Deposited, Closed]})
+    write_at_head(newer, "account", "acc-1", Opened(owner="x"), Deposited(amount=1),
+                  Closed(reason="newer app"), Deposited(amount=2))
+    write_at_head(newer, "account", "acc-2", Opened(owner="y"))
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: admin.parked(delivery.store, "balances", "account"), "acc-1 parked")
+        (parked,) = admin.parked(delivery.store, "balances", "account")
+        assert (parked.entity_id, parked.event_number) == ("acc-1", 3)
+        assert parked.error.startswith("UnknownEventError") and "Closed" in parked.error
+        wait_for(lambda: recorder.has({"acc-1": 2, "acc-2": 1}), "the readable events")
+        admin.skip_parked(delivery.store, "balances", "account", "acc-1")
+        wait_for(lambda: recorder.has({"acc-1": 4}), "the event after the skipped one")
+    finally:
+        delivery.stop()
+    assert recorder.by_entity() == {"acc-1": [1, 2, 4], "acc-2": [1]}
+
+
+def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
+    fast_storage: RedisStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler slower than lock_ms: another worker takes the entity over; the slow one
+    stops after its event (at least once: that event may run twice, nothing is skipped)."""
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(lock_ms=100, redrive_after_ms=300))
+    slow_once = threading.Event()
+
+    def handler(event: Event) -> None:
+        if event.event_number == 1 and not slow_once.is_set():
+            slow_once.set()
+            time.sleep(0.4)
+        recorder(event)
+
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", handler)
+    write(delivery, "acc-1", 3)
+    delivery.start_worker()
+    try:
+        delivery.bus.notify("account", "acc-1", 3)
+        wait_for(slow_once.is_set, "the slow handler to start")
+        time.sleep(0.15)  # the lock expires
+        delivery.bus.notify("account", "acc-1", 3)
+        wait_for(lambda: recorder.count() >= 4, "both workers to finish")
+        wait_for(lambda: "lost the lock" in caplog.text, "the slow worker to notice")
+    finally:
+        delivery.stop()
+    numbers = [number for _, number in recorder.calls]
+    assert sorted(numbers) == [1, 1, 2, 3]
+    assert admin.status(delivery.store).subscribers[0].events_behind == 0

@@ -6,14 +6,14 @@
 -- KEYS[4] due          {tag}:due:<subscriber>                 zset "<type>:<id>" -> re-send time
 -- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- ARGV[1] entity ID, ARGV[2] event number handled, ARGV[3] lock token, ARGV[4] lock ms,
--- ARGV[5] due member "<type>:<id>"
+-- ARGV[5] due member "<type>:<id>", ARGV[6] "1": release the lock if caught up with the head
 --
--- Returns the entity's head (last event number), or -1 if the lock is no longer ours (it
--- expired and another worker took the entity over): the caller must stop at once.
--- The checkpoint never moves back.
+-- Returns {head, released}: the entity's head (last event number) and 1 if the lock was
+-- released, or {-1, 0} if the lock is no longer ours (it expired and another worker took
+-- the entity over): the caller must stop at once. The checkpoint never moves back.
 
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then
-  return -1
+  return {-1, 0}
 end
 local number = tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -22,10 +22,14 @@ if number > current then
 else
   number = current
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[5], ARGV[1])
 local head = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if number >= head then
   redis.call('ZREM', KEYS[4], ARGV[5])
+  if ARGV[6] == '1' then
+    redis.call('DEL', KEYS[2])
+    return {head, 1}
+  end
 end
-return head
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {head, 0}
