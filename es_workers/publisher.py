@@ -140,7 +140,7 @@ class Publisher:
     def _relay_outbox(self) -> bool:
         streams = {key: "0" if self._own_pending else ">" for key in self._outboxes}
         block = None if self._own_pending else self.options.block_ms
-        reply = self.client.xreadgroup(
+        reply: Any = self.client.xreadgroup(
             GROUP, self.consumer, streams, count=self.options.batch, block=block  # type: ignore[arg-type]
         )
         entries = [(text(key), entry) for key, items in reply or [] for entry in items]
