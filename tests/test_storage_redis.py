@@ -244,6 +244,24 @@ def test_trimming_an_entity_stream_does_not_reset_its_position(
     assert storage.entity_ids("account") == (["a1"], None)
 
 
+def test_an_entity_whose_heads_entry_was_lost_takes_its_position_from_the_stream(
+    store: Store, storage: RedisStorage
+) -> None:
+    store.open("account", "a1").write(Opened(owner="a"), Deposited(amount=1))
+    keys = Keys(storage, "a1")
+    storage.client.hdel(keys.heads, "a1")
+
+    with pytest.raises(ConcurrencyError) as caught:
+        store.open("account", "a1").write(Opened(owner="again"))
+    stream = store.open("account", "a1")
+    list(stream.all())
+    stream.write(Withdrawn(amount=1))
+
+    assert caught.value.actual == 2
+    assert keys.stream_ids() == ["1-0", "2-0", "3-0"]
+    assert storage.position("account", "a1") == 3
+
+
 # --- reading -----------------------------------------------------------------------------
 
 

