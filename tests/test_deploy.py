@@ -205,19 +205,22 @@ def scrape(port: int) -> str:
 
 
 @pytest.mark.process
-def test_publish_and_worker_processes_serve_metrics_and_stop_on_sigterm(
+def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
     bank: tuple[ModuleType, str], tmp_path: Path
 ) -> None:
     module, prefix = bank
     port = free_port_pair()
     env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port))
     app = "examples.bank:store"
+    # The workers run under plain `dramatiq APP_MODULE`: the app's broker serves metrics.
+    commands = {
+        "publisher": [ES_WORKERS, "publish", app],
+        "worker": [sys.executable, "-m", "dramatiq", "examples.bank", "-p", "1", "-t", "2"],
+    }
     processes = [
-        subprocess.Popen([ES_WORKERS, *args], cwd=ROOT, env=env, stdout=log, stderr=log)
-        for args, log in (
-            (["publish", app], open(tmp_path / "publisher.log", "wb")),  # noqa: SIM115
-            (["worker", app, "-p", "1", "-t", "2"], open(tmp_path / "worker.log", "wb")),  # noqa: SIM115
-        )
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+        for name, command in commands.items()
+        for log in [open(tmp_path / f"{name}.log", "wb")]  # noqa: SIM115
     ]
     try:
         module.open_account("m1", "Ada")
