@@ -487,10 +487,11 @@ def demo(
     from .demo import run_demo
 
     settings = settings_or_exit()
-    code = run_demo(
-        console=out, redis_url=settings.redis_url, accounts=accounts, operations=operations,
-        timeout=timeout, verbose=verbose,
-    )
+    with reported_errors():
+        code = run_demo(
+            console=out, redis_url=settings.redis_url, accounts=accounts,
+            operations=operations, timeout=timeout, verbose=verbose,
+        )
     raise typer.Exit(code)
 
 

@@ -179,6 +179,21 @@ def test_app_must_name_a_store_in_an_importable_module(app_module: ModuleType) -
         assert "Traceback" not in result.output
 
 
+def test_unreachable_redis_is_one_clear_line_and_exit_1(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = f"cliapp_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(APP_SOURCE)
+    clean_env.setenv("ES_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    try:
+        result = runner.invoke(app, ["status", f"{name}:store"])
+    finally:
+        sys.modules.pop(name, None)
+    assert result.exit_code == 1
+    assert "cannot reach Redis" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> None:
     for command in ("publish", "worker"):
         result = runner.invoke(app, [command, ref(app_module)])
