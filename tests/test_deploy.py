@@ -247,3 +247,17 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
     logs = {p.name: p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
     assert codes == [0, 0], logs
     assert "Traceback" not in "".join(logs.values())
+
+
+def test_pyproject_lists_every_package_of_es_workers() -> None:
+    """Packages are listed by hand (examples/ is installed as es_workers.examples): a new
+    subpackage missing from the list would be left out of wheels."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "es_workers").rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == on_disk | {"es_workers.examples"}
+    assert setuptools["package-dir"] == {"es_workers.examples": "examples"}
