@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .bus.base import NotifyingEventBus
+from .delivery import DeliveryOptions, mark_due
 from .errors import ConfigurationError, NotParkedError
 from .event import check_entity_id, check_entity_type
 from .storage.redis import RedisStorage, text
@@ -54,6 +56,14 @@ def _notifying(store: Store) -> NotifyingEventBus:
     if not isinstance(store.bus, NotifyingEventBus):
         raise ConfigurationError("re-delivery needs a bus of subscriber actors (DramatiqEventBus)")
     return store.bus
+
+
+def _due_at(bus: NotifyingEventBus) -> float:
+    """When a notice sent now is re-sent by the sweep if it was lost."""
+    options = getattr(bus, "options", None)
+    if not isinstance(options, DeliveryOptions):
+        options = DeliveryOptions()
+    return time.time() * 1000 + options.redrive_after_ms
 
 
 def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str, raw: Any) -> ParkedEntity:
@@ -142,16 +152,21 @@ def _unpark(
     pipe.hdel(keys.failures(subscriber_id, entity_type, partition), entity_id)
     pipe.hdel(parked_key, entity_id)
     pipe.execute()
+    mark_due(client, keys, subscriber_id, entity_type, [entity_id], _due_at(bus))
     bus.notify(entity_type, entity_id, None, [subscriber_id])
     return entity
 
 
-def retry_parked(store: Store, subscriber_id: str, entity_type: str, entity_id: str) -> ParkedEntity:
+def retry_parked(
+    store: Store, subscriber_id: str, entity_type: str, entity_id: str
+) -> ParkedEntity:
     """Unparks the entity and delivers again from the event that failed."""
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=False)
 
 
-def skip_parked(store: Store, subscriber_id: str, entity_type: str, entity_id: str) -> ParkedEntity:
+def skip_parked(
+    store: Store, subscriber_id: str, entity_type: str, entity_id: str
+) -> ParkedEntity:
     """Marks the failing event handled without handling it, then delivers the rest."""
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=True)
 
@@ -200,6 +215,7 @@ def replay(
         token: str | None = None
         while True:
             ids, token = storage.entity_ids(kind, token, page_size)
+            mark_due(client, keys, subscriber_id, kind, ids, _due_at(bus))
             for entity_id in ids:
                 bus.notify(kind, entity_id, None, [subscriber_id])
             sent += len(ids)

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -33,6 +33,7 @@ from .event import Event
 from .upgrade import apply_upgrades
 
 if TYPE_CHECKING:
+    from .storage.keys import RedisKeys
     from .storage.redis import RedisStorage
     from .store import Store
 
@@ -74,6 +75,21 @@ _BUSY = 2
 
 def due_member(entity_type: str, entity_id: str) -> str:
     return f"{entity_type}:{entity_id}"
+
+
+def mark_due(
+    client: Any, keys: RedisKeys, subscriber_id: str, entity_type: str,
+    entity_ids: Iterable[str], due_at_ms: float,
+) -> None:
+    """Records notices about to be sent: if the subscriber still lags the entity at
+    `due_at_ms` (the notice was lost with a killed worker), the publisher's sweep sends
+    it again. Kept until the checkpoint reaches the entity's head."""
+    pipe = client.pipeline(transaction=False)
+    for entity_id in entity_ids:
+        partition = keys.partition(entity_type, entity_id)
+        pipe.zadd(keys.due(subscriber_id, partition),
+                  {due_member(entity_type, entity_id): due_at_ms}, nx=True)
+    pipe.execute()
 
 
 class Deliverer:

@@ -32,7 +32,7 @@ import redis
 
 from . import metrics
 from .bus.base import EventBus, NotifyingEventBus
-from .delivery import DeliveryOptions, due_member
+from .delivery import DeliveryOptions, due_member, mark_due
 from .storage.redis import text
 
 if TYPE_CHECKING:
@@ -243,6 +243,8 @@ class Publisher:
                 ids, token = self.storage.entity_ids(
                     entity_type, text(cursor) if cursor else None, self.options.catch_up_page
                 )
+                due_at = time.time() * 1000 + self.delivery.redrive_after_ms
+                mark_due(self.client, self.keys, subscriber_id, entity_type, ids, due_at)
                 for entity_id in ids:
                     self.bus.notify(entity_type, entity_id, None, [subscriber_id])
                 if token is None:

@@ -130,3 +130,28 @@ def test_admin_needs_redis_storage_and_a_notifying_bus() -> None:
     redis_store = Store(RedisStorage(fakeredis.FakeRedis()), events=ACCOUNT_EVENTS)
     with pytest.raises(ConfigurationError, match="DramatiqEventBus"):
         admin.replay(redis_store, "balances", "account")
+
+
+def test_lost_replay_notices_are_sent_again(delivery: Delivery) -> None:
+    balances = Recorder()
+    delivery.store.subscribe("account", "balances", balances)
+    heads = {f"acc-{i}": write(delivery, f"acc-{i}", 1) for i in range(5)}
+    delivery.start_store()
+    delivery.start_worker()
+    wait_for(lambda: balances.has(heads), "every event handled")
+    wait_for(lambda: due(delivery, "balances") == 0, "the sweep to forget handled notices")
+    delivery.worker.stop()  # type: ignore[union-attr]
+    balances.calls.clear()
+
+    admin.replay(delivery.store, "balances")
+    delivery.broker.flush_all()  # the replay's notices are lost
+    delivery.start_worker()
+
+    wait_for(lambda: balances.has(heads), "the sweep to re-send the replay")
+    assert_exactly_once_in_order(balances, heads)
+
+
+def due(delivery: Delivery, subscriber_id: str) -> int:
+    keys = delivery.storage.keys
+    return sum(int(delivery.storage.client.zcard(keys.due(subscriber_id, p)))
+               for p in range(keys.partitions))

@@ -300,3 +300,26 @@ def test_malformed_outbox_entry_is_dropped_and_relaying_goes_on(
     assert [notice[1] for notice in bus.notices] == ["acc-1"]
     assert outbox(storage) == (0, 0)
     assert "malformed" in caplog.text
+
+
+def test_sweep_resends_catch_up_notices_that_were_lost(fast_storage: RedisStorage) -> None:
+    """A late subscriber's history notices are tracked like live ones: lost (a worker
+    killed holding them), they are sent again."""
+    broker = stub_broker()
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(6)}
+    relayed_long_ago = Publisher(fast_storage, delivery.bus, FAST_PUBLISHER)
+    relayed_long_ago._ensure_groups()
+    while outbox(fast_storage) != (0, 0):
+        relayed_long_ago.step()  # to no subscriber at all
+    recorder = Recorder()
+    delivery.store.subscribe("account", "late", recorder)
+    delivery.start_publisher()
+    try:
+        wait_for(lambda: admin.status(delivery.store).subscribers[0].caught_up, "catch-up sent")
+        broker.flush_all()  # every notice lost
+        delivery.start_worker()
+        wait_for(lambda: recorder.has(heads), "the sweep to re-send the history")
+    finally:
+        delivery.stop()
+    assert_exactly_once_in_order(recorder, heads)
