@@ -52,13 +52,21 @@ class Stream:
         return self._events
 
     def _read(self) -> Iterator[Event]:
-        def stored() -> Iterator[Event]:
-            for event in self._store.storage.read(self.entity_type, self.entity_id, self._after):
+        stored = self._store.storage.read(self.entity_type, self.entity_id, self._after)
+        upgrades = self._store.upgrades_for(self.entity_type)
+        if upgrades:
+            yield from apply_upgrades(self._track(stored), upgrades)
+        else:  # one generator less per event: hydrating is read-bound
+            for event in stored:
                 self._position = event.event_number
                 yield event
-
-        yield from apply_upgrades(stored(), self._store.upgrades_for(self.entity_type))
         self._may_write = True
+
+    def _track(self, stored: Iterator[Event]) -> Iterator[Event]:
+        """The stored events, moving the position as each is read (before any upgrade)."""
+        for event in stored:
+            self._position = event.event_number
+            yield event
 
     def project(self, handler: Handler) -> None:
         """Calls the handler with each event of `all()`; stops at the first exception."""

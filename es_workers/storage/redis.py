@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PARTITIONS = 16
 _READ_PAGE = 1000
+# The fields of an entry as append.lua writes them, in order, as replies hold them without
+# and with decode_responses.
+_RAW_FIELDS = [b"n", b"d", b"t", b"e"]
+_TEXT_FIELDS = ["n", "d", "t", "e"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 _APPEND_LUA = resources.files(__package__).joinpath("append.lua").read_text()
@@ -29,6 +33,19 @@ _APPEND_LUA = resources.files(__package__).joinpath("append.lua").read_text()
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _flat(fields: dict[Any, Any]) -> list[Any]:
+    """An entry's fields as Redis sends them: [name, value, name, value, ...]."""
+    return [item for pair in fields.items() for item in pair]
+
+
+def _pairs(values: list[Any]) -> dict[Any, Any]:
+    return dict(zip(values[::2], values[1::2], strict=False))
 
 
 class RedisStorage:
@@ -52,6 +69,11 @@ class RedisStorage:
         self.registry = ContentRegistry()
         self.publisher_options = publisher
         self._append = client.register_script(_APPEND_LUA)
+        # Entity streams are read through a client of their own on the same connection
+        # pool, whose XRANGE replies stay as Redis sends them: redis-py would turn every
+        # entry into a dict, a fifth of the time it takes to hydrate an entity.
+        self._reader = redis.Redis(connection_pool=client.connection_pool)
+        self._reader.set_response_callback("XRANGE", _as_sent)
 
     @staticmethod
     def _open_keys(client: redis.Redis, prefix: str, partitions: int | None) -> RedisKeys:
@@ -112,24 +134,57 @@ class RedisStorage:
             raise ValueError(f"after must be >= 0, got {after}")
         key = self.keys.stream(entity_type, entity_id)
         store_entity_id: str | None = None
-        start = f"{after + 1}-0"
+        start = after + 1
         while True:
-            if store_entity_id is None and start != "1-0":
+            if store_entity_id is None and start != 1:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, start, "+", count=_READ_PAGE)
+                pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
                 first, entries = pipe.execute()
                 if first:
                     store_entity_id = self._field(key, first[0], "e", entity_type, entity_id)
+                entries = [(entry_id, _flat(fields)) for entry_id, fields in entries]
             else:
-                entries = self.client.xrange(key, start, "+", count=_READ_PAGE)
-            for entry in entries:
-                event = self._decode(key, entity_type, entity_id, entry, store_entity_id)
-                store_entity_id = event.store_entity_id
+                entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
+            if not entries:
+                return
+            # Entries as the append script writes them are decoded inline (hydrating is
+            # read-bound); anything else goes through _decode, which decodes it or raises
+            # the error that explains it.
+            decoders = self.registry.decoders(entity_type)
+            raw = isinstance(entries[0][0], bytes)
+            names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+            from_timestamp, new_event = datetime.fromtimestamp, Event
+            for entry_id, values in entries:
+                try:
+                    if values[::2] != names or entry_id[-2:] != zero:
+                        raise ValueError(entry_id)
+                    number = int(entry_id[:-2])
+                    content = decoders[values[1]](values[3])
+                    # float seconds are exact to the microsecond until the year 2255
+                    event_time = from_timestamp(int(values[5]) / 1e6, UTC)
+                    store_event_id = values[7].decode() if raw else values[7]
+                except Exception:
+                    event = self._decode(
+                        key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
+                    )
+                    store_entity_id = event.store_entity_id
+                else:
+                    if number == 1:
+                        store_entity_id = store_event_id
+                    event = new_event(
+                        entity_id,
+                        entity_type,
+                        number,
+                        event_time,
+                        content,
+                        store_event_id,
+                        store_entity_id,  # type: ignore[arg-type]
+                    )
                 yield event
             if len(entries) < _READ_PAGE:
                 return
-            start = f"{event.event_number + 1}-0"
+            start = event.event_number + 1
 
     def _field(
         self, key: str, entry: Any, field: str, entity_type: str, entity_id: str

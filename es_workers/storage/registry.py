@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import ValidationError
 
 from ..errors import InvalidPayloadError, NotRegisteredError, UnknownEventError
@@ -13,9 +15,11 @@ class ContentRegistry:
 
     def __init__(self) -> None:
         self._types: dict[str, dict[str, type[Content]]] = {}
+        self._decoders: dict[str, dict[str | bytes, Callable[[str | bytes], Content]]] = {}
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         check_entity_type(entity_type)
+        self._decoders.pop(entity_type, None)
         names = self._types.setdefault(entity_type, {})
         for content_type in content_types:
             if not (isinstance(content_type, type) and issubclass(content_type, Content)):
@@ -34,6 +38,22 @@ class ContentRegistry:
 
     def entity_types(self) -> list[str]:
         return sorted(self._types)
+
+    def decoders(self, entity_type: str) -> dict[str | bytes, Callable[[str | bytes], Content]]:
+        """JSON decoders of the entity type's Content classes by event name, keyed by str
+        and by UTF-8 bytes (the form Redis replies take): the fast path of reading.
+
+        A decoder is the class's pydantic validator itself (what `model_validate_json`
+        calls), saving ~0.3 us of wrapper per event; `decode` explains any failure.
+        """
+        found = self._decoders.get(entity_type)
+        if found is None:
+            found = {}
+            for name, cls in self._types.get(entity_type, {}).items():
+                validate = cls.__pydantic_validator__.validate_json
+                found[name] = found[name.encode()] = validate
+            self._decoders[entity_type] = found
+        return found
 
     def content_types(self, entity_type: str) -> list[type[Content]]:
         return list(self._types.get(entity_type, {}).values())
