@@ -134,14 +134,12 @@ def test_notice_ahead_of_the_checkpoint_handles_every_event_in_between(
     assert recorder.by_entity() == {"acc-1": [1, 2, 3, 4, 5, 6, 7]}
 
 
-def test_concurrent_notices_for_one_entity_never_run_its_handler_at_once() -> None:
+def test_concurrent_notices_for_one_entity_never_run_its_handler_at_once(
+    fast_storage: RedisStorage,
+) -> None:
     """Many notices for one entity on 8 worker threads: one at a time, in order, once;
     other entities are handled in parallel meanwhile."""
-    import fakeredis
-
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
-    storage = RedisStorage(client, prefix="concurrent", publisher=FAST_PUBLISHER)
-    delivery = Delivery(storage, stub_broker(), events=ACCOUNT_EVENTS)
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
     (recorder,) = subscribe(delivery, "slow", delay=0.003)
     heads = {"hot": write(delivery, "hot", 20)}
     heads.update({f"cold-{i}": write(delivery, f"cold-{i}", 3) for i in range(12)})
