@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from uuid6 import uuid7
-
 from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
+from .ids import new_ids
 from .upgrade import apply_upgrades
 
 if TYPE_CHECKING:
@@ -85,17 +84,13 @@ class Stream:
                 "and not read: read it (all() or project()) before writing"
             )
         now = datetime.now(UTC)
+        entity_id, entity_type, position = self.entity_id, self.entity_type, self._position
         events = [
-            Event(
-                entity_id=self.entity_id,
-                entity_type=self.entity_type,
-                event_number=self._position + offset,
-                event_time=now,
-                content=content,
-                store_event_id=str(uuid7()),
-                store_entity_id="",  # assigned by the storage: the first event's ID
+            # store_entity_id is the storage's to tell (the entity's first event's ID)
+            Event(entity_id, entity_type, position + offset, now, content, store_event_id, "")
+            for offset, (content, store_event_id) in enumerate(
+                zip(contents, new_ids(len(contents)), strict=True), start=1
             )
-            for offset, content in enumerate(contents, start=1)
         ]
         self._store.storage.write(self.entity_type, events)
         self._position += len(events)

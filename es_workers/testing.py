@@ -16,7 +16,9 @@ from .event import Content, Event, as_callable
 T = TypeVar("T")
 
 
-def hydrate_state(state: T, *contents: Content, entity_type: str = "test", entity_id: str = "1") -> T:
+def hydrate_state(
+    state: T, *contents: Content, entity_type: str = "test", entity_id: str = "1"
+) -> T:
     """Feeds the contents, as events numbered 1.., to `state` (callable or `.handle`)."""
     handle = as_callable(state)  # type: ignore[arg-type]
     entity_event_id = str(uuid7())
@@ -59,7 +61,11 @@ def verify_events(contents: Sequence[Content | Event], *expected: Expected) -> b
         else:
             ok = bool(want(got))
         failed = failed or not ok
-        shown = want if isinstance(want, Content | str) else f"a content for which {_name(want)} is true"
+        shown = (
+            want
+            if isinstance(want, Content | str)
+            else f"a content for which {_name(want)} is true"
+        )
         lines.append(f"{'  ' if ok else '✗ '}[{index}] got {_show(got)}, want {_show(shown)}")
     if failed:
         raise AssertionError(

@@ -34,7 +34,8 @@ class RedisKeys:
 
     # Written by the append script.
     def stream(self, entity_type: str, entity_id: str) -> str:
-        return f"{self.tag(self.partition(entity_type, entity_id))}:stream:{entity_type}:{entity_id}"
+        tag = self.tag(self.partition(entity_type, entity_id))
+        return f"{tag}:stream:{entity_type}:{entity_id}"
 
     def heads(self, entity_type: str, partition: int) -> str:
         return f"{self.tag(partition)}:heads:{entity_type}"

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class _Record:
     name: str
-    data: str
+    data: bytes
     event_time: datetime
     store_event_id: str
 

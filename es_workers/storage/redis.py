@@ -39,11 +39,6 @@ def _as_sent(response: Any, **options: Any) -> Any:
     return response
 
 
-def _flat(fields: dict[Any, Any]) -> list[Any]:
-    """An entry's fields as Redis sends them: [name, value, name, value, ...]."""
-    return [item for pair in fields.items() for item in pair]
-
-
 def _pairs(values: list[Any]) -> dict[Any, Any]:
     return dict(zip(values[::2], values[1::2], strict=False))
 
@@ -108,12 +103,15 @@ class RedisStorage:
         entity_id = check_entity_id(events[0].entity_id)
         expected = events[0].event_number - 1
         args: list[Any] = [entity_type, entity_id, expected, len(events)]
-        for offset, event in enumerate(events):
-            if event.entity_id != entity_id or event.event_number != expected + 1 + offset:
+        encode = self.registry.encode
+        event_time, micros = None, 0
+        for number, event in enumerate(events, start=expected + 1):
+            if event.entity_id != entity_id or event.event_number != number:
                 raise ValueError("a write holds events of one entity with consecutive numbers")
-            name, data = self.registry.encode(entity_type, event.content)
-            micros = (event.event_time - EPOCH) // MICROSECOND
-            args += (name, data, micros, event.store_event_id)
+            if event.event_time is not event_time:  # the events of a write share their time
+                event_time = event.event_time
+                micros = (event_time - EPOCH) // MICROSECOND
+            args += (*encode(entity_type, event.content), micros, event.store_event_id)
         partition = self.keys.partition(entity_type, entity_id)
         keys = [
             self.keys.stream(entity_type, entity_id),
@@ -136,14 +134,17 @@ class RedisStorage:
         store_entity_id: str | None = None
         start = after + 1
         while True:
-            if store_entity_id is None and start != 1:
-                pipe = self.client.pipeline(transaction=False)
+            if store_entity_id is None and start != 1:  # event 1 holds the store_entity_id
+                pipe = self._reader.pipeline(transaction=False)
                 pipe.xrange(key, "1-0", "1-0")
                 pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
                 first, entries = pipe.execute()
+                # A stream trimmed of event 1 (not something es_workers does) has lost it.
+                store_entity_id = ""
                 if first:
-                    store_entity_id = self._field(key, first[0], "e", entity_type, entity_id)
-                entries = [(entry_id, _flat(fields)) for entry_id, fields in entries]
+                    entry_id, values = first[0]
+                    entry = (entry_id, _pairs(values))
+                    store_entity_id = self._field(key, entry, "e", entity_type, entity_id)
             else:
                 entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
             if not entries:
@@ -179,7 +180,7 @@ class RedisStorage:
                         event_time,
                         content,
                         store_event_id,
-                        store_entity_id,  # type: ignore[arg-type]
+                        store_entity_id or "",
                     )
                 yield event
             if len(entries) < _READ_PAGE:
@@ -246,7 +247,7 @@ class RedisStorage:
             event_time=EPOCH + timedelta(microseconds=micros),
             content=content,
             store_event_id=store_event_id,
-            store_entity_id=store_entity_id if number != 1 else store_event_id,
+            store_entity_id=store_event_id if number == 1 else store_entity_id or "",
         )
 
     def position(self, entity_type: str, entity_id: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -58,20 +59,27 @@ class ContentRegistry:
     def content_types(self, entity_type: str) -> list[type[Content]]:
         return list(self._types.get(entity_type, {}).values())
 
-    def encode(self, entity_type: str, content: object) -> tuple[str, str]:
+    def encode(self, entity_type: str, content: object) -> tuple[str, bytes]:
         """Returns (event name, JSON); refuses content the type cannot read back."""
+        cls = type(content)
+        known = self._types.get(entity_type, {}).get(getattr(cls, "event_name", ""))
+        if cls is not known or not isinstance(content, Content):
+            self._refuse(entity_type, content)
+        # what model_dump_json does, without its wrapper (~0.3 us) and its decoding to str
+        return cls.event_name, cls.__pydantic_serializer__.to_json(content)
+
+    @staticmethod
+    def _refuse(entity_type: str, content: object) -> NoReturn:
         if not isinstance(content, Content):
             raise NotRegisteredError(
                 f"cannot write {content!r} to {entity_type!r}: events must be "
                 "es_workers.Content instances"
             )
         cls = type(content)
-        if self._types.get(entity_type, {}).get(cls.event_name) is not cls:
-            raise NotRegisteredError(
-                f"{cls.__qualname__} (event name {cls.event_name!r}) is not registered for "
-                f"{entity_type!r}; add it to Store(events={{{entity_type!r}: [...]}})"
-            )
-        return cls.event_name, content.model_dump_json()
+        raise NotRegisteredError(
+            f"{cls.__qualname__} (event name {cls.event_name!r}) is not registered for "
+            f"{entity_type!r}; add it to Store(events={{{entity_type!r}: [...]}})"
+        )
 
     def decode(
         self,
