@@ -1,0 +1,303 @@
+"""Append, hydrate and memory figures of the event store against one Redis.
+
+    python bench/append.py [--redis-url URL] [--n 5000] [--rounds 5] [--entities 200]
+
+Figures are ratios to plain redis-py on the same client in the same run, so they compare
+across machines:
+
+P1  single-event `stream.write` appends/s (one Stream, known position, no re-read)
+    / raw sequential XADD/s of an entry with the same fields.              Goal >= 0.6
+P2  events/s writing 10 events per `stream.write` / single-event appends/s.  Goal >= 5
+P6  time to hydrate a 1,000-event entity through `store.project`
+    / time of raw XRANGE + pydantic `model_validate_json` of the same entries. Goal <= 1.5
+P7  Redis bytes per event at 100 events per entity, ~200-byte payloads, written 10 per
+    call: the server's `used_memory` growth (every allocation: entity streams, heads,
+    entity index), median of 3 runs, once the outbox entries are relayed (the publisher
+    deletes them; their cost until then is shown apart).                   Goal <= 300
+    Also shown: the sum of MEMORY USAGE over those keys (for streams Redis estimates each
+    radix-tree node at ~250 B, well above what it allocates), and bytes per event for
+    entities of one event at the server's stream-node-max-bytes and at 512 (set with CONFIG
+    SET for that measure, then restored): Redis preallocates a stream node of that size.
+
+Rates are the best of --rounds rounds, which interleave the measures so that a busy
+machine slows them alike. The bench writes under a key prefix of its own in the given
+database and deletes those keys at the end; it touches no other key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from es_workers import Content, Event, RedisStorage, Store
+
+ENTITY = "account"
+NOTE = 176  # characters: the JSON of an event is ~200 bytes
+
+
+class Deposited(Content):
+    amount: int
+    note: str
+
+
+def deposit(number: int) -> Deposited:
+    return Deposited(amount=number, note=f"{number:08d}".ljust(NOTE, "x"))
+
+
+def seconds(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+def memory_usage(client: redis.Redis, prefix: str) -> int:
+    """MEMORY USAGE summed over every key under the prefix."""
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(size or 0 for size in pipe.execute())
+
+
+class Bench:
+    def __init__(self, client: redis.Redis, prefix: str, n: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.n = n
+        self.storage = RedisStorage(client, prefix=prefix)
+        self.store = Store(self.storage, events={ENTITY: [Deposited]})
+        self.streams = 0
+
+    def _new_stream_id(self) -> str:
+        self.streams += 1
+        return f"e-{self.streams}"
+
+    # --- append rates ------------------------------------------------------------------
+
+    def raw_xadd(self) -> float:
+        """Sequential XADD/s of entries shaped like the store's (n, d, t, e fields)."""
+        key = f"{self.prefix}:raw-xadd"
+        fields = {
+            "n": "Deposited",
+            "d": deposit(0).model_dump_json(),
+            "t": "1700000000000000",
+            "e": str(uuid.uuid4()),
+        }
+        xadd = self.client.xadd
+
+        def run() -> None:
+            for _ in range(self.n):
+                xadd(key, fields)  # type: ignore[arg-type]
+
+        try:
+            return self.n / seconds(run)
+        finally:
+            self.client.delete(key)
+
+    def single_writes(self) -> float:
+        """Single-event appends/s through one Stream that knows its position."""
+        stream = self.store.open(ENTITY, self._new_stream_id())
+        contents = [deposit(i) for i in range(self.n)]
+
+        def run() -> None:
+            write = stream.write
+            for content in contents:
+                write(content)
+
+        return self.n / seconds(run)
+
+    def batch_writes(self, size: int = 10) -> float:
+        """Events/s appended `size` per call."""
+        stream = self.store.open(ENTITY, self._new_stream_id())
+        total = max(size, self.n * 2 // size * size)
+        batches = [[deposit(i + j) for j in range(size)] for i in range(0, total, size)]
+
+        def run() -> None:
+            write = stream.write
+            for batch in batches:
+                write(*batch)
+
+        return total / seconds(run)
+
+    # --- hydration ---------------------------------------------------------------------
+
+    def hydrate(self, events: int = 1000, repeat: int = 30) -> tuple[float, float]:
+        """Best (library, raw) seconds to read a `events`-event entity, interleaved."""
+        entity_id = self._new_stream_id()
+        stream = self.store.open(ENTITY, entity_id)
+        for number in range(events):  # one event per write, each with its own time
+            stream.write(deposit(number))
+        key = self.storage.keys.stream(ENTITY, entity_id)
+        total = [0]
+
+        def apply(event: Event) -> None:
+            total[0] += event.content.amount  # type: ignore[attr-defined]
+
+        def library() -> None:
+            self.store.project(ENTITY, entity_id, apply)
+
+        def raw() -> None:
+            for _, fields in self.client.xrange(key, "-", "+"):
+                total[0] += Deposited.model_validate_json(fields[b"d"]).amount
+
+        library_times, raw_times = [], []
+        for _ in range(repeat):
+            library_times.append(seconds(library))
+            raw_times.append(seconds(raw))
+        return min(library_times), min(raw_times)
+
+    # --- memory ------------------------------------------------------------------------
+
+    def bytes_per_event(self, entities: int, per_entity: int, batch: int) -> tuple[float, ...]:
+        """Per event, written under a fresh prefix: (used_memory growth once the outbox is
+        relayed, used_memory of the outbox entries, MEMORY USAGE sum of what stays)."""
+        prefix = f"{self.prefix}-mem-{uuid.uuid4().hex[:6]}"
+        storage = RedisStorage(self.client, prefix=prefix)
+        store = Store(storage, events={ENTITY: [Deposited]})
+        contents = [deposit(i) for i in range(per_entity)]
+        events = entities * per_entity
+        try:
+            before = self.client.info("memory")["used_memory"]
+            for number in range(entities):
+                stream = store.open(ENTITY, f"m-{number:06d}")
+                for start in range(0, per_entity, batch):
+                    stream.write(*contents[start : start + batch])
+            written = self.client.info("memory")["used_memory"]
+            # The publisher deletes outbox entries once relayed: count what stays.
+            self.client.delete(*(storage.keys.outbox(p) for p in range(storage.partitions)))
+            relayed = self.client.info("memory")["used_memory"]
+            estimate = memory_usage(self.client, prefix) - (
+                self.client.memory_usage(storage.keys.meta(), samples=0) or 0
+            )
+            return (relayed - before) / events, (written - relayed) / events, estimate / events
+        finally:
+            delete_prefix(self.client, prefix)
+
+    def median_bytes_per_event(self, entities: int, per_entity: int, batch: int) -> list[float]:
+        runs = [self.bytes_per_event(entities, per_entity, batch) for _ in range(3)]
+        return [statistics.median(figures) for figures in zip(*runs, strict=True)]
+
+    def one_event_entities(self, node_max_bytes: int | None, entities: int = 300) -> float:
+        """used_memory growth per entity of a single event."""
+        if node_max_bytes is None:
+            return self.median_bytes_per_event(entities, 1, 1)[0]
+        setting = "stream-node-max-bytes"
+        before = self.client.config_get(setting)[setting]
+        self.client.config_set(setting, node_max_bytes)
+        try:
+            return self.median_bytes_per_event(entities, 1, 1)[0]
+        finally:
+            self.client.config_set(setting, before)
+
+
+Row = tuple[str, str, str, str, bool | None]
+
+
+def table(rows: list[Row]) -> Iterator[str]:
+    header: Row = ("figure", "measured", "goal", "from", None)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for name, value, goal, basis, passed in [header, *rows]:
+        verdict = "result" if name == "figure" else {None: "", True: "PASS", False: "MISS"}[passed]
+        yield (
+            f"{name:<{widths[0]}}  {value:>{widths[1]}}  {goal:<{widths[2]}}  "
+            f"{basis:<{widths[3]}}  {verdict}"
+        ).rstrip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--n", type=int, default=5000, help="appends per rate measure")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the best counts")
+    parser.add_argument("--entities", type=int, default=500, help="entities for P7")
+    args = parser.parse_args()
+
+    client = redis.Redis.from_url(args.redis_url)
+    info = client.info("server")
+    prefix = f"bench-append-{uuid.uuid4().hex[:8]}"
+    setting = "stream-node-max-bytes"
+    print(
+        f"Redis {info['redis_version']} at {args.redis_url}, redis-py {redis.__version__}"
+        f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}), Python {sys.version.split()[0]};"
+        f" prefix {prefix}; n={args.n}, best of {args.rounds} rounds"
+    )
+    try:
+        bench = Bench(client, prefix, args.n)
+        raw, single, batch = 0.0, 0.0, 0.0
+        for _ in range(args.rounds):
+            raw = max(raw, bench.raw_xadd())
+            single = max(single, bench.single_writes())
+            batch = max(batch, bench.batch_writes())
+        library_s, raw_s = bench.hydrate()
+        per_event, outbox, estimated = bench.median_bytes_per_event(args.entities, 100, 10)
+        node_bytes = int(client.config_get(setting)[setting])
+        one_now = bench.one_event_entities(None)
+        try:
+            one_512: float | None = bench.one_event_entities(512)
+        except redis.ResponseError:  # CONFIG disabled (a managed Redis)
+            one_512 = None
+    finally:
+        for key in client.scan_iter(f"{prefix}*", count=1000):  # the -mem-* prefixes too
+            client.delete(key)
+
+    p1, p2, p6 = single / raw, batch / single, library_s / raw_s
+    rows: list[Row] = [
+        ("raw XADD/s", f"{raw:,.0f}", "", "baseline: redis-py, sequential", None),
+        ("stream.write, 1 event/s", f"{single:,.0f}", "", "appends/s", None),
+        ("stream.write, 10 events/s", f"{batch:,.0f}", "", "events/s", None),
+        (
+            "P1 single append / XADD",
+            f"{p1:.2f}",
+            ">= 0.6",
+            f"{single:,.0f} / {raw:,.0f}",
+            p1 >= 0.6,
+        ),
+        ("P2 10 per write / single", f"{p2:.2f}", ">= 5", f"{batch:,.0f} / {single:,.0f}", p2 >= 5),
+        ("hydrate 1,000 events, ms", f"{library_s * 1e3:.2f}", "", "store.project", None),
+        ("XRANGE + validate, ms", f"{raw_s * 1e3:.2f}", "", "baseline: same entries", None),
+        (
+            "P6 hydrate / raw",
+            f"{p6:.2f}",
+            "<= 1.5",
+            f"{library_s * 1e3:.2f} / {raw_s * 1e3:.2f} ms",
+            p6 <= 1.5,
+        ),
+        (
+            "P7 bytes/event, 100/entity",
+            f"{per_event:.0f}",
+            "<= 300",
+            f"used_memory; {args.entities} entities x 100, ~200 B",
+            per_event <= 300,
+        ),
+        ("  same, MEMORY USAGE sum", f"{estimated:.0f}", "", "Redis' estimate", None),
+        ("  + outbox until relayed", f"{outbox:.0f}", "", "used_memory, 1 entry/write", None),
+        ("bytes/event, 1/entity", f"{one_now:.0f}", "", f"{setting} {node_bytes}", None),
+    ]
+    if one_512 is not None:
+        rows.append(("bytes/event, 1/entity", f"{one_512:.0f}", "", f"{setting} 512", None))
+    print()
+    for line in table(rows):
+        print(line)
+    return 0 if p1 >= 0.6 and p2 >= 5 and p6 <= 1.5 and per_event <= 300 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
