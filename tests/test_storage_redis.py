@@ -281,6 +281,9 @@ def test_a_long_stream_is_read_whole_across_read_pages(store: Store, storage: Re
     assert {e.store_entity_id for e in events} == {events[0].store_event_id}
     assert [e.event_number for e in tail] == list(range(1_501, total + 1))
     assert {e.store_entity_id for e in tail} == {events[0].store_event_id}
+    for after in (total - 2_000, total - 1_001, total - 1_000, total - 999):  # page edges
+        read = [e.event_number for e in storage.read("account", "long", after)]
+        assert read == list(range(after + 1, total + 1))
 
 
 def test_a_client_that_decodes_responses_reads_and_writes_the_same(

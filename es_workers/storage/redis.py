@@ -137,7 +137,7 @@ class RedisStorage:
             if store_entity_id is None and start != 1:  # event 1 holds the store_entity_id
                 pipe = self._reader.pipeline(transaction=False)
                 pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
+                pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
                 first, entries = pipe.execute()
                 # A stream trimmed of event 1 (not something es_workers does) has lost it.
                 store_entity_id = ""
@@ -146,7 +146,12 @@ class RedisStorage:
                     entry = (entry_id, _pairs(values))
                     store_entity_id = self._field(key, entry, "e", entity_type, entity_id)
             else:
-                entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE)
+                entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
+            # One entry past the page says whether another page follows, without a round
+            # trip that finds nothing; it is read again as the next page's first.
+            more = len(entries) > _READ_PAGE
+            if more:
+                entries.pop()
             if not entries:
                 return
             # Entries as the append script writes them are decoded inline (hydrating is
@@ -183,7 +188,7 @@ class RedisStorage:
                         store_entity_id or "",
                     )
                 yield event
-            if len(entries) < _READ_PAGE:
+            if not more:
                 return
             start = event.event_number + 1
 
