@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -153,7 +154,8 @@ class Bench:
             self.store.project(ENTITY, entity_id, apply)
 
         def raw() -> None:
-            for _, fields in self.client.xrange(key, "-", "+"):
+            entries: Any = self.client.xrange(key, "-", "+")
+            for _, fields in entries:
                 total[0] += Deposited.model_validate_json(fields[b"d"]).amount
 
         library_times, raw_times = [], []
@@ -198,7 +200,7 @@ class Bench:
         if node_max_bytes is None:
             return self.median_bytes_per_event(entities, 1, 1)[0]
         setting = "stream-node-max-bytes"
-        before = self.client.config_get(setting)[setting]
+        before = str(self.client.config_get(setting)[setting])
         self.client.config_set(setting, node_max_bytes)
         try:
             return self.median_bytes_per_event(entities, 1, 1)[0]
@@ -211,7 +213,7 @@ Row = tuple[str, str, str, str, bool | None]
 
 def table(rows: list[Row]) -> Iterator[str]:
     header: Row = ("figure", "measured", "goal", "from", None)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
     for name, value, goal, basis, passed in [header, *rows]:
         verdict = "result" if name == "figure" else {None: "", True: "PASS", False: "MISS"}[passed]
         yield (
@@ -248,7 +250,7 @@ def main() -> int:
             batch = max(batch, bench.batch_writes())
         library_s, raw_s = bench.hydrate()
         per_event, outbox, estimated = bench.median_bytes_per_event(args.entities, 100, 10)
-        node_bytes = int(client.config_get(setting)[setting])
+        node_bytes = int(str(client.config_get(setting)[setting]))
         one_now = bench.one_event_entities(None)
         try:
             one_512: float | None = bench.one_event_entities(512)

@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -64,7 +65,8 @@ def assert_every_write_stored_once(store: Store, entity_id: str, writers: int, e
 def assert_outbox_covers_once(storage: RedisStorage, entity_id: str, total: int) -> None:
     outbox = storage.keys.outbox(storage.keys.partition("account", entity_id))
     covered: list[int] = []
-    for _, fields in storage.client.xrange(outbox):
+    entries: Any = storage.client.xrange(outbox)
+    for _, fields in entries:
         first, last = int(fields[b"first"]), int(fields[b"last"])
         covered.extend(range(first, last + 1))
     assert covered == list(range(1, total + 1))  # once each, in commit order
@@ -126,9 +128,9 @@ def server_url(backend: str) -> Iterator[str]:
     server = fakeredis.TcpFakeServer(("127.0.0.1", 0), server_version=(7, 0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    host, port = server.server_address[:2]
+    port = server.server_address[1]
     try:
-        yield f"redis://{host}:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.shutdown()
         server.server_close()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import fakeredis
 import pytest
 import redis
 from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn
@@ -57,7 +58,7 @@ class Keys:
     """The keys one entity's append touches, and what they hold."""
 
     def __init__(self, storage: RedisStorage, entity_id: str, entity_type: str = "account"):
-        self.client = storage.client
+        self.client: Any = storage.client  # redis-py types every reply as optional
         partition = storage.keys.partition(entity_type, entity_id)
         self.entity_id = entity_id
         self.stream = storage.keys.stream(entity_type, entity_id)
@@ -192,7 +193,7 @@ def test_redis_py_resending_a_script_whose_reply_was_lost_does_not_duplicate(
     redis_client.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 2)
     redis_client.connection_pool.reset()  # new connections, with that retry policy
     store = Store(RedisStorage(redis_client, prefix=prefix), events=ACCOUNT_EVENTS)
-    parse = redis_client.parse_response
+    parse: Any = redis_client.parse_response
     replies: list[Any] = []
 
     def lose_first_script_reply(connection: Any, command_name: str, **options: Any) -> Any:
@@ -290,7 +291,7 @@ def test_a_client_that_decodes_responses_reads_and_writes_the_same(
     backend: str, redis_client: redis.Redis, prefix: str
 ) -> None:
     if backend == "fakeredis":
-        decoding: redis.Redis = redis_client.__class__(
+        decoding: redis.Redis = fakeredis.FakeRedis(
             server=redis_client.connection_pool.connection_kwargs["server"],
             decode_responses=True,
         )
