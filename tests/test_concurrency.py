@@ -145,7 +145,7 @@ def test_processes_racing_on_one_entity_store_every_write_once_with_contiguous_n
     store = Store(RedisStorage(client, prefix=prefix), events={"account": [Deposited]})
     # fakeredis' TCP server closes the connection after any error reply, NOSCRIPT included
     # (redis-py's EVALSHA, then SCRIPT LOAD on the closed connection): load it beforehand.
-    client.script_load(store.storage._append.script)  # type: ignore[attr-defined]
+    client.script_load(store.storage._script.script)  # type: ignore[attr-defined]
     processes = [
         subprocess.Popen(
             [sys.executable, str(WRITER), server_url, prefix, "race", str(n), str(each)],

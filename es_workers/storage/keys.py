@@ -34,8 +34,7 @@ class RedisKeys:
 
     # Written by the append script.
     def stream(self, entity_type: str, entity_id: str) -> str:
-        tag = self.tag(self.partition(entity_type, entity_id))
-        return f"{tag}:stream:{entity_type}:{entity_id}"
+        return self.append_keys(entity_type, entity_id)[0]
 
     def heads(self, entity_type: str, partition: int) -> str:
         return f"{self.tag(partition)}:heads:{entity_type}"
@@ -45,6 +44,17 @@ class RedisKeys:
 
     def outbox(self, partition: int) -> str:
         return f"{self.tag(partition)}:outbox"
+
+    def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
+        """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
+        index and outbox (the partition computed once: this runs on every append)."""
+        tag = self.tag(self.partition(entity_type, entity_id))
+        return [
+            f"{tag}:stream:{entity_type}:{entity_id}",
+            f"{tag}:heads:{entity_type}",
+            f"{tag}:index:{entity_type}",
+            f"{tag}:outbox",
+        ]
 
     # Kept by subscribers, per (subscriber, entity type, partition).
     def checkpoints(self, subscriber_id: str, entity_type: str, partition: int) -> str:
