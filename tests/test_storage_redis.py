@@ -215,6 +215,21 @@ def test_redis_py_resending_a_script_whose_reply_was_lost_does_not_duplicate(
     assert redis_client.xlen(keys.outbox) == 1
 
 
+def test_a_server_without_the_append_script_is_given_it_again(
+    backend: str, store: Store, storage: RedisStorage
+) -> None:
+    if backend == "redis":
+        pytest.skip("SCRIPT FLUSH would empty the shared server's script cache")
+    store.open("account", "a1").write(Opened(owner="a"))
+    storage.client.script_flush()
+
+    with store.open("account", "a1") as stream:
+        list(stream.all())
+        stream.write(Deposited(amount=1))
+
+    assert Keys(storage, "a1").stream_ids() == ["1-0", "2-0"]
+
+
 # --- trimming ----------------------------------------------------------------------------
 
 

@@ -108,7 +108,7 @@ def test_a_bad_entity_type_is_refused_and_nothing_is_stored(
     assert redis_keys(any_storage) == set()
 
 
-@pytest.mark.parametrize("entity_id", [*BAD_ENTITY_IDS, None, 7])
+@pytest.mark.parametrize("entity_id", [*BAD_ENTITY_IDS, None, 7, ["a", "list"]])
 def test_a_bad_entity_id_is_refused_and_nothing_is_stored(
     make_any_store: MakeStore, any_storage: AnyStorage, entity_id: object
 ) -> None:
