@@ -105,15 +105,20 @@ class RedisStorage:
         keys = self._entity_keys(entity_type, entity_id)
         expected = events[0].event_number - 1
         args: list[Any] = [entity_type, entity_id, expected, len(events)]
-        encode = self.registry.encode
         event_time, micros = None, 0
+        checked: type | None = None  # the class last checked by registry.encode
         for number, event in enumerate(events, start=expected + 1):
             if event.entity_id != entity_id or event.event_number != number:
                 raise ValueError("a write holds events of one entity with consecutive numbers")
             if event.event_time is not event_time:  # the events of a write share their time
                 event_time = event.event_time
                 micros = (event_time - EPOCH) // MICROSECOND
-            name, data = encode(entity_type, event.content)
+            content = event.content
+            if content.__class__ is checked:  # as the event before: checked, same name
+                data = checked.__pydantic_serializer__.to_json(content)
+            else:
+                name, data = self.registry.encode(entity_type, content)
+                checked = content.__class__
             args += (name, data, micros, event.store_event_id)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
