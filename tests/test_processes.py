@@ -34,11 +34,13 @@ class Processes:
         self.env = env
         self.logs = logs
         self.running: dict[str, subprocess.Popen[bytes]] = {}
+        self.log_of: dict[str, Path] = {}
         self.starts = 0
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.starts += 1
-        out = open(self.logs / f"{name}-{self.starts}.log", "wb")  # noqa: SIM115
+        self.log_of[name] = self.logs / f"{name}-{self.starts}.log"
+        out = open(self.log_of[name], "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [*args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill reaches Dramatiq's children
@@ -57,6 +59,14 @@ class Processes:
         process = self.running[name]
         os.killpg(process.pid, sig)
         process.wait(timeout=30)
+
+    def wait_ready(self, name: str, marker: bytes, timeout: float = 30) -> None:
+        """Waits until the process logged `marker` (its signal handlers are in place)."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.log_of[name].read_bytes():
+            assert self.running[name].poll() is None, f"{name} exited"
+            assert time.monotonic() < deadline, f"{name} never logged {marker!r}"
+            time.sleep(0.1)
 
     def stop_all(self) -> None:
         for process in self.running.values():
@@ -134,7 +144,10 @@ def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup
     expected = {(entity_id, n) for entity_id, head in heads.items() for n in range(1, head + 1)}
     wait_until_handled(client, prefix, expected, timeout=120)
 
-    # Graceful stop: SIGTERM ends both with status 0.
+    # Graceful stop: SIGTERM ends both with status 0 (once they have booted: a process
+    # signalled while Python is still importing has no handler yet).
+    processes.wait_ready("publisher", b" started on ")
+    processes.wait_ready("worker", b"ready for action")
     for name in ("publisher", "worker"):
         processes.kill(name, signal.SIGTERM)
         assert processes.running[name].returncode == 0, f"{name} did not stop cleanly"
