@@ -9,9 +9,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from uuid6 import uuid7
-
 from .event import Content, Event, as_callable
+from .ids import new_ids
 
 T = TypeVar("T")
 
@@ -21,10 +20,10 @@ def hydrate_state(
 ) -> T:
     """Feeds the contents, as events numbered 1.., to `state` (callable or `.handle`)."""
     handle = as_callable(state)  # type: ignore[arg-type]
-    entity_event_id = str(uuid7())
+    store_event_ids = new_ids(max(1, len(contents)))
     now = datetime.now(UTC)
     for number, content in enumerate(contents, start=1):
-        store_event_id = entity_event_id if number == 1 else str(uuid7())
+        store_event_id = store_event_ids[number - 1]
         handle(
             Event(
                 entity_id=entity_id,
@@ -33,7 +32,7 @@ def hydrate_state(
                 event_time=now,
                 content=content,
                 store_event_id=store_event_id,
-                store_entity_id=entity_event_id,
+                store_entity_id=store_event_ids[0],
             )
         )
     return state

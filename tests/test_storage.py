@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import Deposited, Opened
-from uuid6 import uuid7
 
 from es_workers import ConcurrencyError, Content, Event, InMemoryStorage, RedisStorage
+from es_workers.ids import new_ids
 
 AnyStorage = RedisStorage | InMemoryStorage
 
@@ -27,7 +27,7 @@ def events_of(
             event_number=after + offset,
             event_time=now,
             content=content,
-            store_event_id=str(uuid7()),
+            store_event_id=new_ids(1)[0],
             store_entity_id="",
         )
         for offset, content in enumerate(contents, start=1)

@@ -15,7 +15,6 @@ from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
-from uuid6 import uuid7
 
 from es_workers import (
     ConcurrencyError,
@@ -30,6 +29,7 @@ from es_workers import (
     Store,
     UnknownEventError,
 )
+from es_workers.ids import new_ids
 
 MakeStore = Callable[..., Store]
 
@@ -43,7 +43,7 @@ def events_of(entity_id: str, *contents: Content, after: int = 0) -> list[Event]
             event_number=after + offset,
             event_time=now,
             content=content,
-            store_event_id=str(uuid7()),
+            store_event_id=new_ids(1)[0],
             store_entity_id="",
         )
         for offset, content in enumerate(contents, start=1)
@@ -346,7 +346,7 @@ def add_raw(storage: RedisStorage, entity_id: str, entry_id: str, fields: dict[s
 
 
 def good_fields(name: str = "Deposited", data: str = '{"amount": 1}') -> dict[str, str]:
-    return {"n": name, "d": data, "t": "1700000000000000", "e": str(uuid7())}
+    return {"n": name, "d": data, "t": "1700000000000000", "e": new_ids(1)[0]}
 
 
 def test_an_unknown_event_name_raises_unknown_event_error_naming_the_record(

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import pytest
 from conftest import Deposited, Opened
 from pydantic import BaseModel
-from uuid6 import uuid7
 
 from es_workers import (
     Content,
@@ -22,6 +21,7 @@ from es_workers import (
     Store,
     SubscriberError,
 )
+from es_workers.ids import new_ids
 
 MakeStore = Callable[..., Store]
 AnyStorage = RedisStorage | InMemoryStorage
@@ -136,7 +136,7 @@ def event_of(entity_id: object, content: object, number: int = 1) -> Event:
         event_number=number,
         event_time=datetime.now(UTC),
         content=content,  # type: ignore[arg-type]
-        store_event_id=str(uuid7()),
+        store_event_id=new_ids(1)[0],
         store_entity_id="",
     )
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import uuid6
 from conftest import Deposited, Opened, Withdrawn
 
 from es_workers import ConcurrencyError, EsError, Event, StreamNotReadError
+from es_workers.ids import new_ids
 from es_workers.store import Store
 
 MakeStore = Callable[..., Store]
@@ -338,7 +338,7 @@ def test_event_time_is_read_back_to_the_microsecond(make_any_store: MakeStore) -
         event_number=1,
         event_time=when,
         content=Opened(owner="ann"),
-        store_event_id=str(uuid6.uuid7()),
+        store_event_id=new_ids(1)[0],
         store_entity_id="",
     )
     store.storage.write("account", [event])
