@@ -209,15 +209,21 @@ def main() -> None:
     parser.add_argument("--noop-messages", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--worker-timeout", type=int, default=5, help="ms")
+    parser.add_argument("--worker-timeout", type=int, default=20,
+                        help="ms (es-workers' default; with --broker polling, the poll interval)")
+    parser.add_argument("--broker", choices=["waking", "polling"], default="waking",
+                        help="waking: WakingRedisBroker (es-workers' default); polling: "
+                             "Dramatiq's RedisBroker")
     args = parser.parse_args()
 
     prefix = f"bench-e2e-{uuid.uuid4().hex[:8]}"
     folder = tempfile.mkdtemp(prefix="es-bench-")
     env = dict(os.environ, BENCH_REDIS_URL=args.redis_url, BENCH_PREFIX=prefix,
-               BENCH_DIR=folder, ES_REDIS_URL=args.redis_url,
+               BENCH_DIR=folder, ES_REDIS_URL=args.redis_url, BENCH_BROKER=args.broker,
                PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])))
-    os.environ.update({k: env[k] for k in ("BENCH_REDIS_URL", "BENCH_PREFIX", "BENCH_DIR")})
+    os.environ.update(
+        {k: env[k] for k in ("BENCH_REDIS_URL", "BENCH_PREFIX", "BENCH_DIR", "BENCH_BROKER")}
+    )
     sys.path.insert(0, str(ROOT))
     import bench.e2e_app as app
 
@@ -265,7 +271,8 @@ def main() -> None:
                      f"{single_rate / noop_rate:.2f}", "(info)", None))
     print(f"\nes_workers end to end on {args.redis_url} "
           f"({'es-workers CLI' if processes.cli else 'python -c / python -m dramatiq'})")
-    print(f"worker: {args.processes} process x {args.threads} threads, dramatiq_worker_timeout="
+    print(f"broker: {args.broker}; "
+          f"worker: {args.processes} process x {args.threads} threads, dramatiq_worker_timeout="
           f"{args.worker_timeout} ms; publisher: 1 process; {os.cpu_count()} CPUs")
     print(f"P4: {len(p4)} single-event appends at {args.rate:.0f}/s over 200 entities "
           f"(first second dropped); p90 {percentile(p4, 0.9) * 1000:.1f} ms, "

@@ -1,7 +1,8 @@
 """The app run by bench/e2e.py's publisher and worker processes.
 
-Configured by environment: BENCH_REDIS_URL, BENCH_PREFIX (key prefix; the Dramatiq
-namespace is "<prefix>-dq"), BENCH_DIR (where workers write the latencies they saw).
+Configured by environment: BENCH_BROKER (waking or polling), BENCH_REDIS_URL,
+BENCH_PREFIX (key prefix; the Dramatiq namespace is "<prefix>-dq"), BENCH_DIR (where
+workers write the latencies they saw).
 
 - `tick` events go to the subscriber `latency`, which writes `now - event_time` (seconds)
   to BENCH_DIR/latency-<pid>.txt, one line per event (P4);
@@ -23,6 +24,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.bus.dramatiq import DramatiqEventBus
+from es_workers.bus.redis_broker import WakingRedisBroker
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")
@@ -38,7 +40,12 @@ class Added(Content):
     amount: int
 
 
-broker = RedisBroker(url=URL, namespace=f"{PREFIX}-dq")  # type: ignore[no-untyped-call]
+# BENCH_BROKER=polling: Dramatiq's own RedisBroker; waking (the default, as in
+# Store.from_settings): consumers woken by the enqueue instead of polling.
+if os.environ.get("BENCH_BROKER", "waking") == "polling":
+    broker: RedisBroker = RedisBroker(url=URL, namespace=f"{PREFIX}-dq")  # type: ignore[no-untyped-call]
+else:
+    broker = WakingRedisBroker(url=URL, namespace=f"{PREFIX}-dq")
 store = Store(
     RedisStorage(redis.Redis.from_url(URL), prefix=PREFIX),
     bus=DramatiqEventBus(broker),

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     )
     worker_timeout_ms: int = Field(
         default=20, ge=1, le=60_000,
-        description="Broker poll timeout: the idle latency of a worker (Dramatiq's default 1000)",
+        description="How often idle consumers poll: the delay queues (retries) always, and the "
+        "main queues too on a RabbitMQ broker (on Redis they are woken by each enqueue)",
     )
     worker_prefetch: int = Field(
         default=0, ge=0, le=65_535,
@@ -367,9 +368,10 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     broker: dramatiq.Broker
     if scheme is None:
         import fakeredis
-        from dramatiq.brokers.redis import RedisBroker
 
-        broker = RedisBroker(  # type: ignore[no-untyped-call]
+        from .bus.redis_broker import WakingRedisBroker
+
+        broker = WakingRedisBroker(
             client=fakeredis.FakeRedis(server=embedded_server()),
             namespace=settings.dramatiq_namespace,
         )
@@ -387,9 +389,9 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
         broker = StubBroker()
     else:
-        from dramatiq.brokers.redis import RedisBroker
+        from .bus.redis_broker import WakingRedisBroker
 
-        broker = RedisBroker(url=url, namespace=settings.dramatiq_namespace)  # type: ignore[no-untyped-call]
+        broker = WakingRedisBroker(url=url, namespace=settings.dramatiq_namespace)
     broker.add_middleware(WorkerProcessSetup(settings.log_level, settings.metrics_port))
     return broker
 

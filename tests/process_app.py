@@ -12,10 +12,10 @@ import random
 import time
 
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.bus.dramatiq import DramatiqEventBus
+from es_workers.bus.redis_broker import WakingRedisBroker
 from es_workers.delivery import DeliveryOptions
 from es_workers.publisher import PublisherOptions
 
@@ -36,7 +36,7 @@ store = Store(
         publisher=PublisherOptions(claim_idle_ms=1000, claim_every_ms=300, block_ms=200),
     ),
     bus=DramatiqEventBus(
-        RedisBroker(url=URL, namespace=f"{PREFIX}-dq", heartbeat_timeout=60_000),
+        WakingRedisBroker(url=URL, namespace=f"{PREFIX}-dq"),
         options=DeliveryOptions(
             lock_ms=1500, redrive_after_ms=1500, min_backoff_ms=20, max_backoff_ms=200
         ),

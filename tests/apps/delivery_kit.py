@@ -16,11 +16,11 @@ from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.bus.dramatiq import DramatiqEventBus
+from es_workers.bus.redis_broker import WakingRedisBroker
 from es_workers.delivery import DeliveryOptions
 from es_workers.publisher import Publisher, PublisherOptions
 from es_workers.upgrade import EventUpgrade
@@ -135,19 +135,25 @@ def stub_broker() -> StubBroker:
 
 @contextmanager
 def redis_broker(client: redis.Redis, backend: str, url: str) -> Iterator[dramatiq.Broker]:
-    """A RedisBroker beside the test's storage: on the same fakeredis server, or on the
-    real Redis under a namespace of its own (its keys are deleted afterwards)."""
+    """The broker users get (WakingRedisBroker) beside the test's storage: on the same
+    fakeredis server, or on the real Redis under a namespace of its own (its keys are
+    deleted afterwards)."""
     if backend == "fakeredis":
         import fakeredis
 
         server = client.connection_pool.connection_kwargs["server"]
-        yield RedisBroker(client=fakeredis.FakeRedis(server=server))  # type: ignore[no-untyped-call]
+        broker = WakingRedisBroker(client=fakeredis.FakeRedis(server=server))
+        try:
+            yield broker
+        finally:
+            broker.close()
         return
     namespace = f"t-dq-{uuid.uuid4().hex[:12]}"
-    broker = RedisBroker(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+    broker = WakingRedisBroker(url=url, namespace=namespace)
     try:
         yield broker
     finally:
+        broker.close()
         keys = list(client.scan_iter(f"{namespace}:*", count=1000))
         if keys:
             client.delete(*keys)

@@ -1,0 +1,150 @@
+"""WakingRedisBroker: Dramatiq's RedisBroker, with idle consumers woken by a message.
+
+Dramatiq's Redis consumers poll: after an empty fetch they sleep up to the worker timeout
+(`dramatiq_worker_timeout`). A short timeout gives low latency but costs Redis commands
+and CPU while idle (measured here with 3 subscribers: ~5,300 commands/s at 5 ms, ~1,200 at
+20 ms); a long one makes a quiet worker slow to react (~1 s at Dramatiq's default).
+
+This broker publishes the queue name on a Redis channel after each enqueue. In each worker
+process one listener thread follows that channel, and an idle consumer of a queue waits for
+its queue to be named (or `idle_timeout_ms`) instead of sleeping. Delay queues (`<q>.DQ`,
+retries and re-sent notices) keep Dramatiq's polling: their messages become due on a clock,
+not on a message.
+
+A wake-up that is lost (Redis pub/sub is fire-and-forget) only costs latency: the consumer
+still fetches at least every `idle_timeout_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+
+log = logging.getLogger("es_workers.bus.redis_broker")
+
+
+class _Wakeups:
+    """Follows the wake channel in a daemon thread; counts wake-ups per queue."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._changed = threading.Condition()
+        self._counts: dict[str, int] = {}
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="es-wakeups", daemon=True)
+        self._thread.start()
+
+    def count(self, queue_name: str) -> int:
+        with self._changed:
+            return self._counts.get(queue_name, 0)
+
+    def wait(self, queue_name: str, seen: int, timeout: float) -> None:
+        """Returns once the queue was named after `seen` was read, or after `timeout` s."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._counts.get(queue_name, 0) != seen or self._stopped.is_set(),
+                timeout,
+            )
+
+    def _listen(self) -> None:
+        while not self._stopped.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self._channel)
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "message":
+                        self._woken(message["data"])
+            except redis.RedisError as error:
+                # Consumers fall back to their idle timeout meanwhile.
+                log.warning("wake-up channel %s: %s; resubscribing", self._channel, error)
+                self._stopped.wait(0.5)
+            finally:
+                pubsub.close()
+
+    def _woken(self, data: bytes | str) -> None:
+        queue_name = data.decode() if isinstance(data, bytes) else data
+        with self._changed:
+            self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._changed:
+            self._changed.notify_all()
+
+
+class WakingRedisBroker(RedisBroker):
+    """A RedisBroker whose idle consumers wait for a wake-up instead of polling.
+
+    Takes RedisBroker's arguments (`url=`, `client=`, `namespace=`, ...) and
+    `idle_timeout_ms`, the longest an idle consumer waits before fetching anyway.
+    """
+
+    def __init__(self, *, idle_timeout_ms: int = 1000, **options: Any) -> None:
+        super().__init__(**options)  # type: ignore[no-untyped-call]
+        self.idle_timeout_ms = idle_timeout_ms
+        self.wake_channel = f"{self.namespace}:wake"
+        self._wakeups: _Wakeups | None = None
+        self._wakeups_lock = threading.Lock()
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+    def wakeups(self) -> _Wakeups:
+        with self._wakeups_lock:
+            if self._wakeups is None:  # first consumer of this process
+                self._wakeups = _Wakeups(self.client, self.wake_channel)
+            return self._wakeups
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        enqueued = super().enqueue(message, delay=delay)
+        if delay is None:
+            self.client.publish(self.wake_channel, enqueued.queue_name)
+        return enqueued
+
+    def emit_before(self, signal: str, *args: Any, **kwargs: Any) -> None:
+        if signal == "worker_shutdown":
+            self._stop_wakeups()  # idle consumers return now, not after idle_timeout_ms
+        super().emit_before(signal, *args, **kwargs)
+
+    def close(self) -> None:
+        self._stop_wakeups()
+        super().close()
+
+    def _stop_wakeups(self) -> None:
+        with self._wakeups_lock:
+            if self._wakeups is not None:
+                self._wakeups.stop()
+                self._wakeups = None
+
+
+class _WakingConsumer(_RedisConsumer):
+    def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int,
+                 timeout: int) -> None:
+        self._waits = not queue_name.endswith(".DQ")
+        # Its own sleep after an empty fetch stays under a millisecond; the wait replaces it.
+        super().__init__(  # type: ignore[no-untyped-call]
+            broker, queue_name, prefetch, 1 if self._waits else timeout
+        )
+        self._idle_timeout = max(broker.idle_timeout_ms, timeout) / 1000
+        self._wakeups = broker.wakeups() if self._waits else None
+
+    def __next__(self) -> Any:
+        if self._wakeups is None:
+            return super().__next__()  # type: ignore[no-untyped-call]
+        seen = self._wakeups.count(self.queue_name)
+        # With its prefetch full the consumer fetches nothing: it waits for its own messages
+        # to be handled, not for new ones, so it keeps the short sleep.
+        fetches = self.outstanding_message_count < self.prefetch
+        message = super().__next__()  # type: ignore[no-untyped-call]
+        if message is None and fetches:
+            self._wakeups.wait(self.queue_name, seen, self._idle_timeout)
+        return message
