@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 
+import dramatiq
 import fakeredis
 import pytest
 import redis
@@ -123,3 +124,21 @@ def make_any_store(any_storage: RedisStorage | InMemoryStorage) -> Callable[...,
         return Store(any_storage, **options)  # type: ignore[arg-type]
 
     return build
+
+
+# Delivery tests: the publisher's timings shortened, and the broker users get.
+
+
+@pytest.fixture
+def fast_storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
+    from apps.delivery_kit import FAST_PUBLISHER
+
+    return RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER)
+
+
+@pytest.fixture
+def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]:
+    from apps.delivery_kit import redis_broker
+
+    with redis_broker(redis_client, backend, REDIS_URL) as made:
+        yield made

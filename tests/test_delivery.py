@@ -34,17 +34,6 @@ from es_workers.delivery import DeliveryOptions
 
 
 @pytest.fixture
-def fast_storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
-    return RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER)
-
-
-@pytest.fixture
-def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]:
-    with redis_broker(redis_client, backend, REDIS_URL) as made:
-        yield made
-
-
-@pytest.fixture
 def delivery(fast_storage: RedisStorage, broker: dramatiq.Broker) -> Iterator[Delivery]:
     made = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
     yield made

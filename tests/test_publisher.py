@@ -8,40 +8,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import dramatiq
 import pytest
-import redis
 from apps.delivery_kit import (
     FAST_PUBLISHER,
     Delivery,
     FlakyStubBroker,
     Recorder,
     assert_exactly_once_in_order,
-    redis_broker,
     stub_broker,
     wait_for,
 )
 from apps.delivery_kit import write as write_at_head
-from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened
+from conftest import ACCOUNT_EVENTS, Deposited, Opened
 
 from es_workers import Event, RedisStorage, Store, admin
 from es_workers.event import Handler
 from es_workers.publisher import GROUP, Publisher, PublisherOptions
-
-
-@pytest.fixture
-def fast_storage(redis_client: redis.Redis, prefix: str) -> RedisStorage:
-    return RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER)
-
-
-@pytest.fixture
-def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]:
-    with redis_broker(redis_client, backend, REDIS_URL) as made:
-        yield made
 
 
 def write(store: Store, entity_id: str, count: int) -> int:
