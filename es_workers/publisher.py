@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("es_workers.publisher")
 
 GROUP = "publishers"
+FORGET_EVERY_S = 60.0  # how often to drop dead publishers from the group
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Publisher:
         self._own_pending = True  # after a start or an error, re-read what we hold first
         self._next_claim = 0.0
         self._next_sweep = 0.0
+        self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._caught_up: set[tuple[str, str]] = set()
 
     def run(self, stop: threading.Event) -> None:
@@ -122,6 +124,9 @@ class Publisher:
         if now >= self._next_claim:
             busy = self._claim_abandoned() or busy
             self._next_claim = now + self.options.claim_every_ms / 1000
+        if now >= self._next_forget:
+            self._forget_dead_consumers()
+            self._next_forget = now + FORGET_EVERY_S
         if isinstance(self.bus, NotifyingEventBus):
             busy = self._catch_up() or busy
             if now >= self._next_sweep:
@@ -165,6 +170,22 @@ class Publisher:
                 self._relay(entries)
                 found = True
         return found
+
+    def _forget_dead_consumers(self) -> None:
+        """Removes from the group the consumers of publishers that died (each start makes a
+        new one). Only those holding nothing and silent for long: their entries were
+        claimed, and a live publisher reads every `block_ms`, so it is never one of them
+        (were it, its next read would simply add it again)."""
+        silent_ms = 10 * self.options.claim_idle_ms
+        for key in self._outboxes:
+            for consumer in self.client.xinfo_consumers(key, GROUP):
+                name = text(consumer["name"])
+                if name != self.consumer and consumer["pending"] == 0 and (
+                    consumer["idle"] > silent_ms
+                ):
+                    self.client.xgroup_delconsumer(key, GROUP, name)
+                    log.info("publisher %s forgot dead publisher %s on %s",
+                             self.consumer, name, key)
 
     def _relay(self, entries: Sequence[tuple[str, Any]]) -> None:
         """Sends one notice per entity (the highest event number wins), then acks."""

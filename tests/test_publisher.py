@@ -29,6 +29,7 @@ from conftest import ACCOUNT_EVENTS, Deposited, Opened
 from es_workers import Event, RedisStorage, Store, admin
 from es_workers.event import Handler
 from es_workers.publisher import GROUP, Publisher, PublisherOptions
+from es_workers.storage.redis import text
 
 
 def write(store: Store, entity_id: str, count: int) -> int:
@@ -131,6 +132,30 @@ def test_entries_of_a_publisher_killed_between_send_and_ack_are_claimed_by_anoth
         delivery.stop()
     assert time.monotonic() - started >= 0.2, "claimed only once idle for claim_idle_ms"
     assert_exactly_once_in_order(recorder, heads)
+
+
+def test_dead_publishers_holding_nothing_are_dropped_from_the_group(
+    fast_storage: RedisStorage,
+) -> None:
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
+    delivery.store.subscribe("account", "balances", Recorder())
+    options = PublisherOptions(claim_idle_ms=20)  # forgets consumers silent for 200 ms
+    live = Publisher(fast_storage, delivery.bus, options)
+    live._ensure_groups()
+    key = fast_storage.keys.outbox(0)
+    client = fast_storage.client
+    client.xgroup_createconsumer(key, GROUP, "dead-publisher")
+    write(delivery.store, "acc-0", 1)
+    holding = fast_storage.keys.outbox(fast_storage.keys.partition("account", "acc-0"))
+    streams = {holding: ">"}
+    client.xreadgroup(GROUP, "dead-holding-entries", streams, count=10)  # type: ignore[arg-type]
+    time.sleep(0.3)
+
+    live._forget_dead_consumers()
+
+    names = {text(c["name"]) for k in (key, holding) for c in client.xinfo_consumers(k, GROUP)}
+    assert "dead-publisher" not in names
+    assert "dead-holding-entries" in names, "a consumer with pending entries must stay"
 
 
 def test_two_publishers_at_once_deliver_every_event_once_in_order(
