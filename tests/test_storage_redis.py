@@ -557,3 +557,21 @@ def test_every_partition_has_its_own_hash_tag(storage: RedisStorage) -> None:
         ]
         assert all(tag in key for key in keys)
         assert {key_slot(key.encode()) for key in keys} == {key_slot(tag.encode())}
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def test_appends_and_conflicts_are_counted_for_prometheus(store: Store) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"entity_type": "account"}) or 0.0
+
+    appended, conflicts = sample("es_appends_total"), sample("es_conflicts_total")
+    store.open("account", "m1").write(Opened(owner="a"), Deposited(amount=1))
+    with pytest.raises(ConcurrencyError):
+        store.open("account", "m1").write(Opened(owner="b"))
+
+    assert sample("es_appends_total") - appended == 2
+    assert sample("es_conflicts_total") - conflicts == 1

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .. import metrics
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
 from ..event import Content, Event, check_entity_id, check_entity_type
 from .keys import RedisKeys
@@ -124,7 +125,10 @@ class RedisStorage:
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         status, position = self._append(keys=keys, args=args)
         if status == 2:
+            metrics.CONFLICTS.labels(entity_type).inc()
             raise ConcurrencyError(entity_type, entity_id, expected, int(position))
+        if status == 0:
+            metrics.APPENDS.labels(entity_type).inc(len(events))
 
     def _entity_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """The entity's append.lua KEYS (its stream first), once its names are checked.
