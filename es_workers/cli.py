@@ -227,7 +227,7 @@ def publish(app_ref: AppRef) -> None:
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     epilog="Other options are passed to Dramatiq, e.g. --queues balances. Plain "
-    "`dramatiq APP_MODULE` works too (set dramatiq_worker_timeout=20 for low latency).",
+    "`dramatiq APP_MODULE` works too (set dramatiq_worker_timeout=20 as es-workers does).",
 )
 def worker(
     ctx: typer.Context,
@@ -241,8 +241,9 @@ def worker(
                                  "[default: ES_WORKER_THREADS, 8]")
     ] = None,
     worker_timeout: Annotated[
-        int | None, typer.Option("--worker-timeout", min=1, help="Broker poll timeout in ms: "
-                                 "idle latency [default: ES_WORKER_TIMEOUT_MS, 20]")
+        int | None, typer.Option("--worker-timeout", min=1, help="Poll interval in ms of the "
+                                 "delay queues (retries); on Redis new messages wake the "
+                                 "workers [default: ES_WORKER_TIMEOUT_MS, 20]")
     ] = None,
 ) -> None:
     """Run the Dramatiq workers of the app's subscribers (replaces this process).
