@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import dramatiq
 import fakeredis
 import pytest
 import redis
 
-from es_workers import Content, InMemoryStorage, RedisStorage, Store
+from es_workers import Content, Event, InMemoryStorage, RedisStorage, Store
+from es_workers.ids import new_ids
 
 REDIS_URL = os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("ES_REQUIRE_REDIS") == "1"
@@ -142,3 +144,22 @@ def broker(redis_client: redis.Redis, backend: str) -> Iterator[dramatiq.Broker]
 
     with redis_broker(redis_client, backend, REDIS_URL) as made:
         yield made
+
+
+def events_of(
+    entity_id: str, *contents: Content, after: int = 0, entity_type: str = "account"
+) -> list[Event]:
+    """Events as Stream.write builds them: numbered after `after`, fresh store_event_ids."""
+    now = datetime.now(UTC)
+    return [
+        Event(
+            entity_id=entity_id,
+            entity_type=entity_type,
+            event_number=after + offset,
+            event_time=now,
+            content=content,
+            store_event_id=new_ids(1)[0],
+            store_entity_id="",
+        )
+        for offset, content in enumerate(contents, start=1)
+    ]

@@ -4,34 +4,12 @@ order. Every test runs on RedisStorage (fakeredis, real Redis) and on InMemorySt
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
-from conftest import Deposited, Opened
+from conftest import Deposited, Opened, events_of
 
-from es_workers import ConcurrencyError, Content, Event, InMemoryStorage, RedisStorage
-from es_workers.ids import new_ids
+from es_workers import ConcurrencyError, Content, InMemoryStorage, RedisStorage
 
 AnyStorage = RedisStorage | InMemoryStorage
-
-
-def events_of(
-    entity_id: str, *contents: Content, after: int = 0, entity_type: str = "account"
-) -> list[Event]:
-    """Events as Stream.write builds them: numbered after `after`, fresh store_event_ids."""
-    now = datetime.now(UTC)
-    return [
-        Event(
-            entity_id=entity_id,
-            entity_type=entity_type,
-            event_number=after + offset,
-            event_time=now,
-            content=content,
-            store_event_id=new_ids(1)[0],
-            store_entity_id="",
-        )
-        for offset, content in enumerate(contents, start=1)
-    ]
 
 
 def dep(amount: int) -> Deposited:

@@ -5,13 +5,12 @@ configuration errors and Redis Cluster readiness."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
-from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn
+from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn, events_of
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
@@ -19,7 +18,6 @@ from redis.retry import Retry
 from es_workers import (
     ConcurrencyError,
     ConfigurationError,
-    Content,
     CorruptEventError,
     DecodeError,
     EsError,
@@ -32,22 +30,6 @@ from es_workers import (
 from es_workers.ids import new_ids
 
 MakeStore = Callable[..., Store]
-
-
-def events_of(entity_id: str, *contents: Content, after: int = 0) -> list[Event]:
-    now = datetime.now(UTC)
-    return [
-        Event(
-            entity_id=entity_id,
-            entity_type="account",
-            event_number=after + offset,
-            event_time=now,
-            content=content,
-            store_event_id=new_ids(1)[0],
-            store_entity_id="",
-        )
-        for offset, content in enumerate(contents, start=1)
-    ]
 
 
 def text(value: bytes | str) -> str:
