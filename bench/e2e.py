@@ -115,11 +115,7 @@ def latencies(folder: str) -> list[float]:
 
 def handled(app: ModuleType, subscriber_id: str, entity_type: str) -> int:
     """Events the subscriber has handled: the sum of its checkpoints (events are 1..head)."""
-    storage = app.store.storage
-    pipe = storage.client.pipeline(transaction=False)
-    for partition in range(storage.partitions):
-        pipe.hvals(storage.keys.checkpoints(subscriber_id, entity_type, partition))
-    return sum(int(v) for values in pipe.execute() for v in values)
+    return sum(app.store.storage.state.checkpoints(subscriber_id, entity_type).values())
 
 
 def write_one(app: ModuleType, entity_type: str, entity_id: str, head: int, content: object) -> int:
@@ -235,8 +231,8 @@ def main() -> None:
         write_one(app, "tick", "warm-up", 0, app.Tick(n=-1))
         wait(lambda: len(latencies(folder)) >= 1, "the worker to start", timeout=120)
         # Let the publisher finish handing new subscribers their (empty) history.
-        keys = app.store.storage.keys  # type: ignore[attr-defined]
-        wait(lambda: client.scard(keys.caught_up("bulk")) == 1, "catch-up")
+        state = app.store.storage.state
+        wait(lambda: state.is_caught_up("bulk", "bulk"), "catch-up")
 
         p4 = measure_latency(app, folder, args.seconds, args.rate)
         noop_rate = measure_noop(app, args.noop_messages)

@@ -23,8 +23,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from es_workers import Content, Event, RedisStorage, Store
-from es_workers.bus.dramatiq import DramatiqEventBus
-from es_workers.bus.redis_broker import WakingRedisBroker
+from es_workers.workers.broker import WakingRedisBroker
+from es_workers.workers.bus import DramatiqEventBus
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from .bus import EventBus, InMemoryEventBus, NotifyingEventBus
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -20,13 +17,14 @@ from .errors import (
     UnknownEventError,
 )
 from .event import Content, Event, Handler
-from .storage import InMemoryStorage, RedisStorage, Storage
+from .memory import InMemoryEventBus, InMemoryStorage
+from .ports import EventBus, NotifyingEventBus, Storage
+from .redis import RedisStorage
+from .settings import Settings
 from .store import Store
 from .stream import Stream
 from .upgrade import EventUpgrade
-
-if TYPE_CHECKING:
-    from .bus.dramatiq import DramatiqEventBus
+from .workers import DramatiqEventBus
 
 __all__ = [
     "ConcurrencyError",
@@ -48,6 +46,7 @@ __all__ = [
     "NotRegisteredError",
     "NotifyingEventBus",
     "RedisStorage",
+    "Settings",
     "Storage",
     "Store",
     "Stream",
@@ -55,12 +54,3 @@ __all__ = [
     "SubscriberError",
     "UnknownEventError",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # Dramatiq is imported only by apps that use it: importing it sets up a global broker.
-    if name == "DramatiqEventBus":
-        from .bus.dramatiq import DramatiqEventBus
-
-        return DramatiqEventBus
-    raise AttributeError(f"module 'es_workers' has no attribute {name!r}")

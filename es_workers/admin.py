@@ -1,30 +1,30 @@
-"""Operations on delivery state: status, parked entities, replay. Used by `es-workers`."""
+"""Operations on delivery state: status, parked entities, replay. Used by `es-workers` and
+the dashboard. Subscriber state itself is `es_workers.redis.state`'s to read and write."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .bus.base import NotifyingEventBus
-from .delivery import DeliveryOptions, mark_due
-from .errors import ConfigurationError, NotParkedError
-from .event import check_entity_id, check_entity_type
-from .storage.redis import RedisStorage, text
+from .errors import ConfigurationError
+from .names import check_entity_id, check_entity_type
+from .ports import NotifyingEventBus
+from .redis.state import ParkedEntity, SubscriberState
+from .redis.storage import RedisStorage
 from .store import Store
 
-
-@dataclass(frozen=True)
-class ParkedEntity:
-    subscriber_id: str
-    entity_type: str
-    entity_id: str
-    event_number: int
-    error: str
-    attempts: int
-    parked_at: str
+__all__ = [
+    "ParkedEntity",
+    "StoreStatus",
+    "SubscriberStatus",
+    "count_entities",
+    "parked",
+    "replay",
+    "retry_parked",
+    "skip_parked",
+    "status",
+]
 
 
 @dataclass(frozen=True)
@@ -52,107 +52,52 @@ def _redis(store: Store) -> RedisStorage:
     return store.storage
 
 
+def _state(store: Store) -> SubscriberState:
+    return _redis(store).state
+
+
 def _notifying(store: Store) -> NotifyingEventBus:
     if not isinstance(store.bus, NotifyingEventBus):
         raise ConfigurationError("re-delivery needs a bus of subscriber actors (DramatiqEventBus)")
     return store.bus
 
 
-def _due_at(bus: NotifyingEventBus) -> float:
-    """When a notice sent now is re-sent by the sweep if it was lost."""
-    options = getattr(bus, "options", None)
-    if not isinstance(options, DeliveryOptions):
-        options = DeliveryOptions()
-    return time.time() * 1000 + options.redrive_after_ms
-
-
-def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str, raw: Any) -> ParkedEntity:
-    record = json.loads(text(raw))
-    return ParkedEntity(
-        subscriber_id=subscriber_id,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        event_number=int(record["event_number"]),
-        error=str(record["error"]),
-        attempts=int(record["attempts"]),
-        parked_at=str(record["parked_at"]),
-    )
-
-
 def parked(store: Store, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
     """Entities parked for the subscriber: a handler kept failing on `event_number`."""
-    storage = _redis(store)
-    pipe = storage.client.pipeline(transaction=False)
-    for partition in range(storage.partitions):
-        pipe.hgetall(storage.keys.parked(subscriber_id, entity_type, partition))
-    return sorted(
-        (
-            _parked_entity(subscriber_id, entity_type, text(entity_id), raw)
-            for records in pipe.execute()
-            for entity_id, raw in records.items()
-        ),
-        key=lambda item: (item.parked_at, item.entity_id),
-    )
+    return _state(store).parked(subscriber_id, entity_type)
 
 
 def status(store: Store) -> StoreStatus:
     """Backlog of the outbox, and per subscriber: lag and parked entities."""
     storage = _redis(store)
-    keys, client = storage.keys, storage.client
-    pipe = client.pipeline(transaction=False)
-    for partition in range(storage.partitions):
-        pipe.xlen(keys.outbox(partition))
-    backlog = sum(int(n) for n in pipe.execute())
+    state = storage.state
     subscribers = []
     for entity_type in store.entity_types():
-        pipe = client.pipeline(transaction=False)
-        for partition in range(storage.partitions):
-            pipe.hgetall(keys.heads(entity_type, partition))
-        heads = {text(k): int(v) for page in pipe.execute() for k, v in page.items()}
+        heads = storage.heads(entity_type)
         for subscriber_id in store.subscriber_ids(entity_type):
-            pipe = client.pipeline(transaction=False)
-            for partition in range(storage.partitions):
-                pipe.hgetall(keys.checkpoints(subscriber_id, entity_type, partition))
-            done = {text(k): int(v) for page in pipe.execute() for k, v in page.items()}
+            done = state.checkpoints(subscriber_id, entity_type)
             behind = [head - done.get(entity_id, 0) for entity_id, head in heads.items()]
             subscribers.append(
                 SubscriberStatus(
                     entity_type=entity_type,
                     subscriber_id=subscriber_id,
-                    caught_up=bool(client.sismember(keys.caught_up(entity_type), subscriber_id)),
+                    caught_up=state.is_caught_up(entity_type, subscriber_id),
                     lagging_entities=sum(1 for lag in behind if lag > 0),
                     events_behind=sum(lag for lag in behind if lag > 0),
-                    parked=parked(store, subscriber_id, entity_type),
+                    parked=state.parked(subscriber_id, entity_type),
                 )
             )
-    return StoreStatus(outbox_backlog=backlog, subscribers=subscribers)
+    return StoreStatus(outbox_backlog=storage.outbox_backlog(), subscribers=subscribers)
 
 
 def _unpark(
     store: Store, subscriber_id: str, entity_type: str, entity_id: str, *, skip: bool
 ) -> ParkedEntity:
-    storage = _redis(store)
+    state = _state(store)
     bus = _notifying(store)
     check_entity_type(entity_type)
     check_entity_id(entity_id)
-    keys, client = storage.keys, storage.client
-    partition = keys.partition(entity_type, entity_id)
-    parked_key = keys.parked(subscriber_id, entity_type, partition)
-    raw = client.hget(parked_key, entity_id)
-    if raw is None:
-        raise NotParkedError(
-            f"{entity_type} {entity_id!r} is not parked for subscriber {subscriber_id!r}"
-        )
-    entity = _parked_entity(subscriber_id, entity_type, entity_id, raw)
-    pipe = client.pipeline(transaction=True)
-    if skip:
-        pipe.hset(
-            keys.checkpoints(subscriber_id, entity_type, partition), entity_id, entity.event_number
-        )
-    pipe.hdel(keys.failures(subscriber_id, entity_type, partition), entity_id)
-    pipe.hdel(parked_key, entity_id)
-    pipe.execute()
-    mark_due(client, keys, subscriber_id, entity_type, [entity_id], _due_at(bus))
+    entity = state.unpark(state.entity(subscriber_id, entity_type, entity_id), skip=skip)
     bus.notify(entity_type, entity_id, None, [subscriber_id])
     return entity
 
@@ -172,11 +117,7 @@ def skip_parked(
 
 
 def count_entities(store: Store, entity_type: str) -> int:
-    storage = _redis(store)
-    pipe = storage.client.pipeline(transaction=False)
-    for partition in range(storage.partitions):
-        pipe.zcard(storage.keys.index(entity_type, partition))
-    return sum(int(n) for n in pipe.execute())
+    return _redis(store).count_entities(entity_type)
 
 
 def replay(
@@ -194,8 +135,8 @@ def replay(
     exact rebuild).
     """
     storage = _redis(store)
+    state = storage.state
     bus = _notifying(store)
-    keys, client = storage.keys, storage.client
     types = [entity_type] if entity_type else [
         t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)
     ]
@@ -204,18 +145,11 @@ def replay(
     sent = 0
     for kind in types:
         check_entity_type(kind)
-        pipe = client.pipeline(transaction=False)
-        for partition in range(storage.partitions):
-            pipe.delete(
-                keys.checkpoints(subscriber_id, kind, partition),
-                keys.failures(subscriber_id, kind, partition),
-                keys.parked(subscriber_id, kind, partition),
-            )
-        pipe.execute()
+        state.forget(subscriber_id, kind)
         token: str | None = None
         while True:
             ids, token = storage.entity_ids(kind, token, page_size)
-            mark_due(client, keys, subscriber_id, kind, ids, _due_at(bus))
+            state.mark_due(state.entity(subscriber_id, kind, entity_id) for entity_id in ids)
             for entity_id in ids:
                 bus.notify(kind, entity_id, None, [subscriber_id])
             sent += len(ids)

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
@@ -25,12 +25,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import admin
+from .admin import ParkedEntity
+from .demo import run_demo
 from .errors import ConfigurationError, EsError
+from .observability import configure_logging, serve_metrics
+from .redis.storage import RedisStorage
 from .settings import Settings, load_settings
 from .store import Store
-
-if TYPE_CHECKING:
-    from .admin import ParkedEntity
+from .workers.bus import DramatiqEventBus
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -78,8 +81,6 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def settings_or_exit() -> Settings:
     """Reads and checks the settings, and configures logging from them."""
-    from .observability import configure_logging
-
     try:
         settings = load_settings()
     except ConfigurationError as error:
@@ -131,8 +132,6 @@ def load_app(ref: str) -> Store:
 
 def require_shared_redis(store: Store, command: str) -> None:
     """The publisher and workers are separate processes: they need a Redis they share."""
-    from .storage.redis import RedisStorage
-
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         fail(f"`{command}` needs a Store on RedisStorage, not {type(storage).__name__}",
@@ -144,8 +143,6 @@ def require_shared_redis(store: Store, command: str) -> None:
 
 
 def describe(store: Store) -> str:
-    from .storage.redis import RedisStorage
-
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         return type(storage).__name__
@@ -208,8 +205,6 @@ def publish(app_ref: AppRef) -> None:
     publishers may run at once. Stops cleanly on SIGTERM or SIGINT: it finishes the
     current round (entries are acknowledged only after they are sent, so nothing is lost).
     """
-    from .observability import serve_metrics
-
     with StopSignals() as stop:
         settings = settings_or_exit()
         store = load_app(app_ref)
@@ -256,8 +251,6 @@ def worker(
         settings = settings_or_exit()
         store = load_app(app_ref)
         require_shared_redis(store, "worker")
-        from .bus.dramatiq import DramatiqEventBus
-
         if not isinstance(store.bus, DramatiqEventBus):
             fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
                  "(Store.from_settings builds one)", EXIT_USAGE)
@@ -289,8 +282,6 @@ def worker(
 @app.command()
 def status(app_ref: AppRef, as_json: AsJson = False) -> None:
     """Show the outbox backlog and, per subscriber, its lag and parked entities."""
-    from . import admin
-
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
@@ -398,8 +389,6 @@ def replay(
 ) -> None:
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
     entities, then send it every entity. Clear its read model first."""
-    from . import admin
-
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
@@ -421,8 +410,6 @@ def replay(
 def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                 as_json: AsJson = False) -> None:
     """List the entities parked for a subscriber."""
-    from . import admin
-
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
@@ -439,8 +426,6 @@ def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
 def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                  entity_id: EntityId) -> None:
     """Unpark the entity and deliver again from the event that failed (after a fix)."""
-    from . import admin
-
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
@@ -454,8 +439,6 @@ def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Enti
 def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                 entity_id: EntityId) -> None:
     """Mark the failing event handled without handling it, then deliver the rest."""
-    from . import admin
-
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
@@ -485,8 +468,6 @@ def demo(
     Without ES_REDIS_URL it runs on an embedded Redis (fakeredis) served to the child
     processes; with it, on that Redis under a prefix of its own, deleted afterwards.
     """
-    from .demo import run_demo
-
     settings = settings_or_exit()
     with reported_errors():
         code = run_demo(

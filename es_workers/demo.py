@@ -32,6 +32,7 @@ from rich.table import Table
 
 from . import admin
 from .settings import redact_url
+from .workers.dramatiq_internals import redis_broker_scripts
 
 APP_MODULE = "es_workers.examples.bank"
 APP = f"{APP_MODULE}:store"
@@ -44,14 +45,12 @@ def preload_scripts(client: redis.Redis) -> None:
     The fake TCP server drops a connection after an error reply, and a script's first
     EVALSHA would get NOSCRIPT; loaded beforehand, it never does.
     """
-    from dramatiq.brokers import redis as dramatiq_redis
-
     scripts: list[str | bytes] = [
         entry.read_text()
-        for entry in resources.files("es_workers.storage").iterdir()
+        for entry in resources.files("es_workers.redis").iterdir()
         if entry.name.endswith(".lua")
     ]
-    scripts += list(dramatiq_redis._scripts.values())
+    scripts += redis_broker_scripts()
     for script in scripts:
         client.script_load(script)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel
-
-from .errors import InvalidNameError
 
 
 class Content(BaseModel):
@@ -62,25 +59,3 @@ def as_callable(handler: Handler) -> Callable[[Event], Any]:
     if callable(handler):
         return handler
     raise TypeError(f"a handler must be callable or have .handle(event), got {handler!r}")
-
-
-_ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
-_ENTITY_ID = re.compile(r"[!-~]{1,200}")  # printable ASCII, no spaces
-
-
-def check_entity_type(entity_type: object) -> str:
-    if not isinstance(entity_type, str) or not _ENTITY_TYPE.fullmatch(entity_type):
-        raise InvalidNameError(
-            f"invalid entity type {entity_type!r}: use a letter followed by up to 99 letters, "
-            "digits, '_', '.' or '-'"
-        )
-    return entity_type
-
-
-def check_entity_id(entity_id: object) -> str:
-    if not isinstance(entity_id, str) or not _ENTITY_ID.fullmatch(entity_id):
-        raise InvalidNameError(
-            f"invalid entity ID {entity_id!r}: use 1 to 200 printable ASCII characters "
-            "without spaces"
-        )
-    return entity_id

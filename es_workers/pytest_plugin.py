@@ -13,7 +13,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from .storage.redis import RedisStorage
+from .redis.storage import RedisStorage
 from .store import Store
 
 

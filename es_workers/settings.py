@@ -4,19 +4,18 @@ The file is `config/es.toml` (relative to the current directory) when it exists,
 file named by `ES_CONFIG_FILE`. Environment variables win over the file. Defaults run on
 an embedded, in-process Redis (fakeredis), so nothing needs a server to try it out.
 
-`build_store` turns settings into a wired `Store` (Redis client, RedisStorage, Dramatiq
-broker, DramatiqEventBus) in one place; `Store.from_settings` calls it.
+This module only describes the settings; `es_workers.wiring` builds what they name.
+Each default is written once: in the options dataclass the setting feeds, or here.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-import threading
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -27,19 +26,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .delivery import DeliveryOptions
 from .errors import ConfigurationError
-from .publisher import PublisherOptions
-from .storage.keys import RedisKeys
-
-if TYPE_CHECKING:
-    import dramatiq
-    import fakeredis
-    import redis
-
-    from .event import Content
-    from .store import Store
-    from .upgrade import EventUpgrade
+from .redis.keys import RedisKeys
+from .redis.publisher import PublisherOptions
+from .workers.bus import DEFAULT_TIME_LIMIT_MS
+from .workers.delivery import DeliveryOptions
 
 ENV_PREFIX = "ES_"
 DEFAULT_CONFIG_FILE = Path("config") / "es.toml"
@@ -123,11 +114,11 @@ class Settings(BaseSettings):
         "this long",
     )
     redrive_after_ms: int = Field(
-        default=_DELIVERY.redrive_after_ms, ge=100,
+        default=_PUBLISHER.redrive_after_ms, ge=100,
         description="A notice not seen handled by then is sent again",
     )
     time_limit_ms: int = Field(
-        default=600_000, ge=1000,
+        default=DEFAULT_TIME_LIMIT_MS, ge=1000,
         description="Dramatiq time limit of one delivery (all events of it)",
     )
     # Publisher: es_workers.publisher.PublisherOptions.
@@ -255,7 +246,6 @@ class Settings(BaseSettings):
             min_backoff_ms=self.min_backoff_ms,
             max_backoff_ms=self.max_backoff_ms,
             lock_ms=self.lock_ms,
-            redrive_after_ms=self.redrive_after_ms,
         )
 
     def publisher_options(self) -> PublisherOptions:
@@ -268,6 +258,7 @@ class Settings(BaseSettings):
             catch_up_page=self.publisher_catch_up_page,
             min_backoff_ms=self.publisher_min_backoff_ms,
             max_backoff_ms=self.publisher_max_backoff_ms,
+            redrive_after_ms=self.redrive_after_ms,
         )
 
     @property
@@ -307,8 +298,39 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+# ES_ variables that are not settings but are known: the config file's name, and the
+# switches of the test suite.
+NOT_SETTINGS = (CONFIG_FILE_ENV, "ES_REQUIRE_")
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:
+    """`ES_...` environment variables that are no setting, each with the closest setting's
+    variable (None when nothing is close): most likely typos."""
+    known = [env_name(name) for name in Settings.model_fields]
+    found: dict[str, str | None] = {}
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if any(upper.startswith(other) for other in NOT_SETTINGS):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        found[name] = close[0] if close else None
+    return found
+
+
+def warn_unknown_variables() -> None:
+    for name, closest in unknown_variables().items():
+        hint = f"; did you mean {closest}?" if closest else ""
+        logging.getLogger("es_workers.settings").warning(
+            "environment variable %s is not an es_workers setting%s", name, hint
+        )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Reads the settings; any invalid one raises ConfigurationError naming it and its value."""
+    """Reads the settings; any invalid one raises ConfigurationError naming it and its value.
+    Environment variables `ES_...` that are no setting are reported as warnings."""
+    warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -329,101 +351,3 @@ def describe_errors(error: ValidationError) -> str:
         else:
             lines.append(f"  {env_name(field)}={item.get('input')!r}: {message}")
     return "\n".join(lines)
-
-
-# -- Building a Store -------------------------------------------------------------------
-
-_embedded_lock = threading.Lock()
-_embedded: fakeredis.FakeServer | None = None
-
-
-def embedded_server() -> fakeredis.FakeServer:
-    """The process's embedded Redis (fakeredis), shared by every Store built without
-    `redis_url`, as one real server would be. It lives in this process only."""
-    global _embedded
-    import fakeredis
-
-    with _embedded_lock:
-        if _embedded is None:
-            _embedded = fakeredis.FakeServer(version=(7, 0))
-        return _embedded
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    import redis
-
-    if settings.redis_url is None:
-        import fakeredis
-
-        return fakeredis.FakeRedis(server=embedded_server())
-    return redis.Redis.from_url(settings.redis_url)
-
-
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    """The Dramatiq broker the settings name, with the worker-process setup middleware."""
-    from .observability import WorkerProcessSetup
-
-    url = settings.broker_url or settings.redis_url
-    scheme = urlsplit(url).scheme if url else None
-    broker: dramatiq.Broker
-    if scheme is None:
-        import fakeredis
-
-        from .bus.redis_broker import WakingRedisBroker
-
-        broker = WakingRedisBroker(
-            client=fakeredis.FakeRedis(server=embedded_server()),
-            namespace=settings.dramatiq_namespace,
-        )
-    elif scheme in ("amqp", "amqps"):
-        try:
-            from dramatiq.brokers.rabbitmq import RabbitmqBroker
-        except ImportError as error:
-            raise ConfigurationError(
-                f"{env_name('broker_url')}={redact_url(url)!r} needs RabbitMQ support: "
-                f"pip install 'es_workers[rabbitmq]' ({error})"
-            ) from None
-        broker = RabbitmqBroker(url=url)
-    elif scheme == "stub":
-        from dramatiq.brokers.stub import StubBroker
-
-        broker = StubBroker()
-    else:
-        from .bus.redis_broker import WakingRedisBroker
-
-        broker = WakingRedisBroker(url=url, namespace=settings.dramatiq_namespace)
-    broker.add_middleware(WorkerProcessSetup(settings.log_level, settings.metrics_port))
-    return broker
-
-
-def build_store(
-    settings: Settings | None = None,
-    *,
-    events: Mapping[str, Iterable[type[Content]]] | None = None,
-    upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
-) -> Store:
-    """A Store on RedisStorage with a DramatiqEventBus, as the settings say.
-
-    Reading settings, reaching Redis and checking the stored partitions all happen here,
-    so a misconfigured process fails at start-up with a message naming the setting.
-    """
-    from .bus.dramatiq import DramatiqEventBus
-    from .storage.redis import RedisStorage
-    from .store import Store
-
-    settings = settings if settings is not None else load_settings()
-    client = redis_client(settings)
-    storage = RedisStorage(
-        client,
-        prefix=settings.prefix,
-        partitions=settings.partitions,
-        publisher=settings.publisher_options(),
-    )
-    bus = DramatiqEventBus(
-        build_broker(settings),
-        options=settings.delivery_options(),
-        time_limit_ms=settings.time_limit_ms,
-    )
-    store = Store(storage, bus=bus, events=events, upgrades=upgrades)
-    logging.getLogger("es_workers").debug("store built from settings %s", settings.shown())
-    return store

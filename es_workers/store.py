@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar, overload
 
-from .bus.base import EventBus, NotifyingEventBus
-from .bus.memory import InMemoryEventBus
-from .event import Content, Event, Handler, check_entity_id, check_entity_type
-from .storage.base import Storage
+from .event import Content, Handler
+from .memory.bus import InMemoryEventBus
+from .names import check_entity_id, check_entity_type
+from .ports import Bus, NotifyingEventBus, Storage
+from .settings import Settings
 from .stream import Stream
-from .upgrade import EventUpgrade, apply_upgrades
-
-if TYPE_CHECKING:
-    from .settings import Settings
+from .upgrade import EventUpgrade, Reader, Reading
+from .wiring import build_parts
 
 H = TypeVar("H", bound=Handler)
 
@@ -33,28 +32,27 @@ class Store:
         self,
         storage: Storage,
         *,
-        bus: EventBus | None = None,
+        bus: Bus | None = None,
         events: Mapping[str, Iterable[type[Content]]] | None = None,
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.storage = storage
-        self.bus: EventBus = bus if bus is not None else InMemoryEventBus()
+        self.bus: Bus = bus if bus is not None else InMemoryEventBus()
         self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
-        self._upgrades: dict[str, list[EventUpgrade]] = {}
         for entity_type, chain in (upgrades or {}).items():
             check_entity_type(entity_type)
             for upgrade in chain:
                 if not callable(upgrade):
                     raise TypeError(f"upgrade {upgrade!r} for {entity_type!r} is not callable")
-            self._upgrades[entity_type] = list(chain)
+        self.reader = Reader(storage.read, upgrades or {})
         self._stop = threading.Event()
         self._publishing: threading.Thread | None = None
         self._close_on_exit = False
         if isinstance(self.bus, NotifyingEventBus):
-            self.bus.bind(self)
+            self.bus.bind(self.reader, storage)
 
     @classmethod
     def from_settings(
@@ -66,9 +64,8 @@ class Store:
     ) -> Store:
         """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
         (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
-        from .settings import build_store
-
-        return build_store(settings, events=events, upgrades=upgrades)
+        storage, bus = build_parts(settings)
+        return cls(storage, bus=bus, events=events, upgrades=upgrades)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -83,24 +80,26 @@ class Store:
         check_entity_id(entity_id)
         if not isinstance(event_number, int) or event_number < 0:
             raise ValueError(f"event_number must be an int >= 0, got {event_number!r}")
-        return Stream(self, entity_type, entity_id, event_number)
+        return Stream(self.reader, self.storage.write, entity_type, entity_id, event_number)
 
     def project(self, entity_type: str, entity_id: str, handler: Handler) -> None:
         """Calls the handler with every event of the entity, upgraded, in order."""
         with self.open(entity_type, entity_id) as stream:
             stream.project(handler)
 
-    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Reading:
         """Events of the entity after `after`, upgraded: what subscribers are handed."""
-        events = self.storage.read(entity_type, entity_id, after)
-        return apply_upgrades(events, self.upgrades_for(entity_type))
-
-    def upgrades_for(self, entity_type: str) -> list[EventUpgrade]:
-        return self._upgrades.get(entity_type, [])
+        return self.reader.read(entity_type, entity_id, after)
 
     def entity_types(self) -> list[str]:
         """The entity types this store was given events for."""
         return self.storage.entity_types()
+
+    def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        """A page of the type's entity IDs, oldest first, and the next page's token."""
+        return self.storage.entity_ids(entity_type, after, limit)
 
     @overload
     def subscribe(self, entity_type: str, subscriber_id: str) -> Callable[[H], H]: ...
@@ -130,14 +129,11 @@ class Store:
         return self.bus.subscriber_ids(entity_type)
 
     def start(self) -> None:
-        """Runs the publisher in this thread until `close()` (or a stop signal)."""
+        """Runs the publisher in this thread until `close()` (or a stop signal): blocks."""
         self._stop.clear()
         self._publishing = threading.current_thread()
-        bus: EventBus = self.bus
-        if not isinstance(bus, NotifyingEventBus):
-            bus = _UpgradingBus(bus, self)
         try:
-            self.storage.start_publish(bus, self._stop)
+            self.storage.start_publish(self.bus, self.reader, self._stop)
         finally:
             self._publishing = None
             if self._close_on_exit:
@@ -159,31 +155,3 @@ class Store:
         while self._publishing is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         self.bus.close()
-
-
-class _UpgradingBus:
-    """Applies the store's upgrades to the events handed to a bus that takes events."""
-
-    def __init__(self, bus: EventBus, store: Store) -> None:
-        self._bus = bus
-        self._store = store
-
-    def write(self, entity_type: str, events: Iterable[Event]) -> None:
-        self._bus.write(entity_type, self._upgrade(entity_type, events))
-
-    def write_to(
-        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str]
-    ) -> None:
-        self._bus.write_to(entity_type, self._upgrade(entity_type, events), subscriber_ids)
-
-    def _upgrade(self, entity_type: str, events: Iterable[Event]) -> list[Event]:
-        return list(apply_upgrades(events, self._store.upgrades_for(entity_type)))
-
-    def subscribe(self, entity_type: str, subscriber_id: str, handler: Any) -> None:
-        self._bus.subscribe(entity_type, subscriber_id, handler)
-
-    def subscriber_ids(self, entity_type: str) -> list[str]:
-        return self._bus.subscriber_ids(entity_type)
-
-    def close(self) -> None:
-        self._bus.close()

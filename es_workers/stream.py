@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
-from .upgrade import apply_upgrades
+from .upgrade import Reader, Reading
 
-if TYPE_CHECKING:
-    from .store import Store
+WriteStored = Callable[[str, Sequence[Event]], None]
+"""A storage's `write(entity_type, events)`."""
 
 
 class Stream:
@@ -24,48 +23,36 @@ class Stream:
     `ConcurrencyError` and stores nothing.
     """
 
-    def __init__(self, store: Store, entity_type: str, entity_id: str, after: int) -> None:
-        self._store = store
+    def __init__(
+        self, reader: Reader, write: WriteStored, entity_type: str, entity_id: str, after: int
+    ) -> None:
+        self._reader = reader
+        self._write = write
         self.entity_type = entity_type
         self.entity_id = entity_id
         self._after = after
-        self._position = after
+        self._written = after
         # Opened at the start, the stream may write blind (the append checks the position).
         # Opened from event n, it must read first: position n says nothing of the head.
         self._may_write = after == 0
-        self._events: Iterator[Event] | None = None
+        self._reading: Reading | None = None
         self._closed = False
 
     @property
     def position(self) -> int:
-        return self._position
+        reading = self._reading
+        if reading is not None and reading.position > self._written:
+            return reading.position
+        return self._written
 
-    def all(self) -> Iterator[Event]:
+    def all(self) -> Reading:
         """The entity's events after the opening number, upgraded, in order.
 
-        Called twice, it returns the same iterator (events are read once).
+        Each call reads the storage again from where the stream was opened.
         """
         self._check_open()
-        if self._events is None:
-            self._events = self._read()
-        return self._events
-
-    def _read(self) -> Iterator[Event]:
-        stored = self._store.storage.read(self.entity_type, self.entity_id, self._after)
-        upgrades = self._store.upgrades_for(self.entity_type)
-        if upgrades:
-            yield from apply_upgrades(self._track(stored), upgrades)
-        else:  # one generator less per event: hydrating is read-bound
-            for event in stored:
-                self._position = event.event_number
-                yield event
-        self._may_write = True
-
-    def _track(self, stored: Iterator[Event]) -> Iterator[Event]:
-        """The stored events, moving the position as each is read (before any upgrade)."""
-        for event in stored:
-            self._position = event.event_number
-            yield event
+        self._reading = self._reader.read(self.entity_type, self.entity_id, self._after)
+        return self._reading
 
     def project(self, handler: Handler) -> None:
         """Calls the handler with each event of `all()`; stops at the first exception."""
@@ -78,13 +65,14 @@ class Stream:
         self._check_open()
         if not contents:
             return
-        if not self._may_write:
+        if not (self._may_write or (self._reading is not None and self._reading.finished)):
             raise StreamNotReadError(
                 f"{self.entity_type} {self.entity_id!r} was opened from event {self._after} "
                 "and not read: read it (all() or project()) before writing"
             )
+        self._may_write = True
         now = datetime.now(UTC)
-        entity_id, entity_type, position = self.entity_id, self.entity_type, self._position
+        entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
         events = [
             # store_entity_id is the storage's to tell (the entity's first event's ID)
             Event(entity_id, entity_type, position + offset, now, content, store_event_id, "")
@@ -92,8 +80,8 @@ class Stream:
                 zip(contents, new_ids(len(contents)), strict=True), start=1
             )
         ]
-        self._store.storage.write(self.entity_type, events)
-        self._position += len(events)
+        self._write(entity_type, events)
+        self._written = position + len(events)
 
     def close(self) -> None:
         self._closed = True

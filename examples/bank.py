@@ -30,7 +30,8 @@ import redis
 from pydantic import PositiveInt
 
 from es_workers import ConcurrencyError, Content, Event, Store
-from es_workers.settings import load_settings, redis_client
+from es_workers.settings import load_settings
+from es_workers.wiring import redis_client
 
 ACCOUNT = "account"
 

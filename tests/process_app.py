@@ -14,10 +14,10 @@ import time
 import redis
 
 from es_workers import Content, Event, RedisStorage, Store
-from es_workers.bus.dramatiq import DramatiqEventBus
-from es_workers.bus.redis_broker import WakingRedisBroker
-from es_workers.delivery import DeliveryOptions
-from es_workers.publisher import PublisherOptions
+from es_workers.redis.publisher import PublisherOptions
+from es_workers.workers.broker import WakingRedisBroker
+from es_workers.workers.bus import DramatiqEventBus
+from es_workers.workers.delivery import DeliveryOptions
 
 URL = os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ["ES_PREFIX"]
@@ -33,12 +33,14 @@ store = Store(
         client,
         prefix=PREFIX,
         partitions=4,
-        publisher=PublisherOptions(claim_idle_ms=1000, claim_every_ms=300, block_ms=200),
+        publisher=PublisherOptions(
+            claim_idle_ms=1000, claim_every_ms=300, block_ms=200, redrive_after_ms=1500
+        ),
     ),
     bus=DramatiqEventBus(
         WakingRedisBroker(url=URL, namespace=f"{PREFIX}-dq"),
         options=DeliveryOptions(
-            lock_ms=1500, redrive_after_ms=1500, min_backoff_ms=20, max_backoff_ms=200
+            lock_ms=1500, min_backoff_ms=20, max_backoff_ms=200
         ),
         max_retries=50,
         max_backoff_ms=500,

@@ -152,6 +152,4 @@ def test_lost_replay_notices_are_sent_again(delivery: Delivery) -> None:
 
 
 def due(delivery: Delivery, subscriber_id: str) -> int:
-    keys = delivery.storage.keys
-    return sum(int(delivery.storage.client.zcard(keys.due(subscriber_id, p)))
-               for p in range(keys.partitions))
+    return delivery.storage.state.due_count(subscriber_id)

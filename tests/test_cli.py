@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from es_workers import admin
 from es_workers.cli import app
-from es_workers.publisher import Publisher, PublisherOptions
-from es_workers.storage.redis import RedisStorage
+from es_workers.redis.publisher import Publisher, PublisherOptions
+from es_workers.redis.storage import RedisStorage
 
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
 

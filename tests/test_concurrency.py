@@ -20,6 +20,7 @@ import redis
 from conftest import REDIS_URL, Deposited, delete_prefix, real_redis
 
 from es_workers import ConcurrencyError, InMemoryStorage, RedisStorage, Store
+from es_workers.redis.scripts import source
 
 MakeStore = Callable[..., Store]
 AnyStorage = RedisStorage | InMemoryStorage
@@ -145,7 +146,7 @@ def test_processes_racing_on_one_entity_store_every_write_once_with_contiguous_n
     store = Store(RedisStorage(client, prefix=prefix), events={"account": [Deposited]})
     # fakeredis' TCP server closes the connection after any error reply, NOSCRIPT included
     # (redis-py's EVALSHA, then SCRIPT LOAD on the closed connection): load it beforehand.
-    client.script_load(store.storage._script.script)  # type: ignore[attr-defined]
+    client.script_load(source("append"))
     processes = [
         subprocess.Popen(
             [sys.executable, str(WRITER), server_url, prefix, "race", str(n), str(each)],

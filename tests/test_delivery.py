@@ -30,7 +30,7 @@ from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
 
 from es_workers import Content, Event, RedisStorage, Store, admin
-from es_workers.delivery import DeliveryOptions
+from es_workers.workers.delivery import DeliveryOptions
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_duplicate_and_old_notices_do_not_call_the_handler_again(delivery: Deliv
     handled = recorder.count()
 
     before = delivery.done()
-    actor = delivery.bus._actors["balances"]
+    actor = delivery.bus.actor("balances")
     for entity_id, head in heads.items():
         delivery.bus.notify("account", entity_id, head)  # a duplicate
         delivery.bus.notify("account", entity_id, 1)  # an old notice
@@ -282,7 +282,7 @@ def test_upgrades_apply_to_delivered_events_as_to_read_events(
 
 def test_default_backoff_parks_a_failing_entity_within_seconds() -> None:
     options = DeliveryOptions()
-    total = sum(options.backoff_ms(attempt) for attempt in range(1, options.max_attempts))
+    total = sum(options.backoff.delay_ms(attempt) for attempt in range(1, options.max_attempts))
     assert total < 10_000
 
 
@@ -306,9 +306,7 @@ def test_events_an_upgrade_drops_count_as_handled(
     try:
         wait_for(lambda: recorder.has({"acc-1": 2}), "the two kept events")
         wait_for(lambda: settled(delivery), "no lag once the dropped events are passed")
-        wait_for(lambda: delivery.storage.client.zcard(
-            delivery.storage.keys.due("balances", delivery.storage.keys.partition(
-                "account", "acc-1"))) == 0, "no re-send due")
+        wait_for(lambda: delivery.storage.state.due_count("balances") == 0, "no re-send due")
         write_at_head(delivery.store, "account", "acc-1", Deposited(amount=7))
         wait_for(lambda: recorder.has({"acc-1": 5}), "the next kept event")
     finally:
@@ -353,7 +351,7 @@ def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
     """A handler slower than lock_ms: another worker takes the entity over; the slow one
     stops after its event (at least once: that event may run twice, nothing is skipped)."""
     delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
-                        options=DeliveryOptions(lock_ms=100, redrive_after_ms=300))
+                        options=DeliveryOptions(lock_ms=100))
     slow_once = threading.Event()
 
     def handler(event: Event) -> None:

@@ -1,6 +1,6 @@
 """InMemoryEventBus, the default bus, as in the Go library: synchronous delivery to every
-subscriber of the entity type, stopping at the first handler error; `write_to` reaches the
-named subscribers only. Through `store.start()` it works on InMemoryStorage and on
+subscriber of the entity type; a handler error skips that event for that subscriber only
+(logged with entity and event number); `write_to` reaches the named subscribers only. Through `store.start()` it works on InMemoryStorage and on
 RedisStorage (the publisher then hands it events read back from the store, upgraded).
 """
 
@@ -103,7 +103,44 @@ def test_a_failing_subscriber_does_not_stop_the_publisher(
     assert "bad" in caplog.text
 
 
-def test_write_delivers_to_all_subscribers_and_stops_at_the_first_error() -> None:
+def test_a_failing_subscriber_never_costs_a_healthy_one_its_events(store: Store) -> None:
+    failing = Recorder(fail=lambda event: event.event_number == 1)
+    healthy = Recorder()
+    store.subscribe("account", "failing", failing)
+    store.subscribe("account", "healthy", healthy)
+    thread = running(store)
+    try:
+        heads = {"acc-1": write_at_head(store, "account", "acc-1", Opened(owner="x"))}
+        heads["acc-1"] = write_at_head(store, "account", "acc-1", Deposited(amount=1))
+        wait_for(lambda: healthy.has(heads) and failing.has(heads), "both subscribers")
+    finally:
+        store.close()
+        thread.join(timeout=10)
+    assert healthy.by_entity() == {"acc-1": [1, 2]}
+    assert failing.by_entity() == {"acc-1": [2]}  # event 1 skipped for it alone
+
+
+def test_an_unreadable_event_does_not_stall_other_entities(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A payload stored without validation (model_construct) cannot be read back."""
+    recorder = Recorder()
+    store.subscribe("account", "balances", recorder)
+    thread = running(store)
+    try:
+        write_at_head(store, "account", "broken", Deposited.model_construct(amount="x"))
+        write_at_head(store, "account", "fine", Deposited(amount=1))
+        wait_for(lambda: recorder.has({"fine": 1}), "the readable entity")
+    finally:
+        store.close()
+        thread.join(timeout=10)
+    assert recorder.by_entity() == {"fine": [1]}
+    assert "'broken'" in caplog.text and "InvalidPayloadError" in caplog.text
+
+
+def test_a_failing_subscriber_skips_that_event_and_costs_no_other_subscriber_an_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = Store(InMemoryStorage(), events=ACCOUNT_EVENTS)
     write_at_head(store, "account", "acc-1", Opened(owner="x"), Deposited(amount=1),
                   Deposited(amount=2))
@@ -122,9 +159,11 @@ def test_write_delivers_to_all_subscribers_and_stops_at_the_first_error() -> Non
     bus.subscribe("account", "b", handler("b"))
     bus.subscribe("other", "c", handler("c"))
 
-    with pytest.raises(RuntimeError, match="a fails at 2"):
-        bus.write("account", events_of(store, "acc-1"))
-    assert calls == [("a", 1), ("b", 1)]  # nothing after the error, not even b's event 2
+    bus.write("account", events_of(store, "acc-1"))
+
+    assert calls == [("a", 1), ("b", 1), ("b", 2), ("a", 3), ("b", 3)]
+    assert "subscriber a failed on account 'acc-1' event 2" in caplog.text
+    assert "a fails at 2" in caplog.text  # the traceback is logged
 
 
 def test_write_to_reaches_only_the_named_subscribers() -> None:

@@ -26,10 +26,11 @@ from apps.delivery_kit import (
 from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, Deposited, Opened
 
-from es_workers import Event, RedisStorage, Store, admin
+from es_workers import Event, RedisStorage, Storage, Store, admin
 from es_workers.event import Handler
-from es_workers.publisher import GROUP, Publisher, PublisherOptions
-from es_workers.storage.redis import text
+from es_workers.redis.keys import text
+from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
+from es_workers.upgrade import Reader
 
 
 def write(store: Store, entity_id: str, count: int) -> int:
@@ -114,7 +115,7 @@ def test_entries_of_a_publisher_killed_between_send_and_ack_are_claimed_by_anoth
     heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(12)}
     # The "dead" publisher read every entry, sent notices for half of them, then died.
     client = fast_storage.client
-    Publisher(fast_storage, delivery.bus)._ensure_groups()
+    Publisher(fast_storage, delivery.bus).ensure_groups()
     streams = {fast_storage.keys.outbox(p): ">" for p in range(fast_storage.partitions)}
     read: Any = client.xreadgroup(GROUP, "dead-publisher", streams, count=100)  # type: ignore[arg-type]
     assert sum(len(entries) for _, entries in read) == 12
@@ -141,7 +142,7 @@ def test_dead_publishers_holding_nothing_are_dropped_from_the_group(
     delivery.store.subscribe("account", "balances", Recorder())
     options = PublisherOptions(claim_idle_ms=20)  # forgets consumers silent for 200 ms
     live = Publisher(fast_storage, delivery.bus, options)
-    live._ensure_groups()
+    live.ensure_groups()
     key = fast_storage.keys.outbox(0)
     client = fast_storage.client
     client.xgroup_createconsumer(key, GROUP, "dead-publisher")
@@ -199,11 +200,7 @@ def test_sweep_resends_a_notice_that_was_lost(fast_storage: RedisStorage) -> Non
         wait_for(lambda: admin.status(delivery.store).subscribers[0].caught_up, "catch-up done")
         heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(5)}
         wait_for(lambda: outbox(fast_storage) == (0, 0), "the entries relayed")
-        due = sum(
-            int(fast_storage.client.zcard(fast_storage.keys.due("balances", p)))
-            for p in range(fast_storage.partitions)
-        )
-        assert due == 5
+        assert fast_storage.state.due_count("balances") == 5
         broker.flush_all()  # the notices are lost, as if a worker died holding them
         lost_at = time.monotonic()
         delivery.start_worker()
@@ -212,10 +209,7 @@ def test_sweep_resends_a_notice_that_was_lost(fast_storage: RedisStorage) -> Non
     finally:
         delivery.stop()
     assert_exactly_once_in_order(recorder, heads)
-    assert not any(
-        fast_storage.client.zcard(fast_storage.keys.due("balances", p))
-        for p in range(fast_storage.partitions)
-    ), "nothing is due once handled"
+    assert fast_storage.state.due_count("balances") == 0, "nothing is due once handled"
 
 
 class RecordingBus:
@@ -225,7 +219,7 @@ class RecordingBus:
         self.ids = list(subscriber_ids)
         self.notices: list[tuple[str, str, int | None, tuple[str, ...]]] = []
 
-    def bind(self, store: Store) -> None:
+    def bind(self, reader: Reader, storage: Storage) -> None:
         pass
 
     def notify(
@@ -256,12 +250,12 @@ def test_one_notice_per_entity_and_batch_with_its_highest_event_number(
 ) -> None:
     bus = RecordingBus("balances")
     store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
-    storage.client.sadd(storage.keys.caught_up("account"), "balances")  # no catch-up here
+    storage.state.mark_caught_up("account", "balances")  # no catch-up here
     for _ in range(3):
         write(store, "acc-1", 2)
     write(store, "acc-2", 1)
     publisher = Publisher(storage, bus, PublisherOptions(block_ms=10))
-    publisher._ensure_groups()
+    publisher.ensure_groups()
 
     for _ in range(3):
         publisher.step()
@@ -283,16 +277,16 @@ def test_catch_up_pages_through_the_history_and_resumes_from_its_cursor(
         write(store, entity_id, 1)
     store.subscribe("account", "late", Recorder())
     options = PublisherOptions(catch_up_page=10)
-    assert Publisher(storage, bus, options)._catch_up()  # one page, then it dies
-    assert storage.client.get(storage.keys.catch_up_cursor("account", "late")) is not None
+    assert Publisher(storage, bus, options).hand_over_history()  # one page, then it dies
+    assert storage.state.catch_up_cursor("account", "late") is not None
     second = Publisher(storage, bus, options)
-    while second._catch_up():
+    while second.hand_over_history():
         pass
     handed = [entity_id for _, entity_id, number, targets in bus.notices if targets == ("late",)]
     assert all(number is None for *_, number, _ in bus.notices)
     assert handed == ids, "each entity once, oldest first"
-    assert storage.client.sismember(storage.keys.caught_up("account"), "late")
-    assert storage.client.get(storage.keys.catch_up_cursor("account", "late")) is None
+    assert storage.state.is_caught_up("account", "late")
+    assert storage.state.catch_up_cursor("account", "late") is None
 
 
 def test_malformed_outbox_entry_is_dropped_and_relaying_goes_on(
@@ -300,11 +294,11 @@ def test_malformed_outbox_entry_is_dropped_and_relaying_goes_on(
 ) -> None:
     bus = RecordingBus("balances")
     store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
-    storage.client.sadd(storage.keys.caught_up("account"), "balances")
+    storage.state.mark_caught_up("account", "balances")
     storage.client.xadd(storage.keys.outbox(0), {"type": "account", "oops": "1"})
     write(store, "acc-1", 1)
     publisher = Publisher(storage, bus, PublisherOptions(block_ms=10))
-    publisher._ensure_groups()
+    publisher.ensure_groups()
 
     for _ in range(3):
         publisher.step()
@@ -321,7 +315,7 @@ def test_sweep_resends_catch_up_notices_that_were_lost(fast_storage: RedisStorag
     delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
     heads = {f"acc-{i}": write(delivery.store, f"acc-{i}", 2) for i in range(6)}
     relayed_long_ago = Publisher(fast_storage, delivery.bus, FAST_PUBLISHER)
-    relayed_long_ago._ensure_groups()
+    relayed_long_ago.ensure_groups()
     while outbox(fast_storage) != (0, 0):
         relayed_long_ago.step()  # to no subscriber at all
     recorder = Recorder()

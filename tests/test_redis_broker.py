@@ -15,7 +15,7 @@ import fakeredis
 import pytest
 import redis
 
-from es_workers.bus.redis_broker import WakingRedisBroker
+from es_workers.workers.broker import WakingRedisBroker
 from tests.apps.delivery_kit import wait_for
 from tests.conftest import REDIS_URL, delete_prefix
 

@@ -16,8 +16,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from es_workers import ConfigurationError, Content, Event, RedisStorage, Store
-from es_workers.bus.dramatiq import DramatiqEventBus
-from es_workers.settings import Settings, build_broker, load_settings, redact_url
+from es_workers.settings import Settings, load_settings, redact_url
+from es_workers.wiring import build_broker
+from es_workers.workers.bus import DramatiqEventBus
 from tests.conftest import REDIS_URL, delete_prefix, real_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,9 +154,9 @@ def test_settings_feed_delivery_and_publisher_options(clean_env: pytest.MonkeyPa
     settings = Settings(max_attempts=3, lock_ms=2000, redrive_after_ms=700,
                         publisher_batch=50, publisher_sweep_every_ms=100)
     delivery = settings.delivery_options()
-    assert (delivery.max_attempts, delivery.lock_ms, delivery.redrive_after_ms) == (3, 2000, 700)
+    assert (delivery.max_attempts, delivery.lock_ms) == (3, 2000)
     publisher = settings.publisher_options()
-    assert (publisher.batch, publisher.sweep_every_ms) == (50, 100)
+    assert (publisher.batch, publisher.sweep_every_ms, publisher.redrive_after_ms) == (50, 100, 700)
 
 
 def test_worker_environment_carries_the_poll_timeout(clean_env: pytest.MonkeyPatch) -> None:

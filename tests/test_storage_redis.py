@@ -142,7 +142,7 @@ def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
 ) -> None:
     storage.register("account", *ACCOUNT_EVENTS["account"])
     batch = events_of("a1", Opened(owner="a"), Deposited(amount=1))
-    script = storage._append
+    script = storage.append_script
     replies: list[Any] = []
 
     def lose_first_reply(**kwargs: Any) -> Any:
@@ -152,7 +152,7 @@ def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
             raise redis.ConnectionError("connection reset before the reply arrived")
         return reply
 
-    monkeypatch.setattr(storage, "_append", lose_first_reply)
+    monkeypatch.setattr(storage, "append_script", lose_first_reply)
 
     with pytest.raises(redis.ConnectionError):
         storage.write("account", batch)
@@ -499,14 +499,14 @@ def test_a_bad_key_prefix_is_refused_before_anything_is_written(
 def test_every_key_of_one_append_shares_one_hash_slot(
     storage: RedisStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    script = storage._append
+    script = storage.append_script
     calls: list[list[str]] = []
 
     def spy(*, keys: list[str], args: list[Any]) -> Any:
         calls.append(list(keys))
         return script(keys=keys, args=args)
 
-    monkeypatch.setattr(storage, "_append", spy)
+    monkeypatch.setattr(storage, "append_script", spy)
     store = Store(storage, events={**ACCOUNT_EVENTS, "card": [Opened]})
     entities = [("account", f"acc-{n}") for n in range(20)] + [
         ("card", "c{1}"),

@@ -214,18 +214,36 @@ def test_writing_after_open_from_and_reading_appends_after_the_head(
     assert contents(store)[-1] == Withdrawn(amount=1)
 
 
-def test_all_returns_the_same_iterator_when_called_twice(make_any_store: MakeStore) -> None:
+def test_all_called_again_reads_the_storage_again(make_any_store: MakeStore) -> None:
+    """As in Go, where ranging the iterator again queries the storage again."""
     store = make_any_store()
     store.open("account", "a1").write(Opened(owner="ann"), Deposited(amount=1))
     stream = store.open("account", "a1")
 
-    first = stream.all()
-    second = stream.all()
+    assert [event.event_number for event in stream.all()] == [1, 2]
+    seen: list[int] = []
+    stream.project(lambda event: seen.append(event.event_number))  # a second projection
+    other = store.open("account", "a1")  # another writer appends meanwhile
+    list(other.all())
+    other.write(Deposited(amount=2))
 
-    assert first is second
-    assert next(first).event_number == 1
-    assert [event.event_number for event in second] == [2]  # continues, does not re-read
-    assert list(stream.all()) == []
+    assert seen == [1, 2]
+    assert [event.event_number for event in stream.all()] == [1, 2, 3]
+    assert stream.position == 3
+
+
+def test_a_second_read_of_a_stream_opened_from_n_starts_after_n_again(
+    make_any_store: MakeStore,
+) -> None:
+    store = make_any_store()
+    store.open("account", "a1").write(Opened(owner="ann"), Deposited(amount=1),
+                                      Deposited(amount=2))
+    stream = store.open_from("account", "a1", 1)
+
+    assert [event.event_number for event in stream.all()] == [2, 3]
+    assert [event.event_number for event in stream.all()] == [2, 3]
+    stream.write(Withdrawn(amount=1))
+    assert stream.position == 4
 
 
 def test_project_hands_every_event_in_order_to_a_function_or_handle_object(

@@ -19,17 +19,15 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from es_workers import Content, Event, RedisStorage, Store
-from es_workers.bus.dramatiq import DramatiqEventBus
-from es_workers.bus.redis_broker import WakingRedisBroker
-from es_workers.delivery import DeliveryOptions
-from es_workers.publisher import Publisher, PublisherOptions
+from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.upgrade import EventUpgrade
+from es_workers.workers.broker import WakingRedisBroker
+from es_workers.workers.bus import DramatiqEventBus
+from es_workers.workers.delivery import DeliveryOptions, Notice
 
-FAST_DELIVERY = DeliveryOptions(
-    min_backoff_ms=10, max_backoff_ms=50, lock_ms=2000, redrive_after_ms=300
-)
+FAST_DELIVERY = DeliveryOptions(min_backoff_ms=10, max_backoff_ms=50, lock_ms=2000)
 FAST_PUBLISHER = PublisherOptions(
-    claim_idle_ms=200, claim_every_ms=100, sweep_every_ms=100, block_ms=50
+    claim_idle_ms=200, claim_every_ms=100, sweep_every_ms=100, block_ms=50, redrive_after_ms=300
 )
 
 
@@ -174,23 +172,19 @@ class Delivery:
     ) -> None:
         self.storage = storage
         self.broker = broker
-        self.bus = DramatiqEventBus(broker, options=options, max_backoff_ms=200)
+        self._done_lock = threading.Lock()
+        self.notices_done = 0  # notices (actor messages) the worker has finished with
+        self.bus = DramatiqEventBus(
+            broker, options=options, max_backoff_ms=200, observer=self._notice_done
+        )
         self.store = Store(storage, bus=self.bus, events=events, upgrades=upgrades)
         self.worker: dramatiq.Worker | None = None
         self._publishers: list[tuple[threading.Thread, threading.Event]] = []
         self._started: threading.Thread | None = None
-        self._done_lock = threading.Lock()
-        self.notices_done = 0  # notices (actor messages) the worker has finished with
-        deliver = self.bus._deliver
 
-        def counted(*args: Any) -> None:
-            try:
-                deliver(*args)
-            finally:
-                with self._done_lock:
-                    self.notices_done += 1
-
-        self.bus._deliver = counted  # type: ignore[method-assign,assignment]
+    def _notice_done(self, notice: Notice) -> None:
+        with self._done_lock:
+            self.notices_done += 1
 
     def done(self) -> int:
         with self._done_lock:

@@ -1,4 +1,5 @@
-"""Which Content classes an entity type may hold, and how they are encoded."""
+"""The codec: which Content classes an entity type may hold, and how they are encoded
+to JSON and decoded back. Shared by every storage."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from ..errors import InvalidPayloadError, NotRegisteredError, UnknownEventError
-from ..event import Content, check_entity_type
+from .errors import InvalidPayloadError, NotRegisteredError, UnknownEventError
+from .event import Content
+from .names import check_entity_type
 
 
 class ContentRegistry:
@@ -55,9 +57,6 @@ class ContentRegistry:
                 found[name] = found[name.encode()] = validate
             self._decoders[entity_type] = found
         return found
-
-    def content_types(self, entity_type: str) -> list[type[Content]]:
-        return list(self._types.get(entity_type, {}).values())
 
     def encode(self, entity_type: str, content: object) -> tuple[str, bytes]:
         """Returns (event name, JSON); refuses content the type cannot read back."""

@@ -23,9 +23,11 @@ from typing import Any
 
 import redis
 from dramatiq import Message
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
 
-log = logging.getLogger("es_workers.bus.redis_broker")
+from .dramatiq_internals import RedisConsumer
+
+log = logging.getLogger("es_workers.workers.broker")
 
 
 class _Wakeups:
@@ -95,7 +97,7 @@ class WakingRedisBroker(RedisBroker):
         self._wakeups_lock = threading.Lock()
 
     @property
-    def consumer_class(self) -> type[_RedisConsumer]:
+    def consumer_class(self) -> type[RedisConsumer]:
         return _WakingConsumer
 
     def wakeups(self) -> _Wakeups:
@@ -126,7 +128,7 @@ class WakingRedisBroker(RedisBroker):
                 self._wakeups = None
 
 
-class _WakingConsumer(_RedisConsumer):
+class _WakingConsumer(RedisConsumer):
     def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int,
                  timeout: int) -> None:
         self._waits = not queue_name.endswith(".DQ")

@@ -2,29 +2,33 @@
 
 The publisher sends a small notice per (entity, subscriber): `(entity_type, entity_id,
 event_number)`. The actor reads the entity's events past its checkpoint and runs the
-handler (see `es_workers.delivery`), so Dramatiq's at-least-once, unordered delivery
-still gives each handler every event once, in order per entity, in parallel across
-entities.
+handler (see `delivery`), so Dramatiq's at-least-once, unordered delivery still gives each
+handler every event once, in order per entity, in parallel across entities.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dramatiq
 
-from ..delivery import Deliverer, DeliveryOptions
 from ..errors import ConfigurationError, SubscriberError
-from ..event import Event, Handler, as_callable, check_entity_id, check_entity_type
-from ..observability import SingleStop
-from .names import check_subscriber_id
-
-if TYPE_CHECKING:
-    from ..store import Store
+from ..event import Event, Handler, as_callable
+from ..names import check_entity_id, check_entity_type, check_subscriber_id
+from ..ports import Storage
+from ..redis.storage import RedisStorage
+from ..upgrade import Reader
+from .delivery import Deliverer, DeliveryOptions, Notice
+from .middleware import SingleStop
 
 ACTOR_PREFIX = "es_"
+DEFAULT_TIME_LIMIT_MS = 600_000
+
+Observer = Callable[[Notice], None]
+"""Called after each notice a worker of this process has finished with (handled, skipped
+or failed): a hook for tests and instrumentation. It must not raise."""
 
 
 class DramatiqEventBus:
@@ -43,10 +47,12 @@ class DramatiqEventBus:
         options: DeliveryOptions | None = None,
         max_retries: int = 20,
         max_backoff_ms: int = 30_000,
-        time_limit_ms: int = 600_000,
+        time_limit_ms: int = DEFAULT_TIME_LIMIT_MS,
+        observer: Observer | None = None,
     ) -> None:
         self.broker = broker
         self.options = options or DeliveryOptions()
+        self.observer = observer
         self._actor_options = {
             "max_retries": max_retries,
             "min_backoff": 100,
@@ -61,15 +67,13 @@ class DramatiqEventBus:
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._deliverer: Deliverer | None = None
 
-    def bind(self, store: Store) -> None:
-        from ..storage.redis import RedisStorage
-
-        if not isinstance(store.storage, RedisStorage):
+    def bind(self, reader: Reader, storage: Storage) -> None:
+        if not isinstance(storage, RedisStorage):
             raise ConfigurationError(
                 "DramatiqEventBus needs a RedisStorage: subscribers keep their checkpoints "
                 "beside the entity streams"
             )
-        self._deliverer = Deliverer(store, store.storage, self.options)
+        self._deliverer = Deliverer(reader, storage.state, self.options)
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -84,9 +88,17 @@ class DramatiqEventBus:
             if subscriber_id not in self._actors:
                 self._actors[subscriber_id] = self._declare_actor(subscriber_id)
 
+    def actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
+        """The Dramatiq actor of a subscriber (its queue is the subscriber ID)."""
+        with self._lock:
+            found = self._actors.get(subscriber_id)
+        if found is None:
+            raise SubscriberError(f"no subscriber {subscriber_id!r} on this bus")
+        return found
+
     def _declare_actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
         def deliver(entity_type: str, entity_id: str, event_number: int | None = None) -> None:
-            self._deliver(subscriber_id, entity_type, entity_id, event_number)
+            self._deliver(Notice(subscriber_id, entity_type, entity_id, event_number))
 
         deliver.__name__ = f"{ACTOR_PREFIX}{subscriber_id}"
         return dramatiq.Actor(
@@ -98,30 +110,23 @@ class DramatiqEventBus:
             options=dict(self._actor_options),
         )
 
-    def _deliver(
-        self, subscriber_id: str, entity_type: str, entity_id: str, event_number: int | None
-    ) -> None:
-        handler = self._handlers.get((entity_type, subscriber_id))
-        if handler is None:
-            # A notice for a subscription this process does not know: most likely the app
-            # dropped it. Nothing to do; the checkpoint stays where it was.
-            return
-        if self._deliverer is None:
-            raise ConfigurationError("DramatiqEventBus is not bound to a Store")
-        self._deliverer.deliver(
-            subscriber_id, handler, entity_type, entity_id, event_number, self._resend
-        )
+    def _deliver(self, notice: Notice) -> None:
+        try:
+            handler = self._handlers.get((notice.entity_type, notice.subscriber_id))
+            if handler is None:
+                # A notice for a subscription this process does not know: most likely the
+                # app dropped it. Nothing to do; the checkpoint stays where it was.
+                return
+            if self._deliverer is None:
+                raise ConfigurationError("DramatiqEventBus is not bound to a Store")
+            self._deliverer.deliver(notice, handler, self._resend)
+        finally:
+            if self.observer is not None:
+                self.observer(notice)
 
-    def _resend(
-        self,
-        subscriber_id: str,
-        entity_type: str,
-        entity_id: str,
-        event_number: int | None,
-        delay_ms: int,
-    ) -> None:
-        self._actors[subscriber_id].send_with_options(
-            args=(entity_type, entity_id, event_number), delay=delay_ms
+    def _resend(self, notice: Notice, delay_ms: int) -> None:
+        self.actor(notice.subscriber_id).send_with_options(
+            args=(notice.entity_type, notice.entity_id, notice.event_number), delay=delay_ms
         )
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
@@ -139,27 +144,7 @@ class DramatiqEventBus:
         check_entity_id(entity_id)
         targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
         for subscriber_id in targets:
-            actor = self._actors.get(subscriber_id)
-            if actor is None:
-                raise SubscriberError(f"no subscriber {subscriber_id!r} for {entity_type!r}")
-            actor.send(entity_type, entity_id, event_number)
-
-    def write(self, entity_type: str, events: Iterable[Event]) -> None:
-        self._notify_events(entity_type, events, None)
-
-    def write_to(
-        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str]
-    ) -> None:
-        self._notify_events(entity_type, events, subscriber_ids)
-
-    def _notify_events(
-        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str] | None
-    ) -> None:
-        heads: dict[str, int] = {}
-        for event in events:
-            heads[event.entity_id] = max(heads.get(event.entity_id, 0), event.event_number)
-        for entity_id, head in heads.items():
-            self.notify(entity_type, entity_id, head, subscriber_ids)
+            self.actor(subscriber_id).send(entity_type, entity_id, event_number)
 
     def close(self) -> None:
         self.broker.close()

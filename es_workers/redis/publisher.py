@@ -19,24 +19,22 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
-from . import metrics
-from .bus.base import EventBus, NotifyingEventBus
-from .delivery import DeliveryOptions, due_member, mark_due
-from .storage.redis import text
-
-if TYPE_CHECKING:
-    from .storage.redis import RedisStorage
+from .. import metrics
+from ..backoff import Backoff
+from ..ports import Bus, EventBus, NotifyingEventBus, Storage
+from ..upgrade import Reader
+from .keys import RedisKeys, text
+from .state import SubscriberState
 
 log = logging.getLogger("es_workers.publisher")
 
@@ -54,6 +52,17 @@ class PublisherOptions:
     catch_up_page: int = 500
     min_backoff_ms: int = 50
     max_backoff_ms: int = 5_000
+    redrive_after_ms: int = 10_000  # a notice not seen handled by then is sent again
+
+
+class OutboxStorage(Storage, Protocol):
+    """What the publisher needs of its storage (RedisStorage is one)."""
+
+    client: Any
+    keys: RedisKeys
+    state: SubscriberState
+
+    def outbox_backlog(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -66,19 +75,28 @@ class _Notice:
 
 
 class Publisher:
+    """Relays the outboxes of `storage` to `bus` (see the module's doc).
+
+    A bus that takes events is handed them through `reader` (with the store's upgrades;
+    `Store.start()` passes its own), a notifying bus only notices.
+    """
+
     def __init__(
         self,
-        storage: RedisStorage,
-        bus: EventBus,
+        storage: OutboxStorage,
+        bus: Bus,
         options: PublisherOptions | None = None,
-        delivery: DeliveryOptions | None = None,
+        *,
+        reader: Reader | None = None,
     ) -> None:
         self.storage = storage
         self.client = storage.client
         self.keys = storage.keys
+        self.state = storage.state
         self.bus = bus
+        self.reader = reader or Reader(storage.read, {})
         self.options = options or PublisherOptions()
-        self.delivery = delivery or getattr(bus, "options", None) or DeliveryOptions()
+        self._backoff = Backoff(self.options.min_backoff_ms, self.options.max_backoff_ms)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._outboxes = [self.keys.outbox(p) for p in range(self.keys.partitions)]
         self._partition_of = {key: p for p, key in enumerate(self._outboxes)}
@@ -95,7 +113,7 @@ class Publisher:
         while not stop.is_set():
             try:
                 if failures or self._own_pending:
-                    self._ensure_groups()
+                    self.ensure_groups()
                 busy = self.step()
                 failures = 0
                 idle = 0 if busy else idle + 1
@@ -106,10 +124,7 @@ class Publisher:
             except Exception as error:
                 failures += 1
                 self._own_pending = True
-                delay = min(
-                    self.options.max_backoff_ms,
-                    self.options.min_backoff_ms * 2 ** min(failures - 1, 16),
-                ) * random.uniform(0.5, 1.0)
+                delay = self._backoff.delay_ms(failures)
                 log.warning(
                     "publisher %s: %s: %s; retrying in %.0f ms (attempt %d)",
                     self.consumer, type(error).__name__, error, delay, failures,
@@ -128,13 +143,14 @@ class Publisher:
             self._forget_dead_consumers()
             self._next_forget = now + FORGET_EVERY_S
         if isinstance(self.bus, NotifyingEventBus):
-            busy = self._catch_up() or busy
+            busy = self.hand_over_history() or busy
             if now >= self._next_sweep:
-                self._sweep()
+                self.sweep()
                 self._next_sweep = now + self.options.sweep_every_ms / 1000
         return busy
 
-    def _ensure_groups(self) -> None:
+    def ensure_groups(self) -> None:
+        """Creates the consumer group on each outbox (done by `run` at start)."""
         for key in self._outboxes:
             try:
                 self.client.xgroup_create(key, GROUP, id="0", mkstream=True)
@@ -146,7 +162,7 @@ class Publisher:
         streams = {key: "0" if self._own_pending else ">" for key in self._outboxes}
         block = None if self._own_pending else self.options.block_ms
         reply: Any = self.client.xreadgroup(
-            GROUP, self.consumer, streams, count=self.options.batch, block=block  # type: ignore[arg-type]
+            GROUP, self.consumer, streams, count=self.options.batch, block=block
         )
         entries = [(text(key), entry) for key, items in reply or [] for entry in items]
         if self._own_pending and not entries:
@@ -211,20 +227,19 @@ class Publisher:
                 max(last, known.last) if known else last,
                 self._partition_of[key],
             )
-        due_at = time.time() * 1000 + self.delivery.redrive_after_ms
-        pipe = self.client.pipeline(transaction=False)
+        due = []
         for notice in notices.values():
             if isinstance(self.bus, NotifyingEventBus):
                 subscriber_ids = self.bus.subscriber_ids(notice.entity_type)
+                due += [
+                    self.state.entity(subscriber_id, notice.entity_type, notice.entity_id)
+                    for subscriber_id in subscriber_ids
+                ]
                 self.bus.notify(notice.entity_type, notice.entity_id, notice.last, subscriber_ids)
-                for subscriber_id in subscriber_ids:
-                    pipe.zadd(
-                        self.keys.due(subscriber_id, notice.partition),
-                        {due_member(notice.entity_type, notice.entity_id): due_at},
-                        nx=True,
-                    )
             else:
                 self._write_events(notice)
+        pipe = self.client.pipeline(transaction=False)
+        self.state.mark_due(due, pipe)
         by_key: dict[str, list[str]] = {}
         for key, (entry_id, _) in entries:
             by_key.setdefault(key, []).append(text(entry_id))
@@ -234,103 +249,60 @@ class Publisher:
         pipe.execute()
 
     def _write_events(self, notice: _Notice) -> None:
-        events = [
-            event
-            for event in self.storage.read(notice.entity_type, notice.entity_id, notice.first - 1)
-            if event.event_number <= notice.last
-        ]
+        assert isinstance(self.bus, EventBus)  # not a NotifyingEventBus
         try:
+            events = self.reader.read_range(
+                notice.entity_type, notice.entity_id, notice.first, notice.last
+            )
             self.bus.write(notice.entity_type, events)
         except Exception:
-            # A bus that takes events (InMemoryEventBus) has no retry of its own: report
-            # and go on, as the Go library does.
-            log.exception("a subscriber failed on %s %r events %d..%d", notice.entity_type,
+            # A bus that takes events (InMemoryEventBus) has no retry of its own, and an
+            # unreadable event must not stall the others: report and go on, as the Go
+            # library does.
+            log.exception("publishing %s %r events %d..%d failed", notice.entity_type,
                           notice.entity_id, notice.first, notice.last)
 
-    def _catch_up(self) -> bool:
-        """Hands one page of history to each subscriber that has not had it yet."""
+    def hand_over_history(self) -> bool:
+        """Hands one page of history to each subscriber that has not had it yet (catch-up).
+        Returns whether there was any to hand over. The cursor survives a restart."""
         assert isinstance(self.bus, NotifyingEventBus)
         busy = False
         for entity_type in self.storage.entity_types():
             for subscriber_id in self.bus.subscriber_ids(entity_type):
                 if (entity_type, subscriber_id) in self._caught_up:
                     continue
-                caught_up_key = self.keys.caught_up(entity_type)
-                if self.client.sismember(caught_up_key, subscriber_id):
+                if self.state.is_caught_up(entity_type, subscriber_id):
                     self._caught_up.add((entity_type, subscriber_id))
                     continue
-                cursor_key = self.keys.catch_up_cursor(entity_type, subscriber_id)
-                cursor = self.client.get(cursor_key)
+                cursor = self.state.catch_up_cursor(entity_type, subscriber_id)
                 ids, token = self.storage.entity_ids(
-                    entity_type, text(cursor) if cursor else None, self.options.catch_up_page
+                    entity_type, cursor, self.options.catch_up_page
                 )
-                due_at = time.time() * 1000 + self.delivery.redrive_after_ms
-                mark_due(self.client, self.keys, subscriber_id, entity_type, ids, due_at)
+                self.state.mark_due(
+                    self.state.entity(subscriber_id, entity_type, entity_id) for entity_id in ids
+                )
                 for entity_id in ids:
                     self.bus.notify(entity_type, entity_id, None, [subscriber_id])
                 if token is None:
-                    pipe = self.client.pipeline(transaction=True)
-                    pipe.sadd(caught_up_key, subscriber_id)
-                    pipe.delete(cursor_key)
-                    pipe.execute()
+                    self.state.finish_catch_up(entity_type, subscriber_id)
                     self._caught_up.add((entity_type, subscriber_id))
                     log.info("subscriber %s was handed the history of %s", subscriber_id,
                              entity_type)
                 else:
-                    self.client.set(cursor_key, token)
+                    self.state.save_catch_up_cursor(entity_type, subscriber_id, token)
                 busy = True
         return busy
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """Re-sends notices that are due and whose subscriber still lags the entity."""
         assert isinstance(self.bus, NotifyingEventBus)
-        subscribers = sorted(
-            {(t, s) for t in self.storage.entity_types() for s in self.bus.subscriber_ids(t)}
-        )
-        subscriber_ids = sorted({s for _, s in subscribers})
-        if not subscriber_ids:
-            return
-        now_ms = time.time() * 1000
-        pipe = self.client.pipeline(transaction=False)
-        slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
-        for subscriber_id, partition in slots:
-            pipe.zrangebyscore(self.keys.due(subscriber_id, partition), "-inf", now_ms, 0, 200)
-        due = [
-            (subscriber_id, partition, text(member))
-            for (subscriber_id, partition), members in zip(slots, pipe.execute(), strict=True)
-            for member in members
-        ]
-        if not due:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for subscriber_id, partition, member in due:
-            entity_type, _, entity_id = member.partition(":")
-            pipe.hget(self.keys.checkpoints(subscriber_id, entity_type, partition), entity_id)
-            pipe.hget(self.keys.heads(entity_type, partition), entity_id)
-            pipe.hexists(self.keys.parked(subscriber_id, entity_type, partition), entity_id)
-            pipe.exists(self.keys.lock(subscriber_id, entity_type, entity_id))
-        answers = pipe.execute()
-        pipe = self.client.pipeline(transaction=False)
-        later = now_ms + self.delivery.redrive_after_ms
-        for index, (subscriber_id, partition, member) in enumerate(due):
-            checkpoint, head, parked, locked = answers[4 * index : 4 * index + 4]
-            due_key = self.keys.due(subscriber_id, partition)
-            entity_type, _, entity_id = member.partition(":")
-            if parked or int(checkpoint or 0) >= int(head or 0) or (
-                entity_type, subscriber_id) not in subscribers:
-                pipe.zrem(due_key, member)
-                continue
-            if not locked:
-                log.info("re-sending %s %r to %s: handled up to %s of %s", entity_type,
-                         entity_id, subscriber_id, int(checkpoint or 0), int(head or 0))
-                self.bus.notify(entity_type, entity_id, None, [subscriber_id])
-            pipe.zadd(due_key, {member: later}, xx=True)
-        pipe.execute()
-        metrics.OUTBOX_BACKLOG.set(self.backlog())
-
-    def backlog(self) -> int:
-        """Outbox entries written but not yet relayed and acknowledged."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in self._outboxes:
-            pipe.xlen(key)
-        return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        subscribed = {
+            (t, s) for t in self.storage.entity_types() for s in self.bus.subscriber_ids(t)
+        }
+        subscriber_ids = sorted({s for _, s in subscribed})
+        if subscriber_ids:
+            for e in self.state.take_due(subscriber_ids, subscribed):
+                log.info("re-sending %s %r to %s: not seen handled in time", e.entity_type,
+                         e.entity_id, e.subscriber_id)
+                self.bus.notify(e.entity_type, e.entity_id, None, [e.subscriber_id])
+        metrics.OUTBOX_BACKLOG.set(self.storage.outbox_backlog())

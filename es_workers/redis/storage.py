@@ -6,20 +6,21 @@ import heapq
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from .. import metrics
+from ..codec import ContentRegistry
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
-from ..event import Content, Event, check_entity_id, check_entity_type
-from .keys import RedisKeys
-from .registry import ContentRegistry
-
-if TYPE_CHECKING:
-    from ..bus.base import EventBus
-    from ..publisher import PublisherOptions
+from ..event import Content, Event
+from ..names import check_entity_id, check_entity_type
+from ..ports import Bus
+from ..upgrade import Reader
+from .keys import RedisKeys, text
+from .publisher import Publisher, PublisherOptions
+from .scripts import Script
+from .state import SubscriberState
 
 DEFAULT_PARTITIONS = 16
 _READ_PAGE = 1000
@@ -30,11 +31,6 @@ _RAW_FIELDS = [b"n", b"d", b"t", b"e"]
 _TEXT_FIELDS = ["n", "d", "t", "e"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
-_APPEND_LUA = resources.files(__package__).joinpath("append.lua").read_text()
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _as_sent(response: Any, **options: Any) -> Any:
@@ -51,6 +47,8 @@ class RedisStorage:
     `client` is a `redis.Redis` (a real server or fakeredis). `partitions` is fixed per
     prefix: the first RedisStorage to use a prefix records it in Redis, later ones read it
     (passing a different number is a ConfigurationError, since it would move entities).
+    `publisher` configures the storage's publishing hook (`start_publish`), the outbox
+    relay that `Store.start()` runs; `state` is where subscribers keep their checkpoints.
     """
 
     def __init__(
@@ -64,8 +62,12 @@ class RedisStorage:
         self.client = client
         self.keys = self._open_keys(client, prefix, partitions)
         self.registry = ContentRegistry()
-        self.publisher_options = publisher
-        self._script = client.register_script(_APPEND_LUA)
+        self.publisher_options = publisher or PublisherOptions()
+        self.state = SubscriberState(
+            client, self.keys, redrive_after_ms=self.publisher_options.redrive_after_ms
+        )
+        # The append script; a documented hook: tests replace it to lose a reply.
+        self.append_script = Script(client, "append")
         self._known_entities: dict[tuple[str, str], list[str]] = {}
         # Entity streams are read through a client of their own on the same connection
         # pool, whose XRANGE replies stay as Redis sends them: redis-py would turn every
@@ -123,7 +125,7 @@ class RedisStorage:
             args += (name, data, micros, event.store_event_id)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
-        status, position = self._append(keys=keys, args=args)
+        status, position = self.append_script(keys=keys, args=args)
         if status == 2:
             metrics.CONFLICTS.labels(entity_type).inc()
             raise ConcurrencyError(entity_type, entity_id, expected, int(position))
@@ -147,14 +149,6 @@ class RedisStorage:
                 self._known_entities.clear()
             self._known_entities[entity_type, entity_id] = keys
         return keys
-
-    def _append(self, *, keys: list[str], args: list[Any]) -> Any:
-        """Runs append.lua by its SHA, loading it first if the server lacks it. redis-py's
-        Script.__call__ does the same with ~2 us more per call (an import among others)."""
-        try:
-            return self.client.evalsha(self._script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return self._script(keys=keys, args=args)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
         key = self._entity_keys(entity_type, entity_id)[0]
@@ -308,10 +302,28 @@ class RedisStorage:
         token = page[-1][:36] if len(members) > limit else None
         return [member[36:] for member in page], token
 
-    def start_publish(self, bus: EventBus, stop: threading.Event) -> None:
-        from ..publisher import Publisher
+    def heads(self, entity_type: str) -> dict[str, int]:
+        """Every entity of the type with its last event number."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.hgetall(self.keys.heads(entity_type, partition))
+        return {text(k): int(v) for page in pipe.execute() for k, v in page.items()}
 
-        Publisher(self, bus, self.publisher_options).run(stop)
+    def count_entities(self, entity_type: str) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.zcard(self.keys.index(entity_type, partition))
+        return sum(int(n) for n in pipe.execute())
+
+    def outbox_backlog(self) -> int:
+        """Outbox entries written but not yet relayed and acknowledged."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.xlen(self.keys.outbox(partition))
+        return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+        Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
 
     def close(self) -> None:
         self.client.close()

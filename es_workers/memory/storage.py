@@ -8,14 +8,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from ..errors import ConcurrencyError
-from ..event import Content, Event, check_entity_id, check_entity_type
-from .registry import ContentRegistry
-
-if TYPE_CHECKING:
-    from ..bus.base import EventBus
+from ..codec import ContentRegistry
+from ..errors import ConcurrencyError, ConfigurationError
+from ..event import Content, Event
+from ..names import check_entity_id, check_entity_type
+from ..ports import Bus, EventBus
+from ..upgrade import Reader
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +109,22 @@ class InMemoryStorage:
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
 
-    def start_publish(self, bus: EventBus, stop: threading.Event) -> None:
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+        if not isinstance(bus, EventBus):
+            raise ConfigurationError(
+                f"InMemoryStorage publishes to a bus that takes events, not {type(bus).__name__}"
+            )
         while not stop.is_set():
             try:
                 entity_type, entity_id, first, last = self._published.get(timeout=0.05)
             except queue.Empty:
                 continue
-            events = [
-                event
-                for event in self.read(entity_type, entity_id, first - 1)
-                if event.event_number <= last
-            ]
             try:
+                events = reader.read_range(entity_type, entity_id, first, last)
                 bus.write(entity_type, events)
             except Exception:
+                # Reported, and the other entities go on (an unreadable event or a failing
+                # bus must not stall them).
                 log.exception("publishing %s %r events %d..%d failed", entity_type, entity_id,
                               first, last)
 

@@ -1,4 +1,5 @@
-"""Redis key names. One place, so the layout can be read (and changed) at a glance.
+"""Redis key names of the entity streams and the outbox. Subscriber state has its keys in
+`state.py`, which alone uses them.
 
 Every key that one append touches carries the hash tag of the entity's partition, `{pN}`,
 so the append script stays in one Redis Cluster slot. Order is kept per entity (and per
@@ -11,6 +12,12 @@ import re
 import zlib
 
 from ..errors import ConfigurationError
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
 
 _PREFIX = re.compile(r"[A-Za-z0-9_\-.]{1,40}")
 
@@ -56,31 +63,6 @@ class RedisKeys:
             f"{tag}:outbox",
         ]
 
-    # Kept by subscribers, per (subscriber, entity type, partition).
-    def checkpoints(self, subscriber_id: str, entity_type: str, partition: int) -> str:
-        return f"{self.tag(partition)}:checkpoints:{subscriber_id}:{entity_type}"
-
-    def failures(self, subscriber_id: str, entity_type: str, partition: int) -> str:
-        return f"{self.tag(partition)}:failures:{subscriber_id}:{entity_type}"
-
-    def parked(self, subscriber_id: str, entity_type: str, partition: int) -> str:
-        return f"{self.tag(partition)}:parked:{subscriber_id}:{entity_type}"
-
-    def lock(self, subscriber_id: str, entity_type: str, entity_id: str) -> str:
-        partition = self.partition(entity_type, entity_id)
-        return f"{self.tag(partition)}:lock:{subscriber_id}:{entity_type}:{entity_id}"
-
-    def due(self, subscriber_id: str, partition: int) -> str:
-        """Notices sent but not yet seen handled: re-sent if still lagging when due."""
-        return f"{self.tag(partition)}:due:{subscriber_id}"
-
     # Not per entity.
     def meta(self) -> str:
         return f"{self.prefix}:meta"
-
-    def caught_up(self, entity_type: str) -> str:
-        """Set of subscriber IDs that have been handed the entity type's history."""
-        return f"{self.prefix}:caught-up:{entity_type}"
-
-    def catch_up_cursor(self, entity_type: str, subscriber_id: str) -> str:
-        return f"{self.prefix}:catch-up:{entity_type}:{subscriber_id}"

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import SubscriberError
-from ..event import Event, Handler, as_callable, check_entity_type
-from .names import check_subscriber_id
+from ..event import Event, Handler, as_callable
+from ..names import check_entity_type, check_subscriber_id
+
+log = logging.getLogger("es_workers.memory.bus")
 
 
 class InMemoryEventBus:
-    """Calls each subscriber's handler for each event; stops at the first handler error."""
+    """Calls each subscriber's handler for each event.
+
+    Subscribers are independent: a handler that raises is logged with the entity and event
+    number, and that event is skipped for that subscriber only (as in the Go library);
+    every other subscriber still gets every event.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -42,10 +50,16 @@ class InMemoryEventBus:
     ) -> None:
         with self._lock:
             known = self._handlers.get(entity_type, {})
-            handlers = [known[s] for s in subscriber_ids if s in known]
-        for event in events:
-            for handler in handlers:
-                handler(event)
+            handlers = [(s, known[s]) for s in subscriber_ids if s in known]
+        for event in list(events):
+            for subscriber_id, handler in handlers:
+                try:
+                    handler(event)
+                except Exception:
+                    log.exception(
+                        "subscriber %s failed on %s %r event %d; skipped for this subscriber",
+                        subscriber_id, event.entity_type, event.entity_id, event.event_number,
+                    )
 
     def close(self) -> None:
         pass

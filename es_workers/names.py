@@ -1,0 +1,53 @@
+"""Names users give: entity types, entity IDs, subscriber IDs. Checked once, here.
+
+- entity type: a letter, then up to 99 letters, digits, `_`, `.` or `-` (it is part of
+  Redis keys and never holds `:`, so `<type>:<id>` splits unambiguously);
+- entity ID: any text of 1 to 200 characters without control characters (Unicode, spaces,
+  `:` and braces are fine: keys hold it verbatim after the type, and the hash tag is the
+  first `{...}` of a key, which is always the partition's);
+- subscriber ID: a Dramatiq queue name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidNameError, SubscriberError
+
+_ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+# C0 and C1 control characters, DEL, and lone surrogates (they cannot be UTF-8 encoded).
+_NOT_IN_ENTITY_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+MAX_ENTITY_ID = 200
+# What Dramatiq accepts as a queue name, kept short enough for Redis keys and metrics labels.
+_SUBSCRIBER_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,79}")
+
+
+def check_entity_type(entity_type: object) -> str:
+    if not isinstance(entity_type, str) or not _ENTITY_TYPE.fullmatch(entity_type):
+        raise InvalidNameError(
+            f"invalid entity type {entity_type!r}: use a letter followed by up to 99 letters, "
+            "digits, '_', '.' or '-'"
+        )
+    return entity_type
+
+
+def check_entity_id(entity_id: object) -> str:
+    if (
+        not isinstance(entity_id, str)
+        or not 1 <= len(entity_id) <= MAX_ENTITY_ID
+        or _NOT_IN_ENTITY_ID.search(entity_id)
+    ):
+        raise InvalidNameError(
+            f"invalid entity ID {entity_id!r}: use 1 to {MAX_ENTITY_ID} characters of text "
+            "without control characters"
+        )
+    return entity_id
+
+
+def check_subscriber_id(subscriber_id: object) -> str:
+    if not isinstance(subscriber_id, str) or not _SUBSCRIBER_ID.fullmatch(subscriber_id):
+        raise SubscriberError(
+            f"invalid subscriber ID {subscriber_id!r}: it names a Dramatiq queue, so use a letter "
+            "or '_' followed by up to 79 letters, digits, '_' or '-'"
+        )
+    return subscriber_id

@@ -1,0 +1,110 @@
+"""The ports: what a storage and a bus must do. Backends implement them; the Store and the
+Stream use nothing else.
+
+The ladder of abilities: every `Storage` reads, writes and pages entity IDs, and has a
+publishing hook that relays new events to a bus. A `NotifyingEventBus` (Dramatiq
+subscribers) is only told which entity moved and reads the events itself, keeping its
+checkpoints in a storage that can hold them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
+
+from .event import Content, Event, Handler
+from .upgrade import Reader
+
+
+@runtime_checkable
+class Subscriptions(Protocol):
+    """What every bus does: keep the subscribers of each entity type."""
+
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None: ...
+
+    def subscriber_ids(self, entity_type: str) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventBus(Subscriptions, Protocol):
+    """A bus that is handed the events (the in-memory bus, as in the Go library)."""
+
+    def write(self, entity_type: str, events: Iterable[Event]) -> None:
+        """Delivers the events to every subscriber of the entity type."""
+        ...
+
+    def write_to(
+        self, entity_type: str, events: Iterable[Event], subscriber_ids: Sequence[str]
+    ) -> None:
+        """Delivers the events to the named subscribers only."""
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """Events of one entity with `event_number > after`, in order, as stored."""
+        ...
+
+    def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        """Appends events of one entity, all or none.
+
+        `events[0].event_number - 1` is the expected position: if the entity is elsewhere,
+        `ConcurrencyError`. Writing the same events again (same `store_event_id`s) at the
+        same numbers succeeds without storing them twice.
+        """
+        ...
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        """Declares the Content classes the entity type may hold; writes of others fail."""
+        ...
+
+    def entity_types(self) -> list[str]:
+        """The entity types registered so far."""
+        ...
+
+    def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        """A page of entity IDs ordered by `store_entity_id`, and the token of the next page
+        (None on the last page). Pass the token as `after`."""
+        ...
+
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+        """The publishing hook: relays newly written events to the bus until `stop` is set
+        (blocking). A bus that takes events is handed them through `reader` (upgraded)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class NotifyingEventBus(Subscriptions, Protocol):
+    """A bus whose subscribers read the events themselves from storage.
+
+    The publisher then only says "entity X has events up to N" (`notify`), and each
+    subscriber reads what it has not handled yet: that keeps order per entity and skips
+    duplicates whatever order the notices arrive in.
+    """
+
+    def bind(self, reader: Reader, storage: Storage) -> None:
+        """Called by the Store it is given to: subscribers read through `reader` and keep
+        their checkpoints in `storage` (a bus may refuse a storage that cannot)."""
+        ...
+
+    def notify(
+        self,
+        entity_type: str,
+        entity_id: str,
+        event_number: int | None,
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        """Tells subscribers (all of the type when None) that the entity has events up to
+        `event_number` (None: up to its head)."""
+        ...
+
+
+Bus: TypeAlias = EventBus | NotifyingEventBus

@@ -1,0 +1,355 @@
+"""Subscriber state in Redis: checkpoints, locks, failures, parked entities, due notices
+and catch-up cursors. This module alone names those keys and talks to Redis about them;
+the publisher, delivery and admin call its methods.
+
+Per (subscriber, entity type, partition) it keeps hashes keyed by entity ID:
+- checkpoints: the last event number the subscriber handled;
+- failures: failed attempts at the entity's next event;
+- parked: a JSON record of the event it gave up on;
+and per (subscriber, partition) a sorted set of due notices: notices sent but not yet seen
+handled, re-sent by the publisher's sweep if still lagging when due. A lock per
+(subscriber, entity) keeps one worker on an entity at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import NotParkedError
+from .keys import RedisKeys, text
+from .scripts import Script
+
+# begin.lua's answers
+READY = 0
+NOTHING_TO_DO = 1
+BUSY = 2
+TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberEntity:
+    """One entity as one subscriber sees it: what every piece of subscriber state is
+    keyed by."""
+
+    subscriber_id: str
+    entity_type: str
+    entity_id: str
+    partition: int
+
+    @property
+    def member(self) -> str:
+        """The entity in a due set: `<entity type>:<entity ID>` (types hold no ':')."""
+        return f"{self.entity_type}:{self.entity_id}"
+
+
+@dataclass(frozen=True)
+class ParkedEntity:
+    subscriber_id: str
+    entity_type: str
+    entity_id: str
+    event_number: int
+    error: str  # "ExceptionType: message"
+    attempts: int
+    parked_at: str  # ISO 8601, UTC
+    traceback: str = ""  # the last attempt's, cut to TRACEBACK_LIMIT characters
+
+
+@dataclass(frozen=True)
+class Begun:
+    """begin.lua's answer: READY (the lock is ours), NOTHING_TO_DO or BUSY."""
+
+    state: int
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    """checkpoint.lua's answer. `lost`: the lock was no longer ours, nothing recorded."""
+
+    head: int
+    released: bool
+
+    @property
+    def lost(self) -> bool:
+        return self.head < 0
+
+
+class SubscriberState:
+    def __init__(self, client: Any, keys: RedisKeys, *, redrive_after_ms: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.redrive_after_ms = redrive_after_ms
+        self._begin = Script(client, "begin")
+        self._checkpoint = Script(client, "checkpoint")
+        self._unlock = Script(client, "unlock")
+
+    def entity(self, subscriber_id: str, entity_type: str, entity_id: str) -> SubscriberEntity:
+        return SubscriberEntity(
+            subscriber_id, entity_type, entity_id, self.keys.partition(entity_type, entity_id)
+        )
+
+    # -- Key names (this module's alone) -------------------------------------------------
+
+    def _checkpoints(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:checkpoints:{subscriber_id}:{entity_type}"
+
+    def _failures(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:failures:{subscriber_id}:{entity_type}"
+
+    def _parked(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:parked:{subscriber_id}:{entity_type}"
+
+    def _lock(self, e: SubscriberEntity) -> str:
+        return (f"{self.keys.tag(e.partition)}:lock:{e.subscriber_id}:{e.entity_type}:"
+                f"{e.entity_id}")
+
+    def _due(self, subscriber_id: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:due:{subscriber_id}"
+
+    def _caught_up(self, entity_type: str) -> str:
+        """Set of subscriber IDs that have been handed the entity type's history."""
+        return f"{self.keys.prefix}:caught-up:{entity_type}"
+
+    def _cursor(self, entity_type: str, subscriber_id: str) -> str:
+        return f"{self.keys.prefix}:catch-up:{entity_type}:{subscriber_id}"
+
+    # -- Delivery: lock, checkpoint, fail, park -----------------------------------------
+
+    def begin(self, e: SubscriberEntity, event_number: int | None, token: str,
+              lock_ms: int) -> Begun:
+        """Skips a parked entity or an old notice, else takes the lock and reads the
+        checkpoint under it, in one round trip."""
+        state, checkpoint = self._begin(
+            keys=[
+                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                self._parked(e.subscriber_id, e.entity_type, e.partition),
+                self.keys.heads(e.entity_type, e.partition),
+                self._lock(e),
+            ],
+            args=[e.entity_id, -1 if event_number is None else event_number, token, lock_ms],
+        )
+        return Begun(int(state), int(checkpoint))
+
+    def commit(self, e: SubscriberEntity, event_number: int, token: str, lock_ms: int,
+               *, release: bool) -> Committed:
+        """Moves the checkpoint to `event_number` if the lock is still ours, renewing it;
+        with `release`, lets the lock go when that was the entity's last event."""
+        head, released = self._checkpoint(
+            keys=[
+                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                self._lock(e),
+                self.keys.heads(e.entity_type, e.partition),
+                self._due(e.subscriber_id, e.partition),
+                self._failures(e.subscriber_id, e.entity_type, e.partition),
+            ],
+            args=[e.entity_id, event_number, token, lock_ms, e.member, int(release)],
+        )
+        return Committed(int(head), bool(released))
+
+    def unlock(self, e: SubscriberEntity, token: str) -> None:
+        self._unlock(keys=[self._lock(e)], args=[token])
+
+    def record_failure(self, e: SubscriberEntity) -> int:
+        """Counts a failed attempt at the entity's next event; returns the attempts so far."""
+        failures = self._failures(e.subscriber_id, e.entity_type, e.partition)
+        return int(self.client.hincrby(failures, e.entity_id, 1))
+
+    def park(self, e: SubscriberEntity, event_number: int, error: str, attempts: int,
+             traceback: str = "") -> ParkedEntity:
+        """Gives up on the entity for this subscriber until `unpark`."""
+        parked = ParkedEntity(
+            e.subscriber_id, e.entity_type, e.entity_id, event_number, error, attempts,
+            datetime.now(UTC).isoformat(), traceback[-TRACEBACK_LIMIT:],
+        )
+        record = {
+            "event_number": event_number, "error": error, "attempts": attempts,
+            "parked_at": parked.parked_at, "traceback": parked.traceback,
+        }
+        pipe = self.client.pipeline(transaction=True)  # one slot: the partition's tag
+        pipe.hset(self._parked(e.subscriber_id, e.entity_type, e.partition), e.entity_id,
+                  json.dumps(record))
+        pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
+        pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
+        pipe.execute()
+        return parked
+
+    # -- Due notices and the sweep -------------------------------------------------------
+
+    def due_at_ms(self) -> float:
+        """When a notice sent now is re-sent by the sweep if it was lost."""
+        return time.time() * 1000 + self.redrive_after_ms
+
+    def mark_due(self, entities: Iterable[SubscriberEntity], pipe: Any = None) -> None:
+        """Records notices sent: if the subscriber still lags the entity when they are due
+        (the notice was lost with a killed worker), the sweep sends them again. Kept until
+        the checkpoint reaches the entity's head. Given a pipeline, the commands join it
+        (the caller executes it); else they run now."""
+        due_at = self.due_at_ms()
+        own = pipe is None
+        if own:
+            pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: due_at}, nx=True)
+        if own:
+            pipe.execute()
+
+    def take_due(self, subscriber_ids: Sequence[str], subscribed: set[tuple[str, str]],
+                 limit: int = 200) -> list[SubscriberEntity]:
+        """The due entities whose notice must be sent again: still lagging, not parked,
+        not locked by a worker busy with them. Forgets the due entries that are done (or
+        whose subscription is gone) and postpones the rest by `redrive_after_ms`.
+        `subscribed` holds the (entity type, subscriber ID) pairs that exist."""
+        now_ms = time.time() * 1000
+        slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
+        pipe = self.client.pipeline(transaction=False)
+        for subscriber_id, partition in slots:
+            pipe.zrangebyscore(self._due(subscriber_id, partition), "-inf", now_ms, 0, limit)
+        due = []
+        for (subscriber_id, partition), members in zip(slots, pipe.execute(), strict=True):
+            for member in members:
+                entity_type, _, entity_id = text(member).partition(":")
+                due.append(SubscriberEntity(subscriber_id, entity_type, entity_id, partition))
+        if not due:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for e in due:
+            pipe.hget(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                      e.entity_id)
+            pipe.hget(self.keys.heads(e.entity_type, e.partition), e.entity_id)
+            pipe.hexists(self._parked(e.subscriber_id, e.entity_type, e.partition),
+                         e.entity_id)
+            pipe.exists(self._lock(e))
+        answers = pipe.execute()
+        resend = []
+        later = now_ms + self.redrive_after_ms
+        pipe = self.client.pipeline(transaction=False)
+        for index, e in enumerate(due):
+            checkpoint, head, parked, locked = answers[4 * index : 4 * index + 4]
+            due_key = self._due(e.subscriber_id, e.partition)
+            if parked or int(checkpoint or 0) >= int(head or 0) or (
+                e.entity_type, e.subscriber_id) not in subscribed:
+                pipe.zrem(due_key, e.member)
+                continue
+            if not locked:
+                resend.append(e)
+            pipe.zadd(due_key, {e.member: later}, xx=True)
+        pipe.execute()
+        return resend
+
+    def due_count(self, subscriber_id: str) -> int:
+        """Notices of the subscriber waiting to be seen handled (0 once it is idle)."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.zcard(self._due(subscriber_id, partition))
+        return sum(int(n) for n in pipe.execute())
+
+    # -- Catch-up ------------------------------------------------------------------------
+
+    def is_caught_up(self, entity_type: str, subscriber_id: str) -> bool:
+        return bool(self.client.sismember(self._caught_up(entity_type), subscriber_id))
+
+    def catch_up_cursor(self, entity_type: str, subscriber_id: str) -> str | None:
+        cursor = self.client.get(self._cursor(entity_type, subscriber_id))
+        return text(cursor) if cursor else None
+
+    def save_catch_up_cursor(self, entity_type: str, subscriber_id: str, token: str) -> None:
+        self.client.set(self._cursor(entity_type, subscriber_id), token)
+
+    def finish_catch_up(self, entity_type: str, subscriber_id: str) -> None:
+        # Two keys of different slots: the cursor goes first, so a crash in between only
+        # hands the history over again (duplicates are skipped), never leaves a cursor.
+        self.client.delete(self._cursor(entity_type, subscriber_id))
+        self.client.sadd(self._caught_up(entity_type), subscriber_id)
+
+    def mark_caught_up(self, entity_type: str, subscriber_id: str) -> None:
+        """Records the subscriber as handed the history without handing it (it starts
+        from now on)."""
+        self.client.sadd(self._caught_up(entity_type), subscriber_id)
+
+    # -- Reading and repairing (admin) ---------------------------------------------------
+
+    def checkpoint(self, e: SubscriberEntity) -> int:
+        value = self.client.hget(
+            self._checkpoints(e.subscriber_id, e.entity_type, e.partition), e.entity_id
+        )
+        return int(value) if value is not None else 0
+
+    def checkpoints(self, subscriber_id: str, entity_type: str) -> dict[str, int]:
+        """Every entity's checkpoint for the subscriber (entities never handled are absent)."""
+        return {
+            text(entity_id): int(number)
+            for page in self._per_partition("hgetall", subscriber_id, entity_type,
+                                            self._checkpoints)
+            for entity_id, number in page.items()
+        }
+
+    def parked(self, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
+        """Entities parked for the subscriber, oldest first."""
+        return sorted(
+            (
+                _parked_entity(subscriber_id, entity_type, text(entity_id), raw)
+                for page in self._per_partition("hgetall", subscriber_id, entity_type,
+                                                self._parked)
+                for entity_id, raw in page.items()
+            ),
+            key=lambda item: (item.parked_at, item.entity_id),
+        )
+
+    def unpark(self, e: SubscriberEntity, *, skip: bool) -> ParkedEntity:
+        """Unparks the entity: delivery starts again at the failed event, or after it with
+        `skip`. The caller sends the notice (it is marked due here)."""
+        parked_key = self._parked(e.subscriber_id, e.entity_type, e.partition)
+        raw = self.client.hget(parked_key, e.entity_id)
+        if raw is None:
+            raise NotParkedError(
+                f"{e.entity_type} {e.entity_id!r} is not parked for subscriber "
+                f"{e.subscriber_id!r}"
+            )
+        entity = _parked_entity(e.subscriber_id, e.entity_type, e.entity_id, raw)
+        pipe = self.client.pipeline(transaction=True)  # one slot: the partition's tag
+        if skip:
+            pipe.hset(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                      e.entity_id, entity.event_number)
+        pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
+        pipe.hdel(parked_key, e.entity_id)
+        pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
+                  nx=True)
+        pipe.execute()
+        return entity
+
+    def forget(self, subscriber_id: str, entity_type: str) -> None:
+        """Drops the subscriber's checkpoints, failures and parked entities of the type
+        (a replay starts it over)."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.delete(self._checkpoints(subscriber_id, entity_type, partition))
+            pipe.delete(self._failures(subscriber_id, entity_type, partition))
+            pipe.delete(self._parked(subscriber_id, entity_type, partition))
+        pipe.execute()
+
+    def _per_partition(self, command: str, subscriber_id: str, entity_type: str,
+                       key: Any) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            getattr(pipe, command)(key(subscriber_id, entity_type, partition))
+        return list(pipe.execute())
+
+
+def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str,
+                   raw: Any) -> ParkedEntity:
+    record = json.loads(text(raw))
+    return ParkedEntity(
+        subscriber_id=subscriber_id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        event_number=int(record["event_number"]),
+        error=str(record["error"]),
+        attempts=int(record["attempts"]),
+        parked_at=str(record["parked_at"]),
+        traceback=str(record.get("traceback", "")),
+    )

@@ -1,0 +1,43 @@
+"""Every use of Dramatiq's private API, in one place (pyproject pins dramatiq < 3).
+
+- `RedisConsumer`: `dramatiq.brokers.redis._RedisConsumer`, the class behind RedisBroker's
+  documented `consumer_class` hook; `WakingRedisBroker` subclasses it to wait for a wake-up
+  instead of sleeping after an empty fetch. Nothing public does that.
+- `redis_broker_scripts`: the Lua scripts RedisBroker loads (`_scripts`), so the demo's
+  embedded fakeredis server can preload them: it drops a connection on a NOSCRIPT reply.
+- `stop_already_requested`: reads the `running` flag Dramatiq's worker-process SIGTERM
+  handler closes over, to know whether a stop arrived before our middleware was installed.
+  Dramatiq offers no public way to ask.
+
+tests/test_dramatiq_internals.py fails loudly when an upgrade of Dramatiq changes either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dramatiq.brokers import redis as dramatiq_redis
+from dramatiq.brokers.redis import _RedisConsumer as RedisConsumer
+
+__all__ = ["RedisConsumer", "closure_value", "redis_broker_scripts", "stop_already_requested"]
+
+
+def redis_broker_scripts() -> list[str]:
+    return [str(script) for script in dramatiq_redis._scripts.values()]
+
+
+def closure_value(function: Any, name: str) -> object:
+    """The value of a variable `function` closes over, or None."""
+    code = getattr(function, "__code__", None)
+    cells = getattr(function, "__closure__", None) or ()
+    if code is None or name not in code.co_freevars:
+        return None
+    try:
+        return cells[code.co_freevars.index(name)].cell_contents
+    except (IndexError, ValueError):
+        return None
+
+
+def stop_already_requested(sigterm_handler: Any) -> bool:
+    """Whether Dramatiq's worker-process SIGTERM handler has already seen a stop."""
+    return closure_value(sigterm_handler, "running") is False

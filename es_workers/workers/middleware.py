@@ -1,0 +1,68 @@
+"""Dramatiq middleware of the worker processes: their setup, and a clean stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import dramatiq
+
+from ..observability import METRICS_PORTS_PER_HOST, serve_metrics
+from .dramatiq_internals import stop_already_requested
+
+SAME_STOP_S = 2.0  # a SIGTERM this soon after the first is the same stop request
+
+log = logging.getLogger("es_workers")
+
+
+class WorkerProcessSetup(dramatiq.Middleware):
+    """Applies `log_level` and serves metrics in each Dramatiq worker process.
+
+    Runs after the worker process has imported the app (`after_process_boot`), so it works
+    under `es-workers worker` and plain `dramatiq APP_MODULE` alike. Dramatiq configures
+    the handlers and format of worker logs itself; this sets the level.
+    """
+
+    def __init__(self, log_level: str, metrics_port: int | None) -> None:
+        self.log_level = log_level
+        self.metrics_port = metrics_port
+
+    def after_process_boot(self, broker: Any) -> None:
+        logging.getLogger().setLevel(self.log_level)
+        if self.metrics_port is not None:
+            try:
+                serve_metrics(self.metrics_port + 1, search=METRICS_PORTS_PER_HOST - 1)
+            except OSError as error:
+                log.error("metrics are off in this worker process: %s", error)
+
+
+class SingleStop(dramatiq.Middleware):
+    """Makes a worker process take two SIGTERMs in quick succession as one stop.
+
+    A SIGTERM to the whole process group (honcho, `kill -TERM -PGID`) reaches each worker
+    process twice: directly, and forwarded by Dramatiq's main process. Dramatiq takes the
+    second as "kill now" and exits 1 without finishing in-flight work. A repeat after
+    SAME_STOP_S still kills at once. DramatiqEventBus adds it to its broker.
+    """
+
+    def after_process_boot(self, broker: Any) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):
+            return
+        # A SIGTERM may have reached this process while it imported the app, before this
+        # hook: Dramatiq's handler then already has `running` False, and the copy its main
+        # process forwards must be absorbed too.
+        first: float | None = time.monotonic() if stop_already_requested(handler) else None
+
+        def once(signum: int, frame: FrameType | None) -> None:
+            nonlocal first
+            now = time.monotonic()
+            if first is not None and now - first < SAME_STOP_S:
+                return
+            first = first if first is not None else now
+            handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, once)
