@@ -23,7 +23,10 @@ __all__ = ["RedisConsumer", "closure_value", "redis_broker_scripts", "stop_alrea
 
 
 def redis_broker_scripts() -> list[str]:
-    return [str(script) for script in dramatiq_redis._scripts.values()]
+    return [
+        script.decode() if isinstance(script, bytes) else str(script)
+        for script in dramatiq_redis._scripts.values()
+    ]
 
 
 def closure_value(function: Any, name: str) -> object:

@@ -1,0 +1,69 @@
+"""Fails loudly when a Dramatiq upgrade changes the private API es_workers relies on
+(all of it in es_workers.workers.dramatiq_internals; pyproject pins dramatiq < 3)."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import dramatiq
+import dramatiq.cli
+import fakeredis
+
+from es_workers.workers.broker import WakingRedisBroker
+from es_workers.workers.dramatiq_internals import (
+    RedisConsumer,
+    redis_broker_scripts,
+    stop_already_requested,
+)
+
+
+def test_redis_consumer_is_the_class_behind_consumer_class_with_the_expected_shape() -> None:
+    assert issubclass(RedisConsumer, dramatiq.Consumer)
+    parameters = list(inspect.signature(RedisConsumer.__init__).parameters)
+    assert parameters == ["self", "broker", "queue_name", "prefetch", "timeout"]
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis())
+    try:
+        consumer = broker.consume("q", prefetch=2, timeout=10)
+        assert isinstance(consumer, RedisConsumer)
+        # The attributes the waking consumer reads.
+        assert consumer.queue_name == "q"
+        assert consumer.prefetch == 2
+        assert consumer.outstanding_message_count == 0
+        consumer.close()
+    finally:
+        broker.close()
+
+
+def test_the_broker_scripts_are_there_to_preload() -> None:
+    scripts = redis_broker_scripts()
+    assert scripts
+    assert all(isinstance(script, str) and "redis.call" in script for script in scripts)
+
+
+def _worker_sigterm_handler() -> types.FunctionType:
+    """Dramatiq's worker-process SIGTERM handler, rebuilt from worker_process' code."""
+    nested = [
+        const for const in dramatiq.cli.worker_process.__code__.co_consts
+        if isinstance(const, types.CodeType) and const.co_name == "termhandler"
+    ]
+    assert len(nested) == 1, "dramatiq.cli.worker_process no longer defines termhandler"
+    return nested[0]  # type: ignore[return-value]
+
+
+def test_dramatiq_worker_sigterm_handler_still_closes_over_running() -> None:
+    code = _worker_sigterm_handler()
+    assert "running" in code.co_freevars
+
+
+def test_stop_already_requested_reads_the_running_flag() -> None:
+    def make(running: bool) -> object:
+        def termhandler(signum: int, frame: object) -> None:
+            nonlocal running
+            running = not running
+
+        return termhandler
+
+    assert stop_already_requested(make(False))
+    assert not stop_already_requested(make(True))
+    assert not stop_already_requested(print)  # no closure at all
