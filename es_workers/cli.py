@@ -31,7 +31,7 @@ from .demo import run_demo
 from .errors import ConfigurationError, EsError
 from .observability import configure_logging, serve_metrics
 from .redis.storage import RedisStorage
-from .settings import Settings, load_settings
+from .settings import Settings, example_toml, load_settings
 from .store import Store
 from .workers.bus import DramatiqEventBus
 
@@ -363,8 +363,16 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
 
 
 @app.command()
-def config(as_json: AsJson = False) -> None:
+def config(
+    as_json: AsJson = False,
+    example: Annotated[
+        bool, typer.Option("--example", help="Print an example config file of every setting")
+    ] = False,
+) -> None:
     """Print the settings in effect (environment ES_... over config/es.toml over defaults)."""
+    if example:
+        typer.echo(example_toml(), nl=False)
+        return
     settings = settings_or_exit()
     values = settings.shown()
     if as_json:

@@ -11,8 +11,10 @@ Each default is written once: in the options dataclass the setting feeds, or her
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -63,21 +65,25 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description="Redis for events and delivery state; unset: embedded fakeredis",
+        examples=["redis://127.0.0.1:6379/0"],
     )
     prefix: str = Field(default="es", description="Key prefix of this store in Redis")
     partitions: int | None = Field(
         default=None, ge=1, le=4096,
         description="Partitions of a new prefix (16 when unset); fixed once the prefix exists",
+        examples=[16],
     )
     # The bus.
     broker_url: str | None = Field(
         default=None,
         description="Dramatiq broker: redis://..., amqp://... (RabbitMQ) or stub://; "
         "unset: the Redis of redis_url",
+        examples=["amqp://guest:guest@127.0.0.1:5672/"],
     )
     broker_namespace: str | None = Field(
         default=None,
         description="Dramatiq key namespace on a Redis broker; unset: '<prefix>:dramatiq'",
+        examples=["es:dramatiq"],
     )
     # Worker processes.
     worker_processes: int = Field(
@@ -163,6 +169,7 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65_535,
         description="Prometheus metrics: publisher on this port, worker processes on the "
         "next ones; unset: off",
+        examples=[9191],
     )
 
     @classmethod
@@ -280,6 +287,37 @@ class Settings(BaseSettings):
         for name in ("redis_url", "broker_url"):
             values[name] = redact_url(values[name])
         return values
+
+
+# Sections of the example config file: (title, its first setting).
+SECTIONS = (
+    ("Where events live", "redis_url"),
+    ("The bus (Dramatiq broker)", "broker_url"),
+    ("Worker processes (es-workers worker)", "worker_processes"),
+    ("Delivery to subscribers", "max_attempts"),
+    ("Publisher (es-workers publish)", "publisher_batch"),
+    ("Operations", "log_level"),
+)
+EXAMPLE_HEADER = """\
+# es_workers settings: copy to config/es.toml (read from the current directory), or
+# point ES_CONFIG_FILE at a file of your own. Environment variables ES_<NAME> win over
+# this file. Every key is optional; the values shown commented out are the defaults.
+# (Made by `es-workers config --example` from the settings schema.)
+"""
+
+
+def example_toml() -> str:
+    """config/es.example.toml, made from the schema: every setting, its description and
+    its default (or an example where it has none), commented out."""
+    titles = {first: title for title, first in SECTIONS}
+    lines = [EXAMPLE_HEADER.rstrip("\n")]
+    for name, field in Settings.model_fields.items():
+        if name in titles:
+            lines += ["", f"# -- {titles[name]} ".ljust(80, "-")]
+        lines += [f"# {line}" for line in textwrap.wrap(field.description or "", 86)]
+        value = field.default if field.default is not None else (field.examples or [""])[0]
+        lines.append(f"# {name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def redact_url(url: str | None) -> str | None:

@@ -26,13 +26,12 @@ log = logging.getLogger("es_workers.wiring")
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None  # fakeredis.FakeServer, made on first use
-_warned_embedded = False
 
 
 def embedded_server() -> Any:
     """The process's embedded Redis (fakeredis), shared by every Store built without
     `redis_url`, as one real server would be. It lives in this process only."""
-    global _embedded, _warned_embedded
+    global _embedded
     try:
         import fakeredis  # an optional dependency: only the embedded default needs it
     except ImportError as error:
@@ -43,13 +42,6 @@ def embedded_server() -> Any:
     with _embedded_lock:
         if _embedded is None:
             _embedded = fakeredis.FakeServer(version=(7, 0))
-        if not _warned_embedded:
-            _warned_embedded = True
-            log.warning(
-                "%s is not set: events live in an embedded Redis inside this process and "
-                "are lost when it exits (set %s to keep them)",
-                env_name("redis_url"), env_name("redis_url"),
-            )
         return _embedded
 
 
@@ -96,6 +88,12 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
     """The storage and bus the settings describe (read from `ES_...` when None)."""
     settings = settings if settings is not None else load_settings()
+    if settings.redis_url is None:
+        log.warning(
+            "%s is not set: events live in an embedded Redis inside this process and are "
+            "lost when it exits (set %s to keep them)", env_name("redis_url"),
+            env_name("redis_url"),
+        )
     storage = RedisStorage(
         redis_client(settings),
         prefix=settings.prefix,

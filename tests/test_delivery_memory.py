@@ -1,7 +1,8 @@
 """InMemoryEventBus, the default bus, as in the Go library: synchronous delivery to every
 subscriber of the entity type; a handler error skips that event for that subscriber only
-(logged with entity and event number); `write_to` reaches the named subscribers only. Through `store.start()` it works on InMemoryStorage and on
-RedisStorage (the publisher then hands it events read back from the store, upgraded).
+(logged with entity and event number); `write_to` reaches the named subscribers only.
+Through `store.start()` it works on InMemoryStorage and on RedisStorage (the publisher then
+hands it events read back from the store, upgraded).
 """
 
 from __future__ import annotations

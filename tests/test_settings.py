@@ -16,7 +16,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from es_workers import ConfigurationError, Content, Event, RedisStorage, Store
-from es_workers.settings import Settings, load_settings, redact_url
+from es_workers.settings import (
+    Settings,
+    example_toml,
+    load_settings,
+    redact_url,
+    unknown_variables,
+)
 from es_workers.wiring import build_broker
 from es_workers.workers.bus import DramatiqEventBus
 from tests.conftest import REDIS_URL, delete_prefix, real_redis
@@ -49,6 +55,16 @@ def test_defaults_run_on_an_embedded_redis(clean_env: pytest.MonkeyPatch) -> Non
     assert settings.worker_timeout_ms == 20
     assert settings.log_level == "INFO"
     assert settings.metrics_port is None
+
+
+def test_a_store_on_the_embedded_redis_says_once_that_its_events_stay_in_the_process(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store.from_settings(events={"account": [Opened]})
+    warnings = [r for r in caplog.records if "ES_REDIS_URL is not set" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "lost when it exits" in warnings[0].getMessage()
+    store.close()
 
 
 def test_environment_variables_set_the_settings(clean_env: pytest.MonkeyPatch) -> None:
@@ -191,6 +207,39 @@ def test_example_config_file_is_valid_with_every_key_set(
             and not line.startswith("#")}
     assert keys == set(Settings.model_fields)
     assert settings.metrics_port == 9191
+
+
+def test_example_config_file_is_made_from_the_schema() -> None:
+    """Defaults and descriptions live once, in the schema: the shipped example is its output
+    (`es-workers config --example > config/es.example.toml` after changing a setting)."""
+    assert (ROOT / "config" / "es.example.toml").read_text() == example_toml()
+
+
+def test_readme_table_gives_each_setting_its_schema_default() -> None:
+    rows = re.findall(r"^\| `ES_([A-Z_]+)` \| ([^|]+) \|", (ROOT / "README.md").read_text(),
+                      re.MULTILINE)
+    documented = {name.lower(): default.strip() for name, default in rows}
+    documented.pop("config_file")
+    assert set(documented) == set(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        if field.default is None:
+            assert documented[name].startswith("unset"), name
+        else:
+            assert documented[name] == f"`{field.default}`", name
+
+
+def test_an_unknown_es_variable_is_reported_with_the_closest_setting(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setenv("ES_REDIS_URI", "redis://127.0.0.1:6379/0")
+    clean_env.setenv("ES_ZZZ", "1")
+    clean_env.setenv("ES_REQUIRE_REDIS", "1")  # the test suite's own switch: not reported
+
+    assert unknown_variables() == {"ES_REDIS_URI": "ES_REDIS_URL", "ES_ZZZ": None}
+    load_settings()
+    assert "ES_REDIS_URI is not an es_workers setting; did you mean ES_REDIS_URL?" in caplog.text
+    assert "ES_ZZZ is not an es_workers setting" in caplog.text
+    assert "ES_REQUIRE_REDIS" not in caplog.text
 
 
 def test_stub_and_redis_broker_urls_pick_the_broker(clean_env: pytest.MonkeyPatch) -> None:
