@@ -14,10 +14,9 @@ from apps.delivery_kit import (
     Recorder,
     assert_exactly_once_in_order,
     redis_broker,
-    wait_for,
 )
-from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened
+from kit import wait_for, write_at_head
 
 from es_workers import (
     ConfigurationError,

@@ -14,17 +14,17 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import dramatiq
 import pytest
+from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
-from es_workers import admin
+from es_workers import Content, admin
 from es_workers.cli import app
 from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.redis.storage import RedisStorage
@@ -91,19 +91,8 @@ def ref(module: ModuleType) -> str:
     return f"{module.__name__}:store"
 
 
-def write(module: ModuleType, entity_id: str, *contents: object) -> None:
-    with module.store.open("account", entity_id) as stream:
-        for _ in stream.all():
-            pass
-        stream.write(*contents)
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def write(module: ModuleType, entity_id: str, *contents: Content) -> None:
+    write_at_head(module.store, "account", entity_id, *contents)
 
 
 class Delivery:

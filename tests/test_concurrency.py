@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import fakeredis
 import pytest
 import redis
 from conftest import REDIS_URL, Deposited, delete_prefix, real_redis
+from kit import wait_for
 
 from es_workers import ConcurrencyError, InMemoryStorage, RedisStorage, Store
 from es_workers.redis.scripts import source
@@ -174,11 +174,9 @@ def test_processes_racing_on_one_entity_store_every_write_once_with_contiguous_n
 
 
 def wait_until(condition: Callable[[], bool], processes: list[subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
+    def none_failed() -> None:
         failed = [p for p in processes if p.poll() not in (None, 0)]
         if failed:
             raise AssertionError(f"a writer process failed: {failed[0].communicate()}")
-        if time.monotonic() > deadline:
-            raise AssertionError("the writer processes did not start in 30 s")
-        time.sleep(0.01)
+
+    wait_for(condition, "the writer processes to start", check=none_failed)

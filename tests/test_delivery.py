@@ -24,10 +24,9 @@ from apps.delivery_kit import (
     assert_exactly_once_in_order,
     redis_broker,
     stub_broker,
-    wait_for,
 )
-from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
+from kit import wait_for, write_at_head, write_count
 
 from es_workers import Content, Event, RedisStorage, Store, admin
 from es_workers.workers.delivery import DeliveryOptions
@@ -41,13 +40,7 @@ def delivery(fast_storage: RedisStorage, broker: dramatiq.Broker) -> Iterator[De
 
 
 def write(delivery: Delivery, entity_id: str, count: int) -> int:
-    """Appends `count` events (an Opened first if the entity is new); returns the head."""
-    head = delivery.storage.position("account", entity_id)
-    contents = [
-        Opened(owner=entity_id) if head + i == 0 else Deposited(amount=head + i)
-        for i in range(count)
-    ]
-    return write_at_head(delivery.store, "account", entity_id, *contents)
+    return write_count(delivery.store, entity_id, count)
 
 
 def subscribe(delivery: Delivery, *names: str, **recorder: object) -> list[Recorder]:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
-from apps.delivery_kit import FAST_PUBLISHER, Recorder, wait_for
-from apps.delivery_kit import write as write_at_head
+from apps.delivery_kit import FAST_PUBLISHER, Recorder
 from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn
+from kit import wait_for, write_at_head
 
 from es_workers import (
     Event,
@@ -121,6 +121,7 @@ def test_a_failing_subscriber_never_costs_a_healthy_one_its_events(store: Store)
     assert failing.by_entity() == {"acc-1": [2]}  # event 1 skipped for it alone
 
 
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
 def test_an_unreadable_event_does_not_stall_other_entities(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

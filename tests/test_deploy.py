@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,10 @@ from types import ModuleType
 
 import pytest
 import yaml  # type: ignore[import-untyped]
+from conftest import REDIS_URL, delete_prefix, real_redis
+from kit import wait_for
 
 from es_workers.settings import Settings
-from tests.conftest import REDIS_URL, delete_prefix, real_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -151,17 +151,15 @@ def test_procfile_under_honcho_handles_events_and_stops_cleanly_on_sigterm(
         module.withdraw("a2", 5)
         module.transfer("a1", "a2", 30)  # a2 is credited by the `transfers` subscriber
         expected = {"a1": 70, "a2": 35}
-        deadline = time.monotonic() + 60
-        while module.balances() != expected and time.monotonic() < deadline:
+        def honcho_runs() -> None:
             assert honcho.poll() is None, "honcho exited early"
-            time.sleep(0.05)
-        assert module.balances() == expected
-        deadline = time.monotonic() + 10
+
+        wait_for(lambda: module.balances() == expected, f"balances {expected}", timeout=60,
+                 interval=0.05, check=honcho_runs)
         activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 1, "TransferSent": 1,
                     "TransferReceived": 1}
-        while module.activity() != activity and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert module.activity() == activity
+        wait_for(lambda: module.activity() == activity, f"activity {activity}", timeout=10,
+                 interval=0.05)
     finally:
         honcho.send_signal(signal.SIGTERM)
         try:
@@ -225,10 +223,7 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
     try:
         module.open_account("m1", "Ada")
         module.deposit("m1", 7)
-        deadline = time.monotonic() + 30
-        while module.balances() != {"m1": 7} and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert module.balances() == {"m1": 7}
+        wait_for(lambda: module.balances() == {"m1": 7}, "m1's balance", interval=0.05)
         assert 'es_published_total{entity_type="account"}' in scrape(port)
         handled = scrape(port + 1)
         assert 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0' in handled

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from tests.conftest import REDIS_URL, delete_prefix, real_redis
+from conftest import REDIS_URL, delete_prefix, real_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")

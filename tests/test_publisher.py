@@ -21,25 +21,16 @@ from apps.delivery_kit import (
     Recorder,
     assert_exactly_once_in_order,
     stub_broker,
-    wait_for,
 )
-from apps.delivery_kit import write as write_at_head
-from conftest import ACCOUNT_EVENTS, Deposited, Opened
+from conftest import ACCOUNT_EVENTS
+from kit import wait_for
+from kit import write_count as write
 
 from es_workers import Event, RedisStorage, Storage, Store, admin
 from es_workers.event import Handler
 from es_workers.redis.keys import text
 from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
 from es_workers.upgrade import Reader
-
-
-def write(store: Store, entity_id: str, count: int) -> int:
-    head = store.storage.position("account", entity_id)  # type: ignore[attr-defined]
-    contents = [
-        Opened(owner=entity_id) if head + i == 0 else Deposited(amount=head + i)
-        for i in range(count)
-    ]
-    return write_at_head(store, "account", entity_id, *contents)
 
 
 def outbox(storage: RedisStorage) -> tuple[int, int]:

@@ -14,10 +14,10 @@ import dramatiq
 import fakeredis
 import pytest
 import redis
+from conftest import REDIS_URL, delete_prefix
+from kit import wait_for
 
 from es_workers.workers.broker import WakingRedisBroker
-from tests.apps.delivery_kit import wait_for
-from tests.conftest import REDIS_URL, delete_prefix
 
 LONG_IDLE_MS = 60_000  # a consumer that missed its wake-up sleeps this long
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from conftest import REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
@@ -25,7 +26,6 @@ from es_workers.settings import (
 )
 from es_workers.wiring import build_broker
 from es_workers.workers.bus import DramatiqEventBus
-from tests.conftest import REDIS_URL, delete_prefix, real_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,6 @@
 """Helpers for the delivery tests: a Store wired to Dramatiq with its publisher in a thread
-and a Dramatiq worker in this process, a recording subscriber, and a polling wait.
+and a Dramatiq worker in this process, and a recording subscriber (waiting and writing
+helpers are in kit.py).
 
 Option values are small so that retries, claims and sweeps happen within a second.
 """
@@ -29,17 +30,6 @@ FAST_DELIVERY = DeliveryOptions(min_backoff_ms=10, max_backoff_ms=50, lock_ms=20
 FAST_PUBLISHER = PublisherOptions(
     claim_idle_ms=200, claim_every_ms=100, sweep_every_ms=100, block_ms=50, redrive_after_ms=300
 )
-
-
-def wait_for(
-    condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.01
-) -> None:
-    """Polls `condition` until it is true; fails naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Recorder:
@@ -223,12 +213,3 @@ class Delivery:
         if self._started is not None:
             self._started.join(timeout=10)
             self._started = None
-
-
-def write(store: Store, entity_type: str, entity_id: str, *contents: Content) -> int:
-    """Appends to the entity at its current head; returns the new head."""
-    with store.open(entity_type, entity_id) as stream:
-        for _ in stream.all():
-            pass
-        stream.write(*contents)
-        return stream.position
