@@ -23,6 +23,7 @@ import yaml  # type: ignore[import-untyped]
 from conftest import REDIS_URL, delete_prefix, real_redis
 from kit import wait_for
 
+import es_workers
 from es_workers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,3 +257,12 @@ def test_pyproject_lists_every_package_of_es_workers() -> None:
     }
     assert set(setuptools["packages"]) == on_disk | {"es_workers.examples"}
     assert setuptools["package-dir"] == {"es_workers.examples": "examples"}
+
+
+def test_the_package_exports_exactly_what_the_readme_documents() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for row in re.findall(r"^\| (`[^|]+`) \|", section, re.MULTILINE):
+        documented |= set(re.findall(r"`([A-Za-z]+)`", row))
+    assert documented == set(es_workers.__all__)
