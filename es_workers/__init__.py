@@ -8,13 +8,16 @@ from .errors import (
     CorruptEventError,
     DecodeError,
     EsError,
+    InvalidMetadataError,
     InvalidNameError,
     InvalidPayloadError,
     NotParkedError,
     NotRegisteredError,
+    ParkedError,
     StreamNotReadError,
     SubscriberError,
     UnknownEventError,
+    WaitTimeoutError,
 )
 from .event import Content, Event, Handler
 from .memory import InMemoryEventBus, InMemoryStorage
@@ -40,11 +43,13 @@ __all__ = [
     "Handler",
     "InMemoryEventBus",
     "InMemoryStorage",
+    "InvalidMetadataError",
     "InvalidNameError",
     "InvalidPayloadError",
     "NotParkedError",
     "NotRegisteredError",
     "NotifyingEventBus",
+    "ParkedError",
     "RedisStorage",
     "Settings",
     "Storage",
@@ -53,4 +58,5 @@ __all__ = [
     "StreamNotReadError",
     "SubscriberError",
     "UnknownEventError",
+    "WaitTimeoutError",
 ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 
 from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
+from .metadata import check, for_write
+from .tracing import append_span, traceparent
 from .upgrade import Reader, Reading
 
 WriteStored = Callable[[str, Sequence[Event]], None]
@@ -60,9 +62,11 @@ class Stream:
         for event in self.all():
             handle(event)
 
-    def write(self, *contents: Content) -> None:
-        """Appends the contents as events `position + 1 ..`, all or none."""
+    def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
+        """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
+        (see `es_workers.metadata`: limits, and the causation recorded automatically)."""
         self._check_open()
+        given = check(metadata) if metadata is not None else None
         if not contents:
             return
         if not (self._may_write or (self._reading is not None and self._reading.finished)):
@@ -71,16 +75,19 @@ class Stream:
                 "and not read: read it (all() or project()) before writing"
             )
         self._may_write = True
-        now = datetime.now(UTC)
         entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
-        events = [
-            # store_entity_id is the storage's to tell (the entity's first event's ID)
-            Event(entity_id, entity_type, position + offset, now, content, store_event_id, "")
-            for offset, (content, store_event_id) in enumerate(
-                zip(contents, new_ids(len(contents)), strict=True), start=1
-            )
-        ]
-        self._write(entity_type, events)
+        with append_span(entity_type, entity_id, position + 1, position + len(contents)):
+            stored = for_write(given, traceparent())
+            now = datetime.now(UTC)
+            events = [
+                # store_entity_id is the storage's to tell (the entity's first event's ID)
+                Event(entity_id, entity_type, position + offset, now, content, store_event_id,
+                      "", stored)
+                for offset, (content, store_event_id) in enumerate(
+                    zip(contents, new_ids(len(contents)), strict=True), start=1
+                )
+            ]
+            self._write(entity_type, events)
         self._written = position + len(events)
 
     def close(self) -> None:

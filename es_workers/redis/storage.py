@@ -13,7 +13,9 @@ import redis
 from .. import metrics
 from ..codec import ContentRegistry
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
-from ..event import Content, Event
+from ..event import NO_METADATA, Content, Event
+from ..metadata import decode as decode_metadata
+from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus
 from ..upgrade import Reader
@@ -26,9 +28,10 @@ DEFAULT_PARTITIONS = 16
 _READ_PAGE = 1000
 _KNOWN_ENTITIES = 4096
 # The fields of an entry as append.lua writes them, in order, as replies hold them without
-# and with decode_responses.
+# and with decode_responses; the metadata field follows them when there is metadata.
 _RAW_FIELDS = [b"n", b"d", b"t", b"e"]
 _TEXT_FIELDS = ["n", "d", "t", "e"]
+_RAW_METADATA, _TEXT_METADATA = b"m", "m"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -109,6 +112,7 @@ class RedisStorage:
         expected = events[0].event_number - 1
         args: list[Any] = [entity_type, entity_id, expected, len(events)]
         event_time, micros = None, 0
+        metadata, stored_metadata = NO_METADATA, ""
         checked: type | None = None  # the class last checked by registry.encode
         for number, event in enumerate(events, start=expected + 1):
             if event.entity_id != entity_id or event.event_number != number:
@@ -122,7 +126,10 @@ class RedisStorage:
             else:
                 name, data = self.registry.encode(entity_type, content)
                 checked = content.__class__
-            args += (name, data, micros, event.store_event_id)
+            if event.metadata is not metadata:  # the events of a write share their metadata
+                metadata = event.metadata
+                stored_metadata = encode_metadata(metadata)
+            args += (name, data, micros, event.store_event_id, stored_metadata)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         status, position = self.append_script(keys=keys, args=args)
@@ -183,10 +190,17 @@ class RedisStorage:
             decoders = self.registry.decoders(entity_type)
             raw = isinstance(entries[0][0], bytes)
             names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+            metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
             from_timestamp, new_event = datetime.fromtimestamp, Event
             for entry_id, values in entries:
                 try:
-                    if values[::2] != names or entry_id[-2:] != zero:
+                    if values[0:8:2] != names or entry_id[-2:] != zero:
+                        raise ValueError(entry_id)
+                    if len(values) == 8:
+                        metadata = NO_METADATA
+                    elif len(values) == 10 and values[8] == metadata_name:
+                        metadata = decode_metadata(values[9])
+                    else:
                         raise ValueError(entry_id)
                     number = int(entry_id[:-2])
                     content = decoders[values[1]](values[3])
@@ -209,6 +223,7 @@ class RedisStorage:
                         content,
                         store_event_id,
                         store_entity_id or "",
+                        metadata,
                     )
                 yield event
             if not more:
@@ -255,6 +270,7 @@ class RedisStorage:
             name, data = text(fields["n"]), fields["d"]
             micros = int(fields["t"])
             store_event_id = text(fields["e"])
+            metadata = decode_metadata(fields.get("m", b""))
         except (KeyError, ValueError) as error:
             raise CorruptEventError(
                 f"stored event lacks or mangles field {error}",
@@ -276,6 +292,7 @@ class RedisStorage:
             content=content,
             store_event_id=store_event_id,
             store_entity_id=store_event_id if number == 1 else store_entity_id or "",
+            metadata=metadata,
         )
 
     def position(self, entity_type: str, entity_id: str) -> int:
