@@ -75,7 +75,7 @@ def test_wait_for_times_out_naming_the_subscribers_behind(any_storage: AnyStorag
 def test_wait_for_refuses_an_unknown_subscriber(any_storage: AnyStorage) -> None:
     store = Store(any_storage, events=ACCOUNT_EVENTS)
     store.subscribe("account", "balances", Balances())
-    with pytest.raises(SubscriberError, match="'nobody'.*known: balances"):
+    with pytest.raises(SubscriberError, match=r"'nobody'.*known: balances"):
         store.wait_for("account", "a1", 1, subscriber_ids=["nobody"])
 
 
