@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 import redis
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -92,7 +93,11 @@ def _templates() -> Jinja2Templates:
 
 
 class Dashboard:
-    """The endpoints, sharing the store, the sampler and the access options."""
+    """The endpoints, sharing the store, the sampler and the access options.
+
+    Endpoints that read Redis are plain functions, which Starlette runs in its thread
+    pool: a slow read (a large store) never stalls the event loop.
+    """
 
     def __init__(self, store: Store, sampler: Sampler, *, token: str | None,
                  read_only: bool) -> None:
@@ -117,18 +122,18 @@ class Dashboard:
         drawn = chart(self.sampler.rates(), now=overview.taken_at, window=self.sampler.window)
         return {"overview": overview, "chart": drawn, "sample_every": self.sampler.every}
 
-    async def overview_page(self, request: Request) -> Response:
+    def overview_page(self, request: Request) -> Response:
         return self.render(request, "overview.html", **self.overview_context())
 
-    async def overview_fragment(self, request: Request) -> Response:
+    def overview_fragment(self, request: Request) -> Response:
         return self.render(request, "_overview.html", **self.overview_context())
 
     # -- Parked entities and their repair ----------------------------------------------
 
-    async def parked_page(self, request: Request) -> Response:
+    def parked_page(self, request: Request) -> Response:
         return self.render(request, "parked.html", parked=self.sampler.latest().parked())
 
-    async def parked_fragment(self, request: Request) -> Response:
+    def parked_fragment(self, request: Request) -> Response:
         return self.render(request, "_parked.html", parked=self.sampler.latest().parked())
 
     async def parked_action(self, request: Request) -> Response:
@@ -143,7 +148,7 @@ class Dashboard:
         except KeyError as missing:
             return self.refusal(request, f"missing form field {missing}", 400)
         try:
-            item = action(self.store, *names)
+            item = await run_in_threadpool(action, self.store, *names)
         except NotParkedError as error:
             message, ok = str(error), False
         else:
@@ -152,8 +157,9 @@ class Dashboard:
                            f"{verb} event {item.event_number}"), True
         if not request.headers.get("hx-request"):
             return RedirectResponse("/parked", status_code=303)
-        return self.render(request, "_parked.html", parked=self.sampler.refresh().parked(),
-                           message=message, ok=ok)
+        overview = await run_in_threadpool(self.sampler.refresh)
+        return self.render(request, "_parked.html", parked=overview.parked(), message=message,
+                           ok=ok)
 
     def refusal(self, request: Request, message: str, status_code: int = 403) -> Response:
         if request.headers.get("hx-request"):
@@ -173,21 +179,21 @@ class Dashboard:
         context["view"] = view = entity_view(self.store, entity_type, entity_id, after=after)
         return context, 200 if view.head else 404
 
-    async def entity_page(self, request: Request) -> Response:
+    def entity_page(self, request: Request) -> Response:
         context, code = self.entity_context(request)
         return self.render(request, "entity.html", code, **context)
 
-    async def entity_fragment(self, request: Request) -> Response:
+    def entity_fragment(self, request: Request) -> Response:
         context, _ = self.entity_context(request)
         return self.render(request, "_entity.html", **context)
 
     # -- JSON --------------------------------------------------------------------------
 
-    async def api_status(self, request: Request) -> Response:
+    def api_status(self, request: Request) -> Response:
         # The same function and the same dict as `es-workers status --json`.
         return JSONResponse(status(self.store).to_dict())
 
-    async def api_overview(self, request: Request) -> Response:
+    def api_overview(self, request: Request) -> Response:
         overview = self.sampler.latest()
         rates = {
             f"{entity_type}/{subscriber_id}": [
@@ -197,10 +203,10 @@ class Dashboard:
         }
         return JSONResponse({**overview.to_dict(), "handled_per_second": rates})
 
-    async def api_parked(self, request: Request) -> Response:
+    def api_parked(self, request: Request) -> Response:
         return JSONResponse([parked_dict(item) for item in all_parked(self.store)])
 
-    async def api_entity(self, request: Request) -> Response:
+    def api_entity(self, request: Request) -> Response:
         after = number(request, "after", 0)
         limit = max(1, min(1000, number(request, "limit", 100)))
         params = request.path_params
