@@ -141,7 +141,7 @@ def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"],
+    [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"], ["dashboard"],
      ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"]],
     ids=lambda c: " ".join(c) or "es-workers",
 )
