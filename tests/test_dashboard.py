@@ -11,18 +11,20 @@ import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import dramatiq
 import fakeredis
 import pytest
 from apps.delivery_kit import Delivery, Recorder, wait_for
 from apps.delivery_kit import write as write_at_head
 from conftest import ACCOUNT_EVENTS, Deposited, Opened
+from httpx2 import Response
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from es_workers import RedisStorage, Store
+from es_workers import RedisStorage, Store, admin
 from es_workers.cli import app as cli
 from es_workers.dashboard.access import CSRF_COOKIE, is_loopback
-from es_workers.dashboard.app import create_app
+from es_workers.dashboard.app import create_app, templates
 from es_workers.dashboard.chart import chart, nice_top
 from es_workers.dashboard.data import ErrorParts, checkpoint, error_parts
 from es_workers.dashboard.sampler import Rate, Sampler
@@ -48,8 +50,8 @@ class Parked:
 
 
 @pytest.fixture
-def parked(fast_storage: RedisStorage, broker: object) -> Iterator[Parked]:
-    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)  # type: ignore[arg-type]
+def parked(fast_storage: RedisStorage, broker: dramatiq.Broker) -> Iterator[Parked]:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
     poison = {POISON}
     fragile = Recorder(fail=lambda e: (e.entity_id, e.event_number) in poison)
     sturdy = Recorder()
@@ -73,9 +75,7 @@ def parked(fast_storage: RedisStorage, broker: object) -> Iterator[Parked]:
 
 
 def parked_ids(store: Store) -> list[str]:
-    from es_workers.admin import parked
-
-    return [item.entity_id for item in parked(store, "fragile", "account")]
+    return [item.entity_id for item in admin.parked(store, "fragile", "account")]
 
 
 def csrf_of(client: TestClient) -> str:
@@ -86,7 +86,7 @@ def csrf_of(client: TestClient) -> str:
 
 
 def action(client: TestClient, name: str, entity_id: str = "acc-1", *,
-           csrf: str | None = None, **headers: str) -> object:
+           csrf: str | None = None, **headers: str) -> Response:
     form = {"subscriber_id": "fragile", "entity_type": "account", "entity_id": entity_id}
     if csrf is not None:
         form["csrf_token"] = csrf
@@ -109,12 +109,16 @@ def test_overview_shows_the_figures_of_each_entity_type_and_subscriber(parked: P
     assert re.search(r'class="n behind ">0<', row(html, "sturdy"))
     assert 'id="outbox-backlog">0<' in html
     assert 'hx-get="/fragments/overview" hx-trigger="every 0.05s"' in html
-    assert "<polyline" in html or "no samples yet" in html
     assert '<script src="/static/htmx.min.js">' in html
+    assert "no samples yet" in html  # a rate needs two samples
 
-    fragment = client.get("/fragments/overview", headers={"HX-Request": "true"})
-    assert fragment.status_code == 200 and "<html" not in fragment.text
-    assert row(fragment.text, "fragile") == fragile
+    def fragment() -> str:
+        answer = client.get("/fragments/overview", headers={"HX-Request": "true"})
+        assert answer.status_code == 200 and "<html" not in answer.text
+        return answer.text
+
+    assert row(fragment(), "fragile") == fragile
+    wait_for(lambda: fragment().count("<polyline") == 2, "a chart line per subscriber")
 
 
 def row(html: str, subscriber_id: str) -> str:
@@ -139,7 +143,7 @@ def test_api_status_is_what_es_workers_status_json_prints(
     parked: Parked, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = types.ModuleType("dashboard_status_app")
-    module.store = parked.store  # type: ignore[attr-defined]
+    module.store = parked.store
     monkeypatch.setitem(sys.modules, module.__name__, module)
     printed = CliRunner().invoke(cli, ["status", f"{module.__name__}:store", "--json"])
     assert printed.exit_code == 0, printed.output
@@ -184,13 +188,27 @@ def test_parked_page_shows_the_event_the_error_and_the_buttons(parked: Parked) -
         ("fragile", "acc-1", 3, 5, "RuntimeError", "poison acc-1 #3")]
 
 
+def test_a_recorded_traceback_is_shown_collapsed() -> None:
+    item = types.SimpleNamespace(
+        subscriber_id="fragile", entity_type="account", entity_id="acc-1", event_number=3,
+        error="KeyError: 'owner'", attempts=5, parked_at="2026-11-30T09:00:00+00:00",
+        traceback='Traceback (most recent call last):\n  File "app.py", line 9\nKeyError',
+    )
+    html = templates().get_template("_parked.html").render(
+        parked=[item], read_only=True, csrf_field="csrf_token", csrf_token="t")
+    details = re.search(r"<details><summary>traceback</summary><pre>(.*?)</pre></details>",
+                        html, re.DOTALL)
+    assert details and "File &#34;app.py&#34;, line 9" in details.group(1)
+    assert "<code>KeyError</code>" in html and "&#39;owner&#39;" in html
+
+
 def test_skip_without_the_csrf_token_is_refused(parked: Parked) -> None:
     client = parked.client()
     real = csrf_of(client)
-    assert action(client, "skip").status_code == 403  # type: ignore[attr-defined]
-    assert action(client, "skip", csrf="forged").status_code == 403  # type: ignore[attr-defined]
+    assert action(client, "skip").status_code == 403
+    assert action(client, "skip", csrf="forged").status_code == 403
     other = parked.client()  # another site's form: no cookie of this browser
-    assert action(other, "skip", csrf=real).status_code == 403  # type: ignore[attr-defined]
+    assert action(other, "skip", csrf=real).status_code == 403
     assert parked_ids(parked.store) == ["acc-1"]
 
 
@@ -198,8 +216,8 @@ def test_skip_marks_the_event_handled_and_the_rest_is_delivered(parked: Parked) 
     client = parked.client()
     answer = action(client, "skip", csrf=csrf_of(client))
 
-    assert answer.status_code == 200  # type: ignore[attr-defined]
-    assert "fragile: account &#39;acc-1&#39; skipped event 3" in answer.text  # type: ignore[attr-defined]
+    assert answer.status_code == 200
+    assert "fragile: account &#39;acc-1&#39; skipped event 3" in answer.text
     assert parked_ids(parked.store) == []
     wait_for(lambda: checkpoint(parked.store, "fragile", "account", "acc-1") == 4,
              "event 4 delivered after the skip")
@@ -212,12 +230,12 @@ def test_retry_delivers_again_from_the_failed_event(parked: Parked) -> None:
     client = parked.client()
     answer = action(client, "retry", csrf=csrf_of(client))
 
-    assert answer.status_code == 200  # type: ignore[attr-defined]
-    assert "retrying from event 3" in answer.text  # type: ignore[attr-defined]
+    assert answer.status_code == 200
+    assert "retrying from event 3" in answer.text
     wait_for(lambda: parked.fragile.has({"acc-1": 4}), "events 3 and 4 handled")
     assert parked.fragile.by_entity()["acc-1"] == [1, 2, 3, 4]
     again = action(client, "retry", csrf=csrf_of(client))
-    assert "is not parked for subscriber" in again.text  # type: ignore[attr-defined]
+    assert "is not parked for subscriber" in again.text
 
 
 def test_an_action_without_htmx_redirects_back_to_the_parked_page(parked: Parked) -> None:
@@ -235,8 +253,8 @@ def test_read_only_hides_the_buttons_and_refuses_the_actions(parked: Parked) -> 
     assert "data-action" not in html and "read-only" in html
     for name in ("retry", "skip"):
         refused = action(client, name, csrf=csrf_of(client))
-        assert refused.status_code == 403  # type: ignore[attr-defined]
-        assert "read-only" in refused.text  # type: ignore[attr-defined]
+        assert refused.status_code == 403
+        assert "read-only" in refused.text
     assert parked_ids(parked.store) == ["acc-1"]
 
 
@@ -319,8 +337,8 @@ def test_with_a_token_every_page_and_endpoint_requires_it(parked: Parked) -> Non
         assert wrong.status_code == 401, path
         assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     refused = action(client, "skip", csrf=csrf_of(client))
-    assert refused.status_code == 401  # type: ignore[attr-defined]
-    assert refused.headers["hx-redirect"].startswith("/login")  # type: ignore[attr-defined]
+    assert refused.status_code == 401
+    assert refused.headers["hx-redirect"].startswith("/login")
     assert client.get("/static/dashboard.css").status_code == 200
     assert parked_ids(parked.store) == ["acc-1"]
 
@@ -339,7 +357,7 @@ def test_login_sets_a_cookie_that_opens_the_pages(parked: Parked) -> None:
     assert "s3cret" not in logged_in.headers["set-cookie"]
     assert client.get("/").status_code == 200
     assert client.get("/api/status").status_code == 200
-    assert action(client, "skip", csrf=csrf).status_code == 200  # type: ignore[attr-defined]
+    assert action(client, "skip", csrf=csrf).status_code == 200
 
     client.post("/logout", data={"csrf_token": csrf})
     assert client.get("/", follow_redirects=False).status_code == 303
@@ -357,7 +375,7 @@ def test_login_goes_back_only_to_a_page_of_the_dashboard(parked: Parked) -> None
 def test_bearer_api_clients_may_act_without_a_csrf_token(parked: Parked) -> None:
     client = parked.client(token="s3cret")
     answer = action(client, "skip", Authorization="Bearer s3cret")
-    assert answer.status_code == 200, answer.text  # type: ignore[attr-defined]
+    assert answer.status_code == 200, answer.text
     assert parked_ids(parked.store) == []
 
 
@@ -428,9 +446,7 @@ def test_handled_events_per_second_come_from_consecutive_samples(
     sampler = Sampler(parked.store, every=0.001)
     sampler.latest()
     parked.poison.clear()
-    from es_workers.admin import retry_parked
-
-    retry_parked(parked.store, "fragile", "account", "acc-1")
+    admin.retry_parked(parked.store, "fragile", "account", "acc-1")
     wait_for(lambda: parked.fragile.has({"acc-1": 4}), "acc-1 handled")
     sampler.latest()
     rates = sampler.rates()

@@ -40,7 +40,7 @@ from .access import (
     token_matches,
 )
 from .chart import chart
-from .data import all_parked, entity_dict, entity_view, error_parts, event_dict, parked_dict
+from .data import all_parked, entity_dict, entity_view, error_parts, parked_dict
 from .sampler import Sampler
 
 HERE = Path(__file__).resolve().parent
@@ -82,14 +82,14 @@ def content_json(content: Any) -> str:
     return json.dumps(content, indent=2, ensure_ascii=False)
 
 
-def _templates() -> Jinja2Templates:
-    templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters["ago"] = ago
-    templates.env.filters["content_json"] = content_json
-    templates.env.globals["error_parts"] = error_parts
-    templates.env.globals["event_dict"] = event_dict
-    templates.env.globals["content_shown"] = CONTENT_SHOWN
-    return templates
+def templates() -> Jinja2Templates:
+    """The dashboard's Jinja2 templates with their filters."""
+    made = Jinja2Templates(directory=HERE / "templates")
+    made.env.filters["ago"] = ago
+    made.env.filters["content_json"] = content_json
+    made.env.globals["error_parts"] = error_parts
+    made.env.globals["content_shown"] = CONTENT_SHOWN
+    return made
 
 
 class Dashboard:
@@ -105,7 +105,7 @@ class Dashboard:
         self.sampler = sampler
         self.token = token
         self.read_only = read_only
-        self.templates = _templates()
+        self.templates = templates()
 
     def render(self, request: Request, name: str, status_code: int = 200,
                **context: Any) -> Response:
