@@ -188,3 +188,24 @@ def test_skip_a_parked_entity_in_the_browser_and_see_it_handled(
     wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".chart polyline")) == 2,
          "a line per subscriber in the chart")
     screenshot(browser, "overview")
+
+
+def test_the_open_overview_shows_a_banner_while_redis_is_down(
+    browser: Any, serve: Callable[[Any], str]
+) -> None:
+    import fakeredis
+
+    from es_workers import Store
+
+    server = fakeredis.FakeServer(version=(7, 0))
+    store = Store(RedisStorage(fakeredis.FakeRedis(server=server)), events=ACCOUNT_EVENTS)
+    store.subscribe("account", "balances", lambda event: None)
+    browser.get(serve(create_app(store, sample_every=0.3)) + "/")
+    wait(lambda: "balances" in text_of(browser, "#subscribers"), "the overview")
+    browser.execute_script("window.notReloaded = true")
+
+    server.connected = False
+    wait(lambda: "cannot reach Redis" in text_of(browser, "#overview .banner"), "the banner")
+    server.connected = True
+    wait(lambda: "balances" in text_of(browser, "#subscribers"), "the overview again")
+    assert browser.execute_script("return window.notReloaded") is True
