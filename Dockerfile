@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY es_workers ./es_workers
 COPY examples ./examples
 COPY config ./config
-RUN pip install . && useradd --system --no-create-home app
+RUN pip install .[dashboard] && useradd --system --no-create-home app
 USER app
 
 # APP (module:attribute) is imported with /app, the working directory, on sys.path.

@@ -54,7 +54,7 @@ def test_procfile_runs_publisher_and_worker_of_the_example_with_exec() -> None:
 def test_compose_runs_durable_redis_and_the_two_processes() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "publisher", "worker"}
+    assert set(services) == {"redis", "publisher", "worker", "dashboard"}
 
     redis_args = services["redis"]["command"]
     options = dict(zip(redis_args[1::2], redis_args[2::2], strict=True))
@@ -66,6 +66,10 @@ def test_compose_runs_durable_redis_and_the_two_processes() -> None:
 
     assert services["publisher"]["command"] == "es-workers publish examples.bank:store"
     assert services["worker"]["command"].startswith("es-workers worker examples.bank:store")
+    dashboard = services["dashboard"]
+    assert dashboard["command"].startswith("es-workers dashboard examples.bank:store")
+    assert dashboard["ports"] == ["127.0.0.1:8642:8642"]
+    assert dashboard["environment"]["ES_DASHBOARD_TOKEN"].startswith("${ES_DASHBOARD_TOKEN:?")
     for name in ("publisher", "worker"):
         service = services[name]
         assert service["build"] == "."

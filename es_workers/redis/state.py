@@ -343,6 +343,25 @@ class SubscriberState:
             for entity_id, number in page.items()
         }
 
+    def move_checkpoints(self, subscriber_id: str, entity_type: str,
+                         numbers: dict[str, int]) -> None:
+        """Marks entities' events up to the given numbers handled without handling them
+        (a subscriber that starts from now; benchmarks). Never moves a checkpoint back."""
+        keys = {
+            entity_id: self._checkpoints(
+                subscriber_id, entity_type, self.keys.partition(entity_type, entity_id)
+            )
+            for entity_id in numbers
+        }
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hget(key, entity_id)
+        current = dict(zip(keys, pipe.execute(), strict=True))
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hset(key, entity_id, max(numbers[entity_id], int(current[entity_id] or 0)))
+        pipe.execute()
+
     def parked(self, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
         """Entities parked for the subscriber, oldest first."""
         return sorted(
