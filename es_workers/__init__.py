@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING, Any
 
 from .bus import EventBus, InMemoryEventBus, NotifyingEventBus
@@ -27,6 +29,11 @@ from .upgrade import EventUpgrade
 
 if TYPE_CHECKING:
     from .bus.dramatiq import DramatiqEventBus
+
+try:
+    __version__ = _distribution_version("es_workers")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConcurrencyError",

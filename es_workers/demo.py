@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import admin
-from .settings import redact_url
+from .settings import redact_url, require_fakeredis
 
 APP_MODULE = "es_workers.examples.bank"
 APP = f"{APP_MODULE}:store"
@@ -60,6 +60,7 @@ class EmbeddedRedis:
     """fakeredis served over TCP on a free local port, from a thread of this process."""
 
     def __init__(self) -> None:
+        require_fakeredis()
         import fakeredis
 
         class Server(fakeredis.TcpFakeServer):

@@ -10,6 +10,7 @@ broker, DramatiqEventBus) in one place; `Store.from_settings` calls it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -337,10 +338,21 @@ _embedded_lock = threading.Lock()
 _embedded: fakeredis.FakeServer | None = None
 
 
+def require_fakeredis() -> None:
+    """The embedded Redis needs fakeredis, an extra (`demo`), not a core dependency."""
+    if importlib.util.find_spec("fakeredis") is None:
+        raise ConfigurationError(
+            f"{env_name('redis_url')} is not set, so es_workers would run on an embedded Redis, "
+            "which needs fakeredis: pip install 'es_workers[demo]', or set "
+            f"{env_name('redis_url')}=redis://HOST:6379/0"
+        )
+
+
 def embedded_server() -> fakeredis.FakeServer:
     """The process's embedded Redis (fakeredis), shared by every Store built without
     `redis_url`, as one real server would be. It lives in this process only."""
     global _embedded
+    require_fakeredis()
     import fakeredis
 
     with _embedded_lock:
@@ -353,6 +365,7 @@ def redis_client(settings: Settings) -> redis.Redis:
     import redis
 
     if settings.redis_url is None:
+        require_fakeredis()
         import fakeredis
 
         return fakeredis.FakeRedis(server=embedded_server())
@@ -367,6 +380,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
     if scheme is None:
+        require_fakeredis()
         import fakeredis
 
         from .bus.redis_broker import WakingRedisBroker
