@@ -291,6 +291,21 @@ def test_without_fakeredis_the_demo_exits_2_naming_the_demo_extra(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+def test_pytest_starts_without_fakeredis_and_the_fixture_names_the_extra(
+    tmp_path: Path,
+) -> None:
+    """es_workers' pytest plugin is loaded in every project that installs it and pytest."""
+    (tmp_path / "test_app.py").write_text(
+        "def test_plain():\n    pass\n\n\ndef test_fixture(es_redis):\n    pass\n"
+    )
+    code = ("import sys; sys.modules['fakeredis'] = None; import pytest; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'test_app.py']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_without_es(),
+                            capture_output=True, text=True, timeout=120)
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "es_redis fixture needs fakeredis: pip install 'es_workers[demo]'" in result.stdout
+
+
 def test_package_metadata_license_classifiers_and_version() -> None:
     import tomllib
     from importlib.metadata import metadata, version
