@@ -60,13 +60,20 @@ def compose(name: str) -> dict[str, Any]:
     return cast(dict[str, Any], yaml.safe_load((ROOT / name).read_text()))
 
 
-def redis_options(args: list[str]) -> dict[str, str]:
-    """`redis-server --name value ...` as {'name': 'value'}, with a config file's lines
-    (a path under config/, as the cluster nodes mount it) read first."""
+def redis_options(service: dict[str, Any]) -> dict[str, str]:
+    """The settings of a `redis-server` service as {'name': 'value'}: its config file (when
+    the command names one, read from the host file mounted there), then `--name value`."""
+    args = service["command"]
+    assert args[0] == "redis-server"
+    mounted = {
+        target: source
+        for source, target, *_ in (volume.split(":") for volume in service.get("volumes", []))
+        if source.startswith("./")
+    }
     options: dict[str, str] = {}
     rest = args[1:]
     if rest and not rest[0].startswith("--"):
-        conf = ROOT / "config" / Path(rest[0]).name.replace("redis.conf", "redis-cluster.conf")
+        conf = ROOT / mounted[rest[0]]
         for line in conf.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 key, value = line.split(maxsplit=1)
@@ -91,9 +98,7 @@ def test_compose_runs_durable_redis_and_the_two_processes() -> None:
     services = compose("docker-compose.yml")["services"]
     assert set(services) == {"redis", "publisher", "worker"}
 
-    redis_args = services["redis"]["command"]
-    options = redis_options(redis_args)
-    assert redis_args[0] == "redis-server"
+    options = redis_options(services["redis"])
     assert options["appendonly"] == "yes"
     assert options["appendfsync"] in ("everysec", "always")
     assert "/data" in services["redis"]["volumes"][0]
@@ -124,7 +129,7 @@ def test_compose_redis_is_7_2_or_later_loaded_and_never_evicts(name: str) -> Non
         version = re.match(r"redis:(\d+)\.(\d+)", node["image"])
         assert version, f"{node_name}: pin a Redis version, not {node['image']!r}"
         assert (int(version[1]), int(version[2])) >= (7, 2), node_name  # WAITAOF
-        options = redis_options(node["command"])
+        options = redis_options(node)
         assert options["appendonly"] == "yes", node_name
         assert options["maxmemory-policy"] == "noeviction", node_name
         assert re.fullmatch(r"\d+[kmg]b", options["maxmemory"]), node_name
@@ -157,7 +162,7 @@ def test_cluster_profile_runs_three_masters_rabbitmq_and_the_app() -> None:
     nodes = redis_services(services)
     assert set(nodes) == {"redis-1", "redis-2", "redis-3"}
     for node_name, node in nodes.items():
-        options = redis_options(node["command"])
+        options = redis_options(node)
         assert options["cluster-enabled"] == "yes"
         assert options["cluster-announce-hostname"] == node_name
         mounts = " ".join(node["volumes"])
