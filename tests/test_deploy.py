@@ -85,7 +85,8 @@ def redis_options(service: dict[str, Any]) -> dict[str, str]:
 
 def redis_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: s for name, s in services.items()
-            if s.get("image", "").startswith("redis:") and s.get("command", [""])[0] == "redis-server"}
+            if s.get("image", "").startswith("redis:")
+            and s.get("command", [""])[0] == "redis-server"}
 
 
 def app_environment(service: dict[str, Any]) -> dict[str, str]:
