@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -28,6 +31,11 @@ from .store import Store
 from .stream import Stream
 from .upgrade import EventUpgrade
 from .workers import DramatiqEventBus
+
+try:
+    __version__ = _distribution_version("es_workers")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConcurrencyError",

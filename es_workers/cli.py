@@ -56,6 +56,24 @@ parked_app = typer.Typer(
 )
 app.add_typer(parked_app, name="parked")
 
+
+def print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"es-workers {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True,
+                           help="Print the version of es_workers and exit")
+    ] = False,
+) -> None:
+    """Event sourcing on Redis with Dramatiq workers: run, inspect and repair an app."""
+
 AppRef = Annotated[
     str,
     typer.Argument(
