@@ -127,14 +127,21 @@ class Processes:
         self.env = env
         self.logs = logs
         self.started = 0
+        self.running: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         self.started += 1
         out = open(self.logs / f"{name}-{self.started}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
+        process = subprocess.Popen(
             list(argv), cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # a group of its own: kill reaches Dramatiq's children
         )
+        self.running.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            stop(process, signal.SIGTERM)
 
     def publisher(self) -> subprocess.Popen[bytes]:
         return self.start("publisher", ES_WORKERS, "publish", APP)
@@ -316,63 +323,66 @@ def main() -> int:
     os.environ.update(env)  # this process opens the same store to watch it
     sys.path.insert(0, str(ROOT))
     app = importlib.import_module("bench.soak_app")
-    client: redis.Redis = app.client
     logs = Path(args.logs or f"/tmp/{prefix}")
     logs.mkdir(parents=True, exist_ok=True)
+    processes = Processes(env, logs)
     report = Report()
+    try:
+        run(args, app, processes, report)
+    finally:
+        processes.stop_all()
+        if not args.keep:
+            delete_prefix(app.client, prefix)
+    report.print()
+    return 1 if report.failures else 0
+
+
+def run(args: argparse.Namespace, app: ModuleType, processes: Processes, report: Report) -> None:
+    client: redis.Redis = app.client
     heads = events_per_entity(args.entities, args.events)
     baseline = int(client.info("memory")["used_memory"])
-    processes = Processes(env, logs)
     publisher = processes.publisher()
     workers = [processes.worker(0), processes.worker(1)]
     booted = time.monotonic() + 60
     while any(group_rss_kb(w.pid)[1] < 2 for w in workers):  # Dramatiq has forked its worker
         if time.monotonic() > booted:
-            raise SystemExit(f"the workers did not start in 60 s: logs in {logs}")
+            raise SystemExit(f"the workers did not start in 60 s: logs in {processes.logs}")
         time.sleep(0.1)
     started = time.monotonic()
     writers = [processes.writer(part, args) for part in range(args.writers)]
     warm: dict[str, str] = {}
     killed = False
-    try:
-        while any(w.poll() is None for w in writers):
-            written = int(client.get(f"{prefix}:soak:written") or 0)
-            if not warm and written >= args.events // 10:
-                warm = rss_row(publisher, workers)
-            if not killed and written >= args.events // 2:
-                stop(workers[0], signal.SIGKILL)
-                workers[0] = processes.worker(0)
-                killed = True
-                report.add("worker 0 killed (kill -9) at", f"{written} events written")
-            time.sleep(0.1)
-        write_seconds = time.monotonic() - started
-        for w in writers:
-            if w.returncode != 0:
-                report.fail(f"a writer exited with {w.returncode} (logs in {logs})")
-        if not killed:  # the writers were quicker than the polling: kill during the drain
-            report.add("worker 0 killed (kill -9) at", "the start of the drain")
+    while any(w.poll() is None for w in writers):
+        written = int(client.get(f"{app.PREFIX}:soak:written") or 0)
+        if not warm and written >= args.events // 10:
+            warm = rss_row(publisher, workers)
+        if not killed and written >= args.events // 2:
             stop(workers[0], signal.SIGKILL)
             workers[0] = processes.worker(0)
-        if not warm:
-            warm = rss_row(publisher, workers)
-        status = drained(app, report, time.monotonic() + args.seconds, args.entities)
-        drain_seconds = time.monotonic() - started - write_seconds
-        time.sleep(2.5)  # locks of the killed worker expire (ES_LOCK_MS), sweeps settle
-        end = rss_row(publisher, workers)
-        check_handled(app, heads, status, report)
-        counts, memory = keys_by_kind(client, prefix)
-        used_memory = int(client.info("memory")["used_memory"]) - baseline
-    finally:
-        for process in [publisher, *workers, *writers]:
-            stop(process, signal.SIGTERM)
+            killed = True
+            report.add("worker 0 killed (kill -9) at", f"{written} events written")
+        time.sleep(0.1)
+    write_seconds = time.monotonic() - started
+    for w in writers:
+        if w.returncode != 0:
+            report.fail(f"a writer exited with {w.returncode} (logs in {processes.logs})")
+    if not killed:  # the writers were quicker than the polling: kill during the drain
+        report.add("worker 0 killed (kill -9) at", "the start of the drain")
+        stop(workers[0], signal.SIGKILL)
+        workers[0] = processes.worker(0)
+    if not warm:
+        warm = rss_row(publisher, workers)
+    status = drained(app, report, time.monotonic() + args.seconds, args.entities)
+    drain_seconds = time.monotonic() - started - write_seconds
+    time.sleep(2.5)  # locks of the killed worker expire (ES_LOCK_MS), sweeps settle
+    end = rss_row(publisher, workers)
+    check_handled(app, heads, status, report)
+    counts, memory = keys_by_kind(client, app.PREFIX)
+    used_memory = int(client.info("memory")["used_memory"]) - baseline
     parked = [p.entity_id for s in status.subscribers for p in s.parked]
     report_run(report, args, write_seconds, drain_seconds, warm, end)
     report_keys(report, counts, memory, expected_keys(app, args.entities, parked), used_memory,
                 args.events)
-    report.print()
-    if not args.keep:
-        delete_prefix(client, prefix)
-    return 1 if report.failures else 0
 
 
 def rss_row(publisher: subprocess.Popen[bytes],
