@@ -8,7 +8,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class Content(BaseModel):
@@ -18,6 +18,10 @@ class Content(BaseModel):
     class name. Renaming a class therefore needs `event_name` set to the old name, or an
     upgrade.
     """
+
+    # NaN and infinities are written as the JSON constants NaN / Infinity, which reading
+    # accepts: pydantic's default writes null, which a float field then refuses to read.
+    model_config = ConfigDict(ser_json_inf_nan="constants")
 
     event_name: ClassVar[str]
 
