@@ -10,7 +10,7 @@ from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
-from .tracing import append_span, traceparent
+from .tracing import append_span
 from .upgrade import Reader, Reading
 
 WriteStored = Callable[[str, Sequence[Event]], None]
@@ -76,8 +76,10 @@ class Stream:
             )
         self._may_write = True
         entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
-        with append_span(entity_type, entity_id, position + 1, position + len(contents)):
-            stored = for_write(given, traceparent())
+        with append_span(
+            entity_type, entity_id, position + 1, position + len(contents)
+        ) as trace_context:
+            stored = for_write(given, trace_context)
             now = datetime.now(UTC)
             events = [
                 # store_entity_id is the storage's to tell (the entity's first event's ID)

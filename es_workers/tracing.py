@@ -1,8 +1,8 @@
 """OpenTelemetry spans, when `opentelemetry-api` is installed (`pip install
 'es_workers[otel]'`; the application brings the SDK). Without it these are no-ops.
 
-- `append_span`: a write runs in a span `es.append`; while a span context is active its W3C
-  `traceparent` is stored in the events' metadata (`traceparent()` gives it).
+- `append_span`: a write runs in a span `es.append`; when the write belongs to a trace (a
+  span was active), that span's W3C `traceparent` is stored in the events' metadata.
 - `handle_span`: each handler call runs in a span `es.handle` whose parent is the context
   stored with the event, so one trace runs from the web request through the publisher and
   worker processes to the handler, and on into the events it writes.
@@ -32,12 +32,25 @@ def enabled() -> bool:
     return trace is not None
 
 
+_NO_TRACE: dict[str, str] = {}
+
+
 def append_span(
     entity_type: str, entity_id: str, first: int, last: int
-) -> AbstractContextManager[Any]:
+) -> AbstractContextManager[dict[str, str]]:
+    """Runs a write in a span `es.append`; gives the metadata to store with the events: the
+    `traceparent` of that span when the write belongs to a trace (a span was active), else
+    nothing (a root write stores nothing extra)."""
     if trace is None:
-        return nullcontext()
-    return trace.get_tracer(_TRACER_NAME).start_as_current_span(
+        return nullcontext(_NO_TRACE)
+    return _append_span(entity_type, entity_id, first, last)
+
+
+@contextmanager
+def _append_span(entity_type: str, entity_id: str, first: int, last: int
+                 ) -> Iterator[dict[str, str]]:
+    traced = trace.get_current_span().get_span_context().is_valid
+    with trace.get_tracer(_TRACER_NAME).start_as_current_span(
         "es.append",
         kind=trace.SpanKind.PRODUCER,
         attributes={
@@ -47,13 +60,11 @@ def append_span(
             "es.last_event_number": last,
             "es.event_count": last - first + 1,
         },
-    )
+    ):
+        yield _traceparent() if traced else _NO_TRACE
 
 
-def traceparent() -> dict[str, str]:
-    """The active span context as {"traceparent": ...}, or {} when none is active."""
-    if trace is None or not trace.get_current_span().get_span_context().is_valid:
-        return {}
+def _traceparent() -> dict[str, str]:
     carrier: dict[str, str] = {}
     inject(carrier)
     return {TRACEPARENT: carrier[TRACEPARENT]} if TRACEPARENT in carrier else {}
