@@ -427,14 +427,18 @@ def test_procfile_under_honcho_handles_events_and_stops_cleanly_on_sigterm(
         module.deposit("a1", 100)
         module.deposit("a2", 10)
         module.withdraw("a2", 5)
-        module.transfer("a1", "a2", 30)  # a2 is credited by the `transfers` subscriber
-        expected = {"a1": 70, "a2": 35}
+        # a2 is credited by the `transfers` subscriber; transfer waits for it (wait_for), so
+        # a withdrawal right after sees the credit.
+        module.transfer("a1", "a2", 30, wait_s=60)
+        module.withdraw("a2", 35)
+        expected = {"a1": 70, "a2": 0}
+
         def honcho_runs() -> None:
             assert honcho.poll() is None, "honcho exited early"
 
         wait_for(lambda: module.balances() == expected, f"balances {expected}", timeout=60,
                  interval=0.05, check=honcho_runs)
-        activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 1, "TransferSent": 1,
+        activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 2, "TransferSent": 1,
                     "TransferReceived": 1}
         wait_for(lambda: module.activity() == activity, f"activity {activity}", timeout=10,
                  interval=0.05)
