@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from .admin import ParkedEntity, StoreStatus
 from .demo import run_demo
 from .errors import ConfigurationError, EsError, UnknownNameError
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
-from .observability import configure_logging, serve_metrics
+from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
 from .redis.storage import RedisStorage
 from .settings import Settings, example_toml, load_settings, unknown_variables
 from .store import Store
@@ -270,7 +271,7 @@ def publish(app_ref: AppRef) -> None:
         store = load_app(app_ref)
         require_shared_redis(store, "publish")
         if settings.metrics_port is not None:
-            serve_metrics(settings.metrics_port)
+            SharedMetricsServer(settings.metrics_port).start()
         stop.on_stop = store.close  # the running round finishes, then start() returns
         if stop.requested:
             return
@@ -326,6 +327,9 @@ def worker(
         # Dramatiq reads its poll timeout and prefetch from the environment when imported,
         # so the workers run in a fresh process.
         env = {**os.environ, **settings.worker_environment()}
+        if settings.metrics_port is not None and not env.get(MULTIPROC_DIR_ENV):
+            # Every worker process writes its metrics there; one serves them all.
+            env[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="es-workers-metrics-")
         log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
                  " ".join(argv[1:]))
         sys.stdout.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
@@ -10,7 +11,12 @@ from typing import Any
 
 import dramatiq
 
-from ..observability import METRICS_PORTS_PER_HOST, configure_logging, serve_metrics
+from ..observability import (
+    MULTIPROC_DIR_ENV,
+    SharedMetricsServer,
+    configure_logging,
+    forget_process_metrics,
+)
 from ..redis.heartbeats import BeatingThread, Heartbeats
 from .dramatiq_internals import stop_already_requested
 
@@ -38,10 +44,14 @@ class WorkerProcessSetup(dramatiq.Middleware):
     def after_process_boot(self, broker: Any) -> None:
         configure_logging(self.log_level, self.log_format, replace=True)
         if self.metrics_port is not None:
-            try:
-                serve_metrics(self.metrics_port + 1, search=METRICS_PORTS_PER_HOST - 1)
-            except OSError as error:
-                log.error("metrics are off in this worker process: %s", error)
+            if not os.environ.get(MULTIPROC_DIR_ENV):
+                log.warning("%s is not set: metrics port %d serves one worker process only "
+                            "(`es-workers worker` sets it)", MULTIPROC_DIR_ENV,
+                            self.metrics_port)
+            SharedMetricsServer(self.metrics_port).start()
+
+    def before_process_stop(self, broker: Any) -> None:
+        forget_process_metrics()
 
 
 class WorkerHeartbeat(dramatiq.Middleware):
