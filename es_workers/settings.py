@@ -175,8 +175,8 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65_535,
-        description="Prometheus metrics: publisher on this port, worker processes on the "
-        "next ones; unset: off",
+        description="Prometheus metrics of every es_workers process of the container (or host) "
+        "on this one port; unset: off",
         examples=[9191],
     )
 
@@ -374,6 +374,21 @@ def redact_url(url: str | None) -> str | None:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
+class _EsDotEnv(DotEnvSettingsSource):
+    """A .env file may hold other programs' variables (docker compose reads it too): only
+    `ES_...` ones are read, and an `ES_...` one that is no setting is refused as a typo."""
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = ENV_PREFIX.lower()
+        values = {}
+        for name, value in super().__call__().items():
+            if name in self.settings_cls.model_fields:
+                values[name] = value
+            elif name.lower().startswith(prefix):
+                values[name[len(prefix):].lower()] = value
+        return values
+
+
 def file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsSource]:
     """The .env file and the secrets directory, when there are any. Precedence, highest
     first: keyword arguments, environment, .env file, secrets directory, TOML file,
@@ -381,7 +396,7 @@ def file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsS
     sources: list[PydanticBaseSettingsSource] = []
     env_file = Path(os.environ.get(ENV_FILE_ENV) or DEFAULT_ENV_FILE)
     if env_file.is_file():
-        sources.append(DotEnvSettingsSource(settings_cls, env_file=env_file))
+        sources.append(_EsDotEnv(settings_cls, env_file=env_file))
     elif os.environ.get(ENV_FILE_ENV):
         raise ConfigurationError(f"{ENV_FILE_ENV}={str(env_file)!r}: no such file")
     named = os.environ.get(SECRETS_DIR_ENV)
