@@ -356,7 +356,7 @@ def status(
     max_parked: Annotated[int, typer.Option(
         "--max-parked", min=0, help="With --check: parked entities a subscriber may have")] = 0,
     watch: Annotated[bool, typer.Option(
-        "--watch", help="Refresh until interrupted (Ctrl-C)")] = False,
+        "--watch", help="Refresh until interrupted (Ctrl-C); not with --check")] = False,
     interval: Annotated[float, typer.Option(
         "--interval", min=0.1, help="Seconds between refreshes with --watch")] = 2.0,
 ) -> None:
@@ -364,24 +364,31 @@ def status(
     the error and the end of its traceback)."""
     settings_or_exit()
     store = load_app(app_ref)
-    limits = Thresholds(max_lag=max_lag, max_parked=max_parked)
-    while True:
-        with reported_errors():
-            report = admin.status(store)
-        if watch and not as_json:
-            out.clear()
-        if as_json:
-            typer.echo(json.dumps(report.to_dict(), indent=2))
-        else:
-            print_status(app_ref, store, report)
-        if not watch:
-            break
+    if watch and check:
+        fail("--watch refreshes until interrupted; --check exits once: use one of them",
+             EXIT_USAGE)
+    if watch:
         try:
-            time.sleep(interval)
+            while True:
+                show_status(app_ref, store, as_json, clear=not as_json)
+                time.sleep(interval)
         except KeyboardInterrupt:
-            return
+            return  # how a watch ends
+    report = show_status(app_ref, store, as_json)
     if check:
-        exit_past_thresholds(report, limits)
+        exit_past_thresholds(report, Thresholds(max_lag=max_lag, max_parked=max_parked))
+
+
+def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) -> StoreStatus:
+    with reported_errors():
+        report = admin.status(store)
+    if clear:
+        out.clear()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_status(app_ref, store, report)
+    return report
 
 
 def exit_past_thresholds(report: StoreStatus, limits: Thresholds) -> None:
