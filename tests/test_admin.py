@@ -119,9 +119,9 @@ def test_unknown_subscribers_and_entity_types_are_refused_naming_the_known_ones(
     delivery: Delivery,
 ) -> None:
     delivery.store.subscribe("account", "balances", Recorder())
-    with pytest.raises(UnknownNameError, match="'nobody' is not registered.*'balances'"):
+    with pytest.raises(UnknownNameError, match=r"'nobody' is not registered.*'balances'"):
         admin.replay(delivery.store, "nobody")
-    with pytest.raises(UnknownNameError, match="unknown entity type 'nosuchtype'.*'account'"):
+    with pytest.raises(UnknownNameError, match=r"unknown entity type 'nosuchtype'.*'account'"):
         admin.replay(delivery.store, "balances", "nosuchtype")
     with pytest.raises(UnknownNameError, match="'nobody' is not registered for 'account'"):
         admin.parked(delivery.store, "nobody", "account")

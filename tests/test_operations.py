@@ -197,7 +197,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 def start(deployment: Deployment, log: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [ES_WORKERS, *args, deployment.app], cwd=deployment.cwd, env=deployment.env,
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 

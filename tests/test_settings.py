@@ -221,11 +221,11 @@ def test_a_named_env_file_or_secrets_directory_must_exist(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     clean_env.setenv("ES_ENV_FILE", str(tmp_path / "missing.env"))
-    with pytest.raises(ConfigurationError, match="ES_ENV_FILE=.*no such file"):
+    with pytest.raises(ConfigurationError, match=r"ES_ENV_FILE=.*no such file"):
         load_settings()
     clean_env.delenv("ES_ENV_FILE")
     clean_env.setenv("ES_SECRETS_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigurationError, match="ES_SECRETS_DIR=.*no such directory"):
+    with pytest.raises(ConfigurationError, match=r"ES_SECRETS_DIR=.*no such directory"):
         load_settings()
 
 
