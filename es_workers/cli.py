@@ -35,7 +35,13 @@ from .errors import ConfigurationError, EsError, UnknownNameError
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
 from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
 from .redis.storage import RedisStorage
-from .settings import Settings, example_toml, load_settings, unknown_variables
+from .settings import (
+    Settings,
+    example_toml,
+    load_settings,
+    unknown_variables,
+    warn_unknown_variables,
+)
 from .store import Store
 from .workers.bus import DramatiqEventBus
 
@@ -108,10 +114,13 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def settings_or_exit() -> Settings:
     """Reads and checks the settings, and configures logging from them."""
     try:
-        settings = load_settings()
+        settings = load_settings(report_unknown=False)
     except ConfigurationError as error:
+        configure_logging("WARNING")
+        warn_unknown_variables()  # a typo may be why
         fail(str(error), EXIT_USAGE)
     configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_variables()  # in the format just chosen
     return settings
 
 

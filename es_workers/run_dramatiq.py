@@ -12,12 +12,13 @@ import sys
 from dramatiq.cli import main
 
 from .observability import configure_logging
-from .settings import load_settings
+from .settings import load_settings, warn_unknown_variables
 
 
 def run() -> int:
-    settings = load_settings()
+    settings = load_settings(report_unknown=False)
     configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_variables()
     code: int = main()  # type: ignore[no-untyped-call]
     return code
 

@@ -434,18 +434,28 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
     return found
 
 
+_reported: set[str] = set()  # unknown variables already warned about by this process
+
+
 def warn_unknown_variables() -> None:
+    """A warning per `ES_...` variable that is no setting, once per process."""
     for name, closest in unknown_variables().items():
+        if name in _reported:
+            continue
+        _reported.add(name)
         hint = f"; did you mean {closest}?" if closest else ""
         logging.getLogger("es_workers.settings").warning(
             "environment variable %s is not an es_workers setting%s", name, hint
         )
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, report_unknown: bool = True, **overrides: Any) -> Settings:
     """Reads the settings; any invalid one raises ConfigurationError naming it and its value.
-    Environment variables `ES_...` that are no setting are reported as warnings."""
-    warn_unknown_variables()
+    Environment variables `ES_...` that are no setting are reported as warnings (unless
+    `report_unknown` is False: a caller that configures logging from the settings first
+    calls `warn_unknown_variables` itself)."""
+    if report_unknown:
+        warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as error:

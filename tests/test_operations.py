@@ -101,6 +101,19 @@ def test_a_record_without_an_event_has_only_the_common_fields() -> None:
     assert line["time"].endswith("+00:00")
 
 
+def test_the_cli_logs_json_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
+    env.update(ES_LOG_FORMAT="json", ES_REDIS_ULR="redis://127.0.0.1:6379/0")
+    result = subprocess.run([ES_WORKERS, "config", "--json"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(text) for text in result.stderr.splitlines()]
+    assert line["logger"] == "es_workers.settings"
+    assert line["message"] == ("environment variable ES_REDIS_ULR is not an es_workers "
+                               "setting; did you mean ES_REDIS_URL?")
+    assert json.loads(result.stdout)["log_format"] == "json"
+
+
 # -- Heartbeats and health, in this process --------------------------------------------------
 
 def test_health_needs_a_fresh_heartbeat_of_this_host(
