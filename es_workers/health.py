@@ -48,7 +48,7 @@ def _answers(name: str, ping: Callable[[], object]) -> Check:
     try:
         ping()
     except Exception as error:  # whatever the client raises, the answer is "not healthy"
-        return Check(name, False, f"{type(error).__name__}: {error}")
+        return Check(name, False, f"{type(error).__name__}: {error or 'no answer'}")
     return Check(name, True, "answers")
 
 

@@ -31,6 +31,7 @@ from kit import wait_for, write_at_head
 from es_workers import Event, RedisStorage, Store
 from es_workers.health import check_health
 from es_workers.observability import JsonFormatter
+from es_workers.workers.bus import DramatiqEventBus
 from es_workers.workers.delivery import DeliveryOptions
 
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
@@ -139,6 +140,23 @@ def test_health_needs_a_fresh_heartbeat_of_this_host(
     assert "s old" in stale[2].detail
     # A clean stop removes the beats.
     assert "no heartbeat" in check_health(delivery.store)[2].detail
+
+
+@pytest.mark.parametrize(("port", "answers"), [(5672, True), (1, False)])
+def test_health_reaches_a_rabbitmq_broker(fast_storage: RedisStorage, port: int,
+                                          answers: bool) -> None:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=f"amqp://guest:guest@127.0.0.1:{port}/")
+    store = Store(fast_storage, bus=DramatiqEventBus(broker), events=ACCOUNT_EVENTS)
+    try:
+        broker_check = check_health(store)[1]
+    finally:
+        broker.close()
+    assert broker_check.name == "broker"
+    assert broker_check.ok is answers, broker_check.detail
+    if not answers:
+        assert "AMQPConnectionError" in broker_check.detail
 
 
 def test_health_says_when_redis_does_not_answer() -> None:
