@@ -67,7 +67,7 @@ def _ping_broker(store: Store) -> None:
 def _heartbeats(storage: RedisStorage, role: str | None, host: str, max_age_s: float) -> Check:
     beats = [b for b in storage.heartbeats.read()
              if (role is None or b.role == role) and (host == "*" or b.host == host)]
-    what = f"{role or 'any'} process{'' if host == '*' else f' on {host}'}"
+    what = f"{role or 'publisher or worker'} process" + ("" if host == "*" else f" on {host}")
     if not beats:
         return Check("heartbeat", False, f"no heartbeat from a {what}")
     fresh = [b for b in beats if b.age_s() <= max_age_s]
