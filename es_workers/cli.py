@@ -364,6 +364,9 @@ def status(
         "[default: not checked]")] = None,
     max_parked: Annotated[int, typer.Option(
         "--max-parked", min=0, help="With --check: parked entities a subscriber may have")] = 0,
+    max_backlog: Annotated[int | None, typer.Option(
+        "--max-backlog", min=0, help="With --check: outbox entries not yet relayed "
+        "[default: not checked]")] = None,
     watch: Annotated[bool, typer.Option(
         "--watch", help="Refresh until interrupted (Ctrl-C); not with --check")] = False,
     interval: Annotated[float, typer.Option(
@@ -385,7 +388,8 @@ def status(
             return  # how a watch ends
     report = show_status(app_ref, store, as_json)
     if check:
-        exit_past_thresholds(report, Thresholds(max_lag=max_lag, max_parked=max_parked))
+        exit_past_thresholds(report, Thresholds(max_lag=max_lag, max_parked=max_parked,
+                                                max_backlog=max_backlog))
 
 
 def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) -> StoreStatus:

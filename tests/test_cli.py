@@ -324,6 +324,12 @@ def test_status_check_exits_3_past_a_threshold(app_module: ModuleType) -> None:
                                   "--max-lag", "0", "--json"])
     assert lagging.exit_code == 3
     assert "audit on account: 1 events behind > 0" in lagging.stderr
+    assert "outbox backlog" not in lagging.stderr
+
+    backlog = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
+                                  "--max-backlog", "0"])
+    assert backlog.exit_code == 3
+    assert "check failed: outbox backlog 1 > 0" in backlog.output
     assert json.loads(lagging.stdout)["outbox_backlog"] >= 1  # the report is still printed
 
 
