@@ -31,6 +31,7 @@ from kit import wait_for, write_at_head
 from es_workers import Event, RedisStorage, Store
 from es_workers.health import check_health
 from es_workers.observability import JsonFormatter
+from es_workers.redis.heartbeats import FORGET_AFTER_MS
 from es_workers.workers.bus import DramatiqEventBus
 from es_workers.workers.delivery import DeliveryOptions
 
@@ -157,6 +158,19 @@ def test_health_reaches_a_rabbitmq_broker(fast_storage: RedisStorage, port: int,
     assert broker_check.ok is answers, broker_check.detail
     if not answers:
         assert "AMQPConnectionError" in broker_check.detail
+
+
+def test_a_beat_long_dead_is_forgotten_by_the_next_beat(storage: RedisStorage) -> None:
+    heartbeats = storage.heartbeats
+    long_ago = int(time.time() * 1000) - FORGET_AFTER_MS - 1000
+    storage.client.hset(heartbeats.key, "worker:gone-host:4242", long_ago)  # a kill -9
+    assert [(b.role, b.host, b.pid) for b in heartbeats.read()] == [("worker", "gone-host", 4242)]
+    heartbeats.beat("publisher")
+    [beat] = heartbeats.read()
+    assert (beat.role, beat.host, beat.pid) == ("publisher", socket.gethostname(), os.getpid())
+    assert beat.age_s() < 5
+    heartbeats.stop("publisher")
+    assert heartbeats.read() == []
 
 
 def test_health_says_when_redis_does_not_answer() -> None:
