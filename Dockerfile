@@ -33,13 +33,14 @@ RUN pip install --no-cache-dir --no-deps . \
 # Numeric, so that a platform can check it is not root (e.g. Kubernetes runAsNonRoot).
 USER 10001:10001
 
-# Prometheus metrics when ES_METRICS_PORT is set: the publisher on that port, worker
-# processes on the next ones.
-EXPOSE 9191 9192 9193
+# Prometheus metrics when ES_METRICS_PORT is set: every es_workers process of the container
+# on that one port (`es-workers worker` shares its worker processes' metrics through a
+# PROMETHEUS_MULTIPROC_DIR of its own).
+EXPOSE 9191
 
 # APP (module:attribute naming the Store) is imported with /app, the working directory, on
-# sys.path; set APP to your own app. `es-workers health` exits non-zero when the process
-# cannot do its work.
+# sys.path; set APP to your own app. `es-workers health` exits 1 unless Redis and the broker
+# answer and a process of this container (publisher or worker) beat in the last 30 s.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
     CMD ["sh", "-c", "exec es-workers health \"$APP\""]
 

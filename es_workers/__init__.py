@@ -20,6 +20,7 @@ from .errors import (
     StreamNotReadError,
     SubscriberError,
     UnknownEventError,
+    UnknownNameError,
     WaitTimeoutError,
 )
 from .event import Content, Event, Handler
@@ -66,5 +67,6 @@ __all__ = [
     "StreamNotReadError",
     "SubscriberError",
     "UnknownEventError",
+    "UnknownNameError",
     "WaitTimeoutError",
 ]

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigurationError
-from .names import check_entity_id, check_entity_type
+from .errors import ConfigurationError, UnknownNameError
+from .names import check_entity_id
+from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
 from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
@@ -18,6 +19,8 @@ __all__ = [
     "ParkedEntity",
     "StoreStatus",
     "SubscriberStatus",
+    "check_entity_type",
+    "check_subscriber",
     "count_entities",
     "parked",
     "replay",
@@ -62,8 +65,38 @@ def _notifying(store: Store) -> NotifyingEventBus:
     return store.bus
 
 
+def check_entity_type(store: Store, entity_type: str) -> None:
+    """Raises UnknownNameError, naming the app's entity types, if it has no `entity_type`."""
+    check_entity_type_name(entity_type)
+    known = store.entity_types()
+    if entity_type not in known:
+        raise UnknownNameError(
+            f"unknown entity type {entity_type!r}: this app has {_listed(known)}"
+        )
+
+
+def check_subscriber(store: Store, subscriber_id: str, entity_type: str | None = None) -> None:
+    """Raises UnknownNameError, naming the known subscribers, if `subscriber_id` is not
+    registered (for `entity_type`, or for any type when None)."""
+    if entity_type is not None:
+        check_entity_type(store, entity_type)
+    types = [entity_type] if entity_type is not None else store.entity_types()
+    known = sorted({s for kind in types for s in store.subscriber_ids(kind)})
+    if subscriber_id not in known:
+        where = f"for {entity_type!r}" if entity_type is not None else "in this app"
+        raise UnknownNameError(
+            f"subscriber {subscriber_id!r} is not registered {where}: known subscribers "
+            f"{_listed(known)}"
+        )
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in sorted(names)) or "none"
+
+
 def parked(store: Store, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
     """Entities parked for the subscriber: a handler kept failing on `event_number`."""
+    check_subscriber(store, subscriber_id, entity_type)
     return _state(store).parked(subscriber_id, entity_type)
 
 
@@ -95,7 +128,7 @@ def _unpark(
 ) -> ParkedEntity:
     state = _state(store)
     bus = _notifying(store)
-    check_entity_type(entity_type)
+    check_subscriber(store, subscriber_id, entity_type)
     check_entity_id(entity_id)
     entity = state.unpark(state.entity(subscriber_id, entity_type, entity_id), skip=skip)
     bus.notify(entity_type, entity_id, None, [subscriber_id])
@@ -137,14 +170,12 @@ def replay(
     storage = _redis(store)
     state = storage.state
     bus = _notifying(store)
+    check_subscriber(store, subscriber_id, entity_type)
     types = [entity_type] if entity_type else [
         t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)
     ]
-    if not types:
-        raise ConfigurationError(f"subscriber {subscriber_id!r} is not registered in this app")
     sent = 0
     for kind in types:
-        check_entity_type(kind)
         state.forget(subscriber_id, kind)
         token: str | None = None
         while True:

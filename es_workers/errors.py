@@ -88,6 +88,11 @@ class SubscriberError(EsError, ValueError):
     """A subscriber cannot be registered (bad ID, or the ID is taken for that entity type)."""
 
 
+class UnknownNameError(EsError, LookupError):
+    """An entity type or subscriber ID this app does not have (the message names the known
+    ones)."""
+
+
 class ConfigurationError(EsError, ValueError):
     """Settings or storage parameters are invalid or disagree with what Redis holds."""
 

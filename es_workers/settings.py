@@ -17,13 +17,15 @@ import os
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -165,10 +167,16 @@ class Settings(BaseSettings):
     log_level: str = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Logs of every process (CLI, publisher, Dramatiq workers): text lines, or "
+        "json: one object per line with time, level, logger, pid, message and the event's "
+        "fields",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65_535,
-        description="Prometheus metrics: publisher on this port, worker processes on the "
-        "next ones; unset: off",
+        description="Prometheus metrics of every es_workers process of the container (or host) "
+        "on this one port; unset: off",
         examples=[9191],
     )
 
@@ -181,16 +189,17 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, *file_sources(settings_cls)]
         path = config_file()
         if path is None:
-            return (init_settings, env_settings)
+            return tuple(sources)
         try:
             toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         except tomllib.TOMLDecodeError as error:
             raise ConfigurationError(
                 f"config file {str(path)!r} is not valid TOML: {error}"
             ) from None
-        return (init_settings, env_settings, toml)
+        return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
                      "metrics_port", mode="before")
@@ -201,20 +210,13 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL (or unset: embedded)")
-        return value
+        return None if value is None else check_url(value, REDIS_SCHEMES, "unset: embedded")
 
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str | None) -> str | None:
-        schemes = ("redis", "rediss", "unix", "amqp", "amqps", "stub")
-        if value is not None and urlsplit(value).scheme not in schemes:
-            raise ValueError(
-                "must be a redis://, rediss://, unix://, amqp://, amqps:// or stub:// URL "
-                "(or unset: the Redis of redis_url)"
-            )
-        return value
+        schemes = (*REDIS_SCHEMES, "amqp", "amqps", "stub")
+        return None if value is None else check_url(value, schemes, "unset: the Redis of redis_url")
 
     @field_validator("prefix")
     @classmethod
@@ -320,16 +322,90 @@ def example_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- Operator safety: URLs, redaction, .env and secrets files (issue 10) -------------------
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+ENV_FILE_ENV = "ES_ENV_FILE"  # the .env file read (default: .env in the current directory)
+SECRETS_DIR_ENV = "ES_SECRETS_DIR"  # a directory of one file per setting (default /run/secrets)
+DEFAULT_ENV_FILE = Path(".env")
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+def check_url(url: str, schemes: tuple[str, ...], unset: str) -> str:
+    """Returns `url` if its scheme, host, port and (Redis) database number are valid; else
+    raises ValueError saying what is wrong, never quoting the URL (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # urllib's message quotes the bad part, which may be secret
+        what = "port" if "port" in str(error).lower() else "URL"
+        raise ValueError(f"the {what} is not valid: a port is a number in 1..65535") from None
+    if parts.scheme not in schemes:
+        listed = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"must be a {listed} URL ({unset})")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path: unix:///path/to/redis.sock")
+    elif parts.scheme != "stub":
+        if not parts.hostname:
+            raise ValueError(f"has no host: {parts.scheme}://HOST:PORT/...")
+        if port == 0:
+            raise ValueError("the port is not valid: a port is a number in 1..65535")
+    if parts.scheme in ("redis", "rediss"):
+        _check_redis_db(parts.path, parse_qs(parts.query).get("db", []))
+    return url
+
+
+def _check_redis_db(path: str, query_db: list[str]) -> None:
+    for db in [path.strip("/"), *query_db]:
+        if db and not db.isdigit():
+            raise ValueError(f"the database must be a number, as in redis://host:6379/0, "
+                             f"not {db!r}")
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL with its password replaced by '***'."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with its password replaced by '***' (works on malformed URLs too)."""
+    if url is None or "@" not in url:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    scheme, separator, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    if not separator or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+class _EsDotEnv(DotEnvSettingsSource):
+    """A .env file may hold other programs' variables (docker compose reads it too): only
+    `ES_...` ones are read, and an `ES_...` one that is no setting is refused as a typo."""
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = ENV_PREFIX.lower()
+        values = {}
+        for name, value in super().__call__().items():
+            if name in self.settings_cls.model_fields:
+                values[name] = value
+            elif name.lower().startswith(prefix):
+                values[name[len(prefix):].lower()] = value
+        return values
+
+
+def file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsSource]:
+    """The .env file and the secrets directory, when there are any. Precedence, highest
+    first: keyword arguments, environment, .env file, secrets directory, TOML file,
+    defaults."""
+    sources: list[PydanticBaseSettingsSource] = []
+    env_file = Path(os.environ.get(ENV_FILE_ENV) or DEFAULT_ENV_FILE)
+    if env_file.is_file():
+        sources.append(_EsDotEnv(settings_cls, env_file=env_file))
+    elif os.environ.get(ENV_FILE_ENV):
+        raise ConfigurationError(f"{ENV_FILE_ENV}={str(env_file)!r}: no such file")
+    named = os.environ.get(SECRETS_DIR_ENV)
+    secrets = Path(named) if named else DEFAULT_SECRETS_DIR
+    if secrets.is_dir():
+        sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets))
+    elif named:
+        raise ConfigurationError(f"{SECRETS_DIR_ENV}={named!r}: no such directory")
+    return sources
 
 
 def env_name(field: str) -> str:
@@ -338,7 +414,8 @@ def env_name(field: str) -> str:
 
 # ES_ variables that are not settings but are known: the config file's name, and the
 # switches of the test suite.
-NOT_SETTINGS = (CONFIG_FILE_ENV, "ES_REQUIRE_")
+NOT_SETTINGS = (CONFIG_FILE_ENV, ENV_FILE_ENV, SECRETS_DIR_ENV, "ES_DASHBOARD_TOKEN",
+                "ES_REQUIRE_")
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:
@@ -357,18 +434,28 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
     return found
 
 
+_reported: set[str] = set()  # unknown variables already warned about by this process
+
+
 def warn_unknown_variables() -> None:
+    """A warning per `ES_...` variable that is no setting, once per process."""
     for name, closest in unknown_variables().items():
+        if name in _reported:
+            continue
+        _reported.add(name)
         hint = f"; did you mean {closest}?" if closest else ""
         logging.getLogger("es_workers.settings").warning(
             "environment variable %s is not an es_workers setting%s", name, hint
         )
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, report_unknown: bool = True, **overrides: Any) -> Settings:
     """Reads the settings; any invalid one raises ConfigurationError naming it and its value.
-    Environment variables `ES_...` that are no setting are reported as warnings."""
-    warn_unknown_variables()
+    Environment variables `ES_...` that are no setting are reported as warnings (unless
+    `report_unknown` is False: a caller that configures logging from the settings first
+    calls `warn_unknown_variables` itself)."""
+    if report_unknown:
+        warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -387,5 +474,7 @@ def describe_errors(error: ValidationError) -> str:
         elif item["type"] == "extra_forbidden":
             lines.append(f"  {field!r}: not a setting (config file key or keyword)")
         else:
-            lines.append(f"  {env_name(field)}={item.get('input')!r}: {message}")
+            shown = item.get("input")
+            shown = redact_url(shown) if isinstance(shown, str) else shown
+            lines.append(f"  {env_name(field)}={shown!r}: {message}")
     return "\n".join(lines)

@@ -83,7 +83,9 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         broker = StubBroker()
     else:
         broker = WakingRedisBroker(url=url, namespace=settings.dramatiq_namespace)
-    broker.add_middleware(WorkerProcessSetup(settings.log_level, settings.metrics_port))
+    broker.add_middleware(
+        WorkerProcessSetup(settings.log_level, settings.metrics_port, settings.log_format)
+    )
     return broker
 
 

@@ -490,9 +490,12 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
 ) -> None:
     module, prefix = bank
     port = free_port_pair()
-    env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port))
+    env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port),
+                         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    (tmp_path / "metrics").mkdir()
     app = "examples.bank:store"
-    # The workers run under plain `dramatiq APP_MODULE`: the app's broker serves metrics.
+    # The workers run under plain `dramatiq APP_MODULE`: the app's broker serves metrics,
+    # on the same port as the publisher (one host: one directory, one port).
     commands = {
         "publisher": [ES_WORKERS, "publish", app],
         "worker": [sys.executable, "-m", "dramatiq", "examples.bank", "-p", "1", "-t", "2"],
@@ -506,9 +509,9 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
         module.open_account("m1", "Ada")
         module.deposit("m1", 7)
         wait_for(lambda: module.balances() == {"m1": 7}, "m1's balance", interval=0.05)
+        wait_for(lambda: 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0'
+                 in scrape(port), "the worker's metrics on the publisher's port")
         assert 'es_published_total{entity_type="account"}' in scrape(port)
-        handled = scrape(port + 1)
-        assert 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0' in handled
 
         status = subprocess.run([ES_WORKERS, "status", app, "--json"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)

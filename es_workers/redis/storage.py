@@ -19,6 +19,7 @@ from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus
 from ..upgrade import Reader
+from .heartbeats import Heartbeats
 from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
@@ -69,6 +70,7 @@ class RedisStorage:
         self.state = SubscriberState(
             client, self.keys, redrive_after_ms=self.publisher_options.redrive_after_ms
         )
+        self.heartbeats = Heartbeats(client, self.keys)
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._known_entities: dict[tuple[str, str], list[str]] = {}

@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from ..backoff import Backoff
 from .dramatiq_internals import RedisConsumer
 
 log = logging.getLogger("es_workers.workers.broker")
+
+# Resubscribing to the wake channel after an error: consumers poll every idle_timeout_ms
+# meanwhile, so there is no hurry.
+RESUBSCRIBE_BACKOFF = Backoff(500, 30_000)
 
 
 class _Wakeups:
@@ -55,18 +61,30 @@ class _Wakeups:
             )
 
     def _listen(self) -> None:
+        """Follows the channel; after an error, one warning per retry (with backoff) and
+        one "recovered" line once subscribed again."""
+        failures = 0
+        outage_since = 0.0
         while not self._stopped.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
+                if failures:
+                    log.info("wake-up channel %s recovered after %.1f s (%d failed attempts)",
+                             self._channel, time.monotonic() - outage_since, failures)
+                    failures = 0
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message["type"] == "message":
                         self._woken(message["data"])
             except redis.RedisError as error:
                 # Consumers fall back to their idle timeout meanwhile.
-                log.warning("wake-up channel %s: %s; resubscribing", self._channel, error)
-                self._stopped.wait(0.5)
+                failures += 1
+                outage_since = outage_since if failures > 1 else time.monotonic()
+                delay = RESUBSCRIBE_BACKOFF.delay_s(failures)
+                log.warning("wake-up channel %s: %s; resubscribing in %.1f s (attempt %d)",
+                            self._channel, error, delay, failures)
+                self._stopped.wait(delay)
             finally:
                 pubsub.close()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 
@@ -21,10 +21,12 @@ from ..ports import Storage
 from ..redis.storage import RedisStorage
 from ..upgrade import Reader
 from .delivery import Deliverer, DeliveryOptions, Notice
-from .middleware import SingleStop
+from .middleware import SingleStop, WorkerHeartbeat
 
 ACTOR_PREFIX = "es_"
 DEFAULT_TIME_LIMIT_MS = 600_000
+
+_M = TypeVar("_M", bound=dramatiq.Middleware)
 
 Observer = Callable[[Notice], None]
 """Called after each notice a worker of this process has finished with (handled, skipped
@@ -60,8 +62,8 @@ class DramatiqEventBus:
             "time_limit": time_limit_ms,
         }
         dramatiq.set_broker(broker)
-        if not any(isinstance(m, SingleStop) for m in broker.middleware):
-            broker.add_middleware(SingleStop())  # clean exit on a process-group SIGTERM
+        _middleware(broker, SingleStop)  # clean exit on a process-group SIGTERM
+        self._heartbeat = _middleware(broker, WorkerHeartbeat)
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
@@ -74,6 +76,7 @@ class DramatiqEventBus:
                 "beside the entity streams"
             )
         self._deliverer = Deliverer(reader, storage.state, self.options)
+        self._heartbeat.heartbeats = storage.heartbeats
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -148,3 +151,13 @@ class DramatiqEventBus:
 
     def close(self) -> None:
         self.broker.close()
+
+
+def _middleware(broker: dramatiq.Broker, kind: type[_M]) -> _M:
+    """The broker's middleware of this kind, added if it has none (one per broker)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, kind):
+            return middleware
+    added = kind()
+    broker.add_middleware(added)
+    return added

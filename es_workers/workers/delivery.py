@@ -173,9 +173,20 @@ class _Run:
                 "subscriber %s lost the lock on %s %r after event %d (handler slower than "
                 "lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
                 self.e.entity_type, self.e.entity_id, event_number, self.options.lock_ms,
+                extra=self._fields(event_number),
             )
             raise _Stop(released=True)
         return committed.released
+
+    def _fields(self, event_number: int, attempt: int | None = None) -> dict[str, Any]:
+        """The event's fields of a log record (JSON log lines carry them)."""
+        fields: dict[str, Any] = {
+            "subscriber_id": self.e.subscriber_id, "entity_type": self.e.entity_type,
+            "entity_id": self.e.entity_id, "event_number": event_number,
+        }
+        if attempt is not None:
+            fields["attempt"] = attempt
+        return fields
 
     def _failed(self, event_number: int, error: BaseException) -> None:
         e, options = self.e, self.options
@@ -187,6 +198,7 @@ class _Run:
                 "subscriber %s failed on %s %r event %d (attempt %d of %d), retrying in %d ms",
                 e.subscriber_id, e.entity_type, e.entity_id, event_number, attempts,
                 options.max_attempts, delay, exc_info=error,
+                extra=self._fields(event_number, attempts),
             )
             self.resend(Notice(e.subscriber_id, e.entity_type, e.entity_id, None), delay)
             return
@@ -196,7 +208,7 @@ class _Run:
         log.error(
             "subscriber %s parked %s %r at event %d after %d attempts "
             "(es-workers parked retry|skip)", e.subscriber_id, e.entity_type, e.entity_id,
-            event_number, attempts, exc_info=error,
+            event_number, attempts, exc_info=error, extra=self._fields(event_number, attempts),
         )
 
 
