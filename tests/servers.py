@@ -6,8 +6,8 @@ then `import servers`); tests/conftest_servers.py wraps them in fixtures. Run th
 how long each server takes to come up: `python tests/servers.py`.
 
 Each redis-server runs in the foreground (`daemonize no`) as a child of this process, from a
-config file in a directory of its own. It dies with this process (PR_SET_PDEATHSIG), and leaves
-a pidfile so that a later run kills what a run killed before cleanup left behind.
+config file in a directory of its own. It dies with this process (`setpriv --pdeathsig`), and
+leaves a pidfile so that a later run kills what a run killed before cleanup left behind.
 
 Ports come from one range per run: ES_TEST_PORT_BASE (default 7100) plus the offsets below.
 Cluster nodes also use their port + 10000 for the cluster bus.
@@ -32,8 +32,10 @@ from typing import Any
 
 import redis
 import redis.sentinel
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.retry import Retry
 
 HOST = "127.0.0.1"
 PORT_BASE_ENV = "ES_TEST_PORT_BASE"
@@ -213,7 +215,9 @@ class RedisServer:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Waits until the server answers PING and has finished loading its data."""
-        client = self.client(socket_timeout=1, socket_connect_timeout=1)
+        client = self.client(
+            socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         try:
             deadline = time.monotonic() + timeout
             while not self._ready(client):
@@ -763,7 +767,8 @@ def _print_startup_times() -> None:
         timed("TLS certificates (openssl)", lambda: make_tls_files(root / "tls-only"))
         timed("redis TLS server (certificates made)", tls.start)
         timed("redis AOF server", aof.start)
-        timed("redis AOF server after kill -9", lambda: (aof.kill9(), aof.start()))
+        aof.kill9()
+        timed("redis AOF server after kill -9", aof.start)
         sentinels.kill_primary()
         timed("sentinel failover (kill to promoted)", sentinels.wait_for_new_primary)
         timed("sentinel restore (replica back)", sentinels.restore)
@@ -775,6 +780,7 @@ def _print_startup_times() -> None:
     finally:
         for stoppable in (cluster, sentinels, tls, aof):
             stoppable.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Cluster, Sentinel, TLS, ACL, durability and RabbitMQ tests will rely on."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,6 @@ from servers import (
     port_base,
     port_is_free,
     running,
-    wait_until,
 )
 
 pytestmark = pytest.mark.servers
@@ -119,11 +119,16 @@ def test_a_key_stays_readable_while_its_slot_moves(redis_cluster: RedisClusterSe
 # Redis Sentinel
 
 
-def read_through_failover(client: redis.Redis, key: str) -> bytes | None:
+def read_through_failover(client: redis.Redis, key: str, timeout: float = 30.0) -> object:
     """GET through a master_for client, retrying while it finds the new primary."""
-    values: list[bytes | None] = []
-    wait_until(lambda: values.append(client.get(key)) or True, f"GET {key} to succeed", 30)
-    return values[-1]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.get(key)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_sentinel_promotes_the_replica_when_the_primary_dies(
@@ -270,7 +275,7 @@ def test_dramatiq_delivers_a_message_through_a_rabbitmq_vhost(rabbitmq_vhost: st
         received.append(text)
         arrived.set()
 
-    actor = dramatiq.actor(record, broker=broker, actor_name="record", queue_name="servers-check")
+    actor = dramatiq.actor(broker=broker, actor_name="record", queue_name="servers-check")(record)
     worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=1)
     worker.start()
     try:
