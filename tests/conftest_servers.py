@@ -40,9 +40,11 @@ def starting(what: str) -> Iterator[None]:
         yield
     except (ServerError, OSError, redis.RedisError) as error:
         message = f"could not start {what}: {error}"
-        if REQUIRE_SERVERS:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(f"{message}\n(set ES_REQUIRE_REDIS=1 to fail instead)")
+    else:
+        return
+    if REQUIRE_SERVERS:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(f"{message}\n(set ES_REQUIRE_REDIS=1 to fail instead)")
 
 
 def _ports(offset: int, count: int) -> list[int]:
