@@ -60,7 +60,9 @@ def port_base() -> int:
     return int(os.environ.get(PORT_BASE_ENV, DEFAULT_PORT_BASE))
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float) -> None:
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float, interval: float = 0.02
+) -> None:
     """Polls `condition` until it is true; raises ServerError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -69,7 +71,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float) -> No
                 return
         if time.monotonic() > deadline:
             raise ServerError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 # Processes: die with their parent, and pidfiles for the runs that died anyway.
@@ -377,7 +379,13 @@ class RedisSentinelServers:
     master_name = "es-primary"
 
     def __init__(
-        self, directory: Path, data_ports: Sequence[int], sentinel_ports: Sequence[int]
+        self,
+        directory: Path,
+        data_ports: Sequence[int],
+        sentinel_ports: Sequence[int],
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
     ) -> None:
         self.data_nodes = [
             # Without the delay a replica syncs at once, not 5 s after it connects.
@@ -397,8 +405,8 @@ class RedisSentinelServers:
                 directory / f"sentinel-{port}",
                 [
                     f"sentinel monitor {self.master_name} {HOST} {first} 2",
-                    f"sentinel down-after-milliseconds {self.master_name} 1000",
-                    f"sentinel failover-timeout {self.master_name} 5000",
+                    f"sentinel down-after-milliseconds {self.master_name} {down_after_ms}",
+                    f"sentinel failover-timeout {self.master_name} {failover_timeout_ms}",
                     f"sentinel parallel-syncs {self.master_name} 1",
                 ],
                 sentinel=True,
@@ -458,7 +466,7 @@ class RedisSentinelServers:
             with node.client(socket_timeout=1) as client:
                 return node if client.execute_command("ROLE")[0] == b"master" else None
 
-        wait_until(promoted, f"Sentinel to promote a new {self.master_name}", timeout)
+        wait_until(promoted, f"Sentinel to promote a new {self.master_name}", timeout, 0.1)
         return promoted() or self.primary()
 
     def restore(self, timeout: float = 30.0) -> None:
@@ -471,7 +479,9 @@ class RedisSentinelServers:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        wait_until(self._healthy, f"Sentinels to agree on a healthy {self.master_name}", timeout)
+        wait_until(
+            self._healthy, f"Sentinels to agree on a healthy {self.master_name}", timeout, 0.1
+        )
 
     def _healthy(self) -> bool:
         primary = self.primary()
@@ -487,7 +497,23 @@ class RedisSentinelServers:
                 return False
             if any(r["flags"] != "slave" or r["master-link-status"] != "ok" for r in replicas):
                 return False
-        return True
+        # What the Sentinels report can lag a failover under way: ask the nodes too.
+        return all(
+            self._role(node) == self._expected_role(node, primary) for node in self.data_nodes
+        )
+
+    @staticmethod
+    def _role(node: RedisServer) -> tuple[object, ...]:
+        with node.client(socket_timeout=1) as client:
+            role = client.execute_command("ROLE")
+        # A primary: [b"master", offset, replicas]; a replica: [b"slave", host, port, state, ...]
+        return (role[0],) if role[0] == b"master" else (role[0], int(role[2]), role[3])
+
+    @staticmethod
+    def _expected_role(node: RedisServer, primary: RedisServer) -> tuple[object, ...]:
+        if node is primary:
+            return (b"master",)
+        return (b"slave", primary.port, b"connected")
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.data_nodes]:

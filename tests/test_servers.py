@@ -150,18 +150,22 @@ def test_sentinel_promotes_the_replica_when_the_primary_dies(
         direct.delete(key)
 
 
-def test_a_killed_primary_comes_back_as_a_replica_and_can_fail_over_again(
+def test_after_restore_a_primary_and_its_replica_can_fail_over_again(
     redis_sentinel: RedisSentinelServers,
 ) -> None:
-    first = redis_sentinel.kill_primary()
-    second = redis_sentinel.wait_for_new_primary(30)
+    killed = redis_sentinel.kill_primary()
+    redis_sentinel.wait_for_new_primary(30)
     redis_sentinel.restore()
 
-    with first.client() as old:
-        assert old.execute_command("ROLE")[0] == b"slave"
+    assert killed.running
+    primary = redis_sentinel.primary()
+    (replica,) = (node for node in redis_sentinel.data_nodes if node is not primary)
+    with primary.client() as client:
+        assert client.execute_command("ROLE")[0] == b"master"
+    with replica.client() as client:
+        assert client.execute_command("ROLE")[:3] == [b"slave", b"127.0.0.1", primary.port]
     redis_sentinel.kill_primary()
-    assert redis_sentinel.wait_for_new_primary(30) is first
-    assert second in redis_sentinel.killed
+    assert redis_sentinel.wait_for_new_primary(30) is replica
 
 
 # TLS
