@@ -242,9 +242,7 @@ class RedisServer:
         """SIGKILL: no shutdown, no final save, as a crash."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
-            self.process = None
-        (_pid_dir() / f"{self.port}.pid").unlink(missing_ok=True)
+            self._reap()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 5 s."""
@@ -254,9 +252,17 @@ class RedisServer:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait()
-            self.process = None
-        (_pid_dir() / f"{self.port}.pid").unlink(missing_ok=True)
+            self._reap()
+
+    def _reap(self) -> None:
+        """Waits for the process and removes its pidfile, unless it now names another one."""
+        assert self.process is not None
+        self.process.wait()
+        pidfile = _pid_dir() / f"{self.port}.pid"
+        with contextlib.suppress(FileNotFoundError):
+            if pidfile.read_text().split()[0] == str(self.process.pid):
+                pidfile.unlink()
+        self.process = None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
