@@ -32,6 +32,8 @@ from typing import Any
 
 import redis
 import redis.sentinel
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
@@ -328,6 +330,11 @@ class RedisClusterServers:
         nodes = [ClusterNode(HOST, node.port) for node in self.nodes]
         return RedisCluster(startup_nodes=nodes, **options)
 
+    def async_client(self, **options: Any) -> AsyncRedisCluster:
+        """The same for asyncio (create it inside the event loop that uses it)."""
+        nodes = [AsyncClusterNode(HOST, node.port) for node in self.nodes]
+        return AsyncRedisCluster(startup_nodes=nodes, **options)
+
     def node_id(self, node: RedisServer) -> str:
         with node.client() as client:
             return str(client.execute_command("CLUSTER MYID").decode())
@@ -623,7 +630,8 @@ class TcpProxy:
 
     `drop_next_reply()` loses the reply to the next request: the request reaches the server,
     then the client's connection is closed before the reply gets back. `down()` closes every
-    connection and refuses new ones (ECONNREFUSED) until `up()`.
+    connection and refuses new ones (ECONNREFUSED) until `up()`. `hang()` swallows every
+    request, connections staying open, as a server that stopped answering, until `resume()`.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -633,6 +641,7 @@ class TcpProxy:
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._drop_containing: bytes | None = None
         self._doomed: set[socket.socket] = set()
+        self._hanging = False
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
 
@@ -679,10 +688,13 @@ class TcpProxy:
         with self._lock:
             self._drop_containing = containing if containing is not None else b""
 
-    @property
-    def reply_dropped(self) -> bool:
+    def hang(self) -> None:
         with self._lock:
-            return self._drop_containing is None and not self._doomed
+            self._hanging = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._hanging = False
 
     def _accept(self, listener: socket.socket) -> None:
         while self._accepting.is_set():
@@ -708,6 +720,8 @@ class TcpProxy:
     def _requests(self, client: socket.socket, server: socket.socket) -> None:
         while data := self._receive(client):
             with self._lock:
+                if self._hanging:
+                    continue
                 if self._drop_containing is not None and self._drop_containing in data:
                     self._drop_containing = None
                     self._doomed.add(client)
