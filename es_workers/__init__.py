@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .async_store import AsyncStore
+from .async_stream import AsyncStream
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -17,9 +19,9 @@ from .errors import (
     UnknownEventError,
 )
 from .event import Content, Event, Handler
-from .memory import InMemoryEventBus, InMemoryStorage
-from .ports import EventBus, NotifyingEventBus, Storage
-from .redis import RedisStorage
+from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
+from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
+from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
 from .store import Store
 from .stream import Stream
@@ -27,6 +29,11 @@ from .upgrade import EventUpgrade
 from .workers import DramatiqEventBus
 
 __all__ = [
+    "AsyncInMemoryStorage",
+    "AsyncRedisStorage",
+    "AsyncStorage",
+    "AsyncStore",
+    "AsyncStream",
     "ConcurrencyError",
     "ConfigurationError",
     "Content",

@@ -7,6 +7,7 @@ to these functions, so both stores validate, encode, decode and fail the same wa
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,6 +108,27 @@ def check_appended(entity_type: str, events: Sequence[Event], reply: Any) -> Non
         raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
     if status == 0:
         metrics.APPENDS.labels(entity_type).inc(len(events))
+
+
+def index_start(entity_type: str, after: str | None, limit: int) -> str:
+    """The ZRANGEBYLEX start of a page of entity IDs (each partition's index is read from
+    there, `limit + 1` members). Checks the arguments."""
+    check_entity_type(entity_type)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    # The token is the store_entity_id of the page's last entity; members are
+    # "<store_entity_id><entity ID>", so "(" + token + "\xff" starts after that entity.
+    return "-" if after is None else f"({after}\xff"
+
+
+def entity_ids_page(replies: list[Any], limit: int) -> tuple[list[str], str | None]:
+    """The page of entity IDs, oldest first, from every partition's ZRANGEBYLEX reply, and
+    the next page's token (None on the last page)."""
+    merged = heapq.merge(*(map(text, page) for page in replies))
+    members = [member for _, member in zip(range(limit + 1), merged, strict=False)]
+    page = members[:limit]
+    token = page[-1][:36] if len(members) > limit else None
+    return [member[36:] for member in page], token
 
 
 def _pairs(values: Any) -> dict[Any, Any]:

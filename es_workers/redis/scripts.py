@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio
 
 
 @cache
@@ -35,3 +36,20 @@ class Script:
             return self._client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return self._registered(keys=keys, args=args)
+
+
+class AsyncScript:
+    """`Script` for a `redis.asyncio` client (`Redis` or `RedisCluster`): the same text, SHA
+    and fallback, awaited."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.name = name
+        self._client = client
+        self._registered = client.register_script(source(name))
+        self.sha: str = self._registered.sha
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self._registered(keys=keys, args=args)

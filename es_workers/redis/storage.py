@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -11,7 +10,6 @@ import redis
 
 from ..codec import ContentRegistry
 from ..event import Content, Event
-from ..names import check_entity_type
 from ..ports import Bus
 from ..upgrade import Reader
 from .entries import (
@@ -21,6 +19,8 @@ from .entries import (
     append_args,
     as_sent,
     check_appended,
+    entity_ids_page,
+    index_start,
     stored_partitions,
 )
 from .keys import RedisKeys, text
@@ -56,7 +56,7 @@ class RedisStorage:
         )
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
-        self.entity_keys = EntityKeys(self.keys)
+        self._entity_keys = EntityKeys(self.keys)
         # Entity streams are read through a client of their own on the same connection
         # pool, whose XRANGE replies stay as Redis sends them (see entries.as_sent).
         self._reader = redis.Redis(connection_pool=client.connection_pool)
@@ -82,14 +82,14 @@ class RedisStorage:
     def write(self, entity_type: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        keys = self.entity_keys(entity_type, events[0].entity_id)
+        keys = self._entity_keys(entity_type, events[0].entity_id)
         args = append_args(self.registry, entity_type, events)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         check_appended(entity_type, events, self.append_script(keys=keys, args=args))
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
-        key = self.entity_keys(entity_type, entity_id)[0]
+        key = self._entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         # chain calls each page's generator directly: hydrating is read-bound.
         return chain.from_iterable(self._pages(pages))
@@ -116,20 +116,11 @@ class RedisStorage:
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:
-        check_entity_type(entity_type)
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        # The token is the store_entity_id of the page's last entity; members are
-        # "<store_entity_id><entity ID>", so "(" + token + "\xff" starts after that entity.
-        start = "-" if after is None else f"({after}\xff"
+        start = index_start(entity_type, after, limit)
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zrangebylex(self.keys.index(entity_type, partition), start, "+", 0, limit + 1)
-        merged = heapq.merge(*(map(text, page) for page in pipe.execute()))
-        members = [member for _, member in zip(range(limit + 1), merged, strict=False)]
-        page = members[:limit]
-        token = page[-1][:36] if len(members) > limit else None
-        return [member[36:] for member in page], token
+        return entity_ids_page(pipe.execute(), limit)
 
     def heads(self, entity_type: str) -> dict[str, int]:
         """Every entity of the type with its last event number."""
