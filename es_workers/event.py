@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,3 +60,10 @@ def as_callable(handler: Handler) -> Callable[[Event], Any]:
     if callable(handler):
         return handler
     raise TypeError(f"a handler must be callable or have .handle(event), got {handler!r}")
+
+
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling `function` makes a coroutine: an `async def` function or method, or
+    an object whose `__call__` is one."""
+    call = function if inspect.isroutine(function) else type(function).__call__
+    return inspect.iscoroutinefunction(call)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..errors import SubscriberError
-from ..event import Event, Handler, as_callable
+from ..event import Event, Handler, as_callable, is_async
 from ..names import check_entity_type, check_subscriber_id
 
 log = logging.getLogger("es_workers.memory.bus")
@@ -20,16 +21,23 @@ class InMemoryEventBus:
     Subscribers are independent: a handler that raises is logged with the entity and event
     number, and that event is skipped for that subscriber only (as in the Go library);
     every other subscriber still gets every event.
+
+    An `async def` handler is awaited on an event loop the bus keeps in a thread of its
+    own, one event at a time: the same order, and the loop lives on between events, so a
+    handler may keep async clients (an `asyncio.run` per event would close their loop).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handlers: dict[str, dict[str, Callable[[Event], Any]]] = {}
+        self._loop: _LoopThread | None = None
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
         check_subscriber_id(subscriber_id)
         function = as_callable(handler)
+        if is_async(function):
+            function = self._awaiting(function)
         with self._lock:
             handlers = self._handlers.setdefault(entity_type, {})
             if subscriber_id in handlers:
@@ -61,5 +69,37 @@ class InMemoryEventBus:
                         subscriber_id, event.entity_type, event.entity_id, event.event_number,
                     )
 
+    def _awaiting(self, handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+        def handle(event: Event) -> None:
+            with self._lock:
+                if self._loop is None:
+                    self._loop = _LoopThread()
+                loop = self._loop
+            loop.run(handler(event))
+
+        return handle
+
     def close(self) -> None:
-        pass
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread; `run` waits for a coroutine."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="es-memory-bus-loop", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
