@@ -320,3 +320,37 @@ async def test_from_settings_reaches_the_redis_the_settings_name() -> None:
     finally:
         delete_prefix(sync_client, prefix)
         sync_client.close()
+
+
+async def test_concurrent_appends_reload_a_script_the_server_forgot() -> None:
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    store = AsyncStore(AsyncRedisStorage(client, prefix="p"), events=ACCOUNT_EVENTS)
+    await store.open("account", "a0").write(Opened(owner="a"))
+    await client.script_flush()
+
+    await asyncio.gather(
+        *(store.open("account", f"a{n}").write(Opened(owner="a")) for n in range(1, 11))
+    )
+
+    assert len((await store.entity_ids("account"))[0]) == 11
+    await store.close()
+
+
+async def test_a_server_gone_fails_each_write_of_a_batch_and_stores_nothing() -> None:
+    server = fakeredis.FakeServer(version=(7, 0))
+    store = AsyncStore(AsyncRedisStorage(fakeredis.FakeAsyncRedis(server=server), prefix="p"),
+                       events=ACCOUNT_EVENTS)
+    await store.open("account", "a0").write(Opened(owner="a"))  # partitions read
+    server.connected = False
+
+    outcomes = await asyncio.gather(
+        *(store.open("account", f"a{n}").write(Opened(owner="a")) for n in range(1, 6)),
+        return_exceptions=True,
+    )
+
+    assert all(isinstance(outcome, redis.ConnectionError) for outcome in outcomes), outcomes
+    server.connected = True
+    assert await store.entity_ids("account") == (["a0"], None)
+    await store.open("account", "a1").write(Opened(owner="a"))  # the storage goes on
+    assert await store.entity_ids("account") == (["a0", "a1"], None)
+    await store.close()

@@ -28,7 +28,7 @@ from .entries import (
     stored_partitions,
 )
 from .keys import RedisKeys
-from .scripts import AsyncScript
+from .scripts import AsyncScript, BatchingScript
 
 
 class AsyncRedisStorage:
@@ -47,8 +47,10 @@ class AsyncRedisStorage:
         self.client = client
         self.prefix = prefix
         self.registry = ContentRegistry()
-        # The append script; a documented hook, as RedisStorage.append_script.
-        self.append_script = AsyncScript(client, "append")
+        # The append script; a documented hook, as RedisStorage.append_script. Appends of
+        # concurrent tasks share pipelines (BatchingScript), but not on a cluster.
+        pooled = getattr(client, "connection_pool", None) is not None
+        self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._opening = asyncio.Lock()
