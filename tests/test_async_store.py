@@ -36,6 +36,7 @@ from es_workers import (
     Store,
     StreamNotReadError,
 )
+from es_workers.wiring import redis_client
 
 pytestmark = pytest.mark.anyio
 
@@ -354,3 +355,14 @@ async def test_a_server_gone_fails_each_write_of_a_batch_and_stores_nothing() ->
     await store.open("account", "a1").write(Opened(owner="a"))  # the storage goes on
     assert await store.entity_ids("account") == (["a0", "a1"], None)
     await store.close()
+
+
+async def test_without_a_redis_url_both_stores_share_the_embedded_redis() -> None:
+    settings = Settings(redis_url=None, prefix=f"t-{uuid.uuid4().hex[:12]}")
+    async with AsyncStore.from_settings(events=ACCOUNT_EVENTS, settings=settings) as store:
+        await store.open("account", "a1").write(Opened(owner="ann"))
+        assert store.subscriber_ids("account") == []
+
+    sync = Store(RedisStorage(redis_client(settings), prefix=settings.prefix),
+                 events=ACCOUNT_EVENTS)
+    assert [e.content for e in sync.read("account", "a1")] == [Opened(owner="ann")]
