@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,3 +69,12 @@ def is_async(function: Callable[..., Any]) -> bool:
     an object whose `__call__` is one."""
     call = function if inspect.isroutine(function) else type(function).__call__
     return inspect.iscoroutinefunction(call)
+
+
+async def awaited_in(
+    context: contextvars.Context, handler: Callable[[Event], Any], event: Event
+) -> Any:
+    """Awaits `handler(event)` as a task run in `context`: a bus that hands an event to an
+    async handler on another thread's event loop passes the context of the thread that
+    delivers it, so context variables set around the call reach the handler."""
+    return await asyncio.get_running_loop().create_task(handler(event), context=context)

@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
+from datetime import UTC, datetime
 
 import dramatiq
 import pytest
 from apps.delivery_kit import Delivery, Recorder, assert_exactly_once_in_order
-from conftest import ACCOUNT_EVENTS
+from conftest import ACCOUNT_EVENTS, Opened
 from kit import wait_for, write_count
 
-from es_workers import Event, InMemoryStorage, RedisStorage, Store, admin
+from es_workers import Event, InMemoryEventBus, InMemoryStorage, RedisStorage, Store, admin
 from es_workers.event import is_async
 
 
@@ -76,6 +78,29 @@ def test_the_in_memory_bus_skips_a_failing_async_handlers_event_for_it_alone(
     wait_for(lambda: sturdy.has(heads) and fragile.has(heads), "both handled acc-1 #3")
     assert fragile.by_entity() == {"acc-1": [1, 3]}
     assert sturdy.by_entity() == {"acc-1": [1, 2, 3]}
+
+
+REQUEST: ContextVar[str] = ContextVar("request", default="none")
+
+
+def test_an_async_handler_sees_the_context_of_the_thread_delivering_the_event() -> None:
+    """Context variables set around a handler call (the event being handled, a trace)
+    reach an async handler although it runs on the bus's own loop."""
+    seen: list[str] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(REQUEST.get())
+
+    bus = InMemoryEventBus()
+    bus.subscribe("account", "s", handler)
+    event = Event("a1", "account", 1, datetime.now(UTC), Opened(owner="a"), "id", "id")
+    try:
+        for request in ("first", "second"):
+            REQUEST.set(request)
+            bus.write("account", [event])
+    finally:
+        bus.close()
+    assert seen == ["first", "second"]
 
 
 @pytest.fixture

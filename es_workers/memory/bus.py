@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..errors import SubscriberError
-from ..event import Event, Handler, as_callable, is_async
+from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_type, check_subscriber_id
 
 log = logging.getLogger("es_workers.memory.bus")
@@ -75,7 +76,7 @@ class InMemoryEventBus:
                 if self._loop is None:
                     self._loop = _LoopThread()
                 loop = self._loop
-            loop.run(handler(event))
+            loop.run(awaited_in(contextvars.copy_context(), handler, event))
 
         return handle
 

@@ -8,6 +8,7 @@ handler every event once, in order per entity, in parallel across entities.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from dramatiq.asyncio import async_to_sync
 from dramatiq.middleware.asyncio import AsyncIO
 
 from ..errors import ConfigurationError, SubscriberError
-from ..event import Event, Handler, as_callable, is_async
+from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id
 from ..ports import Storage
 from ..redis.storage import RedisStorage
@@ -88,7 +89,7 @@ class DramatiqEventBus:
         if is_async(function):
             if not any(isinstance(m, AsyncIO) for m in self.broker.middleware):
                 self.broker.add_middleware(AsyncIO())  # starts the loop when a worker boots
-            function = async_to_sync(function)
+            function = _on_dramatiq_loop(function)
         with self._lock:
             if (entity_type, subscriber_id) in self._handlers:
                 raise SubscriberError(
@@ -158,3 +159,14 @@ class DramatiqEventBus:
 
     def close(self) -> None:
         self.broker.close()
+
+
+def _on_dramatiq_loop(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+    """The async handler run on the AsyncIO middleware's loop, in the actor thread's context
+    (`event.awaited_in`), its outcome awaited by that thread."""
+    run = async_to_sync(awaited_in)
+
+    def handle(event: Event) -> None:
+        run(contextvars.copy_context(), handler, event)
+
+    return handle
