@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from .async_store import AsyncStore
 from .async_stream import AsyncStream
 from .errors import (
@@ -10,13 +13,16 @@ from .errors import (
     CorruptEventError,
     DecodeError,
     EsError,
+    InvalidMetadataError,
     InvalidNameError,
     InvalidPayloadError,
     NotParkedError,
     NotRegisteredError,
+    ParkedError,
     StreamNotReadError,
     SubscriberError,
     UnknownEventError,
+    WaitTimeoutError,
 )
 from .event import Content, Event, Handler
 from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
@@ -27,6 +33,11 @@ from .store import Store
 from .stream import Stream
 from .upgrade import EventUpgrade
 from .workers import DramatiqEventBus
+
+try:
+    __version__ = _distribution_version("es_workers")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncInMemoryStorage",
@@ -47,11 +58,13 @@ __all__ = [
     "Handler",
     "InMemoryEventBus",
     "InMemoryStorage",
+    "InvalidMetadataError",
     "InvalidNameError",
     "InvalidPayloadError",
     "NotParkedError",
     "NotRegisteredError",
     "NotifyingEventBus",
+    "ParkedError",
     "RedisStorage",
     "Settings",
     "Storage",
@@ -60,4 +73,5 @@ __all__ = [
     "StreamNotReadError",
     "SubscriberError",
     "UnknownEventError",
+    "WaitTimeoutError",
 ]

@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 from .event import Content, Event, Handler, as_callable
+from .metadata import for_write
 from .stream import StreamState
+from .tracing import append_span
 from .upgrade import AsyncReader, AsyncReading
 
 AsyncWriteStored = Callable[[str, Sequence[Event]], Awaitable[None]]
@@ -54,11 +56,16 @@ class AsyncStream(StreamState):
                 await result
 
     async def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
-        """Appends the contents as events `position + 1 ..`, all or none."""
-        events = self._events(contents, metadata)
-        if events:
+        """Appends the contents as events `position + 1 ..`, all or none, with `metadata`,
+        as `Stream.write` (causation from the event being handled included)."""
+        given = self._writable(contents, metadata)
+        if not contents:
+            return
+        first, last = self.position + 1, self.position + len(contents)
+        with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
+            events = self._events(contents, for_write(given, trace_context))
             await self._write(self.entity_type, events)
-            self._appended(events)
+        self._appended(events)
 
     async def __aenter__(self) -> AsyncStream:
         return self

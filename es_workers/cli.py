@@ -56,6 +56,24 @@ parked_app = typer.Typer(
 )
 app.add_typer(parked_app, name="parked")
 
+
+def print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"es-workers {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True,
+                           help="Print the version of es_workers and exit")
+    ] = False,
+) -> None:
+    """Event sourcing on Redis with Dramatiq workers: run, inspect and repair an app."""
+
 AppRef = Annotated[
     str,
     typer.Argument(
@@ -382,6 +400,42 @@ def config(
     for name, value in values.items():
         table.add_row(name, f"ES_{name.upper()}", "(unset)" if value is None else str(value))
     out.print(table)
+
+
+@app.command()
+def dashboard(
+    app_ref: AppRef,
+    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback "
+                                      "only with ES_DASHBOARD_TOKEN set")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8642,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Hide Retry and Skip, and "
+                                            "refuse them")] = False,
+) -> None:
+    """Serve the web dashboard: lag, parked entities (Retry, Skip), entity browser, JSON.
+
+    With ES_DASHBOARD_TOKEN set, every page and endpoint asks for that token (a login
+    form, or `Authorization: Bearer` for /api/...). Needs the `dashboard` extra.
+    """
+    from .dashboard.access import is_loopback
+
+    token = os.environ.get("ES_DASHBOARD_TOKEN") or None
+    if token is None and not is_loopback(host):
+        fail(f"refusing to serve the dashboard on {host} without a token: anyone who "
+             "reaches it could skip events. Set ES_DASHBOARD_TOKEN, or bind to 127.0.0.1.",
+             EXIT_USAGE)
+    settings_or_exit()
+    try:
+        import uvicorn
+
+        from .dashboard.app import create_app
+    except ImportError as error:
+        fail(f"the dashboard needs its extra ({error}): pip install 'es_workers[dashboard]'",
+             EXIT_USAGE)
+    store = load_app(app_ref)
+    require_shared_redis(store, "dashboard")
+    log.info("dashboard of %s (%s) on http://%s:%d/", app_ref, describe(store), host, port)
+    uvicorn.run(create_app(store, token=token, read_only=read_only), host=host, port=port,
+                log_config=None, server_header=False)
 
 
 # -- Repairing -----------------------------------------------------------------------------

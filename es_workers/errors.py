@@ -28,6 +28,10 @@ class ConcurrencyError(EsError):
         )
 
 
+class InvalidMetadataError(EsError, ValueError):
+    """Metadata given to a write is not a small mapping of str to str; nothing was written."""
+
+
 class NotRegisteredError(EsError, TypeError):
     """A `Content` class is not registered for the entity type it is written to."""
 
@@ -86,6 +90,40 @@ class SubscriberError(EsError, ValueError):
 
 class ConfigurationError(EsError, ValueError):
     """Settings or storage parameters are invalid or disagree with what Redis holds."""
+
+
+class WaitTimeoutError(EsError, TimeoutError):
+    """`Store.wait_for` ran out of time; `behind` maps each subscriber still behind to the
+    last event number it has handled."""
+
+    def __init__(self, entity_type: str, entity_id: str, event_number: int,
+                 behind: dict[str, int], timeout: float) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.behind = behind
+        lagging = ", ".join(f"{s} (handled up to {n})" for s, n in sorted(behind.items()))
+        super().__init__(
+            f"{entity_type} {entity_id!r}: not handled up to event {event_number} within "
+            f"{timeout:g} s by {lagging}; are the workers (and a publisher) running?"
+        )
+
+
+class ParkedError(EsError):
+    """`Store.wait_for` found the entity parked for a subscriber at or before the event
+    waited for: it will not get there until `es-workers parked retry|skip`."""
+
+    def __init__(self, subscriber_id: str, entity_type: str, entity_id: str,
+                 event_number: int, error: str) -> None:
+        self.subscriber_id = subscriber_id
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.error = error
+        super().__init__(
+            f"{entity_type} {entity_id!r} is parked for subscriber {subscriber_id!r} at event "
+            f"{event_number} ({error}); es-workers parked retry|skip"
+        )
 
 
 class NotParkedError(EsError, LookupError):

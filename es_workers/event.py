@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class Content(BaseModel):
@@ -21,6 +22,10 @@ class Content(BaseModel):
     upgrade.
     """
 
+    # NaN and infinities are written as the JSON constants NaN / Infinity, which reading
+    # accepts: pydantic's default writes null, which a float field then refuses to read.
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
     event_name: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -29,13 +34,17 @@ class Content(BaseModel):
             cls.event_name = cls.__name__
 
 
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One business event of one entity, as stored.
 
     `event_number` is 1-based and gap-free within an entity. `store_event_id` is a UUIDv7
     assigned at write time; `store_entity_id` is the `store_event_id` of the entity's first
-    event, so entities sort by creation time.
+    event, so entities sort by creation time. `metadata` is a read-only mapping of str to
+    str, empty when none was stored (see `es_workers.metadata`).
     """
 
     entity_id: str
@@ -45,6 +54,18 @@ class Event:
     content: Content
     store_event_id: str
     store_entity_id: str
+    metadata: Mapping[str, str] = field(default_factory=lambda: NO_METADATA)
+
+    @property
+    def correlation_id(self) -> str:
+        """The stored `correlation_id`, else this event's own `store_event_id`: the first
+        event of a chain correlates the ones it caused."""
+        return self.metadata.get("correlation_id") or self.store_event_id
+
+    @property
+    def causation_id(self) -> str | None:
+        """The `store_event_id` of the event being handled when this one was written."""
+        return self.metadata.get("causation_id")
 
 
 @runtime_checkable

@@ -132,3 +132,15 @@ class NotifyingEventBus(Subscriptions, Protocol):
 
 
 Bus: TypeAlias = EventBus | NotifyingEventBus
+
+
+@runtime_checkable
+class Progress(Protocol):
+    """Knows how far subscribers got: what `Store.wait_for` asks. The in-memory bus is one;
+    Redis subscriber state (`RedisStorage.state`) is the one of Dramatiq subscribers."""
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber has handled the entity up to `event_number`; raises
+        `WaitTimeoutError` (naming those behind) or `ParkedError`."""
+        ...

@@ -9,7 +9,9 @@ from types import TracebackType
 from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
+from .metadata import check, for_write
 from .names import check_entity_id, check_entity_type
+from .tracing import append_span
 from .upgrade import AsyncReading, Reader, Reading
 
 WriteStored = Callable[[str, Sequence[Event]], None]
@@ -53,27 +55,31 @@ class StreamState:
         if self._closed:
             raise EsError(f"{self.entity_type} {self.entity_id!r}: the stream is closed")
 
-    def _events(
+    def _writable(
         self, contents: tuple[Content, ...], metadata: Mapping[str, str] | None
-    ) -> list[Event]:
-        """The events that writing the contents appends (none for no contents)."""
+    ) -> dict[str, str] | None:
+        """Checks that the stream may write the contents; returns the caller's metadata,
+        checked (see `es_workers.metadata`)."""
         self._check_open()
-        if metadata:
-            # Issue 11 stores metadata with the events; until then it is refused, not lost.
-            raise EsError(f"{self.entity_type} {self.entity_id!r}: metadata is not stored yet")
-        if not contents:
-            return []
-        if not (self._may_write or (self._reading is not None and self._reading.finished)):
+        given = check(metadata) if metadata is not None else None
+        if contents and not (
+            self._may_write or (self._reading is not None and self._reading.finished)
+        ):
             raise StreamNotReadError(
                 f"{self.entity_type} {self.entity_id!r} was opened from event {self._after} "
                 "and not read: read it (all() or project()) before writing"
             )
+        return given
+
+    def _events(self, contents: tuple[Content, ...], stored: Mapping[str, str]) -> list[Event]:
+        """The events that writing the contents appends, with the metadata to store."""
         self._may_write = True
         now = datetime.now(UTC)
         entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
         return [
             # store_entity_id is the storage's to tell (the entity's first event's ID)
-            Event(entity_id, entity_type, position + offset, now, content, store_event_id, "")
+            Event(entity_id, entity_type, position + offset, now, content, store_event_id,
+                  "", stored)
             for offset, (content, store_event_id) in enumerate(
                 zip(contents, new_ids(len(contents)), strict=True), start=1
             )
@@ -114,12 +120,17 @@ class Stream(StreamState):
         for event in self.all():
             handle(event)
 
-    def write(self, *contents: Content) -> None:
-        """Appends the contents as events `position + 1 ..`, all or none."""
-        events = self._events(contents, None)
-        if events:
+    def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
+        """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
+        (see `es_workers.metadata`: limits, and the causation recorded automatically)."""
+        given = self._writable(contents, metadata)
+        if not contents:
+            return
+        first, last = self.position + 1, self.position + len(contents)
+        with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
+            events = self._events(contents, for_write(given, trace_context))
             self._write(self.entity_type, events)
-            self._appended(events)
+        self._appended(events)
 
     def __enter__(self) -> Stream:
         return self

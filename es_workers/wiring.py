@@ -49,9 +49,10 @@ def embedded_server() -> Any:
 
 def redis_client(settings: Settings) -> redis.Redis:
     if settings.redis_url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
-        client: redis.Redis = fakeredis.FakeRedis(server=embedded_server())
+        client: redis.Redis = fakeredis.FakeRedis(server=server)
         return client
     return redis.Redis.from_url(settings.redis_url)
 
@@ -59,9 +60,10 @@ def redis_client(settings: Settings) -> redis.Redis:
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
     """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
     if settings.redis_url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
-        client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=embedded_server())
+        client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
         return client
     return redis.asyncio.Redis.from_url(settings.redis_url)
 
@@ -72,10 +74,11 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
     if scheme is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
         broker = WakingRedisBroker(
-            client=fakeredis.FakeRedis(server=embedded_server()),
+            client=fakeredis.FakeRedis(server=server),
             namespace=settings.dramatiq_namespace,
         )
     elif scheme in ("amqp", "amqps"):

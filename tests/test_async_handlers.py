@@ -16,7 +16,16 @@ from apps.delivery_kit import Delivery, Recorder, assert_exactly_once_in_order
 from conftest import ACCOUNT_EVENTS, Opened
 from kit import wait_for, write_count
 
-from es_workers import Event, InMemoryEventBus, InMemoryStorage, RedisStorage, Store, admin
+from es_workers import (
+    AsyncInMemoryStorage,
+    AsyncStore,
+    Event,
+    InMemoryEventBus,
+    InMemoryStorage,
+    RedisStorage,
+    Store,
+    admin,
+)
 from es_workers.event import is_async
 
 
@@ -130,3 +139,23 @@ def test_dramatiq_runs_async_handlers_once_in_order_and_parks_a_failing_entity(
     assert parked.error == "RuntimeError: poison acc-1 #3"
     wait_for(lambda: fragile.has({"acc-0": 5, "acc-2": 5, "acc-3": 5}), "fragile goes on")
     assert fragile.by_entity()["acc-1"] == [1, 2]
+
+
+def test_an_async_handler_writing_through_an_async_store_records_its_cause(
+    memory_store: Store,
+) -> None:
+    assert isinstance(memory_store.storage, InMemoryStorage)
+    web = AsyncStore(AsyncInMemoryStorage(memory_store.storage), events=ACCOUNT_EVENTS)
+
+    async def follow_up(event: Event) -> None:
+        if event.entity_id == "a1":
+            await web.open("account", "b1").write(Opened(owner="follow-up"))
+
+    memory_store.subscribe("account", "follow-up", follow_up)
+    cause = write_count(memory_store, "a1", 1)
+
+    wait_for(lambda: list(memory_store.read("account", "b1")), "the follow-up event")
+    (caused,) = memory_store.read("account", "b1")
+    (first,) = memory_store.read("account", "a1")
+    assert cause == 1 and caused.causation_id == first.store_event_id
+    assert caused.correlation_id == first.correlation_id

@@ -26,9 +26,9 @@ from es_workers import (
     ConfigurationError,
     Content,
     CorruptEventError,
-    EsError,
     Event,
     InMemoryStorage,
+    InvalidMetadataError,
     InvalidNameError,
     NotRegisteredError,
     RedisStorage,
@@ -188,11 +188,21 @@ async def test_bad_input_is_refused_with_the_errors_of_the_sync_store(stores: St
         store.open("account", "")
     with pytest.raises(InvalidNameError):
         store.open("9account", "a1")
-    with pytest.raises(EsError, match="metadata"):  # until events carry metadata (issue 11)
-        await store.open("account", "a1").write(Opened(owner="a"), metadata={"user": "ann"})
+    with pytest.raises(InvalidMetadataError):
+        await store.open("account", "a1").write(Opened(owner="a"), metadata={"bad key": "x"})
 
     assert await events_of(store) == []
     assert await store.entity_ids("account") == ([], None)
+
+
+async def test_metadata_is_stored_with_the_events_as_through_a_store(stores: Stores) -> None:
+    await stores.async_store.open("account", "a1").write(
+        Opened(owner="ann"), Deposited(amount=1), metadata={"user": "ann"}
+    )
+
+    events = await events_of(stores.async_store)
+    assert [dict(e.metadata) for e in events] == [{"user": "ann"}] * 2
+    assert list(stores.store.read("account", "a1")) == events
 
 
 async def test_an_async_store_and_a_store_of_the_same_data_see_the_same_events(

@@ -131,7 +131,7 @@ def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus
 @pytest.mark.parametrize(
     "command",
     [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"],
-     ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"]],
+     ["dashboard"], ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"]],
     ids=lambda c: " ".join(c) or "es-workers",
 )
 def test_every_command_has_help(command: list[str]) -> None:

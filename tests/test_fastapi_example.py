@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
@@ -63,39 +62,32 @@ async def http(
         yield client
 
 
-async def projected(http: httpx.AsyncClient, account_id: str, event_number: int) -> None:
-    """Waits (deadline 10 s) until the read model applied `event_number`.
-
-    READ-YOUR-WRITES: `store.wait_for` replaces this poll once it exists:
-        await asyncio.to_thread(workers.wait_for, "account", account_id, event_number,
-                                subscriber_ids=["balances"])
-    """
-    deadline = time.monotonic() + 10
-    while True:
-        response = await http.get(f"/accounts/{account_id}")
-        if response.status_code == 200 and response.json()["event_number"] >= event_number:
-            return
-        assert time.monotonic() < deadline, f"balances never applied event {event_number}"
-        await asyncio.sleep(0.005)
+async def projected(workers: Store, account_id: str, event_number: int) -> None:
+    """Read-your-writes: waits until `balances` handled the account up to `event_number`."""
+    await asyncio.to_thread(
+        workers.wait_for, "account", account_id, event_number, subscriber_ids=["balances"]
+    )
 
 
-async def test_a_deposit_is_read_back_from_the_projection(http: httpx.AsyncClient) -> None:
+async def test_a_deposit_is_read_back_from_the_projection(
+    http: httpx.AsyncClient, workers: Store
+) -> None:
     assert (await http.get("/accounts/a1")).status_code == 404
 
     written = await http.post("/accounts/a1/deposits", json={"amount": 5})
     assert written.json() == {"account_id": "a1", "event_number": 2}  # Opened, Deposited
-    await projected(http, "a1", 2)
+    await projected(workers, "a1", 2)
     assert (await http.get("/accounts/a1")).json() == {
         "account_id": "a1", "balance": 5, "event_number": 2
     }
 
     again = await http.post("/accounts/a1/deposits", json={"amount": 7})
-    await projected(http, "a1", again.json()["event_number"])
+    await projected(workers, "a1", again.json()["event_number"])
     assert (await http.get("/accounts/a1")).json()["balance"] == 12
 
 
 async def test_concurrent_deposits_each_get_a_number_and_all_count(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, workers: Store
 ) -> None:
     answers = await asyncio.gather(
         *(http.post("/accounts/a2/deposits", json={"amount": n}) for n in range(1, 21))
@@ -103,7 +95,7 @@ async def test_concurrent_deposits_each_get_a_number_and_all_count(
 
     numbers = sorted(answer.json()["event_number"] for answer in answers)
     assert numbers == list(range(2, 22))  # Opened is 1; each deposit its own number
-    await projected(http, "a2", 21)
+    await projected(workers, "a2", 21)
     assert (await http.get("/accounts/a2")).json()["balance"] == sum(range(1, 21))
 
 

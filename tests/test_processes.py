@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +22,7 @@ import redis
 import redis.asyncio
 from conftest import REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
-from kit import wait_for
+from kit import ROOT, Processes, wait_for
 
 from es_workers import (
     AsyncRedisStorage,
@@ -35,58 +34,10 @@ from es_workers import (
     admin,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
 APP = "tests.process_app:store"
 ASYNC_APP = "tests.process_async_app:store"
 
 pytestmark = pytest.mark.process
-
-
-class Processes:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self.log_of: dict[str, Path] = {}
-        self.starts = 0
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        self.starts += 1
-        self.log_of[name] = self.logs / f"{name}-{self.starts}.log"
-        out = open(self.log_of[name], "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill reaches Dramatiq's children
-        )
-        self.running[name] = process
-        return process
-
-    def publisher(self, app: str = APP) -> subprocess.Popen[bytes]:
-        return self.start("publisher", ES_WORKERS, "publish", app)
-
-    def worker(self, app: str = APP) -> subprocess.Popen[bytes]:
-        return self.start("worker", ES_WORKERS, "worker", app, "--processes", "1",
-                          "--threads", "4")
-
-    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        process = self.running[name]
-        os.killpg(process.pid, sig)
-        process.wait(timeout=30)
-
-    def wait_ready(self, name: str, marker: bytes, timeout: float = 30) -> None:
-        """Waits until the process logged `marker` (its signal handlers are in place)."""
-        deadline = time.monotonic() + timeout
-        while marker not in self.log_of[name].read_bytes():
-            assert self.running[name].poll() is None, f"{name} exited"
-            assert time.monotonic() < deadline, f"{name} never logged {marker!r}"
-            time.sleep(0.1)
-
-    def stop_all(self) -> None:
-        for process in self.running.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -138,8 +89,8 @@ def assert_in_order_without_loss(log: list[tuple[str, int]], heads: dict[str, in
 def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup) -> None:
     processes, client, prefix = setup
     count, entities = 3000, 40
-    processes.publisher()
-    processes.worker()
+    processes.publisher(APP)
+    processes.worker(APP)
     writer = processes.start(
         "writer", sys.executable, "-m", "tests.process_writer", str(count), str(entities), "150"
     )
@@ -150,7 +101,7 @@ def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup
         processes.kill(victim)
         kills += 1
         time.sleep(0.3)
-        processes.publisher() if victim == "publisher" else processes.worker()
+        processes.publisher(APP) if victim == "publisher" else processes.worker(APP)
     assert writer.returncode == 0
     assert kills >= 4, "the writer finished before the processes were killed a few times"
 

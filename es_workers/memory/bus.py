@@ -9,9 +9,10 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from ..errors import SubscriberError
+from ..errors import SubscriberError, WaitTimeoutError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_type, check_subscriber_id
+from ..tracing import handler_call
 
 log = logging.getLogger("es_workers.memory.bus")
 
@@ -32,6 +33,9 @@ class InMemoryEventBus:
         self._lock = threading.Lock()
         self._handlers: dict[str, dict[str, Callable[[Event], Any]]] = {}
         self._loop: _LoopThread | None = None
+        # (subscriber, entity type, entity ID) -> last event number handled (or skipped)
+        self._handled: dict[tuple[str, str, str], int] = {}
+        self._moved = threading.Condition(self._lock)
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -63,12 +67,33 @@ class InMemoryEventBus:
         for event in list(events):
             for subscriber_id, handler in handlers:
                 try:
-                    handler(event)
+                    with handler_call(subscriber_id, event):
+                        handler(event)
                 except Exception:
                     log.exception(
                         "subscriber %s failed on %s %r event %d; skipped for this subscriber",
                         subscriber_id, event.entity_type, event.entity_id, event.event_number,
                     )
+                self._record(subscriber_id, event)
+
+    def _record(self, subscriber_id: str, event: Event) -> None:
+        with self._moved:
+            key = (subscriber_id, event.entity_type, event.entity_id)
+            self._handled[key] = max(self._handled.get(key, 0), event.event_number)
+            self._moved.notify_all()
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber was handed the entity's events up to `event_number`
+        (a handler that failed on one skipped it). Never parks, so never ParkedError."""
+
+        def behind() -> dict[str, int]:
+            done = {s: self._handled.get((s, entity_type, entity_id), 0) for s in subscriber_ids}
+            return {s: n for s, n in done.items() if n < event_number}
+
+        with self._moved:
+            if not self._moved.wait_for(lambda: not behind(), timeout):
+                raise WaitTimeoutError(entity_type, entity_id, event_number, behind(), timeout)
 
     def _awaiting(self, handler: Callable[[Event], Any]) -> Callable[[Event], None]:
         def handle(event: Event) -> None:

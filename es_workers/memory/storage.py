@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 
 from ..codec import ContentRegistry
 from ..errors import ConcurrencyError, ConfigurationError
@@ -25,6 +26,7 @@ class _Record:
     data: bytes
     event_time: datetime
     store_event_id: str
+    metadata: Mapping[str, str]
 
 
 class InMemoryStorage:
@@ -68,6 +70,7 @@ class InMemoryStorage:
                 content=content,
                 store_event_id=record.store_event_id,
                 store_entity_id=store_entity_id,
+                metadata=record.metadata,
             )
 
     def write(self, entity_type: str, events: Sequence[Event]) -> None:
@@ -88,7 +91,10 @@ class InMemoryStorage:
                     return  # a retry of a write that was stored
                 raise ConcurrencyError(entity_type, entity_id, expected, len(records))
             for event, (name, data) in zip(events, encoded, strict=True):
-                records.append(_Record(name, data, event.event_time, event.store_event_id))
+                records.append(
+                    _Record(name, data, event.event_time, event.store_event_id,
+                            MappingProxyType(dict(event.metadata)))
+                )
             if expected == 0:
                 self._order.setdefault(entity_type, []).append(
                     (events[0].store_event_id, entity_id)

@@ -6,7 +6,8 @@
 -- KEYS[4] due          {tag}:due:<subscriber>                 zset "<type>:<id>" -> re-send time
 -- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- ARGV[1] entity ID, ARGV[2] event number handled, ARGV[3] lock token, ARGV[4] lock ms,
--- ARGV[5] due member "<type>:<id>", ARGV[6] "1": release the lock if caught up with the head
+-- ARGV[5] due member "<type>:<id>", ARGV[6] "1": release the lock if caught up with the head,
+-- ARGV[7] the entity's handled channel: told the new checkpoint (Store.wait_for listens)
 --
 -- Returns {head, released}: the entity's head (last event number) and 1 if the lock was
 -- released, or {-1, 0} if the lock is no longer ours (it expired and another worker took
@@ -19,6 +20,7 @@ local number = tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if number > current then
   redis.call('HSET', KEYS[1], ARGV[1], number)
+  redis.call('PUBLISH', ARGV[7], number)
 else
   number = current
 end

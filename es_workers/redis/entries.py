@@ -15,7 +15,9 @@ from typing import Any
 from .. import metrics
 from ..codec import ContentRegistry
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
-from ..event import Event
+from ..event import NO_METADATA, Event
+from ..metadata import decode as decode_metadata
+from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from .keys import RedisKeys, text
 
@@ -23,9 +25,10 @@ DEFAULT_PARTITIONS = 16
 READ_PAGE = 1000
 _KNOWN_ENTITIES = 4096
 # The fields of an entry as append.lua writes them, in order, as replies hold them without
-# and with decode_responses.
+# and with decode_responses; the metadata field follows them when there is metadata.
 _RAW_FIELDS = [b"n", b"d", b"t", b"e"]
 _TEXT_FIELDS = ["n", "d", "t", "e"]
+_RAW_METADATA, _TEXT_METADATA = b"m", "m"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -82,6 +85,7 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
     expected = events[0].event_number - 1
     args: list[Any] = [entity_type, entity_id, expected, len(events)]
     event_time, micros = None, 0
+    metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
     for number, event in enumerate(events, start=expected + 1):
         if event.entity_id != entity_id or event.event_number != number:
@@ -95,7 +99,10 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
         else:
             name, data = registry.encode(entity_type, content)
             checked = content.__class__
-        args += (name, data, micros, event.store_event_id)
+        if event.metadata is not metadata:  # the events of a write share their metadata
+            metadata = event.metadata
+            stored_metadata = encode_metadata(metadata)
+        args += (name, data, micros, event.store_event_id, stored_metadata)
     return args
 
 
@@ -196,11 +203,18 @@ class EntityPages:
         decoders = self.registry.decoders(entity_type)
         raw = isinstance(entries[0][0], bytes)
         names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+        metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
         from_timestamp, new_event = datetime.fromtimestamp, Event
         store_entity_id = self.store_entity_id
         for entry_id, values in entries:
             try:
-                if values[::2] != names or entry_id[-2:] != zero:
+                if values[0:8:2] != names or entry_id[-2:] != zero:
+                    raise ValueError(entry_id)
+                if len(values) == 8:
+                    metadata = NO_METADATA
+                elif len(values) == 10 and values[8] == metadata_name:
+                    metadata = decode_metadata(values[9])
+                else:
                     raise ValueError(entry_id)
                 number = int(entry_id[:-2])
                 content = decoders[values[1]](values[3])
@@ -215,7 +229,7 @@ class EntityPages:
                 if number == 1:
                     store_entity_id = store_event_id
                 event = new_event(entity_id, entity_type, number, event_time, content,
-                                  store_event_id, store_entity_id or "")
+                                  store_event_id, store_entity_id or "", metadata)
             yield event
         self.store_entity_id = store_entity_id
         self.start = event.event_number + 1
@@ -245,6 +259,7 @@ class EntityPages:
             name, data = text(fields["n"]), fields["d"]
             micros = int(fields["t"])
             store_event_id = text(fields["e"])
+            metadata = decode_metadata(fields.get("m", b""))
         except (KeyError, ValueError) as error:
             raise self._corrupt(f"stored event lacks or mangles field {error}", number) from error
         content = self.registry.decode(
@@ -259,4 +274,5 @@ class EntityPages:
             content=content,
             store_event_id=store_event_id,
             store_entity_id=store_event_id if number == 1 else self.store_entity_id or "",
+            metadata=metadata,
         )

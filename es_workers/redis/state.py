@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import NotParkedError
+from ..errors import NotParkedError, ParkedError, WaitTimeoutError
 from .keys import RedisKeys, text
 from .scripts import Script
 
@@ -29,6 +29,7 @@ READY = 0
 NOTHING_TO_DO = 1
 BUSY = 2
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
+WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,11 @@ class SubscriberState:
     def _due(self, subscriber_id: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:due:{subscriber_id}"
 
+    def _handled_channel(self, e: SubscriberEntity) -> str:
+        """Pub/Sub channel told each checkpoint move and parking of the entity."""
+        return (f"{self.keys.tag(e.partition)}:handled:{e.subscriber_id}:{e.entity_type}:"
+                f"{e.entity_id}")
+
     def _caught_up(self, entity_type: str) -> str:
         """Set of subscriber IDs that have been handed the entity type's history."""
         return f"{self.keys.prefix}:caught-up:{entity_type}"
@@ -147,7 +153,8 @@ class SubscriberState:
                 self._due(e.subscriber_id, e.partition),
                 self._failures(e.subscriber_id, e.entity_type, e.partition),
             ],
-            args=[e.entity_id, event_number, token, lock_ms, e.member, int(release)],
+            args=[e.entity_id, event_number, token, lock_ms, e.member, int(release),
+                  self._handled_channel(e)],
         )
         return Committed(int(head), bool(released))
 
@@ -175,8 +182,56 @@ class SubscriberState:
                   json.dumps(record))
         pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
         pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
+        pipe.publish(self._handled_channel(e), "parked")
         pipe.execute()
         return parked
+
+    # -- Read-your-writes ----------------------------------------------------------------
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber has handled the entity up to `event_number`.
+        Wakes on the checkpoint script's messages; polls every WAIT_POLL_S in case one was
+        missed. Raises ParkedError or WaitTimeoutError."""
+        entities = [self.entity(s, entity_type, entity_id) for s in subscriber_ids]
+        deadline = time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(*(self._handled_channel(e) for e in entities))
+            while True:
+                behind = self._behind(entities, event_number)
+                if not behind:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeoutError(entity_type, entity_id, event_number, behind,
+                                           timeout)
+                pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
+        finally:
+            pubsub.close()
+
+    def _behind(self, entities: Sequence[SubscriberEntity], event_number: int
+                ) -> dict[str, int]:
+        """Subscriber ID -> checkpoint of those not yet at `event_number`; ParkedError if
+        one of them is parked at or before it."""
+        pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.hget(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                      e.entity_id)
+            pipe.hget(self._parked(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
+        answers = pipe.execute()
+        behind = {}
+        for index, e in enumerate(entities):
+            checkpoint, raw = int(answers[2 * index] or 0), answers[2 * index + 1]
+            if checkpoint >= event_number:
+                continue
+            if raw is not None:
+                parked = _parked_entity(e.subscriber_id, e.entity_type, e.entity_id, raw)
+                if parked.event_number <= event_number:
+                    raise ParkedError(e.subscriber_id, e.entity_type, e.entity_id,
+                                      parked.event_number, parked.error)
+            behind[e.subscriber_id] = checkpoint
+        return behind
 
     # -- Due notices and the sweep -------------------------------------------------------
 
@@ -288,6 +343,25 @@ class SubscriberState:
             for entity_id, number in page.items()
         }
 
+    def move_checkpoints(self, subscriber_id: str, entity_type: str,
+                         numbers: dict[str, int]) -> None:
+        """Marks entities' events up to the given numbers handled without handling them
+        (a subscriber that starts from now; benchmarks). Never moves a checkpoint back."""
+        keys = {
+            entity_id: self._checkpoints(
+                subscriber_id, entity_type, self.keys.partition(entity_type, entity_id)
+            )
+            for entity_id in numbers
+        }
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hget(key, entity_id)
+        current = dict(zip(keys, pipe.execute(), strict=True))
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hset(key, entity_id, max(numbers[entity_id], int(current[entity_id] or 0)))
+        pipe.execute()
+
     def parked(self, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
         """Entities parked for the subscriber, oldest first."""
         return sorted(
@@ -319,6 +393,7 @@ class SubscriberState:
         pipe.hdel(parked_key, e.entity_id)
         pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
                   nx=True)
+        pipe.publish(self._handled_channel(e), "unparked")
         pipe.execute()
         return entity
 

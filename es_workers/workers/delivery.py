@@ -30,6 +30,7 @@ from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
 from ..redis.state import BUSY, NOTHING_TO_DO, SubscriberEntity, SubscriberState
+from ..tracing import handler_call
 from ..upgrade import Reader, Reading
 
 log = logging.getLogger("es_workers.delivery")
@@ -153,7 +154,8 @@ class _Run:
     def _call(self, event: Event) -> None:
         started = time.perf_counter()
         try:
-            self.handler(event)
+            with handler_call(self.e.subscriber_id, event):
+                self.handler(event)
         except Exception as error:
             metrics.HANDLER_FAILURES.labels(*self.labels).inc()
             self._failed(event.event_number, error)
