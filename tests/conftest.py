@@ -123,6 +123,12 @@ def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMem
         client.close()
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of the async tests (`pytest.mark.anyio`): asyncio only."""
+    return "asyncio"
+
+
 ALL_STORAGES = pytest.mark.parametrize(
     "any_storage", ["fakeredis", "redis", "memory", *ASYNC_KINDS], indirect=True
 )

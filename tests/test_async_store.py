@@ -41,11 +41,6 @@ from es_workers.wiring import redis_client
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Stores:
     """An AsyncStore and a Store on the same data."""

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The example module; its own wiring (module level) on the embedded Redis, not ours."""
     monkeypatch.delenv("ES_REDIS_URL", raising=False)
