@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -32,7 +33,8 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from es_workers import AsyncRedisStorage, AsyncStore, Content, RedisStorage, Store
+from es_workers import AsyncRedisStorage, AsyncStore, Content, Event, RedisStorage, Store
+from es_workers.redis.entries import append_args
 
 ENTITY = "account"
 NOTE = 176  # characters: the JSON of an event is ~200 bytes
@@ -101,12 +103,17 @@ class Bench:
     async def async_script(self) -> float:
         """The append script awaited directly with prepared KEYS/ARGV: what is left of an
         append once Stream, Event and encoding are taken away."""
-        keys = (await self.astorage.open()).append_keys(ENTITY, self.entity())
+        entity_id = self.entity()
+        keys = (await self.astorage.open()).append_keys(ENTITY, entity_id)
         script = self.astorage.append_script
-        data = deposit(0).model_dump_json()
+        # The ARGV of one event, as the store builds it; then only the expected position
+        # (ARGV[3]) and the store_event_id (ARGV[8]) change from call to call.
+        event = Event(entity_id, ENTITY, 1, datetime.now(UTC), deposit(0), "id-0", "")
+        template = append_args(self.astorage.registry, ENTITY, [event])
         started = time.perf_counter()
         for number in range(self.n):
-            args = [ENTITY, "x", number, 1, "Deposited", data, 1700000000000000, f"id-{number}"]
+            args = list(template)
+            args[2], args[7] = number, f"id-{number}"
             await script(keys=keys, args=args)
         return self.n / (time.perf_counter() - started)
 
