@@ -15,8 +15,11 @@ from dataclasses import dataclass
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 from async_kit import async_client
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from es_workers import (
     AsyncInMemoryStorage,
@@ -371,3 +374,30 @@ async def test_without_a_redis_url_both_stores_share_the_embedded_redis() -> Non
     sync = Store(RedisStorage(redis_client(settings), prefix=settings.prefix),
                  events=ACCOUNT_EVENTS)
     assert [e.content for e in sync.read("account", "a1")] == [Opened(owner="ann")]
+
+
+async def test_batched_appends_are_retried_on_a_new_connection_once_theirs_is_cut() -> None:
+    """The connection of concurrent appends dies (CLIENT KILL): the batch is sent again on
+    a new one, as the client's retry policy says for any command (`from_url` gives none:
+    this client is given one), and every append lands exactly once."""
+    real_redis().close()
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    client = redis.asyncio.Redis.from_url(REDIS_URL, client_name=name, retry=Retry(NoBackoff(), 3))
+    store = AsyncStore(AsyncRedisStorage(client, prefix=name), events=ACCOUNT_EVENTS)
+    admin_client = real_redis()
+    try:
+        streams = [store.open("account", f"a{n}") for n in range(10)]
+        await asyncio.gather(*(stream.write(Opened(owner="a")) for stream in streams))
+        ours = [c["id"] for c in admin_client.client_list() if c["name"] == name]
+        assert ours, "the store's connections are named"
+        for connection_id in ours:
+            admin_client.client_kill_filter(_id=connection_id)
+
+        await asyncio.gather(*(stream.write(Deposited(amount=1)) for stream in streams))
+
+        for n in range(10):
+            assert [e.event_number for e in await events_of(store, f"a{n}")] == [1, 2]
+    finally:
+        await store.close()
+        delete_prefix(admin_client, name)
+        admin_client.close()
