@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
+from .async_store import AsyncStore
+from .async_stream import AsyncStream
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -24,9 +26,9 @@ from .errors import (
     WaitTimeoutError,
 )
 from .event import Content, Event, Handler
-from .memory import InMemoryEventBus, InMemoryStorage
-from .ports import EventBus, NotifyingEventBus, Storage
-from .redis import RedisStorage
+from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
+from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
+from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
 from .store import Store
 from .stream import Stream
@@ -39,6 +41,11 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncInMemoryStorage",
+    "AsyncRedisStorage",
+    "AsyncStorage",
+    "AsyncStore",
+    "AsyncStream",
     "ConcurrencyError",
     "ConfigurationError",
     "Content",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,3 +83,19 @@ def as_callable(handler: Handler) -> Callable[[Event], Any]:
     if callable(handler):
         return handler
     raise TypeError(f"a handler must be callable or have .handle(event), got {handler!r}")
+
+
+def is_async(function: Callable[..., Any]) -> bool:
+    """Whether calling `function` makes a coroutine: an `async def` function or method, or
+    an object whose `__call__` is one."""
+    call = function if inspect.isroutine(function) else type(function).__call__
+    return inspect.iscoroutinefunction(call)
+
+
+async def awaited_in(
+    context: contextvars.Context, handler: Callable[[Event], Any], event: Event
+) -> Any:
+    """Awaits `handler(event)` as a task run in `context`: a bus that hands an event to an
+    async handler on another thread's event loop passes the context of the thread that
+    delivers it, so context variables set around the call reach the handler."""
+    return await asyncio.get_running_loop().create_task(handler(event), context=context)

@@ -10,7 +10,7 @@ checkpoints in a storage that can hold them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .event import Content, Event, Handler
@@ -79,6 +79,30 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncStorage(Protocol):
+    """`Storage` for asyncio (`AsyncStore`): the same reads and writes, awaited. It has no
+    publishing hook: a `Store` on the same data relays what it appends."""
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """Events of one entity with `event_number > after`, in order, as stored."""
+        ...
+
+    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        """Appends events of one entity, all or none, as `Storage.write`."""
+        ...
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None: ...
+
+    def entity_types(self) -> list[str]: ...
+
+    async def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -15,8 +15,8 @@ from .names import check_entity_id, check_entity_type
 from .ports import Bus, NotifyingEventBus, Progress, Storage
 from .redis.storage import RedisStorage
 from .settings import Settings
-from .stream import Stream
-from .upgrade import EventUpgrade, Reader, Reading
+from .stream import Stream, check_stream
+from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
 
 H = TypeVar("H", bound=Handler)
@@ -44,11 +44,7 @@ class Store:
         self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
-        for entity_type, chain in (upgrades or {}).items():
-            check_entity_type(entity_type)
-            for upgrade in chain:
-                if not callable(upgrade):
-                    raise TypeError(f"upgrade {upgrade!r} for {entity_type!r} is not callable")
+        check_upgrades(upgrades or {})
         self.reader = Reader(storage.read, upgrades or {})
         self._stop = threading.Event()
         self._publishing: threading.Thread | None = None
@@ -78,10 +74,7 @@ class Store:
 
         It must be read before it is written to.
         """
-        check_entity_type(entity_type)
-        check_entity_id(entity_id)
-        if not isinstance(event_number, int) or event_number < 0:
-            raise ValueError(f"event_number must be an int >= 0, got {event_number!r}")
+        check_stream(entity_type, entity_id, event_number)
         return Stream(self.reader, self.storage.write, entity_type, entity_id, event_number)
 
     def project(self, entity_type: str, entity_id: str, handler: Handler) -> None:

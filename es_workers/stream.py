@@ -10,14 +10,86 @@ from .errors import EsError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
+from .names import check_entity_id, check_entity_type
 from .tracing import append_span
-from .upgrade import Reader, Reading
+from .upgrade import AsyncReading, Reader, Reading
 
 WriteStored = Callable[[str, Sequence[Event]], None]
 """A storage's `write(entity_type, events)`."""
 
 
-class Stream:
+def check_stream(entity_type: str, entity_id: str, event_number: int) -> None:
+    """Checks the arguments of `open_from` (both stores)."""
+    check_entity_type(entity_type)
+    check_entity_id(entity_id)
+    if not isinstance(event_number, int) or event_number < 0:
+        raise ValueError(f"event_number must be an int >= 0, got {event_number!r}")
+
+
+class StreamState:
+    """What `Stream` and `AsyncStream` share: the position, whether the stream may write,
+    and the events a write appends."""
+
+    def __init__(self, entity_type: str, entity_id: str, after: int) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self._after = after
+        self._written = after
+        # Opened at the start, the stream may write blind (the append checks the position).
+        # Opened from event n, it must read first: position n says nothing of the head.
+        self._may_write = after == 0
+        self._reading: Reading | AsyncReading | None = None
+        self._closed = False
+
+    @property
+    def position(self) -> int:
+        reading = self._reading
+        if reading is not None and reading.position > self._written:
+            return reading.position
+        return self._written
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EsError(f"{self.entity_type} {self.entity_id!r}: the stream is closed")
+
+    def _writable(
+        self, contents: tuple[Content, ...], metadata: Mapping[str, str] | None
+    ) -> dict[str, str] | None:
+        """Checks that the stream may write the contents; returns the caller's metadata,
+        checked (see `es_workers.metadata`)."""
+        self._check_open()
+        given = check(metadata) if metadata is not None else None
+        if contents and not (
+            self._may_write or (self._reading is not None and self._reading.finished)
+        ):
+            raise StreamNotReadError(
+                f"{self.entity_type} {self.entity_id!r} was opened from event {self._after} "
+                "and not read: read it (all() or project()) before writing"
+            )
+        return given
+
+    def _events(self, contents: tuple[Content, ...], stored: Mapping[str, str]) -> list[Event]:
+        """The events that writing the contents appends, with the metadata to store."""
+        self._may_write = True
+        now = datetime.now(UTC)
+        entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
+        return [
+            # store_entity_id is the storage's to tell (the entity's first event's ID)
+            Event(entity_id, entity_type, position + offset, now, content, store_event_id,
+                  "", stored)
+            for offset, (content, store_event_id) in enumerate(
+                zip(contents, new_ids(len(contents)), strict=True), start=1
+            )
+        ]
+
+    def _appended(self, events: list[Event]) -> None:
+        self._written = events[-1].event_number
+
+
+class Stream(StreamState):
     """One entity's events. Read with `all()` or `project()`, append with `write()`.
 
     `position` is the number of the last event read or written through this stream. A
@@ -28,24 +100,9 @@ class Stream:
     def __init__(
         self, reader: Reader, write: WriteStored, entity_type: str, entity_id: str, after: int
     ) -> None:
+        super().__init__(entity_type, entity_id, after)
         self._reader = reader
         self._write = write
-        self.entity_type = entity_type
-        self.entity_id = entity_id
-        self._after = after
-        self._written = after
-        # Opened at the start, the stream may write blind (the append checks the position).
-        # Opened from event n, it must read first: position n says nothing of the head.
-        self._may_write = after == 0
-        self._reading: Reading | None = None
-        self._closed = False
-
-    @property
-    def position(self) -> int:
-        reading = self._reading
-        if reading is not None and reading.position > self._written:
-            return reading.position
-        return self._written
 
     def all(self) -> Reading:
         """The entity's events after the opening number, upgraded, in order.
@@ -53,8 +110,9 @@ class Stream:
         Each call reads the storage again from where the stream was opened.
         """
         self._check_open()
-        self._reading = self._reader.read(self.entity_type, self.entity_id, self._after)
-        return self._reading
+        reading = self._reader.read(self.entity_type, self.entity_id, self._after)
+        self._reading = reading
+        return reading
 
     def project(self, handler: Handler) -> None:
         """Calls the handler with each event of `all()`; stops at the first exception."""
@@ -65,39 +123,14 @@ class Stream:
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
         (see `es_workers.metadata`: limits, and the causation recorded automatically)."""
-        self._check_open()
-        given = check(metadata) if metadata is not None else None
+        given = self._writable(contents, metadata)
         if not contents:
             return
-        if not (self._may_write or (self._reading is not None and self._reading.finished)):
-            raise StreamNotReadError(
-                f"{self.entity_type} {self.entity_id!r} was opened from event {self._after} "
-                "and not read: read it (all() or project()) before writing"
-            )
-        self._may_write = True
-        entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
-        with append_span(
-            entity_type, entity_id, position + 1, position + len(contents)
-        ) as trace_context:
-            stored = for_write(given, trace_context)
-            now = datetime.now(UTC)
-            events = [
-                # store_entity_id is the storage's to tell (the entity's first event's ID)
-                Event(entity_id, entity_type, position + offset, now, content, store_event_id,
-                      "", stored)
-                for offset, (content, store_event_id) in enumerate(
-                    zip(contents, new_ids(len(contents)), strict=True), start=1
-                )
-            ]
-            self._write(entity_type, events)
-        self._written = position + len(events)
-
-    def close(self) -> None:
-        self._closed = True
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise EsError(f"{self.entity_type} {self.entity_id!r}: the stream is closed")
+        first, last = self.position + 1, self.position + len(contents)
+        with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
+            events = self._events(contents, for_write(given, trace_context))
+            self._write(self.entity_type, events)
+        self._appended(events)
 
     def __enter__(self) -> Stream:
         return self

@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 import dramatiq
 import redis
+import redis.asyncio
 
 from .errors import ConfigurationError
+from .redis.async_storage import AsyncRedisStorage
 from .redis.storage import RedisStorage
 from .settings import Settings, env_name, load_settings, redact_url
 from .workers.broker import WakingRedisBroker
@@ -53,6 +55,17 @@ def redis_client(settings: Settings) -> redis.Redis:
         client: redis.Redis = fakeredis.FakeRedis(server=server)
         return client
     return redis.Redis.from_url(settings.redis_url)
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
+    if settings.redis_url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
+        import fakeredis
+
+        client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
+        return client
+    return redis.asyncio.Redis.from_url(settings.redis_url)
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -111,3 +124,11 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
     )
     log.debug("store built from settings %s", settings.shown())
     return storage, bus
+
+
+def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
+    """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited."""
+    settings = settings if settings is not None else load_settings()
+    return AsyncRedisStorage(
+        async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions
+    )

@@ -5,9 +5,11 @@ order. Every test runs on RedisStorage (fakeredis, real Redis) and on InMemorySt
 from __future__ import annotations
 
 import pytest
-from conftest import Deposited, Opened, events_of
+from conftest import ALL_STORAGES, Deposited, Opened, events_of
 
 from es_workers import ConcurrencyError, Content, InMemoryStorage, RedisStorage
+
+pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 
 AnyStorage = RedisStorage | InMemoryStorage
 

@@ -8,14 +8,17 @@ handler every event once, in order per entity, in parallel across entities.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import dramatiq
+from dramatiq.asyncio import async_to_sync
+from dramatiq.middleware.asyncio import AsyncIO
 
 from ..errors import ConfigurationError, SubscriberError
-from ..event import Event, Handler, as_callable
+from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id
 from ..ports import Storage
 from ..redis.storage import RedisStorage
@@ -40,6 +43,10 @@ class DramatiqEventBus:
     `es-workers worker APP` find the actors the app module declares when imported.
     Actor-level failures (Redis down while handling) use Dramatiq's retries, kept short;
     handler failures are retried and parked per entity by `delivery.Deliverer`.
+
+    An `async def` handler runs on the event loop of Dramatiq's `AsyncIO` middleware (added
+    to the broker with the first one), awaited by the actor's thread: delivery around it
+    (lock, order, checkpoint, retry, parking) is the same as for a function.
     """
 
     def __init__(
@@ -82,6 +89,10 @@ class DramatiqEventBus:
         check_entity_type(entity_type)
         check_subscriber_id(subscriber_id)
         function = as_callable(handler)
+        if is_async(function):
+            if not any(isinstance(m, AsyncIO) for m in self.broker.middleware):
+                self.broker.add_middleware(AsyncIO())  # starts the loop when a worker boots
+            function = _on_dramatiq_loop(function)
         with self._lock:
             if (entity_type, subscriber_id) in self._handlers:
                 raise SubscriberError(
@@ -161,3 +172,14 @@ def _middleware(broker: dramatiq.Broker, kind: type[_M]) -> _M:
     added = kind()
     broker.add_middleware(added)
     return added
+
+
+def _on_dramatiq_loop(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+    """The async handler run on the AsyncIO middleware's loop, in the actor thread's context
+    (`event.awaited_in`), its outcome awaited by that thread."""
+    run = async_to_sync(awaited_in)
+
+    def handle(event: Event) -> None:
+        run(contextvars.copy_context(), handler, event)
+
+    return handle
