@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
-from .errors import EsError, StreamNotReadError
+from .errors import EsError, StorageUnavailableError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
@@ -39,6 +40,10 @@ class Stream:
         self._may_write = after == 0
         self._reading: Reading | None = None
         self._closed = False
+        # A write that failed with Redis unavailable, kept so that writing the same contents
+        # again re-sends the same events (same store_event_ids and numbers): if the first
+        # attempt did reach Redis, the append script recognises them and nothing doubles.
+        self._unconfirmed: _Unconfirmed | None = None
 
     @property
     def position(self) -> int:
@@ -77,18 +82,29 @@ class Stream:
         self._may_write = True
         entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
         with append_span(entity_type, entity_id, position + 1, position + len(contents)):
-            stored = for_write(given, traceparent())
-            now = datetime.now(UTC)
-            events = [
-                # store_entity_id is the storage's to tell (the entity's first event's ID)
-                Event(entity_id, entity_type, position + offset, now, content, store_event_id,
-                      "", stored)
-                for offset, (content, store_event_id) in enumerate(
-                    zip(contents, new_ids(len(contents)), strict=True), start=1
-                )
-            ]
-            self._write(entity_type, events)
+            attempt = _Unconfirmed(position, contents, given)
+            events = self._unconfirmed.events if attempt == self._unconfirmed else None
+            if events is None:
+                events = self._events(position, contents, for_write(given, traceparent()))
+            try:
+                self._write(entity_type, events)
+            except StorageUnavailableError:
+                self._unconfirmed = _Unconfirmed(position, contents, given, events)
+                raise
+            self._unconfirmed = None
         self._written = position + len(events)
+
+    def _events(self, position: int, contents: Sequence[Content],
+                metadata: Mapping[str, str]) -> list[Event]:
+        now = datetime.now(UTC)
+        return [
+            # store_entity_id is the storage's to tell (the entity's first event's ID)
+            Event(self.entity_id, self.entity_type, position + offset, now, content,
+                  store_event_id, "", metadata)
+            for offset, (content, store_event_id) in enumerate(
+                zip(contents, new_ids(len(contents)), strict=True), start=1
+            )
+        ]
 
     def close(self) -> None:
         self._closed = True
@@ -107,3 +123,14 @@ class Stream:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """A write whose outcome is unknown: equal to a new attempt when that attempt starts at
+    the same position with equal contents and metadata (the events do not take part)."""
+
+    position: int
+    contents: Sequence[Content]
+    metadata: Mapping[str, str] | None
+    events: list[Event] | None = field(default=None, compare=False)

@@ -19,6 +19,8 @@ from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus
 from ..upgrade import Reader
+from .durability import Durability, check_server
+from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
@@ -52,6 +54,9 @@ class RedisStorage:
     (passing a different number is a ConfigurationError, since it would move entities).
     `publisher` configures the storage's publishing hook (`start_publish`), the outbox
     relay that `Store.start()` runs; `state` is where subscribers keep their checkpoints.
+    `durability` says what each append waits for (replicas, the append-only file).
+
+    A Redis that cannot be reached raises StorageUnavailableError (see `redis/failures.py`).
     """
 
     def __init__(
@@ -61,9 +66,14 @@ class RedisStorage:
         prefix: str = "es",
         partitions: int | None = None,
         publisher: PublisherOptions | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.client = client
-        self.keys = self._open_keys(client, prefix, partitions)
+        self.server = server_name(client)
+        self.durability = durability or Durability()
+        with translated(self.server, "opening the store"):
+            self.keys = self._open_keys(client, prefix, partitions)
+            check_server(client, self.durability, self.server)
         self.registry = ContentRegistry()
         self.publisher_options = publisher or PublisherOptions()
         self.state = SubscriberState(
@@ -130,14 +140,30 @@ class RedisStorage:
                 metadata = event.metadata
                 stored_metadata = encode_metadata(metadata)
             args += (name, data, micros, event.store_event_id, stored_metadata)
-        # redis-py retries a command whose connection failed; the script then finds the
-        # same store_event_ids in place and answers 1, so a lost reply never duplicates.
-        status, position = self.append_script(keys=keys, args=args)
+        status, position = self._append(keys, args)
         if status == 2:
             metrics.CONFLICTS.labels(entity_type).inc()
             raise ConcurrencyError(entity_type, entity_id, expected, int(position))
         if status == 0:
             metrics.APPENDS.labels(entity_type).inc(len(events))
+
+    def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
+        """Runs append.lua (ARGV: entity type, entity ID, expected, count, ...), then what
+        `durability` waits for; returns the script's (status, position)."""
+        entity_type, entity_id, expected, count = args[:4]
+        # redis-py retries a command whose connection failed; the script then finds the
+        # same store_event_ids in place and answers 1, so a lost reply never duplicates.
+        with translated(self.server, f"appending to {entity_type} {entity_id!r}", writing=True):
+            if not self.durability.waits:
+                status, position = self.append_script(keys=keys, args=args)
+                return int(status), int(position)
+            (status, position), confirmed = self.append_script.then(
+                keys, args, self.durability.command()
+            )
+        if status != 2:  # a conflict wrote nothing to wait for
+            self.durability.check(confirmed, entity_type, entity_id, expected + 1,
+                                  expected + count)
+        return int(status), int(position)
 
     def _entity_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """The entity's append.lua KEYS (its stream first), once its names are checked.
@@ -163,72 +189,73 @@ class RedisStorage:
             raise ValueError(f"after must be >= 0, got {after}")
         store_entity_id: str | None = None
         start = after + 1
-        while True:
-            if store_entity_id is None and start != 1:  # event 1 holds the store_entity_id
-                pipe = self._reader.pipeline(transaction=False)
-                pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
-                first, entries = pipe.execute()
-                # A stream trimmed of event 1 (not something es_workers does) has lost it.
-                store_entity_id = ""
-                if first:
-                    entry_id, values = first[0]
-                    entry = (entry_id, _pairs(values))
-                    store_entity_id = self._field(key, entry, "e", entity_type, entity_id)
-            else:
-                entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
-            # One entry past the page says whether another page follows, without a round
-            # trip that finds nothing; it is read again as the next page's first.
-            more = len(entries) > _READ_PAGE
-            if more:
-                entries.pop()
-            if not entries:
-                return
-            # Entries as the append script writes them are decoded inline (hydrating is
-            # read-bound); anything else goes through _decode, which decodes it or raises
-            # the error that explains it.
-            decoders = self.registry.decoders(entity_type)
-            raw = isinstance(entries[0][0], bytes)
-            names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
-            metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
-            from_timestamp, new_event = datetime.fromtimestamp, Event
-            for entry_id, values in entries:
-                try:
-                    if values[0:8:2] != names or entry_id[-2:] != zero:
-                        raise ValueError(entry_id)
-                    if len(values) == 8:
-                        metadata = NO_METADATA
-                    elif len(values) == 10 and values[8] == metadata_name:
-                        metadata = decode_metadata(values[9])
-                    else:
-                        raise ValueError(entry_id)
-                    number = int(entry_id[:-2])
-                    content = decoders[values[1]](values[3])
-                    # float seconds are exact to the microsecond until the year 2255
-                    event_time = from_timestamp(int(values[5]) / 1e6, UTC)
-                    store_event_id = values[7].decode() if raw else values[7]
-                except Exception:
-                    event = self._decode(
-                        key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
-                    )
-                    store_entity_id = event.store_entity_id
+        with translated(self.server, f"reading {entity_type} {entity_id!r}"):
+            while True:
+                if store_entity_id is None and start != 1:  # event 1 holds the store_entity_id
+                    pipe = self._reader.pipeline(transaction=False)
+                    pipe.xrange(key, "1-0", "1-0")
+                    pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
+                    first, entries = pipe.execute()
+                    # A stream trimmed of event 1 (not something es_workers does) has lost it.
+                    store_entity_id = ""
+                    if first:
+                        entry_id, values = first[0]
+                        entry = (entry_id, _pairs(values))
+                        store_entity_id = self._field(key, entry, "e", entity_type, entity_id)
                 else:
-                    if number == 1:
-                        store_entity_id = store_event_id
-                    event = new_event(
-                        entity_id,
-                        entity_type,
-                        number,
-                        event_time,
-                        content,
-                        store_event_id,
-                        store_entity_id or "",
-                        metadata,
-                    )
-                yield event
-            if not more:
-                return
-            start = event.event_number + 1
+                    entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
+                # One entry past the page says whether another page follows, without a round
+                # trip that finds nothing; it is read again as the next page's first.
+                more = len(entries) > _READ_PAGE
+                if more:
+                    entries.pop()
+                if not entries:
+                    return
+                # Entries as the append script writes them are decoded inline (hydrating is
+                # read-bound); anything else goes through _decode, which decodes it or raises
+                # the error that explains it.
+                decoders = self.registry.decoders(entity_type)
+                raw = isinstance(entries[0][0], bytes)
+                names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+                metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
+                from_timestamp, new_event = datetime.fromtimestamp, Event
+                for entry_id, values in entries:
+                    try:
+                        if values[0:8:2] != names or entry_id[-2:] != zero:
+                            raise ValueError(entry_id)
+                        if len(values) == 8:
+                            metadata = NO_METADATA
+                        elif len(values) == 10 and values[8] == metadata_name:
+                            metadata = decode_metadata(values[9])
+                        else:
+                            raise ValueError(entry_id)
+                        number = int(entry_id[:-2])
+                        content = decoders[values[1]](values[3])
+                        # float seconds are exact to the microsecond until the year 2255
+                        event_time = from_timestamp(int(values[5]) / 1e6, UTC)
+                        store_event_id = values[7].decode() if raw else values[7]
+                    except Exception:
+                        event = self._decode(
+                            key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
+                        )
+                        store_entity_id = event.store_entity_id
+                    else:
+                        if number == 1:
+                            store_entity_id = store_event_id
+                        event = new_event(
+                            entity_id,
+                            entity_type,
+                            number,
+                            event_time,
+                            content,
+                            store_event_id,
+                            store_entity_id or "",
+                            metadata,
+                        )
+                    yield event
+                if not more:
+                    return
+                start = event.event_number + 1
 
     def _field(
         self, key: str, entry: Any, field: str, entity_type: str, entity_id: str
@@ -298,7 +325,8 @@ class RedisStorage:
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""
         partition = self.keys.partition(entity_type, entity_id)
-        value = self.client.hget(self.keys.heads(entity_type, partition), entity_id)
+        with translated(self.server, f"reading the position of {entity_type} {entity_id!r}"):
+            value = self.client.hget(self.keys.heads(entity_type, partition), entity_id)
         return int(value) if value is not None else 0
 
     def entity_ids(
@@ -313,7 +341,9 @@ class RedisStorage:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zrangebylex(self.keys.index(entity_type, partition), start, "+", 0, limit + 1)
-        merged = heapq.merge(*(map(text, page) for page in pipe.execute()))
+        with translated(self.server, f"listing {entity_type} entities"):
+            pages = pipe.execute()
+        merged = heapq.merge(*(map(text, page) for page in pages))
         members = [member for _, member in zip(range(limit + 1), merged, strict=False)]
         page = members[:limit]
         token = page[-1][:36] if len(members) > limit else None
@@ -324,20 +354,25 @@ class RedisStorage:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.hgetall(self.keys.heads(entity_type, partition))
-        return {text(k): int(v) for page in pipe.execute() for k, v in page.items()}
+        with translated(self.server, f"reading {entity_type} positions"):
+            pages = pipe.execute()
+        return {text(k): int(v) for page in pages for k, v in page.items()}
 
     def count_entities(self, entity_type: str) -> int:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zcard(self.keys.index(entity_type, partition))
-        return sum(int(n) for n in pipe.execute())
+        with translated(self.server, f"counting {entity_type} entities"):
+            return sum(int(n) for n in pipe.execute())
 
     def outbox_backlog(self) -> int:
         """Outbox entries written but not yet relayed and acknowledged."""
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.xlen(self.keys.outbox(partition))
-        return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        with translated(self.server, "reading the outbox backlog"):
+            lengths = pipe.execute(raise_on_error=False)
+        return sum(int(n) for n in lengths if isinstance(n, int))
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
         Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
