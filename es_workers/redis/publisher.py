@@ -109,12 +109,16 @@ class Publisher:
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised."""
         failures = idle = 0
+        failing_since = time.monotonic()
         log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
         while not stop.is_set():
             try:
                 if failures or self._own_pending:
                     self.ensure_groups()
                 busy = self.step()
+                if failures:
+                    log.info("publisher %s recovered after %.1f s (%d failed attempts)",
+                             self.consumer, time.monotonic() - failing_since, failures)
                 failures = 0
                 idle = 0 if busy else idle + 1
                 if idle:
@@ -122,6 +126,8 @@ class Publisher:
                     # off (1 ms doubling to 32 ms) rather than spin.
                     stop.wait(0.001 * 2 ** min(idle - 1, 5))
             except Exception as error:
+                if not failures:
+                    failing_since = time.monotonic()
                 failures += 1
                 self._own_pending = True
                 delay = self._backoff.delay_ms(failures)
