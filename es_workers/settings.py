@@ -429,7 +429,7 @@ def env_name(field: str) -> str:
 
 # ES_ variables that are not settings but are known: the config file's name, and the
 # switches of the test suite.
-NOT_SETTINGS = (CONFIG_FILE_ENV, "ES_REQUIRE_")
+NOT_SETTINGS = (CONFIG_FILE_ENV, "ES_REQUIRE_", "ES_TEST_")
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:

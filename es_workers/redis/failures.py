@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from ..errors import StorageFullError, StorageUnavailableError
+from ..errors import ConfigurationError, StorageFullError, StorageUnavailableError
 
 # Errors that say the server cannot serve now, not that the command is wrong. BusyLoading
 # is a ConnectionError in redis-py.
@@ -54,6 +54,8 @@ def translated(server: str, doing: str, *, writing: bool = False) -> Iterator[No
         yield
     except redis.exceptions.OutOfMemoryError as error:
         raise StorageFullError(server, error) from error
+    except redis.AuthenticationError as error:  # a ConnectionError in redis-py, but no outage
+        raise ConfigurationError(f"Redis {server} refused the credentials: {error}") from None
     except UNAVAILABLE as error:
         # READONLY and MASTERDOWN are refusals: the command did not run. But redis-py may
         # have retried it after a lost connection, so a write's outcome stays unknown.
