@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
-from .errors import EsError, StorageUnavailableError, StreamNotReadError
+from .errors import DurabilityError, EsError, StorageUnavailableError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
@@ -40,9 +40,10 @@ class Stream:
         self._may_write = after == 0
         self._reading: Reading | None = None
         self._closed = False
-        # A write that failed with Redis unavailable, kept so that writing the same contents
-        # again re-sends the same events (same store_event_ids and numbers): if the first
-        # attempt did reach Redis, the append script recognises them and nothing doubles.
+        # A write that failed with Redis unavailable or unconfirmed by replicas, kept so that
+        # writing the same contents again re-sends the same events (same store_event_ids and
+        # numbers): if the first attempt did reach Redis, the append script recognises them,
+        # nothing doubles, and the replicas are waited for again.
         self._unconfirmed: _Unconfirmed | None = None
 
     @property
@@ -69,7 +70,10 @@ class Stream:
 
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
-        (see `es_workers.metadata`: limits, and the causation recorded automatically)."""
+        (see `es_workers.metadata`: limits, and the causation recorded automatically).
+
+        After StorageUnavailableError or DurabilityError, writing the same contents again on
+        this Stream re-sends the same events: the write is applied exactly once."""
         self._check_open()
         given = check(metadata) if metadata is not None else None
         if not contents:
@@ -88,7 +92,7 @@ class Stream:
                 events = self._events(position, contents, for_write(given, traceparent()))
             try:
                 self._write(entity_type, events)
-            except StorageUnavailableError:
+            except (StorageUnavailableError, DurabilityError):
                 self._unconfirmed = _Unconfirmed(position, contents, given, events)
                 raise
             self._unconfirmed = None

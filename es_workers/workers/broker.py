@@ -28,7 +28,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import ConnectionClosed
 
 from ..backoff import Backoff
-from .dramatiq_internals import RedisConsumer
+from .dramatiq_internals import RedisConsumer, has_cached_messages
 
 log = logging.getLogger("es_workers.workers.broker")
 
@@ -196,12 +196,14 @@ class _WakingConsumer(RedisConsumer):
         """The next message, or None. While Redis is unavailable it waits out the broker's
         backoff in steps and returns None, so the worker thread keeps running (and can
         stop) instead of restarting its consumer and logging each failure."""
+        asks_redis = not has_cached_messages(self)
         try:
             message = self._next()
         except UNAVAILABLE as error:
             time.sleep(min(self._outage.failed(error), OUTAGE_POLL_S))
             return None
-        self._outage.succeeded()
+        if asks_redis:
+            self._outage.succeeded()
         return message
 
     def _next(self) -> Any:
