@@ -281,3 +281,13 @@ def test_wait_aof_on_a_redis_older_than_7_2_is_refused_at_start_up_naming_its_ve
         pytest.fail(f"this test needs a Redis older than 7.2 (here {version})")
     with pytest.raises(ConfigurationError, match=rf"version {version}\).*Redis 7\.2"):
         RedisStorage(real_redis(), prefix=prefix, durability=Durability(aof=True))
+
+
+def test_config_output_never_shows_a_password() -> None:
+    env = dict(os.environ, ES_REDIS_URL="redis://app:s3cret-pw@127.0.0.1:6379/0",
+               ES_REDIS_PASSWORD="other-s3cret", PYTHONPATH=str(ROOT))
+    done = subprocess.run([ES_WORKERS, "config"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "***" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
