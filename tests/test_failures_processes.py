@@ -10,6 +10,7 @@ and every subscriber must handle every event in order, while publisher and worke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from conftest import delete_prefix
 from servers import AclUser, RedisSentinelServers, RedisServer
 from test_processes import ROOT, Processes, assert_in_order_without_loss, handled
 
+from es_workers import Content, RedisStorage, StorageFullError, Store
 from es_workers.redis.keys import RedisKeys
 
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
@@ -79,8 +81,10 @@ def write_through(processes: Processes, disrupt: Callable[[], None], count: int 
 
 
 def check_everything_stored_and_handled(processes: Processes, client: redis.Redis,
-                                        prefix: str) -> None:
-    heads = acknowledged(processes)
+                                        prefix: str, heads: dict[str, int] | None = None
+                                        ) -> None:
+    """`heads`: each entity's last event number; by default, what the writer acknowledged."""
+    heads = acknowledged(processes) if heads is None else heads
     partitions = int(client.hget(f"{prefix}:meta", "partitions") or 0)
     keys = RedisKeys(prefix, partitions)
     for entity_id, head in heads.items():
@@ -141,6 +145,47 @@ def test_redis_killed_under_load_loses_no_acknowledged_write_and_delivery_comple
         warnings = log_lines(processes, "worker", "Redis broker unavailable")
         assert 1 <= warnings <= 15, warnings
         assert log_lines(processes, "worker", "Consumer encountered") == 0
+
+
+# Memory full
+
+
+class Added(Content):  # the failure app's event, by name
+    amount: int
+
+
+def test_publisher_and_worker_keep_going_once_a_full_memory_is_freed(
+    redis_aof: Callable[[], RedisServer], tmp_path: Path
+) -> None:
+    server = redis_aof()
+    prefix = f"oom-{uuid.uuid4().hex[:8]}"
+    processes = start_app(tmp_path, redis_url=server.url, prefix=prefix)
+    client = server.client()
+    store = Store(RedisStorage(client, prefix=prefix), events={"counter": [Added]})
+    streams = [store.open("counter", f"c{n}") for n in range(5)]
+    heads = {f"c{n}": 4 for n in range(5)}
+    try:
+        for stream in streams:
+            stream.write(*(Added(amount=n) for n in range(2)))
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 256 * 1024)
+        filler = 0
+        with contextlib.suppress(redis.exceptions.OutOfMemoryError):
+            while True:
+                client.set(f"{prefix}:filler:{filler}", "x" * 4096)
+                filler += 1
+        # Well over the limit, so that no buffer freed meanwhile lets a write through.
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100 * 1024)
+        with pytest.raises(StorageFullError):
+            streams[0].write(Added(amount=2))
+        time.sleep(2)  # publisher and worker run meanwhile, on a full Redis
+        client.delete(*(f"{prefix}:filler:{n}" for n in range(filler)))
+        # Connections retrying meanwhile grew Redis's buffers too: lift the limit as well.
+        client.config_set("maxmemory", 0)
+        for stream in streams:
+            stream.write(*(Added(amount=n) for n in range(2, 4)))
+        check_everything_stored_and_handled(processes, client, prefix, heads)
+    finally:
+        processes.stop_all()
 
 
 # Sentinel failover with replica-confirmed writes
