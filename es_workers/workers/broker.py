@@ -32,10 +32,11 @@ from .dramatiq_internals import RedisConsumer, has_cached_messages
 
 log = logging.getLogger("es_workers.workers.broker")
 
-# What a consumer or the wake-up listener meets while Redis is unreachable or failing over
-# (Dramatiq's consumer turns redis-py's ConnectionError into ConnectionClosed).
+# What a consumer or the wake-up listener meets while Redis is unreachable, failing over or
+# out of memory (Dramatiq's consumer turns redis-py's ConnectionError into ConnectionClosed).
 UNAVAILABLE = (ConnectionClosed, redis.ConnectionError, redis.TimeoutError,
-               redis.exceptions.ReadOnlyError)
+               redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError,
+               redis.exceptions.OutOfMemoryError)
 OUTAGE_BACKOFF = Backoff(100, 5000)
 OUTAGE_POLL_S = 1.0  # a waiting consumer returns to its worker this often (to see a stop)
 
