@@ -74,6 +74,13 @@ def configure(client: redis.Redis, config: dict[str, str]) -> None:
     # Turning AOF on rewrites the file in the background: measure once that is done.
     wait_until(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0,
                "the AOF rewrite", 30)
+    wait_until(lambda: replica_online(client), "the replica to be online", 60)
+
+
+def replica_online(client: redis.Redis) -> bool:
+    """Whether the replica is connected and streaming (not resynchronising)."""
+    replica = client.info("replication").get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
 
 
 def main() -> None:
@@ -91,8 +98,7 @@ def main() -> None:
             primary.start()
             replica.start("--replicaof", HOST, str(primary.port))
             client = primary.client()
-            wait_until(lambda: client.info("replication")["connected_slaves"] == 1,
-                       "the replica", 30)
+            wait_until(lambda: replica_online(client), "the replica", 30)
             measure(client, options.n, options.rounds)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
