@@ -5,6 +5,7 @@ tests/test_failures_processes.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from es_workers import (
 from es_workers.redis.durability import Durability
 from es_workers.settings import Settings
 from es_workers.wiring import client_from_url
+from es_workers.workers.broker import WakingRedisBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
@@ -292,3 +294,36 @@ def test_config_output_never_shows_a_password() -> None:
     assert done.returncode == 0, done.stderr
     assert "***" in done.stdout
     assert "s3cret" not in done.stdout + done.stderr
+
+
+# Workers ride out an outage quietly
+
+
+def test_broker_consumers_wait_out_an_outage_with_one_warning_per_backoff_step(
+    proxy: TcpProxy, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=200)
+    broker = WakingRedisBroker(client=client_from_url(proxy.url, settings),
+                               namespace=f"{prefix}:dramatiq")
+    consumers = [broker.consume(queue, prefetch=1, timeout=10) for queue in ("a", "b", "a.DQ")]
+    try:
+        proxy.down()
+        with caplog.at_level(logging.INFO, logger="es_workers.workers.broker"):
+            began = time.monotonic()
+            while time.monotonic() - began < 2.5:
+                for consumer in consumers:
+                    assert next(consumer) is None  # no exception: the worker thread goes on
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            # Steps of 0.1, 0.2, 0.4, 0.8, 1.6 s (+-20%) for all three consumers together.
+            assert 3 <= len(warnings) <= 6, [r.getMessage() for r in warnings]
+            assert all("Redis broker unavailable" in r.getMessage() for r in warnings)
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while not any("recovered after" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the consumers never recovered"
+                for consumer in consumers:
+                    next(consumer)
+    finally:
+        for consumer in consumers:
+            consumer.close()
+        broker.close()
