@@ -3,14 +3,16 @@ the dashboard. Subscriber state itself is `es_workers.redis.state`'s to read and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, UnknownNameError
 from .names import check_entity_id
 from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
+from .redis.failures import translated
 from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
 from .store import Store
@@ -47,6 +49,24 @@ class StoreStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reaching_redis(
+    function: Callable[Concatenate[Store, P], R],
+) -> Callable[Concatenate[Store, P], R]:
+    """Redis failures during the operation raise StorageUnavailableError (one clear line in
+    the CLI), as every store call does."""
+
+    @functools.wraps(function)
+    def operation(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with translated(_redis(store).server, function.__name__.replace("_", " ")):
+            return function(store, *args, **kwargs)
+
+    return operation
 
 
 def _redis(store: Store) -> RedisStorage:
@@ -94,12 +114,14 @@ def _listed(names: list[str]) -> str:
     return ", ".join(repr(name) for name in sorted(names)) or "none"
 
 
+@_reaching_redis
 def parked(store: Store, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
     """Entities parked for the subscriber: a handler kept failing on `event_number`."""
     check_subscriber(store, subscriber_id, entity_type)
     return _state(store).parked(subscriber_id, entity_type)
 
 
+@_reaching_redis
 def status(store: Store) -> StoreStatus:
     """Backlog of the outbox, and per subscriber: lag and parked entities."""
     storage = _redis(store)
@@ -135,6 +157,7 @@ def _unpark(
     return entity
 
 
+@_reaching_redis
 def retry_parked(
     store: Store, subscriber_id: str, entity_type: str, entity_id: str
 ) -> ParkedEntity:
@@ -142,6 +165,7 @@ def retry_parked(
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=False)
 
 
+@_reaching_redis
 def skip_parked(
     store: Store, subscriber_id: str, entity_type: str, entity_id: str
 ) -> ParkedEntity:
@@ -149,10 +173,12 @@ def skip_parked(
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=True)
 
 
+@_reaching_redis
 def count_entities(store: Store, entity_type: str) -> int:
     return _redis(store).count_entities(entity_type)
 
 
+@_reaching_redis
 def replay(
     store: Store,
     subscriber_id: str,

@@ -8,8 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 from .event import Content, Event, Handler, as_callable
-from .metadata import for_write
-from .stream import StreamState
+from .stream import UNKNOWN_OUTCOME, StreamState
 from .tracing import append_span
 from .upgrade import AsyncReader, AsyncReading
 
@@ -63,8 +62,12 @@ class AsyncStream(StreamState):
             return
         first, last = self.position + 1, self.position + len(contents)
         with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
-            events = self._events(contents, for_write(given, trace_context))
-            await self._write(self.entity_type, events)
+            events = self._events(contents, given, trace_context)
+            try:
+                await self._write(self.entity_type, events)
+            except UNKNOWN_OUTCOME:
+                self._outcome_unknown(contents, given, events)
+                raise
         self._appended(events)
 
     async def __aenter__(self) -> AsyncStream:

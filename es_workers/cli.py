@@ -218,9 +218,8 @@ def describe(store: Store) -> str:
         return type(storage).__name__
     if type(storage.client).__module__.startswith("fakeredis"):
         return f"prefix {storage.keys.prefix!r} on the embedded Redis of this process"
-    kwargs = storage.client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-    return f"prefix {storage.keys.prefix!r} on Redis {where} db {kwargs.get('db', 0)}"
+    # storage.server: host:port/db, user@..., or the Sentinel master's name; no password
+    return f"prefix {storage.keys.prefix!r} on Redis {storage.server}"
 
 
 class StopSignals:

@@ -133,3 +133,66 @@ class ParkedError(EsError):
 
 class NotParkedError(EsError, LookupError):
     """`retry` or `skip` named an entity that is not parked for that subscriber."""
+
+
+class StorageUnavailableError(EsError):
+    """Redis could not be reached (or refused the command while failing over or loading).
+
+    `server` names the Redis (never its password), `cause` is the underlying error, and
+    `outcome_unknown` says whether a write may have been applied anyway: the request may have
+    reached Redis before the connection failed. Calling `stream.write` again on the same
+    Stream with the same contents then applies the write exactly once (it re-sends the same
+    events, which the append script recognises).
+    """
+
+    def __init__(self, server: str, cause: BaseException, *, outcome_unknown: bool = False,
+                 doing: str = "") -> None:
+        self.server = server
+        self.cause = cause
+        self.outcome_unknown = outcome_unknown
+        what = f" while {doing}" if doing else ""
+        if outcome_unknown:
+            advice = ("the write may or may not have been applied: write the same contents "
+                      "again on the same Stream to apply it exactly once")
+        else:
+            advice = "nothing was written; try again once Redis is back"
+        super().__init__(
+            f"Redis {server} is unavailable{what}: {type(cause).__name__}: {cause}; {advice}"
+        )
+
+
+class StorageFullError(StorageUnavailableError):
+    """Redis refused a write because its memory is full (`maxmemory` with `noeviction`).
+
+    The append script never ran, so nothing of the write was stored; writes work again once
+    memory is freed or `maxmemory` raised.
+    """
+
+    def __init__(self, server: str, cause: BaseException) -> None:
+        self.server = server
+        self.cause = cause
+        self.outcome_unknown = False
+        EsError.__init__(
+            self,
+            f"Redis {server} is out of memory (maxmemory reached): nothing was written; "
+            f"free memory or raise maxmemory, then write again ({cause})",
+        )
+
+
+class DurabilityError(EsError):
+    """A write was stored on the primary but not confirmed on the replicas asked for
+    (`ES_WAIT_REPLICAS`) within `ES_WAIT_TIMEOUT_MS`: a failover now could lose it."""
+
+    def __init__(self, entity_type: str, entity_id: str, first: int, last: int, *,
+                 wanted: int, confirmed: int, what: str = "replicas") -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.first = first
+        self.last = last
+        self.wanted = wanted
+        self.confirmed = confirmed
+        super().__init__(
+            f"{entity_type} {entity_id!r} events {first}..{last} are stored on the primary "
+            f"but confirmed on {confirmed} of the {wanted} {what} asked for; they are not "
+            "lost, but a failover before they replicate could lose them"
+        )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigurationError
+from .redis.durability import Durability
 from .redis.keys import RedisKeys
 from .redis.publisher import PublisherOptions
 from .workers.bus import DEFAULT_TIME_LIMIT_MS
@@ -43,6 +44,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DELIVERY = DeliveryOptions()
 _PUBLISHER = PublisherOptions()
+_DURABILITY = Durability()
 
 
 def config_file() -> Path | None:
@@ -179,6 +181,53 @@ class Settings(BaseSettings):
         "on this one port; unset: off",
         examples=[9191],
     )
+    # When Redis fails: timeouts, replica-confirmed writes, Sentinel (es_workers.wiring
+    # builds the clients; es_workers.redis.durability waits).
+    redis_connect_timeout_ms: int = Field(
+        default=2000, ge=1,
+        description="How long connecting to Redis may take before the call fails",
+    )
+    redis_timeout_ms: int = Field(
+        default=5000, ge=1,
+        description="How long Redis may take to answer a command (socket timeout); above "
+        "publisher_block_ms and wait_timeout_ms",
+    )
+    wait_replicas: int = Field(
+        default=_DURABILITY.replicas, ge=0,
+        description="Replicas that must confirm each append (WAIT) before write returns; "
+        "fewer raise DurabilityError",
+    )
+    wait_timeout_ms: int = Field(
+        default=_DURABILITY.timeout_ms, ge=1,
+        description="How long an append waits for those replicas (and the AOF)",
+    )
+    wait_aof: bool = Field(
+        default=_DURABILITY.aof,
+        description="Also wait until the append is in the append-only file (WAITAOF: Redis "
+        ">= 7.2, refused at start-up on older servers)",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Sentinels as host:port,host:port,...: storage, publisher, workers and the "
+        "Dramatiq broker follow the primary they name (redis_url is then ignored)",
+        examples=["127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381"],
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="The Sentinel master name (with redis_sentinels)",
+        examples=["mymaster"],
+    )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user with redis_sentinels (in redis_url otherwise)",
+        examples=["app"],
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Redis password with redis_sentinels (in redis_url otherwise); never shown",
+        examples=[""],
+    )
+    redis_db: int = Field(
+        default=0, ge=0, description="Redis database number with redis_sentinels",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -202,7 +251,8 @@ class Settings(BaseSettings):
         return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
-                     "metrics_port", mode="before")
+                     "metrics_port", "redis_sentinels", "redis_sentinel_master",
+                     "redis_username", "redis_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -217,6 +267,13 @@ class Settings(BaseSettings):
     def _check_broker_url(cls, value: str | None) -> str | None:
         schemes = (*REDIS_SCHEMES, "amqp", "amqps", "stub")
         return None if value is None else check_url(value, schemes, "unset: the Redis of redis_url")
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is not None:
+            sentinel_addresses(value)
+        return value
 
     @field_validator("prefix")
     @classmethod
@@ -246,7 +303,18 @@ class Settings(BaseSettings):
                 f"publisher_min_backoff_ms ({self.publisher_min_backoff_ms}) is above "
                 f"publisher_max_backoff_ms ({self.publisher_max_backoff_ms})"
             )
+        self._check_failure_settings()
         return self
+
+    def _check_failure_settings(self) -> None:
+        if self.redis_timeout_ms <= max(self.publisher_block_ms, self.wait_timeout_ms):
+            raise ValueError(
+                f"redis_timeout_ms ({self.redis_timeout_ms}) must be above publisher_block_ms "
+                f"({self.publisher_block_ms}) and wait_timeout_ms ({self.wait_timeout_ms}): "
+                "those commands wait that long for their answer"
+            )
+        if (self.redis_sentinels is None) != (self.redis_sentinel_master is None):
+            raise ValueError("redis_sentinels and redis_sentinel_master go together")
 
     # What the settings feed.
     def delivery_options(self) -> DeliveryOptions:
@@ -270,6 +338,16 @@ class Settings(BaseSettings):
             redrive_after_ms=self.redrive_after_ms,
         )
 
+    def durability(self) -> Durability:
+        return Durability(
+            replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms, aof=self.wait_aof
+        )
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether events live on a Redis server (redis_url or Sentinel), not embedded."""
+        return self.redis_url is not None or self.redis_sentinels is not None
+
     @property
     def dramatiq_namespace(self) -> str:
         # Under the store's prefix: two apps on one Redis never share subscriber queues,
@@ -288,6 +366,7 @@ class Settings(BaseSettings):
         values = self.model_dump()
         for name in ("redis_url", "broker_url"):
             values[name] = redact_url(values[name])
+        values["redis_password"] = "***" if self.redis_password is not None else None
         return values
 
 
@@ -299,6 +378,7 @@ SECTIONS = (
     ("Delivery to subscribers", "max_attempts"),
     ("Publisher (es-workers publish)", "publisher_batch"),
     ("Operations", "log_level"),
+    ("When Redis fails: timeouts, durability, Sentinel", "redis_connect_timeout_ms"),
 )
 EXAMPLE_HEADER = """\
 # es_workers settings: copy to config/es.toml (read from the current directory), or
@@ -408,6 +488,17 @@ def file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsS
     return sources
 
 
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` as (host, port) pairs; ValueError naming a bad one."""
+    addresses = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f"{item.strip()!r} is not host:port (expected host:port,...)")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
@@ -415,7 +506,7 @@ def env_name(field: str) -> str:
 # ES_ variables that are not settings but are known: the config file's name, and the
 # switches of the test suite.
 NOT_SETTINGS = (CONFIG_FILE_ENV, ENV_FILE_ENV, SECRETS_DIR_ENV, "ES_DASHBOARD_TOKEN",
-                "ES_REQUIRE_")
+                "ES_REQUIRE_", "ES_TEST_")
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:

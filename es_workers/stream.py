@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 
-from .errors import EsError, StreamNotReadError
+from .errors import DurabilityError, EsError, StorageUnavailableError, StreamNotReadError
 from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
@@ -40,6 +41,11 @@ class StreamState:
         self._may_write = after == 0
         self._reading: Reading | AsyncReading | None = None
         self._closed = False
+        # A write that failed with Redis unavailable or unconfirmed by replicas, kept so that
+        # writing the same contents again re-sends the same events (same store_event_ids and
+        # numbers): if the first attempt did reach Redis, the append script recognises them,
+        # nothing doubles, and the replicas are waited for again.
+        self._unconfirmed: _Unconfirmed | None = None
 
     @property
     def position(self) -> int:
@@ -71,11 +77,18 @@ class StreamState:
             )
         return given
 
-    def _events(self, contents: tuple[Content, ...], stored: Mapping[str, str]) -> list[Event]:
-        """The events that writing the contents appends, with the metadata to store."""
+    def _events(self, contents: tuple[Content, ...], given: Mapping[str, str] | None,
+                trace_context: Mapping[str, str]) -> list[Event]:
+        """The events that writing the contents appends, with the metadata to store: those
+        of the last attempt when it failed with its outcome unknown and this one is the same
+        write again (same position, contents and metadata)."""
         self._may_write = True
-        now = datetime.now(UTC)
         entity_id, entity_type, position = self.entity_id, self.entity_type, self.position
+        unconfirmed = self._unconfirmed
+        if unconfirmed is not None and unconfirmed == _Unconfirmed(position, contents, given):
+            return unconfirmed.events
+        stored = for_write(given, trace_context)
+        now = datetime.now(UTC)
         return [
             # store_entity_id is the storage's to tell (the entity's first event's ID)
             Event(entity_id, entity_type, position + offset, now, content, store_event_id,
@@ -87,6 +100,27 @@ class StreamState:
 
     def _appended(self, events: list[Event]) -> None:
         self._written = events[-1].event_number
+        self._unconfirmed = None
+
+    def _outcome_unknown(self, contents: tuple[Content, ...], given: Mapping[str, str] | None,
+                         events: list[Event]) -> None:
+        """The write failed and may or may not have been applied: keep its events so that
+        the same write again re-sends them."""
+        self._unconfirmed = _Unconfirmed(events[0].event_number - 1, contents, given, events)
+
+
+UNKNOWN_OUTCOME = (StorageUnavailableError, DurabilityError)
+
+
+@dataclass(frozen=True)
+class _Unconfirmed:
+    """A write whose outcome is unknown: equal to a new attempt when that attempt starts at
+    the same position with equal contents and metadata (the events do not take part)."""
+
+    position: int
+    contents: tuple[Content, ...]
+    metadata: Mapping[str, str] | None
+    events: list[Event] = field(default_factory=list, compare=False)
 
 
 class Stream(StreamState):
@@ -122,14 +156,21 @@ class Stream(StreamState):
 
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
-        (see `es_workers.metadata`: limits, and the causation recorded automatically)."""
+        (see `es_workers.metadata`: limits, and the causation recorded automatically).
+
+        After StorageUnavailableError or DurabilityError, writing the same contents again on
+        this Stream re-sends the same events: the write is applied exactly once."""
         given = self._writable(contents, metadata)
         if not contents:
             return
         first, last = self.position + 1, self.position + len(contents)
         with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
-            events = self._events(contents, for_write(given, trace_context))
-            self._write(self.entity_type, events)
+            events = self._events(contents, given, trace_context)
+            try:
+                self._write(self.entity_type, events)
+            except UNKNOWN_OUTCOME:
+                self._outcome_unknown(contents, given, events)
+                raise
         self._appended(events)
 
     def __enter__(self) -> Stream:

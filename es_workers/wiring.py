@@ -15,16 +15,26 @@ from urllib.parse import urlsplit
 import dramatiq
 import redis
 import redis.asyncio
+import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
 from .redis.storage import RedisStorage
-from .settings import Settings, env_name, load_settings, redact_url
+from .settings import Settings, env_name, load_settings, redact_url, sentinel_addresses
 from .workers.broker import WakingRedisBroker
 from .workers.bus import DramatiqEventBus
 from .workers.middleware import WorkerProcessSetup
 
 log = logging.getLogger("es_workers.wiring")
+
+# redis-py retries a command whose connection failed this many times, backing off 50 ms
+# doubling to 1 s with jitter: a blip or a Sentinel failover's first seconds pass unseen,
+# while a Redis that stays down fails a call within about
+# (RETRIES + 1) x (connect or command timeout) + 2 s.
+REDIS_RETRIES = 3
+REDIS_BACKOFF_BASE_S, REDIS_BACKOFF_CAP_S = 0.05, 1.0
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None  # fakeredis.FakeServer, made on first use
@@ -48,13 +58,54 @@ def embedded_server() -> Any:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
+    """The Redis client the settings name: through Sentinel, from redis_url, or embedded;
+    with the timeouts and retries of the settings (the same for the storage and the broker)."""
+    if settings.redis_sentinels is not None:
+        return sentinel_client(settings)
     if settings.redis_url is None:
         server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
         client: redis.Redis = fakeredis.FakeRedis(server=server)
         return client
-    return redis.Redis.from_url(settings.redis_url)
+    return client_from_url(settings.redis_url, settings)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Timeouts and retries for every connection to Redis."""
+    return {
+        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
+        "socket_timeout": settings.redis_timeout_ms / 1000,
+        "retry": Retry(
+            ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S),
+            REDIS_RETRIES,
+        ),
+        "health_check_interval": 30,  # a pooled connection idle that long is PINGed first
+    }
+
+
+def client_from_url(url: str, settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(url, **connection_options(settings))
+
+
+def sentinel_client(settings: Settings) -> redis.Redis:
+    """A client of the primary the Sentinels name; after a failover it finds the new one."""
+    assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
+    options = connection_options(settings)
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel_addresses(settings.redis_sentinels),
+        sentinel_kwargs={key: options[key] for key in ("socket_connect_timeout",
+                                                       "socket_timeout")},
+        **options,
+    )
+    password = settings.redis_password
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master,
+        username=settings.redis_username,
+        password=password.get_secret_value() if password is not None else None,
+        db=settings.redis_db,
+    )
+    return client
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
@@ -70,10 +121,14 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     """The Dramatiq broker the settings name, with the worker-process setup middleware."""
-    url = settings.broker_url or settings.redis_url
+    url = settings.broker_url
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
-    if scheme is None:
+    if url is None and settings.uses_redis:  # the Redis of the events, the same way
+        broker = WakingRedisBroker(
+            client=redis_client(settings), namespace=settings.dramatiq_namespace
+        )
+    elif url is None:
         server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
@@ -95,7 +150,9 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 
         broker = StubBroker()
     else:
-        broker = WakingRedisBroker(url=url, namespace=settings.dramatiq_namespace)
+        broker = WakingRedisBroker(
+            client=client_from_url(url, settings), namespace=settings.dramatiq_namespace
+        )
     broker.add_middleware(
         WorkerProcessSetup(settings.log_level, settings.metrics_port, settings.log_format)
     )
@@ -105,7 +162,10 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
     """The storage and bus the settings describe (read from `ES_...` when None)."""
     settings = settings if settings is not None else load_settings()
-    if settings.redis_url is None:
+    if settings.redis_sentinels is not None and settings.redis_url is not None:
+        log.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
+                    env_name("redis_url"))
+    if not settings.uses_redis:
         log.warning(
             "%s is not set: events live in an embedded Redis inside this process and are "
             "lost when it exits (set %s to keep them)", env_name("redis_url"),
@@ -116,6 +176,7 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         prefix=settings.prefix,
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
+        durability=settings.durability(),
     )
     bus = DramatiqEventBus(
         build_broker(settings),

@@ -211,7 +211,7 @@ def test_unreachable_redis_is_one_clear_line_and_exit_1(
     finally:
         sys.modules.pop(name, None)
     assert result.exit_code == 1
-    assert "cannot reach Redis" in result.output
+    assert "Redis 127.0.0.1:1/0 is unavailable" in result.output
     assert "Traceback" not in result.output
 
 

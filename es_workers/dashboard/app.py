@@ -26,7 +26,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from es_workers import EsError, InvalidNameError, NotParkedError, Store
+from es_workers import (
+    EsError,
+    InvalidNameError,
+    NotParkedError,
+    StorageUnavailableError,
+    Store,
+)
 from es_workers.admin import ParkedEntity, retry_parked, skip_parked, status
 
 from .access import (
@@ -252,7 +258,8 @@ class Dashboard:
     async def unavailable(self, request: Request, error: Exception) -> Response:
         """Redis down or a store error: a banner (or a JSON error), never a stack trace."""
         code = 400 if isinstance(error, BadRequest | InvalidNameError) else 503
-        if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError
+                      | StorageUnavailableError):
             message = f"cannot reach Redis: {error}"
         elif isinstance(error, redis.RedisError):
             message = f"Redis: {type(error).__name__}: {error}"

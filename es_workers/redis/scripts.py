@@ -39,6 +39,21 @@ class Script:
         except redis.exceptions.NoScriptError:
             return self._registered(keys=keys, args=args)
 
+    def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
+        """Runs the script, then `command`, on one connection in one round trip (WAIT must
+        follow the write it waits for on the same connection). Returns both answers."""
+        for attempt in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+            pipe.execute_command(*command)
+            answers: list[Any] = pipe.execute(raise_on_error=False)
+            if not isinstance(answers[0], redis.exceptions.NoScriptError) or attempt:
+                break
+            self._client.script_load(source(self.name))
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
 
 class AsyncScript:
     """`Script` for a `redis.asyncio` client (`Redis` or `RedisCluster`): the same text, SHA

@@ -13,6 +13,7 @@ handled, re-sent by the publisher's sweep if still lagging when due. A lock per
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import NotParkedError, ParkedError, WaitTimeoutError
+from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .scripts import Script
 
@@ -196,7 +198,8 @@ class SubscriberState:
         entities = [self.entity(s, entity_type, entity_id) for s in subscriber_ids]
         deadline = time.monotonic() + timeout
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
+        doing = f"waiting for {entity_type} {entity_id!r} to be handled"
+        with translated(server_name(self.client), doing), contextlib.closing(pubsub):
             pubsub.subscribe(*(self._handled_channel(e) for e in entities))
             while True:
                 behind = self._behind(entities, event_number)
@@ -207,8 +210,6 @@ class SubscriberState:
                     raise WaitTimeoutError(entity_type, entity_id, event_number, behind,
                                            timeout)
                 pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
-        finally:
-            pubsub.close()
 
     def _behind(self, entities: Sequence[SubscriberEntity], event_number: int
                 ) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
+from typing import Any
 
 import redis
 
@@ -12,6 +13,7 @@ from ..codec import ContentRegistry
 from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
+from .durability import Durability, check_server
 from .entries import (
     DEFAULT_PARTITIONS,
     EntityKeys,
@@ -23,6 +25,7 @@ from .entries import (
     index_start,
     stored_partitions,
 )
+from .failures import server_name, translated
 from .heartbeats import Heartbeats
 from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
@@ -38,6 +41,9 @@ class RedisStorage:
     (passing a different number is a ConfigurationError, since it would move entities).
     `publisher` configures the storage's publishing hook (`start_publish`), the outbox
     relay that `Store.start()` runs; `state` is where subscribers keep their checkpoints.
+    `durability` says what each append waits for (replicas, the append-only file).
+
+    A Redis that cannot be reached raises StorageUnavailableError (see `redis/failures.py`).
     """
 
     def __init__(
@@ -47,9 +53,14 @@ class RedisStorage:
         prefix: str = "es",
         partitions: int | None = None,
         publisher: PublisherOptions | None = None,
+        durability: Durability | None = None,
     ) -> None:
         self.client = client
-        self.keys = self._open_keys(client, prefix, partitions)
+        self.server = server_name(client)
+        self.durability = durability or Durability()
+        with translated(self.server, "opening the store"):
+            self.keys = self._open_keys(client, prefix, partitions)
+            check_server(client, self.durability, self.server)
         self.registry = ContentRegistry()
         self.publisher_options = publisher or PublisherOptions()
         self.state = SubscriberState(
@@ -86,9 +97,25 @@ class RedisStorage:
             return
         keys = self._entity_keys(entity_type, events[0].entity_id)
         args = append_args(self.registry, entity_type, events)
+        check_appended(entity_type, events, self._append(keys, args))
+
+    def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
+        """Runs append.lua (ARGV: entity type, entity ID, expected, count, ...), then what
+        `durability` waits for; returns the script's (status, position)."""
+        entity_type, entity_id, expected, count = args[:4]
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
-        check_appended(entity_type, events, self.append_script(keys=keys, args=args))
+        with translated(self.server, f"appending to {entity_type} {entity_id!r}", writing=True):
+            if not self.durability.waits:
+                status, position = self.append_script(keys=keys, args=args)
+                return int(status), int(position)
+            (status, position), confirmed = self.append_script.then(
+                keys, args, self.durability.command()
+            )
+        if status != 2:  # a conflict wrote nothing to wait for
+            self.durability.check(confirmed, entity_type, entity_id, expected + 1,
+                                  expected + count)
+        return int(status), int(position)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
         key = self._entity_keys(entity_type, entity_id)[0]
@@ -99,20 +126,22 @@ class RedisStorage:
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
         while pages.more:
-            if pages.needs_first:
-                pipe = reader.pipeline(transaction=False)
-                pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
-                first, entries = pipe.execute()
-                pages.take_first(first)
-            else:
-                entries = reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+            with translated(self.server, f"reading {pages.entity_type} {pages.entity_id!r}"):
+                if pages.needs_first:
+                    pipe = reader.pipeline(transaction=False)
+                    pipe.xrange(key, "1-0", "1-0")
+                    pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+                    first, entries = pipe.execute()
+                    pages.take_first(first)
+                else:
+                    entries = reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
             yield pages.decode(entries)
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""
         partition = self.keys.partition(entity_type, entity_id)
-        value = self.client.hget(self.keys.heads(entity_type, partition), entity_id)
+        with translated(self.server, f"reading the position of {entity_type} {entity_id!r}"):
+            value = self.client.hget(self.keys.heads(entity_type, partition), entity_id)
         return int(value) if value is not None else 0
 
     def entity_ids(
@@ -122,27 +151,34 @@ class RedisStorage:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zrangebylex(self.keys.index(entity_type, partition), start, "+", 0, limit + 1)
-        return entity_ids_page(pipe.execute(), limit)
+        with translated(self.server, f"listing {entity_type} entities"):
+            replies = pipe.execute()
+        return entity_ids_page(replies, limit)
 
     def heads(self, entity_type: str) -> dict[str, int]:
         """Every entity of the type with its last event number."""
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.hgetall(self.keys.heads(entity_type, partition))
-        return {text(k): int(v) for page in pipe.execute() for k, v in page.items()}
+        with translated(self.server, f"reading {entity_type} positions"):
+            pages = pipe.execute()
+        return {text(k): int(v) for page in pages for k, v in page.items()}
 
     def count_entities(self, entity_type: str) -> int:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zcard(self.keys.index(entity_type, partition))
-        return sum(int(n) for n in pipe.execute())
+        with translated(self.server, f"counting {entity_type} entities"):
+            return sum(int(n) for n in pipe.execute())
 
     def outbox_backlog(self) -> int:
         """Outbox entries written but not yet relayed and acknowledged."""
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.xlen(self.keys.outbox(partition))
-        return sum(int(n) for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
+        with translated(self.server, "reading the outbox backlog"):
+            lengths = pipe.execute(raise_on_error=False)
+        return sum(int(n) for n in lengths if isinstance(n, int))
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
         Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
