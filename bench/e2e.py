@@ -277,8 +277,9 @@ def main() -> None:
           f"{write_rate:,.0f}/s with the publisher stopped, handled in {p5_seconds:.2f} s; "
           f"no-op actor: {args.noop_messages} messages")
     if args.single:
-        print(f"P5 worst case: {args.single} events over {args.single} entities, so each "
-              "notice carries one event (no coalescing)")
+        print(f"P5 one event per entity: {args.single} events over {args.single} entities "
+              "(no notice coalesces two events of an entity; the publisher names up to 32 "
+              "entities of a partition per message)")
     print(f"\n{'figure':<28} {'measured':<28} {'goal':<10} result")
     for name, value, goal, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"

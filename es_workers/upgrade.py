@@ -77,6 +77,10 @@ class Reader:
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Reading:
         stored = self._read_stored(entity_type, entity_id, after)
+        return self.reading(entity_type, stored, after)
+
+    def reading(self, entity_type: str, stored: Iterator[Event], after: int) -> Reading:
+        """The upgraded events of stored events already read (those after `after`)."""
         return Reading(stored, self._upgrades.get(entity_type, ()), after)
 
     def read_range(self, entity_type: str, entity_id: str, first: int, last: int) -> list[Event]:

@@ -184,51 +184,63 @@ class RedisStorage:
                 entries.pop()
             if not entries:
                 return
-            # Entries as the append script writes them are decoded inline (hydrating is
-            # read-bound); anything else goes through _decode, which decodes it or raises
-            # the error that explains it.
-            decoders = self.registry.decoders(entity_type)
-            raw = isinstance(entries[0][0], bytes)
-            names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
-            metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
-            from_timestamp, new_event = datetime.fromtimestamp, Event
-            for entry_id, values in entries:
-                try:
-                    if values[0:8:2] != names or entry_id[-2:] != zero:
-                        raise ValueError(entry_id)
-                    if len(values) == 8:
-                        metadata = NO_METADATA
-                    elif len(values) == 10 and values[8] == metadata_name:
-                        metadata = decode_metadata(values[9])
-                    else:
-                        raise ValueError(entry_id)
-                    number = int(entry_id[:-2])
-                    content = decoders[values[1]](values[3])
-                    # float seconds are exact to the microsecond until the year 2255
-                    event_time = from_timestamp(int(values[5]) / 1e6, UTC)
-                    store_event_id = values[7].decode() if raw else values[7]
-                except Exception:
-                    event = self._decode(
-                        key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
-                    )
-                    store_entity_id = event.store_entity_id
-                else:
-                    if number == 1:
-                        store_entity_id = store_event_id
-                    event = new_event(
-                        entity_id,
-                        entity_type,
-                        number,
-                        event_time,
-                        content,
-                        store_event_id,
-                        store_entity_id or "",
-                        metadata,
-                    )
+            for event in self.decode_entries(entity_type, entity_id, entries, store_entity_id):
                 yield event
             if not more:
                 return
+            store_entity_id = event.store_entity_id
             start = event.event_number + 1
+
+    def decode_entries(self, entity_type: str, entity_id: str, entries: Sequence[Any],
+                       store_entity_id: str | None) -> Iterator[Event]:
+        """The events of stream entries as XRANGE replies hold them (a list per entry, raw
+        or decoded), in order; `store_entity_id` is event 1's ID when event 1 is not among
+        them. Raises CorruptEventError / UnknownEventError naming the entry."""
+        if not entries:
+            return
+        key = self._entity_keys(entity_type, entity_id)[0]
+        # Entries as the append script writes them are decoded inline (hydrating is
+        # read-bound); anything else goes through _decode, which decodes it or raises
+        # the error that explains it.
+        decoders = self.registry.decoders(entity_type)
+        raw = isinstance(entries[0][0], bytes)
+        names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+        metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
+        from_timestamp, new_event = datetime.fromtimestamp, Event
+        for entry_id, values in entries:
+            try:
+                if values[0:8:2] != names or entry_id[-2:] != zero:
+                    raise ValueError(entry_id)
+                if len(values) == 8:
+                    metadata = NO_METADATA
+                elif len(values) == 10 and values[8] == metadata_name:
+                    metadata = decode_metadata(values[9])
+                else:
+                    raise ValueError(entry_id)
+                number = int(entry_id[:-2])
+                content = decoders[values[1]](values[3])
+                # float seconds are exact to the microsecond until the year 2255
+                event_time = from_timestamp(int(values[5]) / 1e6, UTC)
+                store_event_id = values[7].decode() if raw else values[7]
+            except Exception:
+                event = self._decode(
+                    key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
+                )
+                store_entity_id = event.store_entity_id
+            else:
+                if number == 1:
+                    store_entity_id = store_event_id
+                event = new_event(
+                    entity_id,
+                    entity_type,
+                    number,
+                    event_time,
+                    content,
+                    store_event_id,
+                    store_entity_id or "",
+                    metadata,
+                )
+            yield event
 
     def _field(
         self, key: str, entry: Any, field: str, entity_type: str, entity_id: str
