@@ -101,6 +101,7 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         prefix=settings.prefix,
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
+        max_event_bytes=settings.max_event_bytes,
     )
     bus = DramatiqEventBus(
         build_broker(settings),

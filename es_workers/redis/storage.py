@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from .. import metrics
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
 from ..event import NO_METADATA, Content, Event
 from ..metadata import decode as decode_metadata
@@ -52,6 +52,8 @@ class RedisStorage:
     (passing a different number is a ConfigurationError, since it would move entities).
     `publisher` configures the storage's publishing hook (`start_publish`), the outbox
     relay that `Store.start()` runs; `state` is where subscribers keep their checkpoints.
+    A write holding an event larger than `max_event_bytes` encoded is refused
+    (EventTooLargeError), nothing stored.
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class RedisStorage:
         prefix: str = "es",
         partitions: int | None = None,
         publisher: PublisherOptions | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.client = client
+        self.max_event_bytes = max_event_bytes
         self.keys = self._open_keys(client, prefix, partitions)
         self.registry = ContentRegistry()
         self.publisher_options = publisher or PublisherOptions()
@@ -129,6 +133,7 @@ class RedisStorage:
             if event.metadata is not metadata:  # the events of a write share their metadata
                 metadata = event.metadata
                 stored_metadata = encode_metadata(metadata)
+            check_size(event, name, data, stored_metadata, self.max_event_bytes)
             args += (name, data, micros, event.store_event_id, stored_metadata)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
