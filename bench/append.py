@@ -197,13 +197,19 @@ class Bench:
 
     def one_event_entities(self, node_max_bytes: int | None, entities: int = 300) -> float:
         """used_memory growth per entity of a single event."""
+        return self.at_node_bytes(node_max_bytes, lambda: self.median_bytes_per_event(
+            entities, 1, 1)[0])
+
+    def at_node_bytes(self, node_max_bytes: int | None, measure: Callable[[], float]) -> float:
+        """`measure()` with the server's stream-node-max-bytes set to `node_max_bytes` (None:
+        as it is), restored after."""
         if node_max_bytes is None:
-            return self.median_bytes_per_event(entities, 1, 1)[0]
+            return measure()
         setting = "stream-node-max-bytes"
         before = str(self.client.config_get(setting)[setting])
         self.client.config_set(setting, node_max_bytes)
         try:
-            return self.median_bytes_per_event(entities, 1, 1)[0]
+            return measure()
         finally:
             self.client.config_set(setting, before)
 
@@ -254,8 +260,13 @@ def main() -> int:
         one_now = bench.one_event_entities(None)
         try:
             one_512: float | None = bench.one_event_entities(512)
+            p7_512: float | None = bench.at_node_bytes(
+                512, lambda: bench.median_bytes_per_event(args.entities, 100, 10)[0])
+            long_now = bench.median_bytes_per_event(2, 5000, 100)[0]
+            long_512: float | None = bench.at_node_bytes(
+                512, lambda: bench.median_bytes_per_event(2, 5000, 100)[0])
         except redis.ResponseError:  # CONFIG disabled (a managed Redis)
-            one_512 = None
+            one_512 = p7_512 = long_512 = None
     finally:
         for key in client.scan_iter(f"{prefix}*", count=1000):  # the -mem-* prefixes too
             client.delete(key)
@@ -293,8 +304,15 @@ def main() -> int:
         ("  + outbox until relayed", f"{outbox:.0f}", "", "used_memory, 1 entry/write", None),
         ("bytes/event, 1/entity", f"{one_now:.0f}", "", f"{setting} {node_bytes}", None),
     ]
-    if one_512 is not None:
-        rows.append(("bytes/event, 1/entity", f"{one_512:.0f}", "", f"{setting} 512", None))
+    if one_512 is not None and p7_512 is not None and long_512 is not None:
+        rows += [
+            ("bytes/event, 1/entity", f"{one_512:.0f}", "<= 1000", f"{setting} 512",
+             one_512 <= 1000),
+            ("P7 at 512", f"{p7_512:.0f}", "<= 300", f"{setting} 512", p7_512 <= 300),
+            ("bytes/event, 5,000/entity", f"{long_now:.0f}", "", f"{setting} {node_bytes}",
+             None),
+            ("bytes/event, 5,000/entity", f"{long_512:.0f}", "", f"{setting} 512", None),
+        ]
     print()
     for line in table(rows):
         print(line)

@@ -6,6 +6,7 @@ import heapq
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import redis
@@ -13,7 +14,7 @@ import redis
 from .. import metrics
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
-from ..event import NO_METADATA, Content, Event
+from ..event import NO_METADATA, Content, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
@@ -163,6 +164,12 @@ class RedisStorage:
         return keys
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        # The pages' events are chained in C: one generator layer per event less (~5% of
+        # hydrating).
+        return chain.from_iterable(self._pages(entity_type, entity_id, after))
+
+    def _pages(self, entity_type: str, entity_id: str, after: int) -> Iterator[Iterator[Event]]:
+        """The entity's events after `after`, a page of up to _READ_PAGE at a time."""
         key = self._entity_keys(entity_type, entity_id)[0]
         if after < 0:
             raise ValueError(f"after must be >= 0, got {after}")
@@ -189,12 +196,13 @@ class RedisStorage:
                 entries.pop()
             if not entries:
                 return
-            for event in self.decode_entries(entity_type, entity_id, entries, store_entity_id):
-                yield event
+            yield self.decode_entries(entity_type, entity_id, entries, store_entity_id)
             if not more:
                 return
-            store_entity_id = event.store_entity_id
-            start = event.event_number + 1
+            # The page's last entry was decoded (or it raised): the next page starts after
+            # it. After a first page read from event 1, the next one reads event 1 again
+            # with it (same round trip) for its store_entity_id.
+            start = int(text(entries[-1][0]).partition("-")[0]) + 1
 
     def decode_entries(self, entity_type: str, entity_id: str, entries: Sequence[Any],
                        store_entity_id: str | None) -> Iterator[Event]:
@@ -211,7 +219,7 @@ class RedisStorage:
         raw = isinstance(entries[0][0], bytes)
         names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
-        from_timestamp, new_event = datetime.fromtimestamp, Event
+        from_timestamp, new_event = datetime.fromtimestamp, stored_event
         for entry_id, values in entries:
             try:
                 if values[0:8:2] != names or entry_id[-2:] != zero:
