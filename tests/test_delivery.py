@@ -440,14 +440,37 @@ def test_many_entity_notices_for_a_busy_entity_never_run_its_handler_at_once(
     assert_exactly_once_in_order(recorder, heads)
 
 
+def test_slow_entities_of_one_notice_are_shared_with_other_workers(
+    fast_storage: RedisStorage,
+) -> None:
+    """A notice whose handlers are slow hands the entities it has not started to new
+    notices (split in two) after SHARE_AFTER_MS, so that idle workers take part."""
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
+    (recorder,) = subscribe(delivery, "slow", delay=0.05)
+    entity_ids = same_partition(fast_storage, 12)
+    heads = {entity_id: write(delivery, entity_id, 1) for entity_id in entity_ids}
+    delivery.start_worker(threads=4)
+    try:
+        delivery.bus.notify_many("account", [(entity_id, 1) for entity_id in entity_ids])
+        wait_for(lambda: recorder.has(heads), "every entity handled")
+        wait_for(lambda: settled_for(delivery, "slow"), "no lag")
+    finally:
+        delivery.stop()
+
+    assert delivery.done() > len(entity_ids)  # the notice was split
+    assert recorder.most_at_once > 1
+    assert recorder.overlaps == 0
+    assert_exactly_once_in_order(recorder, heads)
+
+
 def test_entities_not_started_within_half_the_lock_lease_go_to_a_new_notice(
     fast_storage: RedisStorage,
 ) -> None:
-    """Slow handlers and a short lock: the entities a notice cannot start in time are
+    """A lock lease shorter than SHARE_AFTER_MS: entities a notice cannot start in time are
     handed back rather than handled under a lock about to expire; each is handled once."""
     delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
-                        options=DeliveryOptions(lock_ms=300))
-    (recorder,) = subscribe(delivery, "slow", delay=0.05)
+                        options=DeliveryOptions(lock_ms=100))
+    (recorder,) = subscribe(delivery, "slow", delay=0.02)
     entity_ids = same_partition(fast_storage, 12)
     heads = {entity_id: write(delivery, entity_id, 1) for entity_id in entity_ids}
     delivery.start_worker(threads=1)
@@ -458,6 +481,6 @@ def test_entities_not_started_within_half_the_lock_lease_go_to_a_new_notice(
     finally:
         delivery.stop()
 
-    # 12 entities x 50 ms is twice the 150 ms half-lease: the notice was split.
+    # 12 entities x 20 ms is over four times the 50 ms half-lease: the notice was split.
     assert delivery.done() > len(entity_ids)
     assert_exactly_once_in_order(recorder, heads)

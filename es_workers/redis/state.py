@@ -175,8 +175,12 @@ class SubscriberState:
             for head, released in self._checkpoint(keys=keys, args=args)
         ]
 
-    def unlock(self, e: SubscriberEntity, token: str) -> None:
-        self._unlock(keys=[self._lock(e)], args=[token])
+    def unlock(self, entities: Sequence[SubscriberEntity], token: str) -> None:
+        """Releases the entities' locks (of one partition) that `token` still holds."""
+        first = entities[0]
+        for e in entities:
+            _check_same_group(first, e)
+        self._unlock(keys=[self._lock(e) for e in entities], args=[token])
 
     def record_failure(self, e: SubscriberEntity) -> int:
         """Counts a failed attempt at the entity's next event; returns the attempts so far."""

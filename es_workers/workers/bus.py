@@ -138,10 +138,21 @@ class DramatiqEventBus:
                 for notice in notices:
                     self.observer(notice)
 
-    def _resend(self, notice: Notice, delay_ms: int) -> None:
-        self.actor(notice.subscriber_id).send_with_options(
-            args=(notice.entity_type, notice.entity_id, notice.event_number), delay=delay_ms
-        )
+    def _resend(self, notices: Sequence[Notice], delay_ms: int) -> None:
+        first = notices[0]
+        self._send(first.subscriber_id, first.entity_type,
+                   [(n.entity_id, n.event_number) for n in notices], delay_ms)
+
+    def _send(self, subscriber_id: str, entity_type: str,
+              positions: Sequence[tuple[str, int | None]], delay_ms: int | None = None) -> None:
+        """One message naming the entities: positional arguments for one (as workers before
+        many-entity notices read them), `entities` for several."""
+        if len(positions) == 1:
+            args: tuple[Any, ...] = (entity_type, *positions[0])
+            kwargs: dict[str, Any] = {}
+        else:
+            args, kwargs = (entity_type,), {"entities": [list(p) for p in positions]}
+        self.actor(subscriber_id).send_with_options(args=args, kwargs=kwargs, delay=delay_ms)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         with self._lock:
@@ -176,15 +187,10 @@ class DramatiqEventBus:
                 (entity_id, event_number))
         targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
         for subscriber_id in targets:
-            actor = self.actor(subscriber_id)
             for group in by_partition.values():
                 for start in range(0, len(group), MAX_NOTICE_ENTITIES):
-                    chunk = group[start : start + MAX_NOTICE_ENTITIES]
-                    if len(chunk) == 1:
-                        actor.send(entity_type, *chunk[0])
-                    else:
-                        actor.send_with_options(args=(entity_type,),
-                                                kwargs={"entities": chunk})
+                    self._send(subscriber_id, entity_type,
+                               group[start : start + MAX_NOTICE_ENTITIES])
 
     def close(self) -> None:
         self.broker.close()

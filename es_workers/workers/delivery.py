@@ -72,14 +72,18 @@ class Notice:
     event_number: int | None
 
 
-Resend = Callable[[Notice, int], None]
-"""resend(notice, delay_ms): send the notice again later."""
+Resend = Callable[[Sequence[Notice], int], None]
+"""resend(notices, delay_ms): send the notices (of one subscriber and entity type) again
+later, in one message."""
 
 
 READ_COUNT = 200
 """Events a delivery reads with its locks, shared by the entities of one notice (at least
 MIN_READ_COUNT each); an entity with more is read on afterwards."""
 MIN_READ_COUNT = 16
+SHARE_AFTER_MS = 100
+"""A delivery that has run this long hands the entities it has not started to new notices,
+so that other workers share them (slow handlers)."""
 
 
 class _Stop(Exception):
@@ -125,35 +129,60 @@ class _Batch:
         self.token = uuid.uuid4().hex
 
     def run(self) -> None:
+        runs = self._begin()
+        try:
+            self._handle(runs)
+        finally:
+            held = [run for run in runs if not run.released]
+            if held:
+                self.state.unlock([run.e for run in held], self.token)
+
+    def _begin(self) -> list[_Run]:
+        """Locks the entities and reads their first events: a run for each one to handle."""
         entities = [e for e, _ in self.group]
         read_count = max(MIN_READ_COUNT, READ_COUNT // len(entities))
         begun = self.state.begin(entities, [n for _, n in self.group], self.token,
                                  self.options.lock_ms, read_count)
-        # The locks were all taken now: an entity not started within half their lease is
-        # handed to a new notice rather than handled under a lock about to expire.
-        deadline = time.monotonic() + self.options.lock_ms / 2000
-        runs: list[tuple[_Run, Begun]] = []
+        runs = []
         for (e, number), answer in zip(self.group, begun, strict=True):
             if answer.state == BUSY:
                 # Another worker is on this entity; it may stop short of this event, so look
                 # again shortly. The re-sent notice is skipped if that worker got this far.
-                self.resend(Notice(e.subscriber_id, e.entity_type, e.entity_id, number),
+                self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, number)],
                             random.randint(20, 80))
             elif answer.state != NOTHING_TO_DO:  # parked entities and old notices: skipped
-                runs.append((_Run(self.deliverer, e, self.token, self.handler, self.resend),
-                             answer))
-        try:
-            pending = []
-            for run, answer in runs:
-                if time.monotonic() > deadline:
-                    run.hand_back()
-                elif (last := run.handle_first(answer)) is not None:
-                    pending.append((run, last))
-            self._commit(pending)
-        finally:
-            for run, _ in runs:
-                if not run.released:
-                    run.release()
+                runs.append(_Run(self.deliverer, e, self.token, self.handler, self.resend,
+                                 answer))
+        return runs
+
+    def _handle(self, runs: list[_Run]) -> None:
+        """Handles the entities one after another, then commits them. Entities not started
+        within SHARE_AFTER_MS (slow handlers: let other workers help) or half the lock
+        lease (taken at begin) are handed to new notices."""
+        started = time.monotonic()
+        share_at = started + SHARE_AFTER_MS / 1000
+        deadline = started + self.options.lock_ms / 2000
+        pending = []
+        for index, run in enumerate(runs):
+            now = time.monotonic()
+            if now > share_at or now > deadline:
+                self._hand_back(runs[index:])
+                break
+            if (last := run.handle_first()) is not None:
+                pending.append((run, last))
+        self._commit(pending)
+
+    def _hand_back(self, runs: list[_Run]) -> None:
+        """Lets the entities go unhandled and sends them again, in two notices so that two
+        workers share them."""
+        self.state.unlock([run.e for run in runs], self.token)
+        for run in runs:
+            run.released = True
+        half = (len(runs) + 1) // 2
+        for part in (runs[:half], runs[half:]):
+            if part:
+                self.resend([Notice(r.e.subscriber_id, r.e.entity_type, r.e.entity_id, None)
+                             for r in part], 0)
 
     def _commit(self, pending: list[tuple[_Run, int]]) -> None:
         """Records each entity's last event read and releases its lock, unless more events
@@ -173,7 +202,8 @@ class _Run:
     """One entity's delivery: the handler run over its unhandled events, holding its lock."""
 
     def __init__(self, deliverer: Deliverer, e: SubscriberEntity, token: str,
-                 handler: Callable[[Event], Any], resend: Resend) -> None:
+                 handler: Callable[[Event], Any], resend: Resend, begun: Begun) -> None:
+        self.begun = begun
         self.reader, self.state, self.options = (
             deliverer.reader, deliverer.state, deliverer.options
         )
@@ -185,9 +215,10 @@ class _Run:
         self.labels = (e.subscriber_id, e.entity_type)
         self.released = False  # the lock is no longer ours (let go, or lost)
 
-    def handle_first(self, begun: Begun) -> int | None:
+    def handle_first(self) -> int | None:
         """Handles the events `begin` read. Returns the last one read, for the caller to
         commit with the release; None if there is nothing to commit."""
+        begun = self.begun
         stored = self.decode(self.e.entity_type, self.e.entity_id, begun.entries,
                              begun.store_entity_id or None)
         reading = self.reader.reading(self.e.entity_type, stored, begun.checkpoint)
@@ -213,15 +244,6 @@ class _Run:
                 checkpoint = last
         except _Stop as stop:
             self.released = stop.released
-
-    def hand_back(self) -> None:
-        """Lets the entity go unhandled and sends its notice again."""
-        self.release()
-        self.resend(Notice(self.e.subscriber_id, self.e.entity_type, self.e.entity_id, None), 0)
-
-    def release(self) -> None:
-        self.state.unlock(self.e, self.token)
-        self.released = True
 
     def _handle_all(self, reading: Reading, checkpoint: int) -> int:
         """Handles what `reading` yields, checkpointing each event but the last (which the
@@ -283,7 +305,7 @@ class _Run:
                 e.subscriber_id, e.entity_type, e.entity_id, event_number, attempts,
                 options.max_attempts, delay, exc_info=error,
             )
-            self.resend(Notice(e.subscriber_id, e.entity_type, e.entity_id, None), delay)
+            self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)], delay)
             return
         self.state.park(e, event_number, description, attempts,
                         "".join(traceback.format_exception(error)))
