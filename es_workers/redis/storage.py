@@ -219,7 +219,8 @@ class RedisStorage:
         raw = isinstance(entries[0][0], bytes)
         names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
-        from_timestamp, new_event = datetime.fromtimestamp, stored_event
+        from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
+        first_id = store_entity_id or ""  # event 1's store_event_id
         for entry_id, values in entries:
             try:
                 if values[0:8:2] != names or entry_id[-2:] != zero:
@@ -233,26 +234,18 @@ class RedisStorage:
                 number = int(entry_id[:-2])
                 content = decoders[values[1]](values[3])
                 # float seconds are exact to the microsecond until the year 2255
-                event_time = from_timestamp(int(values[5]) / 1e6, UTC)
+                event_time = from_timestamp(int(values[5]) / 1e6, utc)
                 store_event_id = values[7].decode() if raw else values[7]
             except Exception:
                 event = self._decode(
-                    key, entity_type, entity_id, (entry_id, _pairs(values)), store_entity_id
+                    key, entity_type, entity_id, (entry_id, _pairs(values)), first_id
                 )
-                store_entity_id = event.store_entity_id
+                first_id = event.store_entity_id
             else:
                 if number == 1:
-                    store_entity_id = store_event_id
-                event = new_event(
-                    entity_id,
-                    entity_type,
-                    number,
-                    event_time,
-                    content,
-                    store_event_id,
-                    store_entity_id or "",
-                    metadata,
-                )
+                    first_id = store_event_id
+                event = new_event(entity_id, entity_type, number, event_time, content,
+                                  store_event_id, first_id, metadata)
             yield event
 
     def _field(
