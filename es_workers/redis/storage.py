@@ -221,21 +221,24 @@ class RedisStorage:
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
         from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
         first_id = store_entity_id or ""  # event 1's store_event_id
+        n_, d_, t_, e_ = names
         for entry_id, values in entries:
             try:
-                if values[0:8:2] != names or entry_id[-2:] != zero:
-                    raise ValueError(entry_id)
                 if len(values) == 8:
-                    metadata = NO_METADATA
-                elif len(values) == 10 and values[8] == metadata_name:
-                    metadata = decode_metadata(values[9])
-                else:
+                    n, name, d, data, t, micros, e, event_id = values
+                    m, stored_metadata = metadata_name, None
+                else:  # a ValueError unless the metadata field follows
+                    n, name, d, data, t, micros, e, event_id, m, stored_metadata = values
+                if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
+                        entry_id[-2:] != zero):
                     raise ValueError(entry_id)
+                metadata = NO_METADATA if stored_metadata is None else decode_metadata(
+                    stored_metadata)
                 number = int(entry_id[:-2])
-                content = decoders[values[1]](values[3])
+                content = decoders[name](data)
                 # float seconds are exact to the microsecond until the year 2255
-                event_time = from_timestamp(int(values[5]) / 1e6, utc)
-                store_event_id = values[7].decode() if raw else values[7]
+                event_time = from_timestamp(int(micros) / 1e6, utc)
+                store_event_id = event_id.decode() if raw else event_id
             except Exception:
                 event = self._decode(
                     key, entity_type, entity_id, (entry_id, _pairs(values)), first_id
