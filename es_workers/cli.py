@@ -32,6 +32,7 @@ from . import admin
 from .admin import ParkedEntity, StoreStatus
 from .demo import run_demo
 from .errors import ConfigurationError, EsError, UnknownNameError
+from .event import Event
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
 from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
 from .redis.storage import RedisStorage
@@ -459,39 +460,58 @@ def print_parked(entities: list[ParkedEntity], traceback_lines: int | None = Non
             out.print(f"    {line}", markup=False, soft_wrap=True, style="dim")
 
 
+SHOW_CONTENT_CHARS = 2000
+"""Characters of an event's content `show` prints in its table; --json prints it whole."""
+
+
 @app.command()
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
          as_json: AsJson = False) -> None:
-    """Print an entity's events (upgraded, as subscribers see them).
+    """Print an entity's events (upgraded, as subscribers see them). Long contents are cut
+    to SHOW_CONTENT_CHARS characters, with a note.
 
-    With --json, one JSON object per line: event_number, event_name, event_time,
-    store_event_id, content.
+    With --json, one JSON object per line, each printed as it is read: event_number,
+    event_name, event_time, store_event_id, content (whole).
     """
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
         admin.check_entity_type(store, entity_type)
-        with store.open(entity_type, entity_id) as stream:
-            events = list(stream.all())
-    if not events:
-        fail(f"{entity_type} {entity_id!r} has no events")
-    if as_json:
-        for event in events:
-            typer.echo(json.dumps({
-                "event_number": event.event_number,
-                "event_name": event.content.event_name,
-                "event_time": event.event_time.isoformat(),
-                "store_event_id": event.store_event_id,
-                "content": event.content.model_dump(mode="json"),
-            }))
-        return
+    shown = 0
     table = folding_table("#", "event", "time (UTC)", "store event ID", "content",
                           title=f"{entity_type} {entity_id}")
-    for event in events:
-        table.add_row(str(event.event_number), event.content.event_name,
-                      event.event_time.isoformat(timespec="milliseconds"),
-                      event.store_event_id, event.content.model_dump_json())
-    out.print(table)
+    with reported_errors(), store.open(entity_type, entity_id) as stream:
+        for event in stream.all():
+            shown += 1
+            if as_json:
+                sys.stdout.write(json_line(event))
+            else:
+                table.add_row(str(event.event_number), event.content.event_name,
+                              event.event_time.isoformat(timespec="milliseconds"),
+                              event.store_event_id, cut(event.content.model_dump_json()))
+    if not shown:
+        fail(f"{entity_type} {entity_id!r} has no events")
+    if not as_json:
+        out.print(table)
+
+
+def json_line(event: Event) -> str:
+    """The event as `show --json` prints it (its content spliced in as pydantic wrote it:
+    a ~1 MB event is not parsed back into Python objects)."""
+    head = json.dumps({
+        "event_number": event.event_number,
+        "event_name": event.content.event_name,
+        "event_time": event.event_time.isoformat(),
+        "store_event_id": event.store_event_id,
+    })
+    return f'{head[:-1]}, "content": {event.content.model_dump_json()}}}\n'
+
+
+def cut(content: str) -> str:
+    if len(content) <= SHOW_CONTENT_CHARS:
+        return content
+    rest = len(content) - SHOW_CONTENT_CHARS
+    return f"{content[:SHOW_CONTENT_CHARS]}... ({rest:,} more characters: --json prints all)"
 
 
 @app.command()

@@ -36,6 +36,24 @@ class NotRegisteredError(EsError, TypeError):
     """A `Content` class is not registered for the entity type it is written to."""
 
 
+class EventTooLargeError(EsError, ValueError):
+    """An event is larger encoded than the storage's limit (`ES_MAX_EVENT_BYTES`); nothing
+    of the write was stored."""
+
+    def __init__(self, entity_type: str, entity_id: str, event_number: int, name: str,
+                 size: int, limit: int) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{entity_type} {entity_id!r} event {event_number} ({name}) is {size:,} bytes "
+            f"encoded, over the limit of {limit:,} (ES_MAX_EVENT_BYTES); nothing was written. "
+            "Keep large payloads elsewhere (a blob store) and put a reference in the event."
+        )
+
+
 class StreamNotReadError(EsError):
     """`Stream.write` on a stream opened with `open_from(n)` before reading it."""
 

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
@@ -66,6 +66,32 @@ class Event:
     def causation_id(self) -> str | None:
         """The `store_event_id` of the event being handled when this one was written."""
         return self.metadata.get("causation_id")
+
+
+def _slot_setters() -> tuple[Callable[[Event, Any], None], ...]:
+    return tuple(getattr(Event, f.name).__set__ for f in fields(Event))
+
+
+_SET_ENTITY_ID, _SET_ENTITY_TYPE, _SET_EVENT_NUMBER, _SET_EVENT_TIME, _SET_CONTENT, \
+    _SET_STORE_EVENT_ID, _SET_STORE_ENTITY_ID, _SET_METADATA = _slot_setters()
+
+
+def stored_event(entity_id: str, entity_type: str, event_number: int, event_time: datetime,
+                 content: Content, store_event_id: str, store_entity_id: str,
+                 metadata: Mapping[str, str]) -> Event:
+    """`Event(...)` for a storage decoding what it stored, twice as fast: the frozen
+    dataclass __init__ sets each field through object.__setattr__, which was a third of
+    the time it takes to hydrate an entity."""
+    event = object.__new__(Event)
+    _SET_ENTITY_ID(event, entity_id)
+    _SET_ENTITY_TYPE(event, entity_type)
+    _SET_EVENT_NUMBER(event, event_number)
+    _SET_EVENT_TIME(event, event_time)
+    _SET_CONTENT(event, content)
+    _SET_STORE_EVENT_ID(event, store_event_id)
+    _SET_STORE_ENTITY_ID(event, store_entity_id)
+    _SET_METADATA(event, metadata)
+    return event
 
 
 @runtime_checkable

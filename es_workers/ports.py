@@ -130,6 +130,16 @@ class NotifyingEventBus(Subscriptions, Protocol):
         `event_number` (None: up to its head)."""
         ...
 
+    def notify_many(
+        self,
+        entity_type: str,
+        positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        """`notify` for each (entity ID, event number) of `positions`, in as few messages
+        as the bus can."""
+        ...
+
 
 Bus: TypeAlias = EventBus | NotifyingEventBus
 

@@ -30,6 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .codec import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigurationError
 from .redis.durability import Durability
 from .redis.keys import RedisKeys
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
         default=None, ge=1, le=4096,
         description="Partitions of a new prefix (16 when unset); fixed once the prefix exists",
         examples=[16],
+    )
+    max_event_bytes: int = Field(
+        default=DEFAULT_MAX_EVENT_BYTES, ge=1024,
+        description="Largest event accepted at write, in bytes of JSON data and metadata; a "
+        "larger one is refused (EventTooLargeError), nothing stored",
     )
     # The bus.
     broker_url: str | None = Field(

@@ -150,9 +150,7 @@ class Stream(StreamState):
 
     def project(self, handler: Handler) -> None:
         """Calls the handler with each event of `all()`; stops at the first exception."""
-        handle = as_callable(handler)
-        for event in self.all():
-            handle(event)
+        self.all().feed(as_callable(handler))
 
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`

@@ -177,6 +177,7 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
         durability=settings.durability(),
+        max_event_bytes=settings.max_event_bytes,
     )
     bus = DramatiqEventBus(
         build_broker(settings),
@@ -191,5 +192,6 @@ def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
     """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited."""
     settings = settings if settings is not None else load_settings()
     return AsyncRedisStorage(
-        async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions
+        async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
     )

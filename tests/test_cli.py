@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
 from es_workers import Content, admin
-from es_workers.cli import app
+from es_workers.cli import SHOW_CONTENT_CHARS, app, cut
 from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.redis.storage import RedisStorage
 
@@ -268,6 +269,25 @@ def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
     unknown = runner.invoke(app, ["show", ref(app_module), "acount", "a1"])
     assert unknown.exit_code == 2
     assert "unknown entity type 'acount': this app has 'account'" in unknown.output
+
+
+def test_show_cuts_a_large_event_short_with_a_note_and_json_prints_it_whole(
+    app_module: ModuleType,
+) -> None:
+    owner = "é" * 500_000  # ~1 MB of JSON: rich took minutes to lay out such a cell
+    write(app_module, "big", app_module.Opened(owner=owner))
+
+    started = time.monotonic()
+    table = runner.invoke(app, ["show", ref(app_module), "account", "big"])
+    assert table.exit_code == 0, table.output
+    assert time.monotonic() - started < 10
+    assert SHOW_CONTENT_CHARS - 20 < table.stdout.count("é") <= SHOW_CONTENT_CHARS
+    assert cut('{"owner":"' + owner + '"}').endswith(
+        f"... ({500_012 - SHOW_CONTENT_CHARS:,} more characters: --json prints all)")
+
+    whole = runner.invoke(app, ["show", ref(app_module), "account", "big", "--json"])
+    assert whole.exit_code == 0
+    assert json.loads(whole.stdout)["content"] == {"owner": owner}
 
 
 def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(

@@ -245,6 +245,13 @@ class RecordingBus:
         targets = tuple(self.ids if subscriber_ids is None else subscriber_ids)
         self.notices.append((entity_type, entity_id, event_number, targets))
 
+    def notify_many(
+        self, entity_type: str, positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        for entity_id, event_number in positions:
+            self.notify(entity_type, entity_id, event_number, subscriber_ids)
+
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         self.ids.append(subscriber_id)
 

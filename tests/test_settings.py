@@ -16,7 +16,7 @@ from conftest import REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from es_workers import ConfigurationError, Content, Event, RedisStorage, Store
+from es_workers import ConfigurationError, Content, Event, EventTooLargeError, RedisStorage, Store
 from es_workers.settings import (
     Settings,
     example_toml,
@@ -423,3 +423,16 @@ def test_from_settings_on_real_redis_keeps_the_partitions_of_the_prefix(
                                                   partitions=8))
     finally:
         delete_prefix(client, prefix)
+
+
+def test_max_event_bytes_caps_what_a_store_from_settings_writes(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("ES_MAX_EVENT_BYTES", "2048")
+    store = Store.from_settings(events={"account": [Opened]},
+                                settings=Settings(prefix=f"t-{uuid.uuid4().hex[:10]}"))
+    with store.open("account", "a1") as stream, pytest.raises(EventTooLargeError):
+        stream.write(Opened(owner="x" * 2048))
+    with store.open("account", "a1") as stream:
+        stream.write(Opened(owner="x" * 2000))
+    assert [e.event_number for e in store.read("account", "a1")] == [1]

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..errors import ConcurrencyError, ConfigurationError
 from ..event import Content, Event
+from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..upgrade import Reader
@@ -32,8 +33,9 @@ class _Record:
 class InMemoryStorage:
     """Keeps encoded events in a dict, so decoding behaves as with Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.registry = ContentRegistry()
+        self.max_event_bytes = max_event_bytes
         self._lock = threading.Lock()
         self._streams: dict[tuple[str, str], list[_Record]] = {}
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
@@ -83,6 +85,8 @@ class InMemoryStorage:
             if event.entity_id != entity_id or event.event_number != expected + offset:
                 raise ValueError("a write holds events of one entity with consecutive numbers")
         encoded = [self.registry.encode(entity_type, event.content) for event in events]
+        for event, (name, data) in zip(events, encoded, strict=True):
+            check_size(event, name, data, encode_metadata(event.metadata), self.max_event_bytes)
         with self._lock:
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:

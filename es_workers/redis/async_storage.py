@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio
 
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..event import Content, Event
 from .entries import (
     DEFAULT_PARTITIONS,
@@ -41,10 +41,12 @@ class AsyncRedisStorage:
     """
 
     def __init__(
-        self, client: Any, *, prefix: str = "es", partitions: int | None = None
+        self, client: Any, *, prefix: str = "es", partitions: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
         self.client = client
+        self.max_event_bytes = max_event_bytes
         self.prefix = prefix
         self.registry = ContentRegistry()
         # The append script; a documented hook, as RedisStorage.append_script. Appends of
@@ -94,7 +96,7 @@ class AsyncRedisStorage:
         if not events:
             return
         keys = (await self._entities())(entity_type, events[0].entity_id)
-        args = append_args(self.registry, entity_type, events)
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         check_appended(entity_type, events, await self.append_script(keys=keys, args=args))
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import metrics
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
-from ..event import NO_METADATA, Event
+from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
@@ -78,9 +78,11 @@ class EntityKeys:
         return found
 
 
-def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event]) -> list[Any]:
+def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event],
+                max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
     """append.lua's ARGV for a non-empty write: checks the events are one entity's, numbered
-    on from the first, and of Content classes registered for the type."""
+    on from the first, of Content classes registered for the type, and each at most
+    `max_event_bytes` encoded (EventTooLargeError)."""
     entity_id = events[0].entity_id
     expected = events[0].event_number - 1
     args: list[Any] = [entity_type, entity_id, expected, len(events)]
@@ -102,6 +104,7 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
         if event.metadata is not metadata:  # the events of a write share their metadata
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
+        check_size(event, name, data, stored_metadata, max_event_bytes)
         args += (name, data, micros, event.store_event_id, stored_metadata)
     return args
 
@@ -144,7 +147,7 @@ def _pairs(values: Any) -> dict[Any, Any]:
     return dict(zip(values[::2], values[1::2], strict=False))
 
 
-def _flat(entries: list[Any]) -> list[Any]:
+def flat_entries(entries: list[Any]) -> list[Any]:
     """Entries whose fields a client turned into dicts (RedisCluster's XRANGE callback) as
     the flat lists Redis sends."""
     if entries and isinstance(entries[0][1], dict):
@@ -198,41 +201,52 @@ class EntityPages:
         if not entries:
             self.more = False
             return
-        entries = _flat(entries)
+        yield from self.events(flat_entries(entries))
+        # The page's last entry was decoded (or it raised): the next page starts after it.
+        self.start = int(text(entries[-1][0]).partition("-")[0]) + 1
+
+    def events(self, entries: Sequence[Any]) -> Iterator[Event]:
+        """The events of stream entries as XRANGE replies hold them (a flat list of fields
+        per entry, raw or decoded), in order, moving `store_entity_id` along. Entries as
+        the append script writes them are decoded inline (hydrating is read-bound); anything
+        else goes through `_decode`, which decodes it or raises the error that explains it."""
+        if not entries:
+            return
         entity_type, entity_id = self.entity_type, self.entity_id
         decoders = self.registry.decoders(entity_type)
         raw = isinstance(entries[0][0], bytes)
-        names, zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+        (n_, d_, t_, e_), zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
-        from_timestamp, new_event = datetime.fromtimestamp, Event
-        store_entity_id = self.store_entity_id
+        from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
+        first_id = self.store_entity_id or ""  # event 1's store_event_id
         for entry_id, values in entries:
             try:
-                if values[0:8:2] != names or entry_id[-2:] != zero:
-                    raise ValueError(entry_id)
                 if len(values) == 8:
-                    metadata = NO_METADATA
-                elif len(values) == 10 and values[8] == metadata_name:
-                    metadata = decode_metadata(values[9])
-                else:
+                    n, name, d, data, t, micros, e, event_id = values
+                    m, stored_metadata = metadata_name, None
+                else:  # a ValueError unless the metadata field follows
+                    n, name, d, data, t, micros, e, event_id, m, stored_metadata = values
+                if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
+                        entry_id[-2:] != zero):
                     raise ValueError(entry_id)
+                metadata = NO_METADATA if stored_metadata is None else decode_metadata(
+                    stored_metadata)
                 number = int(entry_id[:-2])
-                content = decoders[values[1]](values[3])
+                content = decoders[name](data)
                 # float seconds are exact to the microsecond until the year 2255
-                event_time = from_timestamp(int(values[5]) / 1e6, UTC)
-                store_event_id = values[7].decode() if raw else values[7]
+                event_time = from_timestamp(int(micros) / 1e6, utc)
+                store_event_id = event_id.decode() if raw else event_id
             except Exception:
-                self.store_entity_id = store_entity_id
+                self.store_entity_id = first_id
                 event = self._decode((entry_id, _pairs(values)))
-                store_entity_id = event.store_entity_id
+                first_id = event.store_entity_id
             else:
                 if number == 1:
-                    store_entity_id = store_event_id
+                    first_id = store_event_id
                 event = new_event(entity_id, entity_type, number, event_time, content,
-                                  store_event_id, store_entity_id or "", metadata)
+                                  store_event_id, first_id, metadata)
             yield event
-        self.store_entity_id = store_entity_id
-        self.start = event.event_number + 1
+        self.store_entity_id = first_id
 
     def _field(self, entry: Any, field: str) -> str:
         value = entry[1].get(field)

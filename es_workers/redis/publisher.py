@@ -250,16 +250,19 @@ class Publisher:
                 self._partition_of[key],
             )
         due = []
+        by_type: dict[str, list[tuple[str, int | None]]] = {}
         for notice in notices.values():
             if isinstance(self.bus, NotifyingEventBus):
-                subscriber_ids = self.bus.subscriber_ids(notice.entity_type)
                 due += [
                     self.state.entity(subscriber_id, notice.entity_type, notice.entity_id)
-                    for subscriber_id in subscriber_ids
+                    for subscriber_id in self.bus.subscriber_ids(notice.entity_type)
                 ]
-                self.bus.notify(notice.entity_type, notice.entity_id, notice.last, subscriber_ids)
+                by_type.setdefault(notice.entity_type, []).append((notice.entity_id, notice.last))
             else:
                 self._write_events(notice)
+        for entity_type, positions in by_type.items():
+            assert isinstance(self.bus, NotifyingEventBus)
+            self.bus.notify_many(entity_type, positions)
         pipe = self.client.pipeline(transaction=False)
         self.state.mark_due(due, pipe)
         by_key: dict[str, list[str]] = {}
@@ -305,8 +308,8 @@ class Publisher:
                 self.state.mark_due(
                     self.state.entity(subscriber_id, entity_type, entity_id) for entity_id in ids
                 )
-                for entity_id in ids:
-                    self.bus.notify(entity_type, entity_id, None, [subscriber_id])
+                self.bus.notify_many(entity_type, [(entity_id, None) for entity_id in ids],
+                                     [subscriber_id])
                 if token is None:
                     self.state.finish_catch_up(entity_type, subscriber_id)
                     self._caught_up.add((entity_type, subscriber_id))

@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,15 +64,20 @@ class ParkedEntity:
 
 @dataclass(frozen=True)
 class Begun:
-    """begin.lua's answer: READY (the lock is ours), NOTHING_TO_DO or BUSY."""
+    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO or BUSY.
+    When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
+    replies hold them) and `store_entity_id` event 1's ID when it is not among them."""
 
     state: int
     checkpoint: int
+    entries: list[Any] = field(default_factory=list)
+    store_entity_id: str = ""
 
 
 @dataclass(frozen=True)
 class Committed:
-    """checkpoint.lua's answer. `lost`: the lock was no longer ours, nothing recorded."""
+    """checkpoint.lua's answer for one entity. `lost`: the lock was no longer ours, nothing
+    recorded."""
 
     head: int
     released: bool
@@ -128,40 +133,56 @@ class SubscriberState:
 
     # -- Delivery: lock, checkpoint, fail, park -----------------------------------------
 
-    def begin(self, e: SubscriberEntity, event_number: int | None, token: str,
-              lock_ms: int) -> Begun:
-        """Skips a parked entity or an old notice, else takes the lock and reads the
-        checkpoint under it, in one round trip."""
-        state, checkpoint = self._begin(
-            keys=[
-                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
-                self._parked(e.subscriber_id, e.entity_type, e.partition),
-                self.keys.heads(e.entity_type, e.partition),
-                self._lock(e),
-            ],
-            args=[e.entity_id, -1 if event_number is None else event_number, token, lock_ms],
-        )
-        return Begun(int(state), int(checkpoint))
+    def begin(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int | None],
+              token: str, lock_ms: int, read_count: int) -> list[Begun]:
+        """For each entity (all of one subscriber, entity type and partition) whose notice
+        says it has events up to `event_numbers[i]` (None: its head): skips it if parked or
+        the notice is old, else takes its lock and reads up to `read_count` events after its
+        checkpoint. One round trip for them all."""
+        first = entities[0]
+        keys = [
+            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
+            self._parked(first.subscriber_id, first.entity_type, first.partition),
+            self.keys.heads(first.entity_type, first.partition),
+        ]
+        args: list[Any] = [token, lock_ms, read_count]
+        for e, number in zip(entities, event_numbers, strict=True):
+            _check_same_group(first, e)
+            keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
+            args += (e.entity_id, -1 if number is None else number)
+        return [
+            Begun(int(state), int(checkpoint), list(entries), text(store_entity_id))
+            for state, checkpoint, store_entity_id, entries in self._begin(keys=keys, args=args)
+        ]
 
-    def commit(self, e: SubscriberEntity, event_number: int, token: str, lock_ms: int,
-               *, release: bool) -> Committed:
-        """Moves the checkpoint to `event_number` if the lock is still ours, renewing it;
-        with `release`, lets the lock go when that was the entity's last event."""
-        head, released = self._checkpoint(
-            keys=[
-                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
-                self._lock(e),
-                self.keys.heads(e.entity_type, e.partition),
-                self._due(e.subscriber_id, e.partition),
-                self._failures(e.subscriber_id, e.entity_type, e.partition),
-            ],
-            args=[e.entity_id, event_number, token, lock_ms, e.member, int(release),
-                  self._handled_channel(e)],
-        )
-        return Committed(int(head), bool(released))
+    def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
+               token: str, lock_ms: int, *, release: bool) -> list[Committed]:
+        """Moves each entity's checkpoint to its event number if its lock is still ours,
+        renewing it; with `release`, lets the lock go when that was the entity's last event.
+        Entities of one subscriber, entity type and partition; one round trip."""
+        first = entities[0]
+        keys = [
+            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
+            self.keys.heads(first.entity_type, first.partition),
+            self._due(first.subscriber_id, first.partition),
+            self._failures(first.subscriber_id, first.entity_type, first.partition),
+        ]
+        args: list[Any] = [token, lock_ms, int(release)]
+        for e, number in zip(entities, event_numbers, strict=True):
+            _check_same_group(first, e)
+            keys.append(self._lock(e))
+            args += (e.entity_id, number, e.member, self._handled_channel(e))
+        return [
+            Committed(int(head), bool(released))
+            for head, released in self._checkpoint(keys=keys, args=args)
+        ]
 
-    def unlock(self, e: SubscriberEntity, token: str) -> None:
-        self._unlock(keys=[self._lock(e)], args=[token])
+    def unlock(self, entities: Sequence[SubscriberEntity], token: str) -> None:
+        """Releases the entities' locks (of one partition) that `token` still holds."""
+        first = entities[0]
+        for e in entities:
+            _check_same_group(first, e)
+        self._unlock(keys=[self._lock(e) for e in entities], args=[token])
 
     def record_failure(self, e: SubscriberEntity) -> int:
         """Counts a failed attempt at the entity's next event; returns the attempts so far."""
@@ -414,6 +435,14 @@ class SubscriberState:
         for partition in range(self.keys.partitions):
             getattr(pipe, command)(key(subscriber_id, entity_type, partition))
         return list(pipe.execute())
+
+
+def _check_same_group(first: SubscriberEntity, e: SubscriberEntity) -> None:
+    """The scripts take one subscriber's entities of one type and partition (one slot)."""
+    if (e.subscriber_id, e.entity_type, e.partition) != (
+        first.subscriber_id, first.entity_type, first.partition
+    ):
+        raise ValueError(f"{e} is not of the group of {first}")
 
 
 def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str,

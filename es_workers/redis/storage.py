@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
@@ -22,6 +22,7 @@ from .entries import (
     as_sent,
     check_appended,
     entity_ids_page,
+    flat_entries,
     index_start,
     stored_partitions,
 )
@@ -44,6 +45,8 @@ class RedisStorage:
     `durability` says what each append waits for (replicas, the append-only file).
 
     A Redis that cannot be reached raises StorageUnavailableError (see `redis/failures.py`).
+    A write holding an event larger than `max_event_bytes` encoded is refused
+    (EventTooLargeError), nothing stored.
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class RedisStorage:
         partitions: int | None = None,
         publisher: PublisherOptions | None = None,
         durability: Durability | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.client = client
+        self.max_event_bytes = max_event_bytes
         self.server = server_name(client)
         self.durability = durability or Durability()
         with translated(self.server, "opening the store"):
@@ -96,7 +101,7 @@ class RedisStorage:
         if not events:
             return
         keys = self._entity_keys(entity_type, events[0].entity_id)
-        args = append_args(self.registry, entity_type, events)
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         check_appended(entity_type, events, self._append(keys, args))
 
     def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
@@ -120,7 +125,8 @@ class RedisStorage:
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
         key = self._entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
-        # chain calls each page's generator directly: hydrating is read-bound.
+        # The pages' events are chained in C: one generator layer per event less (~5% of
+        # hydrating).
         return chain.from_iterable(self._pages(pages))
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
@@ -136,6 +142,16 @@ class RedisStorage:
                 else:
                     entries = reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
             yield pages.decode(entries)
+
+    def decode_entries(self, entity_type: str, entity_id: str, entries: Sequence[Any],
+                       store_entity_id: str | None) -> Iterator[Event]:
+        """The events of stream entries as XRANGE replies hold them (delivery reads them in
+        its locking script); `store_entity_id` is event 1's ID when event 1 is not among
+        them. Raises CorruptEventError / UnknownEventError naming the entry."""
+        key = self._entity_keys(entity_type, entity_id)[0]
+        pages = EntityPages(self.registry, key, entity_type, entity_id, 0)
+        pages.store_entity_id = store_entity_id
+        return pages.events(flat_entries(list(entries)))
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""

@@ -28,6 +28,9 @@ from .middleware import SingleStop, WorkerHeartbeat
 
 ACTOR_PREFIX = "es_"
 DEFAULT_TIME_LIMIT_MS = 600_000
+MAX_NOTICE_ENTITIES = 32
+"""Entities one message names at most: more per message costs fewer messages, fewer lets
+more workers share a partition's backlog."""
 
 _M = TypeVar("_M", bound=dramatiq.Middleware)
 
@@ -75,6 +78,7 @@ class DramatiqEventBus:
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._deliverer: Deliverer | None = None
+        self._partition: Callable[[str, str], int] = lambda entity_type, entity_id: 0
 
     def bind(self, reader: Reader, storage: Storage) -> None:
         if not isinstance(storage, RedisStorage):
@@ -82,7 +86,8 @@ class DramatiqEventBus:
                 "DramatiqEventBus needs a RedisStorage: subscribers keep their checkpoints "
                 "beside the entity streams"
             )
-        self._deliverer = Deliverer(reader, storage.state, self.options)
+        self._deliverer = Deliverer(reader, storage, self.options)
+        self._partition = storage.keys.partition
         self._heartbeat.heartbeats = storage.heartbeats
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
@@ -111,8 +116,14 @@ class DramatiqEventBus:
         return found
 
     def _declare_actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
-        def deliver(entity_type: str, entity_id: str, event_number: int | None = None) -> None:
-            self._deliver(Notice(subscriber_id, entity_type, entity_id, event_number))
+        def deliver(entity_type: str, entity_id: str | None = None,
+                    event_number: int | None = None,
+                    entities: list[tuple[str, int | None]] | None = None) -> None:
+            # A message names one entity, or several (`entities`: [entity ID, event number]
+            # pairs) of one partition.
+            pairs = [(entity_id, event_number)] if entity_id is not None else entities or []
+            self._deliver([Notice(subscriber_id, entity_type, entity, number)
+                           for entity, number in pairs])
 
         deliver.__name__ = f"{ACTOR_PREFIX}{subscriber_id}"
         return dramatiq.Actor(
@@ -124,24 +135,38 @@ class DramatiqEventBus:
             options=dict(self._actor_options),
         )
 
-    def _deliver(self, notice: Notice) -> None:
+    def _deliver(self, notices: list[Notice]) -> None:
         try:
-            handler = self._handlers.get((notice.entity_type, notice.subscriber_id))
+            if not notices:
+                return
+            handler = self._handlers.get((notices[0].entity_type, notices[0].subscriber_id))
             if handler is None:
                 # A notice for a subscription this process does not know: most likely the
                 # app dropped it. Nothing to do; the checkpoint stays where it was.
                 return
             if self._deliverer is None:
                 raise ConfigurationError("DramatiqEventBus is not bound to a Store")
-            self._deliverer.deliver(notice, handler, self._resend)
+            self._deliverer.deliver(notices, handler, self._resend)
         finally:
             if self.observer is not None:
-                self.observer(notice)
+                for notice in notices:
+                    self.observer(notice)
 
-    def _resend(self, notice: Notice, delay_ms: int) -> None:
-        self.actor(notice.subscriber_id).send_with_options(
-            args=(notice.entity_type, notice.entity_id, notice.event_number), delay=delay_ms
-        )
+    def _resend(self, notices: Sequence[Notice], delay_ms: int) -> None:
+        first = notices[0]
+        self._send(first.subscriber_id, first.entity_type,
+                   [(n.entity_id, n.event_number) for n in notices], delay_ms)
+
+    def _send(self, subscriber_id: str, entity_type: str,
+              positions: Sequence[tuple[str, int | None]], delay_ms: int | None = None) -> None:
+        """One message naming the entities: positional arguments for one (as workers before
+        many-entity notices read them), `entities` for several."""
+        if len(positions) == 1:
+            args: tuple[Any, ...] = (entity_type, *positions[0])
+            kwargs: dict[str, Any] = {}
+        else:
+            args, kwargs = (entity_type,), {"entities": [list(p) for p in positions]}
+        self.actor(subscriber_id).send_with_options(args=args, kwargs=kwargs, delay=delay_ms)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         with self._lock:
@@ -159,6 +184,27 @@ class DramatiqEventBus:
         targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
         for subscriber_id in targets:
             self.actor(subscriber_id).send(entity_type, entity_id, event_number)
+
+    def notify_many(
+        self,
+        entity_type: str,
+        positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        """One message per subscriber and partition (of at most MAX_NOTICE_ENTITIES
+        entities) for many entities at once: a worker handles them in two round trips."""
+        check_entity_type(entity_type)
+        by_partition: dict[int, list[tuple[str, int | None]]] = {}
+        for entity_id, event_number in positions:
+            check_entity_id(entity_id)
+            by_partition.setdefault(self._partition(entity_type, entity_id), []).append(
+                (entity_id, event_number))
+        targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
+        for subscriber_id in targets:
+            for group in by_partition.values():
+                for start in range(0, len(group), MAX_NOTICE_ENTITIES):
+                    self._send(subscriber_id, entity_type,
+                               group[start : start + MAX_NOTICE_ENTITIES])
 
     def close(self) -> None:
         self.broker.close()
