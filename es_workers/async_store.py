@@ -5,14 +5,18 @@ and handled like any other (`es-workers publish` / `worker` on a `Store` of the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 from .async_stream import AsyncStream
+from .errors import ConfigurationError
 from .event import Content, Handler
 from .memory.bus import InMemoryEventBus
-from .ports import AsyncStorage, Bus
+from .names import subscribers_to_wait_for
+from .ports import AsyncStorage, Bus, Progress
+from .redis.async_storage import AsyncRedisStorage
 from .settings import Settings
 from .stream import check_stream
 from .upgrade import AsyncReader, AsyncReading, EventUpgrade, check_upgrades
@@ -89,6 +93,36 @@ class AsyncStore:
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
+
+    async def wait_for(
+        self,
+        entity_type: str,
+        entity_id: str,
+        event_number: int,
+        *,
+        subscriber_ids: Sequence[str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """`Store.wait_for`, awaited: returns once the subscribers (all of the type's when
+        None) have handled the entity up to `event_number`; `WaitTimeoutError`,
+        `ParkedError`. On Redis it waits for the checkpoint script's messages."""
+        wanted = subscribers_to_wait_for(
+            entity_type, entity_id, self.subscriber_ids(entity_type), subscriber_ids
+        )
+        if not wanted or event_number <= 0:
+            return
+        if isinstance(self.storage, AsyncRedisStorage):
+            state = await self.storage.subscriber_state()
+            await state.wait_handled_async(wanted, entity_type, entity_id, event_number,
+                                           timeout)
+        elif isinstance(self.bus, Progress):
+            await asyncio.to_thread(self.bus.wait_handled, wanted, entity_type, entity_id,
+                                    event_number, timeout)
+        else:
+            raise ConfigurationError(
+                f"wait_for needs an AsyncRedisStorage or a bus that tells how far subscribers "
+                f"got (InMemoryEventBus), not {type(self.bus).__name__}"
+            )
 
     async def close(self) -> None:
         """Closes the storage (its Redis client), and the bus unless it was given (it may be

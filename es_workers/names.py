@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .errors import InvalidNameError, SubscriberError
 
@@ -51,3 +52,20 @@ def check_subscriber_id(subscriber_id: object) -> str:
             "or '_' followed by up to 79 letters, digits, '_' or '-'"
         )
     return subscriber_id
+
+
+def subscribers_to_wait_for(
+    entity_type: str, entity_id: str, known: list[str], wanted: Sequence[str] | None
+) -> list[str]:
+    """`wait_for`'s subscribers: `wanted`, or every `known` one when None; an unknown one is
+    a SubscriberError naming the known ones."""
+    check_entity_type(entity_type)
+    check_entity_id(entity_id)
+    chosen = known if wanted is None else list(wanted)
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise SubscriberError(
+            f"no subscriber {', '.join(map(repr, unknown))} for {entity_type!r}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    return chosen

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
-from .errors import ConfigurationError, SubscriberError
+from .errors import ConfigurationError
 from .event import Content, Handler
 from .memory.bus import InMemoryEventBus
-from .names import check_entity_id, check_entity_type
+from .names import subscribers_to_wait_for
 from .ports import Bus, NotifyingEventBus, Progress, Storage
 from .redis.storage import RedisStorage
 from .settings import Settings
@@ -140,16 +140,9 @@ class Store:
         seconds, and `ParkedError` at once if one of them has the entity parked at or before
         that event. It waits for messages, not by polling in a loop.
         """
-        check_entity_type(entity_type)
-        check_entity_id(entity_id)
-        known = self.subscriber_ids(entity_type)
-        wanted = known if subscriber_ids is None else list(subscriber_ids)
-        unknown = sorted(set(wanted) - set(known))
-        if unknown:
-            raise SubscriberError(
-                f"no subscriber {', '.join(map(repr, unknown))} for {entity_type!r}; "
-                f"known: {', '.join(known) or 'none'}"
-            )
+        wanted = subscribers_to_wait_for(
+            entity_type, entity_id, self.subscriber_ids(entity_type), subscriber_ids
+        )
         if wanted and event_number > 0:
             self._progress().wait_handled(wanted, entity_type, entity_id, event_number,
                                           timeout)

@@ -108,8 +108,14 @@ def create_app(store: AsyncStore, balances: Balances) -> FastAPI:
     app = FastAPI(title="es_workers accounts", lifespan=lifespan)
 
     @app.post("/accounts/{account_id}/deposits")
-    async def post_deposit(account_id: str, request: DepositRequest) -> dict[str, object]:
+    async def post_deposit(
+        account_id: str, request: DepositRequest, wait: bool = False
+    ) -> dict[str, object]:
+        """`?wait=true`: answer once `balances` has handled the deposit (read-your-writes:
+        a GET right after sees it)."""
         number = await deposit(store, account_id, request.amount)
+        if wait:
+            await store.wait_for("account", account_id, number, subscriber_ids=["balances"])
         return {"account_id": account_id, "event_number": number}
 
     @app.get("/accounts/{account_id}")

@@ -3,16 +3,23 @@ to an event, on the in-memory bus and on the Dramatiq bus (across processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import dramatiq
+import fakeredis
 import pytest
+import redis
+import redis.asyncio
 from apps.delivery_kit import Delivery, Recorder
-from conftest import ACCOUNT_EVENTS, Deposited, Opened
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened
 
 from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
     EsError,
     Event,
     InMemoryStorage,
@@ -123,3 +130,36 @@ def test_wait_for_raises_parked_error_for_a_parked_entity(delivery: Delivery) ->
     assert "RuntimeError" in caught.value.error
     # Handled up to 1: waiting for event 1 returns.
     delivery.store.wait_for("account", "a1", 1, timeout=1)
+
+
+def async_client_beside(storage: RedisStorage) -> Any:
+    """A redis.asyncio client on the server of the test's storage (fakeredis or real)."""
+    kwargs = storage.client.connection_pool.connection_kwargs
+    if "server" in kwargs:
+        return fakeredis.FakeAsyncRedis(server=kwargs["server"])
+    return redis.asyncio.Redis.from_url(REDIS_URL)
+
+
+def test_async_store_wait_for_sees_what_the_workers_handled(delivery: Delivery) -> None:
+    projection = Balances()
+    delivery.store.subscribe("account", "balances", projection)
+    delivery.store.subscribe("account", "fragile", Recorder(fail=lambda e: e.entity_id == "p"))
+    delivery.start_store()
+    delivery.start_worker()
+    storage = AsyncRedisStorage(async_client_beside(delivery.storage),
+                                prefix=delivery.storage.keys.prefix)
+
+    async def run() -> None:
+        async with AsyncStore(storage, events=ACCOUNT_EVENTS, bus=delivery.bus) as store:
+            async with store.open("account", "a1") as stream:
+                await stream.write(Opened(owner="ann"), Deposited(amount=9))
+                await store.wait_for("account", "a1", stream.position, timeout=10)
+            assert projection.balances == {"a1": 9}
+            async with store.open("account", "p") as stream:
+                await stream.write(Opened(owner="poison"))
+            with pytest.raises(ParkedError):
+                await store.wait_for("account", "p", 1, subscriber_ids=["fragile"], timeout=20)
+            with pytest.raises(WaitTimeoutError):
+                await store.wait_for("account", "a1", 3, timeout=0.3)
+
+    asyncio.run(run())

@@ -29,6 +29,7 @@ from .entries import (
 )
 from .keys import RedisKeys
 from .scripts import AsyncScript, BatchingScript
+from .state import SubscriberState
 
 
 class AsyncRedisStorage:
@@ -55,6 +56,7 @@ class AsyncRedisStorage:
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
+        self._state: SubscriberState | None = None
         self._opening = asyncio.Lock()
         self._reader = self._xrange_client(client)
 
@@ -73,6 +75,12 @@ class AsyncRedisStorage:
     async def open(self) -> RedisKeys:
         """Reads (or, on a new prefix, records) the number of partitions; returns the keys."""
         return (await self._entities()).keys
+
+    async def subscriber_state(self) -> SubscriberState:
+        """Subscriber state on this client (for `AsyncStore.wait_for`)."""
+        if self._state is None:
+            self._state = SubscriberState(self.client, await self.open(), redrive_after_ms=0)
+        return self._state
 
     async def _entities(self) -> EntityKeys:
         if self._entity_keys is not None:

@@ -232,16 +232,47 @@ class SubscriberState:
                                            timeout)
                 pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
 
+    async def wait_handled_async(self, subscriber_ids: Sequence[str], entity_type: str,
+                                 entity_id: str, event_number: int, timeout: float) -> None:
+        """`wait_handled` for a state built on a `redis.asyncio` client (AsyncStore)."""
+        entities = [self.entity(s, entity_type, entity_id) for s in subscriber_ids]
+        deadline = time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        doing = f"waiting for {entity_type} {entity_id!r} to be handled"
+        with translated(server_name(self.client), doing):
+            try:
+                await pubsub.subscribe(*(self._handled_channel(e) for e in entities))
+                while True:
+                    pipe = self._behind_pipeline(entities)
+                    behind = self._behind_from(entities, event_number, await pipe.execute())
+                    if not behind:
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeoutError(entity_type, entity_id, event_number, behind,
+                                               timeout)
+                    await pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
+            finally:
+                await pubsub.aclose()
+
     def _behind(self, entities: Sequence[SubscriberEntity], event_number: int
                 ) -> dict[str, int]:
-        """Subscriber ID -> checkpoint of those not yet at `event_number`; ParkedError if
-        one of them is parked at or before it."""
+        return self._behind_from(
+            entities, event_number, self._behind_pipeline(entities).execute()
+        )
+
+    def _behind_pipeline(self, entities: Sequence[SubscriberEntity]) -> Any:
         pipe = self.client.pipeline(transaction=False)
         for e in entities:
             pipe.hget(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
                       e.entity_id)
             pipe.hget(self._parked(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
-        answers = pipe.execute()
+        return pipe
+
+    def _behind_from(self, entities: Sequence[SubscriberEntity], event_number: int,
+                     answers: list[Any]) -> dict[str, int]:
+        """Subscriber ID -> checkpoint of those not yet at `event_number`; ParkedError if
+        one of them is parked at or before it."""
         behind = {}
         for index, e in enumerate(entities):
             checkpoint, raw = int(answers[2 * index] or 0), answers[2 * index + 1]
