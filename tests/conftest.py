@@ -20,6 +20,8 @@ import redis
 from es_workers import Content, Event, InMemoryStorage, RedisStorage, Store
 from es_workers.ids import new_ids
 
+pytest_plugins = ["conftest_servers"]  # Cluster, Sentinel, TLS, ACL, AOF, proxy, RabbitMQ
+
 REDIS_URL = os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("ES_REQUIRE_REDIS") == "1"
 
