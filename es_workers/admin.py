@@ -10,6 +10,7 @@ from typing import Any
 from .errors import ConfigurationError
 from .names import check_entity_id, check_entity_type
 from .ports import NotifyingEventBus
+from .redis.cluster import spread_warning
 from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
 from .store import Store
@@ -41,6 +42,7 @@ class SubscriberStatus:
 class StoreStatus:
     outbox_backlog: int  # appended batches not yet relayed by a publisher
     subscribers: list[SubscriberStatus]
+    warnings: list[str] = field(default_factory=list)  # e.g. masters a prefix leaves unused
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +89,12 @@ def status(store: Store) -> StoreStatus:
                     parked=state.parked(subscriber_id, entity_type),
                 )
             )
-    return StoreStatus(outbox_backlog=storage.outbox_backlog(), subscribers=subscribers)
+    warning = spread_warning(storage.client, storage.keys)
+    return StoreStatus(
+        outbox_backlog=storage.outbox_backlog(),
+        subscribers=subscribers,
+        warnings=[warning] if warning else [],
+    )
 
 
 def _unpark(

@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
+from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,6 +31,7 @@ from .admin import ParkedEntity
 from .demo import run_demo
 from .errors import ConfigurationError, EsError
 from .observability import configure_logging, serve_metrics
+from .redis.cluster import masters
 from .redis.storage import RedisStorage
 from .settings import Settings, example_toml, load_settings
 from .store import Store
@@ -148,6 +150,10 @@ def describe(store: Store) -> str:
         return type(storage).__name__
     if type(storage.client).__module__.startswith("fakeredis"):
         return f"prefix {storage.keys.prefix!r} on the embedded Redis of this process"
+    if isinstance(storage.client, RedisCluster):
+        nodes = masters(storage.client)
+        return (f"prefix {storage.keys.prefix!r} ({storage.partitions} partitions) on a Redis "
+                f"Cluster of {len(nodes)} masters: {', '.join(nodes)}")
     kwargs = storage.client.connection_pool.connection_kwargs
     where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
     return f"prefix {storage.keys.prefix!r} on Redis {where} db {kwargs.get('db', 0)}"
@@ -291,6 +297,8 @@ def status(app_ref: AppRef, as_json: AsJson = False) -> None:
         return
     out.print(f"{app_ref}: {describe(store)}")
     out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
+    for warning in report.warnings:
+        out.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     table = folding_table("entity type", "subscriber", "history", "lagging entities",
                           "events behind", "parked")
     parked_entities: list[ParkedEntity] = []

@@ -17,7 +17,7 @@ import os
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=None,
         description="Redis for events and delivery state; unset: embedded fakeredis",
         examples=["redis://127.0.0.1:6379/0"],
+    )
+    redis_cluster: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="Whether redis_url names a node of a Redis Cluster: auto asks the server "
+        "(INFO cluster); a cluster needs broker_url (RabbitMQ or a standalone Redis)",
     )
     prefix: str = Field(default="es", description="Key prefix of this store in Redis")
     partitions: int | None = Field(
@@ -224,6 +229,11 @@ class Settings(BaseSettings):
         except ConfigurationError as error:
             raise ValueError(str(error)) from None
         return value
+
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

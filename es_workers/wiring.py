@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 import dramatiq
 import redis
+from redis.cluster import RedisCluster
 
 from .errors import ConfigurationError
+from .redis.cluster import is_cluster
 from .redis.storage import RedisStorage
 from .settings import Settings, env_name, load_settings, redact_url
 from .workers.broker import WakingRedisBroker
@@ -45,17 +47,42 @@ def embedded_server() -> Any:
         return _embedded
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
+    """A client of the Redis the settings name: a RedisCluster on a Redis Cluster."""
     if settings.redis_url is None:
         import fakeredis
 
         client: redis.Redis = fakeredis.FakeRedis(server=embedded_server())
         return client
+    if on_cluster(settings):
+        return RedisCluster.from_url(settings.redis_url)
     return redis.Redis.from_url(settings.redis_url)
 
 
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    """The Dramatiq broker the settings name, with the worker-process setup middleware."""
+def on_cluster(settings: Settings) -> bool:
+    """Whether the events live on a Redis Cluster (`redis_cluster`; auto: ask the server)."""
+    if settings.redis_url is None or settings.redis_cluster == "false":
+        return False
+    return settings.redis_cluster == "true" or cluster_enabled(settings.redis_url)
+
+
+def cluster_enabled(url: str) -> bool:
+    """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so)."""
+    with redis.Redis.from_url(url) as probe:
+        try:
+            return bool(probe.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError as error:  # INFO may be denied to an ACL user
+            log.info("cannot ask %s whether it is a cluster (%s): taking it for one Redis; "
+                     "set %s=true if it is", redact_url(url), error, env_name("redis_cluster"))
+            return False
+
+
+def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:
+    """The Dramatiq broker the settings name, with the worker-process setup middleware.
+    `cluster`: the events live on a Redis Cluster, where Dramatiq's RedisBroker cannot run,
+    so the broker must be named and be RabbitMQ or a standalone Redis."""
+    if cluster:
+        check_cluster_broker(settings.broker_url)
     url = settings.broker_url or settings.redis_url
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
@@ -85,6 +112,23 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     return broker
 
 
+def check_cluster_broker(broker_url: str | None) -> None:
+    if broker_url is None:
+        raise ConfigurationError(
+            f"{env_name('redis_url')} names a Redis Cluster, where Dramatiq's Redis broker "
+            f"cannot run: set {env_name('broker_url')} to RabbitMQ (amqp://..., pip install "
+            "'es_workers[rabbitmq]') or to a standalone Redis (redis://...)"
+        )
+    if urlsplit(broker_url).scheme in ("redis", "rediss", "unix") and cluster_enabled(
+        broker_url
+    ):
+        raise ConfigurationError(
+            f"{env_name('broker_url')}={redact_url(broker_url)!r} is a Redis Cluster node, "
+            "where Dramatiq's Redis broker cannot run: name RabbitMQ (amqp://...) or a "
+            "standalone Redis"
+        )
+
+
 def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
     """The storage and bus the settings describe (read from `ES_...` when None)."""
     settings = settings if settings is not None else load_settings()
@@ -94,14 +138,16 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
             "lost when it exits (set %s to keep them)", env_name("redis_url"),
             env_name("redis_url"),
         )
+    client = redis_client(settings)
+    broker = build_broker(settings, cluster=is_cluster(client))  # before anything is written
     storage = RedisStorage(
-        redis_client(settings),
+        client,
         prefix=settings.prefix,
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
     )
     bus = DramatiqEventBus(
-        build_broker(settings),
+        broker,
         options=settings.delivery_options(),
         time_limit_ms=settings.time_limit_ms,
     )

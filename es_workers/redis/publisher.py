@@ -33,6 +33,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
 from ..upgrade import Reader
+from .cluster import Wakeups, is_cluster, spread_warning
 from .keys import RedisKeys, text
 from .state import SubscriberState
 
@@ -105,19 +106,44 @@ class Publisher:
         self._next_sweep = 0.0
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._caught_up: set[tuple[str, str]] = set()
+        # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): each
+        # round reads every outbox without blocking, and an idle publisher waits for a
+        # wake-up an append sends (see append.lua), or block_ms.
+        self._wakeups = (
+            Wakeups(self.client, [self.keys.wake(p) for p in range(self.keys.partitions)])
+            if is_cluster(self.client) else None
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised."""
-        failures = idle = 0
         log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
+        if self._wakeups is not None:
+            self._wakeups.start()
+        try:
+            self._run(stop)
+        finally:
+            if self._wakeups is not None:
+                self._wakeups.stop()
+        log.info("publisher %s stopped", self.consumer)
+
+    def _run(self, stop: threading.Event) -> None:
+        failures = idle = 0
+        spread_checked = False
         while not stop.is_set():
             try:
                 if failures or self._own_pending:
                     self.ensure_groups()
+                if not spread_checked:
+                    warning = spread_warning(self.client, self.keys)
+                    if warning:
+                        log.warning("publisher %s: %s", self.consumer, warning)
+                    spread_checked = True
                 busy = self.step()
                 failures = 0
                 idle = 0 if busy else idle + 1
-                if idle:
+                if idle and self._wakeups is not None:
+                    self._wakeups.wait(stop, self.options.block_ms / 1000)
+                elif idle:
                     # Real Redis blocks in XREADGROUP; fakeredis answers at once, so back
                     # off (1 ms doubling to 32 ms) rather than spin.
                     stop.wait(0.001 * 2 ** min(idle - 1, 5))
@@ -130,7 +156,6 @@ class Publisher:
                     self.consumer, type(error).__name__, error, delay, failures,
                 )
                 stop.wait(delay / 1000)
-        log.info("publisher %s stopped", self.consumer)
 
     def step(self) -> bool:
         """One round: relay new (or own pending) entries, then the periodic duties."""
@@ -159,18 +184,30 @@ class Publisher:
                     raise
 
     def _relay_outbox(self) -> bool:
-        streams = {key: "0" if self._own_pending else ">" for key in self._outboxes}
-        block = None if self._own_pending else self.options.block_ms
-        reply: Any = self.client.xreadgroup(
-            GROUP, self.consumer, streams, count=self.options.batch, block=block
-        )
-        entries = [(text(key), entry) for key, items in reply or [] for entry in items]
+        entries = self._read_outboxes("0" if self._own_pending else ">")
         if self._own_pending and not entries:
             self._own_pending = False
         if not entries:
             return False
         self._relay(entries)
         return True
+
+    def _read_outboxes(self, start: str) -> list[tuple[str, Any]]:
+        """New entries (start ">") or our own pending ones ("0") of every outbox."""
+        count = self.options.batch
+        if self._wakeups is None:
+            block = None if start == "0" else self.options.block_ms
+            streams = dict.fromkeys(self._outboxes, start)
+            reply: Any = self.client.xreadgroup(
+                GROUP, self.consumer, streams, count=count, block=block
+            )
+        else:
+            self._wakeups.woken.clear()  # a wake-up from now on finds the read done
+            pipe = self.client.pipeline(transaction=False)
+            for key in self._outboxes:
+                pipe.xreadgroup(GROUP, self.consumer, {key: start}, count=count)
+            reply = [stream for streams in pipe.execute() for stream in streams or []]
+        return [(text(key), entry) for key, items in reply or [] for entry in items]
 
     def _claim_abandoned(self) -> bool:
         found = False

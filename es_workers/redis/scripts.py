@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from .cluster import SLOT_MOVING, retried_while_slots_move
+
 
 @cache
 def source(name: str) -> str:
@@ -35,3 +37,7 @@ class Script:
             return self._client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return self._registered(keys=keys, args=args)
+        except SLOT_MOVING:
+            # On a cluster, the script's slot is moving to another master: the server
+            # refused it before running it, so it is sent again as it was.
+            return retried_while_slots_move(lambda: self._registered(keys=keys, args=args))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .. import metrics
 from ..codec import ContentRegistry
@@ -17,6 +18,7 @@ from ..event import Content, Event
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus
 from ..upgrade import Reader
+from .cluster import is_cluster
 from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
@@ -44,7 +46,8 @@ def _pairs(values: list[Any]) -> dict[Any, Any]:
 class RedisStorage:
     """Stores each entity as a Redis Stream whose entry IDs are the event numbers.
 
-    `client` is a `redis.Redis` (a real server or fakeredis). `partitions` is fixed per
+    `client` is a `redis.Redis` (a real server or fakeredis) or a
+    `redis.cluster.RedisCluster`. `partitions` is fixed per
     prefix: the first RedisStorage to use a prefix records it in Redis, later ones read it
     (passing a different number is a ConfigurationError, since it would move entities).
     `publisher` configures the storage's publishing hook (`start_publish`), the outbox
@@ -53,7 +56,7 @@ class RedisStorage:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         prefix: str = "es",
         partitions: int | None = None,
@@ -69,14 +72,32 @@ class RedisStorage:
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._known_entities: dict[tuple[str, str], list[str]] = {}
-        # Entity streams are read through a client of their own on the same connection
-        # pool, whose XRANGE replies stay as Redis sends them: redis-py would turn every
-        # entry into a dict, a fifth of the time it takes to hydrate an entity.
-        self._reader = redis.Redis(connection_pool=client.connection_pool)
-        self._reader.set_response_callback("XRANGE", _as_sent)
+        self._reader, self._parsed_entries = self._open_reader(client)
+        # On a cluster each append SPUBLISHes to its partition's channel when the outbox
+        # was empty (see append.lua): the publisher waits for it.
+        self._wake_channels = {
+            self.keys.outbox(p): self.keys.wake(p) for p in range(self.partitions)
+        } if is_cluster(client) else {}
 
     @staticmethod
-    def _open_keys(client: redis.Redis, prefix: str, partitions: int | None) -> RedisKeys:
+    def _open_reader(client: Any) -> tuple[Any, bool]:
+        """The client entity streams are read through, and whether its XRANGE replies are
+        parsed into dicts.
+
+        On one Redis: a client of its own on the same connection pool, whose XRANGE
+        replies stay as Redis sends them: redis-py would turn every entry into a dict, a
+        fifth of the time it takes to hydrate an entity. A RedisCluster has a pool per
+        node, so it reads itself and its entries are flattened back."""
+        if is_cluster(client):
+            return client, True
+        reader = redis.Redis(connection_pool=client.connection_pool)
+        reader.set_response_callback("XRANGE", _as_sent)
+        return reader, False
+
+    @staticmethod
+    def _open_keys(
+        client: redis.Redis | RedisCluster, prefix: str, partitions: int | None
+    ) -> RedisKeys:
         wanted = DEFAULT_PARTITIONS if partitions is None else partitions
         keys = RedisKeys(prefix, wanted)  # validates before anything is written
         client.hsetnx(keys.meta(), "partitions", wanted)
@@ -123,6 +144,8 @@ class RedisStorage:
                 name, data = self.registry.encode(entity_type, content)
                 checked = content.__class__
             args += (name, data, micros, event.store_event_id)
+        if self._wake_channels:
+            args.append(self._wake_channels[keys[3]])
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         status, position = self.append_script(keys=keys, args=args)
@@ -161,7 +184,7 @@ class RedisStorage:
                 pipe = self._reader.pipeline(transaction=False)
                 pipe.xrange(key, "1-0", "1-0")
                 pipe.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
-                first, entries = pipe.execute()
+                first, entries = map(self._as_sent, pipe.execute())
                 # A stream trimmed of event 1 (not something es_workers does) has lost it.
                 store_entity_id = ""
                 if first:
@@ -169,7 +192,9 @@ class RedisStorage:
                     entry = (entry_id, _pairs(values))
                     store_entity_id = self._field(key, entry, "e", entity_type, entity_id)
             else:
-                entries = self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
+                entries = self._as_sent(
+                    self._reader.xrange(key, f"{start}-0", "+", count=_READ_PAGE + 1)
+                )
             # One entry past the page says whether another page follows, without a round
             # trip that finds nothing; it is read again as the next page's first.
             more = len(entries) > _READ_PAGE
@@ -214,6 +239,13 @@ class RedisStorage:
             if not more:
                 return
             start = event.event_number + 1
+
+    def _as_sent(self, entries: list[Any]) -> list[Any]:
+        """XRANGE entries as Redis sends them: (ID, [field, value, ...])."""
+        if not self._parsed_entries:
+            return entries
+        return [(entry_id, [x for pair in fields.items() for x in pair])
+                for entry_id, fields in entries]
 
     def _field(
         self, key: str, entry: Any, field: str, entity_type: str, entity_id: str
