@@ -43,19 +43,40 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys[start : start + 500])
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
+    """fakeredis, the single real Redis, or a 3-master Redis Cluster (one per session)."""
     return str(request.param)
 
 
 @pytest.fixture
-def redis_client(backend: str) -> Iterator[redis.Redis]:
+def redis_client(backend: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     if backend == "fakeredis":
         client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    elif backend == "cluster":
+        client = request.getfixturevalue("redis_cluster").client()
     else:
         client = real_redis()
     yield client
     client.close()
+
+
+# -- The cluster backend: tests marked single_redis do not run on it -------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselects the cluster backend of tests marked `single_redis` (they use what only one
+    Redis has, e.g. its connection pool or a broker on the same server)."""
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_cluster = params is not None and "cluster" in (
+            params.params.get("backend"), params.params.get("any_storage")
+        )
+        (dropped if on_cluster and item.get_closest_marker("single_redis") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture
@@ -97,9 +118,10 @@ def make_store(storage: RedisStorage) -> Callable[..., Store]:
     return build
 
 
-@pytest.fixture(params=["fakeredis", "redis", "memory"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster", "memory"])
 def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMemoryStorage]:
-    """Each kind of Storage: RedisStorage on fakeredis and on a real Redis, InMemoryStorage.
+    """Each kind of Storage: RedisStorage on fakeredis, on a real Redis and on a Redis
+    Cluster, InMemoryStorage.
 
     For tests of behaviour every Storage must share (the Go library's storage contract).
     """
@@ -109,6 +131,8 @@ def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMem
     client: redis.Redis = (
         fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
         if request.param == "fakeredis"
+        else request.getfixturevalue("redis_cluster").client()
+        if request.param == "cluster"
         else real_redis()
     )
     name = f"t-{uuid.uuid4().hex[:12]}"

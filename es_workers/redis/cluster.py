@@ -130,7 +130,6 @@ class Wakeups:
             ]
             for listener in listeners:
                 listener.start()
-            self.woken.set()  # wake-ups sent while regrouping were missed: read once
             self._regroup.wait()
             for listener in listeners:
                 listener.join(timeout=5)
@@ -141,6 +140,9 @@ class Wakeups:
         try:
             for channel in channels:  # one per call: channels of several slots
                 pubsub.ssubscribe(channel)
+            while pubsub.get_message(timeout=0.2) is not None:  # the confirmations
+                pass
+            self.woken.set()  # wake-ups sent before we listened were missed: read once
             while not self._regroup.is_set():
                 message = pubsub.get_message(timeout=0.2)
                 if message is None:

@@ -1,0 +1,261 @@
+"""Redis Cluster: what only a cluster shows. (The storage, delivery and admin suites run on it
+as the `cluster` backend too.)
+
+- entities spread over every master, each append on its partition's slot;
+- the wiring finds the cluster from any node's URL and wants a broker beside it;
+- a prefix whose partitions leave masters unused is reported;
+- an idle cluster publisher is woken by an append, not by its poll;
+- moving partitions between masters while writers, the publisher and workers run loses
+  nothing and raises nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder, assert_exactly_once_in_order
+from conftest import ACCOUNT_EVENTS, delete_prefix
+from kit import wait_for, write_count
+from redis.cluster import RedisCluster
+from servers import RedisClusterServers
+
+from es_workers import RedisStorage, Store, admin
+from es_workers.errors import ConfigurationError
+from es_workers.redis.publisher import PublisherOptions
+from es_workers.settings import Settings
+from es_workers.wiring import build_parts, redis_client
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisClusterServers) -> Iterator[RedisCluster]:
+    client = redis_cluster.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(cluster: RedisCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_prefix(cluster, name)  # type: ignore[arg-type]
+
+
+def keys_on(node_client: object, pattern: str) -> list[bytes]:
+    return list(node_client.scan_iter(pattern, count=1000))  # type: ignore[attr-defined]
+
+
+def test_entities_land_on_every_master(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
+) -> None:
+    store = Store(RedisStorage(cluster, prefix=prefix), events=ACCOUNT_EVENTS)
+    heads = {f"acc-{i}": write_count(store, f"acc-{i}", 3) for i in range(60)}
+
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            assert keys_on(client, f"{prefix}:*:stream:account:*"), f"no entity on {node.name}"
+            assert keys_on(client, f"{prefix}:*:outbox"), f"no outbox on {node.name}"
+    assert {e: store.storage.position("account", e) for e in heads} == heads  # type: ignore[attr-defined]
+    ids, token = store.storage.entity_ids("account", limit=100)
+    assert sorted(ids) == sorted(heads) and token is None
+
+
+# -- Wiring ---------------------------------------------------------------------------------
+
+
+def test_the_url_of_any_node_is_enough_to_find_the_cluster(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    for url in redis_cluster.urls:
+        client = redis_client(Settings(redis_url=url))
+        assert isinstance(client, RedisCluster)
+        client.close()
+    forced = redis_client(Settings(redis_url=redis_cluster.urls[0], redis_cluster="false"))
+    assert not isinstance(forced, RedisCluster)
+    forced.close()
+
+
+def test_a_cluster_without_a_broker_url_is_a_configuration_error_saying_so(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"ES_BROKER_URL.*RabbitMQ"):
+        build_parts(Settings(redis_url=redis_cluster.urls[1], prefix=prefix))
+    on_cluster = redis_cluster.urls[2]
+    with pytest.raises(ConfigurationError, match="is a Redis Cluster node"):
+        build_parts(Settings(redis_url=redis_cluster.urls[1], broker_url=on_cluster,
+                             prefix=prefix))
+    assert keys_on(cluster, f"{prefix}:*") == []  # refused before anything was written
+
+
+def test_a_cluster_with_rabbitmq_builds_a_store(
+    redis_cluster: RedisClusterServers, prefix: str
+) -> None:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    settings = Settings(redis_url=redis_cluster.urls[0], prefix=prefix,
+                        broker_url="amqp://guest:guest@127.0.0.1:5672/")
+    storage, bus = build_parts(settings)
+    assert isinstance(storage.client, RedisCluster)
+    assert isinstance(bus.broker, RabbitmqBroker)
+    storage.close()
+
+
+# -- Partitions and masters -----------------------------------------------------------------
+
+
+def test_a_prefix_with_fewer_partitions_than_masters_is_reported(
+    cluster: RedisCluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(RedisStorage(cluster, prefix=prefix, partitions=2), events=ACCOUNT_EVENTS)
+    (warning,) = admin.status(store).warnings
+    assert "2 partitions" in warning and "of the cluster's 3 masters" in warning
+
+    with caplog.at_level(logging.WARNING, logger="es_workers.publisher"):
+        thread = threading.Thread(target=store.start, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: "of the cluster's 3 masters" in caplog.text,
+                     "the publisher's warning")
+        finally:
+            store.close()
+            thread.join(timeout=10)
+
+    wide = Store(RedisStorage(cluster, prefix=f"{prefix}-w", partitions=16))
+    assert admin.status(wide).warnings == []
+    delete_prefix(cluster, f"{prefix}-w")  # type: ignore[arg-type]
+
+
+# -- Publisher ------------------------------------------------------------------------------
+
+
+def test_an_idle_cluster_publisher_is_woken_by_an_append(
+    cluster: RedisCluster, prefix: str
+) -> None:
+    """Its poll is 10 s here: each event relayed within 2 s shows the wake-up did it."""
+    slow_poll = PublisherOptions(block_ms=10_000, claim_every_ms=60_000)
+    storage = RedisStorage(cluster, prefix=prefix, publisher=slow_poll)
+    seen: list[int] = []
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    store.subscribe("account", "recorder", lambda event: seen.append(event.event_number))
+    thread = threading.Thread(target=store.start, daemon=True)
+    thread.start()
+    try:
+        for count in range(1, 6):
+            write_count(store, "acc-1", 1)
+            wait_for(lambda n=count: len(seen) >= n, f"event {count} relayed", timeout=2)  # type: ignore[misc]
+    finally:
+        store.close()
+        thread.join(timeout=15)
+    assert seen == [1, 2, 3, 4, 5]
+
+
+# -- Resharding -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker() -> Iterator[dramatiq.Broker]:
+    """Dramatiq's Redis broker beside the cluster, on the standalone Redis."""
+    from apps.delivery_kit import redis_broker
+    from conftest import REDIS_URL, real_redis
+
+    with real_redis() as client, redis_broker(client, "redis", REDIS_URL) as made:
+        yield made
+
+
+def test_moving_partitions_between_masters_under_load_loses_nothing(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str,
+    broker: dramatiq.Broker,
+) -> None:
+    storage = RedisStorage(cluster, prefix=prefix, partitions=4, publisher=FAST_PUBLISHER)
+    delivery = Delivery(storage, broker, events=ACCOUNT_EVENTS)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    delivery.start_store()
+    delivery.start_worker(threads=4)
+    heads: dict[str, int] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write_until_stopped(writer: int) -> None:
+        rng = random.Random(writer)
+        try:
+            while not stop.is_set():
+                entity_id = f"acc-{writer}-{rng.randrange(10)}"
+                heads[entity_id] = write_count(delivery.store, entity_id, rng.randint(1, 3))
+        except BaseException as error:
+            errors.append(error)
+
+    writers = [threading.Thread(target=write_until_stopped, args=(n,)) for n in range(3)]
+    for thread in writers:
+        thread.start()
+    try:
+        wait_for(lambda: len(heads) >= 10, "the writers to get going")
+        moves = 0
+        for _ in range(2):
+            for partition in range(storage.partitions):
+                outbox = storage.keys.outbox(partition)
+                owner = redis_cluster.owner(cluster.keyslot(outbox))
+                target = redis_cluster.nodes[(redis_cluster.nodes.index(owner) + 1) % 3]
+                redis_cluster.reshard(outbox, to=target)
+                moves += 1
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(timeout=60)
+    try:
+        assert errors == []
+        assert moves == 8
+        wait_for(lambda: recorder.has(heads), "every event handled after the moves", timeout=60)
+        assert_exactly_once_in_order(recorder, heads)
+        for entity_id, head in heads.items():
+            assert [e.event_number for e in delivery.store.read("account", entity_id)] == list(
+                range(1, head + 1)
+            )
+    finally:
+        delivery.stop()
+
+
+def test_a_write_to_a_slot_stuck_mid_move_is_sent_again_until_the_move_ends(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
+) -> None:
+    """Half of a partition's keys moved, half not: the append script is refused (TRYAGAIN)
+    for longer than redis-py retries on its own; the write waits and succeeds, once."""
+    storage = RedisStorage(cluster, prefix=prefix, partitions=1)
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_count(store, "acc-1", 1)
+    slot = cluster.keyslot(storage.keys.outbox(0))
+    source = redis_cluster.owner(slot)
+    target = next(node for node in redis_cluster.nodes if node is not source)
+    source_id, target_id = redis_cluster.node_id(source), redis_cluster.node_id(target)
+    with source.client() as from_client, target.client() as to_client:
+        to_client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        from_client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        from_client.migrate("127.0.0.1", target.port, storage.keys.heads("account", 0), 0, 5000)
+
+    def finish_the_move() -> None:
+        time.sleep(1.5)  # redis-py alone gives up after ~0.5 s of TRYAGAIN
+        with source.client() as from_client:
+            while keys := from_client.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                from_client.migrate("127.0.0.1", target.port, keys, 0, 5000)
+        for node in [target, source, *redis_cluster.nodes]:
+            with node.client() as client:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+    mover = threading.Thread(target=finish_the_move)
+    mover.start()
+    started = time.monotonic()
+    try:
+        assert write_count(store, "acc-1", 1) == 2
+    finally:
+        mover.join(timeout=30)
+    assert time.monotonic() - started > 1.0, "the write did not meet the half-moved slot"
+    assert [e.event_number for e in store.read("account", "acc-1")] == [1, 2]
+    assert cluster.xlen(storage.keys.outbox(0)) == 2
