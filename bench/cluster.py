@@ -1,0 +1,286 @@
+"""Redis Cluster and RabbitMQ figures, each against one Redis in the same run.
+
+    python bench/cluster.py [--redis-url URL] [--appends 3000] [--rounds 3] [--seconds 8]
+                            [--rate 200] [--port-base 7650]
+
+It starts a 3-master Redis Cluster of its own (tests/servers.py, ports --port-base..+2 and
++10000) and a RabbitMQ vhost of its own (RabbitMQ must run on 127.0.0.1:5672), and uses the
+standalone Redis at --redis-url under a key prefix of its own (deleted at the end).
+
+C1  appends/s of 3 writer processes (single-event `stream.write`, 50 entities each) on the
+    cluster / the same on one Redis; best of --rounds interleaved rounds. On a 2-core
+    machine this shows the cluster's client overhead, not scaling. Goal >= 0.8.
+C2  P4 append-to-handler latency, p50/p99, at --rate single-event appends/s: `es-workers
+    publish` and `es-workers worker` processes on the cluster with RabbitMQ, and on one
+    Redis with its Redis broker (the default deployment).
+C3  the publisher's cost of more partitions on the cluster: the time of one idle round (a
+    non-blocking read of every outbox) and of draining 5,000 outbox entries, at 16 and 64
+    partitions.
+Also printed: the server time per append script call on the cluster's masters
+(`INFO commandstats`), the basis of the README's estimate of events/s per master.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import redis  # noqa: E402
+import servers  # noqa: E402  (tests/servers.py)
+from dramatiq.brokers.stub import StubBroker  # noqa: E402
+
+from bench.cluster_app import Tick, build  # noqa: E402
+from es_workers import RedisStorage, Store  # noqa: E402
+from es_workers.redis.publisher import Publisher  # noqa: E402
+from es_workers.settings import Settings  # noqa: E402
+from es_workers.wiring import redis_client  # noqa: E402
+from es_workers.workers.bus import DramatiqEventBus  # noqa: E402
+
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+APP = "bench.cluster_app:store"
+WRITERS = 3
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def wait(condition: Callable[[], object], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def delete_prefix(client: Any, prefix: str) -> None:
+    for key in list(client.scan_iter(f"{prefix}:*", count=1000)):
+        client.delete(key)
+
+
+# -- C1: writer processes ----------------------------------------------------------------
+
+
+def writer_child(url: str, prefix: str, appends: int) -> None:
+    """Run as a child: waits for "go" on stdin, appends, prints its seconds."""
+    store = Store(RedisStorage(redis_client(Settings(redis_url=url)), prefix=prefix),
+                  events={"tick": [Tick]})
+    streams = [store.open("tick", f"w{os.getpid()}-{e}") for e in range(50)]
+    for stream in streams:
+        list(stream.all())
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.perf_counter()
+    for n in range(appends):
+        streams[n % len(streams)].write(Tick(n=n))
+    print(time.perf_counter() - started, flush=True)
+
+
+def writers_rate(url: str, prefix: str, appends: int) -> float:
+    """Appends/s of WRITERS processes started together."""
+    argv = [sys.executable, __file__, "--writer", url, prefix, str(appends)]
+    children = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for _ in range(WRITERS)]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    seconds = [float(child.communicate(timeout=300)[0]) for child in children]
+    return WRITERS * appends / max(seconds)
+
+
+# -- C2: P4 with real processes -----------------------------------------------------------
+
+
+@contextmanager
+def deployed(env: dict[str, str], logs: Path) -> Iterator[None]:
+    """`es-workers publish` and `es-workers worker` running with `env`."""
+    running = []
+    for name, argv in (("publisher", [ES_WORKERS, "publish", APP]),
+                       ("worker", [ES_WORKERS, "worker", APP, "-p", "1", "-t", "8"])):
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115
+        running.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        yield
+    finally:
+        for process in running:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in running:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def latencies(folder: Path) -> list[float]:
+    values: list[float] = []
+    for path in glob.glob(str(folder / "latency-*.txt")):
+        values += [float(line) for line in Path(path).read_text().split()]
+    return values
+
+
+def p4(settings: Settings, seconds: float, rate: float) -> list[float]:
+    folder = Path(tempfile.mkdtemp(prefix="es-bench-cluster-"))
+    env = dict(os.environ, BENCH_DIR=str(folder), PYTHONPATH=str(ROOT), ES_PREFIX=settings.prefix,
+               ES_REDIS_URL=settings.redis_url or "", ES_BROKER_URL=settings.broker_url or "",
+               ES_LOG_LEVEL="WARNING")
+    store = build(settings)
+    heads: dict[str, int] = {}
+    try:
+        with deployed(env, folder):
+            write_tick(store, heads, "warm-up", -1)
+            wait(lambda: len(latencies(folder)) >= 1, "the worker to handle a first event")
+            total = int(seconds * rate)
+            started = time.perf_counter()
+            for n in range(total):
+                pause = started + n / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                write_tick(store, heads, f"t-{n % 200}", n)
+            wait(lambda: len(latencies(folder)) >= total + 1, "every tick handled")
+        values = latencies(folder)[1:]
+        return values[int(rate):] or values  # the first second warms connections up
+    finally:
+        store.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_tick(store: Store, heads: dict[str, int], entity_id: str, n: int) -> None:
+    with store.open_from("tick", entity_id, heads.get(entity_id, 0)) as stream:
+        list(stream.all())
+        stream.write(Tick(n=n))
+        heads[entity_id] = stream.position
+
+
+# -- C3: partitions and the publisher --------------------------------------------------
+
+
+def publisher_cost(client: Any, partitions: int, entries: int) -> tuple[float, float]:
+    """(ms of one idle round, s to drain `entries` outbox entries) on `partitions`."""
+    prefix = f"bench-p{partitions}-{uuid.uuid4().hex[:6]}"
+    storage = RedisStorage(client, prefix=prefix, partitions=partitions)
+    bus = DramatiqEventBus(StubBroker())
+    store = Store(storage, bus=bus, events={"tick": [Tick]})
+    store.subscribe("tick", "sink", lambda event: None)
+    storage.state.mark_caught_up("tick", "sink")
+    publisher = Publisher(storage, bus, storage.publisher_options, reader=store.reader)
+    try:
+        publisher.ensure_groups()
+        publisher.step()  # claims and the first sweep, once
+        rounds = [timed(publisher.step) for _ in range(50)]
+        for n in range(entries):
+            store.open("tick", f"e{n}").write(Tick(n=n))
+        started = time.perf_counter()
+        while storage.outbox_backlog():
+            publisher.step()
+        return statistics.median(rounds) * 1000, time.perf_counter() - started
+    finally:
+        delete_prefix(client, prefix)
+
+
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def script_usec(cluster: servers.RedisClusterServers) -> float:
+    """Server microseconds per EVALSHA call, over the cluster's masters."""
+    calls = usec = 0
+    for node in cluster.nodes:
+        with node.client() as client:
+            stats = client.info("commandstats").get("cmdstat_evalsha", {})
+        calls, usec = calls + int(stats.get("calls", 0)), usec + int(stats.get("usec", 0))
+    return usec / max(calls, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--appends", type=int, default=3000, help="C1 appends per writer")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0, help="C2 duration")
+    parser.add_argument("--rate", type=float, default=200.0, help="C2 appends per second")
+    parser.add_argument("--port-base", type=int, default=7650)
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="es-bench-cluster-"))
+    cluster = servers.RedisClusterServers(folder, [args.port_base + i for i in range(3)])
+    single = redis.Redis.from_url(args.redis_url)
+    prefix = f"bench-cluster-{uuid.uuid4().hex[:8]}"
+    with servers.running(*cluster.nodes), servers.rabbitmq_vhost() as amqp:
+        cluster.start()
+        cluster_url = cluster.urls[0]
+        on_cluster = cluster.client()
+        try:
+            for node in cluster.nodes:
+                with node.client() as client:
+                    client.config_resetstat()
+            c1 = {"single": [], "cluster": []}  # type: dict[str, list[float]]
+            for _ in range(args.rounds):
+                c1["single"].append(writers_rate(args.redis_url, prefix, args.appends))
+                c1["cluster"].append(writers_rate(cluster_url, prefix, args.appends))
+            usec = script_usec(cluster)
+            c3 = {p: publisher_cost(on_cluster, p, 5000) for p in (16, 64)}
+            latency = {
+                "one Redis + Redis broker": p4(Settings(redis_url=args.redis_url,
+                                                        prefix=f"{prefix}-p4"),
+                                               args.seconds, args.rate),
+                "cluster + RabbitMQ": p4(Settings(redis_url=cluster_url, broker_url=amqp,
+                                                  prefix=f"{prefix}-p4"),
+                                         args.seconds, args.rate),
+            }
+        finally:
+            delete_prefix(single, prefix)
+            delete_prefix(single, f"{prefix}-p4")
+            on_cluster.close()
+    report(args, c1, usec, c3, latency)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, c1: dict[str, list[float]], usec: float,
+           c3: dict[int, tuple[float, float]], latency: dict[str, list[float]]) -> None:
+    best_single, best_cluster = max(c1["single"]), max(c1["cluster"])
+    ratio = best_cluster / best_single
+    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; cluster of 3 "
+          f"masters on this host; {args.redis_url} for one Redis")
+    print(f"C1 {WRITERS} writer processes x {args.appends} single-event appends, best of "
+          f"{args.rounds}: cluster {best_cluster:,.0f}/s / one Redis {best_single:,.0f}/s = "
+          f"{ratio:.2f} (goal >= 0.8: {'PASS' if ratio >= 0.8 else 'MISS'})")
+    print(f"   server time per append script on the masters: {usec:.1f} us "
+          f"(~{1e6 / usec:,.0f} single-event appends/s per master if the server did "
+          "nothing else)")
+    for name, values in latency.items():
+        print(f"C2 P4 {name}: p50 {percentile(values, 0.5) * 1000:.1f} ms, p99 "
+              f"{percentile(values, 0.99) * 1000:.1f} ms ({len(values)} events at "
+              f"{args.rate:.0f}/s)")
+    for partitions, (idle_ms, drain_s) in c3.items():
+        print(f"C3 {partitions} partitions on the cluster: idle publisher round "
+              f"{idle_ms:.2f} ms; 5,000 outbox entries relayed in {drain_s:.2f} s")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--writer":
+        writer_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
