@@ -11,13 +11,16 @@ C1  appends/s of 3 writer processes (single-event `stream.write`, 50 entities ea
     cluster / the same on one Redis; best of --rounds interleaved rounds. On a 2-core
     machine this shows the cluster's client overhead, not scaling. Goal >= 0.8.
 C2  P4 append-to-handler latency, p50/p99, at --rate single-event appends/s: `es-workers
-    publish` and `es-workers worker` processes on the cluster with RabbitMQ, and on one
-    Redis with its Redis broker (the default deployment).
+    publish` and `es-workers worker` processes on the cluster with RabbitMQ, and for
+    comparison on one Redis with its Redis broker (the default deployment), one Redis with
+    RabbitMQ, and the cluster with the standalone Redis as broker.
 C3  the publisher's cost of more partitions on the cluster: the time of one idle round (a
     non-blocking read of every outbox) and of draining 5,000 outbox entries, at 16 and 64
     partitions.
-Also printed: the server time per append script call on the cluster's masters
-(`INFO commandstats`), the basis of the README's estimate of events/s per master.
+Also printed, from the masters' `INFO commandstats`: the server time per append script call
+(during C1) and per event end to end (every command during C2 on the cluster: append,
+publisher, one subscriber's scripts and reads), the basis of the README's estimate of
+events/s per master.
 """
 
 from __future__ import annotations
@@ -204,14 +207,17 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def script_usec(cluster: servers.RedisClusterServers) -> float:
-    """Server microseconds per EVALSHA call, over the cluster's masters."""
-    calls = usec = 0
+def server_usec(cluster: servers.RedisClusterServers) -> dict[str, tuple[int, int]]:
+    """(calls, server microseconds) per command since the last reset, over the masters; then
+    resets the counts."""
+    totals: dict[str, tuple[int, int]] = {}
     for node in cluster.nodes:
         with node.client() as client:
-            stats = client.info("commandstats").get("cmdstat_evalsha", {})
-        calls, usec = calls + int(stats.get("calls", 0)), usec + int(stats.get("usec", 0))
-    return usec / max(calls, 1)
+            for name, stats in client.info("commandstats").items():
+                calls, usec = totals.get(name, (0, 0))
+                totals[name] = (calls + int(stats["calls"]), usec + int(stats["usec"]))
+            client.config_resetstat()
+    return totals
 
 
 def main() -> None:
@@ -233,33 +239,43 @@ def main() -> None:
         cluster_url = cluster.urls[0]
         on_cluster = cluster.client()
         try:
-            for node in cluster.nodes:
-                with node.client() as client:
-                    client.config_resetstat()
+            server_usec(cluster)
             c1 = {"single": [], "cluster": []}  # type: dict[str, list[float]]
             for _ in range(args.rounds):
                 c1["single"].append(writers_rate(args.redis_url, prefix, args.appends))
                 c1["cluster"].append(writers_rate(cluster_url, prefix, args.appends))
-            usec = script_usec(cluster)
+            calls, usec = server_usec(cluster)["cmdstat_evalsha"]
             c3 = {p: publisher_cost(on_cluster, p, 5000) for p in (16, 64)}
-            latency = {
-                "one Redis + Redis broker": p4(Settings(redis_url=args.redis_url,
-                                                        prefix=f"{prefix}-p4"),
-                                               args.seconds, args.rate),
-                "cluster + RabbitMQ": p4(Settings(redis_url=cluster_url, broker_url=amqp,
-                                                  prefix=f"{prefix}-p4"),
-                                         args.seconds, args.rate),
-            }
+            latency = {}
+            for name, redis_url, broker_url in (
+                ("one Redis + Redis broker", args.redis_url, None),
+                ("one Redis + RabbitMQ", args.redis_url, amqp),
+                ("cluster + Redis broker", cluster_url, args.redis_url),
+            ):
+                latency[name] = p4(
+                    Settings(redis_url=redis_url, broker_url=broker_url,
+                             prefix=f"{prefix}-p4-{len(latency)}"),
+                    args.seconds, args.rate,
+                )
+            server_usec(cluster)
+            latency["cluster + RabbitMQ"] = p4(
+                Settings(redis_url=cluster_url, broker_url=amqp, prefix=f"{prefix}-p4"),
+                args.seconds, args.rate,
+            )
+            delivered = server_usec(cluster)
+            per_event = sum(u for _, u in delivered.values()) / (args.seconds * args.rate + 1)
         finally:
             delete_prefix(single, prefix)
-            delete_prefix(single, f"{prefix}-p4")
+            for suffix in ("-p4", "-p4-0", "-p4-1", "-p4-2"):
+                delete_prefix(single, prefix + suffix)
             on_cluster.close()
-    report(args, c1, usec, c3, latency)
+    report(args, c1, usec / max(calls, 1), per_event, c3, latency)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def report(args: argparse.Namespace, c1: dict[str, list[float]], usec: float,
-           c3: dict[int, tuple[float, float]], latency: dict[str, list[float]]) -> None:
+           per_event: float, c3: dict[int, tuple[float, float]],
+           latency: dict[str, list[float]]) -> None:
     best_single, best_cluster = max(c1["single"]), max(c1["cluster"])
     ratio = best_cluster / best_single
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; cluster of 3 "
@@ -270,6 +286,8 @@ def report(args: argparse.Namespace, c1: dict[str, list[float]], usec: float,
     print(f"   server time per append script on the masters: {usec:.1f} us "
           f"(~{1e6 / usec:,.0f} single-event appends/s per master if the server did "
           "nothing else)")
+    print(f"   server time per event end to end (append, publisher, 1 subscriber; every "
+          f"command on the masters during C2 on the cluster): {per_event:.1f} us")
     for name, values in latency.items():
         print(f"C2 P4 {name}: p50 {percentile(values, 0.5) * 1000:.1f} ms, p99 "
               f"{percentile(values, 0.99) * 1000:.1f} ms ({len(values)} events at "

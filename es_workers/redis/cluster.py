@@ -51,6 +51,25 @@ def retried_while_slots_move(call: Callable[[], T]) -> T:
             pause = min(pause * 2, 0.5)
 
 
+def read_groups(
+    client: Any, group: str, consumer: str, streams: Sequence[str], start: str, count: int
+) -> list[Any]:
+    """XREADGROUP of each stream (one per slot), non-blocking, in one pipeline; the replies
+    as `client.xreadgroup` gives them, concatenated.
+
+    Each command names its node: XREADGROUP's keys are "movable", so redis-py would
+    otherwise ask the server for them (COMMAND GETKEYS) before every call, a round trip
+    each (a round over 16 outboxes took ~3 ms instead of ~0.3 ms). A MOVED reply still
+    sends it to the new owner."""
+    pipe = client.pipeline(transaction=False)
+    for key in streams:
+        pipe.execute_command(
+            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", key, start,
+            target_nodes=client.get_node_from_key(key),
+        )
+    return [stream for reply in pipe.execute() for stream in reply or []]
+
+
 def masters(client: Any) -> list[str]:
     """The cluster's masters (`host:port`), as the client last saw them."""
     return sorted(node.name for node in client.get_primaries())

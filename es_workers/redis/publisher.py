@@ -33,7 +33,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
 from ..upgrade import Reader
-from .cluster import Wakeups, is_cluster, spread_warning
+from .cluster import Wakeups, is_cluster, read_groups, spread_warning
 from .keys import RedisKeys, text
 from .state import SubscriberState
 
@@ -203,10 +203,7 @@ class Publisher:
             )
         else:
             self._wakeups.woken.clear()  # a wake-up from now on finds the read done
-            pipe = self.client.pipeline(transaction=False)
-            for key in self._outboxes:
-                pipe.xreadgroup(GROUP, self.consumer, {key: start}, count=count)
-            reply = [stream for streams in pipe.execute() for stream in streams or []]
+            reply = read_groups(self.client, GROUP, self.consumer, self._outboxes, start, count)
         return [(text(key), entry) for key, items in reply or [] for entry in items]
 
     def _claim_abandoned(self) -> bool:
