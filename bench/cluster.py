@@ -14,9 +14,10 @@ C2  P4 append-to-handler latency, p50/p99, at --rate single-event appends/s: `es
     publish` and `es-workers worker` processes on the cluster with RabbitMQ, and for
     comparison on one Redis with its Redis broker (the default deployment), one Redis with
     RabbitMQ, and the cluster with the standalone Redis as broker.
-C3  the publisher's cost of more partitions on the cluster: the time of one idle round (a
-    non-blocking read of every outbox) and of draining 5,000 outbox entries, at 16 and 64
-    partitions.
+C3  the publisher's cost of more partitions on the cluster, at 16 and 64 partitions: the
+    time of one idle round (a non-blocking read of every outbox), of draining 5,000 outbox
+    entries, and the commands/s an idle publisher sends with 3 subscribers (its sweep reads
+    a due set per subscriber and partition every second).
 Also printed, from the masters' `INFO commandstats`: the server time per append script call
 (during C1) and per event end to end (every command during C2 on the cluster: append,
 publisher, one subscriber's scripts and reads), the basis of the README's estimate of
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -178,14 +180,18 @@ def write_tick(store: Store, heads: dict[str, int], entity_id: str, n: int) -> N
 # -- C3: partitions and the publisher --------------------------------------------------
 
 
-def publisher_cost(client: Any, partitions: int, entries: int) -> tuple[float, float]:
-    """(ms of one idle round, s to drain `entries` outbox entries) on `partitions`."""
+def publisher_cost(
+    cluster: servers.RedisClusterServers, client: Any, partitions: int, entries: int
+) -> tuple[float, float, float]:
+    """(ms of one idle round, s to drain `entries` outbox entries, commands/s of an idle
+    publisher with 3 subscribers) on `partitions`."""
     prefix = f"bench-p{partitions}-{uuid.uuid4().hex[:6]}"
     storage = RedisStorage(client, prefix=prefix, partitions=partitions)
     bus = DramatiqEventBus(StubBroker())
     store = Store(storage, bus=bus, events={"tick": [Tick]})
-    store.subscribe("tick", "sink", lambda event: None)
-    storage.state.mark_caught_up("tick", "sink")
+    for subscriber_id in ("sink", "audit", "mail"):
+        store.subscribe("tick", subscriber_id, lambda event: None)
+        storage.state.mark_caught_up("tick", subscriber_id)
     publisher = Publisher(storage, bus, storage.publisher_options, reader=store.reader)
     try:
         publisher.ensure_groups()
@@ -196,7 +202,17 @@ def publisher_cost(client: Any, partitions: int, entries: int) -> tuple[float, f
         started = time.perf_counter()
         while storage.outbox_backlog():
             publisher.step()
-        return statistics.median(rounds) * 1000, time.perf_counter() - started
+        drained = time.perf_counter() - started
+        stop = threading.Event()
+        idle = threading.Thread(target=publisher.run, args=(stop,))
+        idle.start()
+        time.sleep(1)  # past the first sweep and claims
+        server_usec(cluster)
+        time.sleep(5)
+        calls = sum(c for c, _ in server_usec(cluster).values()) / 5
+        stop.set()
+        idle.join()
+        return statistics.median(rounds) * 1000, drained, calls
     finally:
         delete_prefix(client, prefix)
 
@@ -245,7 +261,7 @@ def main() -> None:
                 c1["single"].append(writers_rate(args.redis_url, prefix, args.appends))
                 c1["cluster"].append(writers_rate(cluster_url, prefix, args.appends))
             calls, usec = server_usec(cluster)["cmdstat_evalsha"]
-            c3 = {p: publisher_cost(on_cluster, p, 5000) for p in (16, 64)}
+            c3 = {p: publisher_cost(cluster, on_cluster, p, 5000) for p in (16, 64)}
             latency = {}
             for name, redis_url, broker_url in (
                 ("one Redis + Redis broker", args.redis_url, None),
@@ -274,7 +290,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, c1: dict[str, list[float]], usec: float,
-           per_event: float, c3: dict[int, tuple[float, float]],
+           per_event: float, c3: dict[int, tuple[float, float, float]],
            latency: dict[str, list[float]]) -> None:
     best_single, best_cluster = max(c1["single"]), max(c1["cluster"])
     ratio = best_cluster / best_single
@@ -292,9 +308,10 @@ def report(args: argparse.Namespace, c1: dict[str, list[float]], usec: float,
         print(f"C2 P4 {name}: p50 {percentile(values, 0.5) * 1000:.1f} ms, p99 "
               f"{percentile(values, 0.99) * 1000:.1f} ms ({len(values)} events at "
               f"{args.rate:.0f}/s)")
-    for partitions, (idle_ms, drain_s) in c3.items():
+    for partitions, (idle_ms, drain_s, calls) in c3.items():
         print(f"C3 {partitions} partitions on the cluster: idle publisher round "
-              f"{idle_ms:.2f} ms; 5,000 outbox entries relayed in {drain_s:.2f} s")
+              f"{idle_ms:.2f} ms; 5,000 outbox entries relayed in {drain_s:.2f} s; an idle "
+              f"publisher with 3 subscribers sends {calls:,.0f} commands/s")
 
 
 if __name__ == "__main__":
