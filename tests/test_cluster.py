@@ -28,7 +28,7 @@ from servers import RedisClusterServers
 
 from es_workers import RedisStorage, Store, admin
 from es_workers.errors import ConfigurationError
-from es_workers.redis.publisher import PublisherOptions
+from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
 from es_workers.settings import Settings
 from es_workers.wiring import build_parts, redis_client
 
@@ -155,6 +155,34 @@ def test_an_idle_cluster_publisher_is_woken_by_an_append(
         store.close()
         thread.join(timeout=15)
     assert seen == [1, 2, 3, 4, 5]
+
+
+def test_an_append_that_sends_no_wake_up_is_relayed_within_block_ms(
+    cluster: RedisCluster, prefix: str
+) -> None:
+    """An outbox that is not empty (here: an entry a dead publisher holds) gets no wake-up;
+    the publisher still reads every outbox each block_ms."""
+    options = PublisherOptions(block_ms=300, claim_idle_ms=60_000)
+    storage = RedisStorage(cluster, prefix=prefix, partitions=1, publisher=options)
+    seen: list[tuple[str, int]] = []
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    store.subscribe("account", "recorder", lambda e: seen.append((e.entity_id, e.event_number)))
+    Publisher(storage, store.bus).ensure_groups()
+    write_count(store, "held", 1)
+    cluster.xreadgroup(GROUP, "dead-publisher", {storage.keys.outbox(0): ">"}, count=10)
+    thread = threading.Thread(target=store.start, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: cluster.xinfo_groups(storage.keys.outbox(0))[0]["consumers"] == 2,
+                 "the publisher to read its outbox once")
+        started = time.monotonic()
+        write_count(store, "acc-1", 1)
+        wait_for(lambda: ("acc-1", 1) in seen, "the event relayed", timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        store.close()
+        thread.join(timeout=15)
+    assert elapsed < 2.0
 
 
 # -- Resharding -----------------------------------------------------------------------------

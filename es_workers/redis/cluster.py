@@ -98,17 +98,19 @@ def spread_warning(client: Any, keys: RedisKeys) -> str | None:
 
 class Wakeups:
     """Follows the partitions' wake-up channels (sharded pub/sub: each lives on the master
-    of its partition) and sets `woken` on a message. One thread per master subscribes to
-    the channels that master serves; when a slot moves (the server ends the subscription)
-    or a connection fails, the channels are grouped again.
+    of its partition) and notes which ones spoke. One thread per master subscribes to the
+    channels that master serves; when a slot moves (the server ends the subscription) or a
+    connection fails, the channels are grouped again.
 
-    A lost wake-up costs latency only: the publisher reads every `block_ms` anyway.
+    A lost wake-up costs latency only: the publisher reads every outbox every `block_ms`.
     """
 
     def __init__(self, client: RedisCluster, channels: Sequence[str]) -> None:
         self.client: Any = client  # redis-py's cluster client is untyped
         self.channels = list(channels)
         self.woken = threading.Event()
+        self._lock = threading.Lock()
+        self._spoke: set[str] | None = None  # None: every channel (some may have been missed)
         self._stopped = threading.Event()
         self._regroup = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="es-wake", daemon=True)
@@ -120,6 +122,22 @@ class Wakeups:
         self._stopped.set()
         self._regroup.set()
         self._thread.join(timeout=5)
+
+    def take(self) -> set[str] | None:
+        """The channels that spoke since the last call (None: any may have: read them all),
+        and clears `woken`; a wake-up from now on is kept for the next call."""
+        with self._lock:
+            spoke, self._spoke = self._spoke, set()
+            self.woken.clear()
+        return spoke
+
+    def _wake(self, channel: str | None) -> None:
+        with self._lock:
+            if channel is None:
+                self._spoke = None
+            elif self._spoke is not None:
+                self._spoke.add(channel)
+            self.woken.set()
 
     def wait(self, stop: threading.Event, timeout_s: float) -> None:
         """Returns when woken, when `stop` is set, or after `timeout_s`."""
@@ -161,13 +179,14 @@ class Wakeups:
                 pubsub.ssubscribe(channel)
             while pubsub.get_message(timeout=0.2) is not None:  # the confirmations
                 pass
-            self.woken.set()  # wake-ups sent before we listened were missed: read once
+            self._wake(None)  # wake-ups sent before we listened were missed: read all
             while not self._regroup.is_set():
                 message = pubsub.get_message(timeout=0.2)
                 if message is None:
                     continue
                 if message["type"] == "smessage":
-                    self.woken.set()
+                    channel = message["channel"]
+                    self._wake(channel.decode() if isinstance(channel, bytes) else channel)
                 elif message["type"] == "sunsubscribe":  # its slot moved away
                     break
         except redis.RedisError as error:

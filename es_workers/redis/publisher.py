@@ -106,13 +106,19 @@ class Publisher:
         self._next_sweep = 0.0
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._caught_up: set[tuple[str, str]] = set()
-        # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): each
-        # round reads every outbox without blocking, and an idle publisher waits for a
-        # wake-up an append sends (see append.lua), or block_ms.
+        # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): a round
+        # reads, without blocking, the outboxes whose partition sent a wake-up (see
+        # append.lua) or had entries last round, and every outbox each block_ms; an idle
+        # publisher waits for a wake-up.
         self._wakeups = (
             Wakeups(self.client, [self.keys.wake(p) for p in range(self.keys.partitions)])
             if is_cluster(self.client) else None
         )
+        self._outbox_of_wake = {
+            self.keys.wake(p): key for p, key in enumerate(self._outboxes)
+        }
+        self._had_entries: set[str] = set()
+        self._next_full_read = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised."""
@@ -187,6 +193,7 @@ class Publisher:
         entries = self._read_outboxes("0" if self._own_pending else ">")
         if self._own_pending and not entries:
             self._own_pending = False
+            self._next_full_read = 0.0  # then new entries, of any partition
         if not entries:
             return False
         self._relay(entries)
@@ -202,9 +209,20 @@ class Publisher:
                 GROUP, self.consumer, streams, count=count, block=block
             )
         else:
-            self._wakeups.woken.clear()  # a wake-up from now on finds the read done
-            reply = read_groups(self.client, GROUP, self.consumer, self._outboxes, start, count)
+            outboxes = self._outboxes_to_read(self._wakeups.take(), full=start == "0")
+            reply = read_groups(self.client, GROUP, self.consumer, outboxes, start, count)
+            self._had_entries = {text(key) for key, items in reply if items}
         return [(text(key), entry) for key, items in reply or [] for entry in items]
+
+    def _outboxes_to_read(self, spoke: set[str] | None, *, full: bool) -> list[str]:
+        """On a cluster: the outboxes a round reads (see __init__)."""
+        now = time.monotonic()
+        if full or spoke is None or now >= self._next_full_read:
+            self._next_full_read = now + self.options.block_ms / 1000
+            return self._outboxes
+        wanted = {self._outbox_of_wake[c] for c in spoke if c in self._outbox_of_wake}
+        wanted |= self._had_entries
+        return [key for key in self._outboxes if key in wanted]
 
     def _claim_abandoned(self) -> bool:
         found = False
