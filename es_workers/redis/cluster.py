@@ -190,8 +190,8 @@ class Wakeups:
                 elif message["type"] == "sunsubscribe":  # its slot moved away
                     break
         except redis.RedisError as error:
-            log.warning("wake-up channels on %s: %s; regrouping", node_name, error)
-            self._stopped.wait(0.2)
+            log.warning("wake-up channels on %s: %s; regrouping in 1 s", node_name, error)
+            self._stopped.wait(1.0)
         finally:
             pubsub.close()
             self._regroup.set()
