@@ -32,6 +32,8 @@ from typing import Any
 
 import redis
 import redis.sentinel
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
@@ -60,7 +62,9 @@ def port_base() -> int:
     return int(os.environ.get(PORT_BASE_ENV, DEFAULT_PORT_BASE))
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float) -> None:
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float, interval: float = 0.02
+) -> None:
     """Polls `condition` until it is true; raises ServerError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -69,7 +73,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float) -> No
                 return
         if time.monotonic() > deadline:
             raise ServerError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 # Processes: die with their parent, and pidfiles for the runs that died anyway.
@@ -240,9 +244,7 @@ class RedisServer:
         """SIGKILL: no shutdown, no final save, as a crash."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
-            self.process = None
-        (_pid_dir() / f"{self.port}.pid").unlink(missing_ok=True)
+            self._reap()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 5 s."""
@@ -252,9 +254,17 @@ class RedisServer:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait()
-            self.process = None
-        (_pid_dir() / f"{self.port}.pid").unlink(missing_ok=True)
+            self._reap()
+
+    def _reap(self) -> None:
+        """Waits for the process and removes its pidfile, unless it now names another one."""
+        assert self.process is not None
+        self.process.wait()
+        pidfile = _pid_dir() / f"{self.port}.pid"
+        with contextlib.suppress(FileNotFoundError):
+            if pidfile.read_text().split()[0] == str(self.process.pid):
+                pidfile.unlink()
+        self.process = None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -320,6 +330,11 @@ class RedisClusterServers:
         nodes = [ClusterNode(HOST, node.port) for node in self.nodes]
         return RedisCluster(startup_nodes=nodes, **options)
 
+    def async_client(self, **options: Any) -> AsyncRedisCluster:
+        """The same for asyncio (create it inside the event loop that uses it)."""
+        nodes = [AsyncClusterNode(HOST, node.port) for node in self.nodes]
+        return AsyncRedisCluster(startup_nodes=nodes, **options)
+
     def node_id(self, node: RedisServer) -> str:
         with node.client() as client:
             return str(client.execute_command("CLUSTER MYID").decode())
@@ -377,7 +392,13 @@ class RedisSentinelServers:
     master_name = "es-primary"
 
     def __init__(
-        self, directory: Path, data_ports: Sequence[int], sentinel_ports: Sequence[int]
+        self,
+        directory: Path,
+        data_ports: Sequence[int],
+        sentinel_ports: Sequence[int],
+        *,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
     ) -> None:
         self.data_nodes = [
             # Without the delay a replica syncs at once, not 5 s after it connects.
@@ -397,8 +418,8 @@ class RedisSentinelServers:
                 directory / f"sentinel-{port}",
                 [
                     f"sentinel monitor {self.master_name} {HOST} {first} 2",
-                    f"sentinel down-after-milliseconds {self.master_name} 1000",
-                    f"sentinel failover-timeout {self.master_name} 5000",
+                    f"sentinel down-after-milliseconds {self.master_name} {down_after_ms}",
+                    f"sentinel failover-timeout {self.master_name} {failover_timeout_ms}",
                     f"sentinel parallel-syncs {self.master_name} 1",
                 ],
                 sentinel=True,
@@ -458,7 +479,7 @@ class RedisSentinelServers:
             with node.client(socket_timeout=1) as client:
                 return node if client.execute_command("ROLE")[0] == b"master" else None
 
-        wait_until(promoted, f"Sentinel to promote a new {self.master_name}", timeout)
+        wait_until(promoted, f"Sentinel to promote a new {self.master_name}", timeout, 0.1)
         return promoted() or self.primary()
 
     def restore(self, timeout: float = 30.0) -> None:
@@ -471,7 +492,9 @@ class RedisSentinelServers:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        wait_until(self._healthy, f"Sentinels to agree on a healthy {self.master_name}", timeout)
+        wait_until(
+            self._healthy, f"Sentinels to agree on a healthy {self.master_name}", timeout, 0.1
+        )
 
     def _healthy(self) -> bool:
         primary = self.primary()
@@ -487,7 +510,23 @@ class RedisSentinelServers:
                 return False
             if any(r["flags"] != "slave" or r["master-link-status"] != "ok" for r in replicas):
                 return False
-        return True
+        # What the Sentinels report can lag a failover under way: ask the nodes too.
+        return all(
+            self._role(node) == self._expected_role(node, primary) for node in self.data_nodes
+        )
+
+    @staticmethod
+    def _role(node: RedisServer) -> tuple[object, ...]:
+        with node.client(socket_timeout=1) as client:
+            role = client.execute_command("ROLE")
+        # A primary: [b"master", offset, replicas]; a replica: [b"slave", host, port, state, ...]
+        return (role[0],) if role[0] == b"master" else (role[0], int(role[2]), role[3])
+
+    @staticmethod
+    def _expected_role(node: RedisServer, primary: RedisServer) -> tuple[object, ...]:
+        if node is primary:
+            return (b"master",)
+        return (b"slave", primary.port, b"connected")
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.data_nodes]:
@@ -591,7 +630,8 @@ class TcpProxy:
 
     `drop_next_reply()` loses the reply to the next request: the request reaches the server,
     then the client's connection is closed before the reply gets back. `down()` closes every
-    connection and refuses new ones (ECONNREFUSED) until `up()`.
+    connection and refuses new ones (ECONNREFUSED) until `up()`. `hang()` swallows every
+    request, connections staying open, as a server that stopped answering, until `resume()`.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -601,6 +641,7 @@ class TcpProxy:
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._drop_containing: bytes | None = None
         self._doomed: set[socket.socket] = set()
+        self._hanging = False
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
 
@@ -647,10 +688,13 @@ class TcpProxy:
         with self._lock:
             self._drop_containing = containing if containing is not None else b""
 
-    @property
-    def reply_dropped(self) -> bool:
+    def hang(self) -> None:
         with self._lock:
-            return self._drop_containing is None and not self._doomed
+            self._hanging = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._hanging = False
 
     def _accept(self, listener: socket.socket) -> None:
         while self._accepting.is_set():
@@ -676,6 +720,8 @@ class TcpProxy:
     def _requests(self, client: socket.socket, server: socket.socket) -> None:
         while data := self._receive(client):
             with self._lock:
+                if self._hanging:
+                    continue
                 if self._drop_containing is not None and self._drop_containing in data:
                     self._drop_containing = None
                     self._doomed.add(client)

@@ -3,6 +3,7 @@ Cluster, Sentinel, TLS, ACL, durability and RabbitMQ tests will rely on."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -70,9 +71,17 @@ def test_cluster_spreads_keys_over_three_masters(redis_cluster: RedisClusterServ
             client.set(key, key)
         assert [client.get(key) for key in keys] == [key.encode() for key in keys]
         owners = {redis_cluster.owner(key_slot(key.encode())).port for key in keys}
-        client.delete(*keys)
     assert owners == {node.port for node in redis_cluster.nodes}
     assert len(redis_cluster.urls) == 3
+
+    async def read_and_delete() -> list[bytes | None]:
+        async with redis_cluster.async_client() as client:
+            values = [await client.get(key) for key in keys]
+            for key in keys:
+                await client.delete(key)
+            return values
+
+    assert asyncio.run(read_and_delete()) == [key.encode() for key in keys]
 
 
 def test_a_key_stays_readable_while_its_slot_moves(redis_cluster: RedisClusterServers) -> None:
@@ -150,18 +159,22 @@ def test_sentinel_promotes_the_replica_when_the_primary_dies(
         direct.delete(key)
 
 
-def test_a_killed_primary_comes_back_as_a_replica_and_can_fail_over_again(
+def test_after_restore_a_primary_and_its_replica_can_fail_over_again(
     redis_sentinel: RedisSentinelServers,
 ) -> None:
-    first = redis_sentinel.kill_primary()
-    second = redis_sentinel.wait_for_new_primary(30)
+    killed = redis_sentinel.kill_primary()
+    redis_sentinel.wait_for_new_primary(30)
     redis_sentinel.restore()
 
-    with first.client() as old:
-        assert old.execute_command("ROLE")[0] == b"slave"
+    assert killed.running
+    primary = redis_sentinel.primary()
+    (replica,) = (node for node in redis_sentinel.data_nodes if node is not primary)
+    with primary.client() as client:
+        assert client.execute_command("ROLE")[0] == b"master"
+    with replica.client() as client:
+        assert client.execute_command("ROLE")[:3] == [b"slave", b"127.0.0.1", primary.port]
     redis_sentinel.kill_primary()
-    assert redis_sentinel.wait_for_new_primary(30) is first
-    assert second in redis_sentinel.killed
+    assert redis_sentinel.wait_for_new_primary(30) is replica
 
 
 # TLS
@@ -260,6 +273,26 @@ def test_proxy_down_refuses_connections_until_it_is_up(
         with pytest.raises(redis.ConnectionError, match="refused"):
             client.ping()  # and a new one is refused
         proxy.up()
+        assert client.ping()
+
+
+def test_a_hung_server_times_a_client_out_until_it_resumes(
+    tcp_proxy: Callable[[tuple[str, int]], TcpProxy],
+) -> None:
+    direct = real_redis()
+    kwargs = direct.connection_pool.connection_kwargs
+    direct.close()
+    proxy = tcp_proxy((kwargs["host"], kwargs["port"]))
+    with redis.Redis(
+        host=proxy.address[0], port=proxy.port, retry=no_retry(), socket_timeout=0.3
+    ) as client:
+        assert client.ping()
+        proxy.hang()
+        began = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        assert time.monotonic() - began < 2
+        proxy.resume()
         assert client.ping()
 
 
