@@ -29,7 +29,7 @@ from servers import RedisClusterServers
 from es_workers import RedisStorage, Store, admin
 from es_workers.errors import ConfigurationError
 from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
-from es_workers.settings import Settings
+from es_workers.settings import Settings, load_settings
 from es_workers.wiring import build_parts, redis_client
 
 pytestmark = pytest.mark.servers
@@ -136,25 +136,31 @@ def test_a_prefix_with_fewer_partitions_than_masters_is_reported(
 # -- Publisher ------------------------------------------------------------------------------
 
 
-def test_an_idle_cluster_publisher_is_woken_by_an_append(
-    cluster: RedisCluster, prefix: str
+def test_an_idle_cluster_publisher_is_woken_by_an_append_even_after_its_partition_moved(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
 ) -> None:
-    """Its poll is 10 s here: each event relayed within 2 s shows the wake-up did it."""
+    """Its poll is 10 s here: each event relayed within 2 s shows the wake-up did it. The
+    partition then moves to another master: the publisher listens there from then on."""
     slow_poll = PublisherOptions(block_ms=10_000, claim_every_ms=60_000)
     storage = RedisStorage(cluster, prefix=prefix, publisher=slow_poll)
     seen: list[int] = []
     store = Store(storage, events=ACCOUNT_EVENTS)
     store.subscribe("account", "recorder", lambda event: seen.append(event.event_number))
+    outbox = storage.keys.outbox(storage.keys.partition("account", "acc-1"))
     thread = threading.Thread(target=store.start, daemon=True)
     thread.start()
     try:
-        for count in range(1, 6):
+        for count in range(1, 7):
+            if count == 4:
+                owner = redis_cluster.owner(cluster.keyslot(outbox))
+                redis_cluster.reshard(outbox, to=next(n for n in redis_cluster.nodes
+                                                      if n is not owner))
             write_count(store, "acc-1", 1)
             wait_for(lambda n=count: len(seen) >= n, f"event {count} relayed", timeout=2)  # type: ignore[misc]
     finally:
         store.close()
         thread.join(timeout=15)
-    assert seen == [1, 2, 3, 4, 5]
+    assert seen == [1, 2, 3, 4, 5, 6]
 
 
 def test_an_append_that_sends_no_wake_up_is_relayed_within_block_ms(
@@ -287,3 +293,13 @@ def test_a_write_to_a_slot_stuck_mid_move_is_sent_again_until_the_move_ends(
     assert time.monotonic() - started > 1.0, "the write did not meet the half-moved slot"
     assert [e.event_number for e in store.read("account", "acc-1")] == [1, 2]
     assert cluster.xlen(storage.keys.outbox(0)) == 2
+
+
+def test_redis_cluster_setting_takes_auto_true_or_false_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ES_REDIS_CLUSTER", " TRUE ")
+    assert load_settings().redis_cluster == "true"
+    monkeypatch.setenv("ES_REDIS_CLUSTER", "maybe")
+    with pytest.raises(ConfigurationError, match="ES_REDIS_CLUSTER='maybe'"):
+        load_settings()
