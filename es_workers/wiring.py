@@ -55,7 +55,14 @@ def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
         client: redis.Redis = fakeredis.FakeRedis(server=embedded_server())
         return client
     if on_cluster(settings):
-        return RedisCluster.from_url(settings.redis_url)
+        try:
+            return RedisCluster.from_url(settings.redis_url)
+        except redis.exceptions.RedisClusterException as error:
+            raise ConfigurationError(
+                f"{env_name('redis_url')}={redact_url(settings.redis_url)!r} does not answer "
+                f"as a Redis Cluster ({error}); with one Redis set "
+                f"{env_name('redis_cluster')}=auto or false"
+            ) from None
     return redis.Redis.from_url(settings.redis_url)
 
 

@@ -83,6 +83,14 @@ def test_the_url_of_any_node_is_enough_to_find_the_cluster(
     forced.close()
 
 
+def test_redis_cluster_true_on_one_redis_is_a_configuration_error() -> None:
+    from conftest import REDIS_URL, real_redis
+
+    real_redis().close()  # fails under ES_REQUIRE_REDIS=1 if it is down
+    with pytest.raises(ConfigurationError, match="ES_REDIS_CLUSTER=auto or false"):
+        redis_client(Settings(redis_url=REDIS_URL, redis_cluster="true"))
+
+
 def test_a_cluster_without_a_broker_url_is_a_configuration_error_saying_so(
     redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
 ) -> None:
