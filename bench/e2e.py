@@ -10,7 +10,9 @@ P5  handling rate under a backlog: the publisher is stopped, --events single-eve
     are written over --entities entities, the publisher is started again and the bench
     times the subscriber's checkpoints from the first event handled to the last. Divided by
     the rate of a no-op Dramatiq actor on the same broker and worker (messages enqueued as
-    fast as possible, timed until the queue is empty). Goal >= 1.0.
+    fast as possible, timed until the queue is empty). Goal >= 1.0, with many events per
+    entity (--events over --entities) and with one (--single events over as many entities:
+    issue 14).
 
 The bench uses its own key prefix and Dramatiq namespace and deletes both at the end. It
 starts `es-workers publish` / `es-workers worker` when the CLI is installed, else
@@ -263,8 +265,9 @@ def main() -> None:
          ">= 1.0", ratio >= 1.0),
     ]
     if args.single:
+        single_ratio = single_rate / noop_rate
         rows.append(("P5 one event per entity", f"{single_rate:,.0f} / {noop_rate:,.0f} = "
-                     f"{single_rate / noop_rate:.2f}", "(info)", None))
+                     f"{single_ratio:.2f}", ">= 1.0", single_ratio >= 1.0))
     print(f"\nes_workers end to end on {args.redis_url} "
           f"({'es-workers CLI' if processes.cli else 'python -c / python -m dramatiq'})")
     print(f"broker: {args.broker}; "
@@ -277,8 +280,9 @@ def main() -> None:
           f"{write_rate:,.0f}/s with the publisher stopped, handled in {p5_seconds:.2f} s; "
           f"no-op actor: {args.noop_messages} messages")
     if args.single:
-        print(f"P5 worst case: {args.single} events over {args.single} entities, so each "
-              "notice carries one event (no coalescing)")
+        print(f"P5 one event per entity: {args.single} events over {args.single} entities "
+              "(no notice coalesces two events of an entity; the publisher names up to 32 "
+              "entities of a partition per message)")
     print(f"\n{'figure':<28} {'measured':<28} {'goal':<10} result")
     for name, value, goal, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"

@@ -3,14 +3,17 @@ the dashboard. Subscriber state itself is `es_workers.redis.state`'s to read and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .errors import ConfigurationError
-from .names import check_entity_id, check_entity_type
+from .errors import ConfigurationError, UnknownNameError
+from .names import check_entity_id
+from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
 from .redis.cluster import spread_warning
+from .redis.failures import translated
 from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
 from .store import Store
@@ -19,6 +22,8 @@ __all__ = [
     "ParkedEntity",
     "StoreStatus",
     "SubscriberStatus",
+    "check_entity_type",
+    "check_subscriber",
     "count_entities",
     "parked",
     "replay",
@@ -48,6 +53,24 @@ class StoreStatus:
         return asdict(self)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reaching_redis(
+    function: Callable[Concatenate[Store, P], R],
+) -> Callable[Concatenate[Store, P], R]:
+    """Redis failures during the operation raise StorageUnavailableError (one clear line in
+    the CLI), as every store call does."""
+
+    @functools.wraps(function)
+    def operation(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with translated(_redis(store).server, function.__name__.replace("_", " ")):
+            return function(store, *args, **kwargs)
+
+    return operation
+
+
 def _redis(store: Store) -> RedisStorage:
     if not isinstance(store.storage, RedisStorage):
         raise ConfigurationError("delivery state is kept in Redis: the store needs a RedisStorage")
@@ -64,11 +87,43 @@ def _notifying(store: Store) -> NotifyingEventBus:
     return store.bus
 
 
+def check_entity_type(store: Store, entity_type: str) -> None:
+    """Raises UnknownNameError, naming the app's entity types, if it has no `entity_type`."""
+    check_entity_type_name(entity_type)
+    known = store.entity_types()
+    if entity_type not in known:
+        raise UnknownNameError(
+            f"unknown entity type {entity_type!r}: this app has {_listed(known)}"
+        )
+
+
+def check_subscriber(store: Store, subscriber_id: str, entity_type: str | None = None) -> None:
+    """Raises UnknownNameError, naming the known subscribers, if `subscriber_id` is not
+    registered (for `entity_type`, or for any type when None)."""
+    if entity_type is not None:
+        check_entity_type(store, entity_type)
+    types = [entity_type] if entity_type is not None else store.entity_types()
+    known = sorted({s for kind in types for s in store.subscriber_ids(kind)})
+    if subscriber_id not in known:
+        where = f"for {entity_type!r}" if entity_type is not None else "in this app"
+        raise UnknownNameError(
+            f"subscriber {subscriber_id!r} is not registered {where}: known subscribers "
+            f"{_listed(known)}"
+        )
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in sorted(names)) or "none"
+
+
+@_reaching_redis
 def parked(store: Store, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
     """Entities parked for the subscriber: a handler kept failing on `event_number`."""
+    check_subscriber(store, subscriber_id, entity_type)
     return _state(store).parked(subscriber_id, entity_type)
 
 
+@_reaching_redis
 def status(store: Store) -> StoreStatus:
     """Backlog of the outbox, and per subscriber: lag and parked entities."""
     storage = _redis(store)
@@ -102,13 +157,14 @@ def _unpark(
 ) -> ParkedEntity:
     state = _state(store)
     bus = _notifying(store)
-    check_entity_type(entity_type)
+    check_subscriber(store, subscriber_id, entity_type)
     check_entity_id(entity_id)
     entity = state.unpark(state.entity(subscriber_id, entity_type, entity_id), skip=skip)
     bus.notify(entity_type, entity_id, None, [subscriber_id])
     return entity
 
 
+@_reaching_redis
 def retry_parked(
     store: Store, subscriber_id: str, entity_type: str, entity_id: str
 ) -> ParkedEntity:
@@ -116,6 +172,7 @@ def retry_parked(
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=False)
 
 
+@_reaching_redis
 def skip_parked(
     store: Store, subscriber_id: str, entity_type: str, entity_id: str
 ) -> ParkedEntity:
@@ -123,10 +180,12 @@ def skip_parked(
     return _unpark(store, subscriber_id, entity_type, entity_id, skip=True)
 
 
+@_reaching_redis
 def count_entities(store: Store, entity_type: str) -> int:
     return _redis(store).count_entities(entity_type)
 
 
+@_reaching_redis
 def replay(
     store: Store,
     subscriber_id: str,
@@ -144,14 +203,12 @@ def replay(
     storage = _redis(store)
     state = storage.state
     bus = _notifying(store)
+    check_subscriber(store, subscriber_id, entity_type)
     types = [entity_type] if entity_type else [
         t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)
     ]
-    if not types:
-        raise ConfigurationError(f"subscriber {subscriber_id!r} is not registered in this app")
     sent = 0
     for kind in types:
-        check_entity_type(kind)
         state.forget(subscriber_id, kind)
         token: str | None = None
         while True:

@@ -14,6 +14,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -27,18 +30,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import admin
-from .admin import ParkedEntity
+from .admin import ParkedEntity, StoreStatus
 from .demo import run_demo
-from .errors import ConfigurationError, EsError
-from .observability import configure_logging, serve_metrics
+from .errors import ConfigurationError, EsError, UnknownNameError
+from .event import Event
+from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
+from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
 from .redis.cluster import masters
 from .redis.storage import RedisStorage
-from .settings import Settings, example_toml, load_settings
+from .settings import (
+    Settings,
+    example_toml,
+    load_settings,
+    unknown_variables,
+    warn_unknown_variables,
+)
 from .store import Store
 from .workers.bus import DramatiqEventBus
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_CHECK = 3  # status --check: past a threshold (health says unhealthy with 1, as Docker wants)
+TRACEBACK_LINES_IN_STATUS = 8  # last lines of a parked entity's traceback `status` shows
 
 log = logging.getLogger("es_workers.cli")
 out = Console(highlight=False)
@@ -58,6 +71,24 @@ parked_app = typer.Typer(
 )
 app.add_typer(parked_app, name="parked")
 
+
+def print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"es-workers {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def common_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=print_version, is_eager=True,
+                           help="Print the version of es_workers and exit")
+    ] = False,
+) -> None:
+    """Event sourcing on Redis with Dramatiq workers: run, inspect and repair an app."""
+
 AppRef = Annotated[
     str,
     typer.Argument(
@@ -72,6 +103,8 @@ EntityType = Annotated[
 ]
 EntityId = Annotated[str, typer.Argument(metavar="ENTITY_ID", help="The entity ID")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed "
+                                   "without a terminal)")]
 
 
 # -- Helpers shared by the commands --------------------------------------------------------
@@ -84,11 +117,26 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 def settings_or_exit() -> Settings:
     """Reads and checks the settings, and configures logging from them."""
     try:
-        settings = load_settings()
+        settings = load_settings(report_unknown=False)
     except ConfigurationError as error:
+        configure_logging("WARNING")
+        warn_unknown_variables()  # a typo may be why
         fail(str(error), EXIT_USAGE)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_variables()  # in the format just chosen
     return settings
+
+
+def confirm_or_exit(question: str, yes: bool) -> None:
+    """Asks on the terminal unless --yes; without a terminal, refuses (a script or a cron
+    job must say --yes: nothing destructive runs on a guess)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question} Refusing without confirmation: no terminal to ask on. Pass --yes.",
+             EXIT_USAGE)
+    if not typer.confirm(question, default=False, err=True):
+        fail("cancelled: nothing changed")
 
 
 @contextmanager
@@ -96,7 +144,7 @@ def reported_errors() -> Iterator[None]:
     """Turns the errors a user can act on into one clear line and an exit code."""
     try:
         yield
-    except ConfigurationError as error:
+    except (ConfigurationError, UnknownNameError) as error:
         fail(str(error), EXIT_USAGE)
     except EsError as error:
         fail(str(error))
@@ -115,13 +163,7 @@ def load_app(ref: str) -> Store:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     with reported_errors():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is None or not (module_name + ".").startswith(error.name + "."):
-                raise  # the app itself failed to import something: show where
-            fail(f"cannot import {module_name!r} ({error}): run from the directory that "
-                 "holds it, or add that directory to PYTHONPATH", EXIT_USAGE)
+        module = import_app_module(module_name)
     target: object = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -130,6 +172,35 @@ def load_app(ref: str) -> Store:
     if not isinstance(target, Store):
         fail(f"{ref} is a {type(target).__name__}, not an es_workers.Store", EXIT_USAGE)
     return target
+
+
+def import_app_module(module_name: str) -> object:
+    """Imports the app's module. Its own failure is one line plus its traceback (without
+    the frames of the CLI and of importlib); es_workers errors go to `reported_errors`."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (module_name + ".").startswith(error.name + "."):
+            fail(f"cannot import {module_name!r} ({error}): run from the directory that "
+                 "holds it, or add that directory to PYTHONPATH", EXIT_USAGE)
+        app_failed(module_name, error)  # the app itself failed to import something
+    except (EsError, redis.RedisError):
+        raise
+    except Exception as error:
+        app_failed(module_name, error)
+
+
+def app_failed(module_name: str, error: BaseException) -> NoReturn:
+    frames = [
+        frame for frame in traceback.extract_tb(error.__traceback__)
+        if frame.filename != __file__ and not frame.filename.startswith("<frozen importlib")
+        and os.path.join("importlib", "__init__.py") not in frame.filename
+    ]
+    lines = ["Traceback of the app (most recent call last):\n",
+             *traceback.format_list(frames), *traceback.format_exception_only(error)]
+    err.print("".join(lines).rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+    fail(f"importing the app module {module_name!r} failed: {type(error).__name__}: {error}",
+         EXIT_USAGE)
 
 
 def require_shared_redis(store: Store, command: str) -> None:
@@ -154,9 +225,8 @@ def describe(store: Store) -> str:
         nodes = masters(storage.client)
         return (f"prefix {storage.keys.prefix!r} ({storage.partitions} partitions) on a Redis "
                 f"Cluster of {len(nodes)} masters: {', '.join(nodes)}")
-    kwargs = storage.client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-    return f"prefix {storage.keys.prefix!r} on Redis {where} db {kwargs.get('db', 0)}"
+    # storage.server: host:port/db, user@..., or the Sentinel master's name; no password
+    return f"prefix {storage.keys.prefix!r} on Redis {storage.server}"
 
 
 class StopSignals:
@@ -216,7 +286,7 @@ def publish(app_ref: AppRef) -> None:
         store = load_app(app_ref)
         require_shared_redis(store, "publish")
         if settings.metrics_port is not None:
-            serve_metrics(settings.metrics_port)
+            SharedMetricsServer(settings.metrics_port).start()
         stop.on_stop = store.close  # the running round finishes, then start() returns
         if stop.requested:
             return
@@ -264,7 +334,7 @@ def worker(
             settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
         module = app_ref.partition(":")[0]
         argv = [
-            sys.executable, "-m", "dramatiq", module,
+            sys.executable, "-m", "es_workers.run_dramatiq", module, "--skip-logging",
             "--processes", str(processes or settings.worker_processes),
             "--threads", str(threads or settings.worker_threads),
             *ctx.args,
@@ -272,6 +342,9 @@ def worker(
         # Dramatiq reads its poll timeout and prefetch from the environment when imported,
         # so the workers run in a fresh process.
         env = {**os.environ, **settings.worker_environment()}
+        if settings.metrics_port is not None and not env.get(MULTIPROC_DIR_ENV):
+            # Every worker process writes its metrics there; one serves them all.
+            env[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="es-workers-metrics-")
         log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
                  " ".join(argv[1:]))
         sys.stdout.flush()
@@ -286,15 +359,66 @@ def worker(
 # -- Inspecting ----------------------------------------------------------------------------
 
 @app.command()
-def status(app_ref: AppRef, as_json: AsJson = False) -> None:
-    """Show the outbox backlog and, per subscriber, its lag and parked entities."""
+def status(
+    app_ref: AppRef,
+    as_json: AsJson = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Exit 3 when a threshold is passed, naming it (for alerts and cron)"
+    )] = False,
+    max_lag: Annotated[int | None, typer.Option(
+        "--max-lag", min=0, help="With --check: events a subscriber may be behind "
+        "[default: not checked]")] = None,
+    max_parked: Annotated[int, typer.Option(
+        "--max-parked", min=0, help="With --check: parked entities a subscriber may have")] = 0,
+    max_backlog: Annotated[int | None, typer.Option(
+        "--max-backlog", min=0, help="With --check: outbox entries not yet relayed "
+        "[default: not checked]")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Refresh until interrupted (Ctrl-C); not with --check")] = False,
+    interval: Annotated[float, typer.Option(
+        "--interval", min=0.1, help="Seconds between refreshes with --watch")] = 2.0,
+) -> None:
+    """Show the outbox backlog and, per subscriber, its lag and parked entities (with
+    the error and the end of its traceback)."""
     settings_or_exit()
     store = load_app(app_ref)
+    if watch and check:
+        fail("--watch refreshes until interrupted; --check exits once: use one of them",
+             EXIT_USAGE)
+    if watch:
+        try:
+            while True:
+                show_status(app_ref, store, as_json, clear=not as_json)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return  # how a watch ends
+    report = show_status(app_ref, store, as_json)
+    if check:
+        exit_past_thresholds(report, Thresholds(max_lag=max_lag, max_parked=max_parked,
+                                                max_backlog=max_backlog))
+
+
+def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) -> StoreStatus:
     with reported_errors():
         report = admin.status(store)
+    if clear:
+        out.clear()
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
-        return
+    else:
+        print_status(app_ref, store, report)
+    return report
+
+
+def exit_past_thresholds(report: StoreStatus, limits: Thresholds) -> None:
+    found = breaches(report, limits)
+    for line in found:
+        err.print(f"check failed: {line}", style="red", markup=False, soft_wrap=True)
+    if found:
+        raise typer.Exit(EXIT_CHECK)
+
+
+def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
     out.print(f"{app_ref}: {describe(store)}")
     out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
     for warning in report.warnings:
@@ -315,8 +439,9 @@ def status(app_ref: AppRef, as_json: AsJson = False) -> None:
     else:
         out.print("no subscribers")
     if parked_entities:
-        print_parked(parked_entities)
-        out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID")
+        print_parked(parked_entities, traceback_lines=TRACEBACK_LINES_IN_STATUS)
+        out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID; "
+                  "whole tracebacks: es-workers parked list")
 
 
 def folding_table(*columns: str, title: str | None = None) -> Table:
@@ -327,47 +452,74 @@ def folding_table(*columns: str, title: str | None = None) -> Table:
     return table
 
 
-def print_parked(entities: list[ParkedEntity]) -> None:
-    """One line per parked entity: long errors stay readable on a narrow terminal."""
+def print_parked(entities: list[ParkedEntity], traceback_lines: int | None = None) -> None:
+    """One line per parked entity (long errors stay readable on a narrow terminal), then
+    its handler's traceback, indented: the last `traceback_lines` lines, or all it kept."""
     for item in entities:
         out.print(
             f"parked: {item.subscriber_id} {item.entity_type} {item.entity_id!r} at event "
             f"{item.event_number}, {item.attempts} attempts, {item.parked_at}: {item.error}",
             markup=False, soft_wrap=True,
         )
+        lines = item.traceback.rstrip("\n").splitlines()
+        if traceback_lines is not None and len(lines) > traceback_lines:
+            lines = ["...", *lines[-traceback_lines:]]
+        for line in lines:
+            out.print(f"    {line}", markup=False, soft_wrap=True, style="dim")
+
+
+SHOW_CONTENT_CHARS = 2000
+"""Characters of an event's content `show` prints in its table; --json prints it whole."""
 
 
 @app.command()
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
          as_json: AsJson = False) -> None:
-    """Print an entity's events (upgraded, as subscribers see them).
+    """Print an entity's events (upgraded, as subscribers see them). Long contents are cut
+    to SHOW_CONTENT_CHARS characters, with a note.
 
-    With --json, one JSON object per line: event_number, event_name, event_time,
-    store_event_id, content.
+    With --json, one JSON object per line, each printed as it is read: event_number,
+    event_name, event_time, store_event_id, content (whole).
     """
     settings_or_exit()
     store = load_app(app_ref)
-    with reported_errors(), store.open(entity_type, entity_id) as stream:
-        events = list(stream.all())
-    if not events:
-        fail(f"{entity_type} {entity_id!r} has no events")
-    if as_json:
-        for event in events:
-            typer.echo(json.dumps({
-                "event_number": event.event_number,
-                "event_name": event.content.event_name,
-                "event_time": event.event_time.isoformat(),
-                "store_event_id": event.store_event_id,
-                "content": event.content.model_dump(mode="json"),
-            }))
-        return
+    with reported_errors():
+        admin.check_entity_type(store, entity_type)
+    shown = 0
     table = folding_table("#", "event", "time (UTC)", "store event ID", "content",
                           title=f"{entity_type} {entity_id}")
-    for event in events:
-        table.add_row(str(event.event_number), event.content.event_name,
-                      event.event_time.isoformat(timespec="milliseconds"),
-                      event.store_event_id, event.content.model_dump_json())
-    out.print(table)
+    with reported_errors(), store.open(entity_type, entity_id) as stream:
+        for event in stream.all():
+            shown += 1
+            if as_json:
+                sys.stdout.write(json_line(event))
+            else:
+                table.add_row(str(event.event_number), event.content.event_name,
+                              event.event_time.isoformat(timespec="milliseconds"),
+                              event.store_event_id, cut(event.content.model_dump_json()))
+    if not shown:
+        fail(f"{entity_type} {entity_id!r} has no events")
+    if not as_json:
+        out.print(table)
+
+
+def json_line(event: Event) -> str:
+    """The event as `show --json` prints it (its content spliced in as pydantic wrote it:
+    a ~1 MB event is not parsed back into Python objects)."""
+    head = json.dumps({
+        "event_number": event.event_number,
+        "event_name": event.content.event_name,
+        "event_time": event.event_time.isoformat(),
+        "store_event_id": event.store_event_id,
+    })
+    return f'{head[:-1]}, "content": {event.content.model_dump_json()}}}\n'
+
+
+def cut(content: str) -> str:
+    if len(content) <= SHOW_CONTENT_CHARS:
+        return content
+    rest = len(content) - SHOW_CONTENT_CHARS
+    return f"{content[:SHOW_CONTENT_CHARS]}... ({rest:,} more characters: --json prints all)"
 
 
 @app.command()
@@ -390,6 +542,76 @@ def config(
     for name, value in values.items():
         table.add_row(name, f"ES_{name.upper()}", "(unset)" if value is None else str(value))
     out.print(table)
+    unknown = unknown_variables()
+    if unknown:
+        out.print("environment variables that are no setting (ignored):", style="yellow")
+    for name, closest in unknown.items():
+        hint = f" (did you mean {closest}?)" if closest else ""
+        out.print(f"  {name}{hint}", markup=False)
+
+
+@app.command()
+def dashboard(
+    app_ref: AppRef,
+    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback "
+                                      "only with ES_DASHBOARD_TOKEN set")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on")] = 8642,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Hide Retry and Skip, and "
+                                            "refuse them")] = False,
+) -> None:
+    """Serve the web dashboard: lag, parked entities (Retry, Skip), entity browser, JSON.
+
+    With ES_DASHBOARD_TOKEN set, every page and endpoint asks for that token (a login
+    form, or `Authorization: Bearer` for /api/...). Needs the `dashboard` extra.
+    """
+    from .dashboard.access import is_loopback
+
+    token = os.environ.get("ES_DASHBOARD_TOKEN") or None
+    if token is None and not is_loopback(host):
+        fail(f"refusing to serve the dashboard on {host} without a token: anyone who "
+             "reaches it could skip events. Set ES_DASHBOARD_TOKEN, or bind to 127.0.0.1.",
+             EXIT_USAGE)
+    settings_or_exit()
+    try:
+        import uvicorn
+
+        from .dashboard.app import create_app
+    except ImportError as error:
+        fail(f"the dashboard needs its extra ({error}): pip install 'es_workers[dashboard]'",
+             EXIT_USAGE)
+    store = load_app(app_ref)
+    require_shared_redis(store, "dashboard")
+    log.info("dashboard of %s (%s) on http://%s:%d/", app_ref, describe(store), host, port)
+    uvicorn.run(create_app(store, token=token, read_only=read_only), host=host, port=port,
+                log_config=None, server_header=False)
+
+
+@app.command()
+def health(
+    app_ref: AppRef,
+    role: Annotated[str | None, typer.Option(
+        "--role", help="Only heartbeats of 'publisher' or 'worker' processes [default: any]"
+    )] = None,
+    any_host: Annotated[bool, typer.Option(
+        "--any-host", help="Heartbeats of any host, not only this one (this container)"
+    )] = False,
+    max_age: Annotated[float, typer.Option(
+        "--max-age", min=1, help="Seconds after which a heartbeat is stale")
+    ] = DEFAULT_MAX_AGE_S,
+) -> None:
+    """Exit 0 when Redis and the broker answer and a publisher or worker process of this
+    host beat recently; else exit 1 naming what failed. For container healthchecks."""
+    settings_or_exit()
+    store = load_app(app_ref)
+    if role not in (None, "publisher", "worker"):
+        fail(f"--role must be 'publisher' or 'worker', not {role!r}", EXIT_USAGE)
+    checks = check_health(store, role=role, host="*" if any_host else None,
+                          max_age_s=max_age)
+    for item in checks:
+        out.print(f"{item.name}: {'ok' if item.ok else 'FAILED'}: {item.detail}", markup=False,
+                  soft_wrap=True)
+    if not all(item.ok for item in checks):
+        raise typer.Exit(EXIT_FAILED)
 
 
 # -- Repairing -----------------------------------------------------------------------------
@@ -402,23 +624,29 @@ def replay(
         str | None, typer.Option("--entity-type", "-e", help="Only this entity type "
                                  "[default: every type the subscriber has]")
     ] = None,
+    yes: Yes = False,
 ) -> None:
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
-    entities, then send it every entity. Clear its read model first."""
+    entities, then send it every entity. Clear its read model first. Asks first."""
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
+        admin.check_subscriber(store, subscriber_id, entity_type)
         types = [entity_type] if entity_type else [
             t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)
         ]
         total = sum(admin.count_entities(store, t) for t in types)
-        with Progress(TextColumn("replay {task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
-            task = progress.add_task(subscriber_id, total=total)
-            sent = admin.replay(
-                store, subscriber_id, entity_type,
-                progress=lambda done: progress.update(task, completed=done),
-            )
+    confirm_or_exit(f"Forget the checkpoints and parked entities of {subscriber_id!r} on "
+                    f"{', '.join(types)} and send it {total} entities again?", yes)
+    with reported_errors(), Progress(
+        TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err,
+    ) as progress:
+        task = progress.add_task(subscriber_id, total=total)
+        sent = admin.replay(
+            store, subscriber_id, entity_type,
+            progress=lambda done: progress.update(task, completed=done),
+        )
     out.print(f"{subscriber_id}: {sent} entities sent again; the workers deliver their events")
 
 
@@ -453,10 +681,15 @@ def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Enti
 
 @parked_app.command("skip")
 def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
-                entity_id: EntityId) -> None:
-    """Mark the failing event handled without handling it, then deliver the rest."""
+                entity_id: EntityId, yes: Yes = False) -> None:
+    """Mark the failing event handled without handling it, then deliver the rest. Asks
+    first: the subscriber never handles that event."""
     settings_or_exit()
     store = load_app(app_ref)
+    with reported_errors():
+        admin.check_subscriber(store, subscriber_id, entity_type)
+    confirm_or_exit(f"Skip the failing event of {entity_type} {entity_id!r} for "
+                    f"{subscriber_id!r}? It will never be handled by it.", yes)
     with reported_errors():
         item = admin.skip_parked(store, subscriber_id, entity_type, entity_id)
     out.print(f"{subscriber_id}: {entity_type} {entity_id!r} skipped event "

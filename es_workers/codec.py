@@ -8,9 +8,20 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from .errors import InvalidPayloadError, NotRegisteredError, UnknownEventError
-from .event import Content
+from .errors import EventTooLargeError, InvalidPayloadError, NotRegisteredError, UnknownEventError
+from .event import Content, Event
 from .names import check_entity_type
+
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+"""An event's largest encoded size (JSON data and metadata) a storage accepts by default."""
+
+
+def check_size(event: Event, name: str, data: bytes, metadata: str, limit: int) -> None:
+    """Refuses an event whose JSON `data` and stored `metadata` exceed `limit` bytes."""
+    size = len(data) + (len(metadata.encode()) if metadata else 0)
+    if size > limit:
+        raise EventTooLargeError(event.entity_type, event.entity_id, event.event_number, name,
+                                 size, limit)
 
 
 class ContentRegistry:

@@ -31,6 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import admin
+from .errors import ConfigurationError
 from .settings import redact_url
 from .workers.dramatiq_internals import redis_broker_scripts
 
@@ -59,7 +60,13 @@ class EmbeddedRedis:
     """fakeredis served over TCP on a free local port, from a thread of this process."""
 
     def __init__(self) -> None:
-        import fakeredis
+        try:
+            import fakeredis  # the `demo` extra
+        except ImportError:
+            raise ConfigurationError(
+                "ES_REDIS_URL is not set and the demo's embedded Redis needs fakeredis: "
+                "pip install 'es_workers[demo]', or set ES_REDIS_URL=redis://HOST:6379/0"
+            ) from None
 
         class Server(fakeredis.TcpFakeServer):
             def get_request(self) -> tuple[socket.socket, Any]:

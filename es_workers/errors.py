@@ -28,8 +28,30 @@ class ConcurrencyError(EsError):
         )
 
 
+class InvalidMetadataError(EsError, ValueError):
+    """Metadata given to a write is not a small mapping of str to str; nothing was written."""
+
+
 class NotRegisteredError(EsError, TypeError):
     """A `Content` class is not registered for the entity type it is written to."""
+
+
+class EventTooLargeError(EsError, ValueError):
+    """An event is larger encoded than the storage's limit (`ES_MAX_EVENT_BYTES`); nothing
+    of the write was stored."""
+
+    def __init__(self, entity_type: str, entity_id: str, event_number: int, name: str,
+                 size: int, limit: int) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{entity_type} {entity_id!r} event {event_number} ({name}) is {size:,} bytes "
+            f"encoded, over the limit of {limit:,} (ES_MAX_EVENT_BYTES); nothing was written. "
+            "Keep large payloads elsewhere (a blob store) and put a reference in the event."
+        )
 
 
 class StreamNotReadError(EsError):
@@ -84,9 +106,111 @@ class SubscriberError(EsError, ValueError):
     """A subscriber cannot be registered (bad ID, or the ID is taken for that entity type)."""
 
 
+class UnknownNameError(EsError, LookupError):
+    """An entity type or subscriber ID this app does not have (the message names the known
+    ones)."""
+
+
 class ConfigurationError(EsError, ValueError):
     """Settings or storage parameters are invalid or disagree with what Redis holds."""
 
 
+class WaitTimeoutError(EsError, TimeoutError):
+    """`Store.wait_for` ran out of time; `behind` maps each subscriber still behind to the
+    last event number it has handled."""
+
+    def __init__(self, entity_type: str, entity_id: str, event_number: int,
+                 behind: dict[str, int], timeout: float) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.behind = behind
+        lagging = ", ".join(f"{s} (handled up to {n})" for s, n in sorted(behind.items()))
+        super().__init__(
+            f"{entity_type} {entity_id!r}: not handled up to event {event_number} within "
+            f"{timeout:g} s by {lagging}; are the workers (and a publisher) running?"
+        )
+
+
+class ParkedError(EsError):
+    """`Store.wait_for` found the entity parked for a subscriber at or before the event
+    waited for: it will not get there until `es-workers parked retry|skip`."""
+
+    def __init__(self, subscriber_id: str, entity_type: str, entity_id: str,
+                 event_number: int, error: str) -> None:
+        self.subscriber_id = subscriber_id
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.error = error
+        super().__init__(
+            f"{entity_type} {entity_id!r} is parked for subscriber {subscriber_id!r} at event "
+            f"{event_number} ({error}); es-workers parked retry|skip"
+        )
+
+
 class NotParkedError(EsError, LookupError):
     """`retry` or `skip` named an entity that is not parked for that subscriber."""
+
+
+class StorageUnavailableError(EsError):
+    """Redis could not be reached (or refused the command while failing over or loading).
+
+    `server` names the Redis (never its password), `cause` is the underlying error, and
+    `outcome_unknown` says whether a write may have been applied anyway: the request may have
+    reached Redis before the connection failed. Calling `stream.write` again on the same
+    Stream with the same contents then applies the write exactly once (it re-sends the same
+    events, which the append script recognises).
+    """
+
+    def __init__(self, server: str, cause: BaseException, *, outcome_unknown: bool = False,
+                 doing: str = "") -> None:
+        self.server = server
+        self.cause = cause
+        self.outcome_unknown = outcome_unknown
+        what = f" while {doing}" if doing else ""
+        if outcome_unknown:
+            advice = ("the write may or may not have been applied: write the same contents "
+                      "again on the same Stream to apply it exactly once")
+        else:
+            advice = "nothing was written; try again once Redis is back"
+        super().__init__(
+            f"Redis {server} is unavailable{what}: {type(cause).__name__}: {cause}; {advice}"
+        )
+
+
+class StorageFullError(StorageUnavailableError):
+    """Redis refused a write because its memory is full (`maxmemory` with `noeviction`).
+
+    The append script never ran, so nothing of the write was stored; writes work again once
+    memory is freed or `maxmemory` raised.
+    """
+
+    def __init__(self, server: str, cause: BaseException) -> None:
+        self.server = server
+        self.cause = cause
+        self.outcome_unknown = False
+        EsError.__init__(
+            self,
+            f"Redis {server} is out of memory (maxmemory reached): nothing was written; "
+            f"free memory or raise maxmemory, then write again ({cause})",
+        )
+
+
+class DurabilityError(EsError):
+    """A write was stored on the primary but not confirmed on the replicas asked for
+    (`ES_WAIT_REPLICAS`) within `ES_WAIT_TIMEOUT_MS`: a failover now could lose it."""
+
+    def __init__(self, entity_type: str, entity_id: str, first: int, last: int, *,
+                 wanted: int, confirmed: int, what: str = "replicas") -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.first = first
+        self.last = last
+        self.wanted = wanted
+        self.confirmed = confirmed
+        super().__init__(
+            f"{entity_type} {entity_id!r} events {first}..{last} are stored on the primary "
+            f"but confirmed on {confirmed} of the {wanted} {what} asked for; they are not "
+            "lost, but a failover before they replicate could lose them"
+        )

@@ -20,4 +20,7 @@ HANDLER_FAILURES = Counter(
     "es_handler_failures_total", "Handler exceptions", ["subscriber_id", "entity_type"]
 )
 PARKED = Counter("es_parked_total", "Entities parked for a subscriber", ["subscriber_id"])
-OUTBOX_BACKLOG = Gauge("es_outbox_backlog", "Outbox entries not yet relayed (last seen)")
+OUTBOX_BACKLOG = Gauge(
+    "es_outbox_backlog", "Outbox entries not yet relayed (last seen)",
+    multiprocess_mode="mostrecent",  # several processes report it: the latest wins
+)

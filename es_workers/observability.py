@@ -1,43 +1,121 @@
 """Logging and Prometheus metrics for the publisher and worker processes.
 
-One log format everywhere: time, level, process ID, logger name, message. Metrics (see
-`es_workers.metrics`) are served over HTTP only when `metrics_port` is set: the publisher
-on `metrics_port`, each Dramatiq worker process on the first free port after it (worker
-processes are separate processes, each with its own counters).
+One log format everywhere (`log_format`): text lines with time, level, process ID, logger
+name and message, or JSON objects with those and the event's fields. Metrics (see
+`es_workers.metrics`) are served over HTTP only when `metrics_port` is set, one port per
+container: the processes share a PROMETHEUS_MULTIPROC_DIR (`es-workers worker` makes one
+for its worker processes) and whichever binds the port serves all of them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
-METRICS_PORTS_PER_HOST = 64  # worker processes look this far past metrics_port for a port
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when imported
+RETRY_BIND_S = 5.0
+# Passed as `extra=` by the delivery and publisher log calls; JSON lines carry them.
+EVENT_FIELDS = ("subscriber_id", "entity_type", "entity_id", "event_number", "attempt")
 
 log = logging.getLogger("es_workers")
 
 
-def configure_logging(level: str) -> None:
-    """Logs to stderr in the common format at `level` (a name such as "INFO").
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, pid, message, the event fields the
+    record has, and the traceback of an exception."""
 
-    Leaves handlers already installed (by the app, or a test runner) in place.
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        for name in EVENT_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of `log_format`: "text" or "json"."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT)
+
+
+def configure_logging(level: str, log_format: str = "text", *, replace: bool = False) -> None:
+    """Logs to stderr at `level` (a name such as "INFO") in `log_format` ("text", "json").
+
+    Leaves handlers already installed (by the app, or a test runner) in place, unless
+    `replace`: a Dramatiq worker process replaces Dramatiq's own format with ours.
     """
-    logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger().setLevel(level)
+    root = logging.getLogger()
+    if replace:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter(log_format))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
-def serve_metrics(port: int, *, search: int = 0) -> int:
-    """Serves Prometheus metrics on `port`, or on the first free one of the `search` after
-    it. Returns the port."""
-    from prometheus_client import start_http_server
+def metrics_registry() -> CollectorRegistry:
+    """What a metrics port serves: with PROMETHEUS_MULTIPROC_DIR set, the metrics of every
+    process writing to that directory (prometheus-client's multiprocess mode); else this
+    process's own."""
+    if not os.environ.get(MULTIPROC_DIR_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
-    last_error: OSError | None = None
-    for candidate in range(port, port + search + 1):
-        try:
-            start_http_server(candidate)
-        except OSError as error:
-            last_error = error
-            continue
-        log.info("serving Prometheus metrics on port %d", candidate)
-        return candidate
-    raise OSError(f"no free port for metrics in {port}..{port + search}: {last_error}")
+
+def serve_metrics(port: int) -> None:
+    """Serves Prometheus metrics on `port` (raises OSError if it is taken)."""
+    start_http_server(port, registry=metrics_registry())
+    shared = "every process of " + os.environ[MULTIPROC_DIR_ENV] if os.environ.get(
+        MULTIPROC_DIR_ENV) else "this process"
+    log.info("serving the Prometheus metrics of %s on port %d", shared, port)
+
+
+class SharedMetricsServer:
+    """A container's metrics port: each process (publisher, worker processes) tries to
+    serve it, the first to bind it serves the whole directory, the others try again every
+    RETRY_BIND_S, so one takes over if the serving process dies."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._thread = threading.Thread(target=self._run, name="es-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                serve_metrics(self.port)
+                return
+            except OSError as error:
+                log.debug("metrics port %d: %s; trying again later", self.port, error)
+                time.sleep(RETRY_BIND_S)
+
+
+def forget_process_metrics() -> None:
+    """Drops this process's live gauges from the shared directory (it is stopping)."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -10,7 +10,7 @@ checkpoints in a storage that can hold them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .event import Content, Event, Handler
@@ -82,6 +82,30 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class AsyncStorage(Protocol):
+    """`Storage` for asyncio (`AsyncStore`): the same reads and writes, awaited. It has no
+    publishing hook: a `Store` on the same data relays what it appends."""
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """Events of one entity with `event_number > after`, in order, as stored."""
+        ...
+
+    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        """Appends events of one entity, all or none, as `Storage.write`."""
+        ...
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None: ...
+
+    def entity_types(self) -> list[str]: ...
+
+    async def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
 class NotifyingEventBus(Subscriptions, Protocol):
     """A bus whose subscribers read the events themselves from storage.
 
@@ -106,5 +130,27 @@ class NotifyingEventBus(Subscriptions, Protocol):
         `event_number` (None: up to its head)."""
         ...
 
+    def notify_many(
+        self,
+        entity_type: str,
+        positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        """`notify` for each (entity ID, event number) of `positions`, in as few messages
+        as the bus can."""
+        ...
+
 
 Bus: TypeAlias = EventBus | NotifyingEventBus
+
+
+@runtime_checkable
+class Progress(Protocol):
+    """Knows how far subscribers got: what `Store.wait_for` asks. The in-memory bus is one;
+    Redis subscriber state (`RedisStorage.state`) is the one of Dramatiq subscribers."""
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber has handled the entity up to `event_number`; raises
+        `WaitTimeoutError` (naming those behind) or `ParkedError`."""
+        ...

@@ -1,6 +1,8 @@
 """Pytest fixtures for applications built on es_workers (loaded by pytest automatically).
 
-- `es_redis`: a fresh fakeredis client (Redis 7.0 semantics, Lua included).
+- `es_redis`: a fresh fakeredis client (Redis 7.0 semantics, Lua included); fakeredis is
+  the `demo` extra, imported only when the fixture is used, so that pytest starts in a
+  project that installed es_workers without it.
 - `es_store_factory`: `es_store_factory(events={...}, upgrades={...})` builds a Store on
   RedisStorage over `es_redis`, with an InMemoryEventBus.
 """
@@ -8,17 +10,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fakeredis
 import pytest
 
 from .redis.storage import RedisStorage
 from .store import Store
 
+if TYPE_CHECKING:
+    import fakeredis
+
 
 @pytest.fixture
 def es_redis() -> Iterator[fakeredis.FakeRedis]:
+    try:
+        import fakeredis
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            "the es_redis fixture needs fakeredis: pip install 'es_workers[demo]'",
+            name="fakeredis",
+        ) from error
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
     yield client
     client.close()

@@ -18,17 +18,21 @@ import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from .codec import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigurationError
+from .redis.durability import Durability
 from .redis.keys import RedisKeys
 from .redis.publisher import PublisherOptions
 from .workers.bus import DEFAULT_TIME_LIMIT_MS
@@ -41,6 +45,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DELIVERY = DeliveryOptions()
 _PUBLISHER = PublisherOptions()
+_DURABILITY = Durability()
 
 
 def config_file() -> Path | None:
@@ -77,6 +82,11 @@ class Settings(BaseSettings):
         default=None, ge=1, le=4096,
         description="Partitions of a new prefix (16 when unset); fixed once the prefix exists",
         examples=[16],
+    )
+    max_event_bytes: int = Field(
+        default=DEFAULT_MAX_EVENT_BYTES, ge=1024,
+        description="Largest event accepted at write, in bytes of JSON data and metadata; a "
+        "larger one is refused (EventTooLargeError), nothing stored",
     )
     # The bus.
     broker_url: str | None = Field(
@@ -170,11 +180,64 @@ class Settings(BaseSettings):
     log_level: str = Field(
         default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Logs of every process (CLI, publisher, Dramatiq workers): text lines, or "
+        "json: one object per line with time, level, logger, pid, message and the event's "
+        "fields",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65_535,
-        description="Prometheus metrics: publisher on this port, worker processes on the "
-        "next ones; unset: off",
+        description="Prometheus metrics of every es_workers process of the container (or host) "
+        "on this one port; unset: off",
         examples=[9191],
+    )
+    # When Redis fails: timeouts, replica-confirmed writes, Sentinel (es_workers.wiring
+    # builds the clients; es_workers.redis.durability waits).
+    redis_connect_timeout_ms: int = Field(
+        default=2000, ge=1,
+        description="How long connecting to Redis may take before the call fails",
+    )
+    redis_timeout_ms: int = Field(
+        default=5000, ge=1,
+        description="How long Redis may take to answer a command (socket timeout); above "
+        "publisher_block_ms and wait_timeout_ms",
+    )
+    wait_replicas: int = Field(
+        default=_DURABILITY.replicas, ge=0,
+        description="Replicas that must confirm each append (WAIT) before write returns; "
+        "fewer raise DurabilityError",
+    )
+    wait_timeout_ms: int = Field(
+        default=_DURABILITY.timeout_ms, ge=1,
+        description="How long an append waits for those replicas (and the AOF)",
+    )
+    wait_aof: bool = Field(
+        default=_DURABILITY.aof,
+        description="Also wait until the append is in the append-only file (WAITAOF: Redis "
+        ">= 7.2, refused at start-up on older servers)",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Sentinels as host:port,host:port,...: storage, publisher, workers and the "
+        "Dramatiq broker follow the primary they name (redis_url is then ignored)",
+        examples=["127.0.0.1:26379,127.0.0.1:26380,127.0.0.1:26381"],
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, description="The Sentinel master name (with redis_sentinels)",
+        examples=["mymaster"],
+    )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user with redis_sentinels (in redis_url otherwise)",
+        examples=["app"],
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Redis password with redis_sentinels (in redis_url otherwise); never shown",
+        examples=[""],
+    )
+    redis_db: int = Field(
+        default=0, ge=0, description="Redis database number with redis_sentinels",
     )
 
     @classmethod
@@ -186,19 +249,21 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, *file_sources(settings_cls)]
         path = config_file()
         if path is None:
-            return (init_settings, env_settings)
+            return tuple(sources)
         try:
             toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         except tomllib.TOMLDecodeError as error:
             raise ConfigurationError(
                 f"config file {str(path)!r} is not valid TOML: {error}"
             ) from None
-        return (init_settings, env_settings, toml)
+        return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
-                     "metrics_port", mode="before")
+                     "metrics_port", "redis_sentinels", "redis_sentinel_master",
+                     "redis_username", "redis_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -206,19 +271,19 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL (or unset: embedded)")
-        return value
+        return None if value is None else check_url(value, REDIS_SCHEMES, "unset: embedded")
 
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str | None) -> str | None:
-        schemes = ("redis", "rediss", "unix", "amqp", "amqps", "stub")
-        if value is not None and urlsplit(value).scheme not in schemes:
-            raise ValueError(
-                "must be a redis://, rediss://, unix://, amqp://, amqps:// or stub:// URL "
-                "(or unset: the Redis of redis_url)"
-            )
+        schemes = (*REDIS_SCHEMES, "amqp", "amqps", "stub")
+        return None if value is None else check_url(value, schemes, "unset: the Redis of redis_url")
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str | None) -> str | None:
+        if value is not None:
+            sentinel_addresses(value)
         return value
 
     @field_validator("prefix")
@@ -254,7 +319,18 @@ class Settings(BaseSettings):
                 f"publisher_min_backoff_ms ({self.publisher_min_backoff_ms}) is above "
                 f"publisher_max_backoff_ms ({self.publisher_max_backoff_ms})"
             )
+        self._check_failure_settings()
         return self
+
+    def _check_failure_settings(self) -> None:
+        if self.redis_timeout_ms <= max(self.publisher_block_ms, self.wait_timeout_ms):
+            raise ValueError(
+                f"redis_timeout_ms ({self.redis_timeout_ms}) must be above publisher_block_ms "
+                f"({self.publisher_block_ms}) and wait_timeout_ms ({self.wait_timeout_ms}): "
+                "those commands wait that long for their answer"
+            )
+        if (self.redis_sentinels is None) != (self.redis_sentinel_master is None):
+            raise ValueError("redis_sentinels and redis_sentinel_master go together")
 
     # What the settings feed.
     def delivery_options(self) -> DeliveryOptions:
@@ -278,6 +354,16 @@ class Settings(BaseSettings):
             redrive_after_ms=self.redrive_after_ms,
         )
 
+    def durability(self) -> Durability:
+        return Durability(
+            replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms, aof=self.wait_aof
+        )
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether events live on a Redis server (redis_url or Sentinel), not embedded."""
+        return self.redis_url is not None or self.redis_sentinels is not None
+
     @property
     def dramatiq_namespace(self) -> str:
         # Under the store's prefix: two apps on one Redis never share subscriber queues,
@@ -296,6 +382,7 @@ class Settings(BaseSettings):
         values = self.model_dump()
         for name in ("redis_url", "broker_url"):
             values[name] = redact_url(values[name])
+        values["redis_password"] = "***" if self.redis_password is not None else None
         return values
 
 
@@ -307,6 +394,7 @@ SECTIONS = (
     ("Delivery to subscribers", "max_attempts"),
     ("Publisher (es-workers publish)", "publisher_batch"),
     ("Operations", "log_level"),
+    ("When Redis fails: timeouts, durability, Sentinel", "redis_connect_timeout_ms"),
 )
 EXAMPLE_HEADER = """\
 # es_workers settings: copy to config/es.toml (read from the current directory), or
@@ -330,16 +418,101 @@ def example_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- Operator safety: URLs, redaction, .env and secrets files (issue 10) -------------------
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+ENV_FILE_ENV = "ES_ENV_FILE"  # the .env file read (default: .env in the current directory)
+SECRETS_DIR_ENV = "ES_SECRETS_DIR"  # a directory of one file per setting (default /run/secrets)
+DEFAULT_ENV_FILE = Path(".env")
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+def check_url(url: str, schemes: tuple[str, ...], unset: str) -> str:
+    """Returns `url` if its scheme, host, port and (Redis) database number are valid; else
+    raises ValueError saying what is wrong, never quoting the URL (it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # urllib's message quotes the bad part, which may be secret
+        what = "port" if "port" in str(error).lower() else "URL"
+        raise ValueError(f"the {what} is not valid: a port is a number in 1..65535") from None
+    if parts.scheme not in schemes:
+        listed = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"must be a {listed} URL ({unset})")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path: unix:///path/to/redis.sock")
+    elif parts.scheme != "stub":
+        if not parts.hostname:
+            raise ValueError(f"has no host: {parts.scheme}://HOST:PORT/...")
+        if port == 0:
+            raise ValueError("the port is not valid: a port is a number in 1..65535")
+    if parts.scheme in ("redis", "rediss"):
+        _check_redis_db(parts.path, parse_qs(parts.query).get("db", []))
+    return url
+
+
+def _check_redis_db(path: str, query_db: list[str]) -> None:
+    for db in [path.strip("/"), *query_db]:
+        if db and not db.isdigit():
+            raise ValueError(f"the database must be a number, as in redis://host:6379/0, "
+                             f"not {db!r}")
+
+
 def redact_url(url: str | None) -> str | None:
-    """The URL with its password replaced by '***'."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with its password replaced by '***' (works on malformed URLs too)."""
+    if url is None or "@" not in url:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    scheme, separator, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    if not separator or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+class _EsDotEnv(DotEnvSettingsSource):
+    """A .env file may hold other programs' variables (docker compose reads it too): only
+    `ES_...` ones are read, and an `ES_...` one that is no setting is refused as a typo."""
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = ENV_PREFIX.lower()
+        values = {}
+        for name, value in super().__call__().items():
+            if name in self.settings_cls.model_fields:
+                values[name] = value
+            elif name.lower().startswith(prefix):
+                values[name[len(prefix):].lower()] = value
+        return values
+
+
+def file_sources(settings_cls: type[BaseSettings]) -> list[PydanticBaseSettingsSource]:
+    """The .env file and the secrets directory, when there are any. Precedence, highest
+    first: keyword arguments, environment, .env file, secrets directory, TOML file,
+    defaults."""
+    sources: list[PydanticBaseSettingsSource] = []
+    env_file = Path(os.environ.get(ENV_FILE_ENV) or DEFAULT_ENV_FILE)
+    if env_file.is_file():
+        sources.append(_EsDotEnv(settings_cls, env_file=env_file))
+    elif os.environ.get(ENV_FILE_ENV):
+        raise ConfigurationError(f"{ENV_FILE_ENV}={str(env_file)!r}: no such file")
+    named = os.environ.get(SECRETS_DIR_ENV)
+    secrets = Path(named) if named else DEFAULT_SECRETS_DIR
+    if secrets.is_dir():
+        sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets))
+    elif named:
+        raise ConfigurationError(f"{SECRETS_DIR_ENV}={named!r}: no such directory")
+    return sources
+
+
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` as (host, port) pairs; ValueError naming a bad one."""
+    addresses = []
+    for item in value.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f"{item.strip()!r} is not host:port (expected host:port,...)")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
 
 
 def env_name(field: str) -> str:
@@ -348,7 +521,8 @@ def env_name(field: str) -> str:
 
 # ES_ variables that are not settings but are known: the config file's name, and the
 # switches of the test suite.
-NOT_SETTINGS = (CONFIG_FILE_ENV, "ES_REQUIRE_")
+NOT_SETTINGS = (CONFIG_FILE_ENV, ENV_FILE_ENV, SECRETS_DIR_ENV, "ES_DASHBOARD_TOKEN",
+                "ES_REQUIRE_", "ES_TEST_")
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:
@@ -367,18 +541,28 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
     return found
 
 
+_reported: set[str] = set()  # unknown variables already warned about by this process
+
+
 def warn_unknown_variables() -> None:
+    """A warning per `ES_...` variable that is no setting, once per process."""
     for name, closest in unknown_variables().items():
+        if name in _reported:
+            continue
+        _reported.add(name)
         hint = f"; did you mean {closest}?" if closest else ""
         logging.getLogger("es_workers.settings").warning(
             "environment variable %s is not an es_workers setting%s", name, hint
         )
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, report_unknown: bool = True, **overrides: Any) -> Settings:
     """Reads the settings; any invalid one raises ConfigurationError naming it and its value.
-    Environment variables `ES_...` that are no setting are reported as warnings."""
-    warn_unknown_variables()
+    Environment variables `ES_...` that are no setting are reported as warnings (unless
+    `report_unknown` is False: a caller that configures logging from the settings first
+    calls `warn_unknown_variables` itself)."""
+    if report_unknown:
+        warn_unknown_variables()
     try:
         return Settings(**overrides)
     except ValidationError as error:
@@ -397,5 +581,7 @@ def describe_errors(error: ValidationError) -> str:
         elif item["type"] == "extra_forbidden":
             lines.append(f"  {field!r}: not a setting (config file key or keyword)")
         else:
-            lines.append(f"  {env_name(field)}={item.get('input')!r}: {message}")
+            shown = item.get("input")
+            shown = redact_url(shown) if isinstance(shown, str) else shown
+            lines.append(f"  {env_name(field)}={shown!r}: {message}")
     return "\n".join(lines)

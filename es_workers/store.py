@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
+from .errors import ConfigurationError, SubscriberError
 from .event import Content, Handler
 from .memory.bus import InMemoryEventBus
 from .names import check_entity_id, check_entity_type
-from .ports import Bus, NotifyingEventBus, Storage
+from .ports import Bus, NotifyingEventBus, Progress, Storage
+from .redis.storage import RedisStorage
 from .settings import Settings
-from .stream import Stream
-from .upgrade import EventUpgrade, Reader, Reading
+from .stream import Stream, check_stream
+from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
 
 H = TypeVar("H", bound=Handler)
@@ -42,11 +44,7 @@ class Store:
         self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
-        for entity_type, chain in (upgrades or {}).items():
-            check_entity_type(entity_type)
-            for upgrade in chain:
-                if not callable(upgrade):
-                    raise TypeError(f"upgrade {upgrade!r} for {entity_type!r} is not callable")
+        check_upgrades(upgrades or {})
         self.reader = Reader(storage.read, upgrades or {})
         self._stop = threading.Event()
         self._publishing: threading.Thread | None = None
@@ -76,10 +74,7 @@ class Store:
 
         It must be read before it is written to.
         """
-        check_entity_type(entity_type)
-        check_entity_id(entity_id)
-        if not isinstance(event_number, int) or event_number < 0:
-            raise ValueError(f"event_number must be an int >= 0, got {event_number!r}")
+        check_stream(entity_type, entity_id, event_number)
         return Stream(self.reader, self.storage.write, entity_type, entity_id, event_number)
 
     def project(self, entity_type: str, entity_id: str, handler: Handler) -> None:
@@ -127,6 +122,47 @@ class Store:
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
+
+    def wait_for(
+        self,
+        entity_type: str,
+        entity_id: str,
+        event_number: int,
+        *,
+        subscriber_ids: Sequence[str] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Read-your-writes: returns once every named subscriber (None: every subscriber of
+        the entity type) has handled the entity's events up to `event_number`, e.g. after
+        `stream.write(...)`, `store.wait_for(type, id, stream.position)`.
+
+        Raises `WaitTimeoutError` (naming the subscribers still behind) after `timeout`
+        seconds, and `ParkedError` at once if one of them has the entity parked at or before
+        that event. It waits for messages, not by polling in a loop.
+        """
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        known = self.subscriber_ids(entity_type)
+        wanted = known if subscriber_ids is None else list(subscriber_ids)
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise SubscriberError(
+                f"no subscriber {', '.join(map(repr, unknown))} for {entity_type!r}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
+        if wanted and event_number > 0:
+            self._progress().wait_handled(wanted, entity_type, entity_id, event_number,
+                                          timeout)
+
+    def _progress(self) -> Progress:
+        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, RedisStorage):
+            return self.storage.state
+        if isinstance(self.bus, Progress):
+            return self.bus
+        raise ConfigurationError(
+            f"wait_for needs a bus that tells how far subscribers got (InMemoryEventBus, "
+            f"DramatiqEventBus on RedisStorage), not {type(self.bus).__name__}"
+        )
 
     def start(self) -> None:
         """Runs the publisher in this thread until `close()` (or a stop signal): blocks."""

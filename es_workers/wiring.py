@@ -14,17 +14,29 @@ from urllib.parse import urlsplit
 
 import dramatiq
 import redis
+import redis.asyncio
+import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from .errors import ConfigurationError
+from .redis.async_storage import AsyncRedisStorage
 from .redis.cluster import is_cluster
 from .redis.storage import RedisStorage
-from .settings import Settings, env_name, load_settings, redact_url
+from .settings import Settings, env_name, load_settings, redact_url, sentinel_addresses
 from .workers.broker import WakingRedisBroker
 from .workers.bus import DramatiqEventBus
 from .workers.middleware import WorkerProcessSetup
 
 log = logging.getLogger("es_workers.wiring")
+
+# redis-py retries a command whose connection failed this many times, backing off 50 ms
+# doubling to 1 s with jitter: a blip or a Sentinel failover's first seconds pass unseen,
+# while a Redis that stays down fails a call within about
+# (RETRIES + 1) x (connect or command timeout) + 2 s.
+REDIS_RETRIES = 3
+REDIS_BACKOFF_BASE_S, REDIS_BACKOFF_CAP_S = 0.05, 1.0
 
 _embedded_lock = threading.Lock()
 _embedded: Any = None  # fakeredis.FakeServer, made on first use
@@ -48,40 +60,105 @@ def embedded_server() -> Any:
 
 
 def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
-    """A client of the Redis the settings name: a RedisCluster on a Redis Cluster."""
+    """The Redis client the settings name: through Sentinel, from redis_url (a RedisCluster
+    on a Redis Cluster), or embedded; with the timeouts and retries of the settings (the
+    same for the storage and the broker)."""
+    if settings.redis_sentinels is not None:
+        return sentinel_client(settings)
     if settings.redis_url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
-        client: redis.Redis = fakeredis.FakeRedis(server=embedded_server())
+        client: redis.Redis = fakeredis.FakeRedis(server=server)
         return client
     if on_cluster(settings):
-        try:
-            return RedisCluster.from_url(settings.redis_url)
-        except redis.exceptions.RedisClusterException as error:
-            raise ConfigurationError(
-                f"{env_name('redis_url')}={redact_url(settings.redis_url)!r} does not answer "
-                f"as a Redis Cluster ({error}); with one Redis set "
-                f"{env_name('redis_cluster')}=auto or false"
-            ) from None
-    return redis.Redis.from_url(settings.redis_url)
+        return cluster_client(settings.redis_url, settings)
+    return client_from_url(settings.redis_url, settings)
+
+
+def cluster_client(url: str, settings: Settings) -> RedisCluster:
+    try:
+        return RedisCluster.from_url(url, **connection_options(settings))
+    except redis.exceptions.RedisClusterException as error:
+        raise ConfigurationError(
+            f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
+            f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"
+        ) from None
 
 
 def on_cluster(settings: Settings) -> bool:
     """Whether the events live on a Redis Cluster (`redis_cluster`; auto: ask the server)."""
-    if settings.redis_url is None or settings.redis_cluster == "false":
+    if settings.redis_url is None or settings.redis_sentinels is not None:
         return False
-    return settings.redis_cluster == "true" or cluster_enabled(settings.redis_url)
+    if settings.redis_cluster == "false":
+        return False
+    return settings.redis_cluster == "true" or cluster_enabled(settings.redis_url, settings)
 
 
-def cluster_enabled(url: str) -> bool:
-    """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so)."""
-    with redis.Redis.from_url(url) as probe:
+def cluster_enabled(url: str, settings: Settings) -> bool:
+    """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so). A Redis
+    that does not answer is taken for one Redis: the storage then says it is unreachable."""
+    options = connection_options(settings)
+    with redis.Redis.from_url(url, socket_connect_timeout=options["socket_connect_timeout"],
+                              socket_timeout=options["socket_timeout"]) as probe:
         try:
             return bool(probe.info("cluster").get("cluster_enabled"))
         except redis.ResponseError as error:  # INFO may be denied to an ACL user
             log.info("cannot ask %s whether it is a cluster (%s): taking it for one Redis; "
                      "set %s=true if it is", redact_url(url), error, env_name("redis_cluster"))
             return False
+        except redis.RedisError:  # unreachable: RedisStorage reports it, naming the server
+            return False
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Timeouts and retries for every connection to Redis."""
+    return {
+        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
+        "socket_timeout": settings.redis_timeout_ms / 1000,
+        "retry": Retry(
+            ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S),
+            REDIS_RETRIES,
+        ),
+        "health_check_interval": 30,  # a pooled connection idle that long is PINGed first
+    }
+
+
+def client_from_url(url: str, settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(url, **connection_options(settings))
+
+
+def sentinel_client(settings: Settings) -> redis.Redis:
+    """A client of the primary the Sentinels name; after a failover it finds the new one."""
+    assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
+    options = connection_options(settings)
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel_addresses(settings.redis_sentinels),
+        sentinel_kwargs={key: options[key] for key in ("socket_connect_timeout",
+                                                       "socket_timeout")},
+        **options,
+    )
+    password = settings.redis_password
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master,
+        username=settings.redis_username,
+        password=password.get_secret_value() if password is not None else None,
+        db=settings.redis_db,
+    )
+    return client
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
+    """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
+    if settings.redis_url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
+        import fakeredis
+
+        client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
+        return client
+    if on_cluster(settings):
+        return redis.asyncio.RedisCluster.from_url(settings.redis_url)
+    return redis.asyncio.Redis.from_url(settings.redis_url)
 
 
 def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:
@@ -89,15 +166,20 @@ def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broke
     `cluster`: the events live on a Redis Cluster, where Dramatiq's RedisBroker cannot run,
     so the broker must be named and be RabbitMQ or a standalone Redis."""
     if cluster:
-        check_cluster_broker(settings.broker_url)
-    url = settings.broker_url or settings.redis_url
+        check_cluster_broker(settings.broker_url, settings)
+    url = settings.broker_url
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
-    if scheme is None:
+    if url is None and settings.uses_redis:  # the Redis of the events, the same way
+        broker = WakingRedisBroker(
+            client=redis_client(settings), namespace=settings.dramatiq_namespace
+        )
+    elif url is None:
+        server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
 
         broker = WakingRedisBroker(
-            client=fakeredis.FakeRedis(server=embedded_server()),
+            client=fakeredis.FakeRedis(server=server),
             namespace=settings.dramatiq_namespace,
         )
     elif scheme in ("amqp", "amqps"):
@@ -114,12 +196,16 @@ def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broke
 
         broker = StubBroker()
     else:
-        broker = WakingRedisBroker(url=url, namespace=settings.dramatiq_namespace)
-    broker.add_middleware(WorkerProcessSetup(settings.log_level, settings.metrics_port))
+        broker = WakingRedisBroker(
+            client=client_from_url(url, settings), namespace=settings.dramatiq_namespace
+        )
+    broker.add_middleware(
+        WorkerProcessSetup(settings.log_level, settings.metrics_port, settings.log_format)
+    )
     return broker
 
 
-def check_cluster_broker(broker_url: str | None) -> None:
+def check_cluster_broker(broker_url: str | None, settings: Settings) -> None:
     if broker_url is None:
         raise ConfigurationError(
             f"{env_name('redis_url')} names a Redis Cluster, where Dramatiq's Redis broker "
@@ -127,7 +213,7 @@ def check_cluster_broker(broker_url: str | None) -> None:
             "'es_workers[rabbitmq]') or to a standalone Redis (redis://...)"
         )
     if urlsplit(broker_url).scheme in ("redis", "rediss", "unix") and cluster_enabled(
-        broker_url
+        broker_url, settings
     ):
         raise ConfigurationError(
             f"{env_name('broker_url')}={redact_url(broker_url)!r} is a Redis Cluster node, "
@@ -139,7 +225,10 @@ def check_cluster_broker(broker_url: str | None) -> None:
 def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
     """The storage and bus the settings describe (read from `ES_...` when None)."""
     settings = settings if settings is not None else load_settings()
-    if settings.redis_url is None:
+    if settings.redis_sentinels is not None and settings.redis_url is not None:
+        log.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
+                    env_name("redis_url"))
+    if not settings.uses_redis:
         log.warning(
             "%s is not set: events live in an embedded Redis inside this process and are "
             "lost when it exits (set %s to keep them)", env_name("redis_url"),
@@ -152,6 +241,8 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         prefix=settings.prefix,
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
+        durability=settings.durability(),
+        max_event_bytes=settings.max_event_bytes,
     )
     bus = DramatiqEventBus(
         broker,
@@ -160,3 +251,12 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
     )
     log.debug("store built from settings %s", settings.shown())
     return storage, bus
+
+
+def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
+    """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited."""
+    settings = settings if settings is not None else load_settings()
+    return AsyncRedisStorage(
+        async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
+    )

@@ -109,8 +109,9 @@ def account(account_id: str) -> Account:
 
 def execute(
     account_id: str, decide: Callable[[Account], Sequence[Content]], attempts: int = 20
-) -> None:
-    """Reads the account, decides what happens, writes it; on a concurrent write, again."""
+) -> int:
+    """Reads the account, decides what happens, writes it; on a concurrent write, again.
+    Returns the account's position after the write."""
     for _ in range(attempts):
         with store.open(ACCOUNT, account_id) as stream:
             state = Account()
@@ -118,7 +119,7 @@ def execute(
             contents = decide(state)
             try:
                 stream.write(*contents)
-                return
+                return stream.position
             except ConcurrencyError:
                 continue  # another command got there first: decide on the new state
     raise BankError(f"account {account_id!r} is too busy: gave up after {attempts} attempts")
@@ -156,8 +157,12 @@ def withdraw(account_id: str, amount: int) -> None:
     execute(account_id, decide)
 
 
-def transfer(from_account: str, to_account: str, amount: int) -> str:
-    """Takes the money from one account now; `transfers` credits the other one soon after."""
+def transfer(
+    from_account: str, to_account: str, amount: int, *, wait_s: float | None = 10.0
+) -> str:
+    """Takes the money from one account now; the `transfers` subscriber credits the other
+    one. With `wait_s` (the default), returns only once it has (read-your-writes: a
+    withdrawal right after sees the credit); `None` returns at once."""
     if from_account == to_account:
         raise BankError("a transfer needs two accounts")
     if not account(to_account).opened:
@@ -170,7 +175,10 @@ def transfer(from_account: str, to_account: str, amount: int) -> str:
             raise BankError(f"account {from_account!r} holds {state.balance}, not {amount}")
         return [TransferSent(transfer_id=transfer_id, to_account=to_account, amount=amount)]
 
-    execute(from_account, decide)
+    position = execute(from_account, decide)
+    if wait_s is not None:
+        store.wait_for(ACCOUNT, from_account, position, subscriber_ids=["transfers"],
+                       timeout=wait_s)
     return transfer_id
 
 

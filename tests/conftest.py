@@ -11,13 +11,15 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import dramatiq
 import fakeredis
 import pytest
 import redis
+from async_kit import ASYNC_KINDS, BlockingStorage, async_storage
 
-from es_workers import Content, Event, InMemoryStorage, RedisStorage, Store
+from es_workers import AsyncRedisStorage, Content, Event, InMemoryStorage, RedisStorage, Store
 from es_workers.ids import new_ids
 
 pytest_plugins = ["conftest_servers"]  # Cluster, Sentinel, TLS, ACL, AOF, proxy, RabbitMQ
@@ -124,7 +126,14 @@ def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMem
     Cluster, InMemoryStorage.
 
     For tests of behaviour every Storage must share (the Go library's storage contract).
+    A module that also runs them on the async storages parametrizes it with ALL_STORAGES.
     """
+    if request.param == "async-cluster":
+        yield from blocking_async_cluster_storage(request.getfixturevalue("redis_cluster"))
+        return
+    if request.param.startswith("async-"):
+        yield from blocking_async_storage(request.param)
+        return
     if request.param == "memory":
         yield InMemoryStorage()
         return
@@ -141,6 +150,45 @@ def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMem
     finally:
         delete_prefix(client, name)
         client.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of the async tests (`pytest.mark.anyio`): asyncio only."""
+    return "asyncio"
+
+
+ALL_STORAGES = pytest.mark.parametrize(
+    "any_storage", ["fakeredis", "redis", "cluster", "memory", *ASYNC_KINDS, "async-cluster"],
+    indirect=True,
+)
+
+
+def blocking_async_storage(kind: str) -> Iterator[Any]:
+    """An async storage of `kind` behind the sync port (async_kit.BlockingStorage)."""
+    if kind == "async-redis":
+        real_redis().close()  # skips, or fails under ES_REQUIRE_REDIS, without a server
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage = BlockingStorage(async_storage(kind, REDIS_URL, name))
+    try:
+        yield storage
+    finally:
+        storage.close()
+        if kind == "async-redis":
+            with redis.Redis.from_url(REDIS_URL) as client:
+                delete_prefix(client, name)
+
+
+def blocking_async_cluster_storage(cluster: Any) -> Iterator[Any]:
+    """An AsyncRedisStorage on the session's Redis Cluster, behind the sync port."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage = BlockingStorage(AsyncRedisStorage(cluster.async_client(), prefix=name))
+    try:
+        yield storage
+    finally:
+        storage.close()
+        with cluster.client() as client:
+            delete_prefix(client, name)
 
 
 @pytest.fixture

@@ -688,6 +688,12 @@ class TcpProxy:
         with self._lock:
             self._drop_containing = containing if containing is not None else b""
 
+    @property
+    def reply_dropped(self) -> bool:
+        """Whether the reply `drop_next_reply` asked for has been dropped."""
+        with self._lock:
+            return self._drop_containing is None and not self._doomed
+
     def hang(self) -> None:
         with self._lock:
             self._hanging = True

@@ -25,6 +25,7 @@ from es_workers import (
     NotParkedError,
     RedisStorage,
     Store,
+    UnknownNameError,
     admin,
 )
 
@@ -114,10 +115,18 @@ def test_retry_or_skip_of_an_entity_that_is_not_parked_is_refused(delivery: Deli
     assert admin.parked(delivery.store, "balances", "account") == []
 
 
-def test_replay_of_an_unknown_subscriber_is_refused(delivery: Delivery) -> None:
+def test_unknown_subscribers_and_entity_types_are_refused_naming_the_known_ones(
+    delivery: Delivery,
+) -> None:
     delivery.store.subscribe("account", "balances", Recorder())
-    with pytest.raises(ConfigurationError, match="'nobody' is not registered"):
+    with pytest.raises(UnknownNameError, match=r"'nobody' is not registered.*'balances'"):
         admin.replay(delivery.store, "nobody")
+    with pytest.raises(UnknownNameError, match=r"unknown entity type 'nosuchtype'.*'account'"):
+        admin.replay(delivery.store, "balances", "nosuchtype")
+    with pytest.raises(UnknownNameError, match="'nobody' is not registered for 'account'"):
+        admin.parked(delivery.store, "nobody", "account")
+    with pytest.raises(UnknownNameError, match="unknown entity type"):
+        admin.skip_parked(delivery.store, "balances", "acount", "acc-1")
 
 
 def test_admin_needs_redis_storage_and_a_notifying_bus() -> None:

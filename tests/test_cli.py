@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
 from es_workers import Content, admin
-from es_workers.cli import app
+from es_workers.cli import SHOW_CONTENT_CHARS, app, cut
 from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.redis.storage import RedisStorage
 
@@ -131,7 +132,8 @@ def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus
 @pytest.mark.parametrize(
     "command",
     [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"],
-     ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"]],
+     ["dashboard"], ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"],
+     ["health"]],
     ids=lambda c: " ".join(c) or "es-workers",
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -142,7 +144,9 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("ES_PARTITIONS", "0"), ("ES_REDIS_URL", "http://127.0.0.1:6379"), ("ES_LOG_LEVEL", "LOUD")],
+    [("ES_PARTITIONS", "0"), ("ES_REDIS_URL", "http://127.0.0.1:6379"), ("ES_LOG_LEVEL", "LOUD"),
+     ("ES_REDIS_URL", "redis://h:notaport/0"), ("ES_REDIS_URL", "redis://h:6412/abc"),
+     ("ES_LOG_FORMAT", "xml")],
 )
 def test_invalid_setting_exits_2_naming_it_without_a_traceback(
     clean_env: pytest.MonkeyPatch, name: str, value: str
@@ -152,6 +156,35 @@ def test_invalid_setting_exits_2_naming_it_without_a_traceback(
     assert result.exit_code == 2
     assert f"{name}={value!r}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bad_url_with_a_password_is_one_line_without_the_password(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("ES_REDIS_URL", "redis://u:hunter2@h:notaport/0")
+    result = runner.invoke(app, ["status", "examples.bank:store"])
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output
+    assert "ES_REDIS_URL='redis://u:***@h:notaport/0': the port is not valid" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_app_that_raises_on_import_shows_its_own_traceback_only(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = f"cliapp_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text("import json\n\n\ndef broken():\n"
+                                         "    return {}['missing']\n\n\nbroken()\n")
+    try:
+        result = runner.invoke(app, ["status", f"{name}:store"])
+    finally:
+        sys.modules.pop(name, None)
+    assert result.exit_code == 2
+    assert f"importing the app module {name!r} failed: KeyError: 'missing'" in result.output
+    assert f"{name}.py\", line 8, in <module>" in result.output
+    assert "line 5, in broken" in result.output
+    for framework in ("typer", "click", "importlib", "es_workers"):
+        assert framework not in result.output.replace(name, ""), framework
 
 
 def test_app_must_name_a_store_in_an_importable_module(app_module: ModuleType) -> None:
@@ -179,7 +212,7 @@ def test_unreachable_redis_is_one_clear_line_and_exit_1(
     finally:
         sys.modules.pop(name, None)
     assert result.exit_code == 1
-    assert "cannot reach Redis" in result.output
+    assert "Redis 127.0.0.1:1/0 is unavailable" in result.output
     assert "Traceback" not in result.output
 
 
@@ -199,6 +232,16 @@ def test_config_prints_the_settings_with_passwords_hidden(clean_env: pytest.Monk
     assert shown["worker_threads"] == 3
     assert shown["redis_url"] == "redis://:***@127.0.0.1:6379/0"
     assert "s3cret" not in result.output
+
+
+def test_config_lists_variables_that_are_no_setting(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ES_REDIS_ULR", "redis://127.0.0.1:6379/0")
+    clean_env.setenv("ES_NOTHING_LIKE_IT", "1")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "environment variables that are no setting" in result.stdout
+    assert "ES_REDIS_ULR (did you mean ES_REDIS_URL?)" in result.stdout
+    assert "ES_NOTHING_LIKE_IT" in result.stdout
 
 
 # -- Inspecting and repairing --------------------------------------------------------------
@@ -222,6 +265,29 @@ def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
     missing = runner.invoke(app, ["show", ref(app_module), "account", "nobody"])
     assert missing.exit_code == 1
     assert "has no events" in missing.output
+
+    unknown = runner.invoke(app, ["show", ref(app_module), "acount", "a1"])
+    assert unknown.exit_code == 2
+    assert "unknown entity type 'acount': this app has 'account'" in unknown.output
+
+
+def test_show_cuts_a_large_event_short_with_a_note_and_json_prints_it_whole(
+    app_module: ModuleType,
+) -> None:
+    owner = "é" * 500_000  # ~1 MB of JSON: rich took minutes to lay out such a cell
+    write(app_module, "big", app_module.Opened(owner=owner))
+
+    started = time.monotonic()
+    table = runner.invoke(app, ["show", ref(app_module), "account", "big"])
+    assert table.exit_code == 0, table.output
+    assert time.monotonic() - started < 10
+    assert SHOW_CONTENT_CHARS - 20 < table.stdout.count("é") <= SHOW_CONTENT_CHARS
+    assert cut('{"owner":"' + owner + '"}').endswith(
+        f"... ({500_012 - SHOW_CONTENT_CHARS:,} more characters: --json prints all)")
+
+    whole = runner.invoke(app, ["show", ref(app_module), "account", "big", "--json"])
+    assert whole.exit_code == 0
+    assert json.loads(whole.stdout)["content"] == {"owner": owner}
 
 
 def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(
@@ -249,10 +315,42 @@ def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(
     assert subscribers["audit"]["parked"] == []
     assert subscribers["audit"]["events_behind"] == 1  # the event not yet relayed
 
+    assert 'raise ValueError("negative deposit")' in parked["traceback"]
+
     table = runner.invoke(app, ["status", ref(app_module)])
     assert table.exit_code == 0
     assert "outbox backlog" in table.stdout
     assert "ValueError: negative deposit" in table.stdout
+    assert 'raise ValueError("negative deposit")' in table.stdout  # the traceback's end
+
+
+def test_status_check_exits_3_past_a_threshold(app_module: ModuleType) -> None:
+    write(app_module, "a2", app_module.Opened(owner="Bob"), app_module.Deposited(amount=-1))
+    with Delivery(app_module):
+        wait_for(lambda: subscriber(app_module, "fragile").parked, "a2 to be parked")
+        wait_for(lambda: len(app_module.calls) == 2, "audit to handle 2 events")
+    write(app_module, "a2", app_module.Deposited(amount=1))  # not relayed: 1 event behind
+
+    parked = runner.invoke(app, ["status", ref(app_module), "--check"])
+    assert parked.exit_code == 3
+    assert "check failed: fragile on account: 1 parked > 0" in parked.output
+    assert "audit" not in parked.stderr  # lag is not checked unless asked
+
+    within = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
+                                 "--max-lag", "2"])
+    assert within.exit_code == 0, within.output
+
+    lagging = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
+                                  "--max-lag", "0", "--json"])
+    assert lagging.exit_code == 3
+    assert "audit on account: 1 events behind > 0" in lagging.stderr
+    assert "outbox backlog" not in lagging.stderr
+
+    backlog = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
+                                  "--max-backlog", "0"])
+    assert backlog.exit_code == 3
+    assert "check failed: outbox backlog 1 > 0" in backlog.output
+    assert json.loads(lagging.stdout)["outbox_backlog"] >= 1  # the report is still printed
 
 
 def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
@@ -264,11 +362,29 @@ def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
 
         listed = runner.invoke(app, ["parked", "list", *target, "--json"])
         assert listed.exit_code == 0, listed.output
-        assert [(p["entity_id"], p["event_number"]) for p in json.loads(listed.stdout)] == [
-            ("a2", 2)
-        ]
+        [item] = json.loads(listed.stdout)
+        assert (item["entity_id"], item["event_number"]) == ("a2", 2)
+        assert item["error"] == "ValueError: negative deposit"
+        assert item["traceback"].startswith("Traceback (most recent call last):")
+        assert item["traceback"].rstrip().endswith("ValueError: negative deposit")
 
-        skipped = runner.invoke(app, ["parked", "skip", *target, "a2"])
+        text = runner.invoke(app, ["parked", "list", *target])
+        assert text.exit_code == 0, text.output
+        assert "at event 2, 1 attempts" in text.stdout
+        assert "    Traceback (most recent call last):" in text.stdout
+        assert 'in fragile\n' in text.stdout
+
+        for unknown in (["nobody", "account"], ["fragile", "acount"]):
+            refused = runner.invoke(app, ["parked", "list", ref(app_module), *unknown])
+            assert refused.exit_code == 2, refused.output
+            assert "'audit', 'fragile'" in refused.output or "'account'" in refused.output
+
+        no_terminal = runner.invoke(app, ["parked", "skip", *target, "a2"])
+        assert no_terminal.exit_code == 2
+        assert "Pass --yes" in no_terminal.output
+        assert subscriber(app_module, "fragile").parked, "nothing may change unconfirmed"
+
+        skipped = runner.invoke(app, ["parked", "skip", *target, "a2", "--yes"])
         assert skipped.exit_code == 0, skipped.output
         assert "skipped event 2" in skipped.stdout
         # Event 3 is delivered after the skipped one.
@@ -289,7 +405,11 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
     with Delivery(app_module):
         wait_for(lambda: len(app_module.calls) == 6, "audit to handle 6 events")
 
-        result = runner.invoke(app, ["replay", ref(app_module), "audit"])
+        refused = runner.invoke(app, ["replay", ref(app_module), "audit"])
+        assert refused.exit_code == 2
+        assert "Pass --yes" in refused.output
+
+        result = runner.invoke(app, ["replay", ref(app_module), "audit", "-y"])
         assert result.exit_code == 0, result.output
         assert "3 entities sent again" in result.stdout
 
@@ -299,9 +419,14 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
         by_entity.setdefault(entity_id, []).append(number)
     assert by_entity == {f"a{n}": [1, 2, 1, 2] for n in range(3)}
 
-    unknown = runner.invoke(app, ["replay", ref(app_module), "nobody"])
+    unknown = runner.invoke(app, ["replay", ref(app_module), "nobody", "--yes"])
     assert unknown.exit_code == 2
-    assert "not registered" in unknown.output
+    assert "'nobody' is not registered in this app: known subscribers 'audit', 'fragile'" in (
+        unknown.output
+    )
+    no_type = runner.invoke(app, ["replay", ref(app_module), "audit", "-e", "nosuchtype", "-y"])
+    assert no_type.exit_code == 2
+    assert "unknown entity type 'nosuchtype': this app has 'account'" in no_type.output
 
 
 # -- As a real process ---------------------------------------------------------------------

@@ -21,13 +21,14 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder, assert_exactly_once_in_order
-from conftest import ACCOUNT_EVENTS, delete_prefix
+from conftest import ACCOUNT_EVENTS, Deposited, Opened, delete_prefix
 from kit import wait_for, write_count
 from redis.cluster import RedisCluster
 from servers import RedisClusterServers
 
 from es_workers import RedisStorage, Store, admin
-from es_workers.errors import ConfigurationError
+from es_workers.errors import ConfigurationError, DurabilityError
+from es_workers.redis.durability import Durability
 from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
 from es_workers.settings import Settings, load_settings
 from es_workers.wiring import build_parts, redis_client
@@ -311,3 +312,40 @@ def test_redis_cluster_setting_takes_auto_true_or_false_only(
     monkeypatch.setenv("ES_REDIS_CLUSTER", "maybe")
     with pytest.raises(ConfigurationError, match="ES_REDIS_CLUSTER='maybe'"):
         load_settings()
+
+
+def wait_calls(redis_cluster: RedisClusterServers) -> dict[str, int]:
+    """WAIT commands each master has run (INFO commandstats)."""
+    calls = {}
+    for node in redis_cluster.nodes:
+        with node.client() as client:
+            stats = client.info("commandstats").get("cmdstat_wait", {})
+            calls[f"127.0.0.1:{node.port}"] = int(stats.get("calls", 0))
+    return calls
+
+
+def test_an_append_waiting_for_replicas_sends_wait_to_the_master_that_ran_it(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
+) -> None:
+    storage = RedisStorage(cluster, prefix=prefix,
+                           durability=Durability(replicas=1, timeout_ms=10))
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    entities = [f"acc-{i}" for i in range(12)]
+    expected = dict.fromkeys(wait_calls(redis_cluster), 0)
+    for entity_id in entities:
+        stream = storage.keys.append_keys("account", entity_id)[0]
+        expected[cluster.get_node_from_key(stream).name] += 1
+    for entity_id in entities:  # loads the script on every master (NOSCRIPT: sent again)
+        with pytest.raises(DurabilityError):
+            store.open("account", entity_id).write(Opened(owner="o"))
+    before = wait_calls(redis_cluster)
+
+    for entity_id in entities:
+        with store.open("account", entity_id) as stream, pytest.raises(DurabilityError) as raised:
+            list(stream.all())
+            stream.write(Deposited(amount=1))  # the cluster has no replicas
+        assert raised.value.confirmed == 0
+
+    after = wait_calls(redis_cluster)
+    assert {name: after[name] - before[name] for name in after} == expected
+    assert all(storage.position("account", e) == 2 for e in entities)  # stored all the same

@@ -369,3 +369,118 @@ def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
     numbers = [number for _, number in recorder.calls]
     assert sorted(numbers) == [1, 1, 2, 3]
     assert admin.status(delivery.store).subscribers[0].events_behind == 0
+
+
+# -- Notices naming many entities (the publisher's batches) ------------------------------
+
+
+def same_partition(storage: RedisStorage, count: int) -> list[str]:
+    """`count` entity IDs of one partition: one notice names them all."""
+    ids = (f"acc-{i}" for i in range(100_000))
+    return [i for i in ids if storage.keys.partition("account", i) == 0][:count]
+
+
+def test_a_notice_naming_many_entities_handles_each_once_in_order(delivery: Delivery) -> None:
+    (recorder,) = subscribe(delivery, "balances")
+    entity_ids = same_partition(delivery.storage, 40)
+    heads = {entity_id: write(delivery, entity_id, 1 + n % 3)
+             for n, entity_id in enumerate(entity_ids)}
+    delivery.start_worker()  # no publisher: only these notices tell the worker
+
+    delivery.bus.notify_many("account", [(entity_id, heads[entity_id]) for entity_id in heads])
+    wait_for(lambda: recorder.has(heads), "all 40 entities handled")
+    before = delivery.done()
+    # Duplicates and old notices in one message are skipped as single ones are.
+    delivery.bus.notify_many("account", [(i, n) for i, n in heads.items()] + [(entity_ids[0], 1)])
+    wait_for(lambda: delivery.done() >= before + 41, "the duplicate notices to be done")
+    wait_for(lambda: settled_for(delivery, "balances"), "no lag")
+
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_a_failing_entity_of_a_many_entity_notice_does_not_hold_back_the_others(
+    delivery: Delivery,
+) -> None:
+    entity_ids = same_partition(delivery.storage, 10)
+    poison = entity_ids[3]
+    (recorder,) = subscribe(delivery, "balances", fail=lambda e: e.entity_id == poison)
+    heads = {entity_id: write(delivery, entity_id, 2) for entity_id in entity_ids}
+    delivery.start_worker()
+
+    delivery.bus.notify_many("account", [(entity_id, 2) for entity_id in entity_ids])
+
+    others = {entity_id: 2 for entity_id in entity_ids if entity_id != poison}
+    wait_for(lambda: recorder.has(others), "the other nine entities handled")
+    wait_for(lambda: [p.entity_id for p in admin.parked(delivery.store, "balances", "account")]
+             == [poison], "the failing entity parked")
+    assert poison not in recorder.by_entity()
+    del heads[poison]
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_many_entity_notices_for_a_busy_entity_never_run_its_handler_at_once(
+    fast_storage: RedisStorage,
+) -> None:
+    """The hot entity is in every notice while a slow handler holds it: notices find it
+    busy and send it again; every entity is handled once, in order, one call at a time."""
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
+    (recorder,) = subscribe(delivery, "slow", delay=0.003)
+    hot, *cold = same_partition(fast_storage, 13)
+    heads = {hot: write(delivery, hot, 20)}
+    heads.update({entity_id: write(delivery, entity_id, 3) for entity_id in cold})
+    delivery.start_worker(threads=8)
+    try:
+        for number in [*range(1, 21), None]:
+            delivery.bus.notify_many("account", [(hot, number), *((c, 3) for c in cold)])
+        wait_for(lambda: recorder.has(heads), "every entity handled")
+    finally:
+        delivery.stop()
+
+    assert recorder.overlaps == 0
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_slow_entities_of_one_notice_are_shared_with_other_workers(
+    fast_storage: RedisStorage,
+) -> None:
+    """A notice whose handlers are slow hands the entities it has not started to new
+    notices (split in two) after SHARE_AFTER_MS, so that idle workers take part."""
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS)
+    (recorder,) = subscribe(delivery, "slow", delay=0.05)
+    entity_ids = same_partition(fast_storage, 12)
+    heads = {entity_id: write(delivery, entity_id, 1) for entity_id in entity_ids}
+    delivery.start_worker(threads=4)
+    try:
+        delivery.bus.notify_many("account", [(entity_id, 1) for entity_id in entity_ids])
+        wait_for(lambda: recorder.has(heads), "every entity handled")
+        wait_for(lambda: settled_for(delivery, "slow"), "no lag")
+    finally:
+        delivery.stop()
+
+    assert delivery.done() > len(entity_ids)  # the notice was split
+    assert recorder.most_at_once > 1
+    assert recorder.overlaps == 0
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_entities_not_started_within_half_the_lock_lease_go_to_a_new_notice(
+    fast_storage: RedisStorage,
+) -> None:
+    """A lock lease shorter than SHARE_AFTER_MS: entities a notice cannot start in time are
+    handed back rather than handled under a lock about to expire; each is handled once."""
+    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(lock_ms=100))
+    (recorder,) = subscribe(delivery, "slow", delay=0.02)
+    entity_ids = same_partition(fast_storage, 12)
+    heads = {entity_id: write(delivery, entity_id, 1) for entity_id in entity_ids}
+    delivery.start_worker(threads=1)
+    try:
+        delivery.bus.notify_many("account", [(entity_id, 1) for entity_id in entity_ids])
+        wait_for(lambda: recorder.has(heads), "every entity handled")
+        wait_for(lambda: settled_for(delivery, "slow"), "no lag")
+    finally:
+        delivery.stop()
+
+    # 12 entities x 20 ms is over four times the 50 ms half-lease: the notice was split.
+    assert delivery.done() > len(entity_ids)
+    assert_exactly_once_in_order(recorder, heads)

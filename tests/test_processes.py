@@ -8,9 +8,9 @@ a repeat is always of the last event handled, never of an earlier one).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -19,59 +19,25 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 from conftest import REDIS_URL, delete_prefix, real_redis
+from dramatiq.brokers.stub import StubBroker
+from kit import ROOT, Processes, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
+    Content,
+    DramatiqEventBus,
+    RedisStorage,
+    Store,
+    admin,
+)
+
 APP = "tests.process_app:store"
+ASYNC_APP = "tests.process_async_app:store"
 
 pytestmark = pytest.mark.process
-
-
-class Processes:
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        self.log_of: dict[str, Path] = {}
-        self.starts = 0
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        self.starts += 1
-        self.log_of[name] = self.logs / f"{name}-{self.starts}.log"
-        out = open(self.log_of[name], "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [*args], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill reaches Dramatiq's children
-        )
-        self.running[name] = process
-        return process
-
-    def publisher(self) -> subprocess.Popen[bytes]:
-        return self.start("publisher", ES_WORKERS, "publish", APP)
-
-    def worker(self) -> subprocess.Popen[bytes]:
-        return self.start("worker", ES_WORKERS, "worker", APP, "--processes", "1",
-                          "--threads", "4")
-
-    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        process = self.running[name]
-        os.killpg(process.pid, sig)
-        process.wait(timeout=30)
-
-    def wait_ready(self, name: str, marker: bytes, timeout: float = 30) -> None:
-        """Waits until the process logged `marker` (its signal handlers are in place)."""
-        deadline = time.monotonic() + timeout
-        while marker not in self.log_of[name].read_bytes():
-            assert self.running[name].poll() is None, f"{name} exited"
-            assert time.monotonic() < deadline, f"{name} never logged {marker!r}"
-            time.sleep(0.1)
-
-    def stop_all(self) -> None:
-        for process in self.running.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -94,13 +60,13 @@ def handled(client: redis.Redis, prefix: str, subscriber: str) -> list[tuple[str
 
 
 def wait_until_handled(client: redis.Redis, prefix: str, expected: set[tuple[str, int]],
-                       timeout: float) -> None:
+                       timeout: float, subscribers: tuple[str, ...] = ("fast", "slow")) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(expected <= set(handled(client, prefix, s)) for s in ("fast", "slow")):
+        if all(expected <= set(handled(client, prefix, s)) for s in subscribers):
             return
         time.sleep(0.25)
-    missing = {s: len(expected - set(handled(client, prefix, s))) for s in ("fast", "slow")}
+    missing = {s: len(expected - set(handled(client, prefix, s))) for s in subscribers}
     raise AssertionError(f"events never handled after {timeout} s: {missing}")
 
 
@@ -123,8 +89,8 @@ def assert_in_order_without_loss(log: list[tuple[str, int]], heads: dict[str, in
 def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup) -> None:
     processes, client, prefix = setup
     count, entities = 3000, 40
-    processes.publisher()
-    processes.worker()
+    processes.publisher(APP)
+    processes.worker(APP)
     writer = processes.start(
         "writer", sys.executable, "-m", "tests.process_writer", str(count), str(entities), "150"
     )
@@ -135,7 +101,7 @@ def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup
         processes.kill(victim)
         kills += 1
         time.sleep(0.3)
-        processes.publisher() if victim == "publisher" else processes.worker()
+        processes.publisher(APP) if victim == "publisher" else processes.worker(APP)
     assert writer.returncode == 0
     assert kills >= 4, "the writer finished before the processes were killed a few times"
 
@@ -155,3 +121,48 @@ def test_kill_9_publisher_and_worker_mid_run_loses_nothing_and_keeps_order(setup
         log = handled(client, prefix, subscriber)
         repeats = assert_in_order_without_loss(log, heads)
         assert repeats <= 4 * kills, f"{subscriber}: {repeats} repeats for {kills} kills"
+
+
+class Added(Content):  # the apps' event, declared here without importing (and wiring) them
+    amount: int
+
+
+async def write_async(prefix: str, heads: dict[str, int]) -> None:
+    """Writes through an AsyncStore, entities concurrently: the workers' publisher relays
+    its events like any other."""
+    storage = AsyncRedisStorage(
+        redis.asyncio.Redis.from_url(REDIS_URL), prefix=prefix, partitions=4  # as the app
+    )
+    async with AsyncStore(storage, events={"counter": [Added]}) as store:
+
+        async def entity(entity_id: str, count: int) -> None:
+            async with store.open("counter", entity_id) as stream:
+                for number in range(count):
+                    await stream.write(Added(amount=number))
+
+        await asyncio.gather(*(entity(e, count) for e, count in heads.items()))
+
+
+def test_async_handlers_in_worker_processes_keep_order_and_a_failing_one_is_parked(
+    setup,
+) -> None:
+    processes, client, prefix = setup
+    processes.publisher(ASYNC_APP)
+    processes.worker(ASYNC_APP)
+    heads = {f"c{e}": 15 for e in range(20)} | {"poison": 4}
+
+    asyncio.run(write_async(prefix, heads))
+
+    expected = {(entity_id, n) for entity_id, head in heads.items() for n in range(1, head + 1)}
+    wait_until_handled(client, prefix, expected, timeout=60, subscribers=("ordered",))
+    assert assert_in_order_without_loss(handled(client, prefix, "ordered"), heads) == 0
+    store = Store(RedisStorage(client, prefix=prefix), bus=DramatiqEventBus(StubBroker()),
+                  events={"counter": [Added]})
+    store.subscribe("counter", "fragile", lambda event: None)  # as the app names it
+    wait_for(lambda: admin.parked(store, "fragile", "counter"), "poison parked for fragile")
+    (parked,) = admin.parked(store, "fragile", "counter")
+    assert (parked.entity_id, parked.event_number) == ("poison", 2)
+    assert (parked.error, parked.attempts) == ("RuntimeError: poison #2", 3)
+    others = {(e, n) for e, n in expected if e != "poison"} | {("poison", 1)}
+    wait_until_handled(client, prefix, others, timeout=30, subscribers=("fragile",))
+    assert sorted(handled(client, prefix, "fragile")) == sorted(others)

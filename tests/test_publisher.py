@@ -97,6 +97,31 @@ def test_redis_down_the_publisher_retries_and_relays_everything_after() -> None:
     assert_exactly_once_in_order(recorder, heads)
 
 
+def test_an_outage_logs_one_warning_per_retry_and_one_recovered_line(
+    fast_storage: RedisStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = stub_broker()
+    assert isinstance(broker, FlakyStubBroker)
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    delivery.store.subscribe("account", "balances", Recorder())
+    broker.down.set()
+    caplog.set_level("INFO", logger="es_workers.publisher")
+    delivery.start_publisher(replace(FAST_PUBLISHER, min_backoff_ms=20, max_backoff_ms=100))
+    try:
+        write(delivery.store, "acc-1", 1)
+        wait_for(lambda: broker.refused >= 3, "a few refused sends")
+        broker.down.clear()
+        wait_for(lambda: "recovered after" in caplog.text, "the recovered line")
+    finally:
+        delivery.stop()
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert [m.rsplit("(attempt ", 1)[1] for m in retries] == [
+        f"{n})" for n in range(1, len(retries) + 1)
+    ]
+    [recovered] = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert f"({len(retries)} failed attempts)" in recovered
+
+
 def test_entries_of_a_publisher_killed_between_send_and_ack_are_claimed_by_another(
     fast_storage: RedisStorage,
 ) -> None:
@@ -224,6 +249,13 @@ class RecordingBus:
     ) -> None:
         targets = tuple(self.ids if subscriber_ids is None else subscriber_ids)
         self.notices.append((entity_type, entity_id, event_number, targets))
+
+    def notify_many(
+        self, entity_type: str, positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        for entity_id, event_number in positions:
+            self.notify(entity_type, entity_id, event_number, subscriber_ids)
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         self.ids.append(subscriber_id)

@@ -117,3 +117,26 @@ def test_without_wake_ups_a_consumer_still_fetches_every_idle_timeout(
         worker.stop(timeout=10_000)
         broker.close()
         delete_prefix(redis_client, namespace)
+
+
+def test_an_outage_of_the_wake_channel_logs_one_warning_per_retry_and_one_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = fakeredis.FakeServer(version=(7, 0))
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis(server=server))
+    caplog.set_level("INFO", logger="es_workers.workers.broker")
+    try:
+        broker.wakeups()  # the listener thread starts with the first consumer
+        server.connected = False  # every command now fails with ConnectionError
+        wait_for(lambda: "(attempt 2)" in caplog.text, "a second retry")
+        server.connected = True
+        wait_for(lambda: "recovered after" in caplog.text, "the recovered line")
+    finally:
+        broker.close()
+    messages = [r.getMessage() for r in caplog.records]
+    retries = [m for m in messages if "Redis broker unavailable" in m]
+    assert [m.rsplit("(attempt ", 1)[1] for m in retries] == [
+        f"{n})" for n in range(1, len(retries) + 1)
+    ]
+    [recovered] = [m for m in messages if "recovered" in m]
+    assert recovered.startswith("Redis broker recovered after")

@@ -16,7 +16,7 @@ from conftest import REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from es_workers import ConfigurationError, Content, Event, RedisStorage, Store
+from es_workers import ConfigurationError, Content, Event, EventTooLargeError, RedisStorage, Store
 from es_workers.settings import (
     Settings,
     example_toml,
@@ -130,7 +130,7 @@ def test_invalid_toml_is_reported_with_the_file_name(
         ("ES_PARTITIONS", "0", "greater than or equal to 1"),
         ("ES_PARTITIONS", "many", "valid integer"),
         ("ES_PARTITIONS", "5000", "less than or equal to 4096"),
-        ("ES_REDIS_URL", "http://127.0.0.1:6379", "redis://, rediss:// or unix://"),
+        ("ES_REDIS_URL", "http://127.0.0.1:6379", "redis://, rediss://, unix://"),
         ("ES_BROKER_URL", "kafka://127.0.0.1", "amqp://"),
         ("ES_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("ES_PREFIX", "has space", "invalid key prefix"),
@@ -147,6 +147,94 @@ def test_invalid_setting_error_names_the_variable_and_its_value(
     message = str(caught.value)
     assert f"{name}={value!r}" in message
     assert reason in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("ES_REDIS_URL", "redis://h:notaport/0", "the port is not valid"),
+        ("ES_REDIS_URL", "redis://h:70000/0", "the port is not valid"),
+        ("ES_REDIS_URL", "redis://h:0/0", "the port is not valid"),
+        ("ES_REDIS_URL", "redis://h:6412/abc", "the database must be a number"),
+        ("ES_REDIS_URL", "redis://h:6412/0?db=x", "the database must be a number"),
+        ("ES_REDIS_URL", "redis://:6379/0", "has no host"),
+        ("ES_REDIS_URL", "unix://", "needs the socket's path"),
+        ("ES_BROKER_URL", "amqp://127.0.0.1:port/", "the port is not valid"),
+        ("ES_BROKER_URL", "amqp:///vhost", "has no host"),
+    ],
+)
+def test_urls_are_checked_down_to_port_and_database_number(
+    clean_env: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    [heading, line] = str(caught.value).splitlines()
+    assert heading.startswith("invalid settings")
+    assert f"{name}={value!r}" in line
+    assert reason in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://u:hunter2@h:notaport/0", "redis://:hunter2@h:6379/abc", "http://u:hunter2@h/",
+     "redis://u:hunter2@[::1/0", "redis://u:hunter2@/0"],
+)
+def test_a_bad_url_never_shows_its_password(clean_env: pytest.MonkeyPatch, url: str) -> None:
+    clean_env.setenv("ES_REDIS_URL", url)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    assert "ES_REDIS_URL=" in str(caught.value)
+    assert ":***@" in str(caught.value)
+
+
+def test_good_urls_pass(clean_env: pytest.MonkeyPatch) -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://u:p@h/3", "redis://h", "unix:///r.sock",
+                "redis://h:6379/?db=2"):
+        assert Settings(redis_url=url).redis_url == url
+    for url in ("amqp://guest:guest@127.0.0.1:5672/", "amqps://h/vh", "stub://"):
+        assert Settings(broker_url=url).broker_url == url
+
+
+def test_dotenv_file_and_secrets_directory_sit_between_environment_and_toml(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("ES_WORKER_THREADS=3\nES_WORKER_PROCESSES=2\nOTHER=1\n")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "es_worker_processes").write_text("5")
+    (secrets / "es_prefix").write_text("from-secret")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "es.toml").write_text('prefix = "toml"\nworker_timeout_ms = 7\n')
+    clean_env.setenv("ES_SECRETS_DIR", str(secrets))
+    clean_env.setenv("ES_WORKER_THREADS", "4")
+
+    settings = load_settings()
+    assert settings.worker_threads == 4  # environment over .env
+    assert settings.worker_processes == 2  # .env over secrets
+    assert settings.prefix == "from-secret"  # secrets over the TOML file
+    assert settings.worker_timeout_ms == 7  # the TOML file over defaults
+
+
+def test_a_named_env_file_or_secrets_directory_must_exist(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("ES_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ConfigurationError, match=r"ES_ENV_FILE=.*no such file"):
+        load_settings()
+    clean_env.delenv("ES_ENV_FILE")
+    clean_env.setenv("ES_SECRETS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigurationError, match=r"ES_SECRETS_DIR=.*no such directory"):
+        load_settings()
+
+
+def test_a_mistyped_setting_in_the_env_file_is_refused(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("ES_REDIS_ULR=redis://127.0.0.1:6379/0\n")
+    with pytest.raises(ConfigurationError, match="'redis_ulr': not a setting"):
+        load_settings()
 
 
 def test_every_invalid_setting_is_reported_at_once(clean_env: pytest.MonkeyPatch) -> None:
@@ -335,3 +423,16 @@ def test_from_settings_on_real_redis_keeps_the_partitions_of_the_prefix(
                                                   partitions=8))
     finally:
         delete_prefix(client, prefix)
+
+
+def test_max_event_bytes_caps_what_a_store_from_settings_writes(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("ES_MAX_EVENT_BYTES", "2048")
+    store = Store.from_settings(events={"account": [Opened]},
+                                settings=Settings(prefix=f"t-{uuid.uuid4().hex[:10]}"))
+    with store.open("account", "a1") as stream, pytest.raises(EventTooLargeError):
+        stream.write(Opened(owner="x" * 2048))
+    with store.open("account", "a1") as stream:
+        stream.write(Opened(owner="x" * 2000))
+    assert [e.event_number for e in store.read("account", "a1")] == [1]

@@ -5,9 +5,18 @@ order. Every test runs on RedisStorage (fakeredis, real Redis) and on InMemorySt
 from __future__ import annotations
 
 import pytest
-from conftest import Deposited, Opened, events_of
+from conftest import ALL_STORAGES, Deposited, Opened, events_of
 
-from es_workers import ConcurrencyError, Content, InMemoryStorage, RedisStorage
+from es_workers import (
+    ConcurrencyError,
+    Content,
+    EventTooLargeError,
+    InMemoryStorage,
+    RedisStorage,
+    Store,
+)
+
+pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 
 AnyStorage = RedisStorage | InMemoryStorage
 
@@ -180,3 +189,35 @@ def test_a_conflicting_first_write_does_not_list_the_entity_twice(storage_: AnyS
         storage_.write("account", events_of("a1", Opened(owner="b")))
 
     assert storage_.entity_ids("account") == (["a1"], None)
+
+
+def test_an_event_over_the_size_limit_is_refused_and_nothing_of_the_write_is_stored(
+    storage_: AnyStorage,
+) -> None:
+    limit = 1 << 20  # the default ES_MAX_EVENT_BYTES
+    empty = len(Opened(owner="").model_dump_json().encode())
+    at_limit = Opened(owner="x" * (limit - empty))
+    over = Opened(owner="é" * ((limit - empty) // 2 + 1))  # 2 bytes each in UTF-8
+
+    with pytest.raises(EventTooLargeError) as refused:
+        storage_.write("account", events_of("acc-1", Opened(owner="ann"), over))
+
+    size = len(over.model_dump_json().encode())
+    assert size > limit  # in bytes, not characters
+    assert (refused.value.event_number, refused.value.size, refused.value.limit) == (
+        2, size, limit)
+    assert "account 'acc-1' event 2 (Opened)" in str(refused.value)
+    assert "ES_MAX_EVENT_BYTES" in str(refused.value) and "nothing was written" in str(
+        refused.value)
+    assert read(storage_, "acc-1") == []
+    assert storage_.entity_ids("account") == ([], None)
+    storage_.write("account", events_of("acc-1", at_limit))
+    assert read(storage_, "acc-1") == [(1, at_limit)]
+
+
+def test_metadata_counts_toward_the_size_limit(storage_: AnyStorage) -> None:
+    empty = len(Opened(owner="").model_dump_json().encode())
+    fits_alone = Opened(owner="x" * ((1 << 20) - empty - 10))
+    with Store(storage_).open("account", "acc-1") as stream, pytest.raises(EventTooLargeError):
+        stream.write(fits_alone, metadata={"note": "y" * 100})
+    assert read(storage_, "acc-1") == []

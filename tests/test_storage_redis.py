@@ -24,6 +24,7 @@ from es_workers import (
     Event,
     InvalidPayloadError,
     RedisStorage,
+    StorageUnavailableError,
     Store,
     UnknownEventError,
 )
@@ -154,8 +155,9 @@ def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
 
     monkeypatch.setattr(storage, "append_script", lose_first_reply)
 
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(StorageUnavailableError) as raised:
         storage.write("account", batch)
+    assert raised.value.outcome_unknown
     storage.write("account", batch)  # the caller retries with the same Event objects
 
     keys = Keys(storage, "a1")

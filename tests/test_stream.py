@@ -8,11 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Deposited, Opened, Withdrawn
+from conftest import ALL_STORAGES, Deposited, Opened, Withdrawn
 
 from es_workers import ConcurrencyError, EsError, Event, StreamNotReadError
 from es_workers.ids import new_ids
 from es_workers.store import Store
+
+pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 
 MakeStore = Callable[..., Store]
 

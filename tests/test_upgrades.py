@@ -7,9 +7,11 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import Deposited, Opened, Withdrawn
+from conftest import ALL_STORAGES, Deposited, Opened, Withdrawn
 
 from es_workers import Content, Event, Store
+
+pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 
 MakeStore = Callable[..., Store]
 

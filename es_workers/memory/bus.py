@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from ..errors import SubscriberError
-from ..event import Event, Handler, as_callable
+from ..errors import SubscriberError, WaitTimeoutError
+from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_type, check_subscriber_id
+from ..tracing import handler_call
 
 log = logging.getLogger("es_workers.memory.bus")
 
@@ -20,16 +23,26 @@ class InMemoryEventBus:
     Subscribers are independent: a handler that raises is logged with the entity and event
     number, and that event is skipped for that subscriber only (as in the Go library);
     every other subscriber still gets every event.
+
+    An `async def` handler is awaited on an event loop the bus keeps in a thread of its
+    own, one event at a time: the same order, and the loop lives on between events, so a
+    handler may keep async clients (an `asyncio.run` per event would close their loop).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handlers: dict[str, dict[str, Callable[[Event], Any]]] = {}
+        self._loop: _LoopThread | None = None
+        # (subscriber, entity type, entity ID) -> last event number handled (or skipped)
+        self._handled: dict[tuple[str, str, str], int] = {}
+        self._moved = threading.Condition(self._lock)
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
         check_subscriber_id(subscriber_id)
         function = as_callable(handler)
+        if is_async(function):
+            function = self._awaiting(function)
         with self._lock:
             handlers = self._handlers.setdefault(entity_type, {})
             if subscriber_id in handlers:
@@ -54,12 +67,65 @@ class InMemoryEventBus:
         for event in list(events):
             for subscriber_id, handler in handlers:
                 try:
-                    handler(event)
+                    with handler_call(subscriber_id, event):
+                        handler(event)
                 except Exception:
                     log.exception(
                         "subscriber %s failed on %s %r event %d; skipped for this subscriber",
                         subscriber_id, event.entity_type, event.entity_id, event.event_number,
                     )
+                self._record(subscriber_id, event)
+
+    def _record(self, subscriber_id: str, event: Event) -> None:
+        with self._moved:
+            key = (subscriber_id, event.entity_type, event.entity_id)
+            self._handled[key] = max(self._handled.get(key, 0), event.event_number)
+            self._moved.notify_all()
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber was handed the entity's events up to `event_number`
+        (a handler that failed on one skipped it). Never parks, so never ParkedError."""
+
+        def behind() -> dict[str, int]:
+            done = {s: self._handled.get((s, entity_type, entity_id), 0) for s in subscriber_ids}
+            return {s: n for s, n in done.items() if n < event_number}
+
+        with self._moved:
+            if not self._moved.wait_for(lambda: not behind(), timeout):
+                raise WaitTimeoutError(entity_type, entity_id, event_number, behind(), timeout)
+
+    def _awaiting(self, handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+        def handle(event: Event) -> None:
+            with self._lock:
+                if self._loop is None:
+                    self._loop = _LoopThread()
+                loop = self._loop
+            loop.run(awaited_in(contextvars.copy_context(), handler, event))
+
+        return handle
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread; `run` waits for a coroutine."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="es-memory-bus-loop", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

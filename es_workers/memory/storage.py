@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 
-from ..codec import ContentRegistry
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..errors import ConcurrencyError, ConfigurationError
 from ..event import Content, Event
+from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..upgrade import Reader
@@ -25,13 +27,15 @@ class _Record:
     data: bytes
     event_time: datetime
     store_event_id: str
+    metadata: Mapping[str, str]
 
 
 class InMemoryStorage:
     """Keeps encoded events in a dict, so decoding behaves as with Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.registry = ContentRegistry()
+        self.max_event_bytes = max_event_bytes
         self._lock = threading.Lock()
         self._streams: dict[tuple[str, str], list[_Record]] = {}
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
@@ -68,6 +72,7 @@ class InMemoryStorage:
                 content=content,
                 store_event_id=record.store_event_id,
                 store_entity_id=store_entity_id,
+                metadata=record.metadata,
             )
 
     def write(self, entity_type: str, events: Sequence[Event]) -> None:
@@ -80,6 +85,8 @@ class InMemoryStorage:
             if event.entity_id != entity_id or event.event_number != expected + offset:
                 raise ValueError("a write holds events of one entity with consecutive numbers")
         encoded = [self.registry.encode(entity_type, event.content) for event in events]
+        for event, (name, data) in zip(events, encoded, strict=True):
+            check_size(event, name, data, encode_metadata(event.metadata), self.max_event_bytes)
         with self._lock:
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:
@@ -88,7 +95,10 @@ class InMemoryStorage:
                     return  # a retry of a write that was stored
                 raise ConcurrencyError(entity_type, entity_id, expected, len(records))
             for event, (name, data) in zip(events, encoded, strict=True):
-                records.append(_Record(name, data, event.event_time, event.store_event_id))
+                records.append(
+                    _Record(name, data, event.event_time, event.store_event_id,
+                            MappingProxyType(dict(event.metadata)))
+                )
             if expected == 0:
                 self._order.setdefault(entity_type, []).append(
                     (events[0].store_event_id, entity_id)

@@ -1,12 +1,14 @@
 -- append.lua: optimistic, atomic append of a batch of events to one entity stream.
 --
--- KEYS[1] entity stream   {tag}:stream:<type>:<id>   stream IDs are "<event number>-0"
+-- KEYS[1] entity stream   {tag}:stream:<type>:<id>   stream IDs are "<event number>-0";
+--                                                     fields n, d, t, e and (optional) m
 -- KEYS[2] heads           {tag}:heads:<type>         hash entity ID -> position
 -- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
--- then per event: name, JSON data, event time (microseconds), store_event_id; then,
--- optionally (a Redis Cluster), the partition's wake-up channel {tag}:wake.
+-- then per event: name, JSON data, event time (microseconds), store_event_id, metadata
+-- (JSON; '' for none: then no field is stored, so root events cost nothing extra);
+-- then, optionally (a Redis Cluster), the partition's wake-up channel {tag}:wake.
 --
 -- Returns {0, new position} when appended, {1, position} when the same events (same
 -- store_event_ids) were already appended there (a retried write), {2, actual position}
@@ -52,23 +54,30 @@ end
 if position ~= expected then
   if position >= expected + count and expected >= 0
       and event_id_at(expected + 1) == ARGV[8]
-      and event_id_at(expected + count) == ARGV[4 + 4 * count] then
+      and event_id_at(expected + count) == ARGV[3 + 5 * count] then
     return {1, expected + count}
   end
   return {2, position}
 end
 
 for i = 0, count - 1 do
-  local arg = 5 + 4 * i
-  redis.call('XADD', stream, (expected + i + 1) .. '-0',
-    'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
+  local arg = 5 + 5 * i
+  local id = (expected + i + 1) .. '-0'
+  if ARGV[arg + 4] == '' then
+    redis.call('XADD', stream, id,
+      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
+  else
+    redis.call('XADD', stream, id,
+      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
+      'm', ARGV[arg + 4])
+  end
 end
 local new_position = expected + count
 redis.call('HSET', heads, ARGV[2], new_position)
 if expected == 0 then
   redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
 end
-local wake = ARGV[5 + 4 * count]
+local wake = ARGV[5 + 5 * count]
 local idle = wake and wake ~= '' and redis.call('XLEN', outbox) == 0
 redis.call('XADD', outbox, '*', 'type', ARGV[1], 'id', ARGV[2],
   'first', expected + 1, 'last', new_position)

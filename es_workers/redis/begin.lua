@@ -1,28 +1,60 @@
--- begin.lua: a subscriber got a notice for an entity; decide in one step whether to handle it.
+-- begin.lua: a subscriber got a notice for entities of one partition; for each, decide in
+-- one step whether to handle it and, if so, take its lock and read its first events.
 --
 -- KEYS[1] checkpoints  {tag}:checkpoints:<subscriber>:<type>  hash entity ID -> event number
 -- KEYS[2] parked       {tag}:parked:<subscriber>:<type>       hash entity ID -> JSON record
 -- KEYS[3] heads        {tag}:heads:<type>                     hash entity ID -> position
--- KEYS[4] lock         {tag}:lock:<subscriber>:<type>:<id>    string: the holder's token
--- ARGV[1] entity ID, ARGV[2] the notice's event number (-1: the entity's head),
--- ARGV[3] lock token, ARGV[4] lock ms
+-- then per entity i (from 0): KEYS[4 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
+-- the holder's token), KEYS[5 + 2i] the entity stream {tag}:stream:<type>:<id>
+-- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
+-- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
+-- (-1: the entity's head)
 --
--- Returns {0, checkpoint} when the lock is now ours and events after the checkpoint wait;
--- {1, checkpoint} when there is nothing to do (the entity is parked, or the notice is at or
--- below the checkpoint: a duplicate); {2, checkpoint} when another worker holds the lock.
+-- Returns per entity {state, checkpoint, store_entity_id, entries}:
+-- state 0 when the lock is now ours; entries are then the stream entries after the
+-- checkpoint (at most ARGV[3], as XRANGE gives them) and store_entity_id is event 1's 'e'
+-- field when event 1 is not among them ('' otherwise), so no further read is needed;
+-- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
+-- the checkpoint: a duplicate); state 2 when another worker holds the lock.
 
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return {1, 0}
+local checkpoints, parked, heads = KEYS[1], KEYS[2], KEYS[3]
+local token, lock_ms, page = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+local function first_event_id(stream)
+  local first = redis.call('XRANGE', stream, '1-0', '1-0')
+  if #first == 0 then return '' end
+  local fields = first[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then return fields[i + 1] end
+  end
+  return ''
 end
-local checkpoint = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local target = tonumber(ARGV[2])
-if target < 0 then
-  target = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+
+local function begin(id, target, lock, stream)
+  if redis.call('HEXISTS', parked, id) == 1 then
+    return {1, 0, '', {}}
+  end
+  local checkpoint = tonumber(redis.call('HGET', checkpoints, id) or '0')
+  if target < 0 then
+    target = tonumber(redis.call('HGET', heads, id) or '0')
+  end
+  if checkpoint >= target then
+    return {1, checkpoint, '', {}}
+  end
+  if not redis.call('SET', lock, token, 'NX', 'PX', lock_ms) then
+    return {2, checkpoint, '', {}}
+  end
+  local entries = redis.call('XRANGE', stream, (checkpoint + 1) .. '-0', '+', 'COUNT', page)
+  local store_entity_id = ''
+  if checkpoint > 0 then
+    store_entity_id = first_event_id(stream)
+  end
+  return {0, checkpoint, store_entity_id, entries}
 end
-if checkpoint >= target then
-  return {1, checkpoint}
+
+local answers = {}
+for i = 0, (#ARGV - 3) / 2 - 1 do
+  answers[i + 1] = begin(ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i]), KEYS[4 + 2 * i],
+    KEYS[5 + 2 * i])
 end
-if not redis.call('SET', KEYS[4], ARGV[3], 'NX', 'PX', ARGV[4]) then
-  return {2, checkpoint}
-end
-return {0, checkpoint}
+return answers

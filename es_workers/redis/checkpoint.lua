@@ -1,35 +1,52 @@
--- checkpoint.lua: a subscriber has handled an entity's event; record it while holding the lock.
+-- checkpoint.lua: a subscriber has handled events of entities of one partition; record them
+-- for each entity whose lock it still holds.
 --
 -- KEYS[1] checkpoints  {tag}:checkpoints:<subscriber>:<type>  hash entity ID -> event number
--- KEYS[2] lock         {tag}:lock:<subscriber>:<type>:<id>    string: the holder's token
--- KEYS[3] heads        {tag}:heads:<type>                     hash entity ID -> position
--- KEYS[4] due          {tag}:due:<subscriber>                 zset "<type>:<id>" -> re-send time
--- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
--- ARGV[1] entity ID, ARGV[2] event number handled, ARGV[3] lock token, ARGV[4] lock ms,
--- ARGV[5] due member "<type>:<id>", ARGV[6] "1": release the lock if caught up with the head
+-- KEYS[2] heads        {tag}:heads:<type>                     hash entity ID -> position
+-- KEYS[3] due          {tag}:due:<subscriber>                 zset "<type>:<id>" -> re-send time
+-- KEYS[4] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
+-- then per entity i (from 0): KEYS[5 + i] lock {tag}:lock:<subscriber>:<type>:<id>
+-- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] "1": release each lock whose entity is caught
+-- up with its head, then per entity i: ARGV[4 + 4i] entity ID, ARGV[5 + 4i] event number
+-- handled, ARGV[6 + 4i] due member "<type>:<id>", ARGV[7 + 4i] the entity's handled channel
+-- (told the new checkpoint: Store.wait_for listens)
 --
--- Returns {head, released}: the entity's head (last event number) and 1 if the lock was
--- released, or {-1, 0} if the lock is no longer ours (it expired and another worker took
--- the entity over): the caller must stop at once. The checkpoint never moves back.
+-- Returns per entity {head, released}: the entity's head (last event number) and 1 if the
+-- lock was released, or {-1, 0} if the lock is no longer ours (it expired and another
+-- worker took the entity over): the caller must stop that entity at once. The checkpoint
+-- never moves back.
 
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then
-  return {-1, 0}
-end
-local number = tonumber(ARGV[2])
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if number > current then
-  redis.call('HSET', KEYS[1], ARGV[1], number)
-else
-  number = current
-end
-redis.call('HDEL', KEYS[5], ARGV[1])
-local head = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-if number >= head then
-  redis.call('ZREM', KEYS[4], ARGV[5])
-  if ARGV[6] == '1' then
-    redis.call('DEL', KEYS[2])
-    return {head, 1}
+local checkpoints, heads, due, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, lock_ms, release = ARGV[1], ARGV[2], ARGV[3] == '1'
+
+local function commit(lock, id, number, member, channel)
+  if redis.call('GET', lock) ~= token then
+    return {-1, 0}
   end
+  local current = tonumber(redis.call('HGET', checkpoints, id) or '0')
+  if number > current then
+    redis.call('HSET', checkpoints, id, number)
+    redis.call('PUBLISH', channel, number)
+  else
+    number = current
+  end
+  redis.call('HDEL', failures, id)
+  local head = tonumber(redis.call('HGET', heads, id) or '0')
+  if number >= head then
+    redis.call('ZREM', due, member)
+    if release then
+      redis.call('DEL', lock)
+      return {head, 1}
+    end
+  end
+  redis.call('PEXPIRE', lock, lock_ms)
+  return {head, 0}
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {head, 0}
+
+local answers = {}
+for i = 0, #KEYS - 5 do
+  local arg = 4 + 4 * i
+  answers[i + 1] = commit(KEYS[5 + i], ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2],
+    ARGV[arg + 3])
+end
+return answers

@@ -34,6 +34,7 @@ from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
 from ..upgrade import Reader
 from .cluster import Wakeups, is_cluster, read_groups, spread_warning
+from .heartbeats import BEAT_EVERY_S, Heartbeats
 from .keys import RedisKeys, text
 from .state import SubscriberState
 
@@ -62,6 +63,7 @@ class OutboxStorage(Storage, Protocol):
     client: Any
     keys: RedisKeys
     state: SubscriberState
+    heartbeats: Heartbeats
 
     def outbox_backlog(self) -> int: ...
 
@@ -105,6 +107,7 @@ class Publisher:
         self._next_claim = 0.0
         self._next_sweep = 0.0
         self._next_forget = time.monotonic() + FORGET_EVERY_S
+        self._next_beat = 0.0
         self._caught_up: set[tuple[str, str]] = set()
         # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): a round
         # reads, without blocking, the outboxes whose partition sent a wake-up (see
@@ -121,7 +124,8 @@ class Publisher:
         self._next_full_read = 0.0
 
     def run(self, stop: threading.Event) -> None:
-        """Relays until `stop` is set. Errors are logged and retried, never raised."""
+        """Relays until `stop` is set. Errors are logged and retried, never raised: one
+        warning per retry, and one "recovered" line when a round succeeds again."""
         log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
         if self._wakeups is not None:
             self._wakeups.start()
@@ -130,10 +134,12 @@ class Publisher:
         finally:
             if self._wakeups is not None:
                 self._wakeups.stop()
+            self._stop_beating()
         log.info("publisher %s stopped", self.consumer)
 
     def _run(self, stop: threading.Event) -> None:
         failures = idle = 0
+        outage_since = 0.0
         spread_checked = False
         while not stop.is_set():
             try:
@@ -145,6 +151,9 @@ class Publisher:
                         log.warning("publisher %s: %s", self.consumer, warning)
                     spread_checked = True
                 busy = self.step()
+                if failures:
+                    log.info("publisher %s recovered after %.1f s (%d failed attempts)",
+                             self.consumer, time.monotonic() - outage_since, failures)
                 failures = 0
                 idle = 0 if busy else idle + 1
                 if idle and self._wakeups is not None:
@@ -155,13 +164,23 @@ class Publisher:
                     stop.wait(0.001 * 2 ** min(idle - 1, 5))
             except Exception as error:
                 failures += 1
-                self._own_pending = True
-                delay = self._backoff.delay_ms(failures)
-                log.warning(
-                    "publisher %s: %s: %s; retrying in %.0f ms (attempt %d)",
-                    self.consumer, type(error).__name__, error, delay, failures,
-                )
-                stop.wait(delay / 1000)
+                outage_since = outage_since if failures > 1 else time.monotonic()
+                stop.wait(self._retry_delay(error, failures) / 1000)
+
+    def _retry_delay(self, error: Exception, failures: int) -> int:
+        self._own_pending = True
+        delay = self._backoff.delay_ms(failures)
+        log.warning(
+            "publisher %s: %s: %s; retrying in %.0f ms (attempt %d)",
+            self.consumer, type(error).__name__, error, delay, failures,
+        )
+        return delay
+
+    def _stop_beating(self) -> None:
+        try:
+            self.storage.heartbeats.stop("publisher")
+        except Exception as error:  # Redis down: the beat goes stale instead
+            log.debug("removing the publisher's heartbeat failed: %s", error)
 
     def step(self) -> bool:
         """One round: relay new (or own pending) entries, then the periodic duties."""
@@ -173,6 +192,9 @@ class Publisher:
         if now >= self._next_forget:
             self._forget_dead_consumers()
             self._next_forget = now + FORGET_EVERY_S
+        if now >= self._next_beat:  # beats only while rounds complete: a stuck loop goes stale
+            self.storage.heartbeats.beat("publisher")
+            self._next_beat = now + BEAT_EVERY_S
         if isinstance(self.bus, NotifyingEventBus):
             busy = self.hand_over_history() or busy
             if now >= self._next_sweep:
@@ -280,16 +302,19 @@ class Publisher:
                 self._partition_of[key],
             )
         due = []
+        by_type: dict[str, list[tuple[str, int | None]]] = {}
         for notice in notices.values():
             if isinstance(self.bus, NotifyingEventBus):
-                subscriber_ids = self.bus.subscriber_ids(notice.entity_type)
                 due += [
                     self.state.entity(subscriber_id, notice.entity_type, notice.entity_id)
-                    for subscriber_id in subscriber_ids
+                    for subscriber_id in self.bus.subscriber_ids(notice.entity_type)
                 ]
-                self.bus.notify(notice.entity_type, notice.entity_id, notice.last, subscriber_ids)
+                by_type.setdefault(notice.entity_type, []).append((notice.entity_id, notice.last))
             else:
                 self._write_events(notice)
+        for entity_type, positions in by_type.items():
+            assert isinstance(self.bus, NotifyingEventBus)
+            self.bus.notify_many(entity_type, positions)
         pipe = self.client.pipeline(transaction=False)
         self.state.mark_due(due, pipe)
         by_key: dict[str, list[str]] = {}
@@ -312,7 +337,9 @@ class Publisher:
             # unreadable event must not stall the others: report and go on, as the Go
             # library does.
             log.exception("publishing %s %r events %d..%d failed", notice.entity_type,
-                          notice.entity_id, notice.first, notice.last)
+                          notice.entity_id, notice.first, notice.last,
+                          extra={"entity_type": notice.entity_type,
+                                 "entity_id": notice.entity_id, "event_number": notice.first})
 
     def hand_over_history(self) -> bool:
         """Hands one page of history to each subscriber that has not had it yet (catch-up).
@@ -333,13 +360,14 @@ class Publisher:
                 self.state.mark_due(
                     self.state.entity(subscriber_id, entity_type, entity_id) for entity_id in ids
                 )
-                for entity_id in ids:
-                    self.bus.notify(entity_type, entity_id, None, [subscriber_id])
+                self.bus.notify_many(entity_type, [(entity_id, None) for entity_id in ids],
+                                     [subscriber_id])
                 if token is None:
                     self.state.finish_catch_up(entity_type, subscriber_id)
                     self._caught_up.add((entity_type, subscriber_id))
                     log.info("subscriber %s was handed the history of %s", subscriber_id,
-                             entity_type)
+                             entity_type, extra={"subscriber_id": subscriber_id,
+                                                 "entity_type": entity_type})
                 else:
                     self.state.save_catch_up_cursor(entity_type, subscriber_id, token)
                 busy = True
@@ -355,6 +383,8 @@ class Publisher:
         if subscriber_ids:
             for e in self.state.take_due(subscriber_ids, subscribed):
                 log.info("re-sending %s %r to %s: not seen handled in time", e.entity_type,
-                         e.entity_id, e.subscriber_id)
+                         e.entity_id, e.subscriber_id,
+                         extra={"subscriber_id": e.subscriber_id, "entity_type": e.entity_type,
+                                "entity_id": e.entity_id})
                 self.bus.notify(e.entity_type, e.entity_id, None, [e.subscriber_id])
         metrics.OUTBOX_BACKLOG.set(self.storage.outbox_backlog())

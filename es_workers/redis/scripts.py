@@ -6,11 +6,14 @@ the server only when the server does not know it (after a restart or SCRIPT FLUS
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import hiredis
 import redis
+import redis.asyncio
 
 from .cluster import SLOT_MOVING, is_cluster, retried_while_slots_move
 
@@ -49,3 +52,149 @@ class Script:
             # On a cluster, the script's slot is moving to another master: the server
             # refused it before running it, so it is sent again as it was.
             return retried_while_slots_move(lambda: self._registered(keys=keys, args=args))
+
+    def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
+        """Runs the script, then `command`, on one connection in one round trip (WAIT must
+        follow the write it waits for on the same connection). Returns both answers.
+
+        On a cluster both go to the script's node through that node's own client: a
+        cluster pipeline would send a redirected script alone to another node, and WAIT
+        would then answer for a connection that wrote nothing."""
+        if not self._on_cluster:
+            return _then(self._client, self.name, self.sha, keys, args, command)
+        return retried_while_slots_move(lambda: self._then_on_node(keys, args, command))
+
+    def _then_on_node(
+        self, keys: list[str], args: list[Any], command: tuple[Any, ...]
+    ) -> list[Any]:
+        node = self._client.get_redis_connection(self._client.get_node_from_key(keys[0]))
+        try:
+            return _then(node, self.name, self.sha, keys, args, command)
+        except redis.exceptions.AskError as error:  # MOVED too: the slot map changed
+            self._client.nodes_manager.initialize()
+            raise redis.exceptions.ClusterError(str(error)) from error
+
+
+def _then(
+    client: Any, name: str, sha: str, keys: list[str], args: list[Any], command: tuple[Any, ...]
+) -> list[Any]:
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(sha, len(keys), *keys, *args)
+        pipe.execute_command(*command)
+        answers: list[Any] = pipe.execute(raise_on_error=False)
+        if not isinstance(answers[0], redis.exceptions.NoScriptError) or attempt:
+            break
+        client.script_load(source(name))
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+class AsyncScript:
+    """`Script` for a `redis.asyncio` client (`Redis` or `RedisCluster`): the same text, SHA
+    and fallback, awaited."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.name = name
+        self._client = client
+        self._registered = client.register_script(source(name))
+        self.sha: str = self._registered.sha
+        self._on_cluster = isinstance(client, redis.asyncio.RedisCluster)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            if self._on_cluster:  # naming the node, as `Script` does
+                return await self._client.execute_command(
+                    "EVALSHA", self.sha, len(keys), *keys, *args,
+                    target_nodes=self._client.get_node_from_key(keys[0]),
+                )
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self._registered(keys=keys, args=args)
+
+
+class BatchingScript:
+    """An `AsyncScript` whose calls made by tasks in the same turn of the event loop go to
+    Redis in one write on one connection, pipelined (not a transaction: each call stays
+    its own atomic script), packed by hiredis as sync redis-py packs commands.
+
+    redis.asyncio packs every command in Python, and that, with its per-command overhead,
+    is what bounds the appends of one process (see bench/async.py). A call alone in its
+    turn costs one more loop iteration. A connection error retries the batch with the
+    connection's retry policy: the script is idempotent (same store_event_ids), as when
+    redis-py retries a single call. For a `redis.asyncio.Redis` (one connection pool).
+    """
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.script = AsyncScript(client, name)
+        self.name, self.sha = name, self.script.sha
+        self._pool = client.connection_pool
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)  # once the tasks ready now have added theirs
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        packed = [
+            hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
+            for keys, args, _ in batch
+        ]
+        try:
+            replies = await self._exchange(packed)
+        except Exception as error:  # the connection's: every call of the batch shares it
+            replies = [error] * len(batch)
+        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                reply = await _outcome(self.script(keys, args))  # loads it, once
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _exchange(self, packed: list[bytes]) -> list[Any]:
+        connection = await self._pool.get_connection()
+        try:
+            replies: list[Any] = await connection.retry.call_with_retry(
+                lambda: _write_and_read(connection, packed),
+                lambda error: connection.disconnect(),
+            )
+            return replies
+        except BaseException:
+            await connection.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await self._pool.release(connection)
+
+
+async def _write_and_read(connection: Any, packed: list[bytes]) -> list[Any]:
+    await connection.send_packed_command(packed)
+    replies: list[Any] = []
+    for _ in packed:
+        try:
+            replies.append(await connection.read_response())
+        except redis.exceptions.ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+async def _outcome(call: Any) -> Any:
+    try:
+        return await call
+    except Exception as error:
+        return error

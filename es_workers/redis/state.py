@@ -13,14 +13,16 @@ handled, re-sent by the publisher's sweep if still lagging when due. A lock per
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import NotParkedError
+from ..errors import NotParkedError, ParkedError, WaitTimeoutError
+from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .scripts import Script
 
@@ -29,6 +31,7 @@ READY = 0
 NOTHING_TO_DO = 1
 BUSY = 2
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
+WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +64,20 @@ class ParkedEntity:
 
 @dataclass(frozen=True)
 class Begun:
-    """begin.lua's answer: READY (the lock is ours), NOTHING_TO_DO or BUSY."""
+    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO or BUSY.
+    When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
+    replies hold them) and `store_entity_id` event 1's ID when it is not among them."""
 
     state: int
     checkpoint: int
+    entries: list[Any] = field(default_factory=list)
+    store_entity_id: str = ""
 
 
 @dataclass(frozen=True)
 class Committed:
-    """checkpoint.lua's answer. `lost`: the lock was no longer ours, nothing recorded."""
+    """checkpoint.lua's answer for one entity. `lost`: the lock was no longer ours, nothing
+    recorded."""
 
     head: int
     released: bool
@@ -111,6 +119,11 @@ class SubscriberState:
     def _due(self, subscriber_id: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:due:{subscriber_id}"
 
+    def _handled_channel(self, e: SubscriberEntity) -> str:
+        """Pub/Sub channel told each checkpoint move and parking of the entity."""
+        return (f"{self.keys.tag(e.partition)}:handled:{e.subscriber_id}:{e.entity_type}:"
+                f"{e.entity_id}")
+
     def _caught_up(self, entity_type: str) -> str:
         """Set of subscriber IDs that have been handed the entity type's history."""
         return f"{self.keys.prefix}:caught-up:{entity_type}"
@@ -120,39 +133,56 @@ class SubscriberState:
 
     # -- Delivery: lock, checkpoint, fail, park -----------------------------------------
 
-    def begin(self, e: SubscriberEntity, event_number: int | None, token: str,
-              lock_ms: int) -> Begun:
-        """Skips a parked entity or an old notice, else takes the lock and reads the
-        checkpoint under it, in one round trip."""
-        state, checkpoint = self._begin(
-            keys=[
-                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
-                self._parked(e.subscriber_id, e.entity_type, e.partition),
-                self.keys.heads(e.entity_type, e.partition),
-                self._lock(e),
-            ],
-            args=[e.entity_id, -1 if event_number is None else event_number, token, lock_ms],
-        )
-        return Begun(int(state), int(checkpoint))
+    def begin(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int | None],
+              token: str, lock_ms: int, read_count: int) -> list[Begun]:
+        """For each entity (all of one subscriber, entity type and partition) whose notice
+        says it has events up to `event_numbers[i]` (None: its head): skips it if parked or
+        the notice is old, else takes its lock and reads up to `read_count` events after its
+        checkpoint. One round trip for them all."""
+        first = entities[0]
+        keys = [
+            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
+            self._parked(first.subscriber_id, first.entity_type, first.partition),
+            self.keys.heads(first.entity_type, first.partition),
+        ]
+        args: list[Any] = [token, lock_ms, read_count]
+        for e, number in zip(entities, event_numbers, strict=True):
+            _check_same_group(first, e)
+            keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
+            args += (e.entity_id, -1 if number is None else number)
+        return [
+            Begun(int(state), int(checkpoint), list(entries), text(store_entity_id))
+            for state, checkpoint, store_entity_id, entries in self._begin(keys=keys, args=args)
+        ]
 
-    def commit(self, e: SubscriberEntity, event_number: int, token: str, lock_ms: int,
-               *, release: bool) -> Committed:
-        """Moves the checkpoint to `event_number` if the lock is still ours, renewing it;
-        with `release`, lets the lock go when that was the entity's last event."""
-        head, released = self._checkpoint(
-            keys=[
-                self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
-                self._lock(e),
-                self.keys.heads(e.entity_type, e.partition),
-                self._due(e.subscriber_id, e.partition),
-                self._failures(e.subscriber_id, e.entity_type, e.partition),
-            ],
-            args=[e.entity_id, event_number, token, lock_ms, e.member, int(release)],
-        )
-        return Committed(int(head), bool(released))
+    def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
+               token: str, lock_ms: int, *, release: bool) -> list[Committed]:
+        """Moves each entity's checkpoint to its event number if its lock is still ours,
+        renewing it; with `release`, lets the lock go when that was the entity's last event.
+        Entities of one subscriber, entity type and partition; one round trip."""
+        first = entities[0]
+        keys = [
+            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
+            self.keys.heads(first.entity_type, first.partition),
+            self._due(first.subscriber_id, first.partition),
+            self._failures(first.subscriber_id, first.entity_type, first.partition),
+        ]
+        args: list[Any] = [token, lock_ms, int(release)]
+        for e, number in zip(entities, event_numbers, strict=True):
+            _check_same_group(first, e)
+            keys.append(self._lock(e))
+            args += (e.entity_id, number, e.member, self._handled_channel(e))
+        return [
+            Committed(int(head), bool(released))
+            for head, released in self._checkpoint(keys=keys, args=args)
+        ]
 
-    def unlock(self, e: SubscriberEntity, token: str) -> None:
-        self._unlock(keys=[self._lock(e)], args=[token])
+    def unlock(self, entities: Sequence[SubscriberEntity], token: str) -> None:
+        """Releases the entities' locks (of one partition) that `token` still holds."""
+        first = entities[0]
+        for e in entities:
+            _check_same_group(first, e)
+        self._unlock(keys=[self._lock(e) for e in entities], args=[token])
 
     def record_failure(self, e: SubscriberEntity) -> int:
         """Counts a failed attempt at the entity's next event; returns the attempts so far."""
@@ -175,8 +205,55 @@ class SubscriberState:
                   json.dumps(record))
         pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
         pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
+        pipe.publish(self._handled_channel(e), "parked")
         pipe.execute()
         return parked
+
+    # -- Read-your-writes ----------------------------------------------------------------
+
+    def wait_handled(self, subscriber_ids: Sequence[str], entity_type: str, entity_id: str,
+                     event_number: int, timeout: float) -> None:
+        """Returns once each subscriber has handled the entity up to `event_number`.
+        Wakes on the checkpoint script's messages; polls every WAIT_POLL_S in case one was
+        missed. Raises ParkedError or WaitTimeoutError."""
+        entities = [self.entity(s, entity_type, entity_id) for s in subscriber_ids]
+        deadline = time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        doing = f"waiting for {entity_type} {entity_id!r} to be handled"
+        with translated(server_name(self.client), doing), contextlib.closing(pubsub):
+            pubsub.subscribe(*(self._handled_channel(e) for e in entities))
+            while True:
+                behind = self._behind(entities, event_number)
+                if not behind:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeoutError(entity_type, entity_id, event_number, behind,
+                                           timeout)
+                pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
+
+    def _behind(self, entities: Sequence[SubscriberEntity], event_number: int
+                ) -> dict[str, int]:
+        """Subscriber ID -> checkpoint of those not yet at `event_number`; ParkedError if
+        one of them is parked at or before it."""
+        pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.hget(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
+                      e.entity_id)
+            pipe.hget(self._parked(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
+        answers = pipe.execute()
+        behind = {}
+        for index, e in enumerate(entities):
+            checkpoint, raw = int(answers[2 * index] or 0), answers[2 * index + 1]
+            if checkpoint >= event_number:
+                continue
+            if raw is not None:
+                parked = _parked_entity(e.subscriber_id, e.entity_type, e.entity_id, raw)
+                if parked.event_number <= event_number:
+                    raise ParkedError(e.subscriber_id, e.entity_type, e.entity_id,
+                                      parked.event_number, parked.error)
+            behind[e.subscriber_id] = checkpoint
+        return behind
 
     # -- Due notices and the sweep -------------------------------------------------------
 
@@ -288,6 +365,25 @@ class SubscriberState:
             for entity_id, number in page.items()
         }
 
+    def move_checkpoints(self, subscriber_id: str, entity_type: str,
+                         numbers: dict[str, int]) -> None:
+        """Marks entities' events up to the given numbers handled without handling them
+        (a subscriber that starts from now; benchmarks). Never moves a checkpoint back."""
+        keys = {
+            entity_id: self._checkpoints(
+                subscriber_id, entity_type, self.keys.partition(entity_type, entity_id)
+            )
+            for entity_id in numbers
+        }
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hget(key, entity_id)
+        current = dict(zip(keys, pipe.execute(), strict=True))
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id, key in keys.items():
+            pipe.hset(key, entity_id, max(numbers[entity_id], int(current[entity_id] or 0)))
+        pipe.execute()
+
     def parked(self, subscriber_id: str, entity_type: str) -> list[ParkedEntity]:
         """Entities parked for the subscriber, oldest first."""
         return sorted(
@@ -319,6 +415,7 @@ class SubscriberState:
         pipe.hdel(parked_key, e.entity_id)
         pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
                   nx=True)
+        pipe.publish(self._handled_channel(e), "unparked")
         pipe.execute()
         return entity
 
@@ -338,6 +435,14 @@ class SubscriberState:
         for partition in range(self.keys.partitions):
             getattr(pipe, command)(key(subscriber_id, entity_type, partition))
         return list(pipe.execute())
+
+
+def _check_same_group(first: SubscriberEntity, e: SubscriberEntity) -> None:
+    """The scripts take one subscriber's entities of one type and partition (one slot)."""
+    if (e.subscriber_id, e.entity_type, e.partition) != (
+        first.subscriber_id, first.entity_type, first.partition
+    ):
+        raise ValueError(f"{e} is not of the group of {first}")
 
 
 def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str,

@@ -1,10 +1,13 @@
--- unlock.lua: release a (subscriber, entity) lock only if it is still ours.
+-- unlock.lua: release (subscriber, entity) locks of one partition, each only if still ours.
 --
--- KEYS[1] lock  {tag}:lock:<subscriber>:<type>:<id>
+-- KEYS  the locks  {tag}:lock:<subscriber>:<type>:<id>
 -- ARGV[1] the holder's token
--- Returns 1 if released, 0 if the lock had expired or belongs to another worker.
+-- Returns how many were released (a lock that expired or belongs to another worker is not).
 
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local released = 0
+for _, lock in ipairs(KEYS) do
+  if redis.call('GET', lock) == ARGV[1] then
+    released = released + redis.call('DEL', lock)
+  end
 end
-return 0
+return released

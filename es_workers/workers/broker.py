@@ -19,21 +19,70 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import ConnectionClosed
 
-from .dramatiq_internals import RedisConsumer
+from ..backoff import Backoff
+from .dramatiq_internals import RedisConsumer, has_cached_messages
 
 log = logging.getLogger("es_workers.workers.broker")
+
+# What a consumer or the wake-up listener meets while Redis is unreachable, failing over or
+# out of memory (Dramatiq's consumer turns redis-py's ConnectionError into ConnectionClosed).
+UNAVAILABLE = (ConnectionClosed, redis.ConnectionError, redis.TimeoutError,
+               redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError,
+               redis.exceptions.OutOfMemoryError)
+OUTAGE_BACKOFF = Backoff(100, 5000)
+OUTAGE_POLL_S = 1.0  # a waiting consumer returns to its worker this often (to see a stop)
+
+
+class _Outage:
+    """Redis failures met by the consumers and the wake-up listener of one broker (one
+    process): they all wait out one shared backoff, with one warning per backoff step and
+    one info line once Redis answers again, rather than a critical line per consumer every
+    few seconds (what Dramatiq's consumer threads log when left to themselves)."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._steps = 0
+        self._retry_at = 0.0
+
+    def failed(self, error: BaseException) -> float:
+        """Records a failure; returns how long to wait before trying again (seconds)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._since is None:
+                self._since, self._steps = now, 0
+            if now >= self._retry_at:
+                self._steps += 1
+                delay = self._backoff.delay_s(self._steps)
+                self._retry_at = now + delay
+                log.warning("Redis broker unavailable: %s: %s; retrying in %.1f s (attempt %d)",
+                            type(error).__name__, error, delay, self._steps)
+            return self._retry_at - now
+
+    def succeeded(self) -> None:
+        if self._since is None:  # the usual case: no lock taken
+            return
+        with self._lock:
+            if self._since is not None:
+                log.info("Redis broker recovered after %.1f s",
+                         time.monotonic() - self._since)
+                self._since, self._retry_at = None, 0.0
 
 
 class _Wakeups:
     """Follows the wake channel in a daemon thread; counts wake-ups per queue."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(self, client: redis.Redis, channel: str, outage: _Outage) -> None:
+        self._outage = outage
         self._client = client
         self._channel = channel
         self._changed = threading.Condition()
@@ -55,18 +104,20 @@ class _Wakeups:
             )
 
     def _listen(self) -> None:
+        """Follows the channel; after an error, one warning per retry (with backoff) and
+        one "recovered" line once subscribed again."""
         while not self._stopped.is_set():
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
+                self._outage.succeeded()
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message["type"] == "message":
                         self._woken(message["data"])
-            except redis.RedisError as error:
+            except (*UNAVAILABLE, redis.RedisError) as error:
                 # Consumers fall back to their idle timeout meanwhile.
-                log.warning("wake-up channel %s: %s; resubscribing", self._channel, error)
-                self._stopped.wait(0.5)
+                self._stopped.wait(self._outage.failed(error))
             finally:
                 pubsub.close()
 
@@ -95,6 +146,7 @@ class WakingRedisBroker(RedisBroker):
         self.wake_channel = f"{self.namespace}:wake"
         self._wakeups: _Wakeups | None = None
         self._wakeups_lock = threading.Lock()
+        self.outage = _Outage(OUTAGE_BACKOFF)
 
     @property
     def consumer_class(self) -> type[RedisConsumer]:
@@ -103,7 +155,7 @@ class WakingRedisBroker(RedisBroker):
     def wakeups(self) -> _Wakeups:
         with self._wakeups_lock:
             if self._wakeups is None:  # first consumer of this process
-                self._wakeups = _Wakeups(self.client, self.wake_channel)
+                self._wakeups = _Wakeups(self.client, self.wake_channel, self.outage)
             return self._wakeups
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
@@ -138,8 +190,23 @@ class _WakingConsumer(RedisConsumer):
         )
         self._idle_timeout = max(broker.idle_timeout_ms, timeout) / 1000
         self._wakeups = broker.wakeups() if self._waits else None
+        self._outage = broker.outage
 
     def __next__(self) -> Any:
+        """The next message, or None. While Redis is unavailable it waits out the broker's
+        backoff in steps and returns None, so the worker thread keeps running (and can
+        stop) instead of restarting its consumer and logging each failure."""
+        asks_redis = not has_cached_messages(self)
+        try:
+            message = self._next()
+        except UNAVAILABLE as error:
+            time.sleep(min(self._outage.failed(error), OUTAGE_POLL_S))
+            return None
+        if asks_redis:
+            self._outage.succeeded()
+        return message
+
+    def _next(self) -> Any:
         if self._wakeups is None:
             return super().__next__()  # type: ignore[no-untyped-call]
         seen = self._wakeups.count(self.queue_name)

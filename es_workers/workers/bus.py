@@ -8,23 +8,31 @@ handler every event once, in order per entity, in parallel across entities.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
+from dramatiq.asyncio import async_to_sync
+from dramatiq.middleware.asyncio import AsyncIO
 
 from ..errors import ConfigurationError, SubscriberError
-from ..event import Event, Handler, as_callable
+from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id
 from ..ports import Storage
 from ..redis.storage import RedisStorage
 from ..upgrade import Reader
 from .delivery import Deliverer, DeliveryOptions, Notice
-from .middleware import SingleStop
+from .middleware import SingleStop, WorkerHeartbeat
 
 ACTOR_PREFIX = "es_"
 DEFAULT_TIME_LIMIT_MS = 600_000
+MAX_NOTICE_ENTITIES = 32
+"""Entities one message names at most: more per message costs fewer messages, fewer lets
+more workers share a partition's backlog."""
+
+_M = TypeVar("_M", bound=dramatiq.Middleware)
 
 Observer = Callable[[Notice], None]
 """Called after each notice a worker of this process has finished with (handled, skipped
@@ -38,6 +46,10 @@ class DramatiqEventBus:
     `es-workers worker APP` find the actors the app module declares when imported.
     Actor-level failures (Redis down while handling) use Dramatiq's retries, kept short;
     handler failures are retried and parked per entity by `delivery.Deliverer`.
+
+    An `async def` handler runs on the event loop of Dramatiq's `AsyncIO` middleware (added
+    to the broker with the first one), awaited by the actor's thread: delivery around it
+    (lock, order, checkpoint, retry, parking) is the same as for a function.
     """
 
     def __init__(
@@ -60,12 +72,13 @@ class DramatiqEventBus:
             "time_limit": time_limit_ms,
         }
         dramatiq.set_broker(broker)
-        if not any(isinstance(m, SingleStop) for m in broker.middleware):
-            broker.add_middleware(SingleStop())  # clean exit on a process-group SIGTERM
+        _middleware(broker, SingleStop)  # clean exit on a process-group SIGTERM
+        self._heartbeat = _middleware(broker, WorkerHeartbeat)
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._deliverer: Deliverer | None = None
+        self._partition: Callable[[str, str], int] = lambda entity_type, entity_id: 0
 
     def bind(self, reader: Reader, storage: Storage) -> None:
         if not isinstance(storage, RedisStorage):
@@ -73,12 +86,18 @@ class DramatiqEventBus:
                 "DramatiqEventBus needs a RedisStorage: subscribers keep their checkpoints "
                 "beside the entity streams"
             )
-        self._deliverer = Deliverer(reader, storage.state, self.options)
+        self._deliverer = Deliverer(reader, storage, self.options)
+        self._partition = storage.keys.partition
+        self._heartbeat.heartbeats = storage.heartbeats
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
         check_subscriber_id(subscriber_id)
         function = as_callable(handler)
+        if is_async(function):
+            if not any(isinstance(m, AsyncIO) for m in self.broker.middleware):
+                self.broker.add_middleware(AsyncIO())  # starts the loop when a worker boots
+            function = _on_dramatiq_loop(function)
         with self._lock:
             if (entity_type, subscriber_id) in self._handlers:
                 raise SubscriberError(
@@ -97,8 +116,14 @@ class DramatiqEventBus:
         return found
 
     def _declare_actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
-        def deliver(entity_type: str, entity_id: str, event_number: int | None = None) -> None:
-            self._deliver(Notice(subscriber_id, entity_type, entity_id, event_number))
+        def deliver(entity_type: str, entity_id: str | None = None,
+                    event_number: int | None = None,
+                    entities: list[tuple[str, int | None]] | None = None) -> None:
+            # A message names one entity, or several (`entities`: [entity ID, event number]
+            # pairs) of one partition.
+            pairs = [(entity_id, event_number)] if entity_id is not None else entities or []
+            self._deliver([Notice(subscriber_id, entity_type, entity, number)
+                           for entity, number in pairs])
 
         deliver.__name__ = f"{ACTOR_PREFIX}{subscriber_id}"
         return dramatiq.Actor(
@@ -110,24 +135,38 @@ class DramatiqEventBus:
             options=dict(self._actor_options),
         )
 
-    def _deliver(self, notice: Notice) -> None:
+    def _deliver(self, notices: list[Notice]) -> None:
         try:
-            handler = self._handlers.get((notice.entity_type, notice.subscriber_id))
+            if not notices:
+                return
+            handler = self._handlers.get((notices[0].entity_type, notices[0].subscriber_id))
             if handler is None:
                 # A notice for a subscription this process does not know: most likely the
                 # app dropped it. Nothing to do; the checkpoint stays where it was.
                 return
             if self._deliverer is None:
                 raise ConfigurationError("DramatiqEventBus is not bound to a Store")
-            self._deliverer.deliver(notice, handler, self._resend)
+            self._deliverer.deliver(notices, handler, self._resend)
         finally:
             if self.observer is not None:
-                self.observer(notice)
+                for notice in notices:
+                    self.observer(notice)
 
-    def _resend(self, notice: Notice, delay_ms: int) -> None:
-        self.actor(notice.subscriber_id).send_with_options(
-            args=(notice.entity_type, notice.entity_id, notice.event_number), delay=delay_ms
-        )
+    def _resend(self, notices: Sequence[Notice], delay_ms: int) -> None:
+        first = notices[0]
+        self._send(first.subscriber_id, first.entity_type,
+                   [(n.entity_id, n.event_number) for n in notices], delay_ms)
+
+    def _send(self, subscriber_id: str, entity_type: str,
+              positions: Sequence[tuple[str, int | None]], delay_ms: int | None = None) -> None:
+        """One message naming the entities: positional arguments for one (as workers before
+        many-entity notices read them), `entities` for several."""
+        if len(positions) == 1:
+            args: tuple[Any, ...] = (entity_type, *positions[0])
+            kwargs: dict[str, Any] = {}
+        else:
+            args, kwargs = (entity_type,), {"entities": [list(p) for p in positions]}
+        self.actor(subscriber_id).send_with_options(args=args, kwargs=kwargs, delay=delay_ms)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         with self._lock:
@@ -146,5 +185,47 @@ class DramatiqEventBus:
         for subscriber_id in targets:
             self.actor(subscriber_id).send(entity_type, entity_id, event_number)
 
+    def notify_many(
+        self,
+        entity_type: str,
+        positions: Sequence[tuple[str, int | None]],
+        subscriber_ids: Sequence[str] | None = None,
+    ) -> None:
+        """One message per subscriber and partition (of at most MAX_NOTICE_ENTITIES
+        entities) for many entities at once: a worker handles them in two round trips."""
+        check_entity_type(entity_type)
+        by_partition: dict[int, list[tuple[str, int | None]]] = {}
+        for entity_id, event_number in positions:
+            check_entity_id(entity_id)
+            by_partition.setdefault(self._partition(entity_type, entity_id), []).append(
+                (entity_id, event_number))
+        targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
+        for subscriber_id in targets:
+            for group in by_partition.values():
+                for start in range(0, len(group), MAX_NOTICE_ENTITIES):
+                    self._send(subscriber_id, entity_type,
+                               group[start : start + MAX_NOTICE_ENTITIES])
+
     def close(self) -> None:
         self.broker.close()
+
+
+def _middleware(broker: dramatiq.Broker, kind: type[_M]) -> _M:
+    """The broker's middleware of this kind, added if it has none (one per broker)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, kind):
+            return middleware
+    added = kind()
+    broker.add_middleware(added)
+    return added
+
+
+def _on_dramatiq_loop(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
+    """The async handler run on the AsyncIO middleware's loop, in the actor thread's context
+    (`event.awaited_in`), its outcome awaited by that thread."""
+    run = async_to_sync(awaited_in)
+
+    def handle(event: Event) -> None:
+        run(contextvars.copy_context(), handler, event)
+
+    return handle

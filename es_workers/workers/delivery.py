@@ -12,6 +12,12 @@ checkpoint on. That is what keeps the guarantees whatever Dramatiq does to the n
   event in between; notices that never arrive are re-sent by the publisher's sweep;
 - a failing handler is retried with backoff, then parks its entity for that subscriber
   only (others go on), until `retry` or `skip`. So does an event that cannot be read.
+
+A notice may name several entities of one partition (the publisher sends one per
+partition and subscriber when it relays many): they are locked and their first events
+read in one script call, handled one after another, and their last checkpoints recorded
+(and locks released) in one more. So a backlog of single-event entities costs two round
+trips per notice, not three per entity.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +35,9 @@ from .. import metrics
 from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
-from ..redis.state import BUSY, NOTHING_TO_DO, SubscriberEntity, SubscriberState
+from ..redis.state import BUSY, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
+from ..redis.storage import RedisStorage
+from ..tracing import handler_call
 from ..upgrade import Reader, Reading
 
 log = logging.getLogger("es_workers.delivery")
@@ -64,8 +72,18 @@ class Notice:
     event_number: int | None
 
 
-Resend = Callable[[Notice, int], None]
-"""resend(notice, delay_ms): send the notice again later."""
+Resend = Callable[[Sequence[Notice], int], None]
+"""resend(notices, delay_ms): send the notices (of one subscriber and entity type) again
+later, in one message."""
+
+
+READ_COUNT = 200
+"""Events a delivery reads with its locks, shared by the entities of one notice (at least
+MIN_READ_COUNT each); an entity with more is read on afterwards."""
+MIN_READ_COUNT = 16
+SHARE_AFTER_MS = 100
+"""A delivery that has run this long hands the entities it has not started to new notices,
+so that other workers share them (slow handlers)."""
 
 
 class _Stop(Exception):
@@ -76,63 +94,156 @@ class _Stop(Exception):
 
 
 class Deliverer:
-    """Runs a subscriber's handler for the events of one entity it has not handled yet."""
+    """Runs a subscriber's handler for the events of entities it has not handled yet."""
 
-    def __init__(self, reader: Reader, state: SubscriberState, options: DeliveryOptions) -> None:
+    def __init__(self, reader: Reader, storage: RedisStorage, options: DeliveryOptions) -> None:
         self.reader = reader
-        self.state = state
+        self.state = storage.state
+        self.decode = storage.decode_entries
         self.options = options
 
-    def deliver(self, notice: Notice, handler: Callable[[Event], Any], resend: Resend) -> None:
-        e = self.state.entity(notice.subscriber_id, notice.entity_type, notice.entity_id)
-        token = uuid.uuid4().hex
-        begun = self.state.begin(e, notice.event_number, token, self.options.lock_ms)
-        if begun.state == NOTHING_TO_DO:
-            return  # parked entities wait for retry/skip; old notices are duplicates
-        if begun.state == BUSY:
-            # Another worker is on this entity; it may stop short of this event, so look again
-            # shortly. The re-sent notice is skipped if that worker got this far.
-            resend(notice, random.randint(20, 80))
-            return
-        run = _Run(self, e, token, handler, resend)
-        released = False
+    def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
+                resend: Resend) -> None:
+        """Handles the notices (of one subscriber and entity type) entity after entity.
+        Those of one partition are locked and read in one round trip, and committed in one
+        when their events are handled."""
+        groups: dict[int, list[tuple[SubscriberEntity, int | None]]] = {}
+        for notice in notices:
+            e = self.state.entity(notice.subscriber_id, notice.entity_type, notice.entity_id)
+            groups.setdefault(e.partition, []).append((e, notice.event_number))
+        for group in groups.values():
+            _Batch(self, group, handler, resend).run()
+
+
+class _Batch:
+    """The entities of one partition in one delivery: begun together (locked and their
+    first events read), handled one after another, committed together."""
+
+    def __init__(self, deliverer: Deliverer, group: list[tuple[SubscriberEntity, int | None]],
+                 handler: Callable[[Event], Any], resend: Resend) -> None:
+        self.deliverer = deliverer
+        self.state, self.options = deliverer.state, deliverer.options
+        self.group = group
+        self.handler = handler
+        self.resend = resend
+        self.token = uuid.uuid4().hex
+
+    def run(self) -> None:
+        runs = self._begin()
         try:
-            released = run.handle_from(begun.checkpoint)
+            self._handle(runs)
         finally:
-            if not released:
-                self.state.unlock(e, token)
+            held = [run for run in runs if not run.released]
+            if held:
+                self.state.unlock([run.e for run in held], self.token)
+
+    def _begin(self) -> list[_Run]:
+        """Locks the entities and reads their first events: a run for each one to handle."""
+        entities = [e for e, _ in self.group]
+        read_count = max(MIN_READ_COUNT, READ_COUNT // len(entities))
+        begun = self.state.begin(entities, [n for _, n in self.group], self.token,
+                                 self.options.lock_ms, read_count)
+        runs = []
+        for (e, number), answer in zip(self.group, begun, strict=True):
+            if answer.state == BUSY:
+                # Another worker is on this entity; it may stop short of this event, so look
+                # again shortly. The re-sent notice is skipped if that worker got this far.
+                self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, number)],
+                            random.randint(20, 80))
+            elif answer.state != NOTHING_TO_DO:  # parked entities and old notices: skipped
+                runs.append(_Run(self.deliverer, e, self.token, self.handler, self.resend,
+                                 answer))
+        return runs
+
+    def _handle(self, runs: list[_Run]) -> None:
+        """Handles the entities one after another, then commits them. Entities not started
+        within SHARE_AFTER_MS (slow handlers: let other workers help) or half the lock
+        lease (taken at begin) are handed to new notices."""
+        started = time.monotonic()
+        share_at = started + SHARE_AFTER_MS / 1000
+        deadline = started + self.options.lock_ms / 2000
+        pending = []
+        for index, run in enumerate(runs):
+            now = time.monotonic()
+            if now > share_at or now > deadline:
+                self._hand_back(runs[index:])
+                break
+            if (last := run.handle_first()) is not None:
+                pending.append((run, last))
+        self._commit(pending)
+
+    def _hand_back(self, runs: list[_Run]) -> None:
+        """Lets the entities go unhandled and sends them again, in two notices so that two
+        workers share them."""
+        self.state.unlock([run.e for run in runs], self.token)
+        for run in runs:
+            run.released = True
+        half = (len(runs) + 1) // 2
+        for part in (runs[:half], runs[half:]):
+            if part:
+                self.resend([Notice(r.e.subscriber_id, r.e.entity_type, r.e.entity_id, None)
+                             for r in part], 0)
+
+    def _commit(self, pending: list[tuple[_Run, int]]) -> None:
+        """Records each entity's last event read and releases its lock, unless more events
+        were written meanwhile: those entities are read on."""
+        if not pending:
+            return
+        committed = self.state.commit(
+            [run.e for run, _ in pending], [last for _, last in pending], self.token,
+            self.options.lock_ms, release=True,
+        )
+        for (run, last), answer in zip(pending, committed, strict=True):
+            if not run.after_commit(answer, last):
+                run.handle_from(last)
 
 
 class _Run:
-    """One delivery: the handler run over an entity's unhandled events, holding its lock."""
+    """One entity's delivery: the handler run over its unhandled events, holding its lock."""
 
     def __init__(self, deliverer: Deliverer, e: SubscriberEntity, token: str,
-                 handler: Callable[[Event], Any], resend: Resend) -> None:
+                 handler: Callable[[Event], Any], resend: Resend, begun: Begun) -> None:
+        self.begun = begun
         self.reader, self.state, self.options = (
             deliverer.reader, deliverer.state, deliverer.options
         )
+        self.decode = deliverer.decode
         self.e = e
         self.token = token
         self.handler = handler
         self.resend = resend
         self.labels = (e.subscriber_id, e.entity_type)
+        self.released = False  # the lock is no longer ours (let go, or lost)
 
-    def handle_from(self, checkpoint: int) -> bool:
-        """Handles the events after `checkpoint`. Returns True once the lock is no longer
-        held: the last checkpoint released it, or it was lost."""
+    def handle_first(self) -> int | None:
+        """Handles the events `begin` read. Returns the last one read, for the caller to
+        commit with the release; None if there is nothing to commit."""
+        begun = self.begun
+        stored = self.decode(self.e.entity_type, self.e.entity_id, begun.entries,
+                             begun.store_entity_id or None)
+        reading = self.reader.reading(self.e.entity_type, stored, begun.checkpoint)
+        try:
+            last = self._handle_all(reading, begun.checkpoint)
+        except _Stop as stop:
+            self.released = stop.released
+            return None
+        return None if last == begun.checkpoint else last
+
+    def handle_from(self, checkpoint: int) -> None:
+        """Handles the events after `checkpoint` until the entity is caught up."""
         try:
             while True:
                 reading = self.reader.read(self.e.entity_type, self.e.entity_id, checkpoint)
                 last = self._handle_all(reading, checkpoint)
                 if last == checkpoint:
-                    return False  # nothing to read after all
+                    return  # nothing to read after all
                 # The last event read: record it and release the lock in one step, unless
                 # more events were written meanwhile: then read on.
                 if self._commit(last, release=True):
-                    return True
+                    return
                 checkpoint = last
         except _Stop as stop:
-            return stop.released
+            self.released = stop.released
 
     def _handle_all(self, reading: Reading, checkpoint: int) -> int:
         """Handles what `reading` yields, checkpointing each event but the last (which the
@@ -153,7 +264,8 @@ class _Run:
     def _call(self, event: Event) -> None:
         started = time.perf_counter()
         try:
-            self.handler(event)
+            with handler_call(self.e.subscriber_id, event):
+                self.handler(event)
         except Exception as error:
             metrics.HANDLER_FAILURES.labels(*self.labels).inc()
             self._failed(event.event_number, error)
@@ -163,17 +275,35 @@ class _Run:
 
     def _commit(self, event_number: int, *, release: bool) -> bool:
         """Moves the checkpoint; True if that released the lock. Stops if it was lost."""
-        committed = self.state.commit(
-            self.e, event_number, self.token, self.options.lock_ms, release=release
+        [committed] = self.state.commit(
+            [self.e], [event_number], self.token, self.options.lock_ms, release=release
         )
+        released = self.after_commit(committed, event_number)
+        if committed.lost:
+            raise _Stop(released=True)
+        return released
+
+    def after_commit(self, committed: Committed, event_number: int) -> bool:
+        """Takes in a commit's answer; True when the lock is no longer ours."""
         if committed.lost:
             log.warning(
                 "subscriber %s lost the lock on %s %r after event %d (handler slower than "
                 "lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
                 self.e.entity_type, self.e.entity_id, event_number, self.options.lock_ms,
+                extra=self._fields(event_number),
             )
-            raise _Stop(released=True)
-        return committed.released
+        self.released = committed.lost or committed.released
+        return self.released
+
+    def _fields(self, event_number: int, attempt: int | None = None) -> dict[str, Any]:
+        """The event's fields of a log record (JSON log lines carry them)."""
+        fields: dict[str, Any] = {
+            "subscriber_id": self.e.subscriber_id, "entity_type": self.e.entity_type,
+            "entity_id": self.e.entity_id, "event_number": event_number,
+        }
+        if attempt is not None:
+            fields["attempt"] = attempt
+        return fields
 
     def _failed(self, event_number: int, error: BaseException) -> None:
         e, options = self.e, self.options
@@ -185,8 +315,9 @@ class _Run:
                 "subscriber %s failed on %s %r event %d (attempt %d of %d), retrying in %d ms",
                 e.subscriber_id, e.entity_type, e.entity_id, event_number, attempts,
                 options.max_attempts, delay, exc_info=error,
+                extra=self._fields(event_number, attempts),
             )
-            self.resend(Notice(e.subscriber_id, e.entity_type, e.entity_id, None), delay)
+            self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)], delay)
             return
         self.state.park(e, event_number, description, attempts,
                         "".join(traceback.format_exception(error)))
@@ -194,7 +325,7 @@ class _Run:
         log.error(
             "subscriber %s parked %s %r at event %d after %d attempts "
             "(es-workers parked retry|skip)", e.subscriber_id, e.entity_type, e.entity_id,
-            event_number, attempts, exc_info=error,
+            event_number, attempts, exc_info=error, extra=self._fields(event_number, attempts),
         )
 
 

@@ -5,6 +5,9 @@
   instead of sleeping after an empty fetch. Nothing public does that.
 - `redis_broker_scripts`: the Lua scripts RedisBroker loads (`_scripts`), so the demo's
   embedded fakeredis server can preload them: it drops a connection on a NOSCRIPT reply.
+- `has_cached_messages`: whether a RedisConsumer will answer its next `__next__` from the
+  messages it prefetched (`message_cache`), without asking Redis: a consumer that got a
+  message that way says nothing about whether Redis is back after an outage.
 - `stop_already_requested`: reads the `running` flag Dramatiq's worker-process SIGTERM
   handler closes over, to know whether a stop arrived before our middleware was installed.
   Dramatiq offers no public way to ask.
@@ -19,7 +22,17 @@ from typing import Any
 from dramatiq.brokers import redis as dramatiq_redis
 from dramatiq.brokers.redis import _RedisConsumer as RedisConsumer
 
-__all__ = ["RedisConsumer", "closure_value", "redis_broker_scripts", "stop_already_requested"]
+__all__ = [
+    "RedisConsumer",
+    "closure_value",
+    "has_cached_messages",
+    "redis_broker_scripts",
+    "stop_already_requested",
+]
+
+
+def has_cached_messages(consumer: RedisConsumer) -> bool:
+    return bool(consumer.message_cache)
 
 
 def redis_broker_scripts() -> list[str]:

@@ -1,8 +1,9 @@
-"""Dramatiq middleware of the worker processes: their setup, and a clean stop."""
+"""Dramatiq middleware of the worker processes: their setup, heartbeat, and a clean stop."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
@@ -10,7 +11,13 @@ from typing import Any
 
 import dramatiq
 
-from ..observability import METRICS_PORTS_PER_HOST, serve_metrics
+from ..observability import (
+    MULTIPROC_DIR_ENV,
+    SharedMetricsServer,
+    configure_logging,
+    forget_process_metrics,
+)
+from ..redis.heartbeats import BeatingThread, Heartbeats
 from .dramatiq_internals import stop_already_requested
 
 SAME_STOP_S = 2.0  # a SIGTERM this soon after the first is the same stop request
@@ -19,24 +26,51 @@ log = logging.getLogger("es_workers")
 
 
 class WorkerProcessSetup(dramatiq.Middleware):
-    """Applies `log_level` and serves metrics in each Dramatiq worker process.
+    """Applies `log_level` and `log_format`, and serves metrics, in each Dramatiq worker
+    process.
 
     Runs after the worker process has imported the app (`after_process_boot`), so it works
-    under `es-workers worker` and plain `dramatiq APP_MODULE` alike. Dramatiq configures
-    the handlers and format of worker logs itself; this sets the level.
+    under `es-workers worker` and plain `dramatiq APP_MODULE` alike. It replaces the
+    handler Dramatiq installed (its own format) with one in ours, on the same stream (the
+    pipe to Dramatiq's main process).
     """
 
-    def __init__(self, log_level: str, metrics_port: int | None) -> None:
+    def __init__(self, log_level: str, metrics_port: int | None, log_format: str = "text"
+                 ) -> None:
         self.log_level = log_level
+        self.log_format = log_format
         self.metrics_port = metrics_port
 
     def after_process_boot(self, broker: Any) -> None:
-        logging.getLogger().setLevel(self.log_level)
+        configure_logging(self.log_level, self.log_format, replace=True)
         if self.metrics_port is not None:
-            try:
-                serve_metrics(self.metrics_port + 1, search=METRICS_PORTS_PER_HOST - 1)
-            except OSError as error:
-                log.error("metrics are off in this worker process: %s", error)
+            if not os.environ.get(MULTIPROC_DIR_ENV):
+                log.warning("%s is not set: metrics port %d serves one worker process only "
+                            "(`es-workers worker` sets it)", MULTIPROC_DIR_ENV,
+                            self.metrics_port)
+            SharedMetricsServer(self.metrics_port).start()
+
+    def before_process_stop(self, broker: Any) -> None:
+        forget_process_metrics()
+
+
+class WorkerHeartbeat(dramatiq.Middleware):
+    """Beats as "worker" while a Dramatiq worker runs in this process (read by
+    `es-workers health`). `heartbeats` is set when the bus is bound to its storage."""
+
+    def __init__(self) -> None:
+        self.heartbeats: Heartbeats | None = None
+        self._thread: BeatingThread | None = None
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        if self.heartbeats is not None and self._thread is None:
+            self._thread = BeatingThread(self.heartbeats, "worker")
+            self._thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
 
 
 class SingleStop(dramatiq.Middleware):

@@ -1,0 +1,190 @@
+"""Append rates of AsyncStore against the sync Store, on one Redis.
+
+    python bench/async.py [--redis-url URL] [--n 5000] [--tasks 50] [--rounds 5]
+
+Figures are ratios to the sync Store in the same run, so they compare across machines:
+
+A1  single-event appends/s of `--tasks` concurrent tasks on one AsyncStore (each task its
+    own entity, appending one event per `await stream.write`)
+    / single-event appends/s of one thread on a Store.                       Goal >= 1.5
+A2  single-event appends/s of one task on an AsyncStore / the same sync rate (information:
+    what asyncio costs per call). Shown beside it, to say where that cost goes: raw XADD/s
+    from one task on redis.asyncio / raw sequential XADD/s on redis-py, and the async
+    append script called directly (no Stream, no Event) / raw async XADD.
+
+Rates are the best of --rounds rounds, which interleave the measures. The bench writes under
+a key prefix of its own and deletes its keys at the end; it touches no other key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import redis.asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from es_workers import AsyncRedisStorage, AsyncStore, Content, Event, RedisStorage, Store
+from es_workers.redis.entries import append_args
+
+ENTITY = "account"
+NOTE = 176  # characters: the JSON of an event is ~200 bytes
+
+
+class Deposited(Content):
+    amount: int
+    note: str
+
+
+def deposit(number: int) -> Deposited:
+    return Deposited(amount=number, note=f"{number:08d}".ljust(NOTE, "x"))
+
+
+FIELDS = {"n": "Deposited", "d": deposit(0).model_dump_json(), "t": "1700000000000000",
+          "e": "0190a0b0-0000-7000-8000-000000000000"}
+
+
+class Bench:
+    def __init__(self, url: str, prefix: str, n: int, tasks: int) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.aclient = redis.asyncio.Redis.from_url(url)
+        self.prefix, self.n, self.tasks = prefix, n, tasks
+        self.store = Store(RedisStorage(self.client, prefix=prefix), events={ENTITY: [Deposited]})
+        self.astorage = AsyncRedisStorage(self.aclient, prefix=prefix)
+        self.astore = AsyncStore(self.astorage, events={ENTITY: [Deposited]})
+        self.contents = [deposit(i) for i in range(n)]
+
+    def entity(self) -> str:
+        return f"e-{uuid.uuid4().hex[:12]}"
+
+    def sync_writes(self) -> float:
+        stream = self.store.open(ENTITY, self.entity())
+        started = time.perf_counter()
+        for content in self.contents:
+            stream.write(content)
+        return self.n / (time.perf_counter() - started)
+
+    async def async_writes(self, tasks: int) -> float:
+        """Appends/s of `tasks` tasks writing n events in all, each to its own entity."""
+        share = self.n // tasks
+
+        async def task(offset: int) -> None:
+            stream = self.astore.open(ENTITY, self.entity())
+            for content in self.contents[offset : offset + share]:
+                await stream.write(content)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(task(i * share) for i in range(tasks)))
+        return share * tasks / (time.perf_counter() - started)
+
+    def raw_xadd(self) -> float:
+        key = f"{self.prefix}:raw-xadd"
+        started = time.perf_counter()
+        for _ in range(self.n):
+            self.client.xadd(key, FIELDS)  # type: ignore[arg-type]
+        return self.n / (time.perf_counter() - started)
+
+    async def raw_async_xadd(self) -> float:
+        key = f"{self.prefix}:raw-xadd"
+        started = time.perf_counter()
+        for _ in range(self.n):
+            await self.aclient.xadd(key, FIELDS)  # type: ignore[arg-type]
+        return self.n / (time.perf_counter() - started)
+
+    async def async_script(self) -> float:
+        """The append script awaited directly with prepared KEYS/ARGV: what is left of an
+        append once Stream, Event and encoding are taken away."""
+        entity_id = self.entity()
+        keys = (await self.astorage.open()).append_keys(ENTITY, entity_id)
+        script = self.astorage.append_script
+        # The ARGV of one event, as the store builds it; then only the expected position
+        # (ARGV[3]) and the store_event_id (ARGV[8]) change from call to call.
+        event = Event(entity_id, ENTITY, 1, datetime.now(UTC), deposit(0), "id-0", "")
+        template = append_args(self.astorage.registry, ENTITY, [event])
+        started = time.perf_counter()
+        for number in range(self.n):
+            args = list(template)
+            args[2], args[7] = number, f"id-{number}"
+            await script(keys=keys, args=args)
+        return self.n / (time.perf_counter() - started)
+
+
+def best(measures: list[float]) -> float:
+    return max(measures)
+
+
+def run_rounds(bench: Bench, rounds: int) -> dict[str, float]:
+    loop = asyncio.new_event_loop()
+    run: Callable[[Awaitable[float]], float] = loop.run_until_complete
+    found: dict[str, list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for name, measure in (
+                ("sync", bench.sync_writes),
+                ("concurrent", lambda: run(bench.async_writes(bench.tasks))),
+                ("single", lambda: run(bench.async_writes(1))),
+                ("xadd", bench.raw_xadd),
+                ("async xadd", lambda: run(bench.raw_async_xadd())),
+                ("async script", lambda: run(bench.async_script())),
+            ):
+                found.setdefault(name, []).append(measure())
+        run(bench.aclient.aclose())
+    finally:
+        loop.close()
+    return {name: best(values) for name, values in found.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--n", type=int, default=5000, help="appends per rate measure")
+    parser.add_argument("--tasks", type=int, default=50, help="concurrent tasks for A1")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the best counts")
+    args = parser.parse_args()
+
+    prefix = f"bench-async-{uuid.uuid4().hex[:8]}"
+    bench = Bench(args.redis_url, prefix, args.n, args.tasks)
+    print(f"Redis {bench.client.info('server')['redis_version']}, redis-py {redis.__version__}"
+          f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}), Python {sys.version.split()[0]};"
+          f" n={args.n}, {args.tasks} tasks, best of {args.rounds} rounds;"
+          f" load average {os.getloadavg()[0]:.2f}")
+    try:
+        rate = run_rounds(bench, args.rounds)
+    finally:
+        for key in bench.client.scan_iter(f"{prefix}:*", count=1000):
+            bench.client.delete(key)
+    a1, a2 = rate["concurrent"] / rate["sync"], rate["single"] / rate["sync"]
+    rows = [
+        ("Store, 1 thread, appends/s", f"{rate['sync']:,.0f}", "baseline"),
+        (f"AsyncStore, {args.tasks} tasks, appends/s", f"{rate['concurrent']:,.0f}", ""),
+        ("AsyncStore, 1 task, appends/s", f"{rate['single']:,.0f}", ""),
+        (f"A1 {args.tasks} tasks / sync", f"{a1:.2f}", "goal >= 1.5"),
+        ("A2 1 task / sync", f"{a2:.2f}", "information"),
+        ("  raw XADD/s redis.asyncio / redis-py", f"{rate['async xadd'] / rate['xadd']:.2f}",
+         f"{rate['async xadd']:,.0f} / {rate['xadd']:,.0f}"),
+        ("  async append script / async XADD", f"{rate['async script'] / rate['async xadd']:.2f}",
+         f"{rate['async script']:,.0f} / {rate['async xadd']:,.0f}"),
+        ("  AsyncStore 1 task / async script", f"{rate['single'] / rate['async script']:.2f}",
+         f"{rate['single']:,.0f} / {rate['async script']:,.0f}"),
+    ]
+    print()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>8}  {note}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0 if a1 >= 1.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""AsyncStore: `Store` for asyncio apps (FastAPI, Starlette, ...). It opens, reads and
+appends entity streams without blocking the event loop; the events it appends are relayed
+and handled like any other (`es-workers publish` / `worker` on a `Store` of the same data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+
+from .async_stream import AsyncStream
+from .event import Content, Handler
+from .memory.bus import InMemoryEventBus
+from .ports import AsyncStorage, Bus
+from .settings import Settings
+from .stream import check_stream
+from .upgrade import AsyncReader, AsyncReading, EventUpgrade, check_upgrades
+from .wiring import build_async_storage
+
+
+class AsyncStore:
+    """`AsyncStore(storage, bus=..., events={...}, upgrades={...})`, as `Store`.
+
+    `storage` is an `AsyncRedisStorage` or an `AsyncInMemoryStorage`. Subscribers are not
+    run here: they are a `Store`'s, in its worker processes (or its `start()` in memory).
+    `bus` (by default an `InMemoryEventBus`) tells `subscriber_ids`.
+    """
+
+    def __init__(
+        self,
+        storage: AsyncStorage,
+        *,
+        bus: Bus | None = None,
+        events: Mapping[str, Iterable[type[Content]]] | None = None,
+        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.storage = storage
+        self.bus: Bus = bus if bus is not None else InMemoryEventBus()
+        self._owns_bus = bus is None
+        self.log = logger or logging.getLogger("es_workers")
+        for entity_type, content_types in (events or {}).items():
+            storage.register(entity_type, *content_types)
+        check_upgrades(upgrades or {})
+        self.reader = AsyncReader(storage.read, upgrades or {})
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        events: Mapping[str, Iterable[type[Content]]] | None = None,
+        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
+        settings: Settings | None = None,
+        bus: Bus | None = None,
+    ) -> AsyncStore:
+        """An AsyncStore on the Redis the `ES_...` settings name (as `Store.from_settings`;
+        with no `ES_REDIS_URL`, the embedded fakeredis). It builds no Dramatiq broker: pass
+        the workers' `bus` (e.g. `bus=store.bus`) to know their subscribers."""
+        return cls(build_async_storage(settings), bus=bus, events=events, upgrades=upgrades)
+
+    def open(self, entity_type: str, entity_id: str) -> AsyncStream:
+        """A stream of the entity from its first event. Use it with `async with`."""
+        return self.open_from(entity_type, entity_id, 0)
+
+    def open_from(self, entity_type: str, entity_id: str, event_number: int) -> AsyncStream:
+        """A stream whose first event read is `event_number + 1`; read it before writing."""
+        check_stream(entity_type, entity_id, event_number)
+        return AsyncStream(self.reader, self.storage.write, entity_type, entity_id, event_number)
+
+    async def project(self, entity_type: str, entity_id: str, handler: Handler) -> None:
+        """Calls the handler (a function or `async def`) with every event of the entity,
+        upgraded, in order."""
+        async with self.open(entity_type, entity_id) as stream:
+            await stream.project(handler)
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncReading:
+        """Events of the entity after `after`, upgraded: `async for event in ...`."""
+        return self.reader.read(entity_type, entity_id, after)
+
+    def entity_types(self) -> list[str]:
+        return self.storage.entity_types()
+
+    async def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        """A page of the type's entity IDs, oldest first, and the next page's token."""
+        return await self.storage.entity_ids(entity_type, after, limit)
+
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        return self.bus.subscriber_ids(entity_type)
+
+    async def close(self) -> None:
+        """Closes the storage (its Redis client), and the bus unless it was given (it may be
+        a Store's)."""
+        await self.storage.close()
+        if self._owns_bus:
+            self.bus.close()
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,142 @@
+"""AsyncRedisStorage: RedisStorage's entity streams through a `redis.asyncio` client.
+
+Same append script, same keys, same checks and errors: the validation, encoding, decoding
+and paging live in `entries.py` and both storages call them. Publishing and subscriber
+state stay with the synchronous side (`es-workers publish` / `worker` on a `Store` with the
+same prefix), which relays and handles what this storage appends like any other event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio
+
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..event import Content, Event
+from .entries import (
+    DEFAULT_PARTITIONS,
+    EntityKeys,
+    EntityPages,
+    append_args,
+    as_sent,
+    check_appended,
+    entity_ids_page,
+    index_start,
+    stored_partitions,
+)
+from .keys import RedisKeys
+from .scripts import AsyncScript, BatchingScript
+
+
+class AsyncRedisStorage:
+    """Entity streams in Redis, awaited: `client` is a `redis.asyncio.Redis` (a real server
+    or `fakeredis.FakeAsyncRedis`) or `redis.asyncio.RedisCluster`.
+
+    `prefix` and `partitions` mean what they mean for `RedisStorage`; the stored number of
+    partitions is read on first use (or `await storage.open()`), since a constructor cannot
+    await.
+    """
+
+    def __init__(
+        self, client: Any, *, prefix: str = "es", partitions: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
+        self.client = client
+        self.max_event_bytes = max_event_bytes
+        self.prefix = prefix
+        self.registry = ContentRegistry()
+        # The append script; a documented hook, as RedisStorage.append_script. Appends of
+        # concurrent tasks share pipelines (BatchingScript), but not on a cluster.
+        pooled = getattr(client, "connection_pool", None) is not None
+        self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
+        self._wanted = partitions
+        self._entity_keys: EntityKeys | None = None
+        self._opening = asyncio.Lock()
+        self._reader = self._xrange_client(client)
+        self._on_cluster = isinstance(client, redis.asyncio.RedisCluster)
+
+    @staticmethod
+    def _xrange_client(client: Any) -> Any:
+        """A client on the same pool whose XRANGE replies stay as Redis sends them. A
+        RedisCluster has a pool per node: it is used as it is (entries.py flattens its
+        replies)."""
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:
+            return client
+        reader = redis.asyncio.Redis(connection_pool=pool)
+        reader.set_response_callback("XRANGE", as_sent)
+        return reader
+
+    async def open(self) -> RedisKeys:
+        """Reads (or, on a new prefix, records) the number of partitions; returns the keys."""
+        return (await self._entities()).keys
+
+    async def _entities(self) -> EntityKeys:
+        if self._entity_keys is not None:
+            return self._entity_keys
+        async with self._opening:
+            if self._entity_keys is None:
+                wanted = DEFAULT_PARTITIONS if self._wanted is None else self._wanted
+                meta = RedisKeys(self.prefix, wanted).meta()
+                await self.client.hsetnx(meta, "partitions", wanted)
+                stored = await self.client.hget(meta, "partitions")
+                self._entity_keys = EntityKeys(stored_partitions(self.prefix, self._wanted, stored))
+        return self._entity_keys
+
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        self.registry.register(entity_type, *content_types)
+
+    def entity_types(self) -> list[str]:
+        return self.registry.entity_types()
+
+    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        entity_keys = await self._entities()
+        keys = entity_keys(entity_type, events[0].entity_id)
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
+        if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
+            args.append(entity_keys.keys.wake(
+                entity_keys.keys.partition(entity_type, events[0].entity_id)
+            ))
+        check_appended(entity_type, events, await self.append_script(keys=keys, args=args))
+
+    async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+        key = (await self._entities())(entity_type, entity_id)[0]
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
+        reader = self._reader
+        while pages.more:
+            if pages.needs_first:
+                pipe = reader.pipeline(transaction=False)
+                pipe.xrange(key, "1-0", "1-0")
+                pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+                first, entries = await pipe.execute()
+                pages.take_first(first)
+            else:
+                entries = await reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+            for event in pages.decode(entries):
+                yield event
+
+    async def position(self, entity_type: str, entity_id: str) -> int:
+        """The entity's last event number (0 when it has none)."""
+        keys = (await self._entities()).keys
+        heads = keys.heads(entity_type, keys.partition(entity_type, entity_id))
+        value = await self.client.hget(heads, entity_id)
+        return int(value) if value is not None else 0
+
+    async def entity_ids(
+        self, entity_type: str, after: str | None = None, limit: int = 100
+    ) -> tuple[list[str], str | None]:
+        start = index_start(entity_type, after, limit)
+        keys = (await self._entities()).keys
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(keys.partitions):
+            pipe.zrangebylex(keys.index(entity_type, partition), start, "+", 0, limit + 1)
+        return entity_ids_page(await pipe.execute(), limit)
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,65 @@
+"""Redis failures as es_workers errors, in one place.
+
+Store calls that reach Redis (RedisStorage's reads and writes, the subscriber state the
+Store asks about, admin commands) run inside `translated(...)`: redis-py's connection and
+timeout errors, and the refusals of a server that is failing over (READONLY, MASTERDOWN) or
+loading (LOADING), become `StorageUnavailableError`; OOM becomes `StorageFullError`. Other
+errors pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from ..errors import ConfigurationError, StorageFullError, StorageUnavailableError
+
+# Errors that say the server cannot serve now, not that the command is wrong. BusyLoading
+# is a ConnectionError in redis-py.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+)
+
+
+def server_name(client: Any) -> str:
+    """Which Redis a client talks to, for messages: `host:port/db`, `user@host:port/db`,
+    `sentinel master 'name'` or `cluster host:port,...`. Never a password."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # RedisCluster: per-node pools
+        nodes = getattr(client, "startup_nodes", None) or {}  # names, or ClusterNodes
+        names = sorted(getattr(node, "name", node) for node in nodes)
+        return "cluster " + ",".join(names) if names else type(client).__name__
+    service = getattr(pool, "service_name", None)
+    if service:
+        return f"sentinel master {service!r}"
+    options = getattr(pool, "connection_kwargs", {})
+    if "path" in options:
+        return f"unix:{options['path']}"
+    user = f"{options['username']}@" if options.get("username") else ""
+    return f"{user}{options.get('host', '?')}:{options.get('port', '?')}/{options.get('db', 0)}"
+
+
+@contextlib.contextmanager
+def translated(server: str, doing: str, *, writing: bool = False) -> Iterator[None]:
+    """Raises StorageUnavailableError (or StorageFullError) for Redis failures in the block.
+
+    `writing`: the block sends a write that a lost connection may have applied, so a
+    connection failure leaves its outcome unknown."""
+    try:
+        yield
+    except redis.exceptions.OutOfMemoryError as error:
+        raise StorageFullError(server, error) from error
+    except redis.AuthenticationError as error:  # a ConnectionError in redis-py, but no outage
+        raise ConfigurationError(f"Redis {server} refused the credentials: {error}") from None
+    except UNAVAILABLE as error:
+        # READONLY and MASTERDOWN are refusals: the command did not run. But redis-py may
+        # have retried it after a lost connection, so a write's outcome stays unknown.
+        raise StorageUnavailableError(
+            server, error, outcome_unknown=writing, doing=doing
+        ) from error

@@ -1,0 +1,329 @@
+"""When Redis fails (guarantee 9), in one process: clear errors within a bounded time, the
+exactly-once retry of a write whose reply was lost, replica-confirmed writes, a full memory,
+and the start-up checks. The same with real publisher and worker processes is in
+tests/test_failures_processes.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import ACCOUNT_EVENTS, Deposited, Opened, delete_prefix, real_redis
+from dramatiq.brokers.stub import StubBroker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import RedisSentinelServers, RedisServer, TcpProxy
+
+from es_workers import (
+    ConfigurationError,
+    DramatiqEventBus,
+    DurabilityError,
+    EsError,
+    RedisStorage,
+    StorageFullError,
+    StorageUnavailableError,
+    Store,
+)
+from es_workers.redis.durability import Durability
+from es_workers.settings import Settings
+from es_workers.wiring import client_from_url
+from es_workers.workers.broker import WakingRedisBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+
+pytestmark = pytest.mark.servers
+
+
+def no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    name = f"fail-{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_prefix(real_redis(), name)
+
+
+@pytest.fixture
+def proxy(tcp_proxy: Callable[[tuple[str, int]], TcpProxy]) -> TcpProxy:
+    """A TcpProxy in front of the shared test Redis."""
+    options = real_redis().connection_pool.connection_kwargs
+    return tcp_proxy((options["host"], options["port"]))
+
+
+def stored_ids(prefix: str, entity_id: str) -> list[str]:
+    store = Store(RedisStorage(real_redis(), prefix=prefix), events=ACCOUNT_EVENTS)
+    return [event.store_event_id for event in store.read("account", entity_id)]
+
+
+def outbox_entries(storage: RedisStorage) -> int:
+    return sum(storage.client.xlen(storage.keys.outbox(p)) for p in range(storage.partitions))
+
+
+# A clear error, fast
+
+
+def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
+    proxy: TcpProxy, prefix: str
+) -> None:
+    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=500)
+    store = Store(RedisStorage(client_from_url(proxy.url, settings), prefix=prefix),
+                  bus=DramatiqEventBus(StubBroker()), events=ACCOUNT_EVENTS)
+    store.subscribe("account", "balances", lambda event: None)
+    store.open("account", "a1").write(Opened(owner="a"))
+    proxy.down()
+    calls: dict[str, Callable[[], object]] = {
+        "write": lambda: store.open("account", "a2").write(Opened(owner="b")),
+        "read": lambda: list(store.read("account", "a1")),
+        "entity_ids": lambda: store.entity_ids("account"),
+        "wait_for": lambda: store.wait_for("account", "a1", 1, timeout=1),
+    }
+    for name, call in calls.items():
+        began = time.monotonic()
+        with pytest.raises(StorageUnavailableError) as raised:
+            call()
+        took = time.monotonic() - began
+        assert took < 5, f"{name} took {took:.1f} s to fail"
+        assert f"Redis 127.0.0.1:{proxy.port}/0 is unavailable" in str(raised.value)
+        assert raised.value.server == f"127.0.0.1:{proxy.port}/0"
+        assert isinstance(raised.value.cause, redis.ConnectionError)
+        assert raised.value.outcome_unknown is (name == "write"), name
+
+
+def test_opening_a_store_on_an_unreachable_redis_raises_storage_unavailable_without_password(
+) -> None:
+    settings = Settings(redis_url="redis://app:s3cret-pw@127.0.0.1:1/0")
+    with pytest.raises(StorageUnavailableError) as raised:
+        RedisStorage(client_from_url(settings.redis_url or "", settings), prefix="x")
+    assert "Redis app@127.0.0.1:1/0 is unavailable while opening the store" in str(raised.value)
+    assert "s3cret-pw" not in str(raised.value) + repr(raised.value.cause)
+
+
+def test_status_with_redis_down_prints_one_line_and_exits_1(tmp_path: Path) -> None:
+    env = dict(os.environ, ES_REDIS_URL="redis://app:s3cret-pw@127.0.0.1:1/0",
+               ES_PREFIX="x", ES_REDIS_CONNECT_TIMEOUT_MS="200", PYTHONPATH=str(ROOT))
+    done = subprocess.run([ES_WORKERS, "status", "tests.failure_app:store"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "StorageUnavailable" in lines[0] or "unavailable" in lines[0]
+    assert "127.0.0.1:1/0" in lines[0] and "s3cret-pw" not in done.stderr + done.stdout
+
+
+# Exactly-once retry of a write whose outcome is unknown
+
+
+def test_a_write_whose_reply_was_lost_is_applied_once_when_written_again_on_the_same_stream(
+    proxy: TcpProxy, prefix: str
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
+    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    proxy.drop_next_reply(containing=b"EVALSHA")
+    with pytest.raises(StorageUnavailableError) as raised:
+        stream.write(Opened(owner="a"), Deposited(amount=1))
+    assert raised.value.outcome_unknown
+    assert proxy.reply_dropped
+    assert len(stored_ids(prefix, "a1")) == 2  # it did reach Redis
+
+    stream.write(Opened(owner="a"), Deposited(amount=1))  # the same contents again
+
+    assert stream.position == 2
+    assert len(stored_ids(prefix, "a1")) == 2
+    assert outbox_entries(store.storage) == 1  # type: ignore[arg-type]
+    stream.write(Deposited(amount=2))  # and the stream goes on
+    assert stream.position == 3
+
+
+def test_a_write_that_never_reached_redis_is_applied_once_when_written_again(
+    proxy: TcpProxy, prefix: str
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
+    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    proxy.down()
+    with pytest.raises(StorageUnavailableError):
+        stream.write(Opened(owner="a"))
+    proxy.up()
+    stream.write(Opened(owner="a"))
+    assert stream.position == 1 and len(stored_ids(prefix, "a1")) == 1
+
+
+def test_redis_py_retrying_through_the_wiring_hides_a_lost_reply_without_duplicating(
+    proxy: TcpProxy, prefix: str
+) -> None:
+    settings = Settings(redis_url=proxy.url)
+    store = Store(RedisStorage(client_from_url(proxy.url, settings), prefix=prefix),
+                  events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    proxy.drop_next_reply(containing=b"EVALSHA")
+    stream.write(Opened(owner="a"), Deposited(amount=1))
+    assert proxy.reply_dropped
+    assert stream.position == 2 and len(stored_ids(prefix, "a1")) == 2
+    assert outbox_entries(store.storage) == 1  # type: ignore[arg-type]
+
+
+def test_other_contents_after_an_unknown_outcome_are_new_events(
+    proxy: TcpProxy, prefix: str
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
+    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    proxy.drop_next_reply(containing=b"EVALSHA")
+    with pytest.raises(StorageUnavailableError):
+        stream.write(Opened(owner="a"))
+    # Not a retry: the first write did land, so this one conflicts rather than duplicates.
+    with pytest.raises(EsError, match="expected position 0, but the stream is at 1"):
+        stream.write(Opened(owner="someone else"))
+
+
+# Redis memory full
+
+
+def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
+    redis_aof: Callable[[], RedisServer],
+) -> None:
+    server = redis_aof()
+    client = server.client()
+    store = Store(RedisStorage(client, prefix="full"), events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    stream.write(Opened(owner="a"))
+    storage: RedisStorage = store.storage  # type: ignore[assignment]
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used + 512 * 1024)
+    filler = 0
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        while True:  # fill memory under the app's prefix
+            client.set(f"full:filler:{filler}", "x" * 4096)
+            filler += 1
+    # Well over the limit, so that no buffer freed meanwhile lets a write through.
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100 * 1024)
+    before = (client.xlen(storage.keys.append_keys("account", "a1")[0]), outbox_entries(storage))
+
+    with pytest.raises(StorageFullError, match="out of memory") as raised:
+        stream.write(Deposited(amount=1), Deposited(amount=2))
+    assert isinstance(raised.value, StorageUnavailableError)
+    assert not raised.value.outcome_unknown
+    with pytest.raises(StorageFullError):
+        store.open("account", "a2").write(Opened(owner="b"))
+    after = (client.xlen(storage.keys.append_keys("account", "a1")[0]), outbox_entries(storage))
+    assert after == before
+    assert store.storage.position("account", "a2") == 0  # type: ignore[attr-defined]
+
+    client.delete(*(f"full:filler:{n}" for n in range(filler)))
+    stream.write(Deposited(amount=1), Deposited(amount=2))
+    assert stream.position == 3
+
+
+def test_an_evicting_maxmemory_policy_is_refused_at_start_up(
+    redis_aof: Callable[[], RedisServer],
+) -> None:
+    server = redis_aof()
+    with server.client() as client:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(ConfigurationError, match="maxmemory-policy 'allkeys-lru'"):
+            RedisStorage(client, prefix="evicting")
+
+
+# Replica-confirmed writes
+
+
+def test_a_write_not_confirmed_by_the_replicas_asked_for_raises_durability_error(
+    prefix: str,
+) -> None:
+    # The shared test Redis has no replica: WAIT 1 times out with 0 acknowledgements.
+    storage = RedisStorage(real_redis(), prefix=prefix,
+                           durability=Durability(replicas=1, timeout_ms=50))
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    stream = store.open("account", "a1")
+    with pytest.raises(DurabilityError, match="stored on the primary but confirmed on 0 of"
+                       " the 1 replicas") as raised:
+        stream.write(Opened(owner="a"), Deposited(amount=1))
+    assert (raised.value.first, raised.value.last) == (1, 2)
+    assert len(stored_ids(prefix, "a1")) == 2  # stored on the primary, as it says
+
+
+def test_a_write_waits_for_a_replica_and_is_on_it_when_write_returns(
+    redis_sentinel: RedisSentinelServers,
+) -> None:
+    settings = Settings(
+        redis_sentinels=",".join(f"{h}:{p}" for h, p in redis_sentinel.sentinel_addresses),
+        redis_sentinel_master=redis_sentinel.master_name, wait_replicas=1,
+        wait_timeout_ms=2000, prefix=f"wait-{uuid.uuid4().hex[:8]}",
+    )
+    store = Store.from_settings(events=ACCOUNT_EVENTS, settings=settings)
+    prefix = store.storage.keys.prefix  # type: ignore[attr-defined]
+    stream = store.open("account", f"a-{uuid.uuid4().hex[:8]}")
+    for amount in range(20):
+        stream.write(Deposited(amount=amount) if amount else Opened(owner="a"))
+    replica = next(node for node in redis_sentinel.data_nodes
+                   if node is not redis_sentinel.primary())
+    with replica.client() as client:
+        key = store.storage.keys.append_keys("account", stream.entity_id)[0]  # type: ignore[attr-defined]
+        assert client.xlen(key) == 20
+    with redis_sentinel.primary().client() as client:
+        delete_prefix(client, prefix)
+
+
+def test_wait_aof_on_a_redis_older_than_7_2_is_refused_at_start_up_naming_its_version(
+    prefix: str,
+) -> None:
+    version = real_redis().execute_command("HELLO")[b"version"].decode()
+    if tuple(map(int, version.split(".")[:2])) >= (7, 2):
+        pytest.fail(f"this test needs a Redis older than 7.2 (here {version})")
+    with pytest.raises(ConfigurationError, match=rf"version {version}\).*Redis 7\.2"):
+        RedisStorage(real_redis(), prefix=prefix, durability=Durability(aof=True))
+
+
+def test_config_output_never_shows_a_password() -> None:
+    env = dict(os.environ, ES_REDIS_URL="redis://app:s3cret-pw@127.0.0.1:6379/0",
+               ES_REDIS_PASSWORD="other-s3cret", PYTHONPATH=str(ROOT))
+    done = subprocess.run([ES_WORKERS, "config"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "***" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+# Workers ride out an outage quietly
+
+
+def test_broker_consumers_wait_out_an_outage_with_one_warning_per_backoff_step(
+    proxy: TcpProxy, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=200)
+    broker = WakingRedisBroker(client=client_from_url(proxy.url, settings),
+                               namespace=f"{prefix}:dramatiq")
+    consumers = [broker.consume(queue, prefetch=1, timeout=10) for queue in ("a", "b", "a.DQ")]
+    try:
+        proxy.down()
+        with caplog.at_level(logging.INFO, logger="es_workers.workers.broker"):
+            began = time.monotonic()
+            while time.monotonic() - began < 2.5:
+                for consumer in consumers:
+                    assert next(consumer) is None  # no exception: the worker thread goes on
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            # Steps of 0.1, 0.2, 0.4, 0.8, 1.6 s (+-20%) for all three consumers together.
+            assert 3 <= len(warnings) <= 6, [r.getMessage() for r in warnings]
+            assert all("Redis broker unavailable" in r.getMessage() for r in warnings)
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while not any("recovered after" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the consumers never recovered"
+                for consumer in consumers:
+                    next(consumer)
+    finally:
+        for consumer in consumers:
+            consumer.close()
+        broker.close()
