@@ -11,6 +11,7 @@ as the `cluster` backend too.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -26,7 +27,7 @@ from kit import wait_for, write_count
 from redis.cluster import RedisCluster
 from servers import RedisClusterServers
 
-from es_workers import RedisStorage, Store, admin
+from es_workers import AsyncRedisStorage, AsyncStore, RedisStorage, Store, admin
 from es_workers.errors import ConfigurationError, DurabilityError
 from es_workers.redis.durability import Durability
 from es_workers.redis.publisher import GROUP, Publisher, PublisherOptions
@@ -333,8 +334,8 @@ def test_an_append_waiting_for_replicas_sends_wait_to_the_master_that_ran_it(
     entities = [f"acc-{i}" for i in range(12)]
     expected = dict.fromkeys(wait_calls(redis_cluster), 0)
     for entity_id in entities:
-        stream = storage.keys.append_keys("account", entity_id)[0]
-        expected[cluster.get_node_from_key(stream).name] += 1
+        key = storage.keys.append_keys("account", entity_id)[0]
+        expected[cluster.get_node_from_key(key).name] += 1
     for entity_id in entities:  # loads the script on every master (NOSCRIPT: sent again)
         with pytest.raises(DurabilityError):
             store.open("account", entity_id).write(Opened(owner="o"))
@@ -349,3 +350,35 @@ def test_an_append_waiting_for_replicas_sends_wait_to_the_master_that_ran_it(
     after = wait_calls(redis_cluster)
     assert {name: after[name] - before[name] for name in after} == expected
     assert all(storage.position("account", e) == 2 for e in entities)  # stored all the same
+
+
+def test_an_append_through_the_async_storage_wakes_the_idle_cluster_publisher(
+    redis_cluster: RedisClusterServers, cluster: RedisCluster, prefix: str
+) -> None:
+    """As above, with the events written by an AsyncRedisStorage on the cluster: its poll
+    is 10 s, so each event relayed within 2 s shows the async append sent the wake-up."""
+    slow_poll = PublisherOptions(block_ms=10_000, claim_every_ms=60_000)
+    store = Store(RedisStorage(cluster, prefix=prefix, publisher=slow_poll),
+                  events=ACCOUNT_EVENTS)
+    seen: list[int] = []
+    store.subscribe("account", "recorder", lambda event: seen.append(event.event_number))
+
+    async def write(count: int) -> None:
+        writer = AsyncStore(AsyncRedisStorage(redis_cluster.async_client(), prefix=prefix),
+                            events=ACCOUNT_EVENTS)
+        async with writer.open("account", "acc-1") as stream:
+            async for _ in stream.all():
+                pass
+            await stream.write(Opened(owner="o") if count == 1 else Deposited(amount=count))
+        await writer.close()
+
+    thread = threading.Thread(target=store.start, daemon=True)
+    thread.start()
+    try:
+        for count in range(1, 4):
+            asyncio.run(write(count))
+            wait_for(lambda n=count: len(seen) >= n, f"event {count} relayed", timeout=2)  # type: ignore[misc]
+    finally:
+        store.close()
+        thread.join(timeout=15)
+    assert seen == [1, 2, 3]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from conftest import delete_prefix
-from kit import wait_for
+from kit import ES_WORKERS, ROOT, Processes, wait_for
 from redis.cluster import RedisCluster
 from servers import RedisClusterServers
-from test_processes import ES_WORKERS, ROOT, Processes, assert_in_order_without_loss
+from test_processes import assert_in_order_without_loss
 
 APP = "tests.cluster_app:store"
 ENTITIES, EVENTS = 40, 15
