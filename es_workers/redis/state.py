@@ -124,6 +124,12 @@ class SubscriberState:
         return (f"{self.keys.tag(e.partition)}:handled:{e.subscriber_id}:{e.entity_type}:"
                 f"{e.entity_id}")
 
+    def _tell_waiters(self, e: SubscriberEntity, what: str) -> None:
+        """Wakes `wait_handled` callers once the change is stored: a PUBLISH after the
+        transaction, since redis-py refuses PUBLISH in a cluster pipeline (a lost message
+        costs a waiter one poll)."""
+        self.client.publish(self._handled_channel(e), what)
+
     def _caught_up(self, entity_type: str) -> str:
         """Set of subscriber IDs that have been handed the entity type's history."""
         return f"{self.keys.prefix}:caught-up:{entity_type}"
@@ -205,8 +211,8 @@ class SubscriberState:
                   json.dumps(record))
         pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
         pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
-        pipe.publish(self._handled_channel(e), "parked")
         pipe.execute()
+        self._tell_waiters(e, "parked")
         return parked
 
     # -- Read-your-writes ----------------------------------------------------------------
@@ -415,8 +421,8 @@ class SubscriberState:
         pipe.hdel(parked_key, e.entity_id)
         pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
                   nx=True)
-        pipe.publish(self._handled_channel(e), "unparked")
         pipe.execute()
+        self._tell_waiters(e, "unparked")
         return entity
 
     def forget(self, subscriber_id: str, entity_type: str) -> None:
