@@ -12,6 +12,7 @@ from .errors import ConfigurationError, UnknownNameError
 from .names import check_entity_id
 from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
+from .redis.cluster import spread_warning
 from .redis.failures import translated
 from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
@@ -46,6 +47,7 @@ class SubscriberStatus:
 class StoreStatus:
     outbox_backlog: int  # appended batches not yet relayed by a publisher
     subscribers: list[SubscriberStatus]
+    warnings: list[str] = field(default_factory=list)  # e.g. masters a prefix leaves unused
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +144,12 @@ def status(store: Store) -> StoreStatus:
                     parked=state.parked(subscriber_id, entity_type),
                 )
             )
-    return StoreStatus(outbox_backlog=storage.outbox_backlog(), subscribers=subscribers)
+    warning = spread_warning(storage.client, storage.keys)
+    return StoreStatus(
+        outbox_backlog=storage.outbox_backlog(),
+        subscribers=subscribers,
+        warnings=[warning] if warning else [],
+    )
 
 
 def _unpark(

@@ -24,6 +24,7 @@ from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
+from redis.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -35,6 +36,7 @@ from .errors import ConfigurationError, EsError, UnknownNameError
 from .event import Event
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
 from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
+from .redis.cluster import masters
 from .redis.storage import RedisStorage
 from .settings import (
     Settings,
@@ -219,6 +221,10 @@ def describe(store: Store) -> str:
         return type(storage).__name__
     if type(storage.client).__module__.startswith("fakeredis"):
         return f"prefix {storage.keys.prefix!r} on the embedded Redis of this process"
+    if isinstance(storage.client, RedisCluster):
+        nodes = masters(storage.client)
+        return (f"prefix {storage.keys.prefix!r} ({storage.partitions} partitions) on a Redis "
+                f"Cluster of {len(nodes)} masters: {', '.join(nodes)}")
     # storage.server: host:port/db, user@..., or the Sentinel master's name; no password
     return f"prefix {storage.keys.prefix!r} on Redis {storage.server}"
 
@@ -415,6 +421,8 @@ def exit_past_thresholds(report: StoreStatus, limits: Thresholds) -> None:
 def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
     out.print(f"{app_ref}: {describe(store)}")
     out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
+    for warning in report.warnings:
+        out.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     table = folding_table("entity type", "subscriber", "history", "lagging entities",
                           "events behind", "parked")
     parked_entities: list[ParkedEntity] = []

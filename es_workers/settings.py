@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="Redis for events and delivery state; unset: embedded fakeredis",
         examples=["redis://127.0.0.1:6379/0"],
     )
+    redis_cluster: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="Whether redis_url names a node of a Redis Cluster: auto asks the server "
+        "(INFO cluster); a cluster needs broker_url (RabbitMQ or a standalone Redis)",
+    )
     prefix: str = Field(default="es", description="Key prefix of this store in Redis")
     partitions: int | None = Field(
         default=None, ge=1, le=4096,
@@ -289,6 +294,11 @@ class Settings(BaseSettings):
         except ConfigurationError as error:
             raise ValueError(str(error)) from None
         return value
+
+    @field_validator("redis_cluster", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

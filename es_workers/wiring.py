@@ -17,10 +17,12 @@ import redis
 import redis.asyncio
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
+from .redis.cluster import is_cluster
 from .redis.storage import RedisStorage
 from .settings import Settings, env_name, load_settings, redact_url, sentinel_addresses
 from .workers.broker import WakingRedisBroker
@@ -57,9 +59,10 @@ def embedded_server() -> Any:
         return _embedded
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """The Redis client the settings name: through Sentinel, from redis_url, or embedded;
-    with the timeouts and retries of the settings (the same for the storage and the broker)."""
+def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
+    """The Redis client the settings name: through Sentinel, from redis_url (a RedisCluster
+    on a Redis Cluster), or embedded; with the timeouts and retries of the settings (the
+    same for the storage and the broker)."""
     if settings.redis_sentinels is not None:
         return sentinel_client(settings)
     if settings.redis_url is None:
@@ -68,7 +71,44 @@ def redis_client(settings: Settings) -> redis.Redis:
 
         client: redis.Redis = fakeredis.FakeRedis(server=server)
         return client
+    if on_cluster(settings):
+        return cluster_client(settings.redis_url, settings)
     return client_from_url(settings.redis_url, settings)
+
+
+def cluster_client(url: str, settings: Settings) -> RedisCluster:
+    try:
+        return RedisCluster.from_url(url, **connection_options(settings))
+    except redis.exceptions.RedisClusterException as error:
+        raise ConfigurationError(
+            f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
+            f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"
+        ) from None
+
+
+def on_cluster(settings: Settings) -> bool:
+    """Whether the events live on a Redis Cluster (`redis_cluster`; auto: ask the server)."""
+    if settings.redis_url is None or settings.redis_sentinels is not None:
+        return False
+    if settings.redis_cluster == "false":
+        return False
+    return settings.redis_cluster == "true" or cluster_enabled(settings.redis_url, settings)
+
+
+def cluster_enabled(url: str, settings: Settings) -> bool:
+    """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so). A Redis
+    that does not answer is taken for one Redis: the storage then says it is unreachable."""
+    options = connection_options(settings)
+    with redis.Redis.from_url(url, socket_connect_timeout=options["socket_connect_timeout"],
+                              socket_timeout=options["socket_timeout"]) as probe:
+        try:
+            return bool(probe.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError as error:  # INFO may be denied to an ACL user
+            log.info("cannot ask %s whether it is a cluster (%s): taking it for one Redis; "
+                     "set %s=true if it is", redact_url(url), error, env_name("redis_cluster"))
+            return False
+        except redis.RedisError:  # unreachable: RedisStorage reports it, naming the server
+            return False
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -108,7 +148,7 @@ def sentinel_client(settings: Settings) -> redis.Redis:
     return client
 
 
-def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
     if settings.redis_url is None:
         server = embedded_server()  # first: it says what to do when fakeredis is missing
@@ -116,11 +156,17 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
 
         client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
         return client
+    if on_cluster(settings):
+        return redis.asyncio.RedisCluster.from_url(settings.redis_url)
     return redis.asyncio.Redis.from_url(settings.redis_url)
 
 
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    """The Dramatiq broker the settings name, with the worker-process setup middleware."""
+def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:
+    """The Dramatiq broker the settings name, with the worker-process setup middleware.
+    `cluster`: the events live on a Redis Cluster, where Dramatiq's RedisBroker cannot run,
+    so the broker must be named and be RabbitMQ or a standalone Redis."""
+    if cluster:
+        check_cluster_broker(settings.broker_url, settings)
     url = settings.broker_url
     scheme = urlsplit(url).scheme if url else None
     broker: dramatiq.Broker
@@ -159,6 +205,23 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     return broker
 
 
+def check_cluster_broker(broker_url: str | None, settings: Settings) -> None:
+    if broker_url is None:
+        raise ConfigurationError(
+            f"{env_name('redis_url')} names a Redis Cluster, where Dramatiq's Redis broker "
+            f"cannot run: set {env_name('broker_url')} to RabbitMQ (amqp://..., pip install "
+            "'es_workers[rabbitmq]') or to a standalone Redis (redis://...)"
+        )
+    if urlsplit(broker_url).scheme in ("redis", "rediss", "unix") and cluster_enabled(
+        broker_url, settings
+    ):
+        raise ConfigurationError(
+            f"{env_name('broker_url')}={redact_url(broker_url)!r} is a Redis Cluster node, "
+            "where Dramatiq's Redis broker cannot run: name RabbitMQ (amqp://...) or a "
+            "standalone Redis"
+        )
+
+
 def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
     """The storage and bus the settings describe (read from `ES_...` when None)."""
     settings = settings if settings is not None else load_settings()
@@ -171,8 +234,10 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
             "lost when it exits (set %s to keep them)", env_name("redis_url"),
             env_name("redis_url"),
         )
+    client = redis_client(settings)
+    broker = build_broker(settings, cluster=is_cluster(client))  # before anything is written
     storage = RedisStorage(
-        redis_client(settings),
+        client,
         prefix=settings.prefix,
         partitions=settings.partitions,
         publisher=settings.publisher_options(),
@@ -180,7 +245,7 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         max_event_bytes=settings.max_event_bytes,
     )
     bus = DramatiqEventBus(
-        build_broker(settings),
+        broker,
         options=settings.delivery_options(),
         time_limit_ms=settings.time_limit_ms,
     )

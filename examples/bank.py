@@ -67,9 +67,10 @@ store = Store.from_settings(
     events={ACCOUNT: [Opened, Deposited, Withdrawn, TransferSent, TransferReceived]},
     settings=settings,
 )
-# The read models live in the same Redis as the events, under the store's prefix.
-read_models: redis.Redis = redis_client(settings)
-KEYS = f"{settings.prefix}:bank"
+# The read models live in the same Redis as the events, under the store's prefix. They
+# share one hash tag, so a transaction over several of them stays in one Redis Cluster slot.
+read_models: redis.Redis = redis_client(settings)  # type: ignore[assignment]
+KEYS = f"{settings.prefix}:{{bank}}"
 
 
 # -- State and commands --------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import redis
 from async_kit import ASYNC_KINDS, BlockingStorage, async_storage
 
-from es_workers import Content, Event, InMemoryStorage, RedisStorage, Store
+from es_workers import AsyncRedisStorage, Content, Event, InMemoryStorage, RedisStorage, Store
 from es_workers.ids import new_ids
 
 pytest_plugins = ["conftest_servers"]  # Cluster, Sentinel, TLS, ACL, AOF, proxy, RabbitMQ
@@ -45,19 +45,40 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys[start : start + 500])
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
+    """fakeredis, the single real Redis, or a 3-master Redis Cluster (one per session)."""
     return str(request.param)
 
 
 @pytest.fixture
-def redis_client(backend: str) -> Iterator[redis.Redis]:
+def redis_client(backend: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     if backend == "fakeredis":
         client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    elif backend == "cluster":
+        client = request.getfixturevalue("redis_cluster").client()
     else:
         client = real_redis()
     yield client
     client.close()
+
+
+# -- The cluster backend: tests marked single_redis do not run on it -------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselects the cluster backend of tests marked `single_redis` (they use what only one
+    Redis has, e.g. its connection pool or a broker on the same server)."""
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_cluster = params is not None and "cluster" in (
+            params.params.get("backend"), params.params.get("any_storage")
+        )
+        (dropped if on_cluster and item.get_closest_marker("single_redis") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture
@@ -99,13 +120,17 @@ def make_store(storage: RedisStorage) -> Callable[..., Store]:
     return build
 
 
-@pytest.fixture(params=["fakeredis", "redis", "memory"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster", "memory"])
 def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMemoryStorage]:
-    """Each kind of Storage: RedisStorage on fakeredis and on a real Redis, InMemoryStorage.
+    """Each kind of Storage: RedisStorage on fakeredis, on a real Redis and on a Redis
+    Cluster, InMemoryStorage.
 
     For tests of behaviour every Storage must share (the Go library's storage contract).
     A module that also runs them on the async storages parametrizes it with ALL_STORAGES.
     """
+    if request.param == "async-cluster":
+        yield from blocking_async_cluster_storage(request.getfixturevalue("redis_cluster"))
+        return
     if request.param.startswith("async-"):
         yield from blocking_async_storage(request.param)
         return
@@ -115,6 +140,8 @@ def any_storage(request: pytest.FixtureRequest) -> Iterator[RedisStorage | InMem
     client: redis.Redis = (
         fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
         if request.param == "fakeredis"
+        else request.getfixturevalue("redis_cluster").client()
+        if request.param == "cluster"
         else real_redis()
     )
     name = f"t-{uuid.uuid4().hex[:12]}"
@@ -132,7 +159,8 @@ def anyio_backend() -> str:
 
 
 ALL_STORAGES = pytest.mark.parametrize(
-    "any_storage", ["fakeredis", "redis", "memory", *ASYNC_KINDS], indirect=True
+    "any_storage", ["fakeredis", "redis", "cluster", "memory", *ASYNC_KINDS, "async-cluster"],
+    indirect=True,
 )
 
 
@@ -149,6 +177,18 @@ def blocking_async_storage(kind: str) -> Iterator[Any]:
         if kind == "async-redis":
             with redis.Redis.from_url(REDIS_URL) as client:
                 delete_prefix(client, name)
+
+
+def blocking_async_cluster_storage(cluster: Any) -> Iterator[Any]:
+    """An AsyncRedisStorage on the session's Redis Cluster, behind the sync port."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    storage = BlockingStorage(AsyncRedisStorage(cluster.async_client(), prefix=name))
+    try:
+        yield storage
+    finally:
+        storage.close()
+        with cluster.client() as client:
+            delete_prefix(client, name)
 
 
 @pytest.fixture

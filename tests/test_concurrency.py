@@ -137,6 +137,7 @@ def server_url(backend: str) -> Iterator[str]:
         server.server_close()
 
 
+@pytest.mark.single_redis  # the writer processes take a plain redis:// URL
 def test_processes_racing_on_one_entity_store_every_write_once_with_contiguous_numbers(
     server_url: str,
 ) -> None:

@@ -19,6 +19,8 @@ from kit import wait_for
 
 from es_workers.workers.broker import WakingRedisBroker
 
+pytestmark = pytest.mark.single_redis  # Dramatiq's Redis broker cannot run on a cluster
+
 LONG_IDLE_MS = 60_000  # a consumer that missed its wake-up sleeps this long
 
 

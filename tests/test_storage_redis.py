@@ -169,6 +169,7 @@ def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
     ]
 
 
+@pytest.mark.single_redis  # sets the retry policy of one Redis's connection pool
 def test_redis_py_resending_a_script_whose_reply_was_lost_does_not_duplicate(
     redis_client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,13 +288,15 @@ def test_a_long_stream_is_read_whole_across_read_pages(store: Store, storage: Re
 
 
 def test_a_client_that_decodes_responses_reads_and_writes_the_same(
-    backend: str, redis_client: redis.Redis, prefix: str
+    backend: str, redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
 ) -> None:
     if backend == "fakeredis":
         decoding: redis.Redis = fakeredis.FakeRedis(
             server=redis_client.connection_pool.connection_kwargs["server"],
             decode_responses=True,
         )
+    elif backend == "cluster":
+        decoding = request.getfixturevalue("redis_cluster").client(decode_responses=True)
     else:
         decoding = redis.Redis(
             connection_pool=redis.ConnectionPool(

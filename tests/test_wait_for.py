@@ -14,6 +14,7 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 from apps.delivery_kit import Delivery, Recorder
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened
 
@@ -133,7 +134,11 @@ def test_wait_for_raises_parked_error_for_a_parked_entity(delivery: Delivery) ->
 
 
 def async_client_beside(storage: RedisStorage) -> Any:
-    """A redis.asyncio client on the server of the test's storage (fakeredis or real)."""
+    """A redis.asyncio client on the server of the test's storage (fakeredis, real Redis,
+    or the cluster)."""
+    if isinstance(storage.client, redis.cluster.RedisCluster):
+        node = storage.client.get_default_node()
+        return redis.asyncio.RedisCluster(host=node.host, port=node.port)
     kwargs = storage.client.connection_pool.connection_kwargs
     if "server" in kwargs:
         return fakeredis.FakeAsyncRedis(server=kwargs["server"])

@@ -7,11 +7,14 @@
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
 -- then per event: name, JSON data, event time (microseconds), store_event_id, metadata
--- (JSON; '' for none: then no field is stored, so root events cost nothing extra).
+-- (JSON; '' for none: then no field is stored, so root events cost nothing extra);
+-- then, optionally (a Redis Cluster), the partition's wake-up channel {tag}:wake.
 --
 -- Returns {0, new position} when appended, {1, position} when the same events (same
 -- store_event_ids) were already appended there (a retried write), {2, actual position}
 -- on a conflict. A Lua error does not undo earlier writes, so every check comes first.
+-- Given a wake-up channel, an append to an empty outbox (its publishers idle) SPUBLISHes
+-- there: cluster publishers cannot block on every outbox at once, so they wait for it.
 
 local stream, heads, index, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local expected = tonumber(ARGV[3])
@@ -74,6 +77,11 @@ redis.call('HSET', heads, ARGV[2], new_position)
 if expected == 0 then
   redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
 end
+local wake = ARGV[5 + 5 * count]
+local idle = wake and wake ~= '' and redis.call('XLEN', outbox) == 0
 redis.call('XADD', outbox, '*', 'type', ARGV[1], 'id', ARGV[2],
   'first', expected + 1, 'last', new_position)
+if idle then
+  redis.call('SPUBLISH', wake, ARGV[2])
+end
 return {0, new_position}

@@ -59,6 +59,7 @@ class AsyncRedisStorage:
         self._state: SubscriberState | None = None
         self._opening = asyncio.Lock()
         self._reader = self._xrange_client(client)
+        self._on_cluster = isinstance(client, redis.asyncio.RedisCluster)
 
     @staticmethod
     def _xrange_client(client: Any) -> Any:
@@ -103,8 +104,13 @@ class AsyncRedisStorage:
     async def write(self, entity_type: str, events: Sequence[Event]) -> None:
         if not events:
             return
-        keys = (await self._entities())(entity_type, events[0].entity_id)
+        entity_keys = await self._entities()
+        keys = entity_keys(entity_type, events[0].entity_id)
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
+        if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
+            args.append(entity_keys.keys.wake(
+                entity_keys.keys.partition(entity_type, events[0].entity_id)
+            ))
         check_appended(entity_type, events, await self.append_script(keys=keys, args=args))
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..errors import ConfigurationError, DurabilityError
 from .keys import text
@@ -57,7 +58,7 @@ class Durability:
                                   wanted=self.replicas, confirmed=replicas)
 
 
-def server_version(client: redis.Redis) -> tuple[int, ...]:
+def server_version(client: redis.Redis | RedisCluster) -> tuple[int, ...]:
     """The server's version from HELLO (allowed to users without @dangerous, unlike INFO)."""
     answer = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
     fields = answer if isinstance(answer, dict) else dict(zip(answer[::2], answer[1::2],
@@ -66,7 +67,7 @@ def server_version(client: redis.Redis) -> tuple[int, ...]:
     return tuple(int(part) for part in text(values["version"]).split(".")[:3])
 
 
-def check_server(client: redis.Redis, durability: Durability, server: str) -> None:
+def check_server(client: redis.Redis | RedisCluster, durability: Durability, server: str) -> None:
     """At start-up: refuses an eviction policy that could delete events, and durability the
     server cannot give, each with a ConfigurationError naming the server."""
     _check_eviction(client, server)
@@ -88,7 +89,7 @@ def check_server(client: redis.Redis, durability: Durability, server: str) -> No
             ) from None
 
 
-def _check_eviction(client: redis.Redis, server: str) -> None:
+def _check_eviction(client: redis.Redis | RedisCluster, server: str) -> None:
     try:
         answer = client.config_get("maxmemory-policy")
     except redis.ResponseError as error:  # NOPERM: CONFIG is @dangerous; fakeredis

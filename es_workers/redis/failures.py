@@ -32,8 +32,9 @@ def server_name(client: Any) -> str:
     `sentinel master 'name'` or `cluster host:port,...`. Never a password."""
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # RedisCluster: per-node pools
-        nodes = getattr(client, "startup_nodes", None) or {}
-        return "cluster " + ",".join(sorted(nodes)) if nodes else type(client).__name__
+        nodes = getattr(client, "startup_nodes", None) or {}  # names, or ClusterNodes
+        names = sorted(getattr(node, "name", node) for node in nodes)
+        return "cluster " + ",".join(names) if names else type(client).__name__
     service = getattr(pool, "service_name", None)
     if service:
         return f"sentinel master {service!r}"

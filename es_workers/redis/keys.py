@@ -63,6 +63,11 @@ class RedisKeys:
             f"{tag}:outbox",
         ]
 
+    def wake(self, partition: int) -> str:
+        """The partition's wake-up channel (sharded pub/sub, on its master): append.lua
+        names it there when asked to, the cluster publisher listens."""
+        return f"{self.tag(partition)}:wake"
+
     # Not per entity.
     def meta(self) -> str:
         return f"{self.prefix}:meta"

@@ -33,6 +33,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
 from ..upgrade import Reader
+from .cluster import Wakeups, is_cluster, read_groups, spread_warning
 from .heartbeats import BEAT_EVERY_S, Heartbeats
 from .keys import RedisKeys, text
 from .state import SubscriberState
@@ -108,24 +109,56 @@ class Publisher:
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._next_beat = 0.0
         self._caught_up: set[tuple[str, str]] = set()
+        # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): a round
+        # reads, without blocking, the outboxes whose partition sent a wake-up (see
+        # append.lua) or had entries last round, and every outbox each block_ms; an idle
+        # publisher waits for a wake-up.
+        self._wakeups = (
+            Wakeups(self.client, [self.keys.wake(p) for p in range(self.keys.partitions)])
+            if is_cluster(self.client) else None
+        )
+        self._outbox_of_wake = {
+            self.keys.wake(p): key for p, key in enumerate(self._outboxes)
+        }
+        self._had_entries: set[str] = set()
+        self._next_full_read = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised: one
         warning per retry, and one "recovered" line when a round succeeds again."""
+        log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
+        if self._wakeups is not None:
+            self._wakeups.start()
+        try:
+            self._run(stop)
+        finally:
+            if self._wakeups is not None:
+                self._wakeups.stop()
+            self._stop_beating()
+        log.info("publisher %s stopped", self.consumer)
+
+    def _run(self, stop: threading.Event) -> None:
         failures = idle = 0
         outage_since = 0.0
-        log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
+        spread_checked = False
         while not stop.is_set():
             try:
                 if failures or self._own_pending:
                     self.ensure_groups()
+                if not spread_checked:
+                    warning = spread_warning(self.client, self.keys)
+                    if warning:
+                        log.warning("publisher %s: %s", self.consumer, warning)
+                    spread_checked = True
                 busy = self.step()
                 if failures:
                     log.info("publisher %s recovered after %.1f s (%d failed attempts)",
                              self.consumer, time.monotonic() - outage_since, failures)
                 failures = 0
                 idle = 0 if busy else idle + 1
-                if idle:
+                if idle and self._wakeups is not None:
+                    self._wakeups.wait(stop, self.options.block_ms / 1000)
+                elif idle:
                     # Real Redis blocks in XREADGROUP; fakeredis answers at once, so back
                     # off (1 ms doubling to 32 ms) rather than spin.
                     stop.wait(0.001 * 2 ** min(idle - 1, 5))
@@ -133,8 +166,6 @@ class Publisher:
                 failures += 1
                 outage_since = outage_since if failures > 1 else time.monotonic()
                 stop.wait(self._retry_delay(error, failures) / 1000)
-        self._stop_beating()
-        log.info("publisher %s stopped", self.consumer)
 
     def _retry_delay(self, error: Exception, failures: int) -> int:
         self._own_pending = True
@@ -181,18 +212,39 @@ class Publisher:
                     raise
 
     def _relay_outbox(self) -> bool:
-        streams = {key: "0" if self._own_pending else ">" for key in self._outboxes}
-        block = None if self._own_pending else self.options.block_ms
-        reply: Any = self.client.xreadgroup(
-            GROUP, self.consumer, streams, count=self.options.batch, block=block
-        )
-        entries = [(text(key), entry) for key, items in reply or [] for entry in items]
+        entries = self._read_outboxes("0" if self._own_pending else ">")
         if self._own_pending and not entries:
             self._own_pending = False
+            self._next_full_read = 0.0  # then new entries, of any partition
         if not entries:
             return False
         self._relay(entries)
         return True
+
+    def _read_outboxes(self, start: str) -> list[tuple[str, Any]]:
+        """New entries (start ">") or our own pending ones ("0") of every outbox."""
+        count = self.options.batch
+        if self._wakeups is None:
+            block = None if start == "0" else self.options.block_ms
+            streams = dict.fromkeys(self._outboxes, start)
+            reply: Any = self.client.xreadgroup(
+                GROUP, self.consumer, streams, count=count, block=block
+            )
+        else:
+            outboxes = self._outboxes_to_read(self._wakeups.take(), full=start == "0")
+            reply = read_groups(self.client, GROUP, self.consumer, outboxes, start, count)
+            self._had_entries = {text(key) for key, items in reply if items}
+        return [(text(key), entry) for key, items in reply or [] for entry in items]
+
+    def _outboxes_to_read(self, spoke: set[str] | None, *, full: bool) -> list[str]:
+        """On a cluster: the outboxes a round reads (see __init__)."""
+        now = time.monotonic()
+        if full or spoke is None or now >= self._next_full_read:
+            self._next_full_read = now + self.options.block_ms / 1000
+            return self._outboxes
+        wanted = {self._outbox_of_wake[c] for c in spoke if c in self._outbox_of_wake}
+        wanted |= self._had_entries
+        return [key for key in self._outboxes if key in wanted]
 
     def _claim_abandoned(self) -> bool:
         found = False

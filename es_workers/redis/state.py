@@ -13,6 +13,7 @@ handled, re-sent by the publisher's sweep if still lagging when due. A lock per
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -124,6 +125,12 @@ class SubscriberState:
         return (f"{self.keys.tag(e.partition)}:handled:{e.subscriber_id}:{e.entity_type}:"
                 f"{e.entity_id}")
 
+    def _tell_waiters(self, e: SubscriberEntity, what: str) -> None:
+        """Wakes `wait_handled` callers once the change is stored: a PUBLISH after the
+        transaction, since redis-py refuses PUBLISH in a cluster pipeline (a lost message
+        costs a waiter one poll)."""
+        self.client.publish(self._handled_channel(e), what)
+
     def _caught_up(self, entity_type: str) -> str:
         """Set of subscriber IDs that have been handed the entity type's history."""
         return f"{self.keys.prefix}:caught-up:{entity_type}"
@@ -205,8 +212,8 @@ class SubscriberState:
                   json.dumps(record))
         pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
         pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
-        pipe.publish(self._handled_channel(e), "parked")
         pipe.execute()
+        self._tell_waiters(e, "parked")
         return parked
 
     # -- Read-your-writes ----------------------------------------------------------------
@@ -237,11 +244,14 @@ class SubscriberState:
         """`wait_handled` for a state built on a `redis.asyncio` client (AsyncStore)."""
         entities = [self.entity(s, entity_type, entity_id) for s in subscriber_ids]
         deadline = time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        # redis.asyncio's RedisCluster has no Pub/Sub: there the wait polls every WAIT_POLL_S.
+        pubsub = (self.client.pubsub(ignore_subscribe_messages=True)
+                  if hasattr(self.client, "pubsub") else None)
         doing = f"waiting for {entity_type} {entity_id!r} to be handled"
         with translated(server_name(self.client), doing):
             try:
-                await pubsub.subscribe(*(self._handled_channel(e) for e in entities))
+                if pubsub is not None:
+                    await pubsub.subscribe(*(self._handled_channel(e) for e in entities))
                 while True:
                     pipe = self._behind_pipeline(entities)
                     behind = self._behind_from(entities, event_number, await pipe.execute())
@@ -251,9 +261,13 @@ class SubscriberState:
                     if remaining <= 0:
                         raise WaitTimeoutError(entity_type, entity_id, event_number, behind,
                                                timeout)
-                    await pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
+                    if pubsub is not None:
+                        await pubsub.get_message(timeout=min(remaining, WAIT_POLL_S))
+                    else:
+                        await asyncio.sleep(min(remaining, WAIT_POLL_S))
             finally:
-                await pubsub.aclose()
+                if pubsub is not None:
+                    await pubsub.aclose()
 
     def _behind(self, entities: Sequence[SubscriberEntity], event_number: int
                 ) -> dict[str, int]:
@@ -446,8 +460,8 @@ class SubscriberState:
         pipe.hdel(parked_key, e.entity_id)
         pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
                   nx=True)
-        pipe.publish(self._handled_channel(e), "unparked")
         pipe.execute()
+        self._tell_waiters(e, "unparked")
         return entity
 
     def forget(self, subscriber_id: str, entity_type: str) -> None:

@@ -8,11 +8,13 @@ from itertools import chain
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
+from .cluster import is_cluster
 from .durability import Durability, check_server
 from .entries import (
     DEFAULT_PARTITIONS,
@@ -37,7 +39,8 @@ from .state import SubscriberState
 class RedisStorage:
     """Stores each entity as a Redis Stream whose entry IDs are the event numbers.
 
-    `client` is a `redis.Redis` (a real server or fakeredis). `partitions` is fixed per
+    `client` is a `redis.Redis` (a real server or fakeredis) or a
+    `redis.cluster.RedisCluster`. `partitions` is fixed per
     prefix: the first RedisStorage to use a prefix records it in Redis, later ones read it
     (passing a different number is a ConfigurationError, since it would move entities).
     `publisher` configures the storage's publishing hook (`start_publish`), the outbox
@@ -51,7 +54,7 @@ class RedisStorage:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         prefix: str = "es",
         partitions: int | None = None,
@@ -75,13 +78,30 @@ class RedisStorage:
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._entity_keys = EntityKeys(self.keys)
-        # Entity streams are read through a client of their own on the same connection
-        # pool, whose XRANGE replies stay as Redis sends them (see entries.as_sent).
-        self._reader = redis.Redis(connection_pool=client.connection_pool)
-        self._reader.set_response_callback("XRANGE", as_sent)
+        self._reader = self._open_reader(client)
+        # On a cluster each append SPUBLISHes to its partition's channel when the outbox
+        # was empty (see append.lua): the publisher waits for it.
+        self._wake_channels = {
+            self.keys.outbox(p): self.keys.wake(p) for p in range(self.partitions)
+        } if is_cluster(client) else {}
 
     @staticmethod
-    def _open_keys(client: redis.Redis, prefix: str, partitions: int | None) -> RedisKeys:
+    def _open_reader(client: Any) -> Any:
+        """The client entity streams are read through.
+
+        On one Redis: a client of its own on the same connection pool, whose XRANGE
+        replies stay as Redis sends them (see entries.as_sent). A RedisCluster has a pool
+        per node, so it reads itself; EntityPages flattens its parsed entries back."""
+        if is_cluster(client):
+            return client
+        reader = redis.Redis(connection_pool=client.connection_pool)
+        reader.set_response_callback("XRANGE", as_sent)
+        return reader
+
+    @staticmethod
+    def _open_keys(
+        client: redis.Redis | RedisCluster, prefix: str, partitions: int | None
+    ) -> RedisKeys:
         wanted = DEFAULT_PARTITIONS if partitions is None else partitions
         meta = RedisKeys(prefix, wanted).meta()  # validates before anything is written
         client.hsetnx(meta, "partitions", wanted)
@@ -102,6 +122,8 @@ class RedisStorage:
             return
         keys = self._entity_keys(entity_type, events[0].entity_id)
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
+        if self._wake_channels:  # after the events' ARGV (append.lua)
+            args.append(self._wake_channels[keys[3]])
         check_appended(entity_type, events, self._append(keys, args))
 
     def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:

@@ -124,8 +124,8 @@ def stub_broker() -> StubBroker:
 @contextmanager
 def redis_broker(client: redis.Redis, backend: str, url: str) -> Iterator[dramatiq.Broker]:
     """The broker users get (WakingRedisBroker) beside the test's storage: on the same
-    fakeredis server, or on the real Redis under a namespace of its own (its keys are
-    deleted afterwards)."""
+    fakeredis server, or on the real Redis at `url` under a namespace of its own (its keys
+    are deleted afterwards)."""
     if backend == "fakeredis":
         import fakeredis
 
@@ -136,15 +136,18 @@ def redis_broker(client: redis.Redis, backend: str, url: str) -> Iterator[dramat
         finally:
             broker.close()
         return
+    # On the real Redis, or beside a cluster (where Dramatiq's broker cannot run) on the
+    # standalone Redis at `url`, as ES_BROKER_URL=redis://... would have it.
     namespace = f"t-dq-{uuid.uuid4().hex[:12]}"
     broker = WakingRedisBroker(url=url, namespace=namespace)
     try:
         yield broker
     finally:
         broker.close()
-        keys = list(client.scan_iter(f"{namespace}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        with redis.Redis.from_url(url) as server:
+            keys = list(server.scan_iter(f"{namespace}:*", count=1000))
+            if keys:
+                server.delete(*keys)
 
 
 class Delivery:
