@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import delete_prefix
+from kit import ROOT, Processes, wait_for
 from servers import AclUser, RedisSentinelServers, RedisServer
-from test_processes import ROOT, Processes, assert_in_order_without_loss, handled
+from test_processes import assert_in_order_without_loss, handled, wait_until_handled
 
 from es_workers import Content, RedisStorage, StorageFullError, Store
 from es_workers.redis.keys import RedisKeys
@@ -65,13 +66,12 @@ def write_through(processes: Processes, disrupt: Callable[[], None], count: int 
     waits for the writer to finish; returns its lines about failed attempts."""
     writer = processes.start("writer", sys.executable, "-m", "tests.failure_writer",
                              str(count), str(entities), str(rate))
-    deadline = time.monotonic() + 60
-    while sum(1 for _ in acknowledged(processes).values()) < entities or (
-        processes.log_of["writer"].read_text().count("\nack ") < count // 3
-    ):
+    def writing() -> None:
         assert writer.poll() is None, processes.log_of["writer"].read_text()[-2000:]
-        assert time.monotonic() < deadline, "the writer is too slow"
-        time.sleep(0.05)
+
+    wait_for(lambda: sum(1 for _ in acknowledged(processes).values()) >= entities
+             and processes.log_of["writer"].read_text().count("\nack ") >= count // 3,
+             "a third of the writes acknowledged", timeout=60, interval=0.05, check=writing)
     disrupt()
     writer.wait(timeout=180)
     output = processes.log_of["writer"].read_text()
@@ -93,14 +93,11 @@ def check_everything_stored_and_handled(processes: Processes, client: redis.Redi
         ids = [entry_id.decode() for entry_id, _ in entries]
         assert ids == [f"{n}-0" for n in range(1, head + 1)], entity_id
     expected = {(entity_id, n) for entity_id, head in heads.items() for n in range(1, head + 1)}
-    deadline = time.monotonic() + 120
-    while not all(expected <= set(handled(client, prefix, s)) for s in ("fast", "slow")):
+    def running() -> None:
         for name in ("publisher", "worker"):
             assert processes.running[name].poll() is None, f"the {name} exited"
-        assert time.monotonic() < deadline, "events never handled: " + str(
-            {s: len(expected - set(handled(client, prefix, s))) for s in ("fast", "slow")}
-        )
-        time.sleep(0.25)
+
+    wait_until_handled(client, prefix, expected, timeout=120, check=running)
     for subscriber in ("fast", "slow"):
         assert_in_order_without_loss(handled(client, prefix, subscriber), heads)
     for name in ("publisher", "worker"):

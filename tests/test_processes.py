@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,14 +60,16 @@ def handled(client: redis.Redis, prefix: str, subscriber: str) -> list[tuple[str
 
 
 def wait_until_handled(client: redis.Redis, prefix: str, expected: set[tuple[str, int]],
-                       timeout: float, subscribers: tuple[str, ...] = ("fast", "slow")) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(expected <= set(handled(client, prefix, s)) for s in subscribers):
-            return
-        time.sleep(0.25)
-    missing = {s: len(expected - set(handled(client, prefix, s))) for s in subscribers}
-    raise AssertionError(f"events never handled after {timeout} s: {missing}")
+                       timeout: float, subscribers: tuple[str, ...] = ("fast", "slow"),
+                       check: Callable[[], None] | None = None) -> None:
+    def done() -> bool:
+        return all(expected <= set(handled(client, prefix, s)) for s in subscribers)
+
+    try:
+        wait_for(done, "every event handled", timeout=timeout, interval=0.25, check=check)
+    except AssertionError:
+        missing = {s: len(expected - set(handled(client, prefix, s))) for s in subscribers}
+        raise AssertionError(f"events never handled after {timeout} s: {missing}") from None
 
 
 def assert_in_order_without_loss(log: list[tuple[str, int]], heads: dict[str, int]) -> int:
