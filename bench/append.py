@@ -17,11 +17,12 @@ P7  Redis bytes per event at 100 events per entity, ~200-byte payloads, written 
     entity index), median of 3 runs, once the outbox entries are relayed (the publisher
     deletes them; their cost until then is shown apart).                   Goal <= 300
     Also shown: the sum of MEMORY USAGE over those keys (for streams Redis estimates each
-    radix-tree node at ~250 B, well above what it allocates), and bytes per event for
-    entities of one event at the server's stream-node-max-bytes and at 512 (set with CONFIG
-    SET for that measure, then restored): Redis preallocates a stream node of that size.
-    At 512 the bench also gives P7 and a 5,000-event entity's bytes per event: what small
-    nodes cost long streams.
+    radix-tree node at ~250 B, well above what it allocates).
+Small entities: used_memory per entity of one event (~200-byte payload) at the server's
+    stream-node-max-bytes (Redis preallocates a new node of that size; the append script
+    stores a new stream at its size).                                      Goal <= 1000
+    The same, P7 and a 5,000-event entity's bytes per event are also shown at 512 (set
+    with CONFIG SET for that measure, then restored): what small nodes cost long streams.
 
 Rates are the best of --rounds rounds, which interleave the measures so that a busy
 machine slows them alike. The bench writes under a key prefix of its own in the given
@@ -351,13 +352,14 @@ def main() -> int:
         ),
         ("  same, MEMORY USAGE sum", f"{estimated:.0f}", "", "Redis' estimate", None),
         ("  + outbox until relayed", f"{outbox:.0f}", "", "used_memory, 1 entry/write", None),
-        ("bytes/event, 1/entity", f"{one_now:.0f}", "", f"{setting} {node_bytes}", None),
+        ("bytes/entity, 1 event", f"{one_now:.0f}", "<= 1000",
+         f"used_memory; {setting} {node_bytes}", one_now <= 1000),
     ]
     if one_512 is not None and p7_512 is not None and long_512 is not None:
         rows += [
-            ("bytes/event, 1/entity", f"{one_512:.0f}", "<= 1000", f"{setting} 512",
-             one_512 <= 1000),
-            ("P7 at 512", f"{p7_512:.0f}", "<= 300", f"{setting} 512", p7_512 <= 300),
+            ("bytes/entity, 1 event", f"{one_512:.0f}", "", f"{setting} 512", None),
+            ("P7 at 512", f"{p7_512:.0f}", "", f"{setting} 512: what small nodes cost",
+             None),
             ("bytes/event, 5,000/entity", f"{long_now:.0f}", "", f"{setting} {node_bytes}",
              None),
             ("bytes/event, 5,000/entity", f"{long_512:.0f}", "", f"{setting} 512", None),
@@ -365,7 +367,8 @@ def main() -> int:
     print()
     for line in table(rows):
         print(line)
-    return 0 if p1 >= 0.6 and p2 >= 5 and p6 <= 1.3 and per_event <= 300 else 1
+    passed = p1 >= 0.6 and p2 >= 5 and p6 <= 1.3 and per_event <= 300 and one_now <= 1000
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

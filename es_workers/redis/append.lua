@@ -5,6 +5,7 @@
 -- KEYS[2] heads           {tag}:heads:<type>         hash entity ID -> position
 -- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
+-- KEYS[5] scratch         {tag}:scratch              never left behind: see "A new stream"
 -- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
 -- then per event: name, JSON data, event time (microseconds), store_event_id, metadata
 -- (JSON; '' for none: then no field is stored, so root events cost nothing extra);
@@ -71,6 +72,16 @@ for i = 0, count - 1 do
       'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
       'm', ARGV[arg + 4])
   end
+end
+-- A new stream: Redis gave its node stream-node-max-bytes (4096 by default) up front, most
+-- of it unused while the entity has a few events: ~4.4 KB for one ~200-byte event. A copy
+-- holds the node at its size (~0.6 KB); later appends grow it as they go, until it is full
+-- and the next node is allocated whole, as before. So small entities cost what they hold
+-- and long streams are as they were. COPY refuses an existing destination: then nothing
+-- is moved.
+if position == 0 and redis.call('COPY', stream, KEYS[5]) == 1 then
+  redis.call('DEL', stream)
+  redis.call('RENAME', KEYS[5], stream)
 end
 local new_position = expected + count
 redis.call('HSET', heads, ARGV[2], new_position)

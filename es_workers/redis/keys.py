@@ -54,13 +54,15 @@ class RedisKeys:
 
     def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
-        index and outbox (the partition computed once: this runs on every append)."""
+        index, outbox and scratch key (the partition computed once: this runs on every
+        append)."""
         tag = self.tag(self.partition(entity_type, entity_id))
         return [
             f"{tag}:stream:{entity_type}:{entity_id}",
             f"{tag}:heads:{entity_type}",
             f"{tag}:index:{entity_type}",
             f"{tag}:outbox",
+            f"{tag}:scratch",
         ]
 
     def wake(self, partition: int) -> str:
