@@ -21,7 +21,9 @@ empty and no subscriber lags except on parked entities (at most `--seconds`), th
 - VmRSS of the publisher and of the workers (each worker's process group) after warm-up
   (10% written) and at the end.
 
-Exit status 1 if it did not drain in time or an event was not handled. The default size is a
+Exit status 1 if it did not drain in time, an event was not handled or a key of ours was
+left beyond the formula (Dramatiq's own keys are shown, not checked); memory per event and
+RSS growth are shown with PASS/MISS against P7's 300 B and +20%. The default size is a
 smoke run (well under a minute); the bench deletes its keys at the end unless `--keep`.
 """
 
@@ -48,6 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = "bench.soak_app:store"
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
 SUBSCRIBERS = ("tally", "flaky")
+P7_BOUND = 300  # bytes per event (bench/append.py's P7 goal)
+RSS_GROWTH = 0.20  # of a process's RSS after warm-up, at the end
+BROKER_KEYS = "dramatiq"  # Dramatiq's own (queues, acks of live workers): shown, not checked
 ENTITY_TYPE = "counter"
 
 
@@ -66,7 +71,7 @@ def run_writer(part: int, parts: int, entities: int, events: int) -> None:
     left = {i: heads[i] for i in mine if heads[i] > 0}
     streams: dict[int, Any] = {}
     rng = random.Random(part)
-    written = 0
+    written = appends = 0
     counter = f"{app.PREFIX}:soak:written"
     while left:
         order = list(left)
@@ -86,10 +91,12 @@ def run_writer(part: int, parts: int, entities: int, events: int) -> None:
                 del left[i]
                 del streams[i]  # a long run should not keep every entity's stream
             written += size
+            appends += 1
             if written >= 200:
                 app.client.incrby(counter, written)
                 written = 0
     app.client.incrby(counter, written)
+    app.client.incrby(f"{app.PREFIX}:soak:appends", appends)
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -292,7 +299,8 @@ def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str
         "caught-up": 1,
         "catch-up": 0,
         "meta": 1,
-        "soak": 3,  # the bench's own: written, and one hash per subscriber
+        "heartbeats": 1,  # the workers' liveness hash
+        "soak": 4,  # the bench's own: written, appends, and one hash per subscriber
     }
 
 
@@ -350,7 +358,7 @@ def run(args: argparse.Namespace, app: ModuleType, processes: Processes, report:
         time.sleep(0.1)
     started = time.monotonic()
     writers = [processes.writer(part, args) for part in range(args.writers)]
-    warm: dict[str, str] = {}
+    warm: dict[str, tuple[int, str]] = {}
     killed = False
     while any(w.poll() is None for w in writers):
         written = int(client.get(f"{app.PREFIX}:soak:written") or 0)
@@ -380,30 +388,40 @@ def run(args: argparse.Namespace, app: ModuleType, processes: Processes, report:
     counts, memory = keys_by_kind(client, app.PREFIX)
     used_memory = int(client.info("memory")["used_memory"]) - baseline
     parked = [p.entity_id for s in status.subscribers for p in s.parked]
-    report_run(report, args, write_seconds, drain_seconds, warm, end)
+    report_run(report, app, args, write_seconds, drain_seconds, warm, end)
     report_keys(report, counts, memory, expected_keys(app, args.entities, parked), used_memory,
                 args.events)
 
 
 def rss_row(publisher: subprocess.Popen[bytes],
-            workers: list[subprocess.Popen[bytes]]) -> dict[str, str]:
-    row = {"publisher": f"{rss_kb(publisher.pid) / 1024:.1f} MiB"}
+            workers: list[subprocess.Popen[bytes]]) -> dict[str, tuple[int, str]]:
+    """Per process (a worker: its process group), (VmRSS in KiB, as shown)."""
+    kib = rss_kb(publisher.pid)
+    row = {"publisher": (kib, f"{kib / 1024:.1f} MiB")}
     for n, worker in enumerate(workers):
         total, count = group_rss_kb(worker.pid)
-        row[f"worker {n}"] = f"{total / 1024:.1f} MiB in {count} processes"
+        row[f"worker {n}"] = (total, f"{total / 1024:.1f} MiB in {count} processes")
     return row
 
 
-def report_run(report: Report, args: argparse.Namespace, write_seconds: float,
-               drain_seconds: float, warm: dict[str, str], end: dict[str, str]) -> None:
-    report.add("entities / events / writers",
-               f"{args.entities} / {args.events} / {args.writers}")
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
+
+
+def report_run(report: Report, app: ModuleType, args: argparse.Namespace, write_seconds: float,
+               drain_seconds: float, warm: dict[str, tuple[int, str]],
+               end: dict[str, tuple[int, str]]) -> None:
+    appends = int(app.client.get(f"{app.PREFIX}:soak:appends") or 0)
+    report.add("entities / events / appends / writers",
+               f"{args.entities} / {args.events} / {appends} / {args.writers}")
     report.add("writing, from the writers' start (s)",
                f"{write_seconds:.1f} ({args.events / write_seconds:.0f} events/s)")
     report.add("drain after writing (s)", f"{drain_seconds:.1f}")
     for name in warm:
-        report.add(f"RSS {name} after warm-up", warm[name])
-        report.add(f"RSS {name} at the end", end[name])
+        report.add(f"RSS {name} after warm-up", warm[name][1])
+        growth = end[name][0] / warm[name][0] - 1 if warm[name][0] else 0.0
+        report.add(f"RSS {name} at the end", f"{end[name][1]} ({growth:+.0%}: "
+                   f"{verdict(growth <= RSS_GROWTH)} within +{RSS_GROWTH:.0%})")
 
 
 def report_keys(report: Report, counts: Counter[str], memory: Counter[str],
@@ -413,10 +431,14 @@ def report_keys(report: Report, counts: Counter[str], memory: Counter[str],
         found = counts.get(kind, 0)
         note = "" if want is None or want == found else f"  <- expected {want}"
         report.add(f"keys {kind}", f"{found} ({memory.get(kind, 0) / 1024:.0f} KiB){note}")
+        if want != found and kind != BROKER_KEYS:
+            report.fail(f"{found} {kind} keys left, expected {want or 0}")
     total = sum(memory.values())
     report.add("memory of the prefix per event", f"{total / events:.0f} B")
     report.add("memory of entity streams per event", f"{memory.get('stream', 0) / events:.0f} B")
-    report.add("server used_memory delta per event", f"{used_memory / events:.0f} B")
+    per_event = used_memory / events
+    report.add("server used_memory delta per event",
+               f"{per_event:.0f} B ({verdict(per_event <= P7_BOUND)} against P7's {P7_BOUND})")
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
