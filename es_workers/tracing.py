@@ -27,13 +27,17 @@ except ImportError:  # the otel extra is not installed: tracing is off
 
 TRACEPARENT = "traceparent"
 _TRACER_NAME = "es_workers"
+_provider_set = False
 
 
 def enabled() -> bool:
     """Whether spans are recorded: the API is installed and the app set a tracer provider
     (an SDK). Without one, spans would be no-ops anyway: skipping them keeps an append
-    ~3 us cheaper."""
-    return trace is not None and not isinstance(trace.get_tracer_provider(), _NO_PROVIDERS)
+    ~3 us cheaper. OpenTelemetry sets the provider once per process: once found, it stays."""
+    global _provider_set
+    if not _provider_set and trace is not None:
+        _provider_set = not isinstance(trace.get_tracer_provider(), _NO_PROVIDERS)
+    return _provider_set
 
 
 _NO_TRACE: dict[str, str] = {}
@@ -104,9 +108,15 @@ def _stored_context(metadata: Mapping[str, str]) -> Any:
     return extract({TRACEPARENT: metadata[TRACEPARENT]})
 
 
-@contextmanager
-def handler_call(subscriber_id: str, event: Event) -> Iterator[None]:
+def handler_call(subscriber_id: str, event: Event) -> AbstractContextManager[None]:
     """Around each handler call, on every bus: the event is the cause of what the handler
     writes, and the call is traced as a child of the write that stored the event."""
+    if not enabled():
+        return handling(event)
+    return _traced_handler_call(subscriber_id, event)
+
+
+@contextmanager
+def _traced_handler_call(subscriber_id: str, event: Event) -> Iterator[None]:
     with handling(event), handle_span(subscriber_id, event):
         yield

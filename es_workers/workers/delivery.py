@@ -212,7 +212,7 @@ class _Run:
         self.token = token
         self.handler = handler
         self.resend = resend
-        self.labels = (e.subscriber_id, e.entity_type)
+        self.metrics = metrics.handler_metrics(e.subscriber_id, e.entity_type)
         self.released = False  # the lock is no longer ours (let go, or lost)
 
     def handle_first(self) -> int | None:
@@ -267,11 +267,11 @@ class _Run:
             with handler_call(self.e.subscriber_id, event):
                 self.handler(event)
         except Exception as error:
-            metrics.HANDLER_FAILURES.labels(*self.labels).inc()
+            self.metrics.failures.inc()
             self._failed(event.event_number, error)
             raise _Stop(released=False) from None
-        metrics.HANDLER_SECONDS.labels(*self.labels).observe(time.perf_counter() - started)
-        metrics.HANDLED.labels(*self.labels).inc()
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.handled.inc()
 
     def _commit(self, event_number: int, *, release: bool) -> bool:
         """Moves the checkpoint; True if that released the lock. Stops if it was lost."""
