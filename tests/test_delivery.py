@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import dramatiq
 import pytest
@@ -29,6 +30,7 @@ from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
 from kit import wait_for, write_at_head, write_count
 
 from es_workers import Content, Event, RedisStorage, Store, admin
+from es_workers.workers import delivery as delivery_module
 from es_workers.workers.delivery import DeliveryOptions
 
 
@@ -395,6 +397,43 @@ def test_a_notice_naming_many_entities_handles_each_once_in_order(delivery: Deli
     wait_for(lambda: delivery.done() >= before + 41, "the duplicate notices to be done")
     wait_for(lambda: settled_for(delivery, "balances"), "no lag")
 
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_a_notice_of_many_entities_checkpoints_them_together_one_event_each_per_round(
+    delivery: Delivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten entities of six events in one notice: six rounds, each handling one event of
+    every entity and recording all ten checkpoints in one script call (not one per event),
+    each entity's events in order, each checkpointed before its next one is handled."""
+    entity_ids = same_partition(delivery.storage, 10)
+    heads = {entity_id: write(delivery, entity_id, 6) for entity_id in entity_ids}
+    state = delivery.storage.state
+    commits: list[dict[str, int]] = []
+    checkpoint_seen: list[bool] = []
+    real_commit = state.commit
+
+    def commit(entities: Any, numbers: Any, *args: Any, **kwargs: Any) -> Any:
+        commits.append({e.entity_id: n for e, n in zip(entities, numbers, strict=True)})
+        return real_commit(entities, numbers, *args, **kwargs)
+
+    def handler(event: Event) -> None:
+        # The previous event of the entity is checkpointed before this one is handled.
+        recorded = state.checkpoint(state.entity("balances", "account", event.entity_id))
+        checkpoint_seen.append(recorded == event.event_number - 1)
+        recorder(event)
+
+    recorder = Recorder()
+    monkeypatch.setattr(state, "commit", commit)
+    monkeypatch.setattr(delivery_module, "SHARE_AFTER_MS", 60_000)  # a busy CI machine
+    delivery.store.subscribe("account", "balances", handler)
+    delivery.start_worker(threads=1)
+
+    delivery.bus.notify_many("account", [(entity_id, 6) for entity_id in entity_ids])
+    wait_for(lambda: recorder.has(heads), "all ten entities handled")
+
+    assert all(checkpoint_seen) and len(checkpoint_seen) == 60
+    assert commits == [dict.fromkeys(entity_ids, n) for n in range(1, 7)]
     assert_exactly_once_in_order(recorder, heads)
 
 

@@ -6,10 +6,10 @@
 -- KEYS[3] due          {tag}:due:<subscriber>                 zset "<type>:<id>" -> re-send time
 -- KEYS[4] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- then per entity i (from 0): KEYS[5 + i] lock {tag}:lock:<subscriber>:<type>:<id>
--- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] "1": release each lock whose entity is caught
--- up with its head, then per entity i: ARGV[4 + 4i] entity ID, ARGV[5 + 4i] event number
--- handled, ARGV[6 + 4i] due member "<type>:<id>", ARGV[7 + 4i] the entity's handled channel
--- (told the new checkpoint: Store.wait_for listens)
+-- ARGV[1] lock token, ARGV[2] lock ms, then per entity i: ARGV[3 + 5i] entity ID,
+-- ARGV[4 + 5i] event number handled, ARGV[5 + 5i] due member "<type>:<id>", ARGV[6 + 5i]
+-- the entity's handled channel (told the new checkpoint: Store.wait_for listens),
+-- ARGV[7 + 5i] "1": release the lock if the entity is caught up with its head
 --
 -- Returns per entity {head, released}: the entity's head (last event number) and 1 if the
 -- lock was released, or {-1, 0} if the lock is no longer ours (it expired and another
@@ -17,9 +17,9 @@
 -- never moves back.
 
 local checkpoints, heads, due, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, lock_ms, release = ARGV[1], ARGV[2], ARGV[3] == '1'
+local token, lock_ms = ARGV[1], ARGV[2]
 
-local function commit(lock, id, number, member, channel)
+local function commit(lock, id, number, member, channel, release)
   if redis.call('GET', lock) ~= token then
     return {-1, 0}
   end
@@ -45,8 +45,8 @@ end
 
 local answers = {}
 for i = 0, #KEYS - 5 do
-  local arg = 4 + 4 * i
+  local arg = 3 + 5 * i
   answers[i + 1] = commit(KEYS[5 + i], ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2],
-    ARGV[arg + 3])
+    ARGV[arg + 3], ARGV[arg + 4] == '1')
 end
 return answers

@@ -163,10 +163,12 @@ class SubscriberState:
         ]
 
     def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
-               token: str, lock_ms: int, *, release: bool) -> list[Committed]:
+               token: str, lock_ms: int, *, release: bool | Sequence[bool]) -> list[Committed]:
         """Moves each entity's checkpoint to its event number if its lock is still ours,
-        renewing it; with `release`, lets the lock go when that was the entity's last event.
-        Entities of one subscriber, entity type and partition; one round trip."""
+        renewing it; with `release` (one flag for all, or one per entity), lets the lock go
+        when that was the entity's last event. Entities of one subscriber, entity type and
+        partition; one round trip."""
+        releases = [release] * len(entities) if isinstance(release, bool) else release
         first = entities[0]
         keys = [
             self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
@@ -174,11 +176,11 @@ class SubscriberState:
             self._due(first.subscriber_id, first.partition),
             self._failures(first.subscriber_id, first.entity_type, first.partition),
         ]
-        args: list[Any] = [token, lock_ms, int(release)]
-        for e, number in zip(entities, event_numbers, strict=True):
+        args: list[Any] = [token, lock_ms]
+        for e, number, let_go in zip(entities, event_numbers, releases, strict=True):
             _check_same_group(first, e)
             keys.append(self._lock(e))
-            args += (e.entity_id, number, e.member, self._handled_channel(e))
+            args += (e.entity_id, number, e.member, self._handled_channel(e), int(let_go))
         return [
             Committed(int(head), bool(released))
             for head, released in self._checkpoint(keys=keys, args=args)

@@ -15,9 +15,10 @@ checkpoint on. That is what keeps the guarantees whatever Dramatiq does to the n
 
 A notice may name several entities of one partition (the publisher sends one per
 partition and subscriber when it relays many): they are locked and their first events
-read in one script call, handled one after another, and their last checkpoints recorded
-(and locks released) in one more. So a backlog of single-event entities costs two round
-trips per notice, not three per entity.
+read in one script call, then handled in rounds, each round one event per entity and one
+script call recording all their checkpoints (and releasing the locks of those caught up).
+So a backlog of single-event entities costs two round trips per notice, not three per
+entity, and one of many-event entities a round trip per round, not per event.
 """
 
 from __future__ import annotations
@@ -117,7 +118,11 @@ class Deliverer:
 
 class _Batch:
     """The entities of one partition in one delivery: begun together (locked and their
-    first events read), handled one after another, committed together."""
+    first events read), then handled in rounds. Each round hands every entity its next
+    event, then records all their checkpoints in one script call, before any of them gets
+    the next one: each entity's events are handled in order, each checkpointed before the
+    next (a crash repeats at most the last one handled), and a notice naming many entities
+    costs a round trip per round rather than per event."""
 
     def __init__(self, deliverer: Deliverer, group: list[tuple[SubscriberEntity, int | None]],
                  handler: Callable[[Event], Any], resend: Resend) -> None:
@@ -131,7 +136,7 @@ class _Batch:
     def run(self) -> None:
         runs = self._begin()
         try:
-            self._handle(runs)
+            self._rounds(runs)
         finally:
             held = [run for run in runs if not run.released]
             if held:
@@ -151,30 +156,40 @@ class _Batch:
                 self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, number)],
                             random.randint(20, 80))
             elif answer.state != NOTHING_TO_DO:  # parked entities and old notices: skipped
-                runs.append(_Run(self.deliverer, e, self.token, self.handler, self.resend,
-                                 answer))
+                runs.append(_Run(self.deliverer, e, self.handler, self.resend, answer))
         return runs
 
-    def _handle(self, runs: list[_Run]) -> None:
-        """Handles the entities one after another, then commits them. Entities not started
-        within SHARE_AFTER_MS (slow handlers: let other workers help) or half the lock
-        lease (taken at begin) are handed to new notices."""
-        started = time.monotonic()
-        share_at = started + SHARE_AFTER_MS / 1000
-        deadline = started + self.options.lock_ms / 2000
-        pending = []
-        for index, run in enumerate(runs):
-            now = time.monotonic()
-            if now > share_at or now > deadline:
-                self._hand_back(runs[index:])
-                break
-            if (last := run.handle_first()) is not None:
-                pending.append((run, last))
-        self._commit(pending)
+    def _rounds(self, runs: list[_Run]) -> None:
+        """Rounds until every entity is caught up (or stopped). Past SHARE_AFTER_MS (slow
+        handlers), or half the lock lease after the round's locks were taken or renewed,
+        the entities a round has not reached are handed to new notices, so that other
+        workers share them (and none is handled under a lock about to expire); past
+        SHARE_AFTER_MS the batch goes on with one entity."""
+        share_at = time.monotonic() + SHARE_AFTER_MS / 1000
+        half_lease = self.options.lock_ms / 2000
+        active = runs
+        while active:
+            steps: list[tuple[_Run, int, bool]] = []
+            hand_back_at = min(share_at, time.monotonic() + half_lease)
+            for index, run in enumerate(active):
+                if index > 0 and time.monotonic() > hand_back_at:
+                    self._hand_back(active[index:])
+                    break
+                try:
+                    step = run.step()
+                except _Stop as stop:
+                    run.released = stop.released
+                    continue
+                if step is not None:
+                    steps.append((run, *step))
+            active = self._commit(steps)
+            if len(active) > 1 and time.monotonic() > share_at:
+                self._hand_back(active[1:])
+                active = active[:1]
 
     def _hand_back(self, runs: list[_Run]) -> None:
-        """Lets the entities go unhandled and sends them again, in two notices so that two
-        workers share them."""
+        """Lets the entities go (their checkpoints are recorded) and sends them again, in
+        two notices so that two workers share them."""
         self.state.unlock([run.e for run in runs], self.token)
         for run in runs:
             run.released = True
@@ -184,82 +199,83 @@ class _Batch:
                 self.resend([Notice(r.e.subscriber_id, r.e.entity_type, r.e.entity_id, None)
                              for r in part], 0)
 
-    def _commit(self, pending: list[tuple[_Run, int]]) -> None:
-        """Records each entity's last event read and releases its lock, unless more events
-        were written meanwhile: those entities are read on."""
-        if not pending:
-            return
+    def _commit(self, steps: list[tuple[_Run, int, bool]]) -> list[_Run]:
+        """Records the round's checkpoints (releasing the locks of entities caught up) in one
+        round trip; returns the runs that go on."""
+        if not steps:
+            return []
         committed = self.state.commit(
-            [run.e for run, _ in pending], [last for _, last in pending], self.token,
-            self.options.lock_ms, release=True,
+            [run.e for run, _, _ in steps], [number for _, number, _ in steps], self.token,
+            self.options.lock_ms, release=[release for _, _, release in steps],
         )
-        for (run, last), answer in zip(pending, committed, strict=True):
-            if not run.after_commit(answer, last):
-                run.handle_from(last)
+        return [run for (run, number, release), answer in zip(steps, committed, strict=True)
+                if run.after_commit(answer, number, release)]
 
 
 class _Run:
-    """One entity's delivery: the handler run over its unhandled events, holding its lock."""
+    """One entity's delivery: the handler run over its unhandled events, holding its lock,
+    one event per round of its batch."""
 
-    def __init__(self, deliverer: Deliverer, e: SubscriberEntity, token: str,
+    def __init__(self, deliverer: Deliverer, e: SubscriberEntity,
                  handler: Callable[[Event], Any], resend: Resend, begun: Begun) -> None:
-        self.begun = begun
         self.reader, self.state, self.options = (
             deliverer.reader, deliverer.state, deliverer.options
         )
-        self.decode = deliverer.decode
         self.e = e
-        self.token = token
         self.handler = handler
         self.resend = resend
         self.metrics = metrics.handler_metrics(e.subscriber_id, e.entity_type)
         self.released = False  # the lock is no longer ours (let go, or lost)
+        self.committed = begun.checkpoint  # the last checkpoint recorded
+        stored = deliverer.decode(e.entity_type, e.entity_id, begun.entries,
+                                  begun.store_entity_id or None)
+        self._read(self.reader.reading(e.entity_type, stored, begun.checkpoint))
 
-    def handle_first(self) -> int | None:
-        """Handles the events `begin` read. Returns the last one read, for the caller to
-        commit with the release; None if there is nothing to commit."""
-        begun = self.begun
-        stored = self.decode(self.e.entity_type, self.e.entity_id, begun.entries,
-                             begun.store_entity_id or None)
-        reading = self.reader.reading(self.e.entity_type, stored, begun.checkpoint)
-        try:
-            last = self._handle_all(reading, begun.checkpoint)
-        except _Stop as stop:
-            self.released = stop.released
-            return None
-        return None if last == begun.checkpoint else last
+    def _read(self, reading: Reading) -> None:
+        self.reading = reading
+        self.handled = reading.position
+        self._ahead = _with_lookahead(reading)
 
-    def handle_from(self, checkpoint: int) -> None:
-        """Handles the events after `checkpoint` until the entity is caught up."""
+    def step(self) -> tuple[int, bool] | None:
+        """Handles the next event. Returns the checkpoint to record and whether it may be
+        the entity's last (then the lock goes with it, if the entity is caught up); None
+        when there is nothing to record. Raises _Stop when the handler failed or the event
+        cannot be read (retried, then parked)."""
         try:
-            while True:
-                reading = self.reader.read(self.e.entity_type, self.e.entity_id, checkpoint)
-                last = self._handle_all(reading, checkpoint)
-                if last == checkpoint:
-                    return  # nothing to read after all
-                # The last event read: record it and release the lock in one step, unless
-                # more events were written meanwhile: then read on.
-                if self._commit(last, release=True):
-                    return
-                checkpoint = last
-        except _Stop as stop:
-            self.released = stop.released
-
-    def _handle_all(self, reading: Reading, checkpoint: int) -> int:
-        """Handles what `reading` yields, checkpointing each event but the last (which the
-        caller checkpoints with the release). Returns the last stored number read."""
-        handled = checkpoint
-        try:
-            for event, more in _with_lookahead(reading):
-                self._call(event)
-                handled = event.event_number
-                if more:
-                    self._commit(handled, release=False)
+            item = next(self._ahead, None)
         except DecodeError as unreadable:  # a record we cannot read: retry, then park
-            self._failed(handled + 1, unreadable)
+            self._failed(self.handled + 1, unreadable)
             raise _Stop(released=False) from None
-        # An upgrade may drop events: the checkpoint passes the dropped ones too.
-        return max(handled, reading.position)
+        if item is None:
+            # An upgrade may drop events: the checkpoint passes the dropped ones too.
+            position = self.reading.position
+            return (position, True) if position > self.committed else None
+        event, more = item
+        self._call(event)
+        self.handled = event.event_number
+        return (self.handled, False) if more else (
+            max(self.handled, self.reading.position), True)
+
+    def after_commit(self, committed: Committed, event_number: int, release: bool) -> bool:
+        """Takes in a commit's answer; True when the entity goes on to another round."""
+        if committed.lost:
+            log.warning(
+                "subscriber %s lost the lock on %s %r after event %d (handler slower than "
+                "lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
+                self.e.entity_type, self.e.entity_id, event_number, self.options.lock_ms,
+                extra=self._fields(event_number),
+            )
+            self.released = True
+            return False
+        self.committed = event_number
+        if not release:
+            return True
+        if committed.released:
+            self.released = True
+            return False
+        # More events were written meanwhile: read on, still holding the lock.
+        self._read(self.reader.read(self.e.entity_type, self.e.entity_id, event_number))
+        return True
 
     def _call(self, event: Event) -> None:
         started = time.perf_counter()
@@ -272,28 +288,6 @@ class _Run:
             raise _Stop(released=False) from None
         self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.handled.inc()
-
-    def _commit(self, event_number: int, *, release: bool) -> bool:
-        """Moves the checkpoint; True if that released the lock. Stops if it was lost."""
-        [committed] = self.state.commit(
-            [self.e], [event_number], self.token, self.options.lock_ms, release=release
-        )
-        released = self.after_commit(committed, event_number)
-        if committed.lost:
-            raise _Stop(released=True)
-        return released
-
-    def after_commit(self, committed: Committed, event_number: int) -> bool:
-        """Takes in a commit's answer; True when the lock is no longer ours."""
-        if committed.lost:
-            log.warning(
-                "subscriber %s lost the lock on %s %r after event %d (handler slower than "
-                "lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
-                self.e.entity_type, self.e.entity_id, event_number, self.options.lock_ms,
-                extra=self._fields(event_number),
-            )
-        self.released = committed.lost or committed.released
-        return self.released
 
     def _fields(self, event_number: int, attempt: int | None = None) -> dict[str, Any]:
         """The event's fields of a log record (JSON log lines carry them)."""
