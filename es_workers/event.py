@@ -68,30 +68,41 @@ class Event:
         return self.metadata.get("causation_id")
 
 
-def _slot_setters() -> tuple[Callable[[Event, Any], None], ...]:
-    return tuple(getattr(Event, f.name).__set__ for f in fields(Event))
+class _Unfrozen:
+    """Event's slots without its frozen `__setattr__`: `stored_event` fills one with plain
+    attribute stores (a quarter of the cost of setting a frozen dataclass' slots through
+    their descriptors, which was a third of hydrating), then makes it an Event."""
+
+    __slots__ = ("content", "entity_id", "entity_type", "event_number", "event_time",
+                 "metadata", "store_entity_id", "store_event_id")
+
+    def __init__(self, entity_id: str, entity_type: str, event_number: int,
+                 event_time: datetime, content: Content, store_event_id: str,
+                 store_entity_id: str, metadata: Mapping[str, str]) -> None:
+        self.entity_id = entity_id
+        self.entity_type = entity_type
+        self.event_number = event_number
+        self.event_time = event_time
+        self.content = content
+        self.store_event_id = store_event_id
+        self.store_entity_id = store_entity_id
+        self.metadata = metadata
 
 
-_SET_ENTITY_ID, _SET_ENTITY_TYPE, _SET_EVENT_NUMBER, _SET_EVENT_TIME, _SET_CONTENT, \
-    _SET_STORE_EVENT_ID, _SET_STORE_ENTITY_ID, _SET_METADATA = _slot_setters()
+if sorted(_Unfrozen.__slots__) != sorted(f.name for f in fields(Event)):  # pragma: no cover
+    raise AssertionError("_Unfrozen.__slots__ must list Event's fields")
 
 
 def stored_event(entity_id: str, entity_type: str, event_number: int, event_time: datetime,
                  content: Content, store_event_id: str, store_entity_id: str,
                  metadata: Mapping[str, str]) -> Event:
-    """`Event(...)` for a storage decoding what it stored, twice as fast: the frozen
-    dataclass __init__ sets each field through object.__setattr__, which was a third of
-    the time it takes to hydrate an entity."""
-    event = object.__new__(Event)
-    _SET_ENTITY_ID(event, entity_id)
-    _SET_ENTITY_TYPE(event, entity_type)
-    _SET_EVENT_NUMBER(event, event_number)
-    _SET_EVENT_TIME(event, event_time)
-    _SET_CONTENT(event, content)
-    _SET_STORE_EVENT_ID(event, store_event_id)
-    _SET_STORE_ENTITY_ID(event, store_entity_id)
-    _SET_METADATA(event, metadata)
-    return event
+    """`Event(...)` for a storage decoding what it stored, three times as fast: the same
+    slots filled without the frozen dataclass' `__init__`, then given the Event class
+    (the two classes have the same layout, so Python allows it)."""
+    event = _Unfrozen(entity_id, entity_type, event_number, event_time, content,
+                      store_event_id, store_entity_id, metadata)
+    event.__class__ = Event  # type: ignore[assignment]
+    return event  # type: ignore[return-value]
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from es_workers import (
     Store,
     SubscriberError,
 )
+from es_workers.event import NO_METADATA, stored_event
 from es_workers.ids import new_ids
 
 MakeStore = Callable[..., Store]
@@ -274,3 +275,17 @@ def test_subscribers_are_listed_per_entity_type_and_the_decorator_returns_the_fu
     assert store.subscriber_ids("nothing") == []
     with pytest.raises(SubscriberError):
         store.subscribe("account", "balances", lambda event: None)
+
+
+def test_an_event_a_storage_builds_is_an_event_like_one_built_by_hand() -> None:
+    """Storages build events without Event's frozen __init__ (hydrating is read-bound):
+    the result is a frozen Event, equal to one made by hand, field for field."""
+    fields = ("a1", "account", 3, datetime(2026, 1, 2, tzinfo=UTC), Opened(owner="o"),
+              "sid", "first", NO_METADATA)
+    built, by_hand = stored_event(*fields), Event(*fields)
+
+    assert type(built) is Event
+    assert built == by_hand and repr(built) == repr(by_hand)
+    assert [getattr(built, name) for name in Event.__dataclass_fields__] == list(fields)
+    with pytest.raises(AttributeError):
+        built.event_number = 4  # type: ignore[misc]
