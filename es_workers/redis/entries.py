@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import metrics
-from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size, content_json
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
 from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
@@ -81,26 +81,27 @@ class EntityKeys:
 def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event],
                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
     """append.lua's ARGV for a non-empty write: checks the events are one entity's, numbered
-    on from the first, of Content classes registered for the type, and each at most
-    `max_event_bytes` encoded (EventTooLargeError)."""
+    on from the first, of Content classes registered for the type, encoded as JSON that
+    reads back (InvalidContentError), and each at most `max_event_bytes` encoded
+    (EventTooLargeError)."""
     entity_id = events[0].entity_id
     expected = events[0].event_number - 1
     args: list[Any] = [entity_type, entity_id, expected, len(events)]
     event_time, micros = None, 0
     metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
+    name = ""  # its event name
     for number, event in enumerate(events, start=expected + 1):
         if event.entity_id != entity_id or event.event_number != number:
             raise ValueError("a write holds events of one entity with consecutive numbers")
         if event.event_time is not event_time:  # the events of a write share their time
             event_time = event.event_time
             micros = (event_time - EPOCH) // MICROSECOND
-        content = event.content
-        if content.__class__ is checked:  # as the event before: checked, same name
-            data = checked.__pydantic_serializer__.to_json(content)
+        if event.content.__class__ is checked:  # as the event before: checked, same name
+            data = content_json(event, name)
         else:
-            name, data = registry.encode(entity_type, content)
-            checked = content.__class__
+            name, data = registry.encode(entity_type, event)
+            checked = event.content.__class__
         if event.metadata is not metadata:  # the events of a write share their metadata
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
