@@ -220,9 +220,6 @@ def test_a_stream_key_of_the_wrong_type_is_corrupt(store: Store) -> None:
     assert caught.value.key == key
 
 
-@pytest.mark.xfail(strict=True, raises=redis.ResponseError,
-                   reason="not detected: appending behind an entry number out of sequence fails "
-                   "in the append script's XADD, a Redis ResponseError, not an EsError")
 def test_writing_after_an_entry_number_out_of_sequence_is_refused_with_an_es_error(
     store: Store,
 ) -> None:

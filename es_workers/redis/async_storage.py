@@ -111,7 +111,8 @@ class AsyncRedisStorage:
             args.append(entity_keys.keys.wake(
                 entity_keys.keys.partition(entity_type, events[0].entity_id)
             ))
-        check_appended(entity_type, events, await self.append_script(keys=keys, args=args))
+        reply = await self.append_script(keys=keys, args=args)
+        check_appended(keys[0], entity_type, events, reply)
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
         key = (await self._entities())(entity_type, entity_id)[0]

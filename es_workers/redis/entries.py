@@ -110,15 +110,36 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
     return args
 
 
-def check_appended(entity_type: str, events: Sequence[Event], reply: Any) -> None:
-    """Raises ConcurrencyError if append.lua found another writer's events in place."""
+# append.lua's statuses: the events were written (now, or by an earlier try of the write),
+# or nothing was written because of another writer's events or a corrupt stream key.
+APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+
+
+def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any) -> None:
+    """Raises what append.lua's reply says went wrong: ConcurrencyError if it found another
+    writer's events in place, CorruptEventError (naming the stream's `key`) if the stream
+    could not take the events."""
     status, position = reply
-    if status == 2:
-        metrics.CONFLICTS.labels(entity_type).inc()
-        first = events[0]
-        raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
-    if status == 0:
+    if status == APPENDED:
         metrics.APPENDS.labels(entity_type).inc(len(events))
+        return
+    if status == ALREADY_APPENDED:
+        return
+    first = events[0]
+    if status == CONFLICT:
+        metrics.CONFLICTS.labels(entity_type).inc()
+        raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
+    if status == OUT_OF_SEQUENCE:
+        problem = (f"the stream holds an entry numbered {int(position)} although the "
+                   f"entity's position is {first.event_number - 1} (an entry not written by "
+                   "es_workers?)")
+    else:
+        problem = "the key holds another type than a stream"
+    raise CorruptEventError(
+        f"cannot append event {first.event_number}: {problem}; nothing was written",
+        key=key, entity_type=entity_type, entity_id=first.entity_id,
+        event_number=first.event_number,
+    )
 
 
 def index_start(entity_type: str, after: str | None, limit: int) -> str:

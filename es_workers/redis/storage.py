@@ -17,6 +17,7 @@ from ..upgrade import Reader
 from .cluster import is_cluster
 from .durability import Durability, check_server
 from .entries import (
+    ALREADY_APPENDED,
     DEFAULT_PARTITIONS,
     EntityKeys,
     EntityPages,
@@ -124,7 +125,7 @@ class RedisStorage:
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
-        check_appended(entity_type, events, self._append(keys, args))
+        check_appended(keys[0], entity_type, events, self._append(keys, args))
 
     def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
         """Runs append.lua (ARGV: entity type, entity ID, expected, count, ...), then what
@@ -139,7 +140,7 @@ class RedisStorage:
             (status, position), confirmed = self.append_script.then(
                 keys, args, self.durability.command()
             )
-        if status != 2:  # a conflict wrote nothing to wait for
+        if status <= ALREADY_APPENDED:  # else nothing was written to wait for
             self.durability.check(confirmed, entity_type, entity_id, expected + 1,
                                   expected + count)
         return int(status), int(position)
