@@ -26,6 +26,7 @@ from .entries import (
     entity_ids_page,
     index_start,
     stored_partitions,
+    xrange,
 )
 from .keys import RedisKeys
 from .scripts import AsyncScript, BatchingScript
@@ -119,14 +120,14 @@ class AsyncRedisStorage:
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         reader = self._reader
         while pages.more:
-            if pages.needs_first:
-                pipe = reader.pipeline(transaction=False)
-                pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
-                first, entries = await pipe.execute()
-                pages.take_first(first)
-            else:
-                entries = await reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+            with pages.reading():
+                if pages.needs_first:
+                    pipe = reader.pipeline(transaction=False)
+                    xrange(pipe, key, "1-0", "1-0")
+                    xrange(pipe, key, f"{pages.start}-0", count=pages.count)
+                    entries = pages.take_replies(await pipe.execute(raise_on_error=False))
+                else:
+                    entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
             for event in pages.decode(entries):
                 yield event
 

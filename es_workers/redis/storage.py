@@ -28,6 +28,7 @@ from .entries import (
     flat_entries,
     index_start,
     stored_partitions,
+    xrange,
 )
 from .failures import server_name, translated
 from .heartbeats import Heartbeats
@@ -154,25 +155,26 @@ class RedisStorage:
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
+        doing = f"reading {pages.entity_type} {pages.entity_id!r}"
         while pages.more:
-            with translated(self.server, f"reading {pages.entity_type} {pages.entity_id!r}"):
+            with translated(self.server, doing), pages.reading():
                 if pages.needs_first:
                     pipe = reader.pipeline(transaction=False)
-                    pipe.xrange(key, "1-0", "1-0")
-                    pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
-                    first, entries = pipe.execute()
-                    pages.take_first(first)
+                    xrange(pipe, key, "1-0", "1-0")
+                    xrange(pipe, key, f"{pages.start}-0", count=pages.count)
+                    entries = pages.take_replies(pipe.execute(raise_on_error=False))
                 else:
-                    entries = reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+                    entries = xrange(reader, key, f"{pages.start}-0", count=pages.count)
             yield pages.decode(entries)
 
-    def decode_entries(self, entity_type: str, entity_id: str, entries: Sequence[Any],
-                       store_entity_id: str | None) -> Iterator[Event]:
+    def decode_entries(self, entity_type: str, entity_id: str, after: int,
+                       entries: Sequence[Any], store_entity_id: str | None) -> Iterator[Event]:
         """The events of stream entries as XRANGE replies hold them (delivery reads them in
-        its locking script); `store_entity_id` is event 1's ID when event 1 is not among
-        them. Raises CorruptEventError / UnknownEventError naming the entry."""
+        its locking script), the first of which must be event `after + 1`;
+        `store_entity_id` is event 1's ID when event 1 is not among them. Raises
+        CorruptEventError / UnknownEventError naming the entry."""
         key = self._entity_keys(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, 0)
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         pages.store_entity_id = store_entity_id
         return pages.events(flat_entries(list(entries)))
 

@@ -219,8 +219,8 @@ class _Run:
         """Handles the events `begin` read. Returns the last one read, for the caller to
         commit with the release; None if there is nothing to commit."""
         begun = self.begun
-        stored = self.decode(self.e.entity_type, self.e.entity_id, begun.entries,
-                             begun.store_entity_id or None)
+        stored = self.decode(self.e.entity_type, self.e.entity_id, begun.checkpoint,
+                             begun.entries, begun.store_entity_id or None)
         reading = self.reader.reading(self.e.entity_type, stored, begun.checkpoint)
         try:
             last = self._handle_all(reading, begun.checkpoint)
