@@ -11,6 +11,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..errors import CorruptEventError
 from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
@@ -177,6 +178,12 @@ class RedisStorage:
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         pages.store_entity_id = store_entity_id
         return pages.events(flat_entries(list(entries)))
+
+    def not_a_stream(self, entity_type: str, entity_id: str, after: int) -> CorruptEventError:
+        """The error of an entity whose stream key holds another type than a stream, read
+        from after `after` (delivery's locking script finds it)."""
+        key = self._entity_keys(entity_type, entity_id)[0]
+        return EntityPages(self.registry, key, entity_type, entity_id, after).not_a_stream()
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""

@@ -35,7 +35,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
-from ..redis.state import BUSY, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
+from ..redis.state import BUSY, NOT_A_STREAM, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
 from ..redis.storage import RedisStorage
 from ..tracing import handler_call
 from ..upgrade import Reader, Reading
@@ -100,6 +100,7 @@ class Deliverer:
         self.reader = reader
         self.state = storage.state
         self.decode = storage.decode_entries
+        self.not_a_stream = storage.not_a_stream
         self.options = options
 
     def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
@@ -207,7 +208,7 @@ class _Run:
         self.reader, self.state, self.options = (
             deliverer.reader, deliverer.state, deliverer.options
         )
-        self.decode = deliverer.decode
+        self.decode, self.not_a_stream = deliverer.decode, deliverer.not_a_stream
         self.e = e
         self.token = token
         self.handler = handler
@@ -219,6 +220,10 @@ class _Run:
         """Handles the events `begin` read. Returns the last one read, for the caller to
         commit with the release; None if there is nothing to commit."""
         begun = self.begun
+        if begun.state == NOT_A_STREAM:  # retried, then parked, like an unreadable event
+            self._failed(begun.checkpoint + 1, self.not_a_stream(
+                self.e.entity_type, self.e.entity_id, begun.checkpoint))
+            return None
         stored = self.decode(self.e.entity_type, self.e.entity_id, begun.checkpoint,
                              begun.entries, begun.store_entity_id or None)
         reading = self.reader.reading(self.e.entity_type, stored, begun.checkpoint)
