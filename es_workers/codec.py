@@ -7,13 +7,48 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, from_json
 
-from .errors import EventTooLargeError, InvalidPayloadError, NotRegisteredError, UnknownEventError
+from .errors import (
+    EventTooLargeError,
+    InvalidContentError,
+    InvalidPayloadError,
+    NotRegisteredError,
+    UnknownEventError,
+)
 from .event import Content, Event
 from .names import check_entity_type
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 """An event's largest encoded size (JSON data and metadata) a storage accepts by default."""
+
+READ_BACK_FROM = 402
+"""The shortest JSON that pydantic's reader may refuse although its writer wrote it: 201
+levels of nesting take 402 bytes of brackets, an integer of 4,301 digits more. Shorter
+JSON (the usual event) is stored without reading it back."""
+
+
+def content_json(event: Event, name: str) -> bytes:
+    """The JSON of the event's content, or InvalidContentError if pydantic cannot encode it
+    or its JSON reader would refuse what was encoded (the store must never hold an event
+    it cannot read)."""
+    content = event.content
+    try:
+        # what model_dump_json does, without its wrapper (~0.3 us) and its decoding to str
+        data = content.__pydantic_serializer__.to_json(content)
+    except PydanticSerializationError as error:
+        raise _invalid(event, name, f"it cannot be encoded as JSON ({error})") from error
+    if len(data) >= READ_BACK_FROM:
+        try:
+            from_json(data, cache_strings=False)
+        except ValueError as error:
+            raise _invalid(event, name, f"its JSON would not read back ({error})") from error
+    return data
+
+
+def _invalid(event: Event, name: str, reason: str) -> InvalidContentError:
+    return InvalidContentError(event.entity_type, event.entity_id, event.event_number, name,
+                               reason)
 
 
 def check_size(event: Event, name: str, data: bytes, metadata: str, limit: int) -> None:
@@ -69,14 +104,16 @@ class ContentRegistry:
             self._decoders[entity_type] = found
         return found
 
-    def encode(self, entity_type: str, content: object) -> tuple[str, bytes]:
-        """Returns (event name, JSON); refuses content the type cannot read back."""
+    def encode(self, entity_type: str, event: Event) -> tuple[str, bytes]:
+        """Returns the event's (event name, JSON); refuses content the type cannot read back:
+        a class not registered for it (NotRegisteredError), JSON that would not read back
+        (InvalidContentError)."""
+        content = event.content
         cls = type(content)
         known = self._types.get(entity_type, {}).get(getattr(cls, "event_name", ""))
         if cls is not known or not isinstance(content, Content):
             self._refuse(entity_type, content)
-        # what model_dump_json does, without its wrapper (~0.3 us) and its decoding to str
-        return cls.event_name, cls.__pydantic_serializer__.to_json(content)
+        return cls.event_name, content_json(event, cls.event_name)
 
     @staticmethod
     def _refuse(entity_type: str, content: object) -> NoReturn:

@@ -54,6 +54,25 @@ class EventTooLargeError(EsError, ValueError):
         )
 
 
+class InvalidContentError(EsError, ValueError):
+    """An event's content cannot be stored as JSON that reads back: pydantic cannot
+    encode it (text with lone surrogates, values nested deeper than 256 levels, objects of
+    unknown types), or its JSON reader would refuse what was written (nesting deeper than
+    200 levels, integers of more than 4,300 digits). Nothing of the write was stored."""
+
+    def __init__(self, entity_type: str, entity_id: str, event_number: int, name: str,
+                 reason: str) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.event_number = event_number
+        self.reason = reason
+        super().__init__(
+            f"{entity_type} {entity_id!r} event {event_number} ({name}) cannot be stored: "
+            f"{reason}; nothing was written. Stored JSON must read back: valid Unicode text, "
+            "at most 200 levels of nesting, integers of at most 4,300 digits."
+        )
+
+
 class StreamNotReadError(EsError):
     """`Stream.write` on a stream opened with `open_from(n)` before reading it."""
 

@@ -398,6 +398,49 @@ def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
         assert "Traceback" not in again.output
 
 
+def test_corrupt_entities_are_parked_with_the_reason_shown_and_stall_nothing_else(
+    app_module: ModuleType,
+) -> None:
+    """An event missing from a stream (a gap) and a stream key of another type: each entity
+    is parked for each subscriber with a CorruptEventError that `parked list` and `status`
+    show; the events before the gap, the other entities and entities written afterwards are
+    delivered."""
+    write(app_module, "gap", app_module.Opened(owner="a"), app_module.Deposited(amount=1),
+          app_module.Deposited(amount=2))
+    write(app_module, "wrong", app_module.Opened(owner="b"))
+    write(app_module, "fine", app_module.Opened(owner="c"))
+    storage = app_module.store.storage
+    storage.client.xdel(storage.keys.stream("account", "gap"), "2-0")
+    wrong = storage.keys.stream("account", "wrong")
+    storage.client.delete(wrong)
+    storage.client.set(wrong, "not a stream")
+    with Delivery(app_module):
+        wait_for(lambda: all(len(subscriber(app_module, s).parked) == 2
+                             for s in ("audit", "fragile")),
+                 "gap and wrong to be parked for both subscribers")
+        write(app_module, "later", app_module.Opened(owner="d"))
+        wait_for(lambda: ("later", 1) in app_module.calls, "an entity written after them")
+
+        listed = runner.invoke(app, ["parked", "list", ref(app_module), "audit", "account",
+                                     "--json"])
+        status = runner.invoke(app, ["status", ref(app_module)])
+
+    assert listed.exit_code == 0, listed.output
+    parked = {item["entity_id"]: item for item in json.loads(listed.stdout)}
+    assert parked.keys() == {"gap", "wrong"}
+    assert parked["gap"]["event_number"] == 2
+    assert parked["gap"]["error"].startswith(
+        "CorruptEventError: stream entry 3-0 is out of sequence: event 2 was expected")
+    assert parked["wrong"]["event_number"] == 1
+    assert parked["wrong"]["error"].startswith(
+        "CorruptEventError: the key holds another type than a stream")
+    assert status.exit_code == 0, status.output
+    shown = " ".join(status.stdout.split())  # as one line, however the terminal wraps it
+    assert "'gap' at event 2" in shown and "'wrong' at event 1" in shown
+    assert "CorruptEventError: stream entry 3-0 is out of sequence" in shown
+    assert sorted(app_module.calls) == [("fine", 1), ("gap", 1), ("later", 1)]
+
+
 def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
     for n in range(3):
         write(app_module, f"a{n}", app_module.Opened(owner=f"o{n}"),

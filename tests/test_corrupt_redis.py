@@ -1,22 +1,25 @@
 """Corrupt records in Redis, written with raw commands into an entity's stream key: reading
 raises a DecodeError (CorruptEventError, UnknownEventError or InvalidPayloadError) that
 names the key and the event number, on every way of reading, with replies as bytes and as
-text. (tests/test_storage_redis.py covers the basic cases; these are the odder ones.)
-
-Tests marked xfail(strict=True) are corruptions not detected today; each fails (XPASS) once
-detected: then drop its mark.
+text, through RedisStorage and AsyncRedisStorage. Writing behind a corrupt entry is refused
+with a CorruptEventError too, nothing written. (tests/test_storage_redis.py covers the basic
+cases; these are the odder ones.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 from conftest import REDIS_URL, Deposited, Opened, Withdrawn
 
 from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
+    Content,
     CorruptEventError,
     DecodeError,
     Event,
@@ -27,23 +30,26 @@ from es_workers import (
 )
 
 GOOD_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
+EVENTS: dict[str, list[type[Content]]] = {"account": [Opened, Deposited, Withdrawn]}
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "text"])
 def store(
     request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
 ) -> Iterator[Store]:
-    """A Store whose client replies in bytes, or (decode_responses) in text."""
+    """A Store whose client (of the backend's server) replies in bytes, or (decode_responses)
+    in text."""
     client = redis_client
     if request.param:
-        client = (
-            fakeredis.FakeRedis(server=redis_client.connection_pool.connection_kwargs["server"],
-                                decode_responses=True)
-            if isinstance(redis_client, fakeredis.FakeRedis)
-            else redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        )
-    store = Store(RedisStorage(client, prefix=prefix),
-                  events={"account": [Opened, Deposited, Withdrawn]})
+        if isinstance(redis_client, fakeredis.FakeRedis):
+            client = fakeredis.FakeRedis(
+                server=redis_client.connection_pool.connection_kwargs["server"],
+                decode_responses=True)
+        elif isinstance(redis_client, redis.RedisCluster):
+            client = request.getfixturevalue("redis_cluster").client(decode_responses=True)
+        else:
+            client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    store = Store(RedisStorage(client, prefix=prefix), events=EVENTS)
     yield store
     if client is not redis_client:
         client.close()
@@ -94,6 +100,11 @@ def assert_reads_fail(store: Store, error_type: type[DecodeError], key: str, num
         assert key in str(error) and f"event number {number}" in str(error), way
 
 
+def stream_ids(store: Store) -> list[str]:
+    entries = store.storage.client.xrange(key_of(store))  # type: ignore[attr-defined]
+    return [i.decode() if isinstance(i, bytes) else i for i, _ in entries]
+
+
 def write_first(store: Store) -> None:
     store.open("account", "a1").write(Opened(owner="a"))
 
@@ -126,14 +137,6 @@ def test_a_corrupt_record_is_reported_with_its_key_and_number(
     assert_reads_fail(store, error_type, key, 2)
 
 
-@pytest.mark.parametrize(
-    "store",
-    [False, pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, raises=UnicodeDecodeError,
-        reason="not detected: with decode_responses=True redis-py fails decoding the whole "
-        "XRANGE reply (UnicodeDecodeError) before es_workers sees the record"))],
-    ids=["bytes", "text"], indirect=True,
-)
 @pytest.mark.parametrize(
     ("values", "error_type"),
     [(fields(data=b"\xff\xfe"), InvalidPayloadError), (fields(name=b"\xff"), CorruptEventError)],
@@ -173,12 +176,9 @@ def test_events_before_a_corrupt_one_are_handed_out_first(store: Store) -> None:
     assert stream.position == 1
 
 
-# --- corruptions not detected today ------------------------------------------------------
+# --- entries out of sequence, times out of range, keys of another type ------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="not detected: an entry number out of sequence (a gap) is read as "
-                   "that event number; the read should check each number is the last + 1")
 @pytest.mark.parametrize(("entry_ids", "bad"), [(["1-0", "5-0"], 5), (["2-0"], 2)],
                          ids=["5 after 1", "2 first"])
 def test_an_entry_number_out_of_sequence_is_corrupt(
@@ -194,41 +194,176 @@ def test_an_entry_number_out_of_sequence_is_corrupt(
             events = read()
         except CorruptEventError as error:
             assert (error.key, error.event_number) == (key, bad)
+            assert f"{bad}-0 is out of sequence" in str(error)
             continue
         raise AssertionError(f"read {[e.event_number for e in events]} without an error")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="not detected: an event time past datetime's range raises "
-                   "OverflowError instead of CorruptEventError")
-def test_an_event_time_out_of_range_is_corrupt(store: Store) -> None:
+def test_a_gap_after_the_number_read_from_is_corrupt(store: Store) -> None:
+    """Read from event 1 on (event 1 read apart for the store_entity_id): 2 must follow."""
     write_first(store)
-    key = add_raw(store, "2-0", fields(time="9" * 20))
+    key = add_raw(store, "3-0", fields())
+
+    with pytest.raises(CorruptEventError) as caught:
+        list(store.open_from("account", "a1", 1).all())
+    assert (caught.value.key, caught.value.event_number) == (key, 3)
+
+
+@pytest.mark.parametrize("time", ["9" * 20, "-" + "9" * 20, "9" * 18],
+                         ids=["past int64", "before", "past year 9999"])
+def test_an_event_time_out_of_range_is_corrupt(store: Store, time: str) -> None:
+    write_first(store)
+    key = add_raw(store, "2-0", fields(time=time))
 
     assert_reads_fail(store, CorruptEventError, key, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=redis.ResponseError,
-                   reason="not detected: a stream key holding another type raises Redis' "
-                   "WRONGTYPE ResponseError instead of CorruptEventError naming the key")
-def test_a_stream_key_of_the_wrong_type_is_corrupt(store: Store) -> None:
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_stream_key_of_the_wrong_type_is_corrupt(store: Store, after: int) -> None:
     key = key_of(store)
     store.storage.client.set(key, "not a stream")  # type: ignore[attr-defined]
 
     with pytest.raises(CorruptEventError) as caught:
-        list(store.open("account", "a1").all())
+        list(store.open_from("account", "a1", after).all())
     assert caught.value.key == key
+    assert "another type than a stream" in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, raises=redis.ResponseError,
-                   reason="not detected: appending behind an entry number out of sequence fails "
-                   "in the append script's XADD, a Redis ResponseError, not an EsError")
 def test_writing_after_an_entry_number_out_of_sequence_is_refused_with_an_es_error(
     store: Store,
 ) -> None:
     stream = store.open("account", "a1")
     stream.write(Opened(owner="a"))
-    add_raw(store, "5-0", fields())
+    key = add_raw(store, "5-0", fields())
 
-    with pytest.raises(CorruptEventError):
+    with pytest.raises(CorruptEventError) as caught:
         stream.write(Deposited(amount=2))
+
+    assert (caught.value.key, caught.value.event_number) == (key, 2)
+    assert "holds an entry numbered 5" in str(caught.value)
+    assert stream_ids(store) == ["1-0", "5-0"]  # nothing written
+    assert stream.position == 1
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["position known", "new entity"])
+def test_writing_to_a_stream_key_of_the_wrong_type_is_refused_with_an_es_error(
+    store: Store, known: bool
+) -> None:
+    """Whether heads records a position for the entity (its stream then replaced) or not."""
+    stream = store.open("account", "a1")
+    if known:
+        stream.write(Opened(owner="a"))
+    key = key_of(store)
+    client = store.storage.client  # type: ignore[attr-defined]
+    client.delete(key)
+    client.set(key, "not a stream")
+
+    with pytest.raises(CorruptEventError) as caught:
+        stream.write(Deposited(amount=2))
+
+    assert (caught.value.key, caught.value.event_number) == (key, 2 if known else 1)
+    assert "another type than a stream" in str(caught.value)
+    assert client.get(key) in (b"not a stream", "not a stream")
+
+
+# --- the same through AsyncRedisStorage -------------------------------------------------
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "text"])
+async def async_store(
+    request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
+) -> AsyncIterator[AsyncStore]:
+    """An AsyncStore on the backend's server, its client replying in bytes or in text."""
+    decode = request.param
+    client: redis.asyncio.Redis | redis.asyncio.RedisCluster
+    if isinstance(redis_client, fakeredis.FakeRedis):
+        client = fakeredis.FakeAsyncRedis(
+            server=redis_client.connection_pool.connection_kwargs["server"],
+            decode_responses=decode)
+    elif isinstance(redis_client, redis.RedisCluster):
+        client = request.getfixturevalue("redis_cluster").async_client(decode_responses=decode)
+    else:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=decode)
+    store = AsyncStore(AsyncRedisStorage(client, prefix=prefix), events=EVENTS)
+    yield store
+    await store.close()
+
+
+async def async_key(store: AsyncStore) -> str:
+    storage = store.storage
+    assert isinstance(storage, AsyncRedisStorage)
+    return (await storage.open()).stream("account", "a1")
+
+
+async def assert_async_reads_fail(store: AsyncStore, error_type: type[DecodeError], key: str,
+                                  number: int) -> None:
+    async def stream() -> None:
+        async for _ in store.open("account", "a1").all():
+            pass
+
+    async def storage() -> None:
+        async for _ in store.storage.read("account", "a1", 1):
+            pass
+
+    async def project() -> None:
+        await store.project("account", "a1", lambda event: None)
+
+    for read in (stream, storage, project):
+        with pytest.raises(error_type) as caught:
+            await read()
+        assert (caught.value.key, caught.value.event_number) == (key, number), read.__name__
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("values", "error_type", "number"),
+    [(fields(data=b"\xff\xfe"), InvalidPayloadError, 2),
+     (fields(name=b"\xff"), CorruptEventError, 2),
+     (fields(time="9" * 20), CorruptEventError, 2)],
+    ids=["data not utf-8", "name not utf-8", "time out of range"],
+)
+async def test_a_corrupt_record_is_reported_through_the_async_storage(
+    async_store: AsyncStore, redis_client: redis.Redis, values: dict[str, bytes | str],
+    error_type: type[DecodeError], number: int,
+) -> None:
+    await async_store.open("account", "a1").write(Opened(owner="a"))
+    key = await async_key(async_store)
+    redis_client.xadd(key, values, id="2-0")  # type: ignore[arg-type]
+
+    await assert_async_reads_fail(async_store, error_type, key, number)
+
+
+@pytest.mark.anyio
+async def test_an_entry_out_of_sequence_is_corrupt_through_the_async_storage(
+    async_store: AsyncStore, redis_client: redis.Redis
+) -> None:
+    stream = async_store.open("account", "a1")
+    await stream.write(Opened(owner="a"))
+    key = await async_key(async_store)
+    redis_client.xadd(key, fields(), id="5-0")  # type: ignore[arg-type]
+
+    await assert_async_reads_fail(async_store, CorruptEventError, key, 5)
+    with pytest.raises(CorruptEventError) as caught:
+        await stream.write(Deposited(amount=2))
+    assert (caught.value.key, caught.value.event_number) == (key, 2)
+    assert redis_client.xlen(key) == 2
+
+
+@pytest.mark.anyio
+async def test_a_stream_key_of_the_wrong_type_is_corrupt_through_the_async_storage(
+    async_store: AsyncStore, redis_client: redis.Redis
+) -> None:
+    stream = async_store.open("account", "a1")
+    await stream.write(Opened(owner="a"))
+    key = await async_key(async_store)
+    redis_client.delete(key)
+    redis_client.set(key, "not a stream")
+
+    for after in (0, 1):
+        with pytest.raises(CorruptEventError) as caught:
+            async for _ in async_store.open_from("account", "a1", after).all():
+                pass
+        assert caught.value.key == key
+    with pytest.raises(CorruptEventError) as caught:
+        await stream.write(Deposited(amount=2))
+    assert caught.value.key == key and "another type than a stream" in str(caught.value)

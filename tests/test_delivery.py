@@ -340,6 +340,39 @@ def test_an_unreadable_event_parks_the_entity_at_that_event(
     assert recorder.by_entity() == {"acc-1": [1, 2, 4], "acc-2": [1]}
 
 
+def test_a_corrupt_stream_parks_its_entity_and_the_others_go_on(
+    fast_storage: RedisStorage, broker: dramatiq.Broker, redis_client: redis.Redis
+) -> None:
+    """An event deleted from a stream (a gap) parks the entity where it is missing; a stream
+    key of another type parks its entity at its first event (the locking script reads
+    several entities at once: it must not fail for the others)."""
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(max_attempts=2, min_backoff_ms=10))
+    (recorder,) = subscribe(delivery, "balances")
+    write_at_head(delivery.store, "account", "gap", Opened(owner="x"), Deposited(amount=1),
+                  Deposited(amount=2))
+    for entity_id in ("wrong", "fine"):
+        write_at_head(delivery.store, "account", entity_id, Opened(owner=entity_id))
+    redis_client.xdel(fast_storage.keys.stream("account", "gap"), "2-0")
+    wrong = fast_storage.keys.stream("account", "wrong")
+    redis_client.delete(wrong)
+    redis_client.set(wrong, "not a stream")
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: len(admin.parked(delivery.store, "balances", "account")) == 2,
+                 "gap and wrong parked")
+        write_at_head(delivery.store, "account", "later", Opened(owner="later"))
+        wait_for(lambda: recorder.has({"gap": 1, "fine": 1, "later": 1}), "the readable events")
+    finally:
+        delivery.stop()
+    parked = {p.entity_id: p for p in admin.parked(delivery.store, "balances", "account")}
+    assert (parked["gap"].event_number, parked["wrong"].event_number) == (2, 1)
+    assert parked["gap"].error.startswith("CorruptEventError: stream entry 3-0 is out of sequence")
+    assert "another type than a stream" in parked["wrong"].error
+    assert recorder.by_entity() == {"gap": [1], "fine": [1], "later": [1]}
+
+
 def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
     fast_storage: RedisStorage, caplog: pytest.LogCaptureFixture
 ) -> None:

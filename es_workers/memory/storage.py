@@ -84,7 +84,7 @@ class InMemoryStorage:
         for offset, event in enumerate(events, start=1):
             if event.entity_id != entity_id or event.event_number != expected + offset:
                 raise ValueError("a write holds events of one entity with consecutive numbers")
-        encoded = [self.registry.encode(entity_type, event.content) for event in events]
+        encoded = [self.registry.encode(entity_type, event) for event in events]
         for event, (name, data) in zip(events, encoded, strict=True):
             check_size(event, name, data, encode_metadata(event.metadata), self.max_event_bytes)
         with self._lock:

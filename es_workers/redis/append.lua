@@ -13,13 +13,33 @@
 --
 -- Returns {0, new position} when appended, {1, position} when the same events (same
 -- store_event_ids) were already appended there (a retried write), {2, actual position}
--- on a conflict. A Lua error does not undo earlier writes, so every check comes first.
+-- on a conflict; nothing appended: {3, N} when the stream holds an entry numbered N at or
+-- past the first event although its position is before it (an entry not written by this
+-- script), {4, position} when the key holds another type than a stream.
+-- A Lua error does not undo earlier writes, so every check comes first; the first XADD
+-- is what finds a stream out of sequence, so its failure is checked before any write.
 -- Given a wake-up channel, an append to an empty outbox (its publishers idle) SPUBLISHes
 -- there: cluster publishers cannot block on every outbox at once, so they wait for it.
 
 local stream, heads, index, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local expected = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
+
+local function key_type()
+  return redis.call('TYPE', stream)['ok']
+end
+
+-- The event number of the stream's last generated ID (0 for no stream).
+local function last_generated()
+  if key_type() ~= 'stream' then return 0 end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)'))
+    end
+  end
+  return 0
+end
 
 -- The position is the entity's entry in heads: this script alone writes it, with the
 -- events, so it equals the stream's last generated ID, survives trimming as that does, and
@@ -30,21 +50,14 @@ local head = redis.call('HGET', heads, ARGV[2])
 if head then
   position = tonumber(head)
 else
-  position = 0
-  if redis.call('EXISTS', stream) == 1 then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        position = tonumber(string.match(info[i + 1], '^(%d+)'))
-        break
-      end
-    end
-  end
+  local found = key_type()
+  if found ~= 'stream' and found ~= 'none' then return {4, 0} end
+  position = last_generated()
 end
 
 local function event_id_at(number)
-  local entries = redis.call('XRANGE', stream, number .. '-0', number .. '-0')
-  if #entries == 0 then return nil end
+  local entries = redis.pcall('XRANGE', stream, number .. '-0', number .. '-0')
+  if entries.err or #entries == 0 then return nil end
   local fields = entries[1][2]
   for i = 1, #fields, 2 do
     if fields[i] == 'e' then return fields[i + 1] end
@@ -61,16 +74,35 @@ if position ~= expected then
   return {2, position}
 end
 
-for i = 0, count - 1 do
+local function add(i)
   local arg = 5 + 5 * i
   local id = (expected + i + 1) .. '-0'
   if ARGV[arg + 4] == '' then
-    redis.call('XADD', stream, id,
+    return redis.pcall('XADD', stream, id,
       'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
-  else
-    redis.call('XADD', stream, id,
-      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
-      'm', ARGV[arg + 4])
+  end
+  return redis.pcall('XADD', stream, id,
+    'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
+    'm', ARGV[arg + 4])
+end
+
+-- Why the first XADD failed when the stream is at fault (nothing appended), else nil
+-- (e.g. OOM: the caller raises that error as Redis gave it).
+local function refused()
+  local found = key_type()
+  if found ~= 'stream' and found ~= 'none' then return {4, position} end
+  local last = last_generated()
+  if last > expected then return {3, last} end
+  return nil
+end
+
+for i = 0, count - 1 do
+  local added = add(i)
+  if type(added) == 'table' and added.err then
+    -- Once one XADD succeeded the later (greater) IDs cannot fail for the stream's sake.
+    local why = i == 0 and refused()
+    if why then return why end
+    return added  -- any other error (OOM...) as Redis gave it
   end
 end
 -- A new stream: Redis gave its node stream-node-max-bytes (4096 by default) up front, most

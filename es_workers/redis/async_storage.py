@@ -26,6 +26,7 @@ from .entries import (
     entity_ids_page,
     index_start,
     stored_partitions,
+    xrange,
 )
 from .keys import RedisKeys
 from .scripts import AsyncScript, BatchingScript
@@ -111,21 +112,22 @@ class AsyncRedisStorage:
             args.append(entity_keys.keys.wake(
                 entity_keys.keys.partition(entity_type, events[0].entity_id)
             ))
-        check_appended(entity_type, events, await self.append_script(keys=keys, args=args))
+        reply = await self.append_script(keys=keys, args=args)
+        check_appended(keys[0], entity_type, events, reply)
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
         key = (await self._entities())(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         reader = self._reader
         while pages.more:
-            if pages.needs_first:
-                pipe = reader.pipeline(transaction=False)
-                pipe.xrange(key, "1-0", "1-0")
-                pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
-                first, entries = await pipe.execute()
-                pages.take_first(first)
-            else:
-                entries = await reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+            with pages.reading():
+                if pages.needs_first:
+                    pipe = reader.pipeline(transaction=False)
+                    xrange(pipe, key, "1-0", "1-0")
+                    xrange(pipe, key, f"{pages.start}-0", count=pages.count)
+                    entries = pages.take_replies(await pipe.execute(raise_on_error=False))
+                else:
+                    entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
             for event in pages.decode(entries):
                 yield event
 

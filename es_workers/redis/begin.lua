@@ -15,7 +15,9 @@
 -- checkpoint (at most ARGV[3], as XRANGE gives them) and store_entity_id is event 1's 'e'
 -- field when event 1 is not among them ('' otherwise), so no further read is needed;
 -- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
--- the checkpoint: a duplicate); state 2 when another worker holds the lock.
+-- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
+-- the lock is now ours but the stream key holds another type (corrupt: the worker parks
+-- the entity; an error here would fail the notice's other entities too).
 
 local checkpoints, parked, heads = KEYS[1], KEYS[2], KEYS[3]
 local token, lock_ms, page = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -44,7 +46,10 @@ local function begin(id, target, lock, stream)
   if not redis.call('SET', lock, token, 'NX', 'PX', lock_ms) then
     return {2, checkpoint, '', {}}
   end
-  local entries = redis.call('XRANGE', stream, (checkpoint + 1) .. '-0', '+', 'COUNT', page)
+  local entries = redis.pcall('XRANGE', stream, (checkpoint + 1) .. '-0', '+', 'COUNT', page)
+  if entries.err then
+    return {3, checkpoint, '', {}}
+  end
   local store_entity_id = ''
   if checkpoint > 0 then
     store_entity_id = first_event_id(stream)

@@ -7,13 +7,18 @@ to these functions, so both stores validate, encode, decode and fail the same wa
 
 from __future__ import annotations
 
+import contextlib
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import chain
+from typing import Any, TypeVar
+
+import redis
+from redis.client import NEVER_DECODE
 
 from .. import metrics
-from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
+from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size, content_json
 from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
 from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
@@ -81,26 +86,27 @@ class EntityKeys:
 def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event],
                 max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
     """append.lua's ARGV for a non-empty write: checks the events are one entity's, numbered
-    on from the first, of Content classes registered for the type, and each at most
-    `max_event_bytes` encoded (EventTooLargeError)."""
+    on from the first, of Content classes registered for the type, encoded as JSON that
+    reads back (InvalidContentError), and each at most `max_event_bytes` encoded
+    (EventTooLargeError)."""
     entity_id = events[0].entity_id
     expected = events[0].event_number - 1
     args: list[Any] = [entity_type, entity_id, expected, len(events)]
     event_time, micros = None, 0
     metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
+    name = ""  # its event name
     for number, event in enumerate(events, start=expected + 1):
         if event.entity_id != entity_id or event.event_number != number:
             raise ValueError("a write holds events of one entity with consecutive numbers")
         if event.event_time is not event_time:  # the events of a write share their time
             event_time = event.event_time
             micros = (event_time - EPOCH) // MICROSECOND
-        content = event.content
-        if content.__class__ is checked:  # as the event before: checked, same name
-            data = checked.__pydantic_serializer__.to_json(content)
+        if event.content.__class__ is checked:  # as the event before: checked, same name
+            data = content_json(event, name)
         else:
-            name, data = registry.encode(entity_type, content)
-            checked = content.__class__
+            name, data = registry.encode(entity_type, event)
+            checked = event.content.__class__
         if event.metadata is not metadata:  # the events of a write share their metadata
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
@@ -109,15 +115,36 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
     return args
 
 
-def check_appended(entity_type: str, events: Sequence[Event], reply: Any) -> None:
-    """Raises ConcurrencyError if append.lua found another writer's events in place."""
+# append.lua's statuses: the events were written (now, or by an earlier try of the write),
+# or nothing was written because of another writer's events or a corrupt stream key.
+APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+
+
+def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any) -> None:
+    """Raises what append.lua's reply says went wrong: ConcurrencyError if it found another
+    writer's events in place, CorruptEventError (naming the stream's `key`) if the stream
+    could not take the events."""
     status, position = reply
-    if status == 2:
-        metrics.CONFLICTS.labels(entity_type).inc()
-        first = events[0]
-        raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
-    if status == 0:
+    if status == APPENDED:
         metrics.APPENDS.labels(entity_type).inc(len(events))
+        return
+    if status == ALREADY_APPENDED:
+        return
+    first = events[0]
+    if status == CONFLICT:
+        metrics.CONFLICTS.labels(entity_type).inc()
+        raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
+    if status == OUT_OF_SEQUENCE:
+        problem = (f"the stream holds an entry numbered {int(position)} although the "
+                   f"entity's position is {first.event_number - 1} (an entry not written by "
+                   "es_workers?)")
+    else:
+        problem = "the key holds another type than a stream"
+    raise CorruptEventError(
+        f"cannot append event {first.event_number}: {problem}; nothing was written",
+        key=key, entity_type=entity_type, entity_id=first.entity_id,
+        event_number=first.event_number,
+    )
 
 
 def index_start(entity_type: str, after: str | None, limit: int) -> str:
@@ -159,8 +186,12 @@ class EntityPages:
     """Reading one entity page by page: which XRANGE to send next, and its reply decoded.
 
     The caller loops while `more`: it sends `XRANGE key <start>-0 + COUNT <count>` and, when
-    `needs_first`, `XRANGE key 1-0 1-0` too (hand that reply to `take_first`), then iterates
-    `decode(entries)` to the end before asking for the next page.
+    `needs_first`, `XRANGE key 1-0 1-0` before it in one pipeline (hand its replies to
+    `take_replies`), both through `xrange` (replies left as bytes) and inside `reading()`,
+    then iterates `decode(entries)` to the end before asking for the next page.
+
+    Every entry must hold the next event number: a gap (or an entry before the one read
+    from) is a CorruptEventError, as is a record that does not decode.
     """
 
     __slots__ = ("entity_id", "entity_type", "key", "more", "registry", "start",
@@ -174,7 +205,7 @@ class EntityPages:
             raise ValueError(f"after must be >= 0, got {after}")
         self.registry, self.key = registry, key
         self.entity_type, self.entity_id = entity_type, entity_id
-        self.start = after + 1
+        self.start = after + 1  # the event number the next entry must hold
         self.store_entity_id: str | None = None
         self.more = True
 
@@ -183,12 +214,40 @@ class EntityPages:
         """Whether event 1 must be read too: it holds the store_entity_id."""
         return self.store_entity_id is None and self.start != 1
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around the XRANGEs: a key that holds another type than a stream (Redis' WRONGTYPE)
+        is a CorruptEventError naming it."""
+        try:
+            yield
+        except redis.exceptions.ResponseError as error:
+            if not str(error).startswith("WRONGTYPE"):
+                raise
+            raise self.not_a_stream() from error
+
+    def not_a_stream(self) -> CorruptEventError:
+        """The error of an entity whose stream key holds another type than a stream."""
+        return self._corrupt("the key holds another type than a stream (WRONGTYPE); it "
+                             "cannot be read or appended to", self.start)
+
+    def take_replies(self, replies: list[Any]) -> list[Any]:
+        """The replies of the pipelined XRANGEs of event 1 and of the page, sent with
+        `raise_on_error=False` (redis-py would rewrite a raised error's message): takes
+        event 1's, returns the page's entries, raises a Redis error either holds."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        first, entries = replies
+        self.take_first(first)
+        page: list[Any] = entries
+        return page
+
     def take_first(self, first: list[Any]) -> None:
         # A stream trimmed of event 1 (not something es_workers does) has lost it.
         self.store_entity_id = ""
         if first:
-            entry_id, values = first[0]
-            self.store_entity_id = self._field((entry_id, _pairs(values)), "e")
+            fields = self._fields(_pairs(first[0][1]), 1)
+            self.store_entity_id = self._field(fields, "e", text, 1)
 
     def decode(self, entries: list[Any]) -> Iterator[Event]:
         """The page's events. Entries as the append script writes them are decoded inline
@@ -201,15 +260,48 @@ class EntityPages:
         if not entries:
             self.more = False
             return
+        # Moves `start` past the page's last entry once decoded (or raises).
         yield from self.events(flat_entries(entries))
-        # The page's last entry was decoded (or it raised): the next page starts after it.
-        self.start = int(text(entries[-1][0]).partition("-")[0]) + 1
 
     def events(self, entries: Sequence[Any]) -> Iterator[Event]:
         """The events of stream entries as XRANGE replies hold them (a flat list of fields
-        per entry, raw or decoded), in order, moving `store_entity_id` along. Entries as
-        the append script writes them are decoded inline (hydrating is read-bound); anything
-        else goes through `_decode`, which decodes it or raises the error that explains it."""
+        per entry, raw or decoded), which must hold the event numbers from `start` on,
+        moving `start` and `store_entity_id` along. The events before an entry out of
+        sequence are handed out, then it raises CorruptEventError."""
+        in_sequence = self._in_sequence(entries) if entries else 0
+        if in_sequence == len(entries):
+            return self._events(entries)  # not wrapped: a generator layer costs hydrating
+        return chain(self._events(entries[:in_sequence]),
+                     self._out_of_sequence(entries[in_sequence]))
+
+    def _out_of_sequence(self, entry: Any) -> Iterator[Event]:
+        """Raises the CorruptEventError of an entry out of sequence (when iterated: once
+        the events before it were handed out and `start` moved past them)."""
+        yield self._decode((entry[0], _pairs(entry[1])), self.start)
+
+    def _in_sequence(self, entries: Sequence[Any]) -> int:
+        """How many entries, from the first, hold the event numbers `start`, `start + 1`...
+
+        XRANGE gives IDs in increasing order, and an ID must end in '-0' (each entry's own
+        check), so when the first and the last entry hold the right numbers, so does every
+        entry between: one check per page, not one per entry."""
+        start, count = self.start, len(entries)
+        try:
+            if (int(entries[0][0][:-2]) == start
+                    and int(entries[-1][0][:-2]) == start + count - 1):
+                return count
+        except ValueError:  # an ID of another form: found below
+            pass
+        for index, (entry_id, _) in enumerate(entries):
+            number, _, _ = text(entry_id).partition("-")
+            if not number.isdigit() or int(number) != start + index:
+                return index
+        return count
+
+    def _events(self, entries: Sequence[Any]) -> Iterator[Event]:
+        """`events` of entries known to be in sequence. Entries as the append script writes
+        them are decoded inline (hydrating is read-bound); anything else goes through
+        `_decode`, which decodes it or raises the error that explains it."""
         if not entries:
             return
         entity_type, entity_id = self.entity_type, self.entity_id
@@ -238,7 +330,7 @@ class EntityPages:
                 store_event_id = event_id.decode() if raw else event_id
             except Exception:
                 self.store_entity_id = first_id
-                event = self._decode((entry_id, _pairs(values)))
+                event = self._decode((entry_id, _pairs(values)), None)
                 first_id = event.store_entity_id
             else:
                 if number == 1:
@@ -247,35 +339,56 @@ class EntityPages:
                                   store_event_id, first_id, metadata)
             yield event
         self.store_entity_id = first_id
+        self.start += len(entries)
 
-    def _field(self, entry: Any, field: str) -> str:
-        value = entry[1].get(field)
-        if value is None:
-            value = entry[1].get(field.encode())
-        if value is None:
-            raise self._corrupt(f"stored event lacks field {field!r}", self._number(entry[0]))
-        return text(value)
-
-    def _number(self, entry_id: bytes | str) -> int:
+    def _number(self, entry_id: bytes | str, expected: int | None) -> int:
+        """The event number of an entry ID, which must be `expected` (None: known to be)."""
         number, _, sequence = text(entry_id).partition("-")
         if not number.isdigit() or sequence != "0":
-            raise self._corrupt(f"stream entry ID {text(entry_id)!r} is not '<event number>-0'", 0)
-        return int(number)
+            raise self._corrupt(
+                f"stream entry ID {text(entry_id)!r} is not '<event number>-0'",
+                int(number) if number.isdigit() else expected or self.start)
+        found = int(number)
+        if expected is not None and found != expected:
+            raise self._corrupt(
+                f"stream entry {found}-0 is out of sequence: event {expected} was expected "
+                f"there (events missing, or an entry not written by es_workers)", found)
+        return found
 
     def _corrupt(self, message: str, event_number: int) -> CorruptEventError:
         return CorruptEventError(message, key=self.key, entity_type=self.entity_type,
                                  entity_id=self.entity_id, event_number=event_number)
 
-    def _decode(self, entry: Any) -> Event:
-        number = self._number(entry[0])
-        fields = {text(name): value for name, value in entry[1].items()}
+    def _fields(self, values: dict[Any, Any], number: int) -> dict[str, Any]:
+        """An entry's fields by name as text (the values as stored)."""
         try:
-            name, data = text(fields["n"]), fields["d"]
-            micros = int(fields["t"])
-            store_event_id = text(fields["e"])
-            metadata = decode_metadata(fields.get("m", b""))
-        except (KeyError, ValueError) as error:
-            raise self._corrupt(f"stored event lacks or mangles field {error}", number) from error
+            return {text(name): value for name, value in values.items()}
+        except UnicodeDecodeError as error:
+            raise self._corrupt(f"stored event has a field name that is not UTF-8 ({error})",
+                                number) from error
+
+    def _field(self, fields: dict[str, Any], name: str, parse: Callable[[Any], _T],
+               number: int) -> _T:
+        """The field `name` of an entry, parsed; CorruptEventError if missing or unreadable."""
+        if name not in fields:
+            raise self._corrupt(f"stored event lacks field {name!r} ({_FIELD_NAMES[name]})",
+                                number)
+        try:
+            return parse(fields[name])
+        except (ValueError, OverflowError, RecursionError) as error:
+            raise self._corrupt(
+                f"stored event field {name!r} ({_FIELD_NAMES[name]}) is unreadable: {error}",
+                number) from error
+
+    def _decode(self, entry: Any, expected: int | None) -> Event:
+        number = self._number(entry[0], expected)
+        fields = self._fields(entry[1], number)
+        name = self._field(fields, "n", text, number)
+        data = self._field(fields, "d", _as_stored, number)
+        event_time = self._field(fields, "t", _event_time, number)
+        store_event_id = self._field(fields, "e", text, number)
+        metadata = self._field(fields, "m", decode_metadata, number) if "m" in fields else (
+            NO_METADATA)
         content = self.registry.decode(
             key=self.key, entity_type=self.entity_type, entity_id=self.entity_id,
             event_number=number, name=name, data=data,
@@ -284,9 +397,35 @@ class EntityPages:
             entity_id=self.entity_id,
             entity_type=self.entity_type,
             event_number=number,
-            event_time=EPOCH + timedelta(microseconds=micros),
+            event_time=event_time,
             content=content,
             store_event_id=store_event_id,
             store_entity_id=store_event_id if number == 1 else self.store_entity_id or "",
             metadata=metadata,
         )
+
+
+_T = TypeVar("_T")
+_FIELD_NAMES = {"n": "event name", "d": "JSON data", "t": "event time, µs since 1970",
+                "e": "store_event_id", "m": "metadata"}
+
+
+def _as_stored(value: Any) -> Any:
+    return value
+
+
+def _event_time(micros: bytes | str) -> datetime:
+    """A stored event time (µs since 1970) as an aware UTC datetime; OverflowError past
+    datetime's range."""
+    return EPOCH + timedelta(microseconds=int(micros))
+
+
+def xrange(client: Any, key: str, start: str, end: str = "+", count: int | None = None) -> Any:
+    """Sends `XRANGE key start end [COUNT count]` on a client or pipeline (sync or async,
+    one Redis or a cluster) with its reply left as bytes whatever the client's
+    decode_responses: a field that is not UTF-8 must fail its own entry (`decode` names
+    it), not the whole reply in redis-py."""
+    options: dict[str, Any] = {NEVER_DECODE: [], "keys": [key]}  # keys: redis-py's cache
+    if count is None:
+        return client.execute_command("XRANGE", key, start, end, **options)
+    return client.execute_command("XRANGE", key, start, end, "COUNT", count, **options)

@@ -31,6 +31,7 @@ from .scripts import Script
 READY = 0
 NOTHING_TO_DO = 1
 BUSY = 2
+NOT_A_STREAM = 3  # the lock is ours, but the entity's stream key holds another type
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
 WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 
@@ -65,7 +66,8 @@ class ParkedEntity:
 
 @dataclass(frozen=True)
 class Begun:
-    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO or BUSY.
+    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO, BUSY or
+    NOT_A_STREAM (the lock is ours, the entity cannot be read).
     When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
     replies hold them) and `store_entity_id` event 1's ID when it is not among them."""
 

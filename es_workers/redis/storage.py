@@ -11,12 +11,14 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..errors import CorruptEventError
 from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
 from .cluster import is_cluster
 from .durability import Durability, check_server
 from .entries import (
+    ALREADY_APPENDED,
     DEFAULT_PARTITIONS,
     EntityKeys,
     EntityPages,
@@ -27,6 +29,7 @@ from .entries import (
     flat_entries,
     index_start,
     stored_partitions,
+    xrange,
 )
 from .failures import server_name, translated
 from .heartbeats import Heartbeats
@@ -124,7 +127,7 @@ class RedisStorage:
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
-        check_appended(entity_type, events, self._append(keys, args))
+        check_appended(keys[0], entity_type, events, self._append(keys, args))
 
     def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
         """Runs append.lua (ARGV: entity type, entity ID, expected, count, ...), then what
@@ -139,7 +142,7 @@ class RedisStorage:
             (status, position), confirmed = self.append_script.then(
                 keys, args, self.durability.command()
             )
-        if status != 2:  # a conflict wrote nothing to wait for
+        if status <= ALREADY_APPENDED:  # else nothing was written to wait for
             self.durability.check(confirmed, entity_type, entity_id, expected + 1,
                                   expected + count)
         return int(status), int(position)
@@ -153,27 +156,34 @@ class RedisStorage:
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
+        doing = f"reading {pages.entity_type} {pages.entity_id!r}"
         while pages.more:
-            with translated(self.server, f"reading {pages.entity_type} {pages.entity_id!r}"):
+            with translated(self.server, doing), pages.reading():
                 if pages.needs_first:
                     pipe = reader.pipeline(transaction=False)
-                    pipe.xrange(key, "1-0", "1-0")
-                    pipe.xrange(key, f"{pages.start}-0", "+", count=pages.count)
-                    first, entries = pipe.execute()
-                    pages.take_first(first)
+                    xrange(pipe, key, "1-0", "1-0")
+                    xrange(pipe, key, f"{pages.start}-0", count=pages.count)
+                    entries = pages.take_replies(pipe.execute(raise_on_error=False))
                 else:
-                    entries = reader.xrange(key, f"{pages.start}-0", "+", count=pages.count)
+                    entries = xrange(reader, key, f"{pages.start}-0", count=pages.count)
             yield pages.decode(entries)
 
-    def decode_entries(self, entity_type: str, entity_id: str, entries: Sequence[Any],
-                       store_entity_id: str | None) -> Iterator[Event]:
+    def decode_entries(self, entity_type: str, entity_id: str, after: int,
+                       entries: Sequence[Any], store_entity_id: str | None) -> Iterator[Event]:
         """The events of stream entries as XRANGE replies hold them (delivery reads them in
-        its locking script); `store_entity_id` is event 1's ID when event 1 is not among
-        them. Raises CorruptEventError / UnknownEventError naming the entry."""
+        its locking script), the first of which must be event `after + 1`;
+        `store_entity_id` is event 1's ID when event 1 is not among them. Raises
+        CorruptEventError / UnknownEventError naming the entry."""
         key = self._entity_keys(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, 0)
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         pages.store_entity_id = store_entity_id
         return pages.events(flat_entries(list(entries)))
+
+    def not_a_stream(self, entity_type: str, entity_id: str, after: int) -> CorruptEventError:
+        """The error of an entity whose stream key holds another type than a stream, read
+        from after `after` (delivery's locking script finds it)."""
+        key = self._entity_keys(entity_type, entity_id)[0]
+        return EntityPages(self.registry, key, entity_type, entity_id, after).not_a_stream()
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""

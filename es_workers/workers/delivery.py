@@ -36,7 +36,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
-from ..redis.state import BUSY, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
+from ..redis.state import BUSY, NOT_A_STREAM, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
 from ..redis.storage import RedisStorage
 from ..tracing import handler_call
 from ..upgrade import Reader, Reading
@@ -101,6 +101,7 @@ class Deliverer:
         self.reader = reader
         self.state = storage.state
         self.decode = storage.decode_entries
+        self.not_a_stream = storage.not_a_stream
         self.options = options
 
     def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
@@ -227,7 +228,10 @@ class _Run:
         self.metrics = metrics.handler_metrics(e.subscriber_id, e.entity_type)
         self.released = False  # the lock is no longer ours (let go, or lost)
         self.committed = begun.checkpoint  # the last checkpoint recorded
-        stored = deliverer.decode(e.entity_type, e.entity_id, begun.entries,
+        # The entity's key holds no stream: retried, then parked, like an unreadable event.
+        self._unreadable = deliverer.not_a_stream(
+            e.entity_type, e.entity_id, begun.checkpoint) if begun.state == NOT_A_STREAM else None
+        stored = deliverer.decode(e.entity_type, e.entity_id, begun.checkpoint, begun.entries,
                                   begun.store_entity_id or None)
         self._read(self.reader.reading(e.entity_type, stored, begun.checkpoint))
 
@@ -242,6 +246,8 @@ class _Run:
         when there is nothing to record. Raises _Stop when the handler failed or the event
         cannot be read (retried, then parked)."""
         try:
+            if self._unreadable is not None:
+                raise self._unreadable
             item = next(self._ahead, None)
         except DecodeError as unreadable:  # a record we cannot read: retry, then park
             self._failed(self.handled + 1, unreadable)
