@@ -311,7 +311,8 @@ class EntityPages:
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
         from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
         first_id = self.store_entity_id or ""  # event 1's store_event_id
-        for entry_id, values in entries:
+        # In sequence (checked by `events`): entry i holds event start + i.
+        for number, (entry_id, values) in enumerate(entries, self.start):
             try:
                 if len(values) == 8:
                     n, name, d, data, t, micros, e, event_id = values
@@ -323,7 +324,6 @@ class EntityPages:
                     raise ValueError(entry_id)
                 metadata = NO_METADATA if stored_metadata is None else decode_metadata(
                     stored_metadata)
-                number = int(entry_id[:-2])
                 content = decoders[name](data)
                 # float seconds are exact to the microsecond until the year 2255
                 event_time = from_timestamp(int(micros) / 1e6, utc)
