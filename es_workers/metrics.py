@@ -46,3 +46,9 @@ def handler_metrics(subscriber_id: str, entity_type: str) -> HandlerMetrics:
         HANDLER_SECONDS.labels(subscriber_id, entity_type),
         HANDLER_FAILURES.labels(subscriber_id, entity_type),
     )
+
+
+@cache
+def appends(entity_type: str) -> Any:
+    """The entity type's appended-events series, looked up once (every write counts)."""
+    return APPENDS.labels(entity_type)

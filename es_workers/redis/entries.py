@@ -126,7 +126,7 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
     could not take the events."""
     status, position = reply
     if status == APPENDED:
-        metrics.APPENDS.labels(entity_type).inc(len(events))
+        metrics.appends(entity_type).inc(len(events))
         return
     if status == ALREADY_APPENDED:
         return
