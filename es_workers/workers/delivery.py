@@ -179,7 +179,11 @@ class _Batch:
                 try:
                     step = run.step()
                 except _Stop as stop:
-                    run.released = stop.released
+                    # Failed (its retry is sent) or lost: let it go now, not after the
+                    # batch's last round, so that the retry does not find it busy.
+                    if not stop.released:
+                        self.state.unlock([run.e], self.token)
+                    run.released = True
                     continue
                 if step is not None:
                     steps.append((run, *step))
