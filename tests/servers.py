@@ -16,6 +16,7 @@ Cluster nodes also use their port + 10000 for the cluster bus.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -116,6 +117,9 @@ def _kill_stale(port: int) -> None:
     pidfile.unlink(missing_ok=True)
 
 
+PORT_FREE_S = 3.0
+
+
 def port_is_free(port: int) -> bool:
     """Whether a server can listen on `port` (as redis-server does: with SO_REUSEADDR, so
     connections in TIME_WAIT do not count)."""
@@ -131,11 +135,16 @@ def port_is_free(port: int) -> bool:
 def _check_free(*ports: int) -> None:
     for port in ports:
         _kill_stale(port)
-        if not port_is_free(port):
+        try:
+            # A server just killed (a stale one, or one a test stopped) may take a moment
+            # to let go of its port.
+            wait_until(functools.partial(port_is_free, port), f"port {port} to be free",
+                       PORT_FREE_S)
+        except ServerError:
             raise ServerError(
                 f"port {port} is in use by another program; set {PORT_BASE_ENV} "
                 f"(now {port_base()}) to move the test servers' port range"
-            )
+            ) from None
 
 
 class RedisServer:
