@@ -118,6 +118,7 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
 APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+_NOT_A_STREAM = "the key holds another type than a stream"
 
 
 def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any) -> None:
@@ -139,7 +140,7 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
                    f"entity's position is {first.event_number - 1} (an entry not written by "
                    "es_workers?)")
     else:
-        problem = "the key holds another type than a stream"
+        problem = _NOT_A_STREAM
     raise CorruptEventError(
         f"cannot append event {first.event_number}: {problem}; nothing was written",
         key=key, entity_type=entity_type, entity_id=first.entity_id,
@@ -227,8 +228,8 @@ class EntityPages:
 
     def not_a_stream(self) -> CorruptEventError:
         """The error of an entity whose stream key holds another type than a stream."""
-        return self._corrupt("the key holds another type than a stream (WRONGTYPE); it "
-                             "cannot be read or appended to", self.start)
+        return self._corrupt(f"{_NOT_A_STREAM} (WRONGTYPE); it cannot be read or appended "
+                             "to", self.start)
 
     def take_replies(self, replies: list[Any]) -> list[Any]:
         """The replies of the pipelined XRANGEs of event 1 and of the page, sent with

@@ -106,9 +106,9 @@ class Deliverer:
 
     def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
                 resend: Resend) -> None:
-        """Handles the notices (of one subscriber and entity type) entity after entity.
-        Those of one partition are locked and read in one round trip, and committed in one
-        when their events are handled."""
+        """Handles the notices (of one subscriber and entity type), partition after
+        partition: those of one partition are locked and read in one round trip, then
+        handled in rounds, each round's checkpoints recorded in one more (see `_Batch`)."""
         groups: dict[int, list[tuple[SubscriberEntity, int | None]]] = {}
         for notice in notices:
             e = self.state.entity(notice.subscriber_id, notice.entity_type, notice.entity_id)
