@@ -9,16 +9,21 @@ for its worker processes) and whichever binds the port serves all of them.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import struct
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+from prometheus_client.metrics_core import Metric
 
+SCRAPE_ATTEMPTS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when imported
 RETRY_BIND_S = 5.0
@@ -81,8 +86,40 @@ def metrics_registry() -> CollectorRegistry:
     if not os.environ.get(MULTIPROC_DIR_ENV):
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(SharedDirectoryCollector(os.environ[MULTIPROC_DIR_ENV]))
     return registry
+
+
+class SharedDirectoryCollector:
+    """The metrics of every process writing to `path`, as prometheus-client's
+    MultiProcessCollector merges them, minus the files a starting process has created but
+    not yet sized: reading one fails the whole scrape (struct.error), and every process
+    creates some as it starts. A file a stopping process removes between listing and
+    reading is another such race: the scrape lists the files again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        for _ in range(SCRAPE_ATTEMPTS - 1):
+            try:
+                return self._merge()
+            except (FileNotFoundError, struct.error):
+                continue
+        return self._merge()
+
+    def _merge(self) -> Iterable[Metric]:
+        files = [name for name in glob.glob(os.path.join(self.path, "*.db")) if _sized(name)]
+        merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            files, accumulate=True)
+        return merged
+
+
+def _sized(name: str) -> bool:
+    try:
+        return os.path.getsize(name) > 0
+    except FileNotFoundError:
+        return False
 
 
 def serve_metrics(port: int) -> None:

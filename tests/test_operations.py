@@ -27,10 +27,12 @@ import redis
 from apps.delivery_kit import Delivery, stub_broker
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Opened, delete_prefix, real_redis
 from kit import wait_for, write_at_head
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from es_workers import Event, RedisStorage, Store
 from es_workers.health import check_health
-from es_workers.observability import JsonFormatter
+from es_workers.observability import JsonFormatter, SharedDirectoryCollector
 from es_workers.redis.heartbeats import FORGET_AFTER_MS
 from es_workers.workers.bus import DramatiqEventBus
 from es_workers.workers.delivery import DeliveryOptions
@@ -114,6 +116,20 @@ def test_the_cli_logs_json_too(tmp_path: Path) -> None:
     assert line["message"] == ("environment variable ES_REDIS_ULR is not an es_workers "
                                "setting; did you mean ES_REDIS_URL?")
     assert json.loads(result.stdout)["log_format"] == "json"
+
+
+def test_a_scrape_skips_the_metrics_file_of_a_process_still_starting(tmp_path: Path) -> None:
+    written = MmapedDict(str(tmp_path / "counter_101.db"))
+    written.write_value(mmap_key("es_handled_total", "es_handled_total", ["subscriber_id"],
+                                 ["audit"], "Handled."), 3.0, 0.0)
+    written.close()
+    (tmp_path / "counter_102.db").touch()  # created, not yet sized by its process
+
+    registry = CollectorRegistry()
+    registry.register(SharedDirectoryCollector(str(tmp_path)))
+    metrics = generate_latest(registry).decode()
+
+    assert 'es_handled_total{subscriber_id="audit"} 3.0' in metrics
 
 
 # -- Heartbeats and health, in this process --------------------------------------------------
@@ -278,8 +294,13 @@ def test_publisher_and_worker_processes_log_json_share_one_metrics_port_and_beat
     assert unhealthy.returncode == 1
     assert "heartbeat: FAILED: no heartbeat" in unhealthy.stdout
 
-    records = {name: [json.loads(line) for line in path.read_text().splitlines() if line]
-               for name, path in logs.items()}
+    texts = {name: path.read_text(errors="replace") for name, path in logs.items()}
+    stray = {name: [line for line in text.splitlines() if line and not line.startswith("{")]
+             for name, text in texts.items()}
+    assert stray == {"publisher": [], "worker": []}, "\n".join(
+        line for lines in stray.values() for line in lines)
+    records = {name: [json.loads(line) for line in text.splitlines() if line]
+               for name, text in texts.items()}
     loggers = {r["logger"] for r in records["worker"]}
     assert {"es_workers.cli", "dramatiq.MainProcess", "es_workers.delivery"} <= loggers
     assert len({r["pid"] for r in records["worker"]}) >= 3  # the main and 2 worker processes
