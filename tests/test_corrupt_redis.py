@@ -14,7 +14,9 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
+from apps.delivery_kit import Delivery, Recorder, stub_broker
 from conftest import REDIS_URL, Deposited, Opened, Withdrawn
+from kit import wait_for
 
 from es_workers import (
     AsyncRedisStorage,
@@ -27,6 +29,7 @@ from es_workers import (
     RedisStorage,
     Store,
     UnknownEventError,
+    admin,
 )
 
 GOOD_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
@@ -174,6 +177,37 @@ def test_events_before_a_corrupt_one_are_handed_out_first(store: Store) -> None:
         next(events)
     assert (caught.value.key, caught.value.event_number) == (key, 2)
     assert stream.position == 1
+
+
+def test_a_record_that_is_not_utf8_parks_its_entity_in_delivery_and_nothing_else(
+    store: Store,
+) -> None:
+    """The lock-and-read script's reply holds the entries: with a client that decodes
+    replies, a field that is not UTF-8 still fails only its own entity."""
+    write_first(store)
+    key = add_raw(store, "2-0", fields(data=b"\xff\xfe"))
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    # As if appended: the head counts it (else delivery has nothing to hand out).
+    storage.client.hset(storage.keys.heads("account", storage.keys.partition("account", "a1")),
+                        "a1", 2)
+    delivery = Delivery(storage, stub_broker(), events=EVENTS)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "audit", recorder)
+    delivery.store.open("account", "b1").write(Opened(owner="b"))
+    delivery.start_publisher()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: admin.parked(delivery.store, "audit", "account"), "a1 to be parked")
+        delivery.store.open("account", "c1").write(Opened(owner="c"))
+        wait_for(lambda: recorder.has({"b1": 1, "c1": 1}), "b1 and c1 to be handled")
+    finally:
+        delivery.stop()
+
+    [parked] = admin.parked(delivery.store, "audit", "account")
+    assert (parked.entity_id, parked.event_number) == ("a1", 2)
+    assert parked.error.startswith("InvalidPayloadError") and key in parked.error
+    assert sorted(recorder.calls) == [("a1", 1), ("b1", 1), ("c1", 1)]
 
 
 # --- entries out of sequence, times out of range, keys of another type ------------------

@@ -14,6 +14,7 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio
+from redis.client import NEVER_DECODE
 
 from .cluster import SLOT_MOVING, is_cluster, retried_while_slots_move
 
@@ -34,24 +35,34 @@ class Script:
         self.sha: str = self._registered.sha
         self._on_cluster = is_cluster(client)
 
-    def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        # evalsha directly: redis-py's Script.__call__ does the same with ~2 us more per
-        # call, and this runs on every append.
+    def __call__(self, keys: list[str], args: list[Any], *, raw: bool = False) -> Any:
+        """Runs the script. `raw`: its reply stays bytes whatever the client's
+        decode_responses (a reply holding stream entries: a field that is not UTF-8 must
+        fail its own entry where it is decoded, not the whole reply in redis-py)."""
         try:
-            if self._on_cluster:
-                # Naming the node: redis-py would hash every key twice to find it (all
-                # share one slot), a fifth of an append's time on a cluster.
-                return self._client.execute_command(
-                    "EVALSHA", self.sha, len(keys), *keys, *args,
-                    target_nodes=self._client.get_node_from_key(keys[0]),
-                )
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return self._registered(keys=keys, args=args)
+            return self._loaded_evalsha(keys, args, raw)
         except SLOT_MOVING:
             # On a cluster, the script's slot is moving to another master: the server
             # refused it before running it, so it is sent again as it was.
-            return retried_while_slots_move(lambda: self._registered(keys=keys, args=args))
+            return retried_while_slots_move(lambda: self._loaded_evalsha(keys, args, raw))
+
+    def _evalsha(self, keys: list[str], args: list[Any], raw: bool) -> Any:
+        # EVALSHA directly: redis-py's Script.__call__ does the same with ~2 us more per
+        # call, and this runs on every append.
+        options: dict[str, Any] = {NEVER_DECODE: []} if raw else {}
+        if self._on_cluster:
+            # Naming the node: redis-py would hash every key twice to find it (all share
+            # one slot), a fifth of an append's time on a cluster.
+            options["target_nodes"] = self._client.get_node_from_key(keys[0])
+        return self._client.execute_command(
+            "EVALSHA", self.sha, len(keys), *keys, *args, **options)
+
+    def _loaded_evalsha(self, keys: list[str], args: list[Any], raw: bool) -> Any:
+        try:
+            return self._evalsha(keys, args, raw)
+        except redis.exceptions.NoScriptError:  # a restarted server, a new master
+            self._client.script_load(source(self.name))
+            return self._evalsha(keys, args, raw)
 
     def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
         """Runs the script, then `command`, on one connection in one round trip (WAIT must

@@ -161,7 +161,7 @@ class SubscriberState:
             args += (e.entity_id, -1 if number is None else number)
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id))
-            for state, checkpoint, store_entity_id, entries in self._begin(keys=keys, args=args)
+            for state, checkpoint, store_entity_id, entries in self._begin(keys, args, raw=True)
         ]
 
     def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
