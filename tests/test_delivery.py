@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -379,14 +378,20 @@ def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
     """A handler slower than lock_ms: another worker takes the entity over; the slow one
     stops after its event (at least once: that event may run twice, nothing is skipped)."""
     delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
-                        options=DeliveryOptions(lock_ms=100))
-    slow_once = threading.Event()
+                        options=DeliveryOptions(lock_ms=500))
+    slow_once, taken_over = threading.Event(), threading.Event()
 
     def handler(event: Event) -> None:
         if event.event_number == 1 and not slow_once.is_set():
             slow_once.set()
-            time.sleep(0.4)
+            taken_over.wait(timeout=30)  # until the other worker has handled the entity
         recorder(event)
+        if event.event_number == 3:
+            taken_over.set()
+
+    def locked() -> bool:
+        pattern = f"{fast_storage.keys.prefix}:*:lock:balances:account:acc-1"
+        return any(True for _ in fast_storage.client.scan_iter(match=pattern))
 
     recorder = Recorder()
     delivery.store.subscribe("account", "balances", handler)
@@ -395,11 +400,12 @@ def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
     try:
         delivery.bus.notify("account", "acc-1", 3)
         wait_for(slow_once.is_set, "the slow handler to start")
-        time.sleep(0.15)  # the lock expires
+        wait_for(lambda: not locked(), "the slow worker's lock to expire")
         delivery.bus.notify("account", "acc-1", 3)
         wait_for(lambda: recorder.count() >= 4, "both workers to finish")
         wait_for(lambda: "lost the lock" in caplog.text, "the slow worker to notice")
     finally:
+        taken_over.set()
         delivery.stop()
     numbers = [number for _, number in recorder.calls]
     assert sorted(numbers) == [1, 1, 2, 3]
@@ -538,10 +544,10 @@ def test_slow_entities_of_one_notice_are_shared_with_other_workers(
 def test_entities_not_started_within_half_the_lock_lease_go_to_a_new_notice(
     fast_storage: RedisStorage,
 ) -> None:
-    """A lock lease shorter than SHARE_AFTER_MS: entities a notice cannot start in time are
+    """Half a lock lease shorter than SHARE_AFTER_MS: entities a notice cannot start in time are
     handed back rather than handled under a lock about to expire; each is handled once."""
     delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
-                        options=DeliveryOptions(lock_ms=100))
+                        options=DeliveryOptions(lock_ms=180))
     (recorder,) = subscribe(delivery, "slow", delay=0.02)
     entity_ids = same_partition(fast_storage, 12)
     heads = {entity_id: write(delivery, entity_id, 1) for entity_id in entity_ids}
@@ -553,6 +559,6 @@ def test_entities_not_started_within_half_the_lock_lease_go_to_a_new_notice(
     finally:
         delivery.stop()
 
-    # 12 entities x 20 ms is over four times the 50 ms half-lease: the notice was split.
+    # 12 entities x 20 ms is over twice the 90 ms half-lease: the notice was split.
     assert delivery.done() > len(entity_ids)
     assert_exactly_once_in_order(recorder, heads)
