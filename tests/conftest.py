@@ -39,6 +39,36 @@ def real_redis() -> redis.Redis:
     return client
 
 
+DEFAULT_PREFIX_KEYS = pytest.StashKey[set[bytes] | None]()
+
+
+def default_prefix_keys() -> set[bytes] | None:
+    """The keys under the default prefix "es" on the shared Redis (None: unreachable). The
+    tests never write there: that is where an app on the same server keeps its events."""
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1) as client:
+            return set(client.scan_iter("es:*", count=1000))
+    except redis.RedisError:
+        return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[DEFAULT_PREFIX_KEYS] = default_prefix_keys()  # before any test module loads
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run if a test (or a module a test imports) wrote under the default prefix."""
+    before, after = session.config.stash[DEFAULT_PREFIX_KEYS], default_prefix_keys()
+    if before is None or after is None or not (after - before):
+        return
+    written = sorted(key.decode(errors="replace") for key in after - before)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"FAILED: the tests wrote under the default prefix 'es' of "
+                            f"{REDIS_URL}: {written[:10]}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def delete_prefix(client: redis.Redis, prefix: str) -> None:
     keys = list(client.scan_iter(f"{prefix}:*", count=1000))
     for start in range(0, len(keys), 500):

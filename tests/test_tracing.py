@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from trace_app import ORDER_EVENTS, InvoiceIssued, OrderPlaced
+from trace_events import ORDER_EVENTS, InvoiceIssued, OrderPlaced
 
 from es_workers import Event, InMemoryStorage, RedisStorage, Store
 

@@ -11,20 +11,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from es_workers import Content, Event, Store
-
-ORDER_EVENTS: dict[str, list[type[Content]]] = {}
-
-
-class OrderPlaced(Content):
-    amount: int
-
-
-class InvoiceIssued(Content):
-    order_id: str
-
-
-ORDER_EVENTS.update(order=[OrderPlaced], invoice=[InvoiceIssued])
+from es_workers import Event, Store
+from tests.trace_events import ORDER_EVENTS, InvoiceIssued
 
 
 def export_spans_to(path: str) -> None:
