@@ -17,6 +17,7 @@ import dramatiq
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 from async_kit import ASYNC_KINDS, BlockingStorage, async_storage
 
 from es_workers import AsyncRedisStorage, Content, Event, InMemoryStorage, RedisStorage, Store
@@ -73,6 +74,22 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
     keys = list(client.scan_iter(f"{prefix}:*", count=1000))
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
+
+
+def client_beside(redis_client: redis.Redis, request: pytest.FixtureRequest, *,
+                  decode_responses: bool, use_asyncio: bool = False) -> Any:
+    """Another client, sync or redis.asyncio, of the server behind the test's `redis_client`
+    (fakeredis, the real Redis, or the session's cluster)."""
+    if isinstance(redis_client, fakeredis.FakeRedis):
+        fake = fakeredis.FakeAsyncRedis if use_asyncio else fakeredis.FakeRedis
+        return fake(server=redis_client.connection_pool.connection_kwargs["server"],
+                    decode_responses=decode_responses)
+    if isinstance(redis_client, redis.RedisCluster):
+        cluster = request.getfixturevalue("redis_cluster")
+        make = cluster.async_client if use_asyncio else cluster.client
+        return make(decode_responses=decode_responses)
+    real = redis.asyncio.Redis if use_asyncio else redis.Redis
+    return real.from_url(REDIS_URL, decode_responses=decode_responses)
 
 
 @pytest.fixture(params=["fakeredis", "redis", "cluster"])

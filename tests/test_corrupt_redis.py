@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import fakeredis
 import pytest
 import redis
 import redis.asyncio
 from apps.delivery_kit import Delivery, Recorder, stub_broker
-from conftest import REDIS_URL, Deposited, Opened, Withdrawn
+from conftest import Deposited, Opened, Withdrawn, client_beside
 from kit import wait_for
 
 from es_workers import (
@@ -44,14 +43,7 @@ def store(
     in text."""
     client = redis_client
     if request.param:
-        if isinstance(redis_client, fakeredis.FakeRedis):
-            client = fakeredis.FakeRedis(
-                server=redis_client.connection_pool.connection_kwargs["server"],
-                decode_responses=True)
-        elif isinstance(redis_client, redis.RedisCluster):
-            client = request.getfixturevalue("redis_cluster").client(decode_responses=True)
-        else:
-            client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        client = client_beside(redis_client, request, decode_responses=True)
     store = Store(RedisStorage(client, prefix=prefix), events=EVENTS)
     yield store
     if client is not redis_client:
@@ -308,16 +300,8 @@ async def async_store(
     request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
 ) -> AsyncIterator[AsyncStore]:
     """An AsyncStore on the backend's server, its client replying in bytes or in text."""
-    decode = request.param
-    client: redis.asyncio.Redis | redis.asyncio.RedisCluster
-    if isinstance(redis_client, fakeredis.FakeRedis):
-        client = fakeredis.FakeAsyncRedis(
-            server=redis_client.connection_pool.connection_kwargs["server"],
-            decode_responses=decode)
-    elif isinstance(redis_client, redis.RedisCluster):
-        client = request.getfixturevalue("redis_cluster").async_client(decode_responses=decode)
-    else:
-        client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=decode)
+    client = client_beside(redis_client, request, decode_responses=request.param,
+                           use_asyncio=True)
     store = AsyncStore(AsyncRedisStorage(client, prefix=prefix), events=EVENTS)
     yield store
     await store.close()

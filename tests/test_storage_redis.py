@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
-from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn, events_of
+from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn, client_beside, events_of
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
@@ -288,21 +287,9 @@ def test_a_long_stream_is_read_whole_across_read_pages(store: Store, storage: Re
 
 
 def test_a_client_that_decodes_responses_reads_and_writes_the_same(
-    backend: str, redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
+    redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "fakeredis":
-        decoding: redis.Redis = fakeredis.FakeRedis(
-            server=redis_client.connection_pool.connection_kwargs["server"],
-            decode_responses=True,
-        )
-    elif backend == "cluster":
-        decoding = request.getfixturevalue("redis_cluster").client(decode_responses=True)
-    else:
-        decoding = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                **{**redis_client.connection_pool.connection_kwargs, "decode_responses": True}
-            )
-        )
+    decoding = client_beside(redis_client, request, decode_responses=True)
     bytes_store = Store(RedisStorage(redis_client, prefix=prefix), events=ACCOUNT_EVENTS)
     text_store = Store(RedisStorage(decoding, prefix=prefix), events=ACCOUNT_EVENTS)
 

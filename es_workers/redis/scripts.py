@@ -31,8 +31,7 @@ class Script:
     def __init__(self, client: Any, name: str) -> None:
         self.name = name
         self._client = client
-        self._registered = client.register_script(source(name))
-        self.sha: str = self._registered.sha
+        self.sha: str = client.register_script(source(name)).sha
         self._on_cluster = is_cluster(client)
 
     def __call__(self, keys: list[str], args: list[Any], *, raw: bool = False) -> Any:
