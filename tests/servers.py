@@ -9,13 +9,18 @@ Each redis-server runs in the foreground (`daemonize no`) as a child of this pro
 config file in a directory of its own. It dies with this process (`setpriv --pdeathsig`), and
 leaves a pidfile so that a later run kills what a run killed before cleanup left behind.
 
-Ports come from one range per run: ES_TEST_PORT_BASE (default 7100) plus the offsets below.
-Cluster nodes also use their port + 10000 for the cluster bus.
+Ports come from one range per run: a base plus the offsets below (cluster nodes also use their
+port + 10000 for the cluster bus). A run claims its range with a lock file held for its whole
+life (the kernel lets go when the process dies, however it dies), so two test runs on one
+machine never share a range, and pidfiles live per range: a run only ever kills servers that a
+dead run of its own range left behind. Without ES_TEST_PORT_BASE the first free range from 7100
+(every 100 ports) is taken; with it, that range or a clear error if a live run holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import shutil
@@ -59,8 +64,60 @@ class ServerError(RuntimeError):
     """A server could not be started or did not become ready; the message ends with its log."""
 
 
+RANGE_STRIDE = 100
+RANGE_COUNT = 40  # bases 7100 .. 11000; cluster buses up to 21050, below the ephemeral ports
+CLAIMED_ENV = "ES_TEST_PORT_BASE_CLAIMED"  # set for child processes of the run that claimed
+
+
+class _Claim:
+    """The port range this process (or the run it is a child of) holds."""
+
+    base: int | None = None
+    lock: Any = None  # the open lock file: closing it, or dying, lets the range go
+
+
+def _try_claim(base: int) -> bool:
+    lock = (_servers_dir() / f"range-{base}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return False
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    _Claim.base, _Claim.lock = base, lock
+    os.environ[CLAIMED_ENV] = str(base)
+    return True
+
+
+def _holder(base: int) -> str:
+    try:
+        return (_servers_dir() / f"range-{base}.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
 def port_base() -> int:
-    return int(os.environ.get(PORT_BASE_ENV, DEFAULT_PORT_BASE))
+    """The first port of this run's range, claimed on first use (see the module docstring)."""
+    if _Claim.base is not None:
+        return _Claim.base
+    claimed, wanted = os.environ.get(CLAIMED_ENV), os.environ.get(PORT_BASE_ENV)
+    if claimed is not None and (wanted is None or wanted == claimed):
+        _Claim.base = int(claimed)  # a child of the run that holds the range
+        return _Claim.base
+    if wanted is not None:
+        if not _try_claim(int(wanted)):
+            raise ServerError(
+                f"{PORT_BASE_ENV}={wanted}: that port range is held by another test run "
+                f"(pid {_holder(int(wanted))}); unset {PORT_BASE_ENV} to pick a free range"
+            )
+        return int(wanted)
+    for index in range(RANGE_COUNT):
+        if _try_claim(DEFAULT_PORT_BASE + index * RANGE_STRIDE):
+            return DEFAULT_PORT_BASE + index * RANGE_STRIDE
+    raise ServerError(f"all {RANGE_COUNT} test port ranges are held by other test runs")
 
 
 def wait_until(
@@ -88,8 +145,15 @@ def _dying_with_parent(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
 
 
-def _pid_dir() -> Path:
+def _servers_dir() -> Path:
     path = Path(tempfile.gettempdir()) / f"es-workers-servers-{os.getuid()}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _pid_dir() -> Path:
+    """Pidfiles of this run's range: only a dead run of the same range wrote what is here."""
+    path = _servers_dir() / f"range-{port_base()}"
     path.mkdir(exist_ok=True)
     return path
 

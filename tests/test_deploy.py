@@ -273,6 +273,36 @@ def test_the_lock_pins_every_runtime_dependency_and_nothing_for_tests_or_the_dem
         assert unwanted not in normal
 
 
+
+def test_the_dev_lock_pins_every_extra_and_agrees_with_the_runtime_lock() -> None:
+    """CI installs with the dev lock as constraints: every requirement of every extra is pinned
+    there, and the runtime lock (the image) pins the same versions of what they share."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        pairs = [line.split("==") for line in lines
+                 if line and not line.startswith((" ", "#"))]
+        return {package.lower().replace("_", "-"): version for package, version in pairs}
+
+    dev, runtime = pins("requirements-dev.lock"), pins("requirements.lock")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]] + [
+        Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    for requirement in wanted:
+        name = requirement.name.lower().replace("_", "-")
+        if name == "es-workers":
+            continue
+        assert name in dev, f"{name} is not in requirements-dev.lock"
+        assert requirement.specifier.contains(dev[name]), f"{name}=={dev[name]}"
+    for name, version in runtime.items():
+        assert dev.get(name) == version, f"{name}: {version} in requirements.lock, {dev.get(name)}"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.count("-c requirements-dev.lock") == ci.count("pip install")
+
+
 def test_fakeredis_is_an_extra_for_the_demo_and_the_tests_not_a_dependency() -> None:
     import tomllib
 
@@ -283,7 +313,7 @@ def test_fakeredis_is_an_extra_for_the_demo_and_the_tests_not_a_dependency() -> 
     assert any(r.startswith("fakeredis[lua]") for r in extras["demo"])
     assert any(r.startswith("fakeredis[lua]") for r in extras["test"])
     readme = (ROOT / "README.md").read_text()
-    assert "pip install -e '.[demo]' && es-workers demo" in readme
+    assert "pip install -c requirements-dev.lock -e '.[demo]' && es-workers demo" in readme
 
 
 def test_without_fakeredis_a_store_with_no_redis_url_names_the_demo_extra(
@@ -363,8 +393,10 @@ def test_readme_documents_every_setting_and_the_ci_test_command() -> None:
     for name in Settings.model_fields:
         assert f"`ES_{name.upper()}`" in readme, f"README lacks ES_{name.upper()}"
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install -q -e '.[test]' && .venv/bin/python -m pytest -q" in ci
-    assert "pip install -e '.[test]' && python -m pytest -q" in readme
+    command = "pip install -c requirements-dev.lock -e '.[test]' && python -m pytest -q"
+    assert command in readme
+    assert command.replace("pip install", "pip install -q").replace(
+        "&& python", "&& .venv/bin/python") in ci.replace(".venv/bin/pip", "pip")
 
 
 # -- Real processes ------------------------------------------------------------------------

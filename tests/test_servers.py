@@ -4,6 +4,9 @@ Cluster, Sentinel, TLS, ACL, durability and RabbitMQ tests will rely on."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +16,7 @@ from pathlib import Path
 import dramatiq
 import pytest
 import redis
+import servers as servers_module
 from conftest import real_redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from redis.backoff import NoBackoff
@@ -20,6 +24,8 @@ from redis.crc import key_slot
 from redis.retry import Retry
 from servers import (
     AOF_OFFSET,
+    CLAIMED_ENV,
+    PORT_BASE_ENV,
     AclUser,
     RedisClusterServers,
     RedisSentinelServers,
@@ -58,6 +64,34 @@ def test_a_server_a_dead_run_left_behind_is_killed_at_start(tmp_path: Path) -> N
         assert left_behind.process is not None and left_behind.process.poll() is not None
         with fresh.client() as client:
             assert client.config_get("dir")["dir"] == str(tmp_path / "new-run")
+
+
+
+def _port_base_in_another_run(**env: str) -> subprocess.CompletedProcess[str]:
+    """What port_base() says in a separate test run (a fresh process, not a child of this run)."""
+    environment = {k: v for k, v in os.environ.items() if k not in (PORT_BASE_ENV, CLAIMED_ENV)}
+    code = (
+        "import servers\n"
+        "try:\n    print(servers.port_base())\n"
+        "except servers.ServerError as error:\n    print(error)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**environment, **env}, capture_output=True,
+        text=True, cwd=Path(servers_module.__file__).parent, timeout=30, check=True,
+    )
+
+
+def test_a_second_test_run_gets_a_port_range_of_its_own() -> None:
+    ours = port_base()
+    other = _port_base_in_another_run()
+    assert int(other.stdout) != ours  # it took the next free range instead of sharing ours
+
+
+def test_a_second_test_run_asking_for_our_port_range_is_refused() -> None:
+    ours = port_base()
+    other = _port_base_in_another_run(**{PORT_BASE_ENV: str(ours)})
+    assert f"{PORT_BASE_ENV}={ours}: that port range is held by another test run" in other.stdout
+    assert f"pid {os.getpid()}" in other.stdout
 
 
 # Redis Cluster
