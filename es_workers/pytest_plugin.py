@@ -1,4 +1,7 @@
-"""Pytest fixtures for applications built on es_workers (loaded by pytest automatically).
+"""Pytest fixtures for applications built on es_workers, opt-in: a project loads them with
+`pytest_plugins = ["es_workers.pytest_plugin"]` in its top conftest.py, or `-p
+es_workers.pytest_plugin` (pytest does not load them into every run of an environment that
+merely has es_workers installed).
 
 - `es_redis`: a fresh fakeredis client (Redis 7.0 semantics, Lua included); fakeredis is
   the `demo` extra, imported only when the fixture is used, so that pytest starts in a

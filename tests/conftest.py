@@ -23,7 +23,10 @@ from async_kit import ASYNC_KINDS, BlockingStorage, async_storage
 from es_workers import AsyncRedisStorage, Content, Event, InMemoryStorage, RedisStorage, Store
 from es_workers.ids import new_ids
 
-pytest_plugins = ["conftest_servers"]  # Cluster, Sentinel, TLS, ACL, AOF, proxy, RabbitMQ
+pytest_plugins = [
+    "conftest_servers",  # Cluster, Sentinel, TLS, ACL, AOF, proxy, RabbitMQ
+    "es_workers.pytest_plugin",  # es_redis, es_store_factory: opt-in, as for users
+]
 
 REDIS_URL = os.environ.get("ES_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_REDIS = os.environ.get("ES_REQUIRE_REDIS") == "1"

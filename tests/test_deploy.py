@@ -338,19 +338,34 @@ def test_without_fakeredis_the_demo_exits_2_naming_the_demo_extra(tmp_path: Path
     assert "Traceback" not in result.stderr
 
 
+def _pytest_in(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """pytest run in a project of its own (tmp_path) without fakeredis installed."""
+    code = ("import sys; sys.modules['fakeredis'] = None; import pytest; "
+            f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *{list(arguments)!r}, "
+            "'test_app.py']))")
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_without_es(),
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_pytest_starts_without_fakeredis_and_the_fixture_names_the_extra(
     tmp_path: Path,
 ) -> None:
-    """es_workers' pytest plugin is loaded in every project that installs it and pytest."""
     (tmp_path / "test_app.py").write_text(
         "def test_plain():\n    pass\n\n\ndef test_fixture(es_redis):\n    pass\n"
     )
-    code = ("import sys; sys.modules['fakeredis'] = None; import pytest; "
-            "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'test_app.py']))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_without_es(),
-                            capture_output=True, text=True, timeout=120)
+    result = _pytest_in(tmp_path, "-p", "es_workers.pytest_plugin")
     assert "1 passed, 1 error" in result.stdout, result.stdout + result.stderr
     assert "es_redis fixture needs fakeredis: pip install 'es_workers[demo]'" in result.stdout
+
+
+def test_the_pytest_plugin_is_opt_in(tmp_path: Path) -> None:
+    """Installing es_workers does not load its plugin into other projects' pytest runs."""
+    (tmp_path / "test_app.py").write_text(
+        "import sys\n\n\ndef test_not_loaded():\n"
+        "    assert 'es_workers.pytest_plugin' not in sys.modules\n"
+    )
+    result = _pytest_in(tmp_path)
+    assert "1 passed" in result.stdout, result.stdout + result.stderr
 
 
 def test_package_metadata_license_classifiers_and_version() -> None:
