@@ -1,4 +1,34 @@
-"""es_workers: event sourcing on Redis Streams, with Dramatiq workers as subscribers."""
+"""es_workers: event sourcing as a persistence layer, on Redis Streams, with Dramatiq workers
+as subscribers.
+
+An app keeps its state as events. It declares the events of each entity type as pydantic
+models (`Content`), opens an entity's stream, reads it to rebuild the state, and writes new
+events; a write is optimistic and atomic (`ConcurrencyError` when another writer came
+first)::
+
+    from es_workers import Content, Store
+
+    class Deposited(Content):
+        amount: int
+
+    store = Store.from_settings(events={"account": [Deposited]})
+    with store.open("account", "alice") as stream:
+        balance = sum(event.content.amount for event in stream.all())
+        stream.write(Deposited(amount=10))
+
+Subscribers react to the events of an entity type in background workers, in order per
+entity, at least once::
+
+    @store.subscribe("account", "balances")
+    def update_balance(event): ...
+
+A publisher process (`es-workers publish APP`) relays new events, and worker processes
+(`es-workers worker APP`) run the subscribers; `es-workers status APP` shows how far each
+subscriber is. `AsyncStore` is the asyncio face of `Store`. Without `ES_REDIS_URL`
+everything runs on an embedded Redis, for trying things out (`es-workers demo`).
+
+The README and the docs/ folder describe settings, deployment, guarantees and failures.
+"""
 
 from __future__ import annotations
 
