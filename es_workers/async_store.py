@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
+from . import metrics
 from .async_stream import AsyncStream
 from .errors import ConfigurationError
 from .event import Content, Handler
@@ -46,6 +47,7 @@ class AsyncStore:
         self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
+            metrics.declare_entity_type(entity_type)
         check_upgrades(upgrades or {})
         self.reader = AsyncReader(storage.read, upgrades or {})
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
+from . import metrics
 from .errors import ConfigurationError
 from .event import Content, Handler
 from .memory.bus import InMemoryEventBus
@@ -44,6 +45,7 @@ class Store:
         self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
+            metrics.declare_entity_type(entity_type)
         check_upgrades(upgrades or {})
         self.reader = Reader(storage.read, upgrades or {})
         self._stop = threading.Event()
@@ -112,10 +114,12 @@ class Store:
         """
         if handler is not None:
             self.bus.subscribe(entity_type, subscriber_id, handler)
+            metrics.declare_subscriber(subscriber_id, entity_type)
             return None
 
         def register(function: H) -> H:
             self.bus.subscribe(entity_type, subscriber_id, function)
+            metrics.declare_subscriber(subscriber_id, entity_type)
             return function
 
         return register

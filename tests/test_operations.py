@@ -30,7 +30,7 @@ from kit import wait_for, write_at_head
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from es_workers import Event, RedisStorage, Store
+from es_workers import Event, InMemoryStorage, RedisStorage, Store
 from es_workers.health import check_health
 from es_workers.observability import JsonFormatter, SharedDirectoryCollector
 from es_workers.redis.heartbeats import FORGET_AFTER_MS
@@ -367,3 +367,26 @@ def test_replay_asks_on_a_terminal_and_does_nothing_unless_told_yes(
     code, output = answer_on_a_terminal(deployment, args, "y")
     assert code == 0, output
     assert "audit: 1 entities sent again" in output
+
+
+def test_alerting_series_exist_at_zero_from_start_up() -> None:
+    """`rate(es_parked_total[5m]) > 0` only fires if the series existed at 0 before the first
+    parked entity; likewise conflicts. A Store built with a subscriber exports them at once."""
+    from prometheus_client import REGISTRY
+
+    entity_type, subscriber_id = f"t{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    store = Store(InMemoryStorage(), events={entity_type: [Opened]})
+    store.subscribe(entity_type, subscriber_id, lambda event: None)
+    scraped = generate_latest(REGISTRY).decode()
+    labels = f'entity_type="{entity_type}",subscriber_id="{subscriber_id}"'
+    for line in (
+        f'es_parked_total{{subscriber_id="{subscriber_id}"}} 0.0',
+        f'es_conflicts_total{{entity_type="{entity_type}"}} 0.0',
+        f'es_appends_total{{entity_type="{entity_type}"}} 0.0',
+        f'es_handler_failures_total{{{labels}}} 0.0',
+        f'es_handled_total{{{labels}}} 0.0',
+    ):
+        assert line in scraped, line
+    # Handler time has buckets below 5 ms (most handlers take well under it).
+    bucket = f'entity_type="{entity_type}",le="0.0001",subscriber_id="{subscriber_id}"'
+    assert f"es_handler_seconds_bucket{{{bucket}}} 0.0" in scraped
