@@ -23,10 +23,22 @@ MAX_ENTITY_ID = 200
 _SUBSCRIBER_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,79}")
 
 
+SHOWN = 60  # characters of a refused name an error shows: a 10 KB name is not echoed whole
+
+
+def shown(name: object) -> str:
+    """`repr(name)`, cut to about SHOWN characters with its length said when longer."""
+    text = repr(name)
+    if len(text) <= SHOWN:
+        return text
+    size = f"{len(name)} characters" if isinstance(name, str) else f"{len(text)} characters"
+    return f"{text[:SHOWN]}... ({size})"
+
+
 def check_entity_type(entity_type: object) -> str:
     if not isinstance(entity_type, str) or not _ENTITY_TYPE.fullmatch(entity_type):
         raise InvalidNameError(
-            f"invalid entity type {entity_type!r}: use a letter followed by up to 99 letters, "
+            f"invalid entity type {shown(entity_type)}: use a letter followed by up to 99 letters, "
             "digits, '_', '.' or '-'"
         )
     return entity_type
@@ -39,7 +51,7 @@ def check_entity_id(entity_id: object) -> str:
         or _NOT_IN_ENTITY_ID.search(entity_id)
     ):
         raise InvalidNameError(
-            f"invalid entity ID {entity_id!r}: use 1 to {MAX_ENTITY_ID} characters of text "
+            f"invalid entity ID {shown(entity_id)}: use 1 to {MAX_ENTITY_ID} characters of text "
             "without control characters"
         )
     return entity_id
@@ -48,8 +60,8 @@ def check_entity_id(entity_id: object) -> str:
 def check_subscriber_id(subscriber_id: object) -> str:
     if not isinstance(subscriber_id, str) or not _SUBSCRIBER_ID.fullmatch(subscriber_id):
         raise SubscriberError(
-            f"invalid subscriber ID {subscriber_id!r}: it names a Dramatiq queue, so use a letter "
-            "or '_' followed by up to 79 letters, digits, '_' or '-'"
+            f"invalid subscriber ID {shown(subscriber_id)}: it names a Dramatiq queue, so use a "
+            "letter or '_' followed by up to 79 letters, digits, '_' or '-'"
         )
     return subscriber_id
 
