@@ -587,8 +587,27 @@ def test_pyproject_lists_every_package_of_es_workers() -> None:
         ".".join(path.parent.relative_to(ROOT).parts)
         for path in (ROOT / "es_workers").rglob("__init__.py")
     }
-    assert set(setuptools["packages"]) == on_disk | {"es_workers.examples"}
+    data_folders = {"es_workers.dashboard.static", "es_workers.dashboard.templates"}
+    assert set(setuptools["packages"]) == on_disk | {"es_workers.examples"} | data_folders
     assert setuptools["package-dir"] == {"es_workers.examples": "examples"}
+
+
+def test_a_wheel_builds_without_setuptools_warnings_and_ships_the_dashboard(
+    tmp_path: Path,
+) -> None:
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "would be ignored" not in result.stdout + result.stderr
+    (wheel,) = tmp_path.glob("es_workers-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in ("es_workers/dashboard/templates/base.html", "es_workers/redis/append.lua",
+                    "es_workers/dashboard/static/htmx.min.js", "es_workers/py.typed"):
+        assert shipped in names
 
 
 def test_the_package_exports_exactly_what_the_readme_documents() -> None:
