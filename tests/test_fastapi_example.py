@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 import schemathesis
-from conftest import events_of
+from conftest import client_beside, events_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -111,12 +111,12 @@ async def test_a_bad_amount_is_refused_and_writes_nothing(http: httpx.AsyncClien
 
 
 async def test_a_read_model_update_that_fails_midway_loses_no_deposit_on_retry(
-    example: ModuleType, read_models: fakeredis.FakeServer
+    example: ModuleType, redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
 ) -> None:
     """Redis does not roll back a MULTI whose command failed: the update and its guard must
     be one step, so the handler's retry (at least once) applies the deposit."""
-    client = fakeredis.FakeAsyncRedis(server=read_models)
-    balances = example.Balances(client, "t")
+    client = client_beside(redis_client, request, decode_responses=False, use_asyncio=True)
+    balances = example.Balances(client, prefix)
     opened, deposited = events_of("acc", example.Opened(owner="ann"),
                                   example.Deposited(amount=5))
     await balances.apply(opened)
@@ -132,6 +132,7 @@ async def test_a_read_model_update_that_fails_midway_loses_no_deposit_on_retry(
     assert await balances.get("acc") == {"balance": 5, "event_number": 2}
     await balances.apply(deposited)  # and a repeated delivery still counts once
     assert await balances.get("acc") == {"balance": 5, "event_number": 2}
+    await client.aclose()
 
 
 @pytest.mark.parametrize("account_id", ["x" * 201, "tab\there", "a\x00b", "del\x7f"])
