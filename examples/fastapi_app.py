@@ -7,7 +7,10 @@ subscriber keeping their balances.
 - `GET /accounts/{account_id}` answers the `balances` read model: the balance and the
   number of the last event it applied.
 - `balances` is an `async def` handler of the workers' `Store`: `es-workers worker` runs
-  it on Dramatiq's event loop. It writes the read model to Redis with an asyncio client.
+  it on Dramatiq's event loop. It writes the read model to Redis with an asyncio client,
+  the update and its guard in one script (`APPLY`).
+- An account ID breaking the entity-ID rule (or holding a "/") is answered 422 naming it;
+  `/openapi.json` documents every answer (200, 400, 404, 409, 422, 504) and the rule.
 
 Run it with a Redis at ES_REDIS_URL (from the directory holding `examples/`):
 
@@ -23,13 +26,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, PositiveInt
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field, PositiveInt
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-from es_workers import AsyncStore, ConcurrencyError, Content, Event, Store
+from es_workers import (
+    AsyncStore,
+    ConcurrencyError,
+    Content,
+    Event,
+    ParkedError,
+    Store,
+    WaitTimeoutError,
+)
 from es_workers.settings import load_settings
 from es_workers.wiring import async_redis_client
 
@@ -47,6 +59,27 @@ class Deposited(Content):
 EVENTS: dict[str, list[type[Content]]] = {ACCOUNT: [Opened, Deposited]}
 
 
+# The update and its guard in one step. A MULTI would not do: Redis does not roll one back
+# when a command in it fails, so the guard moved on without the balance and the handler's
+# retry skipped the deposit. A script stops at its first error; it checks before it writes.
+APPLY = """
+-- KEYS[1] the account's balance hash
+-- ARGV[1] the event number, ARGV[2] the amount to add
+-- Returns 1 if applied, 0 if the event was applied before (a repeated delivery).
+local applied = tonumber(redis.call('HGET', KEYS[1], 'event_number') or '0')
+if tonumber(ARGV[1]) <= applied then
+  return 0
+end
+local balance = redis.call('HGET', KEYS[1], 'balance')
+if balance and not tonumber(balance) then
+  return redis.error_reply('balance of ' .. KEYS[1] .. ' is not a number: ' .. balance)
+end
+redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
+redis.call('HSET', KEYS[1], 'event_number', ARGV[1])
+return 1
+"""
+
+
 class Balances:
     """The read model: a Redis hash per account, `balance` and `event_number` (the last
     event applied). Handlers run at least once, so an event at or below it is ignored."""
@@ -54,23 +87,14 @@ class Balances:
     def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        self._apply = client.register_script(APPLY)
 
     def key(self, account_id: str) -> str:
         return f"{self.prefix}:fastapi:balance:{account_id}"
 
     async def apply(self, event: Event) -> None:
-        key = self.key(event.entity_id)
-
-        async def attempt(pipe: Pipeline) -> None:
-            applied = int(await pipe.hget(key, "event_number") or 0)
-            if event.event_number <= applied:
-                return  # a repeated delivery
-            pipe.multi()
-            amount = event.content.amount if isinstance(event.content, Deposited) else 0
-            pipe.hincrby(key, "balance", amount)
-            pipe.hset(key, "event_number", event.event_number)
-
-        await self.client.transaction(attempt, key)
+        amount = event.content.amount if isinstance(event.content, Deposited) else 0
+        await self._apply(keys=[self.key(event.entity_id)], args=[event.event_number, amount])
 
     async def get(self, account_id: str) -> dict[str, int] | None:
         found = await self.client.hgetall(self.key(account_id))
@@ -79,8 +103,33 @@ class Balances:
         return {"balance": int(found[b"balance"]), "event_number": int(found[b"event_number"])}
 
 
+# An account ID is an entity ID (1 to 200 characters, no control characters) that fits in
+# one segment of the URL path (no "/").
+ACCOUNT_ID_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]+$"
+AccountId = Annotated[str, PathParam(
+    min_length=1, max_length=200, pattern=ACCOUNT_ID_PATTERN,
+    description="1 to 200 characters, without '/' or control characters",
+)]
+MAX_DEPOSIT = 1_000_000_000  # keeps any balance far inside Redis' 64-bit integers
+
+
 class DepositRequest(BaseModel):
-    amount: PositiveInt
+    amount: int = Field(gt=0, le=MAX_DEPOSIT)
+
+
+class DepositWritten(BaseModel):
+    account_id: str
+    event_number: int = Field(description="the account's event number after the deposit")
+
+
+class Account(BaseModel):
+    account_id: str
+    balance: int
+    event_number: int = Field(description="the last event the read model applied")
+
+
+class Problem(BaseModel):
+    detail: str
 
 
 async def deposit(store: AsyncStore, account_id: str, amount: int, attempts: int = 20) -> int:
@@ -107,23 +156,34 @@ def create_app(store: AsyncStore, balances: Balances) -> FastAPI:
 
     app = FastAPI(title="es_workers accounts", lifespan=lifespan)
 
-    @app.post("/accounts/{account_id}/deposits")
+    @app.post("/accounts/{account_id}/deposits", responses={
+        400: {"model": Problem, "description": "The body is not JSON"},
+        409: {"model": Problem, "description": "Too many concurrent writes to the account"},
+        504: {"model": Problem, "description": "`?wait=true`: the deposit was written, but "
+              "`balances` did not handle it in time (or parked the account)"},
+    })
     async def post_deposit(
-        account_id: str, request: DepositRequest, wait: bool = False
-    ) -> dict[str, object]:
+        account_id: AccountId, request: DepositRequest, wait: bool = False
+    ) -> DepositWritten:
         """`?wait=true`: answer once `balances` has handled the deposit (read-your-writes:
         a GET right after sees it)."""
         number = await deposit(store, account_id, request.amount)
         if wait:
-            await store.wait_for("account", account_id, number, subscriber_ids=["balances"])
-        return {"account_id": account_id, "event_number": number}
+            try:
+                await store.wait_for("account", account_id, number,
+                                     subscriber_ids=["balances"])
+            except (WaitTimeoutError, ParkedError) as error:
+                raise HTTPException(504, f"written as event {number}; {error}") from error
+        return DepositWritten(account_id=account_id, event_number=number)
 
-    @app.get("/accounts/{account_id}")
-    async def get_account(account_id: str) -> dict[str, object]:
+    @app.get("/accounts/{account_id}", responses={
+        404: {"model": Problem, "description": "No deposit of the account handled yet"},
+    })
+    async def get_account(account_id: AccountId) -> Account:
         found = await balances.get(account_id)
         if found is None:
             raise HTTPException(404, f"no account {account_id!r} (yet)")
-        return {"account_id": account_id, **found}
+        return Account(account_id=account_id, **found)
 
     return app
 

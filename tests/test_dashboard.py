@@ -102,7 +102,7 @@ def test_overview_shows_the_figures_of_each_entity_type_and_subscriber(parked: P
     html = page.text
     assert re.search(r"<td>account</td><td class=\"n\">2</td><td class=\"n\">6</td>", html)
     fragile = row(html, "fragile")
-    assert ">handed over<" in fragile
+    assert ">caught up<" in fragile  # the words of `es-workers status`
     assert re.search(r'class="n lagging">1<', fragile)  # acc-1
     assert re.search(r'class="n behind warn">2<', fragile)  # events 3 and 4
     assert '<a class="bad" href="/parked">1</a>' in fragile
@@ -320,6 +320,40 @@ def test_unknown_entities_and_bad_parameters_are_answered_plainly(parked: Parked
     invalid = client.get("/api/entity/9bad/acc-1")
     assert invalid.status_code == 400, invalid.text
     assert client.get("/entity").status_code == 200  # the empty lookup form
+
+
+
+def fake_store() -> Store:
+    """A store on its own fakeredis with a subscriber and one account, nothing delivered."""
+    store = Store(RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))),
+                  events=ACCOUNT_EVENTS)
+    store.subscribe("account", "balances", lambda event: None)
+    write_at_head(store, "account", "acc-1", Opened(owner="ann"))
+    return store
+
+
+def test_an_unknown_entity_type_is_named_unknown_and_not_shown_as_another() -> None:
+    client = TestClient(create_app(fake_store(), sample_every=60))
+    page = client.get("/entity", params={"entity_type": "acount", "entity_id": "acc-1"})
+    assert page.status_code == 404
+    assert "unknown entity type &#39;acount&#39;" in page.text, page.text
+    assert "account" in page.text  # the known types are named
+    # The lookup form keeps what was asked, not the first known type.
+    selected = re.findall(r"<option[^>]*selected[^>]*>([^<]*)</option>", page.text)
+    assert selected == ["acount (unknown)"]
+    api = client.get("/api/entity/acount/acc-1")
+    assert api.status_code == 404 and "unknown entity type 'acount'" in api.json()["error"]
+    fragment = client.get("/fragments/entity", params={"entity_type": "acount",
+                                                        "entity_id": "acc-1"})
+    assert "unknown entity type" in fragment.text
+
+
+def test_the_login_page_offers_no_log_out() -> None:
+    client = TestClient(create_app(fake_store(), token="s3cret", sample_every=60))
+    login = client.get("/login")
+    assert "Log in" in login.text and "Log out" not in login.text
+    form = {"token": "s3cret", "next": "/", "csrf_token": str(client.cookies[CSRF_COOKIE])}
+    assert "Log out" in client.post("/login", data=form).text  # logged in: now it is offered
 
 
 # -- Access --------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_skip_a_parked_entity_in_the_browser_and_see_it_handled(
     delivery.start_store()
     browser.get(base + "/")
     wait(lambda: text_of(browser, f"{fragile} .behind") == "9"
-         and "handed over" in text_of(browser, fragile), "the overview to show the lag")
+         and "caught up" in text_of(browser, fragile), "the overview to show the lag")
     screenshot(browser, "overview-lag")
 
     # Workers start; fragile parks acc-1 at event 2. The entity page stays open.
@@ -209,3 +209,79 @@ def test_the_open_overview_shows_a_banner_while_redis_is_down(
     server.connected = True
     wait(lambda: "balances" in text_of(browser, "#subscribers"), "the overview again")
     assert browser.execute_script("return window.notReloaded") is True
+
+
+def overflowing(driver: Any) -> list[str]:
+    """What runs past the window's right edge or out of its own box (text that does not wrap;
+    a form field scrolls its own text): the page would scroll sideways."""
+    return list(driver.execute_script("""
+        const page = document.documentElement;
+        const found = page.scrollWidth > page.clientWidth ? ['the page scrolls sideways'] : [];
+        for (const e of document.querySelectorAll('body *')) {
+          if (e.getBoundingClientRect().right > page.clientWidth + 1
+              || (e.clientWidth && e.scrollWidth > e.clientWidth + 1
+                  && !['INPUT', 'SELECT', 'TEXTAREA'].includes(e.tagName))) {
+            found.push(e.tagName + '.' + e.className + ': ' + e.textContent.slice(0, 40));
+          }
+        }
+        return found;
+    """))
+
+
+@pytest.mark.parametrize("top_rate", [0.5, 40.0, 700.0, 45_000.0])
+def test_every_chart_label_is_inside_the_chart(
+    browser: Any, tmp_path: Path, top_rate: float
+) -> None:
+    from es_workers.dashboard.app import templates
+    from es_workers.dashboard.chart import chart
+    from es_workers.dashboard.sampler import Rate
+
+    rates = {("account", "balances"): [Rate(at=900.0, per_second=top_rate / 3),
+                                       Rate(at=1000.0, per_second=top_rate)]}
+    drawn = chart(rates, now=1000.0, window=600.0)
+    fragment = templates().get_template("_chart.html").render(chart=drawn, sample_every=3)
+    css = Path(__file__).resolve().parent.parent / "es_workers/dashboard/static/dashboard.css"
+    page = tmp_path / "chart.html"
+    page.write_text(f'<!doctype html><html><head><meta charset="utf-8"><link rel="stylesheet" '
+                    f'href="{css.as_uri()}"></head><body><main>{fragment}</main></body></html>')
+    browser.get(page.as_uri())
+
+    outside = browser.execute_script("""
+        const svg = document.querySelector('.chart svg').getBoundingClientRect();
+        return [...document.querySelectorAll('.chart svg text')]
+          .filter(t => { const r = t.getBoundingClientRect();
+                         return r.left < svg.left || r.right > svg.right
+                                || r.top < svg.top || r.bottom > svg.bottom; })
+          .map(t => t.textContent);
+    """)
+    screenshot(browser, f"chart-{top_rate:g}")
+    assert outside == [], f"labels clipped by the chart's edge: {outside}"
+
+
+def test_a_long_field_wraps_on_the_entity_page_and_can_be_seen_whole(
+    browser: Any, serve: Callable[[Any], str]
+) -> None:
+    import json
+    import urllib.request
+
+    import fakeredis
+    from selenium.webdriver.common.by import By
+
+    from es_workers import Store
+
+    store = Store(RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))),
+                  events=ACCOUNT_EVENTS)
+    store.subscribe("account", "balances", lambda event: None)
+    owner, entity_id = "o" * 5000, "i" * 200
+    with store.open("account", entity_id) as stream:
+        stream.write(Opened(owner=owner), metadata={"note": "m" * 2000})
+    base = serve(create_app(store, sample_every=60))
+    browser.get(f"{base}/entity?entity_type=account&entity_id={entity_id}")
+    wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#events pre"), "the events table")
+    screenshot(browser, "entity-long-field")
+
+    assert overflowing(browser) == []
+    link = browser.find_element(By.CSS_SELECTOR, "#events a.full")
+    assert link.is_displayed()
+    with urllib.request.urlopen(link.get_attribute("href")) as answer:
+        assert json.load(answer)["events"][0]["content"] == {"owner": owner}

@@ -9,10 +9,17 @@ import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
+from typing import Any
+from urllib.parse import quote
 
 import fakeredis
 import httpx
 import pytest
+import redis
+import schemathesis
+from conftest import client_beside, events_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from es_workers import AsyncInMemoryStorage, AsyncStore, InMemoryStorage, Store
 
@@ -44,15 +51,18 @@ def workers(example: ModuleType, read_models: fakeredis.FakeServer) -> Iterator[
 
 
 @pytest.fixture
-async def http(
-    example: ModuleType, workers: Store, read_models: fakeredis.FakeServer
-) -> AsyncIterator[httpx.AsyncClient]:
+def web_app(example: ModuleType, workers: Store, read_models: fakeredis.FakeServer) -> Any:
     """The web app on the same events (the workers' InMemoryStorage) and read models."""
     assert isinstance(workers.storage, InMemoryStorage)
     web = AsyncStore(AsyncInMemoryStorage(workers.storage), events=example.EVENTS,
                      bus=workers.bus)
     balances = example.Balances(fakeredis.FakeAsyncRedis(server=read_models), "t")
-    transport = httpx.ASGITransport(app=example.create_app(web, balances))
+    return example.create_app(web, balances)
+
+
+@pytest.fixture
+async def http(web_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=web_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
 
@@ -98,3 +108,74 @@ async def test_concurrent_deposits_each_get_a_number_and_all_count(
 async def test_a_bad_amount_is_refused_and_writes_nothing(http: httpx.AsyncClient) -> None:
     assert (await http.post("/accounts/a3/deposits", json={"amount": -1})).status_code == 422
     assert (await http.get("/accounts/a3")).status_code == 404
+
+
+async def test_a_read_model_update_that_fails_midway_loses_no_deposit_on_retry(
+    example: ModuleType, redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
+) -> None:
+    """Redis does not roll back a MULTI whose command failed: the update and its guard must
+    be one step, so the handler's retry (at least once) applies the deposit."""
+    client = client_beside(redis_client, request, decode_responses=False, use_asyncio=True)
+    balances = example.Balances(client, prefix)
+    opened, deposited = events_of("acc", example.Opened(owner="ann"),
+                                  example.Deposited(amount=5))
+    await balances.apply(opened)
+    key = balances.key("acc")
+    await client.hset(key, "balance", "not a number")  # the balance update will fail
+
+    with pytest.raises(redis.ResponseError):
+        await balances.apply(deposited)
+    assert await client.hget(key, "event_number") == b"1"  # the guard stayed behind
+
+    await client.hset(key, "balance", "0")  # repaired; the bus delivers the event again
+    await balances.apply(deposited)
+    assert await balances.get("acc") == {"balance": 5, "event_number": 2}
+    await balances.apply(deposited)  # and a repeated delivery still counts once
+    assert await balances.get("acc") == {"balance": 5, "event_number": 2}
+    await client.aclose()
+
+
+@pytest.mark.parametrize("account_id", ["x" * 201, "tab\there", "a\x00b", "del\x7f"])
+async def test_an_invalid_account_id_is_refused_with_422_naming_it(
+    http: httpx.AsyncClient, account_id: str
+) -> None:
+    for answer in (await http.post(f"/accounts/{quote(account_id)}/deposits",
+                                   json={"amount": 5}),
+                   await http.get(f"/accounts/{quote(account_id)}")):
+        assert answer.status_code == 422, answer.text
+        (problem,) = answer.json()["detail"]
+        assert problem["loc"] == ["path", "account_id"]
+        assert problem["input"] == account_id
+
+
+def test_the_openapi_schema_documents_the_answers_and_the_account_id_rule(web_app: Any) -> None:
+    schema = web_app.openapi()
+    deposit = schema["paths"]["/accounts/{account_id}/deposits"]["post"]
+    account = schema["paths"]["/accounts/{account_id}"]["get"]
+    assert set(deposit["responses"]) == {"200", "400", "409", "422", "504"}
+    assert set(account["responses"]) == {"200", "404", "422"}
+    for operation in (deposit, account):
+        (parameter,) = [p for p in operation["parameters"] if p["name"] == "account_id"]
+        rule = parameter["schema"]
+        assert (rule["minLength"], rule["maxLength"]) == (1, 200)
+        assert "pattern" in rule and parameter["description"]
+
+
+# A bounded schemathesis run: requests generated from the app's own OpenAPI schema (valid and
+# invalid account IDs, amounts, ?wait), each answer checked against what the schema documents
+# (status codes, bodies, content types) and never a 5xx. Driven by hypothesis' @given rather
+# than schemathesis' pytest fixture loader, which reads a private attribute pytest 9.2 dropped.
+def test_every_answer_is_one_the_openapi_schema_documents(web_app: Any) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", web_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 2
+    for operation in operations:
+        cases = st.one_of(*(operation.as_strategy(mode) for mode in schemathesis.GenerationMode))
+
+        @given(case=cases)
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def answers_as_documented(case: Any) -> None:
+            case.call_and_validate()
+
+        answers_as_documented()

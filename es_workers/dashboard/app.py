@@ -34,6 +34,7 @@ from es_workers import (
     Store,
 )
 from es_workers.admin import ParkedEntity, retry_parked, skip_parked, status
+from es_workers.names import check_entity_type
 
 from .access import (
     CSRF_FIELD,
@@ -66,6 +67,11 @@ def ago(moment: str | float) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+def unknown_type(entity_type: str, known: list[str]) -> str:
+    return (f"unknown entity type {entity_type!r}: this store has "
+            f"{', '.join(known) or 'no entity types'}")
 
 
 class BadRequest(Exception):
@@ -177,8 +183,12 @@ class Dashboard:
     def entity_context(self, request: Request) -> tuple[dict[str, Any], int]:
         entity_type = request.query_params.get("entity_type", "")
         entity_id = request.query_params.get("entity_id", "")
+        known = self.store.entity_types()
         context: dict[str, Any] = {"entity_type": entity_type, "entity_id": entity_id,
-                                   "entity_types": self.store.entity_types(), "view": None}
+                                   "entity_types": known, "view": None, "unknown": None}
+        if entity_type and check_entity_type(entity_type) not in known:
+            context["unknown"] = unknown_type(entity_type, known)
+            return context, 404
         if not entity_type or not entity_id:
             return context, 200
         after = number(request, "after", 0)
@@ -216,6 +226,10 @@ class Dashboard:
         after = number(request, "after", 0)
         limit = max(1, min(1000, number(request, "limit", 100)))
         params = request.path_params
+        known = self.store.entity_types()
+        if check_entity_type(params["entity_type"]) not in known:
+            return JSONResponse({"error": unknown_type(params["entity_type"], known)},
+                                status_code=404)
         view = entity_view(self.store, params["entity_type"], params["entity_id"],
                            after=after, limit=limit)
         if not view.head:
