@@ -10,7 +10,6 @@ Each default is written once: in the options dataclass the setting feeds, or her
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from pydantic_settings import (
 
 from .codec import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigurationError
+from .names import closest as closest_name
 from .redis.durability import Durability
 from .redis.keys import RedisKeys
 from .redis.publisher import PublisherOptions
@@ -536,8 +536,7 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
             continue
         if any(upper.startswith(other) for other in NOT_SETTINGS):
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-        found[name] = close[0] if close else None
+        found[name] = closest_name(upper, known)
     return found
 
 
