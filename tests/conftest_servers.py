@@ -126,6 +126,20 @@ def redis_acl(redis_acl_server: RedisServer) -> Iterator[AclUser]:
             admin.delete(key)
 
 
+@pytest.fixture(scope="session")
+def redis_full_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the run's own whose memory a test may fill
+    (`servers.memory_full`): a full shared Redis would fail every other test."""
+    server = RedisServer(
+        "Redis to fill", servers.port_base() + servers.FULL_OFFSET,
+        tmp_path_factory.mktemp("redis-full"),
+    )
+    with servers.running(server):
+        with starting("a Redis to fill"):
+            server.start()
+        yield server
+
+
 @pytest.fixture
 def redis_aof(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     """Makes started redis-servers with `appendfsync always`, each with its own port and dir;

@@ -107,8 +107,11 @@ class RedisStorage:
     ) -> RedisKeys:
         wanted = DEFAULT_PARTITIONS if partitions is None else partitions
         meta = RedisKeys(prefix, wanted).meta()  # validates before anything is written
-        client.hsetnx(meta, "partitions", wanted)
-        return stored_partitions(prefix, partitions, client.hget(meta, "partitions"))
+        stored = client.hget(meta, "partitions")
+        if stored is None:  # a new prefix; written only then: a full Redis refuses writes
+            client.hsetnx(meta, "partitions", wanted)
+            stored = client.hget(meta, "partitions")
+        return stored_partitions(prefix, partitions, stored)
 
     @property
     def partitions(self) -> int:
