@@ -333,7 +333,7 @@ def test_wait_aof_on_a_redis_older_than_7_2_is_refused_at_start_up_naming_its_ve
 
 def test_config_output_never_shows_a_password() -> None:
     env = dict(os.environ, ES_REDIS_URL="redis://app:s3cret-pw@127.0.0.1:6379/0",
-               ES_REDIS_PASSWORD="other-s3cret", PYTHONPATH=str(ROOT))
+               ES_REDIS_PASSWORD="s3cret-pw", PYTHONPATH=str(ROOT))  # must agree
     done = subprocess.run([ES_WORKERS, "config"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
