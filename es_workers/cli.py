@@ -354,6 +354,8 @@ def worker(
         if not isinstance(store.bus, DramatiqEventBus):
             fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
                  "(Store.from_settings builds one)", EXIT_USAGE)
+        with reported_errors():  # before Dramatiq starts: one line, exit 2
+            store.bus.claim_subscribers()
         if worker_timeout is not None:
             settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
         module = app_ref.partition(":")[0]
