@@ -300,6 +300,7 @@ def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str
         "catch-up": 0,
         "meta": 1,
         "heartbeats": 1,  # the workers' liveness hash
+        "subscribers": 1,  # the subscriber IDs run under the prefix, and their entity types
         "soak": 4,  # the bench's own: written, appends, and one hash per subscriber
     }
 

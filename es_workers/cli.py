@@ -105,6 +105,9 @@ EntityId = Annotated[str, typer.Argument(metavar="ENTITY_ID", help="The entity I
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed "
                                    "without a terminal)")]
+Embedded = Annotated[bool, typer.Option(
+    "--embedded", help="Run on the embedded Redis of this process when ES_REDIS_URL is not "
+    "set (it is empty: without this flag the command refuses it)")]
 
 
 # -- Helpers shared by the commands --------------------------------------------------------
@@ -154,8 +157,11 @@ def reported_errors() -> Iterator[None]:
         fail(f"Redis: {type(error).__name__}: {error}")
 
 
-def load_app(ref: str) -> Store:
-    """Imports `module:attribute` (current directory on sys.path) and returns the Store."""
+def load_app(ref: str, *, embedded: bool = False) -> Store:
+    """Imports `module:attribute` (current directory on sys.path) and returns the Store.
+
+    A Store on the embedded Redis (no ES_REDIS_URL, or a misspelled one) is refused unless
+    `embedded`: a command would run on an empty store (and `status --check` pass)."""
     module_name, _, attribute = ref.partition(":")
     if not module_name or not attribute:
         fail(f"APP must be 'module:attribute' naming a Store (e.g. examples.bank:store), "
@@ -171,7 +177,25 @@ def load_app(ref: str) -> Store:
         target = getattr(target, part)
     if not isinstance(target, Store):
         fail(f"{ref} is a {type(target).__name__}, not an es_workers.Store", EXIT_USAGE)
+    if on_embedded_redis(target) and not embedded:
+        refuse_embedded()
     return target
+
+
+def on_embedded_redis(store: Store) -> bool:
+    storage = store.storage
+    return isinstance(storage, RedisStorage) and type(storage.client).__module__.startswith(
+        "fakeredis")
+
+
+def refuse_embedded() -> NoReturn:
+    typos = "".join(f"; {name} is set: did you mean {near}?"
+                    for name, near in unknown_variables().items() if near)
+    fail(f"no Redis server to run on: ES_REDIS_URL is not set (nor ES_REDIS_SENTINELS){typos}, "
+         "so the app's store is an empty embedded Redis inside this process. Set "
+         "ES_REDIS_URL to the app's Redis; status, show, health, replay and parked take "
+         "--embedded to use the embedded one on purpose (`es-workers demo` runs on one).",
+         EXIT_USAGE)
 
 
 def import_app_module(module_name: str) -> object:
@@ -209,7 +233,7 @@ def require_shared_redis(store: Store, command: str) -> None:
     if not isinstance(storage, RedisStorage):
         fail(f"`{command}` needs a Store on RedisStorage, not {type(storage).__name__}",
              EXIT_USAGE)
-    if type(storage.client).__module__.startswith("fakeredis"):
+    if on_embedded_redis(store):
         fail(f"`{command}` needs a Redis server other processes can reach: ES_REDIS_URL is "
              "not set, so the store lives in an embedded Redis inside this process. Set "
              "ES_REDIS_URL, or try `es-workers demo`.", EXIT_USAGE)
@@ -219,7 +243,7 @@ def describe(store: Store) -> str:
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         return type(storage).__name__
-    if type(storage.client).__module__.startswith("fakeredis"):
+    if on_embedded_redis(store):
         return f"prefix {storage.keys.prefix!r} on the embedded Redis of this process"
     if isinstance(storage.client, RedisCluster):
         nodes = masters(storage.client)
@@ -283,7 +307,7 @@ def publish(app_ref: AppRef) -> None:
     """
     with StopSignals() as stop:
         settings = settings_or_exit()
-        store = load_app(app_ref)
+        store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "publish")
         if settings.metrics_port is not None:
             SharedMetricsServer(settings.metrics_port).start()
@@ -325,11 +349,13 @@ def worker(
     """
     with StopSignals() as stop:
         settings = settings_or_exit()
-        store = load_app(app_ref)
+        store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "worker")
         if not isinstance(store.bus, DramatiqEventBus):
             fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
                  "(Store.from_settings builds one)", EXIT_USAGE)
+        with reported_errors():  # before Dramatiq starts: one line, exit 2
+            store.bus.claim_subscribers()
         if worker_timeout is not None:
             settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
         module = app_ref.partition(":")[0]
@@ -377,11 +403,12 @@ def status(
         "--watch", help="Refresh until interrupted (Ctrl-C); not with --check")] = False,
     interval: Annotated[float, typer.Option(
         "--interval", min=0.1, help="Seconds between refreshes with --watch")] = 2.0,
+    embedded: Embedded = False,
 ) -> None:
     """Show the outbox backlog and, per subscriber, its lag and parked entities (with
     the error and the end of its traceback)."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     if watch and check:
         fail("--watch refreshes until interrupted; --check exits once: use one of them",
              EXIT_USAGE)
@@ -474,7 +501,7 @@ SHOW_CONTENT_CHARS = 2000
 
 @app.command()
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
-         as_json: AsJson = False) -> None:
+         as_json: AsJson = False, embedded: Embedded = False) -> None:
     """Print an entity's events (upgraded, as subscribers see them). Long contents are cut
     to SHOW_CONTENT_CHARS characters, with a note.
 
@@ -482,7 +509,7 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
     event_name, event_time, store_event_id, content (whole).
     """
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         admin.check_entity_type(store, entity_type)
     shown = 0
@@ -579,7 +606,7 @@ def dashboard(
     except ImportError as error:
         fail(f"the dashboard needs its extra ({error}): pip install 'es_workers[dashboard]'",
              EXIT_USAGE)
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
     require_shared_redis(store, "dashboard")
     log.info("dashboard of %s (%s) on http://%s:%d/", app_ref, describe(store), host, port)
     uvicorn.run(create_app(store, token=token, read_only=read_only), host=host, port=port,
@@ -598,11 +625,12 @@ def health(
     max_age: Annotated[float, typer.Option(
         "--max-age", min=1, help="Seconds after which a heartbeat is stale")
     ] = DEFAULT_MAX_AGE_S,
+    embedded: Embedded = False,
 ) -> None:
     """Exit 0 when Redis and the broker answer and a publisher or worker process of this
     host beat recently; else exit 1 naming what failed. For container healthchecks."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     if role not in (None, "publisher", "worker"):
         fail(f"--role must be 'publisher' or 'worker', not {role!r}", EXIT_USAGE)
     checks = check_health(store, role=role, host="*" if any_host else None,
@@ -625,11 +653,12 @@ def replay(
                                  "[default: every type the subscriber has]")
     ] = None,
     yes: Yes = False,
+    embedded: Embedded = False,
 ) -> None:
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
     entities, then send it every entity. Clear its read model first. Asks first."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         admin.check_subscriber(store, subscriber_id, entity_type)
         types = [entity_type] if entity_type else [
@@ -652,10 +681,10 @@ def replay(
 
 @parked_app.command("list")
 def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
-                as_json: AsJson = False) -> None:
+                as_json: AsJson = False, embedded: Embedded = False) -> None:
     """List the entities parked for a subscriber."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         entities = admin.parked(store, subscriber_id, entity_type)
     if as_json:
@@ -668,10 +697,10 @@ def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
 
 @parked_app.command("retry")
 def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
-                 entity_id: EntityId) -> None:
+                 entity_id: EntityId, embedded: Embedded = False) -> None:
     """Unpark the entity and deliver again from the event that failed (after a fix)."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         item = admin.retry_parked(store, subscriber_id, entity_type, entity_id)
     out.print(f"{subscriber_id}: {entity_type} {entity_id!r} unparked; delivering again from "
@@ -681,11 +710,11 @@ def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Enti
 
 @parked_app.command("skip")
 def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
-                entity_id: EntityId, yes: Yes = False) -> None:
+                entity_id: EntityId, yes: Yes = False, embedded: Embedded = False) -> None:
     """Mark the failing event handled without handling it, then deliver the rest. Asks
     first: the subscriber never handles that event."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         admin.check_subscriber(store, subscriber_id, entity_type)
     confirm_or_exit(f"Skip the failing event of {entity_type} {entity_id!r} for "

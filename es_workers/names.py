@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from .errors import InvalidNameError, SubscriberError
+from .errors import InvalidNameError, SubscriberError, UnknownNameError
 
 _ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
 # C0 and C1 control characters, DEL, and lone surrogates (they cannot be UTF-8 encoded).
@@ -81,3 +82,26 @@ def subscribers_to_wait_for(
             f"known: {', '.join(known) or 'none'}"
         )
     return chosen
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name most like `name` (a likely typo of it), or None when none is close."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def check_subscribed_type(entity_type: str, registered: Sequence[str]) -> None:
+    """A subscription must name an entity type the store has events for: a typo would
+    otherwise subscribe a handler that never runs. UnknownNameError names the known types
+    and the closest one."""
+    check_entity_type(entity_type)
+    if entity_type in registered:
+        return
+    near = closest(entity_type, registered)
+    hint = f"; did you mean {near!r}?" if near else ""
+    known = ", ".join(repr(name) for name in sorted(registered)) or "none"
+    raise UnknownNameError(
+        f"cannot subscribe to entity type {entity_type!r}: the store has no events "
+        f"registered for it{hint} (known entity types: {known}; register its Content "
+        f"classes first: Store(events={{{entity_type!r}: [...]}}))"
+    )

@@ -10,7 +10,6 @@ Each default is written once: in the options dataclass the setting feeds, or her
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -32,6 +31,7 @@ from pydantic_settings import (
 
 from .codec import DEFAULT_MAX_EVENT_BYTES
 from .errors import ConfigurationError
+from .names import closest as closest_name
 from .redis.durability import Durability
 from .redis.keys import RedisKeys
 from .redis.publisher import PublisherOptions
@@ -228,12 +228,16 @@ class Settings(BaseSettings):
         examples=["mymaster"],
     )
     redis_username: str | None = Field(
-        default=None, description="Redis ACL user with redis_sentinels (in redis_url otherwise)",
+        default=None,
+        description="Redis ACL user of every connection to the events' Redis (redis_url, its "
+        "cluster nodes, the Sentinel primary, the Dramatiq broker on it); a user in redis_url "
+        "must be the same",
         examples=["app"],
     )
     redis_password: SecretStr | None = Field(
         default=None,
-        description="Redis password with redis_sentinels (in redis_url otherwise); never shown",
+        description="Redis password of every connection to the events' Redis, as "
+        "redis_username; a password in redis_url must be the same; never shown",
         examples=[""],
     )
     redis_db: int = Field(
@@ -331,6 +335,23 @@ class Settings(BaseSettings):
             )
         if (self.redis_sentinels is None) != (self.redis_sentinel_master is None):
             raise ValueError("redis_sentinels and redis_sentinel_master go together")
+        self._check_credentials()
+
+    def _check_credentials(self) -> None:
+        """Credentials given twice, in redis_url and in redis_username/redis_password, must
+        agree: which one a connection used would otherwise be a guess. Never shown."""
+        if self.redis_url is None or self.redis_sentinels is not None:
+            return
+        in_url = url_credentials(self.redis_url)
+        password = self.redis_password.get_secret_value() if self.redis_password else None
+        for name, given in (("redis_username", self.redis_username),
+                            ("redis_password", password)):
+            found = in_url.get(name.removeprefix("redis_"))
+            if given is not None and found is not None and found != given:
+                raise ValueError(
+                    f"{env_name('redis_url')} holds a {name.removeprefix('redis_')} and "
+                    f"{env_name(name)} another one: give it in one place"
+                )
 
     # What the settings feed.
     def delivery_options(self) -> DeliveryOptions:
@@ -459,6 +480,18 @@ def _check_redis_db(path: str, query_db: list[str]) -> None:
                              f"not {db!r}")
 
 
+def url_credentials(url: str) -> dict[str, str]:
+    """The username and password a Redis URL holds (in its user part or its query), as
+    redis-py reads them."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    found = {"username": parts.username, "password": parts.password}
+    for name in found:
+        if query.get(name):
+            found[name] = query[name][0]
+    return {name: unquote(value) for name, value in found.items() if value}
+
+
 def redact_url(url: str | None) -> str | None:
     """The URL with its password replaced by '***' (works on malformed URLs too)."""
     if url is None or "@" not in url:
@@ -536,8 +569,7 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
             continue
         if any(upper.startswith(other) for other in NOT_SETTINGS):
             continue
-        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-        found[name] = close[0] if close else None
+        found[name] = closest_name(upper, known)
     return found
 
 

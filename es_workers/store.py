@@ -12,7 +12,7 @@ from . import metrics
 from .errors import ConfigurationError
 from .event import Content, Handler
 from .memory.bus import InMemoryEventBus
-from .names import subscribers_to_wait_for
+from .names import check_subscribed_type, subscribers_to_wait_for
 from .ports import Bus, NotifyingEventBus, Progress, Storage
 from .redis.storage import RedisStorage
 from .settings import Settings
@@ -110,8 +110,11 @@ class Store:
         """Registers a handler for every event of the entity type under `subscriber_id`.
 
         Used as a decorator, `@store.subscribe("account", "balances")`, it returns the
-        function unchanged.
+        function unchanged. The entity type must be one the store has events for (else
+        UnknownNameError, naming the known types): a handler of a type with no events
+        would never run.
         """
+        check_subscribed_type(entity_type, self.storage.entity_types())
         if handler is not None:
             self.bus.subscribe(entity_type, subscriber_id, handler)
             metrics.declare_subscriber(subscriber_id, entity_type)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import dramatiq
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
@@ -73,12 +74,13 @@ def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
         return client
     if on_cluster(settings):
         return cluster_client(settings.redis_url, settings)
-    return client_from_url(settings.redis_url, settings)
+    return client_from_url(settings.redis_url, settings, **credentials(settings))
 
 
 def cluster_client(url: str, settings: Settings) -> RedisCluster:
+    """A client of the Redis Cluster that `url` (redis_url) names a node of."""
     try:
-        return RedisCluster.from_url(url, **connection_options(settings))
+        return RedisCluster.from_url(url, **connection_options(settings), **credentials(settings))
     except redis.exceptions.RedisClusterException as error:
         raise ConfigurationError(
             f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
@@ -92,15 +94,16 @@ def on_cluster(settings: Settings) -> bool:
         return False
     if settings.redis_cluster == "false":
         return False
-    return settings.redis_cluster == "true" or cluster_enabled(settings.redis_url, settings)
+    return settings.redis_cluster == "true" or cluster_enabled(
+        settings.redis_url, settings, **credentials(settings))
 
 
-def cluster_enabled(url: str, settings: Settings) -> bool:
+def cluster_enabled(url: str, settings: Settings, **auth: str) -> bool:
     """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so). A Redis
     that does not answer is taken for one Redis: the storage then says it is unreachable."""
     options = connection_options(settings)
     with redis.Redis.from_url(url, socket_connect_timeout=options["socket_connect_timeout"],
-                              socket_timeout=options["socket_timeout"]) as probe:
+                              socket_timeout=options["socket_timeout"], **auth) as probe:
         try:
             return bool(probe.info("cluster").get("cluster_enabled"))
         except redis.ResponseError as error:  # INFO may be denied to an ACL user
@@ -124,8 +127,18 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def client_from_url(url: str, settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(url, **connection_options(settings))
+def credentials(settings: Settings) -> dict[str, Any]:
+    """`redis_username` and `redis_password` as client keyword arguments (those set): for
+    every connection to the events' Redis. Settings checked that a URL holding credentials
+    too holds the same ones (redis-py would take the URL's)."""
+    found = {"username": settings.redis_username, "password": settings.redis_password and
+             settings.redis_password.get_secret_value()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def client_from_url(url: str, settings: Settings, **auth: str) -> redis.Redis:
+    """A client of `url`; `auth`: credentials the URL lacks (see `credentials`)."""
+    return redis.Redis.from_url(url, **connection_options(settings), **auth)
 
 
 def sentinel_client(settings: Settings) -> redis.Redis:
@@ -139,18 +152,16 @@ def sentinel_client(settings: Settings) -> redis.Redis:
                                                        "socket_timeout")},
         **options,
     )
-    password = settings.redis_password
     client: redis.Redis = sentinel.master_for(
-        settings.redis_sentinel_master,
-        username=settings.redis_username,
-        password=password.get_secret_value() if password is not None else None,
-        db=settings.redis_db,
+        settings.redis_sentinel_master, db=settings.redis_db, **credentials(settings)
     )
     return client
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
+    if settings.redis_sentinels is not None:
+        return async_sentinel_client(settings)
     if settings.redis_url is None:
         server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
@@ -158,8 +169,20 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asynci
         client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
         return client
     if on_cluster(settings):
-        return redis.asyncio.RedisCluster.from_url(settings.redis_url)
-    return redis.asyncio.Redis.from_url(settings.redis_url)
+        return redis.asyncio.RedisCluster.from_url(settings.redis_url, **credentials(settings))
+    return redis.asyncio.Redis.from_url(settings.redis_url, **credentials(settings))
+
+
+def async_sentinel_client(settings: Settings) -> redis.asyncio.Redis:
+    """`sentinel_client`'s asyncio twin: the primary the Sentinels name."""
+    assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
+    # cast: as in sentinel_client (typed only in newer redis-py).
+    sentinel = cast(Any, redis.asyncio.sentinel.Sentinel)(
+        sentinel_addresses(settings.redis_sentinels))
+    client: redis.asyncio.Redis = sentinel.master_for(
+        settings.redis_sentinel_master, db=settings.redis_db, **credentials(settings)
+    )
+    return client
 
 
 def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:

@@ -126,6 +126,36 @@ def redis_acl(redis_acl_server: RedisServer) -> Iterator[AclUser]:
             admin.delete(key)
 
 
+@pytest.fixture(scope="session")
+def redis_full_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the run's own whose memory a test may fill
+    (`servers.memory_full`): a full shared Redis would fail every other test."""
+    server = RedisServer(
+        "Redis to fill", servers.port_base() + servers.FULL_OFFSET,
+        tmp_path_factory.mktemp("redis-full"),
+    )
+    with servers.running(server):
+        with starting("a Redis to fill"):
+            server.start()
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server whose default user needs a password (`requirepass`): its
+    `client_options["password"]`; its `url` has none."""
+    password = uuid.uuid4().hex
+    server = RedisServer(
+        "Redis with a password", servers.port_base() + servers.PASSWORD_OFFSET,
+        tmp_path_factory.mktemp("redis-password"), [f"requirepass {password}"],
+        client_options={"password": password},
+    )
+    with servers.running(server):
+        with starting("a Redis with a password"):
+            server.start()
+        yield server
+
+
 @pytest.fixture
 def redis_aof(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
     """Makes started redis-servers with `appendfsync always`, each with its own port and dir;

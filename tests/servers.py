@@ -54,6 +54,8 @@ SENTINEL_DATA_OFFSET = 10  # primary and replica
 SENTINEL_OFFSET = 20  # 3 sentinels
 TLS_OFFSET = 30
 ACL_OFFSET = 31
+FULL_OFFSET = 32  # a Redis whose memory tests fill
+PASSWORD_OFFSET = 33  # a Redis with requirepass
 AOF_OFFSET = 40  # up to 10 servers at once
 
 RABBITMQ_HOST = HOST
@@ -682,6 +684,31 @@ def add_acl_user(server: RedisServer, prefix: str, username: str = "es-user") ->
         )  # fmt: skip
     url = f"redis://{username}:{password}@{HOST}:{server.port}/0"
     return AclUser(url, username, password, prefix)
+
+
+# Memory full
+
+
+@contextlib.contextmanager
+def memory_full(client: redis.Redis, prefix: str) -> Iterator[None]:
+    """Fills the server's memory (keys under `prefix:filler:`) until it refuses writes
+    (maxmemory with noeviction), and holds it there well over the limit, so that no buffer
+    freed meanwhile lets a write through; then frees it again."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 512 * 1024)
+    filled = 0
+    try:
+        with contextlib.suppress(redis.exceptions.OutOfMemoryError):
+            while True:
+                client.set(f"{prefix}:filler:{filled}", "x" * 4096)
+                filled += 1
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100 * 1024)
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
+        for start in range(0, filled, 500):
+            client.delete(*(f"{prefix}:filler:{n}" for n in range(start, min(start + 500,
+                                                                               filled))))
 
 
 # AOF

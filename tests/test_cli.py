@@ -223,6 +223,42 @@ def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> 
         assert "ES_REDIS_URL is not set" in result.output
 
 
+ADMIN_COMMANDS = [
+    ["status", "--check"], ["status", "--json"], ["show", "account", "a1"], ["health"],
+    ["replay", "audit", "--yes"], ["parked", "list", "audit", "account"],
+    ["parked", "retry", "audit", "account", "a1"],
+    ["parked", "skip", "audit", "account", "a1", "--yes"],
+]
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=" ".join)
+def test_admin_commands_refuse_the_empty_embedded_store_unless_told_embedded(
+    app_module: ModuleType, clean_env: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # A misspelled ES_REDIS_URL leaves the app on the embedded Redis: `status --check` went
+    # green there, on a store with nothing in it.
+    clean_env.setenv("ES_REDIS_ULR", "redis://127.0.0.1:6379/0")
+    words = [w for w in command if not w.startswith("-")]
+    at = 2 if words[0] == "parked" else 1
+    args = [*command[:at], ref(app_module), *command[at:]]
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 2, result.output
+    assert "ES_REDIS_URL is not set" in result.output
+    assert "ES_REDIS_ULR is set: did you mean ES_REDIS_URL?" in result.output
+    assert "--embedded" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_status_runs_on_the_embedded_store_when_told_embedded(app_module: ModuleType) -> None:
+    write(app_module, "a1", app_module.Opened(owner="ann"))
+    result = runner.invoke(app, ["status", ref(app_module), "--embedded", "--check",
+                                 "--max-backlog", "1"])
+    assert result.exit_code == 0, result.output
+    assert "on the embedded Redis" in result.output
+
+
 def test_config_prints_the_settings_with_passwords_hidden(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("ES_REDIS_URL", "redis://:s3cret@127.0.0.1:6379/0")
     clean_env.setenv("ES_WORKER_THREADS", "3")
@@ -249,7 +285,7 @@ def test_config_lists_variables_that_are_no_setting(clean_env: pytest.MonkeyPatc
 def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
     write(app_module, "a1", app_module.Opened(owner="Ada"), app_module.Deposited(amount=5))
 
-    result = runner.invoke(app, ["show", ref(app_module), "account", "a1", "--json"])
+    result = runner.invoke(app, ["show", ref(app_module), "--embedded", "account", "a1", "--json"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(x["event_number"], x["event_name"], x["content"]) for x in lines] == [
@@ -258,15 +294,15 @@ def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
     assert all(set(x) == {"event_number", "event_name", "event_time", "store_event_id",
                           "content"} for x in lines)
 
-    table = runner.invoke(app, ["show", ref(app_module), "account", "a1"])
+    table = runner.invoke(app, ["show", ref(app_module), "--embedded", "account", "a1"])
     assert table.exit_code == 0
     assert "Opened" in table.stdout and "Deposited" in table.stdout
 
-    missing = runner.invoke(app, ["show", ref(app_module), "account", "nobody"])
+    missing = runner.invoke(app, ["show", ref(app_module), "--embedded", "account", "nobody"])
     assert missing.exit_code == 1
     assert "has no events" in missing.output
 
-    unknown = runner.invoke(app, ["show", ref(app_module), "acount", "a1"])
+    unknown = runner.invoke(app, ["show", ref(app_module), "--embedded", "acount", "a1"])
     assert unknown.exit_code == 2
     assert "unknown entity type 'acount': this app has 'account'" in unknown.output
 
@@ -278,14 +314,14 @@ def test_show_cuts_a_large_event_short_with_a_note_and_json_prints_it_whole(
     write(app_module, "big", app_module.Opened(owner=owner))
 
     started = time.monotonic()
-    table = runner.invoke(app, ["show", ref(app_module), "account", "big"])
+    table = runner.invoke(app, ["show", ref(app_module), "--embedded", "account", "big"])
     assert table.exit_code == 0, table.output
     assert time.monotonic() - started < 10
     assert SHOW_CONTENT_CHARS - 20 < table.stdout.count("é") <= SHOW_CONTENT_CHARS
     assert cut('{"owner":"' + owner + '"}').endswith(
         f"... ({500_012 - SHOW_CONTENT_CHARS:,} more characters: --json prints all)")
 
-    whole = runner.invoke(app, ["show", ref(app_module), "account", "big", "--json"])
+    whole = runner.invoke(app, ["show", ref(app_module), "--embedded", "account", "big", "--json"])
     assert whole.exit_code == 0
     assert json.loads(whole.stdout)["content"] == {"owner": owner}
 
@@ -301,7 +337,7 @@ def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(
     # No publisher runs now: this event stays in the outbox.
     write(app_module, "a1", app_module.Deposited(amount=1))
 
-    result = runner.invoke(app, ["status", ref(app_module), "--json"])
+    result = runner.invoke(app, ["status", ref(app_module), "--embedded", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["outbox_backlog"] >= 1
@@ -317,7 +353,7 @@ def test_status_json_shows_the_outbox_backlog_and_a_parked_entity(
 
     assert 'raise ValueError("negative deposit")' in parked["traceback"]
 
-    table = runner.invoke(app, ["status", ref(app_module)])
+    table = runner.invoke(app, ["status", ref(app_module), "--embedded"])
     assert table.exit_code == 0
     assert "outbox backlog" in table.stdout
     assert "ValueError: negative deposit" in table.stdout
@@ -334,23 +370,23 @@ def test_status_check_exits_3_past_a_threshold(app_module: ModuleType) -> None:
                  "the publisher to relay the outbox")
     write(app_module, "a2", app_module.Deposited(amount=1))  # not relayed: 1 event behind
 
-    parked = runner.invoke(app, ["status", ref(app_module), "--check"])
+    parked = runner.invoke(app, ["status", ref(app_module), "--embedded", "--check"])
     assert parked.exit_code == 3
     assert "check failed: fragile on account: 1 parked > 0" in parked.output
     assert "audit" not in parked.stderr  # lag is not checked unless asked
 
-    within = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
-                                 "--max-lag", "2"])
+    within = runner.invoke(app, ["status", ref(app_module), "--embedded", "--check",
+                                 "--max-parked", "1", "--max-lag", "2"])
     assert within.exit_code == 0, within.output
 
-    lagging = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
-                                  "--max-lag", "0", "--json"])
+    lagging = runner.invoke(app, ["status", ref(app_module), "--embedded", "--check",
+                                  "--max-parked", "1", "--max-lag", "0", "--json"])
     assert lagging.exit_code == 3
     assert "audit on account: 1 events behind > 0" in lagging.stderr
     assert "outbox backlog" not in lagging.stderr
 
-    backlog = runner.invoke(app, ["status", ref(app_module), "--check", "--max-parked", "1",
-                                  "--max-backlog", "0"])
+    backlog = runner.invoke(app, ["status", ref(app_module), "--embedded", "--check",
+                                  "--max-parked", "1", "--max-backlog", "0"])
     assert backlog.exit_code == 3
     assert "check failed: outbox backlog 1 > 0" in backlog.output
     assert json.loads(lagging.stdout)["outbox_backlog"] >= 1  # the report is still printed
@@ -359,7 +395,7 @@ def test_status_check_exits_3_past_a_threshold(app_module: ModuleType) -> None:
 def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
     write(app_module, "a2", app_module.Opened(owner="Bob"), app_module.Deposited(amount=-1),
           app_module.Deposited(amount=3))
-    target = [ref(app_module), "fragile", "account"]
+    target = [ref(app_module), "--embedded", "fragile", "account"]
     with Delivery(app_module):
         wait_for(lambda: subscriber(app_module, "fragile").parked, "a2 to be parked")
 
@@ -378,7 +414,8 @@ def test_parked_list_skip_and_retry(app_module: ModuleType) -> None:
         assert 'in fragile\n' in text.stdout
 
         for unknown in (["nobody", "account"], ["fragile", "acount"]):
-            refused = runner.invoke(app, ["parked", "list", ref(app_module), *unknown])
+            refused = runner.invoke(app, ["parked", "list", ref(app_module), "--embedded",
+                                          *unknown])
             assert refused.exit_code == 2, refused.output
             assert "'audit', 'fragile'" in refused.output or "'account'" in refused.output
 
@@ -424,9 +461,9 @@ def test_corrupt_entities_are_parked_with_the_reason_shown_and_stall_nothing_els
         write(app_module, "later", app_module.Opened(owner="d"))
         wait_for(lambda: ("later", 1) in app_module.calls, "an entity written after them")
 
-        listed = runner.invoke(app, ["parked", "list", ref(app_module), "audit", "account",
-                                     "--json"])
-        status = runner.invoke(app, ["status", ref(app_module)])
+        listed = runner.invoke(app, ["parked", "list", ref(app_module), "--embedded", "audit",
+                                     "account", "--json"])
+        status = runner.invoke(app, ["status", ref(app_module), "--embedded"])
 
     assert listed.exit_code == 0, listed.output
     parked = {item["entity_id"]: item for item in json.loads(listed.stdout)}
@@ -451,11 +488,11 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
     with Delivery(app_module):
         wait_for(lambda: len(app_module.calls) == 6, "audit to handle 6 events")
 
-        refused = runner.invoke(app, ["replay", ref(app_module), "audit"])
+        refused = runner.invoke(app, ["replay", ref(app_module), "--embedded", "audit"])
         assert refused.exit_code == 2
         assert "Pass --yes" in refused.output
 
-        result = runner.invoke(app, ["replay", ref(app_module), "audit", "-y"])
+        result = runner.invoke(app, ["replay", ref(app_module), "--embedded", "audit", "-y"])
         assert result.exit_code == 0, result.output
         assert "3 entities sent again" in result.stdout
 
@@ -465,12 +502,13 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
         by_entity.setdefault(entity_id, []).append(number)
     assert by_entity == {f"a{n}": [1, 2, 1, 2] for n in range(3)}
 
-    unknown = runner.invoke(app, ["replay", ref(app_module), "nobody", "--yes"])
+    unknown = runner.invoke(app, ["replay", ref(app_module), "--embedded", "nobody", "--yes"])
     assert unknown.exit_code == 2
     assert "'nobody' is not registered in this app: known subscribers 'audit', 'fragile'" in (
         unknown.output
     )
-    no_type = runner.invoke(app, ["replay", ref(app_module), "audit", "-e", "nosuchtype", "-y"])
+    no_type = runner.invoke(app, ["replay", ref(app_module), "--embedded", "audit", "-e",
+                                  "nosuchtype", "-y"])
     assert no_type.exit_code == 2
     assert "unknown entity type 'nosuchtype': this app has 'account'" in no_type.output
 

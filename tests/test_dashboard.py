@@ -145,7 +145,8 @@ def test_api_status_is_what_es_workers_status_json_prints(
     module = types.ModuleType("dashboard_status_app")
     module.store = parked.store
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    printed = CliRunner().invoke(cli, ["status", f"{module.__name__}:store", "--json"])
+    printed = CliRunner().invoke(cli, ["status", f"{module.__name__}:store", "--json",
+                                       "--embedded"])  # on fakeredis too
     assert printed.exit_code == 0, printed.output
 
     served = parked.client().get("/api/status")

@@ -5,6 +5,7 @@ tests/test_failures_processes.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
+import servers
+import settings_app
 from conftest import ACCOUNT_EVENTS, Deposited, Opened, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
 from redis.backoff import NoBackoff
@@ -23,6 +27,8 @@ from redis.retry import Retry
 from servers import RedisSentinelServers, RedisServer, TcpProxy
 
 from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
     ConfigurationError,
     DramatiqEventBus,
     DurabilityError,
@@ -226,6 +232,45 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
     assert stream.position == 3
 
 
+def test_status_show_parked_list_and_health_work_with_redis_memory_full(
+    redis_full_server: RedisServer,
+) -> None:
+    # When Redis is full is when an operator needs them; they must not need to write.
+    prefix = f"full-{uuid.uuid4().hex[:8]}"
+    settings = Settings(redis_url=redis_full_server.url, prefix=prefix)
+    store = Store.from_settings(events=settings_app.EVENTS, settings=settings)
+    store.subscribe("account", "audit", lambda event: None)
+    store.open("account", "a1").write(settings_app.Opened(owner="ann"))
+    storage: RedisStorage = store.storage  # type: ignore[assignment]
+    storage.heartbeats.beat("worker")  # a worker of this host, as `health` wants
+    env = dict(os.environ, ES_REDIS_URL=redis_full_server.url, ES_PREFIX=prefix,
+               PYTHONPATH=str(ROOT / "tests"))
+    commands = [["status", "--json"], ["show", "account", "a1"],
+                ["parked", "list", "audit", "account"], ["health"]]
+    client = redis_full_server.client()
+    with servers.memory_full(client, prefix):
+        with pytest.raises(StorageFullError):
+            store.open("account", "a2").write(settings_app.Opened(owner="bob"))
+        for command in commands:
+            at = 2 if command[0] == "parked" else 1
+            done = subprocess.run(
+                [ES_WORKERS, *command[:at], "settings_app:store", *command[at:]], cwd=ROOT,
+                env=env, capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            assert "out of memory" not in done.stderr.lower(), (command, done.stderr)
+        assert asyncio.run(read_async(redis_full_server.url, prefix, "a1")) == [1]
+    delete_prefix(client, prefix)
+    store.close()
+
+
+async def read_async(url: str, prefix: str, entity_id: str) -> list[int]:
+    """The entity's event numbers, read by an AsyncStore opened on the prefix."""
+    storage = AsyncRedisStorage(redis.asyncio.Redis.from_url(url), prefix=prefix)
+    async with AsyncStore(storage, events=settings_app.EVENTS) as store:
+        return [event.event_number async for event in store.read("account", entity_id)]
+
+
 def test_an_evicting_maxmemory_policy_is_refused_at_start_up(
     redis_aof: Callable[[], RedisServer],
 ) -> None:
@@ -288,7 +333,7 @@ def test_wait_aof_on_a_redis_older_than_7_2_is_refused_at_start_up_naming_its_ve
 
 def test_config_output_never_shows_a_password() -> None:
     env = dict(os.environ, ES_REDIS_URL="redis://app:s3cret-pw@127.0.0.1:6379/0",
-               ES_REDIS_PASSWORD="other-s3cret", PYTHONPATH=str(ROOT))
+               ES_REDIS_PASSWORD="s3cret-pw", PYTHONPATH=str(ROOT))  # must agree
     done = subprocess.run([ES_WORKERS, "config"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -6,20 +6,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import fakeredis
 import pytest
 from conftest import Deposited, Opened
+from dramatiq.brokers.stub import StubBroker
 from pydantic import BaseModel
 
 from es_workers import (
     Content,
+    DramatiqEventBus,
     EsError,
     Event,
+    InMemoryEventBus,
     InMemoryStorage,
     InvalidNameError,
     NotRegisteredError,
     RedisStorage,
     Store,
     SubscriberError,
+    UnknownNameError,
 )
 from es_workers.event import NO_METADATA, stored_event
 from es_workers.ids import new_ids
@@ -260,7 +265,7 @@ def test_upgrades_that_are_not_callable_or_for_a_bad_type_are_refused(
 def test_subscribers_are_listed_per_entity_type_and_the_decorator_returns_the_function(
     make_any_store: MakeStore,
 ) -> None:
-    store = make_any_store()
+    store = make_any_store(events={"account": [Opened, Deposited], "card": [Closed]})
 
     @store.subscribe("account", "balances")
     def balances(event: Event) -> None:
@@ -275,6 +280,28 @@ def test_subscribers_are_listed_per_entity_type_and_the_decorator_returns_the_fu
     assert store.subscriber_ids("nothing") == []
     with pytest.raises(SubscriberError):
         store.subscribe("account", "balances", lambda event: None)
+
+
+@pytest.mark.parametrize("bus", ["memory", "dramatiq"])
+def test_subscribing_to_an_entity_type_without_registered_events_is_refused_naming_the_known(
+    bus: str,
+) -> None:
+    storage = RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer()), prefix="typo")
+    chosen = InMemoryEventBus() if bus == "memory" else DramatiqEventBus(StubBroker())
+    store = Store(storage, bus=chosen, events={"account": [Opened], "card": [Closed]})
+
+    with pytest.raises(UnknownNameError, match=r"'acount'.*did you mean 'account'\?.*"
+                       r"known entity types: 'account', 'card'"):
+        store.subscribe("acount", "balances", lambda event: None)
+    with pytest.raises(UnknownNameError, match=r"'zebra'.*known entity types"):
+
+        @store.subscribe("zebra", "balances")
+        def never(event: Event) -> None:
+            pass
+
+    assert store.subscriber_ids("acount") == store.subscriber_ids("zebra") == []
+    store.subscribe("account", "balances", lambda event: None)  # a registered type is fine
+    assert store.subscriber_ids("account") == ["balances"]
 
 
 def test_an_event_a_storage_builds_is_an_event_like_one_built_by_hand() -> None:

@@ -91,8 +91,10 @@ class AsyncRedisStorage:
             if self._entity_keys is None:
                 wanted = DEFAULT_PARTITIONS if self._wanted is None else self._wanted
                 meta = RedisKeys(self.prefix, wanted).meta()
-                await self.client.hsetnx(meta, "partitions", wanted)
                 stored = await self.client.hget(meta, "partitions")
+                if stored is None:  # a new prefix (as RedisStorage: written only then)
+                    await self.client.hsetnx(meta, "partitions", wanted)
+                    stored = await self.client.hget(meta, "partitions")
                 self._entity_keys = EntityKeys(stored_partitions(self.prefix, self._wanted, stored))
         return self._entity_keys
 

@@ -37,6 +37,7 @@ from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
 from .state import SubscriberState
+from .subscribers import SubscriberRegistry, subscriptions_of
 
 
 class RedisStorage:
@@ -78,6 +79,7 @@ class RedisStorage:
             client, self.keys, redrive_after_ms=self.publisher_options.redrive_after_ms
         )
         self.heartbeats = Heartbeats(client, self.keys)
+        self.subscribers = SubscriberRegistry(client, self.keys)
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._entity_keys = EntityKeys(self.keys)
@@ -107,8 +109,11 @@ class RedisStorage:
     ) -> RedisKeys:
         wanted = DEFAULT_PARTITIONS if partitions is None else partitions
         meta = RedisKeys(prefix, wanted).meta()  # validates before anything is written
-        client.hsetnx(meta, "partitions", wanted)
-        return stored_partitions(prefix, partitions, client.hget(meta, "partitions"))
+        stored = client.hget(meta, "partitions")
+        if stored is None:  # a new prefix; written only then: a full Redis refuses writes
+            client.hsetnx(meta, "partitions", wanted)
+            stored = client.hget(meta, "partitions")
+        return stored_partitions(prefix, partitions, stored)
 
     @property
     def partitions(self) -> int:
@@ -229,6 +234,10 @@ class RedisStorage:
         return sum(int(n) for n in lengths if isinstance(n, int))
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+        """Relays until `stop`; first refuses (ConfigurationError) if another app runs one of
+        the bus's subscriber IDs under this prefix (see `subscribers.py`)."""
+        with translated(self.server, "recording the subscribers"):
+            self.subscribers.claim(subscriptions_of(bus, self.entity_types()))
         Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
 
     def close(self) -> None:

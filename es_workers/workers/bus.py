@@ -21,10 +21,12 @@ from ..errors import ConfigurationError, SubscriberError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id
 from ..ports import Storage
+from ..redis.failures import translated
 from ..redis.storage import RedisStorage
+from ..redis.subscribers import subscriptions_of
 from ..upgrade import Reader
 from .delivery import Deliverer, DeliveryOptions, Notice
-from .middleware import SingleStop, WorkerHeartbeat
+from .middleware import SingleStop, SubscriberClaim, WorkerHeartbeat
 
 ACTOR_PREFIX = "es_"
 DEFAULT_TIME_LIMIT_MS = 600_000
@@ -74,6 +76,8 @@ class DramatiqEventBus:
         dramatiq.set_broker(broker)
         _middleware(broker, SingleStop)  # clean exit on a process-group SIGTERM
         self._heartbeat = _middleware(broker, WorkerHeartbeat)
+        self._claim = _middleware(broker, SubscriberClaim)
+        self._storage: RedisStorage | None = None
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
@@ -89,6 +93,8 @@ class DramatiqEventBus:
         self._deliverer = Deliverer(reader, storage, self.options)
         self._partition = storage.keys.partition
         self._heartbeat.heartbeats = storage.heartbeats
+        self._storage = storage
+        self._claim.claim = self.claim_subscribers
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -106,6 +112,17 @@ class DramatiqEventBus:
             self._handlers[(entity_type, subscriber_id)] = function
             if subscriber_id not in self._actors:
                 self._actors[subscriber_id] = self._declare_actor(subscriber_id)
+
+    def claim_subscribers(self) -> None:
+        """Records this app's subscriber IDs, with their entity types, under the storage's
+        prefix; raises ConfigurationError if another app runs one of them there (see
+        `redis/subscribers.py`). Workers do it as they boot (the publisher does the same in
+        `RedisStorage.start_publish`)."""
+        if self._storage is None:
+            raise ConfigurationError("DramatiqEventBus is not bound to a Store")
+        storage = self._storage
+        with translated(storage.server, "recording the subscribers"):
+            storage.subscribers.claim(subscriptions_of(self, storage.entity_types()))
 
     def actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
         """The Dramatiq actor of a subscriber (its queue is the subscriber ID)."""

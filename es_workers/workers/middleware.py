@@ -6,11 +6,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import MiddlewareError
 
+from ..errors import ConfigurationError
 from ..observability import (
     MULTIPROC_DIR_ENV,
     SharedMetricsServer,
@@ -71,6 +74,29 @@ class WorkerHeartbeat(dramatiq.Middleware):
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
+
+
+class SubscriberClaim(dramatiq.Middleware):
+    """Before a worker boots, claims the app's subscriber IDs under its prefix (`claim`, set
+    when the bus is bound: `DramatiqEventBus.claim_subscribers`). If another app runs one of
+    them there, the worker does not start, under plain `dramatiq APP_MODULE` too
+    (`es-workers worker` checks before it starts Dramatiq)."""
+
+    def __init__(self) -> None:
+        self.claim: Callable[[], None] | None = None
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        if self.claim is None:
+            return
+        try:
+            self.claim()
+        except ConfigurationError as error:
+            log.critical("%s", error)
+            # Dramatiq logs other errors of a middleware and goes on; it lets these through.
+            raise MiddlewareError(str(error)) from error
+        except Exception as error:  # Redis down: the worker rides it out as it would later
+            log.warning("could not record the subscribers: %s: %s", type(error).__name__,
+                        error)
 
 
 class SingleStop(dramatiq.Middleware):

@@ -1,0 +1,166 @@
+"""ES_REDIS_USERNAME and ES_REDIS_PASSWORD reach every connection to the events' Redis: one
+Redis, a Redis Cluster, Sentinel's primary, the asyncio clients, the Dramatiq broker on the
+same Redis and the `es-workers` command; credentials given twice must agree; the secret is
+never shown. Against servers of the run's own: one with `requirepass`, ACL users."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import settings_app
+from conftest import delete_prefix
+from servers import RedisClusterServers, RedisSentinelServers, RedisServer
+
+from es_workers import AsyncStore, ConfigurationError, Settings, Store
+from es_workers.settings import load_settings
+from es_workers.workers.broker import WakingRedisBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def prefix(redis_password_server: RedisServer) -> Iterator[str]:
+    name = f"cred-{uuid.uuid4().hex[:8]}"
+    yield name
+    with redis_password_server.client() as client:
+        delete_prefix(client, name)
+
+
+def password_of(server: RedisServer) -> str:
+    return str(server.client_options["password"])
+
+
+def write_and_read_back(settings: Settings, entity_id: str = "a1") -> list[int]:
+    """Writes an event through a Store of the settings, reads it back through an AsyncStore
+    of the same settings, and pings the Store's broker: every client they build."""
+    store = Store.from_settings(events=settings_app.EVENTS, settings=settings)
+    try:
+        store.open("account", entity_id).write(settings_app.Opened(owner="ann"))
+        broker = store.bus.broker  # type: ignore[union-attr]
+        if isinstance(broker, WakingRedisBroker):
+            assert broker.client.ping()
+    finally:
+        store.close()
+    return asyncio.run(read_async(settings, entity_id))
+
+
+async def read_async(settings: Settings, entity_id: str) -> list[int]:
+    async with AsyncStore.from_settings(events=settings_app.EVENTS, settings=settings) as store:
+        return [event.event_number async for event in store.read("account", entity_id)]
+
+
+def test_the_password_setting_reaches_every_client_of_one_redis(
+    redis_password_server: RedisServer, prefix: str
+) -> None:
+    settings = Settings(redis_url=redis_password_server.url, prefix=prefix,
+                        redis_password=password_of(redis_password_server))
+    assert write_and_read_back(settings) == [1]
+
+
+def test_the_user_and_password_settings_reach_every_client_as_an_acl_user(
+    redis_password_server: RedisServer, prefix: str
+) -> None:
+    username, password = f"user-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with redis_password_server.client() as admin:
+        admin.execute_command("ACL SETUSER", username, "on", f">{password}", "resetkeys",
+                              f"~{prefix}:*", "resetchannels", f"&{prefix}:*", "+@all",
+                              "-@admin", "-@dangerous")
+    try:
+        settings = Settings(redis_url=redis_password_server.url, prefix=prefix,
+                            redis_username=username, redis_password=password)
+        assert write_and_read_back(settings) == [1]
+    finally:
+        with redis_password_server.client() as admin:
+            admin.acl_deluser(username)
+
+
+@contextlib.contextmanager
+def cluster_user(cluster: RedisClusterServers) -> Iterator[tuple[str, str]]:
+    """An ACL user on every node, whose default user needs a password meanwhile (so that a
+    client without the user's credentials is refused); the default user is open again
+    afterwards (connections it already has stay authenticated)."""
+    username, password = f"cluster-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    for node in cluster.nodes:
+        with node.client() as client:
+            client.execute_command("ACL SETUSER", username, "on", f">{password}", "~*", "&*",
+                                   "+@all")
+            client.execute_command("ACL SETUSER", "default", "resetpass",
+                                   f">{uuid.uuid4().hex}")
+    try:
+        yield username, password
+    finally:
+        for node in cluster.nodes:
+            with node.client(username=username, password=password) as client:
+                client.execute_command("ACL SETUSER", "default", "nopass")
+                client.acl_deluser(username)
+
+
+def test_the_user_and_password_settings_reach_every_node_of_a_cluster(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    prefix = f"cred-{uuid.uuid4().hex[:8]}"
+    with cluster_user(redis_cluster) as (username, password):
+        settings = Settings(redis_url=redis_cluster.urls[0], redis_cluster="auto",
+                            broker_url="stub://", prefix=prefix, redis_username=username,
+                            redis_password=password)
+        assert write_and_read_back(settings) == [1]
+    with redis_cluster.client() as client:
+        delete_prefix(client, prefix)  # type: ignore[arg-type]
+
+
+def test_the_async_store_follows_the_sentinels_as_the_store_does(
+    redis_sentinel: RedisSentinelServers,
+) -> None:
+    settings = Settings(
+        redis_sentinels=",".join(f"{h}:{p}" for h, p in redis_sentinel.sentinel_addresses),
+        redis_sentinel_master=redis_sentinel.master_name, prefix=f"cred-{uuid.uuid4().hex[:8]}",
+    )
+    try:
+        assert write_and_read_back(settings) == [1]  # not an empty embedded Redis
+    finally:
+        with redis_sentinel.primary().client() as client:
+            delete_prefix(client, settings.prefix)
+
+
+def test_the_cli_uses_the_password_setting_and_never_shows_it(
+    redis_password_server: RedisServer, prefix: str
+) -> None:
+    password = password_of(redis_password_server)
+    write_and_read_back(Settings(redis_url=redis_password_server.url, prefix=prefix,
+                                 redis_password=password))
+    env = dict(os.environ, ES_REDIS_URL=redis_password_server.url, ES_PREFIX=prefix,
+               ES_REDIS_PASSWORD=password, PYTHONPATH=str(ROOT / "tests"))
+    for command in (["status", "settings_app:store"], ["show", "settings_app:store", "account",
+                                                       "a1"], ["config"]):
+        done = subprocess.run([ES_WORKERS, *command], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert password not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("field", ["redis_password", "redis_username"])
+def test_credentials_in_the_url_and_in_settings_must_agree(
+    monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    monkeypatch.setenv("ES_REDIS_URL", "redis://app-user:url-s3cret@127.0.0.1:6379/0")
+    monkeypatch.setenv(f"ES_{field.upper()}", "other-s3cret")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    what = field.removeprefix("redis_")
+    assert f"ES_REDIS_URL holds a {what} and ES_{field.upper()} another one" in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+    same = "url-s3cret" if field == "redis_password" else "app-user"
+    monkeypatch.setenv(f"ES_{field.upper()}", same)
+    assert load_settings().redis_url is not None  # the same in both places is fine
