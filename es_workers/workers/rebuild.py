@@ -55,7 +55,7 @@ class Rebuild:
         self.pause_ms = pause_ms
         self.by = f"{socket.gethostname()}:{os.getpid()}"
         self.token = f"{self.by}:{uuid.uuid4().hex[:8]}"
-        self.started_at = datetime.now(UTC).isoformat()
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     def run(self, reset: Callable[[], None], timeout: float,
             progress: Callable[[int], None] | None = None) -> int:
