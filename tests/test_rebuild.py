@@ -12,16 +12,16 @@ not have been handed anything twice.
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 from collections.abc import Callable, Iterator
 
 import dramatiq
 import pytest
 import redis
+from apps.bank_kit import ACCOUNTS, Writer, amount, balances_of, heads_of, write
 from apps.delivery_kit import Delivery, Recorder, assert_exactly_once_in_order
-from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn, client_beside
-from kit import wait_for, write_at_head
+from conftest import ACCOUNT_EVENTS, Deposited, Withdrawn, client_beside
+from kit import wait_for
 
 from es_workers import (
     AsyncRedisStorage,
@@ -37,8 +37,6 @@ from es_workers import (
     admin,
 )
 from es_workers.health import Thresholds, breaches
-
-ACCOUNTS = [f"acc-{i}" for i in range(5)]
 
 
 class Balances:
@@ -94,69 +92,6 @@ class Balances:
     def caught_up(self, heads: dict[str, int]) -> bool:
         with self.lock:
             return all(self.applied.get(a, 0) >= head for a, head in heads.items())
-
-
-def amount(event: Event) -> int:
-    match event.content:
-        case Deposited(amount=value):
-            return value
-        case Withdrawn(amount=value):
-            return -value
-    return 0
-
-
-def balances_of(store: Store) -> dict[str, int]:
-    """What the events say."""
-    balances = {}
-    for account in ACCOUNTS:
-        balances[account] = sum(amount(e) for e in store.read("account", account))
-    return balances
-
-
-def heads_of(store: Store) -> dict[str, int]:
-    return {account: max((e.event_number for e in store.read("account", account)), default=0)
-            for account in ACCOUNTS}
-
-
-class Writer:
-    """Deposits and withdrawals to a handful of accounts from a thread, until stopped."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.written = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        rng = random.Random(18)
-        try:
-            while not self._stop.wait(0.002):
-                account = rng.choice(ACCOUNTS)
-                kind = Deposited if rng.random() < 0.6 else Withdrawn
-                write(self.store, account, kind(amount=rng.randint(1, 50)))
-                self.written += 1
-        except BaseException as error:
-            self.error = error
-
-
-def write(store: Store, account: str, *contents: Deposited | Withdrawn) -> int:
-    if not any(True for _ in store.read("account", account)):
-        return write_at_head(store, "account", account, Opened(owner=account), *contents)
-    return write_at_head(store, "account", account, *contents)
 
 
 @pytest.fixture
