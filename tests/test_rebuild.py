@@ -12,8 +12,15 @@ not have been handed anything twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
+import os
+import random
+import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import dramatiq
 import pytest
@@ -37,6 +44,7 @@ from es_workers import (
     admin,
 )
 from es_workers.health import Thresholds, breaches
+from es_workers.redis.publisher import Publisher, PublisherOptions
 
 
 class Balances:
@@ -316,3 +324,60 @@ def test_the_in_memory_bus_rebuilds_with_a_writer_running() -> None:
     finally:
         store.close()
         publishing.join(timeout=10)
+
+
+@pytest.fixture
+def bank(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """examples/bank.py on the embedded Redis, under a prefix of its own."""
+    for name in list(os.environ):
+        if name.startswith("ES_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ES_PREFIX", f"t-{uuid.uuid4().hex[:10]}")
+    sys.modules.pop("es_workers.examples.bank", None)
+    module = importlib.import_module("es_workers.examples.bank")
+    yield module
+    module.store.close()
+    sys.modules.pop("es_workers.examples.bank", None)
+
+
+def test_the_bank_example_rebuilds_its_balances_while_money_moves(bank: ModuleType) -> None:
+    store = bank.store
+    stop = threading.Event()
+    publisher = threading.Thread(target=Publisher(
+        store.storage, store.bus, PublisherOptions(block_ms=10, sweep_every_ms=100)).run,
+        args=(stop,), daemon=True)
+    worker = dramatiq.Worker(store.bus.broker, worker_timeout=20, worker_threads=4)
+    publisher.start()
+    worker.start()
+    rng = random.Random(5)
+    rebuilt_from: list[int] = []
+    try:
+        for account in ACCOUNTS:
+            bank.open_account(account, account)
+            bank.deposit(account, 100)
+        for n in range(120):
+            if n == 40:  # the rest is written while the rebuild runs
+                rebuilding = threading.Thread(
+                    target=lambda: rebuilt_from.append(store.rebuild("balances")))
+                rebuilding.start()
+            account, other = rng.sample(ACCOUNTS, 2)
+            amount = rng.randint(1, 30)
+            with contextlib.suppress(bank.BankError):  # a withdrawal beyond the balance
+                match n % 3:
+                    case 0:
+                        bank.deposit(account, amount)
+                    case 1:
+                        bank.withdraw(account, amount)
+                    case 2:
+                        bank.transfer(account, other, amount, wait_s=None)
+        rebuilding.join(timeout=30)
+        assert rebuilt_from == [5]
+
+        def rebuilt() -> bool:  # credits of transfers are written as the workers go
+            return bank.balances() == {a: bank.account(a).balance for a in ACCOUNTS}
+
+        wait_for(rebuilt, "the balances read model to say what the events say")
+    finally:
+        stop.set()
+        publisher.join(timeout=10)
+        worker.stop()
