@@ -646,7 +646,8 @@ def replay(
     yes: Yes = False,
 ) -> None:
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
-    entities, then send it every entity. Clear its read model first. Asks first."""
+    entities, then send it every entity. It neither pauses the subscriber nor clears its
+    read model: to rebuild a read model, use `rebuild`. Asks first."""
     settings_or_exit()
     store = load_app(app_ref)
     with reported_errors():
