@@ -1,5 +1,6 @@
-"""Operations on delivery state: status, parked entities, replay. Used by `es-workers` and
-the dashboard. Subscriber state itself is `es_workers.redis.state`'s to read and write."""
+"""Operations on delivery state: status, parked entities, rebuild, replay. Used by
+`es-workers` and the dashboard. Subscriber state itself is `es_workers.redis.state`'s to
+read and write."""
 
 from __future__ import annotations
 
@@ -14,18 +15,20 @@ from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
 from .redis.cluster import spread_warning
 from .redis.failures import translated
-from .redis.state import ParkedEntity, SubscriberState
+from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
 from .redis.storage import RedisStorage
 from .store import Store
 
 __all__ = [
     "ParkedEntity",
+    "RebuildRecord",
     "StoreStatus",
     "SubscriberStatus",
     "check_entity_type",
     "check_subscriber",
     "count_entities",
     "parked",
+    "rebuild",
     "replay",
     "retry_parked",
     "skip_parked",
@@ -41,6 +44,10 @@ class SubscriberStatus:
     lagging_entities: int  # entities whose last event it has not handled yet
     events_behind: int
     parked: list[ParkedEntity] = field(default_factory=list)
+    paused: bool = False  # a rebuild holds it: workers begin none of its entities
+    # A rebuild that started it over and has not finished: running if `paused`, else it
+    # died halfway (run it again).
+    rebuild: RebuildRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +136,14 @@ def status(store: Store) -> StoreStatus:
     storage = _redis(store)
     state = storage.state
     subscribers = []
+    rebuilds: dict[str, tuple[bool, RebuildRecord | None]] = {}
     for entity_type in store.entity_types():
         heads = storage.heads(entity_type)
         for subscriber_id in store.subscriber_ids(entity_type):
+            if subscriber_id not in rebuilds:
+                rebuilds[subscriber_id] = (state.paused_by(subscriber_id) is not None,
+                                           state.rebuild_record(subscriber_id))
+            paused, rebuild = rebuilds[subscriber_id]
             done = state.checkpoints(subscriber_id, entity_type)
             behind = [head - done.get(entity_id, 0) for entity_id, head in heads.items()]
             subscribers.append(
@@ -142,6 +154,8 @@ def status(store: Store) -> StoreStatus:
                     lagging_entities=sum(1 for lag in behind if lag > 0),
                     events_behind=sum(lag for lag in behind if lag > 0),
                     parked=state.parked(subscriber_id, entity_type),
+                    paused=paused,
+                    rebuild=rebuild,
                 )
             )
     warning = spread_warning(storage.client, storage.keys)
@@ -186,6 +200,15 @@ def count_entities(store: Store, entity_type: str) -> int:
 
 
 @_reaching_redis
+def rebuild(store: Store, subscriber_id: str, *, timeout: float = 60.0,
+            progress: Callable[[int], None] | None = None) -> int:
+    """`store.rebuild(subscriber_id)`: pause, wait for running handlers, start over, reset
+    hook, whole history, resume (see `Store.rebuild`). Returns the entities handed over."""
+    check_subscriber(store, subscriber_id)
+    return store.rebuild(subscriber_id, timeout=timeout, progress=progress)
+
+
+@_reaching_redis
 def replay(
     store: Store,
     subscriber_id: str,
@@ -193,12 +216,12 @@ def replay(
     progress: Callable[[int], None] | None = None,
     page_size: int = 500,
 ) -> int:
-    """Rebuilds a subscriber from history: forgets its checkpoints, failures and parked
+    """Delivers a subscriber's history again: forgets its checkpoints, failures and parked
     entities, then sends it a notice for every entity. Returns the entities re-sent.
 
-    Run it with the subscriber's read model cleared; workers may keep running (a worker in
-    the middle of an entity may finish it on its old checkpoint: stop workers first for an
-    exact rebuild).
+    To rebuild a read model use `rebuild`: clearing it and then replaying races with the
+    workers (a handler in flight, a live event handled on the cleared model before its
+    history), and leaves it wrong without a word.
     """
     storage = _redis(store)
     state = storage.state

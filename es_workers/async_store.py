@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 
 from . import metrics
 from .async_stream import AsyncStream
 from .errors import ConfigurationError
-from .event import Content, Handler
+from .event import Content, Handler, is_async
 from .memory.bus import InMemoryEventBus
 from .names import subscribers_to_wait_for
-from .ports import AsyncStorage, Bus, Progress
+from .ports import AsyncStorage, Bus, Progress, check_rebuild, rebuilding
 from .redis.async_storage import AsyncRedisStorage
 from .settings import Settings
 from .stream import check_stream
@@ -125,6 +125,26 @@ class AsyncStore:
                 f"wait_for needs an AsyncRedisStorage or a bus that tells how far subscribers "
                 f"got (InMemoryEventBus), not {type(self.bus).__name__}"
             )
+
+    async def rebuild(self, subscriber_id: str, *, timeout: float = 60.0,
+                      pause_ms: int = 30_000,
+                      progress: Callable[[int], None] | None = None) -> int:
+        """`Store.rebuild`, awaited: pauses the subscriber, waits for its running handlers,
+        starts it over, calls its reset hook (an `async def` one on this event loop), hands
+        it the whole history and resumes. It needs the bus of the Store that declares the
+        subscriber (`AsyncStore(..., bus=store.bus)`); the blocking steps run in a thread."""
+        bus = rebuilding(self.bus)
+        hook = check_rebuild(bus, self.entity_types(), self.subscriber_ids, subscriber_id)
+        loop = asyncio.get_running_loop()
+
+        def reset() -> None:  # in the rebuilding thread
+            if is_async(hook):
+                asyncio.run_coroutine_threadsafe(hook(), loop).result()  # type: ignore[arg-type]
+            else:
+                hook()
+
+        return await asyncio.to_thread(bus.rebuild, subscriber_id, reset, timeout=timeout,
+                                       pause_ms=pause_ms, progress=progress)
 
     async def close(self) -> None:
         """Closes the storage (its Redis client), and the bus unless it was given (it may be

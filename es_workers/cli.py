@@ -465,10 +465,29 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
         out.print(table)
     else:
         out.print("no subscribers")
+    print_rebuilds(app_ref, report)
     if parked_entities:
         print_parked(parked_entities, traceback_lines=TRACEBACK_LINES_IN_STATUS)
         out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID; "
                   "whole tracebacks: es-workers parked list")
+
+
+def print_rebuilds(app_ref: str, report: StoreStatus) -> None:
+    """A line per subscriber a rebuild pauses, or left halfway."""
+    shown = set()
+    for sub in report.subscribers:
+        if sub.subscriber_id in shown or not (sub.paused or sub.rebuild):
+            continue
+        shown.add(sub.subscriber_id)
+        done = sub.rebuild
+        by = f" by {done.by} since {done.started_at}, at: {done.stage}" if done else ""
+        if sub.paused:
+            out.print(f"paused: {sub.subscriber_id} is being rebuilt{by}", style="yellow",
+                      markup=False, soft_wrap=True)
+        else:
+            out.print(f"rebuild interrupted: {sub.subscriber_id}{by}; its read model may be "
+                      f"partly reset: run es-workers rebuild {app_ref} {sub.subscriber_id}",
+                      style="red", markup=False, soft_wrap=True)
 
 
 def folding_table(*columns: str, title: str | None = None) -> Table:
@@ -656,7 +675,8 @@ def replay(
     embedded: Embedded = False,
 ) -> None:
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
-    entities, then send it every entity. Clear its read model first. Asks first."""
+    entities, then send it every entity. It neither pauses the subscriber nor clears its
+    read model: to rebuild a read model, use `rebuild`. Asks first."""
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -677,6 +697,38 @@ def replay(
             progress=lambda done: progress.update(task, completed=done),
         )
     out.print(f"{subscriber_id}: {sent} entities sent again; the workers deliver their events")
+
+
+@app.command()
+def rebuild(
+    app_ref: AppRef,
+    subscriber_id: SubscriberId,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0, help="Seconds to wait for the subscriber's running handlers")
+    ] = 60.0,
+    yes: Yes = False,
+) -> None:
+    """Rebuild a subscriber's read model while the app runs: pause it, wait for its running
+    handlers, forget its checkpoints and parked entities, call its reset hook, deliver its
+    whole history, resume. Events written meanwhile follow the history. Asks first."""
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        admin.check_subscriber(store, subscriber_id)
+        types = [t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)]
+        total = sum(admin.count_entities(store, t) for t in types)
+    confirm_or_exit(f"Pause {subscriber_id!r}, clear its read model (its reset hook), forget "
+                    f"its checkpoints and parked entities on {', '.join(types)} and deliver "
+                    f"its {total} entities again?", yes)
+    with reported_errors(), Progress(
+        TextColumn("rebuild {task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err,
+    ) as progress:
+        task = progress.add_task(subscriber_id, total=total)
+        sent = admin.rebuild(store, subscriber_id, timeout=timeout,
+                             progress=lambda done: progress.update(task, completed=done))
+    out.print(f"{subscriber_id}: rebuilt from {sent} entities; the workers deliver their "
+              "history, then the events written meanwhile")
 
 
 @parked_app.command("list")

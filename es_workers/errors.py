@@ -172,6 +172,12 @@ class NotParkedError(EsError, LookupError):
     """`retry` or `skip` named an entity that is not parked for that subscriber."""
 
 
+class RebuildError(EsError):
+    """`Store.rebuild` could not start or finish: another rebuild holds the subscriber, its
+    handlers kept running past the timeout, or a step failed. The message says whether
+    anything was reset (then run the rebuild again)."""
+
+
 class StorageUnavailableError(EsError):
     """Redis could not be reached (or refused the command while failing over or loading).
 

@@ -99,4 +99,7 @@ def breaches(report: StoreStatus, limits: Thresholds) -> list[str]:
             found.append(f"{name}: {sub.events_behind} events behind > {limits.max_lag}")
         if limits.max_parked is not None and len(sub.parked) > limits.max_parked:
             found.append(f"{name}: {len(sub.parked)} parked > {limits.max_parked}")
+        interrupted = f"{sub.subscriber_id}: rebuild interrupted; run es-workers rebuild again"
+        if sub.rebuild is not None and not sub.paused and interrupted not in found:
+            found.append(interrupted)
     return found

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
-from .errors import InvalidNameError, SubscriberError, UnknownNameError
+from .errors import ConfigurationError, InvalidNameError, SubscriberError, UnknownNameError
+
+R = TypeVar("R", bound=Callable[[], object])
 
 _ENTITY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
 # C0 and C1 control characters, DEL, and lone surrogates (they cannot be UTF-8 encoded).
@@ -105,3 +108,34 @@ def check_subscribed_type(entity_type: str, registered: Sequence[str]) -> None:
         f"registered for it{hint} (known entity types: {known}; register its Content "
         f"classes first: Store(events={{{entity_type!r}: [...]}}))"
     )
+
+
+def one_reset_hook(subscriber_id: str, declared: R | None, reset: R) -> R:
+    """The subscriber's reset hook: it has one, so declaring another is a SubscriberError
+    (declaring the same one again, e.g. with each of its entity types, is fine)."""
+    if not callable(reset):
+        raise SubscriberError(f"the reset hook of {subscriber_id!r} must be callable, not "
+                              f"{reset!r}")
+    if declared is not None and declared != reset:
+        raise SubscriberError(
+            f"subscriber {subscriber_id!r} already has a reset hook ({declared!r}); a "
+            "subscriber has one, which clears all its read model"
+        )
+    return reset
+
+
+def check_rebuildable(subscriber_id: str, known: Sequence[str], reset: R | None) -> R:
+    """The subscriber's reset hook. What `rebuild` refuses: a subscriber the app does not
+    have (UnknownNameError naming those it has) or one without a reset hook
+    (ConfigurationError)."""
+    if subscriber_id not in known:
+        listed = ", ".join(repr(name) for name in sorted(known)) or "none"
+        raise UnknownNameError(f"subscriber {subscriber_id!r} is not registered in this app: "
+                               f"known subscribers {listed}")
+    if reset is None:
+        raise ConfigurationError(
+            f"subscriber {subscriber_id!r} has no reset hook, so it cannot be rebuilt: "
+            f"declare one that clears its read model, @store.subscribe(ENTITY_TYPE, "
+            f"{subscriber_id!r}, reset=clear_it)"
+        )
+    return reset

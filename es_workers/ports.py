@@ -10,10 +10,12 @@ checkpoints in a storage that can hold them.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from .errors import ConfigurationError
 from .event import Content, Event, Handler
+from .names import check_rebuildable
 from .upgrade import Reader
 
 
@@ -143,6 +145,31 @@ class NotifyingEventBus(Subscriptions, Protocol):
 
 Bus: TypeAlias = EventBus | NotifyingEventBus
 
+ResetHook: TypeAlias = Callable[[], object]
+"""Declared with a subscriber (`store.subscribe(..., reset=hook)`): clears its read model,
+called by a rebuild while none of its handlers runs. It may be an `async def`."""
+
+
+@runtime_checkable
+class Rebuilding(Protocol):
+    """A bus that can rebuild a subscriber while the app runs (`Store.rebuild`): pause it,
+    wait for its running handlers, start it over, reset its read model, hand it the whole
+    history, resume. Bound, like a NotifyingEventBus, to the Store whose history it hands."""
+
+    def bind(self, reader: Reader, storage: Storage) -> None: ...
+
+    def declare_reset(self, subscriber_id: str, reset: ResetHook) -> None:
+        """Records the subscriber's reset hook (one per subscriber)."""
+        ...
+
+    def reset_hook(self, subscriber_id: str) -> ResetHook | None: ...
+
+    def rebuild(self, subscriber_id: str, reset: Callable[[], None], *, timeout: float,
+                pause_ms: int, progress: Callable[[int], None] | None) -> int:
+        """Rebuilds the subscriber, calling `reset` (its hook, ready to call) once none of
+        its handlers runs; returns the entities handed over again. Raises RebuildError."""
+        ...
+
 
 @runtime_checkable
 class Progress(Protocol):
@@ -154,3 +181,21 @@ class Progress(Protocol):
         """Returns once each subscriber has handled the entity up to `event_number`; raises
         `WaitTimeoutError` (naming those behind) or `ParkedError`."""
         ...
+
+
+def rebuilding(bus: Bus) -> Rebuilding:
+    """The bus, if it can rebuild subscribers (ConfigurationError otherwise)."""
+    if not isinstance(bus, Rebuilding):
+        raise ConfigurationError(
+            f"rebuilding needs a bus that can pause its subscribers (InMemoryEventBus, "
+            f"DramatiqEventBus), not {type(bus).__name__}"
+        )
+    return bus
+
+
+def check_rebuild(bus: Rebuilding, entity_types: list[str],
+                  subscriber_ids: Callable[[str], list[str]], subscriber_id: str) -> ResetHook:
+    """The subscriber's reset hook; UnknownNameError or ConfigurationError if it has none."""
+    known = sorted({s for entity_type in entity_types for s in subscriber_ids(entity_type)})
+    return check_rebuildable(subscriber_id, known, bus.reset_hook(subscriber_id))
+

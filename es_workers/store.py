@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -10,10 +11,19 @@ from typing import TypeVar, overload
 
 from . import metrics
 from .errors import ConfigurationError
-from .event import Content, Handler
+from .event import Content, Handler, is_async
 from .memory.bus import InMemoryEventBus
 from .names import check_subscribed_type, subscribers_to_wait_for
-from .ports import Bus, NotifyingEventBus, Progress, Storage
+from .ports import (
+    Bus,
+    NotifyingEventBus,
+    Progress,
+    Rebuilding,
+    ResetHook,
+    Storage,
+    check_rebuild,
+    rebuilding,
+)
 from .redis.storage import RedisStorage
 from .settings import Settings
 from .stream import Stream, check_stream
@@ -51,7 +61,7 @@ class Store:
         self._stop = threading.Event()
         self._publishing: threading.Thread | None = None
         self._close_on_exit = False
-        if isinstance(self.bus, NotifyingEventBus):
+        if isinstance(self.bus, NotifyingEventBus | Rebuilding):
             self.bus.bind(self.reader, storage)
 
     @classmethod
@@ -99,33 +109,42 @@ class Store:
         return self.storage.entity_ids(entity_type, after, limit)
 
     @overload
-    def subscribe(self, entity_type: str, subscriber_id: str) -> Callable[[H], H]: ...
+    def subscribe(self, entity_type: str, subscriber_id: str, *,
+                  reset: ResetHook | None = None) -> Callable[[H], H]: ...
 
     @overload
-    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None: ...
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler, *,
+                  reset: ResetHook | None = None) -> None: ...
 
     def subscribe(
-        self, entity_type: str, subscriber_id: str, handler: Handler | None = None
+        self, entity_type: str, subscriber_id: str, handler: Handler | None = None, *,
+        reset: ResetHook | None = None,
     ) -> Callable[[H], H] | None:
         """Registers a handler for every event of the entity type under `subscriber_id`.
 
         Used as a decorator, `@store.subscribe("account", "balances")`, it returns the
         function unchanged. The entity type must be one the store has events for (else
         UnknownNameError, naming the known types): a handler of a type with no events
-        would never run.
+        would never run. `reset` (a function of no arguments, or an `async def`) clears
+        the subscriber's read model: with it, `rebuild(subscriber_id)` can rebuild it.
         """
         check_subscribed_type(entity_type, self.storage.entity_types())
         if handler is not None:
-            self.bus.subscribe(entity_type, subscriber_id, handler)
-            metrics.declare_subscriber(subscriber_id, entity_type)
+            self._subscribe(entity_type, subscriber_id, handler, reset)
             return None
 
         def register(function: H) -> H:
-            self.bus.subscribe(entity_type, subscriber_id, function)
-            metrics.declare_subscriber(subscriber_id, entity_type)
+            self._subscribe(entity_type, subscriber_id, function, reset)
             return function
 
         return register
+
+    def _subscribe(self, entity_type: str, subscriber_id: str, handler: Handler,
+                   reset: ResetHook | None) -> None:
+        if reset is not None:
+            rebuilding(self.bus).declare_reset(subscriber_id, reset)
+        self.bus.subscribe(entity_type, subscriber_id, handler)
+        metrics.declare_subscriber(subscriber_id, entity_type)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
@@ -153,6 +172,26 @@ class Store:
         if wanted and event_number > 0:
             self._progress().wait_handled(wanted, entity_type, entity_id, event_number,
                                           timeout)
+
+    def rebuild(self, subscriber_id: str, *, timeout: float = 60.0, pause_ms: int = 30_000,
+                progress: Callable[[int], None] | None = None) -> int:
+        """Rebuilds a subscriber's read model while the app runs: pauses the subscriber
+        (workers begin none of its entities; notices wait), waits up to `timeout` seconds
+        for its running handlers, forgets its checkpoints, failures, parked entities and
+        catch-up, calls its reset hook (`subscribe(..., reset=...)`), hands it the whole
+        history and resumes. Workers then handle each entity's history, then the events
+        written meanwhile, in order per entity; other subscribers never notice.
+
+        Returns the entities handed over (`progress` is told the count as it grows). The
+        pause expires `pause_ms` after this process stops renewing it (had it died), and
+        `es-workers status` shows a rebuild that died halfway: run it again. Raises
+        RebuildError (the message says whether anything was reset), UnknownNameError, and
+        ConfigurationError for a subscriber without a reset hook.
+        """
+        bus = rebuilding(self.bus)
+        hook = check_rebuild(bus, self.entity_types(), self.subscriber_ids, subscriber_id)
+        return bus.rebuild(subscriber_id, lambda: _call_reset(hook), timeout=timeout,
+                           pause_ms=pause_ms, progress=progress)
 
     def _progress(self) -> Progress:
         if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, RedisStorage):
@@ -191,3 +230,11 @@ class Store:
         while self._publishing is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         self.bus.close()
+
+
+def _call_reset(hook: ResetHook) -> None:
+    """Calls the reset hook; an `async def` one on an event loop of its own."""
+    if is_async(hook):
+        asyncio.run(hook())  # type: ignore[arg-type]
+    else:
+        hook()

@@ -9,7 +9,9 @@ The events of an account are the truth; three subscribers react to them:
 
 Handlers run at least once, so each one is idempotent: a read model stores the number of
 the last event it applied and ignores an event at or below it; `transfers` checks the
-target account has not received that transfer ID yet.
+target account has not received that transfer ID yet. The read models declare a reset hook
+that deletes them, so `es-workers rebuild examples.bank:store balances` can build one again
+from the events while the app runs.
 
 Run it with a Redis at ES_REDIS_URL (from the directory holding `examples/`):
 
@@ -204,7 +206,18 @@ def apply_once(
     read_models.transaction(attempt, guard)
 
 
-@store.subscribe(ACCOUNT, "balances")
+def clear_balances() -> None:
+    """Deletes the `balances` read model: `es-workers rebuild examples.bank:store balances`
+    calls it once no handler of `balances` runs, then hands `balances` the whole history."""
+    read_models.delete(f"{KEYS}:accounts", *read_models.scan_iter(f"{KEYS}:balance:*"))
+
+
+def clear_activity() -> None:
+    """Deletes the `activity` read model (counts, and the last event applied per account)."""
+    read_models.delete(f"{KEYS}:activity", *read_models.scan_iter(f"{KEYS}:activity:*"))
+
+
+@store.subscribe(ACCOUNT, "balances", reset=clear_balances)
 def update_balance(event: Event) -> None:
     key = f"{KEYS}:balance:{event.entity_id}"
 
@@ -222,7 +235,7 @@ def update_balance(event: Event) -> None:
     apply_once(key, event, update)
 
 
-@store.subscribe(ACCOUNT, "activity")
+@store.subscribe(ACCOUNT, "activity", reset=clear_activity)
 def count_activity(event: Event) -> None:
     apply_once(
         f"{KEYS}:activity:{event.entity_id}",

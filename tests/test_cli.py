@@ -46,9 +46,16 @@ class Deposited(Content):
 
 store = Store.from_settings(events={"account": [Opened, Deposited]})
 calls = []
+broken_reset = False
 
 
-@store.subscribe("account", "audit")
+def clear_audit() -> None:
+    if broken_reset:
+        raise OSError("read model unreachable")
+    calls.clear()
+
+
+@store.subscribe("account", "audit", reset=clear_audit)
 def audit(event: Event) -> None:
     calls.append((event.entity_id, event.event_number))
 
@@ -131,7 +138,8 @@ def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["config"], ["demo"],
+    [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["rebuild"], ["config"],
+     ["demo"],
      ["dashboard"], ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"],
      ["health"]],
     ids=lambda c: " ".join(c) or "es-workers",
@@ -511,6 +519,62 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
                                   "nosuchtype", "-y"])
     assert no_type.exit_code == 2
     assert "unknown entity type 'nosuchtype': this app has 'account'" in no_type.output
+
+
+def test_rebuild_resets_the_read_model_and_delivers_the_history_again(
+    app_module: ModuleType,
+) -> None:
+    for n in range(3):
+        write(app_module, f"a{n}", app_module.Opened(owner=f"o{n}"),
+              app_module.Deposited(amount=n + 1))
+    with Delivery(app_module):
+        wait_for(lambda: len(app_module.calls) == 6, "audit to handle 6 events")
+
+        refused = runner.invoke(app, ["rebuild", ref(app_module), "audit"])
+        assert refused.exit_code == 2
+        assert "Pass --yes" in refused.output
+
+        result = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes"])
+        assert result.exit_code == 0, result.output
+        assert "audit: rebuilt from 3 entities" in result.stdout
+
+        wait_for(lambda: len(app_module.calls) == 6, "audit to handle the history again")
+        assert sorted(app_module.calls) == [(f"a{n}", e) for n in range(3) for e in (1, 2)]
+
+    unknown = runner.invoke(app, ["rebuild", ref(app_module), "nobody", "--yes"])
+    assert unknown.exit_code == 2
+    assert "'nobody' is not registered in this app: known subscribers 'audit', 'fragile'" in (
+        unknown.output
+    )
+    no_hook = runner.invoke(app, ["rebuild", ref(app_module), "fragile", "--yes"])
+    assert no_hook.exit_code == 2
+    assert "subscriber 'fragile' has no reset hook, so it cannot be rebuilt" in no_hook.output
+
+
+def test_status_shows_a_rebuild_that_failed_halfway_until_one_finishes(
+    app_module: ModuleType,
+) -> None:
+    write(app_module, "a1", app_module.Opened(owner="Ada"))
+    app_module.broken_reset = True
+    failed = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes"])
+    assert failed.exit_code == 1
+    assert "OSError: read model unreachable" in failed.output
+    assert "run the rebuild again" in failed.output
+
+    shown = runner.invoke(app, ["status", ref(app_module)])
+    assert "rebuild interrupted: audit by " in " ".join(shown.stdout.split())
+    as_json = json.loads(runner.invoke(app, ["status", ref(app_module), "--json"]).stdout)
+    audit = next(s for s in as_json["subscribers"] if s["subscriber_id"] == "audit")
+    assert audit["paused"] is False and audit["rebuild"]["stage"] == "reset hook"
+    checked = runner.invoke(app, ["status", ref(app_module), "--check"])
+    assert checked.exit_code == 3
+    assert "audit: rebuild interrupted" in checked.output
+
+    app_module.broken_reset = False
+    assert runner.invoke(app, ["rebuild", ref(app_module), "audit", "-y"]).exit_code == 0
+    shown = runner.invoke(app, ["status", ref(app_module), "--check"])
+    assert shown.exit_code == 0, shown.output
+    assert "rebuild" not in shown.stdout
 
 
 # -- As a real process ---------------------------------------------------------------------

@@ -6,13 +6,16 @@ import asyncio
 import contextvars
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from ..errors import SubscriberError, WaitTimeoutError
+from ..errors import ConfigurationError, RebuildError, SubscriberError, WaitTimeoutError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
-from ..names import check_entity_type, check_subscriber_id
+from ..names import check_entity_type, check_subscriber_id, one_reset_hook
+from ..ports import ResetHook, Storage
 from ..tracing import handler_call
+from ..upgrade import Reader
 
 log = logging.getLogger("es_workers.memory.bus")
 
@@ -36,6 +39,14 @@ class InMemoryEventBus:
         # (subscriber, entity type, entity ID) -> last event number handled (or skipped)
         self._handled: dict[tuple[str, str, str], int] = {}
         self._moved = threading.Condition(self._lock)
+        # Rebuilds: the history they read, subscribers' reset hooks, the calls of each
+        # subscriber running, the events a paused one has waiting, and how far a rebuild
+        # handed each entity over (those events are not handed again).
+        self._history: tuple[Reader, Storage] | None = None
+        self._resets: dict[str, ResetHook] = {}
+        self._running: Counter[str] = Counter()
+        self._waiting: dict[str, list[tuple[Callable[[Event], Any], Event]]] = {}
+        self._replayed: dict[tuple[str, str, str], int] = {}
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -66,15 +77,36 @@ class InMemoryEventBus:
             handlers = [(s, known[s]) for s in subscriber_ids if s in known]
         for event in list(events):
             for subscriber_id, handler in handlers:
-                try:
-                    with handler_call(subscriber_id, event):
-                        handler(event)
-                except Exception:
-                    log.exception(
-                        "subscriber %s failed on %s %r event %d; skipped for this subscriber",
-                        subscriber_id, event.entity_type, event.entity_id, event.event_number,
-                    )
-                self._record(subscriber_id, event)
+                self._hand(subscriber_id, handler, event)
+
+    def _hand(self, subscriber_id: str, handler: Callable[[Event], Any], event: Event) -> None:
+        """Calls the handler, unless a rebuild pauses the subscriber (the event waits for
+        it to end) or handed it this event already."""
+        with self._lock:
+            if subscriber_id in self._waiting:
+                self._waiting[subscriber_id].append((handler, event))
+                return
+            key = (subscriber_id, event.entity_type, event.entity_id)
+            if event.event_number <= self._replayed.get(key, 0):
+                return
+            self._running[subscriber_id] += 1
+        try:
+            self._call(subscriber_id, handler, event)
+        finally:
+            with self._moved:
+                self._running[subscriber_id] -= 1
+                self._moved.notify_all()
+
+    def _call(self, subscriber_id: str, handler: Callable[[Event], Any], event: Event) -> None:
+        try:
+            with handler_call(subscriber_id, event):
+                handler(event)
+        except Exception:
+            log.exception(
+                "subscriber %s failed on %s %r event %d; skipped for this subscriber",
+                subscriber_id, event.entity_type, event.entity_id, event.event_number,
+            )
+        self._record(subscriber_id, event)
 
     def _record(self, subscriber_id: str, event: Event) -> None:
         with self._moved:
@@ -94,6 +126,90 @@ class InMemoryEventBus:
         with self._moved:
             if not self._moved.wait_for(lambda: not behind(), timeout):
                 raise WaitTimeoutError(entity_type, entity_id, event_number, behind(), timeout)
+
+    # -- Rebuild ---------------------------------------------------------------------------
+
+    def bind(self, reader: Reader, storage: Storage) -> None:
+        """Called by the Store it is given to: a rebuild reads the history there."""
+        self._history = (reader, storage)
+
+    def declare_reset(self, subscriber_id: str, reset: ResetHook) -> None:
+        with self._lock:
+            self._resets[subscriber_id] = one_reset_hook(
+                subscriber_id, self._resets.get(subscriber_id), reset)
+
+    def reset_hook(self, subscriber_id: str) -> ResetHook | None:
+        with self._lock:
+            return self._resets.get(subscriber_id)
+
+    def rebuild(self, subscriber_id: str, reset: Callable[[], None], *, timeout: float,
+                pause_ms: int = 0, progress: Callable[[int], None] | None = None) -> int:
+        """`Store.rebuild` in this process: events for the subscriber wait while its running
+        calls finish, `reset` runs, its whole history is handed over (read from the bound
+        Store's storage), then the events that waited, those not handed over already.
+        `pause_ms` is for buses shared by processes. Returns the entities handed over."""
+        if self._history is None:
+            raise ConfigurationError("InMemoryEventBus is not bound to a Store")
+        reader, storage = self._history
+        with self._moved:
+            if subscriber_id in self._waiting:
+                raise RebuildError(f"subscriber {subscriber_id!r} is being rebuilt already")
+            self._waiting[subscriber_id] = []
+            handlers = {kind: found[subscriber_id] for kind, found in self._handlers.items()
+                        if subscriber_id in found}
+        try:
+            self._wait_idle(subscriber_id, timeout)
+            reset()
+            sent = 0
+            for entity_type, handler in sorted(handlers.items()):
+                token: str | None = None
+                while True:
+                    ids, token = storage.entity_ids(entity_type, token, 500)
+                    for entity_id in ids:
+                        self._replay(subscriber_id, handler, reader, entity_type, entity_id)
+                    sent += len(ids)
+                    if progress is not None:
+                        progress(sent)
+                    if token is None:
+                        break
+            return sent
+        finally:
+            self._resume(subscriber_id)
+
+    def _wait_idle(self, subscriber_id: str, timeout: float) -> None:
+        """Waits for the subscriber's running calls, then forgets what it handled."""
+        with self._moved:
+            if not self._moved.wait_for(lambda: not self._running[subscriber_id], timeout):
+                raise RebuildError(
+                    f"{self._running[subscriber_id]} calls of {subscriber_id!r} still running "
+                    f"after {timeout:g} s; nothing was reset and the subscriber runs on"
+                )
+            for done in (self._handled, self._replayed):
+                for key in [key for key in done if key[0] == subscriber_id]:
+                    del done[key]
+
+    def _replay(self, subscriber_id: str, handler: Callable[[Event], Any], reader: Reader,
+                entity_type: str, entity_id: str) -> None:
+        reading = reader.read(entity_type, entity_id)
+        for event in reading:
+            self._call(subscriber_id, handler, event)
+        with self._lock:
+            self._replayed[(subscriber_id, entity_type, entity_id)] = reading.position
+
+    def _resume(self, subscriber_id: str) -> None:
+        """Hands over the events that waited, in order, until none is left (events that
+        come meanwhile wait behind them), then lets new ones through."""
+        while True:
+            with self._lock:
+                waiting = self._waiting[subscriber_id]
+                if not waiting:
+                    del self._waiting[subscriber_id]
+                    return
+                self._waiting[subscriber_id] = []
+            for handler, event in waiting:
+                key = (subscriber_id, event.entity_type, event.entity_id)
+                if event.event_number > self._replayed.get(key, 0):
+                    self._call(subscriber_id, handler, event)
 
     def _awaiting(self, handler: Callable[[Event], Any]) -> Callable[[Event], None]:
         def handle(event: Event) -> None:

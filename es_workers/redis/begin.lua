@@ -6,6 +6,7 @@
 -- KEYS[3] heads        {tag}:heads:<type>                     hash entity ID -> position
 -- then per entity i (from 0): KEYS[4 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
 -- the holder's token), KEYS[5 + 2i] the entity stream {tag}:stream:<type>:<id>
+-- and last, KEYS[#KEYS] paused {tag}:paused:<subscriber> (string, while a rebuild holds it)
 -- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
@@ -17,10 +18,17 @@
 -- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
 -- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
 -- the lock is now ours but the stream key holds another type (corrupt: the worker parks
--- the entity; an error here would fail the notice's other entities too).
+-- the entity; an error here would fail the notice's other entities too); state 4 for every
+-- entity while the subscriber is paused (a rebuild: nothing begun, the notice stays due).
 
 local checkpoints, parked, heads = KEYS[1], KEYS[2], KEYS[3]
 local token, lock_ms, page = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  local paused = {}
+  for i = 1, (#ARGV - 3) / 2 do paused[i] = {4, 0, '', {}} end
+  return paused
+end
 
 local function first_event_id(stream)
   local first = redis.call('XRANGE', stream, '1-0', '1-0')

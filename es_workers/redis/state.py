@@ -9,16 +9,20 @@ Per (subscriber, entity type, partition) it keeps hashes keyed by entity ID:
 and per (subscriber, partition) a sorted set of due notices: notices sent but not yet seen
 handled, re-sent by the publisher's sweep if still lagging when due. A lock per
 (subscriber, entity) keeps one worker on an entity at a time.
+
+A rebuild holds a pause per (subscriber, partition), which keeps every worker off the
+subscriber's entities, and a record of its progress per subscriber.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +36,7 @@ READY = 0
 NOTHING_TO_DO = 1
 BUSY = 2
 NOT_A_STREAM = 3  # the lock is ours, but the entity's stream key holds another type
+PAUSED = 4  # a rebuild holds the subscriber: nothing begun
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
 WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 
@@ -65,6 +70,17 @@ class ParkedEntity:
 
 
 @dataclass(frozen=True)
+class RebuildRecord:
+    """A rebuild that has started over (see `Store.rebuild`); it is deleted when the
+    rebuild finishes, so one still there after its pause is gone died halfway."""
+
+    subscriber_id: str
+    started_at: str  # ISO 8601, UTC
+    by: str  # the rebuilding process: host:pid
+    stage: str  # the step it was at: starting over, reset hook, replaying
+
+
+@dataclass(frozen=True)
 class Begun:
     """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO, BUSY or
     NOT_A_STREAM (the lock is ours, the entity cannot be read).
@@ -75,6 +91,11 @@ class Begun:
     checkpoint: int
     entries: list[Any] = field(default_factory=list)
     store_entity_id: str = ""
+
+    @property
+    def paused(self) -> bool:
+        """A rebuild holds the subscriber: nothing was begun (the notice must stay due)."""
+        return self.state == PAUSED
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,7 @@ class SubscriberState:
             _check_same_group(first, e)
             keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
             args += (e.entity_id, -1 if number is None else number)
+        keys.append(self._paused(first.subscriber_id, first.partition))
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id))
             for state, checkpoint, store_entity_id, entries in self._begin(keys, args, raw=True)
@@ -477,6 +499,88 @@ class SubscriberState:
             pipe.delete(self._failures(subscriber_id, entity_type, partition))
             pipe.delete(self._parked(subscriber_id, entity_type, partition))
         pipe.execute()
+
+    # -- Rebuild: pause, running handlers, record -----------------------------------------
+
+    def _paused(self, subscriber_id: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:paused:{subscriber_id}"
+
+    def _rebuild(self, subscriber_id: str) -> str:
+        return f"{self.keys.prefix}:rebuild:{subscriber_id}"
+
+    @functools.cached_property
+    def _pause(self) -> Script:
+        return Script(self.client, "pause")
+
+    def hold_pause(self, subscriber_id: str, token: str, pause_ms: int) -> bool:
+        """Pauses the subscriber on every partition for `pause_ms` (unless renewed): no
+        worker begins any of its entities meanwhile (begin.lua answers PAUSED). False, and
+        nothing held, when another token holds it."""
+        for partition in range(self.keys.partitions):
+            if not self._pause([self._paused(subscriber_id, partition)],
+                               [token, "hold", pause_ms]):
+                self.lift_pause(subscriber_id, token, range(partition))
+                return False
+        return True
+
+    def renew_pause(self, subscriber_id: str, token: str, pause_ms: int) -> bool:
+        """Gives the pause `pause_ms` more; False when `token` no longer holds it all (it
+        expired: workers may have begun entities since)."""
+        return all(
+            self._pause([self._paused(subscriber_id, partition)], [token, "renew", pause_ms])
+            for partition in range(self.keys.partitions)
+        )
+
+    def lift_pause(self, subscriber_id: str, token: str,
+                   partitions: Iterable[int] | None = None) -> None:
+        """Lets workers begin the subscriber's entities again (where `token` holds it)."""
+        for partition in range(self.keys.partitions) if partitions is None else partitions:
+            self._pause([self._paused(subscriber_id, partition)], [token, "lift"])
+
+    def paused_by(self, subscriber_id: str) -> str | None:
+        """The token of the rebuild pausing the subscriber (None: not paused)."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.get(self._paused(subscriber_id, partition))
+        return next((text(token) for token in pipe.execute() if token), None)
+
+    def locked(self, subscriber_id: str) -> list[SubscriberEntity]:
+        """The subscriber's entities a worker holds the lock of (a handler may be running):
+        one SCAN of the keyspace (of each master on a cluster)."""
+        start = f"{self.keys.prefix}:{{p"
+        middle = f"}}:lock:{subscriber_id}:"
+        found = []
+        for key in self.client.scan_iter(match=f"{start}*{middle}*", count=1000):
+            partition, _, rest = text(key).removeprefix(start).partition(middle)
+            entity_type, _, entity_id = rest.partition(":")
+            e = self.entity(subscriber_id, entity_type, entity_id)
+            if str(e.partition) == partition and self._lock(e) == text(key):
+                found.append(e)
+        return found
+
+    def still_locked(self, entities: Sequence[SubscriberEntity]) -> list[SubscriberEntity]:
+        """Those of the entities whose lock is still held."""
+        pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.exists(self._lock(e))
+        return [e for e, held in zip(entities, pipe.execute(), strict=True) if held]
+
+    def start_over(self, subscriber_id: str, entity_type: str) -> None:
+        """Forgets the subscriber's checkpoints, failures and parked entities of the type,
+        and any catch-up in progress: the caller hands it the history again."""
+        self.forget(subscriber_id, entity_type)
+        self.finish_catch_up(entity_type, subscriber_id)
+
+    def record_rebuild(self, record: RebuildRecord) -> None:
+        """Kept until `clear_rebuild`: a rebuild that died halfway stays visible."""
+        self.client.set(self._rebuild(record.subscriber_id), json.dumps(asdict(record)))
+
+    def rebuild_record(self, subscriber_id: str) -> RebuildRecord | None:
+        raw = self.client.get(self._rebuild(subscriber_id))
+        return None if raw is None else RebuildRecord(**json.loads(text(raw)))
+
+    def clear_rebuild(self, subscriber_id: str) -> None:
+        self.client.delete(self._rebuild(subscriber_id))
 
     def _per_partition(self, command: str, subscriber_id: str, entity_type: str,
                        key: Any) -> list[Any]:

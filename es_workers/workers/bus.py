@@ -19,14 +19,15 @@ from dramatiq.middleware.asyncio import AsyncIO
 
 from ..errors import ConfigurationError, SubscriberError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
-from ..names import check_entity_id, check_entity_type, check_subscriber_id
-from ..ports import Storage
+from ..names import check_entity_id, check_entity_type, check_subscriber_id, one_reset_hook
+from ..ports import ResetHook, Storage
 from ..redis.failures import translated
 from ..redis.storage import RedisStorage
 from ..redis.subscribers import subscriptions_of
 from ..upgrade import Reader
 from .delivery import Deliverer, DeliveryOptions, Notice
 from .middleware import SingleStop, SubscriberClaim, WorkerHeartbeat
+from .rebuild import Rebuild
 
 ACTOR_PREFIX = "es_"
 DEFAULT_TIME_LIMIT_MS = 600_000
@@ -77,11 +78,12 @@ class DramatiqEventBus:
         _middleware(broker, SingleStop)  # clean exit on a process-group SIGTERM
         self._heartbeat = _middleware(broker, WorkerHeartbeat)
         self._claim = _middleware(broker, SubscriberClaim)
-        self._storage: RedisStorage | None = None
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._deliverer: Deliverer | None = None
+        self._storage: RedisStorage | None = None
+        self._resets: dict[str, ResetHook] = {}
         self._partition: Callable[[str, str], int] = lambda entity_type, entity_id: 0
 
     def bind(self, reader: Reader, storage: Storage) -> None:
@@ -91,9 +93,9 @@ class DramatiqEventBus:
                 "beside the entity streams"
             )
         self._deliverer = Deliverer(reader, storage, self.options)
+        self._storage = storage
         self._partition = storage.keys.partition
         self._heartbeat.heartbeats = storage.heartbeats
-        self._storage = storage
         self._claim.claim = self.claim_subscribers
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
@@ -222,6 +224,25 @@ class DramatiqEventBus:
                 for start in range(0, len(group), MAX_NOTICE_ENTITIES):
                     self._send(subscriber_id, entity_type,
                                group[start : start + MAX_NOTICE_ENTITIES])
+
+    def declare_reset(self, subscriber_id: str, reset: ResetHook) -> None:
+        with self._lock:
+            self._resets[subscriber_id] = one_reset_hook(
+                subscriber_id, self._resets.get(subscriber_id), reset)
+
+    def reset_hook(self, subscriber_id: str) -> ResetHook | None:
+        with self._lock:
+            return self._resets.get(subscriber_id)
+
+    def rebuild(self, subscriber_id: str, reset: Callable[[], None], *, timeout: float,
+                pause_ms: int, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuilds the subscriber while workers run (see `workers.rebuild`)."""
+        if self._storage is None:
+            raise ConfigurationError("DramatiqEventBus is not bound to a Store")
+        with self._lock:
+            types = sorted({kind for (kind, sub) in self._handlers if sub == subscriber_id})
+        return Rebuild(self._storage, self.notify_many, subscriber_id, types, pause_ms).run(
+            reset, timeout, progress)
 
     def close(self) -> None:
         self.broker.close()

@@ -150,6 +150,12 @@ class _Batch:
         begun = self.state.begin(entities, [n for _, n in self.group], self.token,
                                  self.options.lock_ms, read_count)
         runs = []
+        paused = [e for (e, _), answer in zip(self.group, begun, strict=True) if answer.paused]
+        if paused:
+            # A rebuild holds the subscriber: the notices stay due, and the sweep (or the
+            # rebuild's own notices) sends them again once it is over.
+            self.state.mark_due(paused)
+            return []
         for (e, number), answer in zip(self.group, begun, strict=True):
             if answer.state == BUSY:
                 # Another worker is on this entity; it may stop short of this event, so look
