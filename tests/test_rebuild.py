@@ -277,6 +277,8 @@ def test_only_a_known_subscriber_with_a_reset_hook_can_be_rebuilt(delivery: Deli
     with pytest.raises(UnknownNameError, match=r"subscriber 'nobody' is not registered in "
                        r"this app: known subscribers 'audit', 'balances'"):
         delivery.store.rebuild("nobody")
+    for entity_type in ("other", "third"):
+        delivery.store.storage.register(entity_type, *ACCOUNT_EVENTS["account"])
     delivery.store.subscribe("other", "balances", Recorder(), reset=hook)  # the same: fine
     with pytest.raises(SubscriberError, match="'balances' already has a reset hook"):
         delivery.store.subscribe("third", "balances", Recorder(), reset=lambda: None)
