@@ -148,15 +148,18 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
     )
 
 
-def index_start(entity_type: str, after: str | None, limit: int) -> str:
+def index_start(entity_type: str, after: str | None, limit: int) -> bytes:
     """The ZRANGEBYLEX start of a page of entity IDs (each partition's index is read from
     there, `limit + 1` members). Checks the arguments."""
     check_entity_type(entity_type)
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     # The token is the store_entity_id of the page's last entity; members are
-    # "<store_entity_id><entity ID>", so "(" + token + "\xff" starts after that entity.
-    return "-" if after is None else f"({after}\xff"
+    # "<store_entity_id><entity ID>" in UTF-8, compared byte by byte, so the bound is the
+    # token then the byte 0xff, which no UTF-8 text holds: above every member of that
+    # entity. (The text "\xff" would be sent as the bytes c3 bf, below the IDs that start
+    # at U+00FF or beyond, which the next page then repeated.)
+    return b"-" if after is None else b"(" + after.encode() + b"\xff"
 
 
 def entity_ids_page(replies: list[Any], limit: int) -> tuple[list[str], str | None]:
