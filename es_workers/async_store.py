@@ -132,6 +132,11 @@ class AsyncStore:
             self.bus.close()
 
     async def __aenter__(self) -> AsyncStore:
+        """Opens the storage first (on Redis: reads its partitions and runs the start-up
+        checks `Store(...)` runs when it is built), so that a store that cannot work fails
+        here rather than at its first write."""
+        if isinstance(self.storage, AsyncRedisStorage):
+            await self.storage.open()
         return self
 
     async def __aexit__(
