@@ -254,10 +254,14 @@ def check_cluster_broker(broker_url: str | None, settings: Settings) -> None:
         )
 
 
-def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
-    """The storage and bus the settings describe (read from `ES_...` when None)."""
+def build_parts(
+    settings: Settings | None = None, *, logger: logging.Logger | None = None
+) -> tuple[RedisStorage, DramatiqEventBus]:
+    """The storage and bus the settings describe (read from `ES_...` when None); `logger`
+    (by default `es_workers.wiring`) receives the records of building them."""
     settings = settings if settings is not None else load_settings()
-    warn_where_events_live(settings)
+    logger = logger or log
+    warn_where_events_live(settings, logger)
     client = redis_client(settings)
     broker = build_broker(settings, cluster=is_cluster(client))  # before anything is written
     storage = RedisStorage(
@@ -273,32 +277,35 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         options=settings.delivery_options(),
         time_limit_ms=settings.time_limit_ms,
     )
-    log.debug("store built from settings %s", settings.shown())
+    logger.debug("store built from settings %s", settings.shown())
     return storage, bus
 
 
-def warn_where_events_live(settings: Settings) -> None:
+def warn_where_events_live(settings: Settings, logger: logging.Logger) -> None:
     """Warns of settings that leave events somewhere else than one might think: Sentinel
     and a URL both set, or no Redis at all (an embedded one, lost at exit)."""
     if settings.redis_sentinels is not None and settings.redis_url is not None:
-        log.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
-                    env_name("redis_url"))
+        logger.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
+                       env_name("redis_url"))
     if not settings.uses_redis:
-        log.warning(
+        logger.warning(
             "%s is not set: events live in an embedded Redis inside this process and are "
             "lost when it exits (set %s to keep them)", env_name("redis_url"),
             env_name("redis_url"),
         )
 
 
-def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
+def build_async_storage(
+    settings: Settings | None = None, *, logger: logging.Logger | None = None
+) -> AsyncRedisStorage:
     """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited (the
     same Redis, timeouts, retries, durability and warnings)."""
     settings = settings if settings is not None else load_settings()
-    warn_where_events_live(settings)
+    logger = logger or log
+    warn_where_events_live(settings, logger)
     storage = AsyncRedisStorage(
         async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
         durability=settings.durability(), max_event_bytes=settings.max_event_bytes,
     )
-    log.debug("async storage built from settings %s", settings.shown())
+    logger.debug("async storage built from settings %s", settings.shown())
     return storage

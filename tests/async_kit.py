@@ -80,7 +80,7 @@ class BlockingStorage:
     ) -> tuple[list[str], str | None]:
         return self._run(self.async_storage.entity_ids(entity_type, after, limit))
 
-    def start_publish(self, *args: Any) -> None:
+    def start_publish(self, *args: Any, **options: Any) -> None:
         raise NotImplementedError("an async storage has no publishing hook")
 
     def close(self) -> None:

@@ -27,9 +27,13 @@ class InMemoryEventBus:
     An `async def` handler is awaited on an event loop the bus keeps in a thread of its
     own, one event at a time: the same order, and the loop lives on between events, so a
     handler may keep async clients (an `asyncio.run` per event would close their loop).
+
+    `logger`: where its records go (a Store passes its own); by default
+    `es_workers.memory.bus`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
         self._lock = threading.Lock()
         self._handlers: dict[str, dict[str, Callable[[Event], Any]]] = {}
         self._loop: _LoopThread | None = None
@@ -70,7 +74,7 @@ class InMemoryEventBus:
                     with handler_call(subscriber_id, event):
                         handler(event)
                 except Exception:
-                    log.exception(
+                    self.log.exception(
                         "subscriber %s failed on %s %r event %d; skipped for this subscriber",
                         subscriber_id, event.entity_type, event.entity_id, event.event_number,
                     )

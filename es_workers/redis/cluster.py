@@ -133,7 +133,9 @@ class Wakeups:
     A lost wake-up costs latency only: the publisher reads every outbox every `block_ms`.
     """
 
-    def __init__(self, client: RedisCluster, channels: Sequence[str]) -> None:
+    def __init__(self, client: RedisCluster, channels: Sequence[str], *,
+                 logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
         self.client: Any = client  # redis-py's cluster client is untyped
         self.channels = list(channels)
         self.woken = threading.Event()
@@ -185,7 +187,7 @@ class Wakeups:
                     node = self.client.get_node_from_key(channel)
                     by_node.setdefault(node.name, []).append(channel)
             except redis.RedisError as error:
-                log.warning("wake-up channels: %s; trying again", error)
+                self.log.warning("wake-up channels: %s; trying again", error)
                 self._stopped.wait(0.5)
                 continue
             listeners = [
@@ -218,7 +220,7 @@ class Wakeups:
                 elif message["type"] == "sunsubscribe":  # its slot moved away
                     break
         except redis.RedisError as error:
-            log.warning("wake-up channels on %s: %s; regrouping in 1 s", node_name, error)
+            self.log.warning("wake-up channels on %s: %s; regrouping in 1 s", node_name, error)
             self._stopped.wait(1.0)
         finally:
             pubsub.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -207,8 +208,9 @@ class RedisStorage:
             lengths = pipe.execute(raise_on_error=False)
         return sum(int(n) for n in lengths if isinstance(n, int))
 
-    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
-        Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
+                      logger: logging.Logger | None = None) -> None:
+        Publisher(self, bus, self.publisher_options, reader=reader, logger=logger).run(stop)
 
     def close(self) -> None:
         self.client.close()
