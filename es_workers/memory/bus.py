@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..errors import SubscriberError, WaitTimeoutError
-from ..event import Event, Handler, as_callable, awaited_in, is_async
+from ..event import Event, Handler, as_callable, awaited_in, is_async, own_copy
 from ..names import check_entity_type, check_subscriber_id
 from ..tracing import handler_call
 
@@ -22,7 +22,8 @@ class InMemoryEventBus:
 
     Subscribers are independent: a handler that raises is logged with the entity and event
     number, and that event is skipped for that subscriber only (as in the Go library);
-    every other subscriber still gets every event.
+    every other subscriber still gets every event. Each subscriber is handed an event
+    whose content is its own copy (`own_copy`): what one handler changes, no other sees.
 
     An `async def` handler is awaited on an event loop the bus keeps in a thread of its
     own, one event at a time: the same order, and the loop lives on between events, so a
@@ -72,7 +73,7 @@ class InMemoryEventBus:
             for subscriber_id, handler in handlers:
                 try:
                     with handler_call(subscriber_id, event):
-                        handler(event)
+                        handler(own_copy(event))
                 except Exception:
                     self.log.exception(
                         "subscriber %s failed on %s %r event %d; skipped for this subscriber",
