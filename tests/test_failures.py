@@ -299,6 +299,21 @@ def test_a_write_not_confirmed_by_the_replicas_asked_for_raises_durability_error
     close(store)
 
 
+def test_a_write_waiting_for_replicas_gives_a_server_that_forgot_the_script_it_again(
+    half: str, redis_aof: Callable[[], RedisServer],
+) -> None:
+    server = redis_aof()  # no replica: WAIT 1 answers 0
+    store = store_on(half, client_of(half, server.url), prefix="reload",
+                     durability=Durability(replicas=1, timeout_ms=10))
+    with server.client() as client:
+        client.script_flush()
+        with pytest.raises(DurabilityError) as raised:
+            store.open("account", "a1").write(Opened(owner="a"))
+        assert raised.value.confirmed == 0
+        assert RedisStorage(client, prefix="reload").position("account", "a1") == 1
+    close(store)
+
+
 def sentinel_settings(sentinels: RedisSentinelServers, **options: Any) -> Settings:
     return Settings(
         redis_sentinels=",".join(f"{h}:{p}" for h, p in sentinels.sentinel_addresses),

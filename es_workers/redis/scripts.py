@@ -161,11 +161,8 @@ class AsyncScript:
         return answers
 
     async def load(self) -> None:
-        """Loads the script into the server (or, on a cluster, every master)."""
-        if self._on_cluster:
-            await self._client.script_load(source(self.name), target_nodes="primaries")
-        else:
-            await self._client.script_load(source(self.name))
+        """Loads the script into the server (on a cluster, into every master)."""
+        await self._client.script_load(source(self.name))
 
 
 async def _then_async(acquire: Callable[[], Awaitable[Any]],
