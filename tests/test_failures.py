@@ -236,6 +236,8 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
     server = redis_aof()
     client = server.client()
     store = store_on(half, client_of(half, server.url), prefix="full")
+    waiting = store_on(half, client_of(half, server.url), prefix="full",
+                       durability=Durability(replicas=1, timeout_ms=10))
     stream = store.open("account", "a1")
     stream.write(Opened(owner="a"))
     storage = RedisStorage(client, prefix="full")  # to look at what is stored
@@ -257,6 +259,8 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
     assert not raised.value.outcome_unknown
     with pytest.raises(StorageFullError):
         store.open("account", "a2").write(Opened(owner="b"))
+    with pytest.raises(StorageFullError):  # refused before the replicas are waited for
+        waiting.open("account", "a2").write(Opened(owner="b"))
     after = (client.xlen(storage.keys.append_keys("account", "a1")[0]),
              outbox_entries(storage))
     assert after == before
@@ -266,6 +270,7 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
     stream.write(Deposited(amount=1), Deposited(amount=2))
     assert stream.position == 3
     close(store)
+    close(waiting)
 
 
 def test_an_evicting_maxmemory_policy_is_refused_at_start_up(

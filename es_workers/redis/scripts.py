@@ -243,13 +243,15 @@ class BatchingScript:
             replies = [error] * len(packed)
         answered = dict(zip(commands, replies[len(batch):], strict=True))
         for call, reply in zip(batch, replies, strict=False):
-            outcome = reply if call.command is None else [reply, answered[call.command]]
             if isinstance(reply, redis.exceptions.NoScriptError):
                 outcome = await _outcome(  # loads it, once
                     self.script(call.keys, call.args) if call.command is None
                     else self.script.then(call.keys, call.args, call.command))
-            elif call.command is not None and isinstance(outcome[1], Exception):
-                outcome = outcome[1]
+            elif call.command is None or isinstance(reply, Exception):
+                outcome = reply
+            else:  # the script's reply and the command's answer, as `then` gives them
+                confirmed = answered[call.command]
+                outcome = confirmed if isinstance(confirmed, Exception) else [reply, confirmed]
             if call.future.done():  # its caller was cancelled
                 continue
             if isinstance(outcome, BaseException):
