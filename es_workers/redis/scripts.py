@@ -157,8 +157,11 @@ class AsyncScript:
         async def acquire() -> Any:
             return node.acquire_connection()
 
-        answers = await _then_async(acquire, release, self, keys, args, command)
-        return answers
+        try:
+            return await _then_async(acquire, release, self, keys, args, command)
+        except (redis.exceptions.AskError, redis.exceptions.MovedError) as error:
+            await self._client.nodes_manager.initialize()  # the slot map changed
+            raise redis.exceptions.ClusterError(str(error)) from error
 
     async def load(self) -> None:
         """Loads the script into the server (on a cluster, into every master)."""
@@ -169,8 +172,7 @@ async def _then_async(acquire: Callable[[], Awaitable[Any]],
                       release: Callable[[Any], Awaitable[None]], script: AsyncScript,
                       keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
     """The script then `command`, on one connection of a pool (`acquire`, `release`), loaded
-    once if the server does not know it. A redirection (the slot moved) is a ClusterError,
-    sent again by the caller once the slot map is read again."""
+    once if the server does not know it; raises an error either answered."""
     packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)),
               hiredis.pack_command(command)]
     for attempt in range(2):
@@ -179,9 +181,6 @@ async def _then_async(acquire: Callable[[], Awaitable[Any]],
             break
         await script.load()
     for answer in answers:
-        if isinstance(answer, (redis.exceptions.AskError, redis.exceptions.MovedError)):
-            await script._client.nodes_manager.initialize()
-            raise redis.exceptions.ClusterError(str(answer)) from answer
         if isinstance(answer, Exception):
             raise answer
     return answers
