@@ -29,7 +29,8 @@ class AsyncStore:
 
     `storage` is an `AsyncRedisStorage` or an `AsyncInMemoryStorage`. Subscribers are not
     run here: they are a `Store`'s, in its worker processes (or its `start()` in memory).
-    `bus` (by default an `InMemoryEventBus`) tells `subscriber_ids`.
+    `bus` (by default an `InMemoryEventBus`) tells `subscriber_ids`. `logger` receives the
+    records of what it builds, as `Store`'s.
     """
 
     def __init__(
@@ -42,9 +43,9 @@ class AsyncStore:
         logger: logging.Logger | None = None,
     ) -> None:
         self.storage = storage
-        self.bus: Bus = bus if bus is not None else InMemoryEventBus()
+        self.logger = logger
+        self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         self._owns_bus = bus is None
-        self.log = logger or logging.getLogger("es_workers")
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
@@ -59,11 +60,13 @@ class AsyncStore:
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         settings: Settings | None = None,
         bus: Bus | None = None,
+        logger: logging.Logger | None = None,
     ) -> AsyncStore:
         """An AsyncStore on the Redis the `ES_...` settings name (as `Store.from_settings`;
         with no `ES_REDIS_URL`, the embedded fakeredis). It builds no Dramatiq broker: pass
         the workers' `bus` (e.g. `bus=store.bus`) to know their subscribers."""
-        return cls(build_async_storage(settings), bus=bus, events=events, upgrades=upgrades)
+        return cls(build_async_storage(settings, logger=logger), bus=bus, events=events,
+                   upgrades=upgrades, logger=logger)
 
     def open(self, entity_type: str, entity_id: str) -> AsyncStream:
         """A stream of the entity from its first event. Use it with `async with`."""
@@ -154,6 +157,11 @@ class AsyncStore:
             self.bus.close()
 
     async def __aenter__(self) -> AsyncStore:
+        """Opens the storage first (on Redis: reads its partitions and runs the start-up
+        checks `Store(...)` runs when it is built), so that a store that cannot work fails
+        here rather than at its first write."""
+        if isinstance(self.storage, AsyncRedisStorage):
+            await self.storage.open()
         return self
 
     async def __aexit__(

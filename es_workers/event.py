@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -103,6 +104,23 @@ def stored_event(entity_id: str, entity_type: str, event_number: int, event_time
                       store_event_id, store_entity_id, metadata)
     event.__class__ = Event  # type: ignore[assignment]
     return event  # type: ignore[return-value]
+
+
+def own_copy(event: Event) -> Event:
+    """The event with a content of its own, sharing nothing with the original: read back
+    from its JSON, as each subscriber on a Dramatiq bus reads its own from storage (about
+    the cost of decoding it again). A bus hands one to each subscriber, so that a handler
+    that changes its content changes nothing another sees (contents are not frozen: users'
+    classes may set fields, in validators too)."""
+    content = event.content
+    try:
+        copied = content.__class__.model_validate_json(
+            content.__pydantic_serializer__.to_json(content))
+    except ValueError:  # content an upgrade made that does not read back from JSON
+        copied = copy.deepcopy(content)
+    return stored_event(event.entity_id, event.entity_type, event.event_number,
+                        event.event_time, copied, event.store_event_id, event.store_entity_id,
+                        event.metadata)
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ checkpoints in a storage that can hold them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
@@ -75,9 +76,12 @@ class Storage(Protocol):
         (None on the last page). Pass the token as `after`."""
         ...
 
-    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
+                      logger: logging.Logger | None = None) -> None:
         """The publishing hook: relays newly written events to the bus until `stop` is set
-        (blocking). A bus that takes events is handed them through `reader` (upgraded)."""
+        (blocking). A bus that takes events is handed them through `reader` (upgraded).
+        `logger`: where the hook's records go (the Store's logger; None: the storage's
+        own)."""
         ...
 
     def close(self) -> None: ...

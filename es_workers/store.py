@@ -39,6 +39,10 @@ class Store:
     `events` maps each entity type to the Content classes it may hold; they are registered
     with the storage at once, so reading and writing work without `start()`. `upgrades`
     maps entity types to upgrades applied, in order, on read and on delivery.
+
+    `logger` receives the records of the store and of what it builds and runs: the default
+    in-memory bus, the publisher of `start()`, and (`from_settings`) the wiring. Without
+    one, each part logs under its own `es_workers.*` name. A bus you pass keeps its own.
     """
 
     def __init__(
@@ -51,8 +55,8 @@ class Store:
         logger: logging.Logger | None = None,
     ) -> None:
         self.storage = storage
-        self.bus: Bus = bus if bus is not None else InMemoryEventBus()
-        self.log = logger or logging.getLogger("es_workers")
+        self.logger = logger
+        self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
@@ -71,11 +75,12 @@ class Store:
         events: Mapping[str, Iterable[type[Content]]] | None = None,
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         settings: Settings | None = None,
+        logger: logging.Logger | None = None,
     ) -> Store:
         """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
         (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
-        storage, bus = build_parts(settings)
-        return cls(storage, bus=bus, events=events, upgrades=upgrades)
+        storage, bus = build_parts(settings, logger=logger)
+        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -208,7 +213,7 @@ class Store:
         self._stop.clear()
         self._publishing = threading.current_thread()
         try:
-            self.storage.start_publish(self.bus, self.reader, self._stop)
+            self.storage.start_publish(self.bus, self.reader, self._stop, logger=self.logger)
         finally:
             self._publishing = None
             if self._close_on_exit:

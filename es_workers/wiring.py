@@ -17,6 +17,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -82,10 +83,14 @@ def cluster_client(url: str, settings: Settings) -> RedisCluster:
     try:
         return RedisCluster.from_url(url, **connection_options(settings), **credentials(settings))
     except redis.exceptions.RedisClusterException as error:
-        raise ConfigurationError(
-            f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
-            f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"
-        ) from None
+        raise _not_a_cluster(url, error) from None
+
+
+def _not_a_cluster(url: str, error: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
+        f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"
+    )
 
 
 def on_cluster(settings: Settings) -> bool:
@@ -119,10 +124,7 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
         "socket_timeout": settings.redis_timeout_ms / 1000,
-        "retry": Retry(
-            ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S),
-            REDIS_RETRIES,
-        ),
+        "retry": Retry(redis_backoff(), REDIS_RETRIES),
         "health_check_interval": 30,  # a pooled connection idle that long is PINGed first
     }
 
@@ -136,6 +138,18 @@ def credentials(settings: Settings) -> dict[str, Any]:
     return {name: value for name, value in found.items() if value is not None}
 
 
+
+def redis_backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
+
+
+def async_connection_options(settings: Settings) -> dict[str, Any]:
+    """`connection_options` for redis.asyncio: the same timeouts, and the same retries
+    through redis.asyncio's own Retry class."""
+    return {**connection_options(settings), "retry": AsyncRetry(redis_backoff(), REDIS_RETRIES)}
+
+
+
 def client_from_url(url: str, settings: Settings, **auth: str) -> redis.Redis:
     """A client of `url`; `auth`: credentials the URL lacks (see `credentials`)."""
     return redis.Redis.from_url(url, **connection_options(settings), **auth)
@@ -143,25 +157,33 @@ def client_from_url(url: str, settings: Settings, **auth: str) -> redis.Redis:
 
 def sentinel_client(settings: Settings) -> redis.Redis:
     """A client of the primary the Sentinels name; after a failover it finds the new one."""
+    client: redis.Redis = _sentinel_primary(settings, redis.sentinel.Sentinel,
+                                            connection_options(settings))
+    return client
+
+
+def _sentinel_primary(settings: Settings, sentinel_class: Any, options: dict[str, Any]) -> Any:
+    """The primary's client from `sentinel_class` (redis-py's or redis.asyncio's)."""
     assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
-    options = connection_options(settings)
     # cast: redis-py typed Sentinel only from 8.2; this reads the same on both.
-    sentinel = cast(Any, redis.sentinel.Sentinel)(
+    sentinel = cast(Any, sentinel_class)(
         sentinel_addresses(settings.redis_sentinels),
         sentinel_kwargs={key: options[key] for key in ("socket_connect_timeout",
                                                        "socket_timeout")},
         **options,
     )
-    client: redis.Redis = sentinel.master_for(
+    return sentinel.master_for(
         settings.redis_sentinel_master, db=settings.redis_db, **credentials(settings)
     )
-    return client
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
-    """`redis_client`'s asyncio twin: the same server (the embedded one too)."""
+    """`redis_client`'s asyncio twin: the same server (through Sentinel, a cluster, or the
+    embedded one too), with the same timeouts and retries."""
     if settings.redis_sentinels is not None:
-        return async_sentinel_client(settings)
+        sentinel: redis.asyncio.Redis = _sentinel_primary(
+            settings, redis.asyncio.sentinel.Sentinel, async_connection_options(settings))
+        return sentinel
     if settings.redis_url is None:
         server = embedded_server()  # first: it says what to do when fakeredis is missing
         import fakeredis
@@ -169,20 +191,18 @@ def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asynci
         client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
         return client
     if on_cluster(settings):
-        return redis.asyncio.RedisCluster.from_url(settings.redis_url, **credentials(settings))
-    return redis.asyncio.Redis.from_url(settings.redis_url, **credentials(settings))
+        try:
+            return redis.asyncio.RedisCluster.from_url(
+                settings.redis_url, **async_connection_options(settings), **credentials(settings))
+        except redis.exceptions.RedisClusterException as error:
+            raise _not_a_cluster(settings.redis_url, error) from None
+    return async_client_from_url(settings.redis_url, settings, **credentials(settings))
 
 
-def async_sentinel_client(settings: Settings) -> redis.asyncio.Redis:
-    """`sentinel_client`'s asyncio twin: the primary the Sentinels name."""
-    assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
-    # cast: as in sentinel_client (typed only in newer redis-py).
-    sentinel = cast(Any, redis.asyncio.sentinel.Sentinel)(
-        sentinel_addresses(settings.redis_sentinels))
-    client: redis.asyncio.Redis = sentinel.master_for(
-        settings.redis_sentinel_master, db=settings.redis_db, **credentials(settings)
-    )
-    return client
+def async_client_from_url(url: str, settings: Settings, **auth: str) -> redis.asyncio.Redis:
+    """`client_from_url`'s asyncio twin."""
+    options: dict[str, Any] = {**async_connection_options(settings), **auth}
+    return redis.asyncio.Redis.from_url(url, **options)
 
 
 def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:
@@ -246,18 +266,14 @@ def check_cluster_broker(broker_url: str | None, settings: Settings) -> None:
         )
 
 
-def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, DramatiqEventBus]:
-    """The storage and bus the settings describe (read from `ES_...` when None)."""
+def build_parts(
+    settings: Settings | None = None, *, logger: logging.Logger | None = None
+) -> tuple[RedisStorage, DramatiqEventBus]:
+    """The storage and bus the settings describe (read from `ES_...` when None); `logger`
+    (by default `es_workers.wiring`) receives the records of building them."""
     settings = settings if settings is not None else load_settings()
-    if settings.redis_sentinels is not None and settings.redis_url is not None:
-        log.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
-                    env_name("redis_url"))
-    if not settings.uses_redis:
-        log.warning(
-            "%s is not set: events live in an embedded Redis inside this process and are "
-            "lost when it exits (set %s to keep them)", env_name("redis_url"),
-            env_name("redis_url"),
-        )
+    logger = logger or log
+    warn_where_events_live(settings, logger)
     client = redis_client(settings)
     broker = build_broker(settings, cluster=is_cluster(client))  # before anything is written
     storage = RedisStorage(
@@ -273,14 +289,35 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         options=settings.delivery_options(),
         time_limit_ms=settings.time_limit_ms,
     )
-    log.debug("store built from settings %s", settings.shown())
+    logger.debug("store built from settings %s", settings.shown())
     return storage, bus
 
 
-def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
-    """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited."""
+def warn_where_events_live(settings: Settings, logger: logging.Logger) -> None:
+    """Warns of settings that leave events somewhere else than one might think: Sentinel
+    and a URL both set, or no Redis at all (an embedded one, lost at exit)."""
+    if settings.redis_sentinels is not None and settings.redis_url is not None:
+        logger.warning("%s is set: %s is ignored", env_name("redis_sentinels"),
+                       env_name("redis_url"))
+    if not settings.uses_redis:
+        logger.warning(
+            "%s is not set: events live in an embedded Redis inside this process and are "
+            "lost when it exits (set %s to keep them)", env_name("redis_url"),
+            env_name("redis_url"),
+        )
+
+
+def build_async_storage(
+    settings: Settings | None = None, *, logger: logging.Logger | None = None
+) -> AsyncRedisStorage:
+    """The AsyncRedisStorage the settings describe: `build_parts`' storage, awaited (the
+    same Redis, timeouts, retries, durability and warnings)."""
     settings = settings if settings is not None else load_settings()
-    return AsyncRedisStorage(
+    logger = logger or log
+    warn_where_events_live(settings, logger)
+    storage = AsyncRedisStorage(
         async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
+        durability=settings.durability(), max_event_bytes=settings.max_event_bytes,
     )
+    logger.debug("async storage built from settings %s", settings.shown())
+    return storage

@@ -1,17 +1,28 @@
-"""Helpers of the asyncio tests: async clients of the test servers, and `BlockingStorage`,
+"""Helpers of the asyncio tests: async clients of the test servers; `BlockingStorage`,
 which puts an async storage behind the sync `Storage` port so that the storage contract
-tests (test_storage.py, test_stream.py, test_upgrades.py) run on it unchanged."""
+tests (test_storage.py, test_stream.py, test_upgrades.py) run on it unchanged; and
+`BlockingStore`, an AsyncStore behind a Store's blocking calls, so that a test of a
+guarantee runs on both halves (see halves.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio
 
-from es_workers import AsyncInMemoryStorage, AsyncRedisStorage, AsyncStorage, Content, Event
+from es_workers import (
+    AsyncInMemoryStorage,
+    AsyncRedisStorage,
+    AsyncStorage,
+    AsyncStore,
+    AsyncStream,
+    Content,
+    Event,
+)
 
 T = TypeVar("T")
 ASYNC_KINDS = ["async-memory", "async-fakeredis", "async-redis"]
@@ -69,9 +80,90 @@ class BlockingStorage:
     ) -> tuple[list[str], str | None]:
         return self._run(self.async_storage.entity_ids(entity_type, after, limit))
 
-    def start_publish(self, *args: Any) -> None:
+    def start_publish(self, *args: Any, **options: Any) -> None:
         raise NotImplementedError("an async storage has no publishing hook")
 
     def close(self) -> None:
         self._run(self.async_storage.close())
         self._runner.close()
+
+
+class BlockingStore:
+    """An AsyncStore used through a Store's blocking calls (`open`, `open_from`, `read`,
+    `entity_ids`, `wait_for`, `close`), each run to completion on an event loop of its own.
+    Built, it opens the AsyncStore (`async with`), as building a RedisStorage opens it: the
+    start-up checks raise here."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self.async_store = store
+        self._runner = asyncio.Runner()
+        try:
+            self.run(store.__aenter__())
+        except BaseException:
+            self._runner.close()
+            raise
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wait() -> T:
+            return await awaitable
+
+        return self._runner.run(wait())
+
+    def open(self, entity_type: str, entity_id: str) -> BlockingStream:
+        return BlockingStream(self.async_store.open(entity_type, entity_id), self)
+
+    def open_from(self, entity_type: str, entity_id: str, event_number: int) -> BlockingStream:
+        return BlockingStream(self.async_store.open_from(entity_type, entity_id, event_number),
+                              self)
+
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> list[Event]:
+        async def events() -> list[Event]:
+            return [e async for e in self.async_store.read(entity_type, entity_id, after)]
+
+        return self.run(events())
+
+    def entity_ids(self, entity_type: str, after: str | None = None,
+                   limit: int = 100) -> tuple[list[str], str | None]:
+        return self.run(self.async_store.entity_ids(entity_type, after, limit))
+
+    def wait_for(self, entity_type: str, entity_id: str, event_number: int,
+                 **options: Any) -> None:
+        self.run(self.async_store.wait_for(entity_type, entity_id, event_number, **options))
+
+    def close(self) -> None:
+        try:
+            self.run(self.async_store.close())
+        finally:
+            self._runner.close()
+
+
+class BlockingStream:
+    """An AsyncStream used through a Stream's blocking calls (`all` reads every event)."""
+
+    def __init__(self, stream: AsyncStream, store: BlockingStore) -> None:
+        self.async_stream = stream
+        self._store = store
+
+    @property
+    def entity_id(self) -> str:
+        return self.async_stream.entity_id
+
+    @property
+    def position(self) -> int:
+        return self.async_stream.position
+
+    def all(self) -> list[Event]:
+        async def events() -> list[Event]:
+            return [event async for event in self.async_stream.all()]
+
+        return self._store.run(events())
+
+    def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
+        self._store.run(self.async_stream.write(*contents, metadata=metadata))
+
+    def __enter__(self) -> BlockingStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.async_stream.close()

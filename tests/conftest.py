@@ -95,6 +95,13 @@ def client_beside(redis_client: redis.Redis, request: pytest.FixtureRequest, *,
     return real.from_url(REDIS_URL, decode_responses=decode_responses)
 
 
+@pytest.fixture(params=["sync", "async"])
+def half(request: pytest.FixtureRequest) -> str:
+    """Which half of es_workers a test of a guarantee runs on: Store or AsyncStore (build
+    the store with tests/halves.py)."""
+    return str(request.param)
+
+
 @pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     """fakeredis, the single real Redis, or a 3-master Redis Cluster (one per session)."""

@@ -744,6 +744,7 @@ class TcpProxy:
         self._hanging = False
         self._listener: socket.socket | None = None
         self._accepting = threading.Event()
+        self._acceptor: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -766,13 +767,19 @@ class TcpProxy:
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._accepting.set()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._acceptor.start()
 
     def down(self) -> None:
         self._accepting.clear()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._acceptor is not None:
+            # Its accept() holds the closed listener until it returns (within its 50 ms
+            # timeout): the port stays taken until then, and up() could not bind it again.
+            self._acceptor.join(timeout=5)
+            self._acceptor = None
         with self._lock:
             pairs, self._pairs = self._pairs, set()
         for pair in pairs:

@@ -36,6 +36,7 @@ from es_workers import (
     NotRegisteredError,
     RedisStorage,
     Settings,
+    StorageUnavailableError,
     Store,
     StreamNotReadError,
 )
@@ -357,7 +358,9 @@ async def test_a_server_gone_fails_each_write_of_a_batch_and_stores_nothing() ->
         return_exceptions=True,
     )
 
-    assert all(isinstance(outcome, redis.ConnectionError) for outcome in outcomes), outcomes
+    assert all(isinstance(outcome, StorageUnavailableError) and outcome.outcome_unknown
+               and isinstance(outcome.cause, redis.ConnectionError)
+               for outcome in outcomes), outcomes
     server.connected = True
     assert await store.entity_ids("account") == (["a0"], None)
     await store.open("account", "a1").write(Opened(owner="a"))  # the storage goes on

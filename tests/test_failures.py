@@ -1,6 +1,8 @@
-"""When Redis fails (guarantee 9), in one process: clear errors within a bounded time, the
-exactly-once retry of a write whose reply was lost, replica-confirmed writes, a full memory,
-and the start-up checks. The same with real publisher and worker processes is in
+"""When Redis fails (guarantee 9), in one process: clear errors within a bounded time (Redis
+down or hung), the exactly-once retry of a write whose reply was lost, replica-confirmed
+writes, a Sentinel failover, a full memory, and the start-up checks. Each test of a store
+runs on both halves, Store and AsyncStore (`half`, see halves.py): the same errors and
+guarantees. The same with real publisher and worker processes is in
 tests/test_failures_processes.py."""
 
 from __future__ import annotations
@@ -14,16 +16,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 import servers
 import settings_app
-from conftest import ACCOUNT_EVENTS, Deposited, Opened, delete_prefix, real_redis
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from halves import client_from, client_of, close, store_from_settings, store_on
 from servers import RedisSentinelServers, RedisServer, TcpProxy
 
 from es_workers import (
@@ -39,6 +41,8 @@ from es_workers import (
     Store,
 )
 from es_workers.redis.durability import Durability
+from es_workers.redis.entries import DEFAULT_PARTITIONS
+from es_workers.redis.keys import RedisKeys
 from es_workers.settings import Settings
 from es_workers.wiring import client_from_url
 from es_workers.workers.broker import WakingRedisBroker
@@ -47,10 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
 
 pytestmark = pytest.mark.servers
-
-
-def no_retry() -> Retry:
-    return Retry(NoBackoff(), 0)
 
 
 @pytest.fixture
@@ -67,12 +67,21 @@ def proxy(tcp_proxy: Callable[[tuple[str, int]], TcpProxy]) -> TcpProxy:
     return tcp_proxy((options["host"], options["port"]))
 
 
+def through(proxy: TcpProxy) -> str:
+    """The URL of the test Redis's database through the proxy."""
+    db = real_redis().connection_pool.connection_kwargs.get("db", 0)
+    return f"redis://127.0.0.1:{proxy.port}/{db}"
+
+
 def stored_ids(prefix: str, entity_id: str) -> list[str]:
     store = Store(RedisStorage(real_redis(), prefix=prefix), events=ACCOUNT_EVENTS)
     return [event.store_event_id for event in store.read("account", entity_id)]
 
 
-def outbox_entries(storage: RedisStorage) -> int:
+def outbox_entries(storage: RedisStorage | str) -> int:
+    """Entries in the outboxes of a storage, or of a prefix on the test Redis."""
+    if isinstance(storage, str):
+        storage = RedisStorage(real_redis(), prefix=storage)
     return sum(storage.client.xlen(storage.keys.outbox(p)) for p in range(storage.partitions))
 
 
@@ -80,12 +89,13 @@ def outbox_entries(storage: RedisStorage) -> int:
 
 
 def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
-    proxy: TcpProxy, prefix: str
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=500)
-    store = Store(RedisStorage(client_from_url(proxy.url, settings), prefix=prefix),
-                  bus=DramatiqEventBus(StubBroker()), events=ACCOUNT_EVENTS)
-    store.subscribe("account", "balances", lambda event: None)
+    url = through(proxy)
+    settings = Settings(redis_url=url, redis_connect_timeout_ms=500)
+    bus = DramatiqEventBus(StubBroker())
+    bus.subscribe("account", "balances", lambda event: None)
+    store = store_on(half, client_from(half, settings), prefix=prefix, bus=bus)
     store.open("account", "a1").write(Opened(owner="a"))
     proxy.down()
     calls: dict[str, Callable[[], object]] = {
@@ -94,23 +104,52 @@ def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
         "entity_ids": lambda: store.entity_ids("account"),
         "wait_for": lambda: store.wait_for("account", "a1", 1, timeout=1),
     }
+    server = url.removeprefix("redis://")
     for name, call in calls.items():
         began = time.monotonic()
         with pytest.raises(StorageUnavailableError) as raised:
             call()
         took = time.monotonic() - began
         assert took < 5, f"{name} took {took:.1f} s to fail"
-        assert f"Redis 127.0.0.1:{proxy.port}/0 is unavailable" in str(raised.value)
-        assert raised.value.server == f"127.0.0.1:{proxy.port}/0"
+        assert f"Redis {server} is unavailable" in str(raised.value)
+        assert raised.value.server == server
         assert isinstance(raised.value.cause, redis.ConnectionError)
         assert raised.value.outcome_unknown is (name == "write"), name
 
 
-def test_opening_a_store_on_an_unreachable_redis_raises_storage_unavailable_without_password(
+def test_a_hung_redis_fails_a_write_within_the_timeout_and_the_same_write_lands_once_after(
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    settings = Settings(redis_url="redis://app:s3cret-pw@127.0.0.1:1/0")
+    """Redis stops answering (connections stay open): each call fails within a bounded time
+    (the settings' command timeout, retried), the write with its outcome unknown."""
+    url = through(proxy)
+    settings = Settings(redis_url=url, redis_timeout_ms=300, publisher_block_ms=100,
+                        wait_timeout_ms=100)
+    store = store_on(half, client_from(half, settings), prefix=prefix)
+    stream = store.open("account", "a1")
+    stream.write(Opened(owner="a"))
+    proxy.hang()
+    for name, call in {"write": lambda: stream.write(Deposited(amount=1)),
+                       "read": lambda: list(store.read("account", "a1"))}.items():
+        began = time.monotonic()
+        with pytest.raises(StorageUnavailableError) as raised:
+            call()
+        took = time.monotonic() - began
+        assert took < 5, f"{name} took {took:.1f} s to fail"
+        assert isinstance(raised.value.cause, redis.TimeoutError), name
+        assert raised.value.outcome_unknown is (name == "write"), name
+    proxy.resume()
+    stream.write(Deposited(amount=1))  # the same contents again
+    assert stream.position == 2 and len(stored_ids(prefix, "a1")) == 2
+    close(store)
+
+
+def test_opening_a_store_on_an_unreachable_redis_raises_storage_unavailable_without_password(
+    half: str,
+) -> None:
+    url = "redis://app:s3cret-pw@127.0.0.1:1/0"
     with pytest.raises(StorageUnavailableError) as raised:
-        RedisStorage(client_from_url(settings.redis_url or "", settings), prefix="x")
+        store_on(half, client_from(half, Settings(redis_url=url)), prefix="x")
     assert "Redis app@127.0.0.1:1/0 is unavailable while opening the store" in str(raised.value)
     assert "s3cret-pw" not in str(raised.value) + repr(raised.value.cause)
 
@@ -131,10 +170,9 @@ def test_status_with_redis_down_prints_one_line_and_exits_1(tmp_path: Path) -> N
 
 
 def test_a_write_whose_reply_was_lost_is_applied_once_when_written_again_on_the_same_stream(
-    proxy: TcpProxy, prefix: str
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
-    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    store = store_on(half, client_of(half, through(proxy)), prefix=prefix)
     stream = store.open("account", "a1")
     proxy.drop_next_reply(containing=b"EVALSHA")
     with pytest.raises(StorageUnavailableError) as raised:
@@ -147,16 +185,16 @@ def test_a_write_whose_reply_was_lost_is_applied_once_when_written_again_on_the_
 
     assert stream.position == 2
     assert len(stored_ids(prefix, "a1")) == 2
-    assert outbox_entries(store.storage) == 1  # type: ignore[arg-type]
+    assert outbox_entries(prefix) == 1
     stream.write(Deposited(amount=2))  # and the stream goes on
     assert stream.position == 3
+    close(store)
 
 
 def test_a_write_that_never_reached_redis_is_applied_once_when_written_again(
-    proxy: TcpProxy, prefix: str
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
-    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    store = store_on(half, client_of(half, through(proxy)), prefix=prefix)
     stream = store.open("account", "a1")
     proxy.down()
     with pytest.raises(StorageUnavailableError):
@@ -164,27 +202,27 @@ def test_a_write_that_never_reached_redis_is_applied_once_when_written_again(
     proxy.up()
     stream.write(Opened(owner="a"))
     assert stream.position == 1 and len(stored_ids(prefix, "a1")) == 1
+    close(store)
 
 
 def test_redis_py_retrying_through_the_wiring_hides_a_lost_reply_without_duplicating(
-    proxy: TcpProxy, prefix: str
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    settings = Settings(redis_url=proxy.url)
-    store = Store(RedisStorage(client_from_url(proxy.url, settings), prefix=prefix),
-                  events=ACCOUNT_EVENTS)
+    url = through(proxy)
+    store = store_on(half, client_from(half, Settings(redis_url=url)), prefix=prefix)
     stream = store.open("account", "a1")
     proxy.drop_next_reply(containing=b"EVALSHA")
     stream.write(Opened(owner="a"), Deposited(amount=1))
     assert proxy.reply_dropped
     assert stream.position == 2 and len(stored_ids(prefix, "a1")) == 2
-    assert outbox_entries(store.storage) == 1  # type: ignore[arg-type]
+    assert outbox_entries(prefix) == 1
+    close(store)
 
 
 def test_other_contents_after_an_unknown_outcome_are_new_events(
-    proxy: TcpProxy, prefix: str
+    half: str, proxy: TcpProxy, prefix: str
 ) -> None:
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, retry=no_retry())
-    store = Store(RedisStorage(client, prefix=prefix), events=ACCOUNT_EVENTS)
+    store = store_on(half, client_of(half, through(proxy)), prefix=prefix)
     stream = store.open("account", "a1")
     proxy.drop_next_reply(containing=b"EVALSHA")
     with pytest.raises(StorageUnavailableError):
@@ -192,20 +230,23 @@ def test_other_contents_after_an_unknown_outcome_are_new_events(
     # Not a retry: the first write did land, so this one conflicts rather than duplicates.
     with pytest.raises(EsError, match="expected position 0, but the stream is at 1"):
         stream.write(Opened(owner="someone else"))
+    close(store)
 
 
 # Redis memory full
 
 
 def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
-    redis_aof: Callable[[], RedisServer],
+    half: str, redis_aof: Callable[[], RedisServer],
 ) -> None:
     server = redis_aof()
     client = server.client()
-    store = Store(RedisStorage(client, prefix="full"), events=ACCOUNT_EVENTS)
+    store = store_on(half, client_of(half, server.url), prefix="full")
+    waiting = store_on(half, client_of(half, server.url), prefix="full",
+                       durability=Durability(replicas=1, timeout_ms=10))
     stream = store.open("account", "a1")
     stream.write(Opened(owner="a"))
-    storage: RedisStorage = store.storage  # type: ignore[assignment]
+    storage = RedisStorage(client, prefix="full")  # to look at what is stored
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory", used + 512 * 1024)
     filler = 0
@@ -215,7 +256,8 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
             filler += 1
     # Well over the limit, so that no buffer freed meanwhile lets a write through.
     client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100 * 1024)
-    before = (client.xlen(storage.keys.append_keys("account", "a1")[0]), outbox_entries(storage))
+    before = (client.xlen(storage.keys.append_keys("account", "a1")[0]),
+              outbox_entries(storage))
 
     with pytest.raises(StorageFullError, match="out of memory") as raised:
         stream.write(Deposited(amount=1), Deposited(amount=2))
@@ -223,13 +265,18 @@ def test_a_write_with_redis_memory_full_raises_storage_full_and_stores_nothing(
     assert not raised.value.outcome_unknown
     with pytest.raises(StorageFullError):
         store.open("account", "a2").write(Opened(owner="b"))
-    after = (client.xlen(storage.keys.append_keys("account", "a1")[0]), outbox_entries(storage))
+    with pytest.raises(StorageFullError):  # refused before the replicas are waited for
+        waiting.open("account", "a2").write(Opened(owner="b"))
+    after = (client.xlen(storage.keys.append_keys("account", "a1")[0]),
+             outbox_entries(storage))
     assert after == before
-    assert store.storage.position("account", "a2") == 0  # type: ignore[attr-defined]
+    assert storage.position("account", "a2") == 0
 
     client.delete(*(f"full:filler:{n}" for n in range(filler)))
     stream.write(Deposited(amount=1), Deposited(amount=2))
     assert stream.position == 3
+    close(store)
+    close(waiting)
 
 
 def test_status_show_parked_list_and_health_work_with_redis_memory_full(
@@ -272,63 +319,115 @@ async def read_async(url: str, prefix: str, entity_id: str) -> list[int]:
 
 
 def test_an_evicting_maxmemory_policy_is_refused_at_start_up(
-    redis_aof: Callable[[], RedisServer],
+    half: str, redis_aof: Callable[[], RedisServer],
 ) -> None:
     server = redis_aof()
     with server.client() as client:
         client.config_set("maxmemory-policy", "allkeys-lru")
-        with pytest.raises(ConfigurationError, match="maxmemory-policy 'allkeys-lru'"):
-            RedisStorage(client, prefix="evicting")
+    with pytest.raises(ConfigurationError, match="maxmemory-policy 'allkeys-lru'"):
+        store_on(half, client_of(half, server.url), prefix="evicting")
 
 
 # Replica-confirmed writes
 
 
 def test_a_write_not_confirmed_by_the_replicas_asked_for_raises_durability_error(
-    prefix: str,
+    half: str, prefix: str,
 ) -> None:
     # The shared test Redis has no replica: WAIT 1 times out with 0 acknowledgements.
-    storage = RedisStorage(real_redis(), prefix=prefix,
-                           durability=Durability(replicas=1, timeout_ms=50))
-    store = Store(storage, events=ACCOUNT_EVENTS)
+    store = store_on(half, client_of(half, REDIS_URL), prefix=prefix,
+                     durability=Durability(replicas=1, timeout_ms=50))
     stream = store.open("account", "a1")
     with pytest.raises(DurabilityError, match="stored on the primary but confirmed on 0 of"
                        " the 1 replicas") as raised:
         stream.write(Opened(owner="a"), Deposited(amount=1))
     assert (raised.value.first, raised.value.last) == (1, 2)
     assert len(stored_ids(prefix, "a1")) == 2  # stored on the primary, as it says
+    with pytest.raises(DurabilityError):  # the same write again: waited for again, not stored
+        stream.write(Opened(owner="a"), Deposited(amount=1))
+    assert len(stored_ids(prefix, "a1")) == 2 and outbox_entries(prefix) == 1
+    close(store)
+
+
+def test_a_write_waiting_for_replicas_gives_a_server_that_forgot_the_script_it_again(
+    half: str, redis_aof: Callable[[], RedisServer],
+) -> None:
+    server = redis_aof()  # no replica: WAIT 1 answers 0
+    store = store_on(half, client_of(half, server.url), prefix="reload",
+                     durability=Durability(replicas=1, timeout_ms=10))
+    with server.client() as client:
+        client.script_flush()
+        with pytest.raises(DurabilityError) as raised:
+            store.open("account", "a1").write(Opened(owner="a"))
+        assert raised.value.confirmed == 0
+        assert RedisStorage(client, prefix="reload").position("account", "a1") == 1
+    close(store)
+
+
+def sentinel_settings(sentinels: RedisSentinelServers, **options: Any) -> Settings:
+    return Settings(
+        redis_sentinels=",".join(f"{h}:{p}" for h, p in sentinels.sentinel_addresses),
+        redis_sentinel_master=sentinels.master_name, prefix=f"wait-{uuid.uuid4().hex[:8]}",
+        **options,
+    )
 
 
 def test_a_write_waits_for_a_replica_and_is_on_it_when_write_returns(
-    redis_sentinel: RedisSentinelServers,
+    half: str, redis_sentinel: RedisSentinelServers,
 ) -> None:
-    settings = Settings(
-        redis_sentinels=",".join(f"{h}:{p}" for h, p in redis_sentinel.sentinel_addresses),
-        redis_sentinel_master=redis_sentinel.master_name, wait_replicas=1,
-        wait_timeout_ms=2000, prefix=f"wait-{uuid.uuid4().hex[:8]}",
-    )
-    store = Store.from_settings(events=ACCOUNT_EVENTS, settings=settings)
-    prefix = store.storage.keys.prefix  # type: ignore[attr-defined]
+    settings = sentinel_settings(redis_sentinel, wait_replicas=1, wait_timeout_ms=2000)
+    store = store_from_settings(half, settings)
     stream = store.open("account", f"a-{uuid.uuid4().hex[:8]}")
     for amount in range(20):
         stream.write(Deposited(amount=amount) if amount else Opened(owner="a"))
     replica = next(node for node in redis_sentinel.data_nodes
                    if node is not redis_sentinel.primary())
+    key = RedisKeys(settings.prefix, DEFAULT_PARTITIONS).stream("account", stream.entity_id)
     with replica.client() as client:
-        key = store.storage.keys.append_keys("account", stream.entity_id)[0]  # type: ignore[attr-defined]
         assert client.xlen(key) == 20
+    close(store)
     with redis_sentinel.primary().client() as client:
-        delete_prefix(client, prefix)
+        delete_prefix(client, settings.prefix)
+
+
+def test_a_store_from_sentinel_settings_writes_to_the_primary_and_follows_a_failover(
+    half: str, redis_sentinel: RedisSentinelServers,
+) -> None:
+    """Write (confirmed by the replica), kill the primary, wait for the Sentinels to promote
+    the replica, write again on the same stream: every event is on the new primary."""
+    settings = sentinel_settings(redis_sentinel, wait_replicas=1, wait_timeout_ms=2000,
+                                 redis_connect_timeout_ms=500, redis_timeout_ms=2500)
+    store = store_from_settings(half, settings)
+    stream = store.open("account", "a1")
+    stream.write(Opened(owner="a"))
+    with redis_sentinel.primary().client() as client:
+        on_primary = Store(RedisStorage(client, prefix=settings.prefix), events=ACCOUNT_EVENTS)
+        assert [e.event_number for e in on_primary.read("account", "a1")] == [1], (
+            "the event is not on the primary the Sentinels name")
+
+    redis_sentinel.kill_primary()
+    promoted = redis_sentinel.wait_for_new_primary()
+    redis_sentinel.restore()  # the old primary back as a replica: WAIT 1 can succeed
+    stream.write(Deposited(amount=1))
+
+    assert [e.event_number for e in store.read("account", "a1")] == [1, 2]
+    close(store)
+    with promoted.client() as client:
+        on_primary = Store(RedisStorage(client, prefix=settings.prefix), events=ACCOUNT_EVENTS)
+        assert [e.content for e in on_primary.read("account", "a1")] == [
+            Opened(owner="a"), Deposited(amount=1)]
+        delete_prefix(client, settings.prefix)
 
 
 def test_wait_aof_on_a_redis_older_than_7_2_is_refused_at_start_up_naming_its_version(
-    prefix: str,
+    half: str, prefix: str,
 ) -> None:
     version = real_redis().execute_command("HELLO")[b"version"].decode()
     if tuple(map(int, version.split(".")[:2])) >= (7, 2):
         pytest.fail(f"this test needs a Redis older than 7.2 (here {version})")
     with pytest.raises(ConfigurationError, match=rf"version {version}\).*Redis 7\.2"):
-        RedisStorage(real_redis(), prefix=prefix, durability=Durability(aof=True))
+        store_on(half, client_of(half, REDIS_URL), prefix=prefix,
+                 durability=Durability(aof=True))
 
 
 def test_config_output_never_shows_a_password() -> None:

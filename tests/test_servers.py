@@ -278,7 +278,8 @@ def test_a_reply_lost_on_the_way_back_was_applied(
     kwargs = direct.connection_pool.connection_kwargs
     proxy = tcp_proxy((kwargs["host"], kwargs["port"]))
     try:
-        with redis.Redis(host=proxy.address[0], port=proxy.port, retry=no_retry()) as client:
+        with redis.Redis(host=proxy.address[0], port=proxy.port, db=kwargs.get("db", 0),
+                         retry=no_retry()) as client:
             assert client.ping()
             proxy.drop_next_reply(containing=b"INCR")
             with pytest.raises(redis.ConnectionError):

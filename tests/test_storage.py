@@ -141,6 +141,27 @@ def test_entity_ids_are_paged_in_creation_order_exactly_once(storage_: AnyStorag
     assert [entity_id for page in pages for entity_id in page] == created
 
 
+@pytest.mark.parametrize("limit", [1, 2, 100])
+def test_entity_ids_of_any_first_character_are_paged_exactly_once(
+    storage_: AnyStorage, limit: int
+) -> None:
+    """IDs starting with characters whose UTF-8 bytes sort above a page bound built from
+    text (U+00FF and beyond) are neither repeated nor looped over."""
+    created = ["中文", "a1", "😀-smile", "ÿ-last-latin", "\u00fe-thorn", "z9", "\U0010ffff"]
+    for entity_id in created:
+        storage_.write("account", events_of(entity_id, Opened(owner="x")))
+
+    listed: list[str] = []
+    token: str | None = None
+    for _ in range(len(created) + 1):  # one page too many means it never ends
+        page, token = storage_.entity_ids("account", after=token, limit=limit)
+        listed += page
+        if token is None:
+            break
+    assert token is None, f"still paging after {len(listed)} IDs: {listed}"
+    assert listed == created
+
+
 def test_entity_ids_token_is_the_store_entity_id_of_the_last_entity_and_exclusive(
     storage_: AnyStorage,
 ) -> None:

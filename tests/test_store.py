@@ -3,6 +3,10 @@ and subscriber bookkeeping. Every test runs on each Storage."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -10,9 +14,11 @@ import fakeredis
 import pytest
 from conftest import Deposited, Opened
 from dramatiq.brokers.stub import StubBroker
+from kit import wait_for
 from pydantic import BaseModel
 
 from es_workers import (
+    AsyncStore,
     Content,
     DramatiqEventBus,
     EsError,
@@ -22,6 +28,7 @@ from es_workers import (
     InvalidNameError,
     NotRegisteredError,
     RedisStorage,
+    Settings,
     Store,
     SubscriberError,
     UnknownNameError,
@@ -329,3 +336,48 @@ def test_a_huge_refused_name_is_not_echoed_whole() -> None:
     with pytest.raises(InvalidNameError) as caught:
         store.open("a" * 5_000, "a1")
     assert len(str(caught.value)) < 300 and "5000 characters" in str(caught.value)
+
+
+def test_the_records_of_a_store_and_of_what_it_runs_go_through_its_logger(
+    any_storage: AnyStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`Store(logger=...)`: the default in-memory bus reports a failing subscriber, and the
+    publisher `start()` runs reports itself, through the store's logger only."""
+    logger = logging.getLogger("app.events")
+    store = Store(any_storage, events={"account": [Opened, Deposited]}, logger=logger)
+
+    def fails(event: Event) -> None:
+        raise RuntimeError("handler broke")
+
+    store.subscribe("account", "failing", fails)
+    caplog.set_level(logging.DEBUG)
+    thread = threading.Thread(target=store.start, daemon=True)
+    thread.start()
+    try:
+        store.open("account", "a1").write(Opened(owner="a"))
+        wait_for(lambda: "handler broke" in caplog.text, "the failing subscriber's record")
+    finally:
+        store.close()
+        thread.join(timeout=10)
+
+    failed = [r for r in caplog.records if r.exc_info and "handler broke" in str(r.exc_info[1])]
+    assert [r.name for r in failed] == ["app.events"]
+    if isinstance(any_storage, RedisStorage):
+        assert any("publisher" in r.getMessage() and "started" in r.getMessage()
+                   for r in caplog.records if r.name == "app.events")
+    assert [r.name for r in caplog.records if r.name.startswith(("es_workers.memory",
+                                                               "es_workers.publisher"))] == []
+
+
+def test_a_store_from_settings_logs_its_wiring_through_its_logger(
+    half: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("app.wiring")
+    settings = Settings(redis_url=None, prefix=f"t-{uuid.uuid4().hex[:12]}")
+    with caplog.at_level(logging.WARNING):
+        if half == "sync":
+            Store.from_settings(settings=settings, logger=logger).close()
+        else:
+            asyncio.run(AsyncStore.from_settings(settings=settings, logger=logger).close())
+    embedded = [r for r in caplog.records if "embedded Redis" in r.getMessage()]
+    assert [r.name for r in embedded] == ["app.wiring"]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError, RebuildError, SubscriberError, WaitTimeoutError
-from ..event import Event, Handler, as_callable, awaited_in, is_async
+from ..event import Event, Handler, as_callable, awaited_in, is_async, own_copy
 from ..names import check_entity_type, check_subscriber_id, one_reset_hook
 from ..ports import ResetHook, Storage
 from ..tracing import handler_call
@@ -25,14 +25,19 @@ class InMemoryEventBus:
 
     Subscribers are independent: a handler that raises is logged with the entity and event
     number, and that event is skipped for that subscriber only (as in the Go library);
-    every other subscriber still gets every event.
+    every other subscriber still gets every event. Each subscriber is handed an event
+    whose content is its own copy (`own_copy`): what one handler changes, no other sees.
 
     An `async def` handler is awaited on an event loop the bus keeps in a thread of its
     own, one event at a time: the same order, and the loop lives on between events, so a
     handler may keep async clients (an `asyncio.run` per event would close their loop).
+
+    `logger`: where its records go (a Store passes its own); by default
+    `es_workers.memory.bus`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
         self._lock = threading.Lock()
         self._handlers: dict[str, dict[str, Callable[[Event], Any]]] = {}
         self._loop: _LoopThread | None = None
@@ -100,9 +105,9 @@ class InMemoryEventBus:
     def _call(self, subscriber_id: str, handler: Callable[[Event], Any], event: Event) -> None:
         try:
             with handler_call(subscriber_id, event):
-                handler(event)
+                handler(own_copy(event))
         except Exception:
-            log.exception(
+            self.log.exception(
                 "subscriber %s failed on %s %r event %d; skipped for this subscriber",
                 subscriber_id, event.entity_type, event.entity_id, event.event_number,
             )

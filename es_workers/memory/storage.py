@@ -119,7 +119,8 @@ class InMemoryStorage:
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
 
-    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
+                      logger: logging.Logger | None = None) -> None:
         if not isinstance(bus, EventBus):
             raise ConfigurationError(
                 f"InMemoryStorage publishes to a bus that takes events, not {type(bus).__name__}"
@@ -135,8 +136,8 @@ class InMemoryStorage:
             except Exception:
                 # Reported, and the other entities go on (an unreadable event or a failing
                 # bus must not stall them).
-                log.exception("publishing %s %r events %d..%d failed", entity_type, entity_id,
-                              first, last)
+                (logger or log).exception("publishing %s %r events %d..%d failed",
+                                          entity_type, entity_id, first, last)
 
     def close(self) -> None:
         pass

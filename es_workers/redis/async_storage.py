@@ -1,9 +1,12 @@
 """AsyncRedisStorage: RedisStorage's entity streams through a `redis.asyncio` client.
 
-Same append script, same keys, same checks and errors: the validation, encoding, decoding
-and paging live in `entries.py` and both storages call them. Publishing and subscriber
-state stay with the synchronous side (`es-workers publish` / `worker` on a `Store` with the
-same prefix), which relays and handles what this storage appends like any other event.
+Same append script, keys, checks and errors, shared with `RedisStorage` rather than copied:
+validation, encoding, decoding, paging and the outcome of an append in `entries.py`, the
+opening and start-up checks in `opening.py`, Redis failures as es_workers errors in
+`failures.py`, the retry while a cluster slot moves in `cluster.py`. Publishing and
+subscriber state stay with the synchronous side (`es-workers publish` / `worker` on a
+`Store` with the same prefix), which relays and handles what this storage appends like any
+other event.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..event import Content, Event
+from .cluster import is_async_cluster
+from .durability import Durability
 from .entries import (
     DEFAULT_PARTITIONS,
     EntityKeys,
@@ -25,10 +30,11 @@ from .entries import (
     check_appended,
     entity_ids_page,
     index_start,
-    stored_partitions,
     xrange,
 )
+from .failures import appending, server_name, translated
 from .keys import RedisKeys
+from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
 from .state import SubscriberState
 
@@ -37,30 +43,33 @@ class AsyncRedisStorage:
     """Entity streams in Redis, awaited: `client` is a `redis.asyncio.Redis` (a real server
     or `fakeredis.FakeAsyncRedis`) or `redis.asyncio.RedisCluster`.
 
-    `prefix` and `partitions` mean what they mean for `RedisStorage`; the stored number of
-    partitions is read on first use (or `await storage.open()`), since a constructor cannot
-    await.
+    `prefix`, `partitions`, `durability` and `max_event_bytes` mean what they mean for
+    `RedisStorage`. A constructor cannot await: the storage is opened (the stored number of
+    partitions read, the server checked) on first use, or by `await storage.open()`
+    (`async with AsyncStore(...)` does it), which raises what `RedisStorage(...)` raises.
     """
 
     def __init__(
         self, client: Any, *, prefix: str = "es", partitions: int | None = None,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        durability: Durability | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
         self.client = client
         self.max_event_bytes = max_event_bytes
         self.prefix = prefix
+        self.server = server_name(client)
+        self.durability = durability or Durability()
         self.registry = ContentRegistry()
         # The append script; a documented hook, as RedisStorage.append_script. Appends of
         # concurrent tasks share pipelines (BatchingScript), but not on a cluster.
-        pooled = getattr(client, "connection_pool", None) is not None
+        self._on_cluster = is_async_cluster(client)
+        pooled = not self._on_cluster and getattr(client, "connection_pool", None) is not None
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
         self._opening = asyncio.Lock()
         self._reader = self._xrange_client(client)
-        self._on_cluster = isinstance(client, redis.asyncio.RedisCluster)
 
     @staticmethod
     def _xrange_client(client: Any) -> Any:
@@ -89,13 +98,9 @@ class AsyncRedisStorage:
             return self._entity_keys
         async with self._opening:
             if self._entity_keys is None:
-                wanted = DEFAULT_PARTITIONS if self._wanted is None else self._wanted
-                meta = RedisKeys(self.prefix, wanted).meta()
-                stored = await self.client.hget(meta, "partitions")
-                if stored is None:  # a new prefix (as RedisStorage: written only then)
-                    await self.client.hsetnx(meta, "partitions", wanted)
-                    stored = await self.client.hget(meta, "partitions")
-                self._entity_keys = EntityKeys(stored_partitions(self.prefix, self._wanted, stored))
+                steps = opening(self.prefix, self._wanted, self.durability, self.server)
+                with translated(self.server, "opening the store"):
+                    self._entity_keys = EntityKeys(await run_steps_async(steps, self.client))
         return self._entity_keys
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
@@ -114,15 +119,21 @@ class AsyncRedisStorage:
             args.append(entity_keys.keys.wake(
                 entity_keys.keys.partition(entity_type, events[0].entity_id)
             ))
-        reply = await self.append_script(keys=keys, args=args)
-        check_appended(keys[0], entity_type, events, reply)
+        with appending(self.server, entity_type, events[0].entity_id):
+            if self.durability.waits:
+                reply, confirmed = await self.append_script.then(keys, args,
+                                                                 self.durability.command())
+            else:
+                reply, confirmed = await self.append_script(keys=keys, args=args), None
+        check_appended(keys[0], entity_type, events, reply, self.durability, confirmed)
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
         key = (await self._entities())(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after)
         reader = self._reader
+        doing = f"reading {entity_type} {entity_id!r}"
         while pages.more:
-            with pages.reading():
+            with translated(self.server, doing), pages.reading():
                 if pages.needs_first:
                     pipe = reader.pipeline(transaction=False)
                     xrange(pipe, key, "1-0", "1-0")
@@ -137,7 +148,8 @@ class AsyncRedisStorage:
         """The entity's last event number (0 when it has none)."""
         keys = (await self._entities()).keys
         heads = keys.heads(entity_type, keys.partition(entity_type, entity_id))
-        value = await self.client.hget(heads, entity_id)
+        with translated(self.server, f"reading the position of {entity_type} {entity_id!r}"):
+            value = await self.client.hget(heads, entity_id)
         return int(value) if value is not None else 0
 
     async def entity_ids(
@@ -148,7 +160,9 @@ class AsyncRedisStorage:
         pipe = self.client.pipeline(transaction=False)
         for partition in range(keys.partitions):
             pipe.zrangebylex(keys.index(entity_type, partition), start, "+", 0, limit + 1)
-        return entity_ids_page(await pipe.execute(), limit)
+        with translated(self.server, f"listing {entity_type} entities"):
+            replies = await pipe.execute()
+        return entity_ids_page(replies, limit)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -9,13 +9,15 @@ pipelines, which redis-py's `ClusterPipeline` splits per node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeGuard, TypeVar
 
 import redis
+import redis.asyncio
 from redis.cluster import RedisCluster
 
 from .keys import RedisKeys
@@ -35,20 +37,46 @@ def is_cluster(client: object) -> TypeGuard[RedisCluster]:
     return isinstance(client, RedisCluster)
 
 
+def is_async_cluster(client: object) -> bool:
+    return isinstance(client, redis.asyncio.RedisCluster)
+
+
+class SlotMoves:
+    """How long a call the cluster refuses while its slot moves is sent again (up to
+    SLOT_MOVING_PATIENCE_S), and the pause before each try: the policy of both halves."""
+
+    def __init__(self) -> None:
+        self._deadline = time.monotonic() + SLOT_MOVING_PATIENCE_S
+        self._pause = 0.01
+
+    def pause_after(self, error: Exception) -> float:
+        """The pause before sending again after `error`; raises it once patience ran out."""
+        if time.monotonic() > self._deadline:
+            raise error
+        pause, self._pause = self._pause, min(self._pause * 2, 0.5)
+        log.debug("slot moving (%s): sending again in %.0f ms", error, pause * 1000)
+        return pause
+
+
 def retried_while_slots_move(call: Callable[[], T]) -> T:
-    """`call()`, sent again (for up to SLOT_MOVING_PATIENCE_S) while the cluster refuses it
-    because its slot is moving to another master."""
-    deadline = time.monotonic() + SLOT_MOVING_PATIENCE_S
-    pause = 0.01
+    """`call()`, sent again while the cluster refuses it because its slot is moving to
+    another master (`SlotMoves`)."""
+    moves = SlotMoves()
     while True:
         try:
             return call()
         except SLOT_MOVING as error:
-            if time.monotonic() > deadline:
-                raise
-            log.debug("slot moving (%s): sending again in %.0f ms", error, pause * 1000)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)
+            time.sleep(moves.pause_after(error))
+
+
+async def retried_while_slots_move_async(call: Callable[[], Awaitable[T]]) -> T:
+    """`retried_while_slots_move` for a call awaited through a redis.asyncio client."""
+    moves = SlotMoves()
+    while True:
+        try:
+            return await call()
+        except SLOT_MOVING as error:
+            await asyncio.sleep(moves.pause_after(error))
 
 
 def read_groups(
@@ -105,7 +133,9 @@ class Wakeups:
     A lost wake-up costs latency only: the publisher reads every outbox every `block_ms`.
     """
 
-    def __init__(self, client: RedisCluster, channels: Sequence[str]) -> None:
+    def __init__(self, client: RedisCluster, channels: Sequence[str], *,
+                 logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
         self.client: Any = client  # redis-py's cluster client is untyped
         self.channels = list(channels)
         self.woken = threading.Event()
@@ -157,7 +187,7 @@ class Wakeups:
                     node = self.client.get_node_from_key(channel)
                     by_node.setdefault(node.name, []).append(channel)
             except redis.RedisError as error:
-                log.warning("wake-up channels: %s; trying again", error)
+                self.log.warning("wake-up channels: %s; trying again", error)
                 self._stopped.wait(0.5)
                 continue
             listeners = [
@@ -190,7 +220,7 @@ class Wakeups:
                 elif message["type"] == "sunsubscribe":  # its slot moved away
                     break
         except redis.RedisError as error:
-            log.warning("wake-up channels on %s: %s; regrouping in 1 s", node_name, error)
+            self.log.warning("wake-up channels on %s: %s; regrouping in 1 s", node_name, error)
             self._stopped.wait(1.0)
         finally:
             pubsub.close()

@@ -1,4 +1,5 @@
-"""What an append waits for before it returns, and the start-up checks of the server.
+"""What an append waits for before it returns (the start-up checks that the server can
+give it are in `opening.py`).
 
 By default an append returns once the primary ran the script (and, with `appendfsync
 always`, wrote it to its append-only file). `Durability(replicas=N)` also sends `WAIT N
@@ -9,19 +10,10 @@ which Redis has from 7.2 on.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from redis.cluster import RedisCluster
-
-from ..errors import ConfigurationError, DurabilityError
-from .keys import text
-
-log = logging.getLogger("es_workers.durability")
-
-WAITAOF_SINCE = (7, 2)
+from ..errors import DurabilityError
 
 
 @dataclass(frozen=True)
@@ -56,49 +48,3 @@ class Durability:
         if replicas < self.replicas:
             raise DurabilityError(entity_type, entity_id, first, last,
                                   wanted=self.replicas, confirmed=replicas)
-
-
-def server_version(client: redis.Redis | RedisCluster) -> tuple[int, ...]:
-    """The server's version from HELLO (allowed to users without @dangerous, unlike INFO)."""
-    answer = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
-    fields = answer if isinstance(answer, dict) else dict(zip(answer[::2], answer[1::2],
-                                                              strict=False))
-    values = {text(name): value for name, value in fields.items()}
-    return tuple(int(part) for part in text(values["version"]).split(".")[:3])
-
-
-def check_server(client: redis.Redis | RedisCluster, durability: Durability, server: str) -> None:
-    """At start-up: refuses an eviction policy that could delete events, and durability the
-    server cannot give, each with a ConfigurationError naming the server."""
-    _check_eviction(client, server)
-    if durability.aof:
-        version = server_version(client)
-        if version < WAITAOF_SINCE:
-            shown = ".".join(map(str, version))
-            raise ConfigurationError(
-                f"ES_WAIT_AOF needs WAITAOF, which Redis {server} (version {shown}) lacks: "
-                "it came in Redis 7.2. Upgrade Redis or unset ES_WAIT_AOF"
-            )
-    if durability.replicas:
-        try:
-            client.wait(0, 0)
-        except redis.ResponseError as error:
-            raise ConfigurationError(
-                f"ES_WAIT_REPLICAS={durability.replicas}: Redis {server} cannot WAIT "
-                f"for replicas ({error})"
-            ) from None
-
-
-def _check_eviction(client: redis.Redis | RedisCluster, server: str) -> None:
-    try:
-        answer = client.config_get("maxmemory-policy")
-    except redis.ResponseError as error:  # NOPERM: CONFIG is @dangerous; fakeredis
-        log.debug("cannot read maxmemory-policy of %s: %s", server, error)
-        return
-    policy = text(answer.get("maxmemory-policy") or "noeviction")
-    if policy != "noeviction":
-        raise ConfigurationError(
-            f"Redis {server} has maxmemory-policy {policy!r}: it would delete events when "
-            "memory fills up. Set maxmemory-policy noeviction (writes then fail with "
-            "StorageFullError instead)"
-        )

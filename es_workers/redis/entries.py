@@ -24,6 +24,7 @@ from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
+from .durability import Durability
 from .keys import RedisKeys, text
 
 DEFAULT_PARTITIONS = 16
@@ -118,20 +119,26 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
 APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+NO_WAITING = Durability()
 _NOT_A_STREAM = "the key holds another type than a stream"
 
 
-def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any) -> None:
-    """Raises what append.lua's reply says went wrong: ConcurrencyError if it found another
-    writer's events in place, CorruptEventError (naming the stream's `key`) if the stream
-    could not take the events."""
+def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any,
+                   durability: Durability = NO_WAITING, confirmed: Any = None) -> None:
+    """The outcome of an append, for both storages: raises what append.lua's reply says went
+    wrong (ConcurrencyError if it found another writer's events in place, CorruptEventError
+    naming the stream's `key` if the stream could not take the events) and, when the
+    append `durability` waits for replicas, DurabilityError if `confirmed` (the answer to
+    `durability.command()`) confirms too little."""
     status, position = reply
-    if status == APPENDED:
-        metrics.appends(entity_type).inc(len(events))
-        return
-    if status == ALREADY_APPENDED:
-        return
     first = events[0]
+    if status <= ALREADY_APPENDED:  # stored, now or by an earlier try of the same write
+        if status == APPENDED:
+            metrics.appends(entity_type).inc(len(events))
+        if durability.waits:
+            durability.check(confirmed, entity_type, first.entity_id, first.event_number,
+                             events[-1].event_number)
+        return
     if status == CONFLICT:
         metrics.CONFLICTS.labels(entity_type).inc()
         raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
@@ -148,15 +155,18 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
     )
 
 
-def index_start(entity_type: str, after: str | None, limit: int) -> str:
+def index_start(entity_type: str, after: str | None, limit: int) -> bytes:
     """The ZRANGEBYLEX start of a page of entity IDs (each partition's index is read from
     there, `limit + 1` members). Checks the arguments."""
     check_entity_type(entity_type)
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     # The token is the store_entity_id of the page's last entity; members are
-    # "<store_entity_id><entity ID>", so "(" + token + "\xff" starts after that entity.
-    return "-" if after is None else f"({after}\xff"
+    # "<store_entity_id><entity ID>" in UTF-8, compared byte by byte, so the bound is the
+    # token then the byte 0xff, which no UTF-8 text holds: above every member of that
+    # entity. (The text "\xff" would be sent as the bytes c3 bf, below the IDs that start
+    # at U+00FF or beyond, which the next page then repeated.)
+    return b"-" if after is None else b"(" + after.encode() + b"\xff"
 
 
 def entity_ids_page(replies: list[Any], limit: int) -> tuple[list[str], str | None]:

@@ -1,10 +1,11 @@
 """Redis failures as es_workers errors, in one place.
 
-Store calls that reach Redis (RedisStorage's reads and writes, the subscriber state the
-Store asks about, admin commands) run inside `translated(...)`: redis-py's connection and
-timeout errors, and the refusals of a server that is failing over (READONLY, MASTERDOWN) or
-loading (LOADING), become `StorageUnavailableError`; OOM becomes `StorageFullError`. Other
-errors pass through unchanged.
+Store calls that reach Redis (the reads and writes of RedisStorage and AsyncRedisStorage,
+the subscriber state a store asks about, admin commands) run inside `translated(...)`:
+redis-py's connection and timeout errors (redis.asyncio raises the same ones), and the
+refusals of a server that is failing over (READONLY, MASTERDOWN) or loading (LOADING),
+become `StorageUnavailableError`; OOM becomes `StorageFullError`. Other errors pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -63,3 +64,9 @@ def translated(server: str, doing: str, *, writing: bool = False) -> Iterator[No
         raise StorageUnavailableError(
             server, error, outcome_unknown=writing, doing=doing
         ) from error
+
+
+def appending(server: str, entity_type: str,
+              entity_id: str) -> contextlib.AbstractContextManager[None]:
+    """`translated` around an append: a connection lost leaves its outcome unknown."""
+    return translated(server, f"appending to {entity_type} {entity_id!r}", writing=True)

@@ -81,7 +81,8 @@ class Publisher:
     """Relays the outboxes of `storage` to `bus` (see the module's doc).
 
     A bus that takes events is handed them through `reader` (with the store's upgrades;
-    `Store.start()` passes its own), a notifying bus only notices.
+    `Store.start()` passes its own), a notifying bus only notices. `logger`: where its
+    records go (`Store.start()` passes the store's); by default `es_workers.publisher`.
     """
 
     def __init__(
@@ -91,7 +92,9 @@ class Publisher:
         options: PublisherOptions | None = None,
         *,
         reader: Reader | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
+        self.log = logger or log
         self.storage = storage
         self.client = storage.client
         self.keys = storage.keys
@@ -114,7 +117,8 @@ class Publisher:
         # append.lua) or had entries last round, and every outbox each block_ms; an idle
         # publisher waits for a wake-up.
         self._wakeups = (
-            Wakeups(self.client, [self.keys.wake(p) for p in range(self.keys.partitions)])
+            Wakeups(self.client, [self.keys.wake(p) for p in range(self.keys.partitions)],
+                    logger=self.log)
             if is_cluster(self.client) else None
         )
         self._outbox_of_wake = {
@@ -126,7 +130,7 @@ class Publisher:
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised: one
         warning per retry, and one "recovered" line when a round succeeds again."""
-        log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
+        self.log.info("publisher %s started on %d partitions", self.consumer, len(self._outboxes))
         if self._wakeups is not None:
             self._wakeups.start()
         try:
@@ -135,7 +139,7 @@ class Publisher:
             if self._wakeups is not None:
                 self._wakeups.stop()
             self._stop_beating()
-        log.info("publisher %s stopped", self.consumer)
+        self.log.info("publisher %s stopped", self.consumer)
 
     def _run(self, stop: threading.Event) -> None:
         failures = idle = 0
@@ -148,11 +152,11 @@ class Publisher:
                 if not spread_checked:
                     warning = spread_warning(self.client, self.keys)
                     if warning:
-                        log.warning("publisher %s: %s", self.consumer, warning)
+                        self.log.warning("publisher %s: %s", self.consumer, warning)
                     spread_checked = True
                 busy = self.step()
                 if failures:
-                    log.info("publisher %s recovered after %.1f s (%d failed attempts)",
+                    self.log.info("publisher %s recovered after %.1f s (%d failed attempts)",
                              self.consumer, time.monotonic() - outage_since, failures)
                 failures = 0
                 idle = 0 if busy else idle + 1
@@ -170,7 +174,7 @@ class Publisher:
     def _retry_delay(self, error: Exception, failures: int) -> int:
         self._own_pending = True
         delay = self._backoff.delay_ms(failures)
-        log.warning(
+        self.log.warning(
             "publisher %s: %s: %s; retrying in %.0f ms (attempt %d)",
             self.consumer, type(error).__name__, error, delay, failures,
         )
@@ -180,7 +184,7 @@ class Publisher:
         try:
             self.storage.heartbeats.stop("publisher")
         except Exception as error:  # Redis down: the beat goes stale instead
-            log.debug("removing the publisher's heartbeat failed: %s", error)
+            self.log.debug("removing the publisher's heartbeat failed: %s", error)
 
     def step(self) -> bool:
         """One round: relay new (or own pending) entries, then the periodic duties."""
@@ -255,7 +259,7 @@ class Publisher:
             )
             entries = [(key, entry) for entry in reply[1] if entry and entry[1]]
             if entries:
-                log.info("publisher %s claimed %d abandoned entries of %s",
+                self.log.info("publisher %s claimed %d abandoned entries of %s",
                          self.consumer, len(entries), key)
                 self._relay(entries)
                 found = True
@@ -274,7 +278,7 @@ class Publisher:
                     consumer["idle"] > silent_ms
                 ):
                     self.client.xgroup_delconsumer(key, GROUP, name)
-                    log.info("publisher %s forgot dead publisher %s on %s",
+                    self.log.info("publisher %s forgot dead publisher %s on %s",
                              self.consumer, name, key)
 
     def _relay(self, entries: Sequence[tuple[str, Any]]) -> None:
@@ -287,7 +291,7 @@ class Publisher:
                 entity_type, entity_id = fields["type"], fields["id"]
                 first, last = int(fields["first"]), int(fields["last"])
             except (KeyError, ValueError):
-                log.error("outbox %s entry %s is malformed, dropping it: %r",
+                self.log.error("outbox %s entry %s is malformed, dropping it: %r",
                           key, text(entry_id), fields)
                 continue
             metrics.PUBLISH_LAG.observe(
@@ -336,7 +340,7 @@ class Publisher:
             # A bus that takes events (InMemoryEventBus) has no retry of its own, and an
             # unreadable event must not stall the others: report and go on, as the Go
             # library does.
-            log.exception("publishing %s %r events %d..%d failed", notice.entity_type,
+            self.log.exception("publishing %s %r events %d..%d failed", notice.entity_type,
                           notice.entity_id, notice.first, notice.last,
                           extra={"entity_type": notice.entity_type,
                                  "entity_id": notice.entity_id, "event_number": notice.first})
@@ -365,7 +369,7 @@ class Publisher:
                 if token is None:
                     self.state.finish_catch_up(entity_type, subscriber_id)
                     self._caught_up.add((entity_type, subscriber_id))
-                    log.info("subscriber %s was handed the history of %s", subscriber_id,
+                    self.log.info("subscriber %s was handed the history of %s", subscriber_id,
                              entity_type, extra={"subscriber_id": subscriber_id,
                                                  "entity_type": entity_type})
                 else:
@@ -382,7 +386,7 @@ class Publisher:
         subscriber_ids = sorted({s for _, s in subscribed})
         if subscriber_ids:
             for e in self.state.take_due(subscriber_ids, subscribed):
-                log.info("re-sending %s %r to %s: not seen handled in time", e.entity_type,
+                self.log.info("re-sending %s %r to %s: not seen handled in time", e.entity_type,
                          e.entity_id, e.subscriber_id,
                          extra={"subscriber_id": e.subscriber_id, "entity_type": e.entity_type,
                                 "entity_id": e.entity_id})

@@ -7,6 +7,8 @@ the server only when the server does not know it (after a restart or SCRIPT FLUS
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -16,7 +18,13 @@ import redis
 import redis.asyncio
 from redis.client import NEVER_DECODE
 
-from .cluster import SLOT_MOVING, is_cluster, retried_while_slots_move
+from .cluster import (
+    SLOT_MOVING,
+    is_async_cluster,
+    is_cluster,
+    retried_while_slots_move,
+    retried_while_slots_move_async,
+)
 
 
 @cache
@@ -103,17 +111,22 @@ def _then(
 
 
 class AsyncScript:
-    """`Script` for a `redis.asyncio` client (`Redis` or `RedisCluster`): the same text, SHA
-    and fallback, awaited."""
+    """`Script` for a `redis.asyncio` client (`Redis` or `RedisCluster`): the same text, SHA,
+    fallback and retry while a cluster slot moves, awaited."""
 
     def __init__(self, client: Any, name: str) -> None:
         self.name = name
         self._client = client
         self._registered = client.register_script(source(name))
         self.sha: str = self._registered.sha
-        self._on_cluster = isinstance(client, redis.asyncio.RedisCluster)
+        self._on_cluster = is_async_cluster(client)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if self._on_cluster:
+            return await retried_while_slots_move_async(lambda: self._evalsha(keys, args))
+        return await self._evalsha(keys, args)
+
+    async def _evalsha(self, keys: list[str], args: list[Any]) -> Any:
         try:
             if self._on_cluster:  # naming the node, as `Script` does
                 return await self._client.execute_command(
@@ -123,6 +136,54 @@ class AsyncScript:
             return await self._client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return await self._registered(keys=keys, args=args)
+
+    async def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
+        """`Script.then`, awaited: the script, then `command`, on one connection (on a
+        cluster, one of the script's node)."""
+        if self._on_cluster:
+            return await retried_while_slots_move_async(
+                lambda: self._then_on_node(keys, args, command))
+        pool = self._client.connection_pool
+        return await _then_async(pool.get_connection, pool.release, self, keys, args, command)
+
+    async def _then_on_node(
+        self, keys: list[str], args: list[Any], command: tuple[Any, ...]
+    ) -> list[Any]:
+        node = self._client.get_node_from_key(keys[0])
+
+        async def release(connection: Any) -> None:
+            node.release(connection)
+
+        async def acquire() -> Any:
+            return node.acquire_connection()
+
+        try:
+            return await _then_async(acquire, release, self, keys, args, command)
+        except (redis.exceptions.AskError, redis.exceptions.MovedError) as error:
+            await self._client.nodes_manager.initialize()  # the slot map changed
+            raise redis.exceptions.ClusterError(str(error)) from error
+
+    async def load(self) -> None:
+        """Loads the script into the server (on a cluster, into every master)."""
+        await self._client.script_load(source(self.name))
+
+
+async def _then_async(acquire: Callable[[], Awaitable[Any]],
+                      release: Callable[[Any], Awaitable[None]], script: AsyncScript,
+                      keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
+    """The script then `command`, on one connection of a pool (`acquire`, `release`), loaded
+    once if the server does not know it; raises an error either answered."""
+    packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)),
+              hiredis.pack_command(command)]
+    for attempt in range(2):
+        answers = await _exchange(acquire, release, packed)
+        if not isinstance(answers[0], redis.exceptions.NoScriptError) or attempt:
+            break
+        await script.load()
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
 
 
 class BatchingScript:
@@ -135,19 +196,30 @@ class BatchingScript:
     turn costs one more loop iteration. A connection error retries the batch with the
     connection's retry policy: the script is idempotent (same store_event_ids), as when
     redis-py retries a single call. For a `redis.asyncio.Redis` (one connection pool).
+
+    `then(keys, args, command)` calls are batched too: `command` (WAIT) is sent once after
+    the batch's scripts, on their connection, and answers for all of them.
     """
 
     def __init__(self, client: Any, name: str) -> None:
         self.script = AsyncScript(client, name)
         self.name, self.sha = name, self.script.sha
         self._pool = client.connection_pool
-        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        return await self._queued(keys, args, None)
+
+    async def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
+        answers: list[Any] = await self._queued(keys, args, command)
+        return answers
+
+    async def _queued(self, keys: list[str], args: list[Any],
+                      command: tuple[Any, ...] | None) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((keys, args, future))
+        self._pending.append(_Call(keys, args, command, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)  # once the tasks ready now have added theirs
         return await future
@@ -158,38 +230,63 @@ class BatchingScript:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
+        commands = list(dict.fromkeys(call.command for call in batch if call.command))
         packed = [
-            hiredis.pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
-            for keys, args, _ in batch
-        ]
+            hiredis.pack_command(("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args))
+            for call in batch
+        ] + [hiredis.pack_command(command) for command in commands]
         try:
-            replies = await self._exchange(packed)
+            replies = await _exchange(self._pool.get_connection, self._pool.release, packed)
         except Exception as error:  # the connection's: every call of the batch shares it
-            replies = [error] * len(batch)
-        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            replies = [error] * len(packed)
+        answered = dict(zip(commands, replies[len(batch):], strict=True))
+        for call, reply in zip(batch, replies, strict=False):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                reply = await _outcome(self.script(keys, args))  # loads it, once
-            if future.done():  # its caller was cancelled
+                outcome = await _outcome(  # loads it, once
+                    self.script(call.keys, call.args) if call.command is None
+                    else self.script.then(call.keys, call.args, call.command))
+            elif call.command is None or isinstance(reply, Exception):
+                outcome = reply
+            else:  # the script's reply and the command's answer, as `then` gives them
+                confirmed = answered[call.command]
+                outcome = confirmed if isinstance(confirmed, Exception) else [reply, confirmed]
+            if call.future.done():  # its caller was cancelled
                 continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
+            if isinstance(outcome, BaseException):
+                call.future.set_exception(outcome)
             else:
-                future.set_result(reply)
+                call.future.set_result(outcome)
 
-    async def _exchange(self, packed: list[bytes]) -> list[Any]:
-        connection = await self._pool.get_connection()
-        try:
-            replies: list[Any] = await connection.retry.call_with_retry(
-                lambda: _write_and_read(connection, packed),
-                lambda error: connection.disconnect(),
-            )
-            return replies
-        except BaseException:
-            await connection.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            await self._pool.release(connection)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A call waiting in a BatchingScript for its turn's batch."""
+
+    keys: list[str]
+    args: list[Any]
+    command: tuple[Any, ...] | None
+    future: asyncio.Future[Any]
+
+
+async def _exchange(acquire: Callable[[], Awaitable[Any]],
+                    release: Callable[[Any], Awaitable[None]], packed: list[bytes]) -> list[Any]:
+    """Sends the packed commands on one connection of a pool and reads every reply (an
+    error reply in its place), retried on a connection error with the connection's retry
+    policy: only for commands that may be sent twice (the append script may)."""
+    connection = await acquire()
+    try:
+        replies: list[Any] = await connection.retry.call_with_retry(
+            lambda: _write_and_read(connection, packed),
+            lambda error: connection.disconnect(),
+        )
+        return replies
+    except BaseException:
+        await connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        await release(connection)
 
 
 async def _write_and_read(connection: Any, packed: list[bytes]) -> list[Any]:

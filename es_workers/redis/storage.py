@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -16,10 +17,8 @@ from ..event import Content, Event
 from ..ports import Bus
 from ..upgrade import Reader
 from .cluster import is_cluster
-from .durability import Durability, check_server
+from .durability import Durability
 from .entries import (
-    ALREADY_APPENDED,
-    DEFAULT_PARTITIONS,
     EntityKeys,
     EntityPages,
     append_args,
@@ -28,12 +27,12 @@ from .entries import (
     entity_ids_page,
     flat_entries,
     index_start,
-    stored_partitions,
     xrange,
 )
-from .failures import server_name, translated
+from .failures import appending, server_name, translated
 from .heartbeats import Heartbeats
-from .keys import RedisKeys, text
+from .keys import text
+from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
 from .state import SubscriberState
@@ -71,8 +70,8 @@ class RedisStorage:
         self.server = server_name(client)
         self.durability = durability or Durability()
         with translated(self.server, "opening the store"):
-            self.keys = self._open_keys(client, prefix, partitions)
-            check_server(client, self.durability, self.server)
+            self.keys = run_steps(opening(prefix, partitions, self.durability, self.server),
+                                  client)
         self.registry = ContentRegistry()
         self.publisher_options = publisher or PublisherOptions()
         self.state = SubscriberState(
@@ -103,18 +102,6 @@ class RedisStorage:
         reader.set_response_callback("XRANGE", as_sent)
         return reader
 
-    @staticmethod
-    def _open_keys(
-        client: redis.Redis | RedisCluster, prefix: str, partitions: int | None
-    ) -> RedisKeys:
-        wanted = DEFAULT_PARTITIONS if partitions is None else partitions
-        meta = RedisKeys(prefix, wanted).meta()  # validates before anything is written
-        stored = client.hget(meta, "partitions")
-        if stored is None:  # a new prefix; written only then: a full Redis refuses writes
-            client.hsetnx(meta, "partitions", wanted)
-            stored = client.hget(meta, "partitions")
-        return stored_partitions(prefix, partitions, stored)
-
     @property
     def partitions(self) -> int:
         return self.keys.partitions
@@ -132,25 +119,15 @@ class RedisStorage:
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
-        check_appended(keys[0], entity_type, events, self._append(keys, args))
-
-    def _append(self, keys: list[str], args: list[Any]) -> tuple[int, int]:
-        """Runs append.lua (ARGV: entity type, entity ID, expected, count, ...), then what
-        `durability` waits for; returns the script's (status, position)."""
-        entity_type, entity_id, expected, count = args[:4]
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
-        with translated(self.server, f"appending to {entity_type} {entity_id!r}", writing=True):
-            if not self.durability.waits:
-                status, position = self.append_script(keys=keys, args=args)
-                return int(status), int(position)
-            (status, position), confirmed = self.append_script.then(
-                keys, args, self.durability.command()
-            )
-        if status <= ALREADY_APPENDED:  # else nothing was written to wait for
-            self.durability.check(confirmed, entity_type, entity_id, expected + 1,
-                                  expected + count)
-        return int(status), int(position)
+        with appending(self.server, entity_type, events[0].entity_id):
+            if self.durability.waits:
+                reply, confirmed = self.append_script.then(keys, args,
+                                                           self.durability.command())
+            else:
+                reply, confirmed = self.append_script(keys=keys, args=args), None
+        check_appended(keys[0], entity_type, events, reply, self.durability, confirmed)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
         key = self._entity_keys(entity_type, entity_id)[0]
@@ -233,12 +210,13 @@ class RedisStorage:
             lengths = pipe.execute(raise_on_error=False)
         return sum(int(n) for n in lengths if isinstance(n, int))
 
-    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event) -> None:
+    def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
+                      logger: logging.Logger | None = None) -> None:
         """Relays until `stop`; first refuses (ConfigurationError) if another app runs one of
         the bus's subscriber IDs under this prefix (see `subscribers.py`)."""
         with translated(self.server, "recording the subscribers"):
             self.subscribers.claim(subscriptions_of(bus, self.entity_types()))
-        Publisher(self, bus, self.publisher_options, reader=reader).run(stop)
+        Publisher(self, bus, self.publisher_options, reader=reader, logger=logger).run(stop)
 
     def close(self) -> None:
         self.client.close()
