@@ -193,7 +193,7 @@ def refuse_embedded() -> NoReturn:
                     for name, near in unknown_variables().items() if near)
     fail(f"no Redis server to run on: ES_REDIS_URL is not set (nor ES_REDIS_SENTINELS){typos}, "
          "so the app's store is an empty embedded Redis inside this process. Set "
-         "ES_REDIS_URL to the app's Redis; status, show, health, replay and parked take "
+         "ES_REDIS_URL to the app's Redis; status, show, health, rebuild, replay and parked take "
          "--embedded to use the embedded one on purpose (`es-workers demo` runs on one).",
          EXIT_USAGE)
 
@@ -707,12 +707,13 @@ def rebuild(
         "--timeout", min=0, help="Seconds to wait for the subscriber's running handlers")
     ] = 60.0,
     yes: Yes = False,
+    embedded: Embedded = False,
 ) -> None:
     """Rebuild a subscriber's read model while the app runs: pause it, wait for its running
     handlers, forget its checkpoints and parked entities, call its reset hook, deliver its
     whole history, resume. Events written meanwhile follow the history. Asks first."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         admin.check_subscriber(store, subscriber_id)
         types = [t for t in store.entity_types() if subscriber_id in store.subscriber_ids(t)]

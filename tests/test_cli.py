@@ -233,7 +233,8 @@ def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> 
 
 ADMIN_COMMANDS = [
     ["status", "--check"], ["status", "--json"], ["show", "account", "a1"], ["health"],
-    ["replay", "audit", "--yes"], ["parked", "list", "audit", "account"],
+    ["replay", "audit", "--yes"], ["rebuild", "audit", "--yes"],
+    ["parked", "list", "audit", "account"],
     ["parked", "retry", "audit", "account", "a1"],
     ["parked", "skip", "audit", "account", "a1", "--yes"],
 ]
@@ -530,23 +531,23 @@ def test_rebuild_resets_the_read_model_and_delivers_the_history_again(
     with Delivery(app_module):
         wait_for(lambda: len(app_module.calls) == 6, "audit to handle 6 events")
 
-        refused = runner.invoke(app, ["rebuild", ref(app_module), "audit"])
+        refused = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--embedded"])
         assert refused.exit_code == 2
         assert "Pass --yes" in refused.output
 
-        result = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes"])
+        result = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes", "--embedded"])
         assert result.exit_code == 0, result.output
         assert "audit: rebuilt from 3 entities" in result.stdout
 
         wait_for(lambda: len(app_module.calls) == 6, "audit to handle the history again")
         assert sorted(app_module.calls) == [(f"a{n}", e) for n in range(3) for e in (1, 2)]
 
-    unknown = runner.invoke(app, ["rebuild", ref(app_module), "nobody", "--yes"])
+    unknown = runner.invoke(app, ["rebuild", ref(app_module), "nobody", "--yes", "--embedded"])
     assert unknown.exit_code == 2
     assert "'nobody' is not registered in this app: known subscribers 'audit', 'fragile'" in (
         unknown.output
     )
-    no_hook = runner.invoke(app, ["rebuild", ref(app_module), "fragile", "--yes"])
+    no_hook = runner.invoke(app, ["rebuild", ref(app_module), "fragile", "--yes", "--embedded"])
     assert no_hook.exit_code == 2
     assert "subscriber 'fragile' has no reset hook, so it cannot be rebuilt" in no_hook.output
 
@@ -556,23 +557,25 @@ def test_status_shows_a_rebuild_that_failed_halfway_until_one_finishes(
 ) -> None:
     write(app_module, "a1", app_module.Opened(owner="Ada"))
     app_module.broken_reset = True
-    failed = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes"])
+    failed = runner.invoke(app, ["rebuild", ref(app_module), "audit", "--yes", "--embedded"])
     assert failed.exit_code == 1
     assert "OSError: read model unreachable" in failed.output
     assert "run the rebuild again" in failed.output
 
-    shown = runner.invoke(app, ["status", ref(app_module)])
+    shown = runner.invoke(app, ["status", ref(app_module), "--embedded"])
     assert "rebuild interrupted: audit by " in " ".join(shown.stdout.split())
-    as_json = json.loads(runner.invoke(app, ["status", ref(app_module), "--json"]).stdout)
+    as_json = json.loads(
+        runner.invoke(app, ["status", ref(app_module), "--json", "--embedded"]).stdout)
     audit = next(s for s in as_json["subscribers"] if s["subscriber_id"] == "audit")
     assert audit["paused"] is False and audit["rebuild"]["stage"] == "reset hook"
-    checked = runner.invoke(app, ["status", ref(app_module), "--check"])
+    checked = runner.invoke(app, ["status", ref(app_module), "--check", "--embedded"])
     assert checked.exit_code == 3
     assert "audit: rebuild interrupted" in checked.output
 
     app_module.broken_reset = False
-    assert runner.invoke(app, ["rebuild", ref(app_module), "audit", "-y"]).exit_code == 0
-    shown = runner.invoke(app, ["status", ref(app_module), "--check"])
+    rebuilt = runner.invoke(app, ["rebuild", ref(app_module), "audit", "-y", "--embedded"])
+    assert rebuilt.exit_code == 0
+    shown = runner.invoke(app, ["status", ref(app_module), "--check", "--embedded"])
     assert shown.exit_code == 0, shown.output
     assert "rebuild" not in shown.stdout
 
