@@ -37,6 +37,7 @@ from importlib.metadata import version as _distribution_version
 
 from .async_store import AsyncStore
 from .async_stream import AsyncStream
+from .encryption import EncryptionError, MasterKeys
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -61,7 +62,9 @@ from .errors import (
     WaitTimeoutError,
 )
 from .event import Content, Event, Handler
+from .forgetting import SubjectForgotten
 from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
+from .personal import Personal
 from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
 from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
@@ -88,6 +91,7 @@ __all__ = [
     "DecodeError",
     "DramatiqEventBus",
     "DurabilityError",
+    "EncryptionError",
     "EsError",
     "Event",
     "EventBus",
@@ -100,10 +104,12 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidNameError",
     "InvalidPayloadError",
+    "MasterKeys",
     "NotParkedError",
     "NotRegisteredError",
     "NotifyingEventBus",
     "ParkedError",
+    "Personal",
     "RedisStorage",
     "Settings",
     "Storage",
@@ -112,6 +118,7 @@ __all__ = [
     "Store",
     "Stream",
     "StreamNotReadError",
+    "SubjectForgotten",
     "SubscriberError",
     "UnknownEventError",
     "UnknownNameError",

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..encryption import AsyncKeyring, FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
 from .entries import (
     DEFAULT_PARTITIONS,
@@ -26,8 +27,10 @@ from .entries import (
     entity_ids_page,
     index_start,
     stored_partitions,
+    stored_values,
     xrange,
 )
+from .keyring import AsyncRedisKeyStore
 from .keys import RedisKeys
 from .scripts import AsyncScript, BatchingScript
 from .state import SubscriberState
@@ -44,13 +47,17 @@ class AsyncRedisStorage:
 
     def __init__(
         self, client: Any, *, prefix: str = "es", partitions: int | None = None,
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, encryption: MasterKeys | None = None,
     ) -> None:
         RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
         self.client = client
         self.max_event_bytes = max_event_bytes
         self.prefix = prefix
         self.registry = ContentRegistry()
+        self.keyring: AsyncKeyring | None = None
+        if encryption is not None:  # `Personal` fields, as RedisStorage
+            self.keyring = AsyncKeyring(encryption, AsyncRedisKeyStore(client, prefix))
+            self.registry.cipher = FieldCipher(self.keyring)
         # The append script; a documented hook, as RedisStorage.append_script. Appends of
         # concurrent tasks share pipelines (BatchingScript), but not on a cluster.
         pooled = getattr(client, "connection_pool", None) is not None
@@ -107,6 +114,8 @@ class AsyncRedisStorage:
             return
         entity_keys = await self._entities()
         keys = entity_keys(entity_type, events[0].entity_id)
+        if self.keyring is not None:  # encoding is synchronous: the data keys first
+            await self.keyring.prepare_write(subjects_of(events))
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
             args.append(entity_keys.keys.wake(
@@ -128,6 +137,8 @@ class AsyncRedisStorage:
                     entries = pages.take_replies(await pipe.execute(raise_on_error=False))
                 else:
                     entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
+            if self.keyring is not None:  # decoding is synchronous: the data keys first
+                await self.keyring.prepare_read(stored_values(entries))
             for event in pages.decode(entries):
                 yield event
 

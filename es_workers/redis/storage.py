@@ -11,6 +11,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..encryption import FieldCipher, Keyring, MasterKeys
 from ..errors import CorruptEventError
 from ..event import Content, Event
 from ..ports import Bus
@@ -33,6 +34,7 @@ from .entries import (
 )
 from .failures import server_name, translated
 from .heartbeats import Heartbeats
+from .keyring import RedisKeyStore
 from .keys import RedisKeys, text
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
@@ -52,7 +54,9 @@ class RedisStorage:
 
     A Redis that cannot be reached raises StorageUnavailableError (see `redis/failures.py`).
     A write holding an event larger than `max_event_bytes` encoded is refused
-    (EventTooLargeError), nothing stored.
+    (EventTooLargeError), nothing stored. With `encryption` (master keys), `Personal`
+    fields are encrypted with data keys kept under the prefix (`keyring`); without it,
+    writing one is refused.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RedisStorage:
         publisher: PublisherOptions | None = None,
         durability: Durability | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        encryption: MasterKeys | None = None,
     ) -> None:
         self.client = client
         self.max_event_bytes = max_event_bytes
@@ -73,6 +78,10 @@ class RedisStorage:
             self.keys = self._open_keys(client, prefix, partitions)
             check_server(client, self.durability, self.server)
         self.registry = ContentRegistry()
+        self.keyring: Keyring | None = None
+        if encryption is not None:
+            self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
+            self.registry.cipher = FieldCipher(self.keyring)
         self.publisher_options = publisher or PublisherOptions()
         self.state = SubscriberState(
             client, self.keys, redrive_after_ms=self.publisher_options.redrive_after_ms
