@@ -31,6 +31,8 @@ from .errors import EsError
 
 FORGOTTEN_TEXT = "<forgotten>"
 """What a personal `str` field reads as once its subject was forgotten."""
+REDACTED_TEXT = "<personal>"
+"""What `redacted` shows instead of a personal field's value."""
 
 
 class Personal:
@@ -136,6 +138,16 @@ def _holds_text(annotation: Any) -> bool:
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or repr(annotation)
+
+
+def redacted(content: BaseModel) -> dict[str, Any]:
+    """The content as JSON-ready values, each personal field shown as `REDACTED_TEXT`
+    (`es-workers show --redact`, the dashboard)."""
+    values: dict[str, Any] = content.model_dump(mode="json")
+    for name in personal_fields(type(content)).names:
+        if name in values:
+            values[name] = REDACTED_TEXT
+    return values
 
 
 # Contents read after their subject was forgotten. Weak: the mark lives as long as the

@@ -20,6 +20,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from .encryption import MasterKeys
 from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
 from .redis.cluster import is_cluster
@@ -244,6 +245,7 @@ def build_parts(settings: Settings | None = None) -> tuple[RedisStorage, Dramati
         publisher=settings.publisher_options(),
         durability=settings.durability(),
         max_event_bytes=settings.max_event_bytes,
+        encryption=master_keys(settings),
     )
     bus = DramatiqEventBus(
         broker,
@@ -259,5 +261,14 @@ def build_async_storage(settings: Settings | None = None) -> AsyncRedisStorage:
     settings = settings if settings is not None else load_settings()
     return AsyncRedisStorage(
         async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
+        max_event_bytes=settings.max_event_bytes, encryption=master_keys(settings),
     )
+
+
+def master_keys(settings: Settings) -> MasterKeys | None:
+    """The master keys of personal fields (`encryption_key`, older `encryption_keys`)."""
+    if settings.encryption_key is None:
+        return None
+    older = settings.encryption_keys
+    return MasterKeys(settings.encryption_key.get_secret_value(),
+                      older.get_secret_value().split(",") if older is not None else ())
