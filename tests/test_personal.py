@@ -396,3 +396,39 @@ def test_no_aof_file_holds_plain_text_nor_after_forget_the_data_key(
     assert c1_key.encode() in aof_bytes()  # its ciphertexts stay, undecryptable
     client.close()
 
+
+
+# -- Delivery through Dramatiq -------------------------------------------------------------------
+
+
+def test_dramatiq_subscribers_get_decrypted_events_and_queues_hold_no_plain_text(
+    redis_client: redis.Redis, prefix: str, broker: Any
+) -> None:
+    from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder
+    from kit import wait_for
+
+    storage = RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER,
+                           encryption=MasterKeys(KEY))
+    delivery = Delivery(storage, broker, events=EVENTS)
+    copies, forgets = Recorder(), Recorder()
+    delivery.store.subscribe("customer", "copies", copies)
+    delivery.store.subscribe(FORGOTTEN_TYPE, "copies-forget", forgets)
+    try:
+        for number in range(5):
+            write_customer(delivery.store, f"c{number}", f"n{number}")
+        # Queued before any worker runs: the notices wait in Dramatiq's queues.
+        delivery.start_store()
+        wait_for(lambda: storage.outbox_backlog() == 0, "the outbox to be relayed")
+        secrets = [s for n in range(5) for s in secret_values(f"n{n}")]
+        broker_client = broker.client
+        assert assert_no_plain_text(broker_client, f"{broker.namespace}:*", *secrets) > 0
+        delivery.start_worker(threads=2)
+        wait_for(lambda: copies.count() == 5, "the five customers to be delivered")
+        assert copies.contents["c3"][0].email == secret_values("n3")[0]
+        delivery.store.forget("c3")
+        wait_for(lambda: forgets.count() == 1, "the forget notice to be delivered")
+        assert forgets.contents["c3"] == [SubjectForgotten(subject="c3")]
+        assert_no_plain_text(redis_client, f"{prefix}:*", *secrets)
+        assert_no_plain_text(broker_client, f"{broker.namespace}:*", *secrets)
+    finally:
+        delivery.stop()
