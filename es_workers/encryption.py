@@ -71,7 +71,7 @@ def new_master_key() -> str:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return binascii.b2a_base64(data, newline=False).decode()
 
 
 def _unb64(text: str) -> bytes:
