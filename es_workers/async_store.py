@@ -130,14 +130,26 @@ class AsyncStore:
                 f"got (InMemoryEventBus), not {type(self.bus).__name__}"
             )
 
-    async def forget(self, subject: str) -> int:
-        """`Store.forget`, awaited: destroys the subject's data key, then appends the
-        `SubjectForgotten` notices missing. Idempotent; returns the keys destroyed so far."""
+    async def rotate_keys(self) -> int:
+        """`Store.rotate_keys`, awaited: re-wraps every data key with the current master
+        key; returns how many."""
+        keyring = self._keyring()
+        if isinstance(keyring, AsyncKeyring):
+            return await keyring.rotate()
+        return keyring.rotate()
+
+    def _keyring(self) -> AsyncKeyring | Keyring:
         keyring = self._keyring_or_none()
         if keyring is None:
             raise ConfigurationError(
                 "personal data needs a master key: set ES_ENCRYPTION_KEY (`es-workers keys "
                 "new` makes one), or pass encryption=MasterKeys(...) to the storage")
+        return keyring
+
+    async def forget(self, subject: str) -> int:
+        """`Store.forget`, awaited: destroys the subject's data key, then appends the
+        `SubjectForgotten` notices missing. Idempotent; returns the keys destroyed so far."""
+        keyring = self._keyring()
         if isinstance(keyring, AsyncKeyring):
             destroyed = await keyring.forget(subject)
         else:

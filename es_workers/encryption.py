@@ -33,7 +33,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -180,7 +180,11 @@ class KeyCache:
     whenever the key store's version moves.
 
     Decrypting costs two to three times decoding a plain event; a process that reads the
-    same events again (hydrating an entity per command) finds them here instead."""
+    same events again (hydrating an entity per command) finds them here instead.
+
+    `generation` counts the drops: a caller takes it before asking the key store and puts
+    what it found only if no drop came in between (a key fetched just before a forget
+    must not enter the cache just after a reader dropped it)."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
@@ -188,35 +192,39 @@ class KeyCache:
         self.subjects: OrderedDict[str, str] = OrderedDict()  # subject -> key ID
         self.opened: OrderedDict[str | bytes, tuple[bytes, bool]] = OrderedDict()
         self.version: int | None = None
+        self.generation = 0
         self.lock = threading.Lock()
 
-    def put_opened(self, data: str | bytes, opened: tuple[bytes, bool]) -> None:
+    def put_opened(self, data: str | bytes, opened: tuple[bytes, bool], generation: int) -> None:
         with self.lock:
-            self.opened[data] = opened
-            if len(self.opened) > self.size:
-                self.opened.popitem(last=False)
+            if generation == self.generation:
+                self.opened[data] = opened
+                if len(self.opened) > self.size:
+                    self.opened.popitem(last=False)
 
     def key(self, key_id: str) -> tuple[bool, Any]:
         """(found, AESGCM or None when destroyed)."""
         keys = self.keys
         try:
             aead = keys[key_id]
-        except KeyError:
+            keys.move_to_end(key_id)
+        except KeyError:  # not cached, or dropped meanwhile by another thread
             return False, None
-        keys.move_to_end(key_id)
         return True, aead
 
-    def put_key(self, key_id: str, aead: Any) -> None:
+    def put_key(self, key_id: str, aead: Any, generation: int) -> None:
         with self.lock:
-            self.keys[key_id] = aead
-            if len(self.keys) > self.size:
-                self.keys.popitem(last=False)
+            if generation == self.generation:
+                self.keys[key_id] = aead
+                if len(self.keys) > self.size:
+                    self.keys.popitem(last=False)
 
-    def put_subject(self, subject: str, key_id: str) -> None:
+    def put_subject(self, subject: str, key_id: str, generation: int) -> None:
         with self.lock:
-            self.subjects[subject] = key_id
-            if len(self.subjects) > self.size:
-                self.subjects.popitem(last=False)
+            if generation == self.generation:
+                self.subjects[subject] = key_id
+                if len(self.subjects) > self.size:
+                    self.subjects.popitem(last=False)
 
     def seen_version(self, version: int) -> None:
         """Drops every key if the store's version moved since the cache was filled."""
@@ -226,6 +234,7 @@ class KeyCache:
                 self.subjects.clear()
                 self.opened.clear()
                 self.version = version
+                self.generation += 1
 
 
 class Keyring:
@@ -261,6 +270,7 @@ class Keyring:
             if aead is not None:
                 return key_id, aead
         check_subject(subject)
+        generation = self.cache.generation
         stored = self.store.subject_key(subject)
         if stored is None:
             new_id = secrets.token_urlsafe(12)
@@ -268,8 +278,8 @@ class Keyring:
                 subject, new_id, self.master.wrap(new_id, os.urandom(KEY_BYTES)))
         key_id, wrapped = stored
         aead = AESGCM(self.master.unwrap(key_id, wrapped))
-        self.cache.put_key(key_id, aead)
-        self.cache.put_subject(subject, key_id)
+        self.cache.put_key(key_id, aead, generation)
+        self.cache.put_subject(subject, key_id, generation)
         return key_id, aead
 
     def for_id(self, key_id: str) -> Any:
@@ -278,9 +288,10 @@ class Keyring:
         found, aead = self.cache.key(key_id)
         if found:
             return aead
+        generation = self.cache.generation
         wrapped = self.store.data_keys([key_id])[0]
         aead = None if wrapped is None else AESGCM(self.master.unwrap(key_id, wrapped))
-        self.cache.put_key(key_id, aead)
+        self.cache.put_key(key_id, aead, generation)
         return aead
 
     def forget(self, subject: str) -> int:
@@ -352,10 +363,11 @@ class FieldCipher:
         or placeholders (the content then marked forgotten) where the key is gone."""
         keys = self.keys
         keys.check()
+        generation = keys.cache.generation
         opened = keys.cache.opened.get(data)
         if opened is None:
             opened = self._opened(fields, data)
-            keys.cache.put_opened(data, opened)
+            keys.cache.put_opened(data, opened, generation)
         content: Content = cls.__pydantic_validator__.validate_json(opened[0])
         if opened[1]:
             mark_forgotten(content)
@@ -423,6 +435,10 @@ class AsyncKeyStore(Protocol):
 
     async def version(self) -> int: ...
 
+    def wrapped_keys(self) -> AsyncIterator[tuple[str, str]]: ...
+
+    async def rewrap(self, key_id: str, old: str, new: str) -> bool: ...
+
 
 class AsyncKeyring:
     """`Keyring` of an `AsyncKeyStore`. Decoding is synchronous, so the storage awaits
@@ -447,27 +463,41 @@ class AsyncKeyring:
         if not key_ids:
             return
         self.cache.seen_version(await self.store.version())
-        missing = [key_id for key_id in key_ids if key_id not in self.cache.keys]
-        if missing:
+        while True:  # until no other task dropped the cache while the keys were fetched
+            generation = self.cache.generation
+            missing = [key_id for key_id in key_ids if key_id not in self.cache.keys]
+            if not missing:
+                return
             for key_id, wrapped in zip(missing, await self.store.data_keys(missing),
                                        strict=True):
                 self.cache.put_key(key_id, None if wrapped is None else
-                                   AESGCM(self.master.unwrap(key_id, wrapped)))
+                                   AESGCM(self.master.unwrap(key_id, wrapped)), generation)
 
     async def prepare_write(self, subjects: Iterable[str]) -> None:
+        """Caches the subjects' data keys (made if missing); the caller encodes before it
+        awaits anything else."""
+        wanted = list(subjects)
+        while not all(self._has_subject(subject) for subject in wanted):
+            await self._prepare_subjects(wanted)
+
+    def _has_subject(self, subject: str) -> bool:
+        key_id = self.cache.subjects.get(subject)
+        return key_id is not None and self.cache.key(key_id)[1] is not None
+
+    async def _prepare_subjects(self, subjects: list[str]) -> None:
         for subject in subjects:
-            key_id = self.cache.subjects.get(subject)
-            if key_id is not None and self.cache.key(key_id)[1] is not None:
+            if self._has_subject(subject):
                 continue
             check_subject(subject)
+            generation = self.cache.generation
             stored = await self.store.subject_key(subject)
             if stored is None:
                 new_id = secrets.token_urlsafe(12)
                 stored = await self.store.create_key(
                     subject, new_id, self.master.wrap(new_id, os.urandom(KEY_BYTES)))
             key_id, wrapped = stored
-            self.cache.put_key(key_id, AESGCM(self.master.unwrap(key_id, wrapped)))
-            self.cache.put_subject(subject, key_id)
+            self.cache.put_key(key_id, AESGCM(self.master.unwrap(key_id, wrapped)), generation)
+            self.cache.put_subject(subject, key_id, generation)
 
     def for_subject(self, subject: str) -> tuple[str, Any]:
         key_id = self.cache.subjects.get(subject)
@@ -487,6 +517,17 @@ class AsyncKeyring:
         count = await self.store.forget(subject)
         self.cache.seen_version(await self.store.version())
         return count
+
+    async def rotate(self) -> int:
+        """`Keyring.rotate`, awaited."""
+        done = 0
+        async for key_id, wrapped in self.store.wrapped_keys():
+            if self.master.is_current(wrapped):
+                continue
+            data_key = self.master.unwrap(key_id, wrapped)
+            if await self.store.rewrap(key_id, wrapped, self.master.wrap(key_id, data_key)):
+                done += 1
+        return done
 
 
 def subjects_of(events: Iterable[Event]) -> set[str]:

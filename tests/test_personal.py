@@ -339,9 +339,24 @@ def test_async_store_encrypts_reads_and_forgets(
         assert event.content.email == EMAIL and not event.forgotten
         assert await store.forget("c1") == 1
         assert await store.forget("c1") == 1
+        assert await store.rotate_keys() == 0  # one master key: nothing to re-wrap
         [event] = [e async for e in store.read("customer", "c1")]
         assert event.forgotten and event.content.email == FORGOTTEN_TEXT
+        async with store.open("customer", "c2") as stream:
+            await stream.write(Registered(name="Bob", email="bob@example.org", plan="free"))
         await store.close()
+        new_key = new_master_key()
+        rotating = AsyncStore(AsyncRedisStorage(
+            client_beside(redis_client, request, decode_responses=False, use_asyncio=True),
+            prefix=prefix, encryption=MasterKeys(new_key, [KEY])), events=EVENTS)
+        assert await rotating.rotate_keys() == 1  # c2's key; c1's is gone
+        await rotating.close()
+        only_new = AsyncStore(AsyncRedisStorage(
+            client_beside(redis_client, request, decode_responses=False, use_asyncio=True),
+            prefix=prefix, encryption=MasterKeys(new_key)), events=EVENTS)
+        [bob] = [e async for e in only_new.read("customer", "c2")]
+        assert bob.content.email == "bob@example.org"
+        await only_new.close()
 
     asyncio.run(scenario())
     # The sync side reads what the async side wrote, and agrees it was forgotten.
@@ -349,6 +364,20 @@ def test_async_store_encrypts_reads_and_forgets(
                  events=EVENTS)
     assert next(iter(sync.open("customer", "c1").all())).forgotten
     assert len(list(sync.open(FORGOTTEN_TYPE, "c1").all())) == 1
+
+
+def test_a_key_fetched_before_a_forget_does_not_enter_the_cache_after_a_drop() -> None:
+    from es_workers.encryption import KeyCache
+
+    cache = KeyCache()
+    cache.seen_version(0)
+    generation = cache.generation  # a reader starts fetching a key...
+    cache.seen_version(1)  # ...a forget lands and another reader drops the cache
+    cache.put_key("k", object(), generation)
+    cache.put_subject("s", "k", generation)
+    cache.put_opened(b"{}", (b"{}", False), generation)
+    assert cache.key("k") == (False, None)
+    assert not cache.subjects and not cache.opened
 
 
 # -- In memory ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ same prefix), which relays and handles what this storage appends like any other 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -137,9 +137,12 @@ class AsyncRedisStorage:
                     entries = pages.take_replies(await pipe.execute(raise_on_error=False))
                 else:
                     entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
-            if self.keyring is not None:  # decoding is synchronous: the data keys first
+            events: Iterable[Event] = pages.decode(entries)
+            if self.keyring is not None:  # decoding is synchronous: the data keys first,
                 await self.keyring.prepare_read(stored_values(entries))
-            for event in pages.decode(entries):
+                # and the page decoded before another task may drop them (a forget)
+                events = list(events)
+            for event in events:
                 yield event
 
     async def position(self, entity_type: str, entity_id: str) -> int:

@@ -17,7 +17,7 @@ backups taken before a forget still hold the key (see the README).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -124,3 +124,10 @@ class AsyncRedisKeyStore:
 
     async def version(self) -> int:
         return int(await self.client.get(self.keys[3]) or 0)
+
+    async def wrapped_keys(self) -> AsyncIterator[tuple[str, str]]:
+        async for key_id, wrapped in self.client.hscan_iter(self.keys[0], count=500):
+            yield text(key_id), text(wrapped)
+
+    async def rewrap(self, key_id: str, old: str, new: str) -> bool:
+        return bool(await self._script(self.keys, ["rewrap", key_id, old, new]))
