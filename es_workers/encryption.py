@@ -374,24 +374,36 @@ class FieldCipher:
         return content
 
     def _opened(self, fields: PersonalFields, data: str | bytes) -> tuple[bytes, bool]:
-        """The stored JSON with its personal fields decrypted, and whether a key was gone."""
-        values = from_json(data)
-        forgotten = False
-        if isinstance(values, dict):
-            for name in fields.names:
-                value = values.get(name)
-                if not (isinstance(value, str) and value.startswith(_ENVELOPE_START)):
-                    continue  # written before the field was personal: plain
-                plain = self._decrypt(value)
-                if plain is not None:
-                    values[name] = from_json(plain)
-                    continue
-                forgotten = True
-                if name in fields.placeholders:
-                    values[name] = fields.placeholders[name]
-                else:
-                    del values[name]  # its default applies
-        return to_json(values, inf_nan_mode="constants"), forgotten
+        """The stored JSON with its personal fields decrypted (or their placeholders), and
+        whether a key was gone.
+
+        The JSON is parsed to find the personal fields' values; each envelope, unique by
+        its random nonce, is then replaced in the stored text by the decrypted JSON (no
+        second encoding). Envelopes hold no character JSON escapes, so each is found as
+        written, unless another writer escaped one: then the parsed values are encoded."""
+        stored = data.encode() if isinstance(data, str) else data
+        values = from_json(stored)
+        if not isinstance(values, dict):
+            return stored, False  # pydantic says what is wrong with it
+        forgotten, spliced = False, True
+        opened = stored
+        plains = {}
+        for name in fields.names:
+            value = values.get(name)
+            if not (isinstance(value, str) and value.startswith(_ENVELOPE_START)):
+                continue  # written before the field was personal: plain
+            plain = self._decrypt(value)
+            if plain is None:
+                forgotten, plain = True, fields.placeholders[name]
+            plains[name] = plain
+            written = b'"' + value.encode() + b'"'
+            spliced = spliced and written in opened
+            if spliced:
+                opened = opened.replace(written, plain, 1)
+        if not spliced:
+            values.update((name, from_json(plain)) for name, plain in plains.items())
+            opened = to_json(values, inf_nan_mode="constants")
+        return opened, forgotten
 
     def _decrypt(self, envelope: str) -> bytes | None:
         try:

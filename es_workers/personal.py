@@ -51,12 +51,11 @@ class PersonalFieldError(EsError, TypeError):
 
 @dataclass(frozen=True, slots=True)
 class PersonalFields:
-    """The personal fields of one Content class, what they read as once forgotten
-    (`placeholders`: a JSON-ready value, or absent to let the field's default apply), and
-    the field naming the subject (None: the entity ID)."""
+    """The personal fields of one Content class, the JSON of what each reads as once
+    forgotten (`placeholders`), and the field naming the subject (None: the entity ID)."""
 
     names: tuple[str, ...]
-    placeholders: dict[str, Any]
+    placeholders: dict[str, bytes]
     subject_field: str | None
 
 
@@ -90,11 +89,7 @@ def _read_fields(cls: type[BaseModel]) -> PersonalFields:
             f"the class (the subject's ID, stored in clear), one of "
             f"{sorted(set(fields) - set(names))}"
         )
-    placeholders = {}
-    for name in names:
-        placeholder = _placeholder(cls, name, fields[name])
-        if placeholder is not _DEFAULT:
-            placeholders[name] = placeholder
+    placeholders = {name: _placeholder(cls, name, fields[name]) for name in names}
     return PersonalFields(names, placeholders, subject)
 
 
@@ -102,29 +97,25 @@ def _marked(field: FieldInfo) -> bool:
     return any(item is Personal or isinstance(item, Personal) for item in field.metadata)
 
 
-_DEFAULT = object()  # the placeholder is the field's default: left out of the JSON
-
-
-def _placeholder(cls: type[BaseModel], name: str, field: FieldInfo) -> Any:
-    """The forgotten placeholder of a personal field, checked against its type."""
+def _placeholder(cls: type[BaseModel], name: str, field: FieldInfo) -> bytes:
+    """The JSON of a personal field's forgotten placeholder, checked against its type."""
+    # Annotated[annotation, *metadata], the field's constraints included
+    annotated: Any = typing.Annotated
+    adapter: TypeAdapter[Any] = TypeAdapter(annotated[(field.annotation, *field.metadata)])
     if _holds_text(field.annotation):
         value: Any = FORGOTTEN_TEXT
     elif not field.is_required():
-        return _DEFAULT
+        return adapter.dump_json(field.get_default(call_default_factory=True))
     else:
         value = None
-    # Annotated[annotation, *metadata], the field's constraints included
-    annotated: Any = typing.Annotated
-    checked = annotated[(field.annotation, *field.metadata)]
     try:
-        TypeAdapter(checked).validate_python(value)
+        return adapter.dump_json(adapter.validate_python(value))
     except ValidationError:
         raise PersonalFieldError(
             f"personal field {cls.__qualname__}.{name} could not hold its placeholder "
             f"{value!r} once its subject is forgotten: give it a default, or a type that "
             f"allows {value!r} (e.g. `{_type_name(field.annotation)} | None`)"
         ) from None
-    return value
 
 
 def _holds_text(annotation: Any) -> bool:

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Annotated, Any
 
+import fakeredis
 import pytest
 import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import Field
 
 from es_workers import (
     AsyncRedisStorage,
@@ -388,6 +390,49 @@ def test_in_memory_storage_encrypts_and_forgets_too() -> None:
     write_customer(store, "c1", "one")
     assert store.forget("c1") == 1
     assert next(iter(store.open("order", "order-of-c1").all())).forgotten
+
+
+class Measured(Content):
+    height_cm: Annotated[int, Personal] = 170
+    tags: Annotated[list[str], Personal] = Field(default_factory=list)
+    note: Annotated[str | None, Personal] = "kept"
+
+
+def test_a_forgotten_field_with_a_default_reads_as_its_default() -> None:
+    store = Store(InMemoryStorage(encryption=MasterKeys(KEY)), events={"body": [Measured]})
+    with store.open("body", "p1") as stream:
+        stream.write(Measured(height_cm=181, tags=["a"], note="private"))
+    assert next(iter(store.open("body", "p1").all())).content == Measured(
+        height_cm=181, tags=["a"], note="private")
+    store.forget("p1")
+    [event] = store.open("body", "p1").all()
+    assert event.forgotten
+    assert event.content == Measured(height_cm=170, tags=[], note=FORGOTTEN_TEXT)
+
+
+def test_a_field_marked_personal_later_reads_its_plain_values() -> None:
+    class Before(Content):
+        event_name = "Noted"
+        text: str
+
+    class After(Content):
+        event_name = "Noted"
+        text: Annotated[str, Personal]
+
+    server = fakeredis.FakeServer(version=(7, 0))
+
+    def store(cls: type[Content]) -> Store:
+        client = fakeredis.FakeRedis(server=server)
+        return Store(RedisStorage(client, encryption=MasterKeys(KEY)), events={"note": [cls]})
+
+    with store(Before).open("note", "n1") as stream:
+        stream.write(Before(text="written in clear"))
+    later = store(After)
+    with later.open("note", "n1") as stream:
+        list(stream.all())
+        stream.write(After(text="written encrypted"))
+    assert [e.content.text for e in later.open("note", "n1").all()] == [
+        "written in clear", "written encrypted"]
 
 
 # -- The append-only file ------------------------------------------------------------------------
