@@ -245,12 +245,15 @@ class Keyring:
         self.store = store
         self.cache = KeyCache(cache_size)
         # Reads begun, and the count when the version was last checked: a check made after
-        # a read began covers it.
+        # a read began covers it. Counted under a lock (threads read at once), checked
+        # without: both only grow, so equal counts mean no read began since the check.
         self._begun = 0
         self._checked = -1
+        self._counting = threading.Lock()
 
     def begin_read(self) -> None:
-        self._begun += 1
+        with self._counting:
+            self._begun += 1
 
     def check(self) -> None:
         """Drops the cache if a key was destroyed since the last read began."""
@@ -260,7 +263,8 @@ class Keyring:
         begun = self._begun
         if self._checked != begun:
             self.cache.seen_version(self.store.version())
-            self._checked = begun
+            with self._counting:
+                self._checked = max(self._checked, begun)
 
     def for_subject(self, subject: str) -> tuple[str, Any]:
         """The subject's (data key ID, AESGCM), made on its first personal field."""
