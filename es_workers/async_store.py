@@ -12,10 +12,10 @@ from types import TracebackType
 
 from . import metrics
 from .async_stream import AsyncStream
-from .encryption import AsyncKeyring, Keyring
 from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
+from .keyring import AsyncKeyring, Keyring
 from .memory.bus import InMemoryEventBus
 from .names import subscribers_to_wait_for
 from .ports import AsyncStorage, Bus, Progress

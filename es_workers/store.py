@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
 from . import metrics
-from .encryption import Keyring
 from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
+from .keyring import Keyring
 from .memory.bus import InMemoryEventBus
 from .names import subscribers_to_wait_for
 from .ports import Bus, NotifyingEventBus, Progress, Storage

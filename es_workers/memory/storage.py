@@ -11,9 +11,10 @@ from datetime import datetime
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
-from ..encryption import FieldCipher, Keyring, MasterKeys
+from ..encryption import FieldCipher, MasterKeys
 from ..errors import ConcurrencyError, ConfigurationError
 from ..event import Content, Event
+from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus

@@ -15,8 +15,9 @@ from typing import Any
 import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
-from ..encryption import AsyncKeyring, FieldCipher, MasterKeys, subjects_of
+from ..encryption import FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
+from ..keyring import AsyncKeyring
 from .entries import (
     DEFAULT_PARTITIONS,
     EntityKeys,

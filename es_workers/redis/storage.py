@@ -11,9 +11,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
-from ..encryption import FieldCipher, Keyring, MasterKeys
+from ..encryption import FieldCipher, MasterKeys
 from ..errors import CorruptEventError
 from ..event import Content, Event
+from ..keyring import Keyring
 from ..ports import Bus
 from ..upgrade import Reader
 from .cluster import is_cluster
