@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -506,3 +509,58 @@ def test_dramatiq_subscribers_get_decrypted_events_and_queues_hold_no_plain_text
         assert_no_plain_text(broker_client, f"{broker.namespace}:*", *secrets)
     finally:
         delivery.stop()
+
+
+# -- Real processes ------------------------------------------------------------------------------
+
+
+@pytest.mark.process
+@pytest.mark.single_redis
+def test_a_forget_in_one_process_reaches_a_worker_process_that_had_the_key_cached(
+    tmp_path: Any,
+) -> None:
+    from conftest import REDIS_URL, delete_prefix, real_redis
+    from kit import ES_WORKERS, ROOT, Processes, wait_for
+
+    app = "tests.process_personal_app:store"
+    client = real_redis()
+    prefix = f"proc-{uuid.uuid4().hex[:10]}"
+    key = new_master_key()
+    env = dict(os.environ, ES_REDIS_URL=REDIS_URL, ES_PREFIX=prefix, PYTHONPATH=str(ROOT),
+               ES_ENCRYPTION_KEY=key, ES_REDRIVE_AFTER_MS="500")
+    processes = Processes(env, tmp_path)
+
+    def logged(name: str) -> list[str]:
+        return [item.decode() for item in client.lrange(f"{prefix}:log:{name}", 0, -1)]
+
+    def command(*args: str) -> None:
+        done = subprocess.run([ES_WORKERS, *args], cwd=ROOT, env=env, capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+
+    class Customer(Content):  # the app's Registered, declared here without importing it
+        event_name = "Registered"
+        email: Annotated[str, Personal]
+
+    def digest(text: str) -> str:  # as the app logs it
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    try:
+        processes.publisher(app)
+        processes.worker(app)
+        writer = Store(RedisStorage(client, prefix=prefix, encryption=MasterKeys(key)),
+                       events={"customer": [Customer]})
+        with writer.open("customer", "c1") as stream:
+            stream.write(Customer(email=EMAIL))
+        wait_for(lambda: logged("copies") == [f"c1:1:0:{digest(EMAIL)}"],
+                 "the worker to handle the event, decrypted", timeout=60)
+        command("forget", app, "c1", "--yes")  # a third process
+        wait_for(lambda: logged("forgets") == ["c1"], "the forget notice", timeout=60)
+        command("replay", app, "copies", "--yes")  # the worker reads c1 #1 again
+        wait_for(lambda: len(logged("copies")) == 2, "the replay", timeout=60)
+        assert logged("copies")[1] == f"c1:1:1:{digest(FORGOTTEN_TEXT)}"
+        assert_no_plain_text(client, f"{prefix}*", EMAIL)
+    finally:
+        processes.stop_all()
+        delete_prefix(client, prefix)
+        client.close()
