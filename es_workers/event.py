@@ -41,7 +41,8 @@ class Content(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        personal_fields(cls)  # a class that cannot be forgotten fails where it is defined
+        if cls.__pydantic_complete__:  # else (forward references) on first use
+            personal_fields(cls)  # a class that cannot be forgotten fails where it is defined
 
 
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
