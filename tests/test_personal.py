@@ -395,6 +395,27 @@ def test_in_memory_storage_encrypts_and_forgets_too() -> None:
     assert next(iter(store.open("order", "order-of-c1").all())).forgotten
 
 
+def test_async_store_on_memory_forgets_too() -> None:
+    from es_workers import AsyncInMemoryStorage
+
+    async def scenario() -> None:
+        store = AsyncStore(AsyncInMemoryStorage(InMemoryStorage(encryption=MasterKeys(KEY))),
+                           events=EVENTS)
+        async with store.open("customer", "c1") as stream:
+            await stream.write(Registered(name="Ada", email=EMAIL, plan="gold"))
+        assert await store.forget("c1") == 1
+        [event] = [e async for e in store.read("customer", "c1")]
+        assert event.forgotten and event.content.name == FORGOTTEN_TEXT
+        assert await store.rotate_keys() == 0
+
+    asyncio.run(scenario())
+
+
+def test_forget_without_a_master_key_says_what_to_set() -> None:
+    with pytest.raises(EsError, match="ES_ENCRYPTION_KEY"):
+        Store(InMemoryStorage(), events=EVENTS).forget("c1")
+
+
 class Measured(Content):
     height_cm: Annotated[int, Personal] = 170
     tags: Annotated[list[str], Personal] = Field(default_factory=list)
