@@ -194,9 +194,19 @@ class ContentRegistry:
             ) from error
         except ValidationError as error:
             raise InvalidPayloadError(
-                f"stored {name!r} payload does not validate: {error}",
+                f"stored {name!r} payload does not validate: "
+                f"{_without_values(error) if fields.names else error}",
                 key=key,
                 entity_type=entity_type,
                 entity_id=entity_id,
                 event_number=event_number,
-            ) from error
+            ) from None if fields.names else error
+
+
+def _without_values(error: ValidationError) -> str:
+    """A validation error without the values it saw: those of a class with personal
+    fields were decrypted, and the message may end up in logs and parked records."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or '(content)'}: {item['msg']}"
+        for item in error.errors(include_url=False, include_input=False)
+    )

@@ -416,6 +416,34 @@ def test_forget_without_a_master_key_says_what_to_set() -> None:
         Store(InMemoryStorage(), events=EVENTS).forget("c1")
 
 
+def test_a_decrypted_payload_that_does_not_validate_is_reported_without_its_values() -> None:
+    import traceback
+
+    from es_workers import InvalidPayloadError
+
+    class Then(Content):
+        event_name = "Signed"
+        email: Annotated[str, Personal]
+
+    class Now(Content):
+        event_name = "Signed"
+        email: Annotated[int | None, Personal]
+
+    server = fakeredis.FakeServer(version=(7, 0))
+
+    def store(cls: type[Content]) -> Store:
+        client = fakeredis.FakeRedis(server=server)
+        return Store(RedisStorage(client, encryption=MasterKeys(KEY)), events={"x": [cls]})
+
+    with store(Then).open("x", "1") as stream:
+        stream.write(Then(email=EMAIL))
+    with pytest.raises(InvalidPayloadError) as raised:
+        list(store(Now).open("x", "1").all())
+    assert "email" in str(raised.value)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert EMAIL not in shown
+
+
 class Measured(Content):
     height_cm: Annotated[int, Personal] = 170
     tags: Annotated[list[str], Personal] = Field(default_factory=list)
