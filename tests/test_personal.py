@@ -444,6 +444,20 @@ def test_a_decrypted_payload_that_does_not_validate_is_reported_without_its_valu
     assert EMAIL not in shown
 
 
+def test_a_key_store_that_cannot_reach_redis_raises_storage_unavailable() -> None:
+    from es_workers import StorageUnavailableError
+    from es_workers.redis.keyring import RedisKeyStore
+
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
+                              retry=None)
+    store = RedisKeyStore(unreachable, "t-down")
+    with pytest.raises(StorageUnavailableError):
+        store.data_keys(["k"])
+    with pytest.raises(StorageUnavailableError) as raised:
+        store.forget("c1")
+    assert raised.value.outcome_unknown  # a forget is safe to run again
+
+
 class Measured(Content):
     height_cm: Annotated[int, Personal] = 170
     tags: Annotated[list[str], Personal] = Field(default_factory=list)

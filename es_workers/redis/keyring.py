@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from .cluster import is_cluster
+from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .scripts import AsyncScript, Script
 
@@ -39,27 +40,37 @@ def _pair(reply: Any) -> tuple[str, str]:
 
 
 class RedisKeyStore:
+    """The wrapped data keys of a prefix on a `redis.Redis` or `RedisCluster`. Redis
+    failures raise StorageUnavailableError, as every storage call does."""
+
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.keys = keyring_keys(prefix)
+        self.server = server_name(client)
         self._script = Script(client, "keyring")
         self._on_cluster = is_cluster(client)
 
     def subject_key(self, subject: str) -> tuple[str, str] | None:
-        key_id = self.client.hget(self.keys[1], subject)
-        if key_id is None:
-            return None
-        wrapped = self.client.hget(self.keys[0], key_id)
+        with translated(self.server, "reading a data key"):
+            key_id = self.client.hget(self.keys[1], subject)
+            if key_id is None:
+                return None
+            wrapped = self.client.hget(self.keys[0], key_id)
         return None if wrapped is None else (text(key_id), text(wrapped))
 
     def create_key(self, subject: str, key_id: str, wrapped: str) -> tuple[str, str]:
-        return _pair(self._script(self.keys, ["create", subject, key_id, wrapped]))
+        # Retried after a lost reply, it finds the key it made and answers it.
+        with translated(self.server, "making a data key", writing=True):
+            return _pair(self._script(self.keys, ["create", subject, key_id, wrapped]))
 
     def data_keys(self, key_ids: Sequence[str]) -> list[str | None]:
-        return [None if w is None else text(w) for w in self.client.hmget(self.keys[0], key_ids)]
+        with translated(self.server, "reading data keys"):
+            found = self.client.hmget(self.keys[0], key_ids)
+        return [None if w is None else text(w) for w in found]
 
     def forget(self, subject: str) -> int:
-        count = int(self._script(self.keys, ["forget", subject]))
+        with translated(self.server, f"forgetting {subject!r}", writing=True):
+            count = int(self._script(self.keys, ["forget", subject]))
         self._rewrite_aof()
         return count
 
@@ -72,22 +83,28 @@ class RedisKeyStore:
             info = self.client.execute_command("INFO", "persistence", **options)
             if isinstance(info, dict) and info.get("aof_enabled"):
                 self.client.execute_command("BGREWRITEAOF", **options)
-        except redis.ResponseError:
-            pass  # a rewrite running already, or INFO / BGREWRITEAOF denied by ACL
+        except redis.RedisError:
+            pass  # a rewrite running already, INFO / BGREWRITEAOF denied by ACL, Redis gone
 
     def version(self) -> int:
-        return int(self.client.get(self.keys[3]) or 0)
+        with translated(self.server, "reading the data keys' version"):
+            return int(self.client.get(self.keys[3]) or 0)
 
     def wrapped_keys(self) -> Iterator[tuple[str, str]]:
-        for key_id, wrapped in self.client.hscan_iter(self.keys[0], count=500):
+        with translated(self.server, "listing data keys"):
+            found = list(self.client.hscan_iter(self.keys[0], count=500))
+        for key_id, wrapped in found:
             yield text(key_id), text(wrapped)
 
     def rewrap(self, key_id: str, old: str, new: str) -> bool:
-        return bool(self._script(self.keys, ["rewrap", key_id, old, new]))
+        with translated(self.server, "re-wrapping a data key", writing=True):
+            return bool(self._script(self.keys, ["rewrap", key_id, old, new]))
 
     def forgotten(self) -> dict[str, int]:
         """Every forgotten subject, with how many of its keys were destroyed."""
-        return {text(k): int(v) for k, v in self.client.hgetall(self.keys[2]).items()}
+        with translated(self.server, "reading forgotten subjects"):
+            found = self.client.hgetall(self.keys[2])
+        return {text(k): int(v) for k, v in found.items()}
 
 
 class AsyncRedisKeyStore:
