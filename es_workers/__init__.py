@@ -37,6 +37,7 @@ from importlib.metadata import version as _distribution_version
 
 from .async_store import AsyncStore
 from .async_stream import AsyncStream
+from .encryption import EncryptionError, MasterKeys
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -62,7 +63,9 @@ from .errors import (
     WaitTimeoutError,
 )
 from .event import Content, Event, Handler
+from .forgetting import SubjectForgotten
 from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
+from .personal import Personal
 from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
 from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
@@ -89,6 +92,7 @@ __all__ = [
     "DecodeError",
     "DramatiqEventBus",
     "DurabilityError",
+    "EncryptionError",
     "EsError",
     "Event",
     "EventBus",
@@ -101,10 +105,12 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidNameError",
     "InvalidPayloadError",
+    "MasterKeys",
     "NotParkedError",
     "NotRegisteredError",
     "NotifyingEventBus",
     "ParkedError",
+    "Personal",
     "RebuildError",
     "RedisStorage",
     "Settings",
@@ -114,6 +120,7 @@ __all__ = [
     "Store",
     "Stream",
     "StreamNotReadError",
+    "SubjectForgotten",
     "SubscriberError",
     "UnknownEventError",
     "UnknownNameError",

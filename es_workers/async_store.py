@@ -12,8 +12,10 @@ from types import TracebackType
 
 from . import metrics
 from .async_stream import AsyncStream
-from .errors import ConfigurationError
+from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler, is_async
+from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
+from .keyring import AsyncKeyring, Keyring
 from .memory.bus import InMemoryEventBus
 from .names import subscribers_to_wait_for
 from .ports import AsyncStorage, Bus, Progress, check_rebuild, rebuilding
@@ -49,6 +51,8 @@ class AsyncStore:
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
+        if self._keyring_or_none() is not None:  # forget notices (forget)
+            storage.register(FORGOTTEN_TYPE, SubjectForgotten)
         check_upgrades(upgrades or {})
         self.reader = AsyncReader(storage.read, upgrades or {})
 
@@ -148,6 +152,46 @@ class AsyncStore:
 
         return await asyncio.to_thread(bus.rebuild, subscriber_id, reset, timeout=timeout,
                                        pause_ms=pause_ms, progress=progress)
+
+    async def rotate_keys(self) -> int:
+        """`Store.rotate_keys`, awaited: re-wraps every data key with the current master
+        key; returns how many."""
+        keyring = self._keyring()
+        if isinstance(keyring, AsyncKeyring):
+            return await keyring.rotate()
+        return keyring.rotate()
+
+    def _keyring(self) -> AsyncKeyring | Keyring:
+        keyring = self._keyring_or_none()
+        if keyring is None:
+            raise ConfigurationError(
+                "personal data needs a master key: set ES_ENCRYPTION_KEY (`es-workers keys "
+                "new` makes one), or pass encryption=MasterKeys(...) to the storage")
+        return keyring
+
+    async def forget(self, subject: str) -> int:
+        """`Store.forget`, awaited: destroys the subject's data key, then appends the
+        `SubjectForgotten` notices missing. Idempotent; returns the keys destroyed so far."""
+        keyring = self._keyring()
+        if isinstance(keyring, AsyncKeyring):
+            destroyed = await keyring.forget(subject)
+        else:
+            destroyed = keyring.forget(subject)
+        while True:
+            async with self.open(FORGOTTEN_TYPE, subject) as stream:
+                recorded = 0
+                async for _ in stream.all():
+                    recorded += 1
+                try:
+                    await stream.write(*missing_notices(subject, recorded, destroyed))
+                    return destroyed
+                except ConcurrencyError:  # another forget of the subject: count again
+                    continue
+
+    def _keyring_or_none(self) -> AsyncKeyring | Keyring | None:
+        storage = getattr(self.storage, "storage", self.storage)  # AsyncInMemoryStorage's
+        keyring = getattr(self.storage, "keyring", None) or getattr(storage, "keyring", None)
+        return keyring if isinstance(keyring, AsyncKeyring | Keyring) else None
 
     async def close(self) -> None:
         """Closes the storage (its Redis client), and the bus unless it was given (it may be

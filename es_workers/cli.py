@@ -32,10 +32,12 @@ from rich.table import Table
 from . import admin
 from .admin import ParkedEntity, StoreStatus
 from .demo import run_demo
+from .encryption import new_master_key
 from .errors import ConfigurationError, EsError, UnknownNameError
 from .event import Event
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
 from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
+from .personal import REDACTED_TEXT, redacted
 from .redis.cluster import masters
 from .redis.storage import RedisStorage
 from .settings import (
@@ -520,9 +522,12 @@ SHOW_CONTENT_CHARS = 2000
 
 @app.command()
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
-         as_json: AsJson = False, embedded: Embedded = False) -> None:
-    """Print an entity's events (upgraded, as subscribers see them). Long contents are cut
-    to SHOW_CONTENT_CHARS characters, with a note.
+         as_json: AsJson = False, embedded: Embedded = False,
+         redact: Annotated[bool, typer.Option(
+             "--redact", help=f"Show Personal fields as {REDACTED_TEXT!r}")] = False) -> None:
+    """Print an entity's events (upgraded, as subscribers see them, personal fields
+    decrypted unless --redact). Long contents are cut to SHOW_CONTENT_CHARS characters,
+    with a note.
 
     With --json, one JSON object per line, each printed as it is read: event_number,
     event_name, event_time, store_event_id, content (whole).
@@ -537,28 +542,32 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
     with reported_errors(), store.open(entity_type, entity_id) as stream:
         for event in stream.all():
             shown += 1
+            content = (json.dumps(redacted(event.content), ensure_ascii=False) if redact
+                       else event.content.model_dump_json())
             if as_json:
-                sys.stdout.write(json_line(event))
+                sys.stdout.write(json_line(event, content))
             else:
                 table.add_row(str(event.event_number), event.content.event_name,
                               event.event_time.isoformat(timespec="milliseconds"),
-                              event.store_event_id, cut(event.content.model_dump_json()))
+                              event.store_event_id, cut(content))
     if not shown:
         fail(f"{entity_type} {entity_id!r} has no events")
     if not as_json:
         out.print(table)
 
 
-def json_line(event: Event) -> str:
+def json_line(event: Event, content: str | None = None) -> str:
     """The event as `show --json` prints it (its content spliced in as pydantic wrote it:
-    a ~1 MB event is not parsed back into Python objects)."""
+    a ~1 MB event is not parsed back into Python objects), `content` if given."""
     head = json.dumps({
         "event_number": event.event_number,
         "event_name": event.content.event_name,
         "event_time": event.event_time.isoformat(),
         "store_event_id": event.store_event_id,
     })
-    return f'{head[:-1]}, "content": {event.content.model_dump_json()}}}\n'
+    if content is None:
+        content = event.content.model_dump_json()
+    return f'{head[:-1]}, "content": {content}}}\n'
 
 
 def cut(content: str) -> str:
@@ -806,6 +815,50 @@ def demo(
             operations=operations, timeout=timeout, verbose=verbose,
         )
     raise typer.Exit(code)
+
+
+# -- Personal data -------------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    help="Master keys of Personal fields: make one, re-wrap data keys with the current one.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new() -> None:
+    """Print a fresh master key (its only output line): set it as ES_ENCRYPTION_KEY, and
+    keep the old one in ES_ENCRYPTION_KEYS until `keys rotate` has run."""
+    typer.echo(new_master_key())
+
+
+@keys_app.command("rotate")
+def keys_rotate(app_ref: AppRef) -> None:
+    """Re-wrap every data key with ES_ENCRYPTION_KEY (unwrapping with ES_ENCRYPTION_KEYS);
+    events are not touched. Afterwards the older keys can be dropped."""
+    settings_or_exit()
+    store = load_app(app_ref)
+    with reported_errors():
+        done = store.rotate_keys()
+    out.print(f"{done} data keys re-wrapped with the current master key")
+
+
+@app.command()
+def forget(app_ref: AppRef, subject: Annotated[str, typer.Argument(
+               metavar="SUBJECT", help="The person: an entity ID, or the value of the "
+               "field named by personal_subject")],
+           yes: Yes = False) -> None:
+    """Forget a person: destroy the data key of SUBJECT, so its Personal fields read as
+    placeholders everywhere, and notify subscribers (entity es.forgotten). Cannot be
+    undone; asks first. Running it again is harmless."""
+    settings_or_exit()
+    store = load_app(app_ref)
+    confirm_or_exit(f"Destroy the data key of {subject!r}? Its personal data can never be "
+                    "read again.", yes)
+    with reported_errors():
+        destroyed = store.forget(subject)
+    out.print(f"{subject!r} forgotten ({destroyed} data keys destroyed so far)", markup=False)
 
 
 def main() -> None:

@@ -4,12 +4,15 @@ to JSON and decoded back. Shared by every storage."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NoReturn
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json
 
+from .encryption import EncryptionError, FieldCipher
 from .errors import (
+    DecodeError,
     EventTooLargeError,
     InvalidContentError,
     InvalidPayloadError,
@@ -18,6 +21,7 @@ from .errors import (
 )
 from .event import Content, Event
 from .names import check_entity_type
+from .personal import PersonalFields, personal_fields
 
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
 """An event's largest encoded size (JSON data and metadata) a storage accepts by default."""
@@ -65,6 +69,9 @@ class ContentRegistry:
     def __init__(self) -> None:
         self._types: dict[str, dict[str, type[Content]]] = {}
         self._decoders: dict[str, dict[str | bytes, Callable[[str | bytes], Content]]] = {}
+        self._personal_types: set[str] = set()  # entity types with classes of personal data
+        self.cipher: FieldCipher | None = None
+        """Encrypts and decrypts `Personal` fields; None: refuses to write them."""
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         check_entity_type(entity_type)
@@ -99,10 +106,27 @@ class ContentRegistry:
         if found is None:
             found = {}
             for name, cls in self._types.get(entity_type, {}).items():
+                fields = personal_fields(cls)
                 validate = cls.__pydantic_validator__.validate_json
+                if fields.names:
+                    validate = partial(self._open, cls, fields)
+                    self._personal_types.add(entity_type)
                 found[name] = found[name.encode()] = validate
             self._decoders[entity_type] = found
+        if entity_type in self._personal_types and self.cipher is not None:
+            self.cipher.keys.begin_read()  # a forget elsewhere must reach this read
         return found
+
+    def _open(self, cls: type[Content], fields: PersonalFields, data: str | bytes) -> Content:
+        """The content of stored JSON of a class with personal fields, decrypted."""
+        if self.cipher is not None:
+            return self.cipher.open(cls, fields, data)
+        if '"es1:' in (data.decode(errors="replace") if isinstance(data, bytes) else data):
+            raise EncryptionError(
+                f"{cls.__qualname__} holds encrypted personal fields and no master key is "
+                "configured: set ES_ENCRYPTION_KEY")
+        content: Content = cls.__pydantic_validator__.validate_json(data)
+        return content
 
     def encode(self, entity_type: str, event: Event) -> tuple[str, bytes]:
         """Returns the event's (event name, JSON); refuses content the type cannot read back:
@@ -113,7 +137,16 @@ class ContentRegistry:
         known = self._types.get(entity_type, {}).get(getattr(cls, "event_name", ""))
         if cls is not known or not isinstance(content, Content):
             self._refuse(entity_type, content)
-        return cls.event_name, content_json(event, cls.event_name)
+        data = content_json(event, cls.event_name)
+        fields = personal_fields(cls)
+        if fields.names:
+            if self.cipher is None:
+                raise EncryptionError(
+                    f"{cls.__qualname__} has personal fields ({', '.join(fields.names)}) and "
+                    f"no master key is configured to encrypt them: set ES_ENCRYPTION_KEY "
+                    "(`es-workers keys new` makes one); nothing was written")
+            data = self.cipher.seal(event, fields, data)
+        return cls.event_name, data
 
     @staticmethod
     def _refuse(entity_type: str, content: object) -> NoReturn:
@@ -147,13 +180,33 @@ class ContentRegistry:
                 entity_id=entity_id,
                 event_number=event_number,
             )
+        fields = personal_fields(cls)
         try:
+            if fields.names:
+                if self.cipher is not None:
+                    self.cipher.keys.begin_read()
+                return self._open(cls, fields, data)
             return cls.model_validate_json(data)
+        except EncryptionError as error:
+            raise DecodeError(
+                f"stored {name!r} payload: {error}", key=key, entity_type=entity_type,
+                entity_id=entity_id, event_number=event_number,
+            ) from error
         except ValidationError as error:
             raise InvalidPayloadError(
-                f"stored {name!r} payload does not validate: {error}",
+                f"stored {name!r} payload does not validate: "
+                f"{_without_values(error) if fields.names else error}",
                 key=key,
                 entity_type=entity_type,
                 entity_id=entity_id,
                 event_number=event_number,
-            ) from error
+            ) from None if fields.names else error
+
+
+def _without_values(error: ValidationError) -> str:
+    """A validation error without the values it saw: those of a class with personal
+    fields were decrypted, and the message may end up in logs and parked records."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or '(content)'}: {item['msg']}"
+        for item in error.errors(include_url=False, include_input=False)
+    )

@@ -14,6 +14,8 @@ from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from .personal import is_forgotten, personal_fields
+
 
 class Content(BaseModel):
     """The application's data of one event. Subclass it per kind of event.
@@ -28,11 +30,20 @@ class Content(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     event_name: ClassVar[str]
+    personal_subject: ClassVar[str | None] = None
+    """The field holding the ID of the person the class's `Personal` fields are about
+    (see `es_workers.personal`); None: the event's entity ID."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "event_name" not in cls.__dict__:
             cls.event_name = cls.__name__
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.__pydantic_complete__:  # else (forward references) on first use
+            personal_fields(cls)  # a class that cannot be forgotten fails where it is defined
 
 
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -67,6 +78,12 @@ class Event:
     def causation_id(self) -> str | None:
         """The `store_event_id` of the event being handled when this one was written."""
         return self.metadata.get("causation_id")
+
+    @property
+    def forgotten(self) -> bool:
+        """Whether the content's `Personal` fields hold placeholders: its subject was
+        forgotten (see `es_workers.personal`)."""
+        return is_forgotten(self.content)
 
 
 class _Unfrozen:

@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from .codec import DEFAULT_MAX_EVENT_BYTES
+from .encryption import MasterKey
 from .errors import ConfigurationError
 from .names import closest as closest_name
 from .redis.durability import Durability
@@ -243,6 +244,19 @@ class Settings(BaseSettings):
     redis_db: int = Field(
         default=0, ge=0, description="Redis database number with redis_sentinels",
     )
+    # Personal data (es_workers.encryption; wiring builds the MasterKeys).
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Master key of Personal fields: base64 of 32 bytes (`es-workers keys "
+        "new`); unset: writing a Personal field is refused; never shown",
+        examples=[""],
+    )
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description="Older master keys, comma-separated: they still unwrap data keys until "
+        "`es-workers keys rotate` re-wraps them with encryption_key; never shown",
+        examples=[""],
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -267,7 +281,8 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
                      "metrics_port", "redis_sentinels", "redis_sentinel_master",
-                     "redis_username", "redis_password", mode="before")
+                     "redis_username", "redis_password", "encryption_key", "encryption_keys",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -288,6 +303,17 @@ class Settings(BaseSettings):
     def _check_sentinels(cls, value: str | None) -> str | None:
         if value is not None:
             sentinel_addresses(value)
+        return value
+
+    @field_validator("encryption_key", "encryption_keys")
+    @classmethod
+    def _check_master_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for number, text in enumerate(value.get_secret_value().split(","), start=1):
+                try:
+                    MasterKey.parse(text, f"key #{number}")
+                except ConfigurationError as error:  # its message never quotes the key
+                    raise ValueError(str(error)) from None
         return value
 
     @field_validator("prefix")
@@ -404,6 +430,8 @@ class Settings(BaseSettings):
         for name in ("redis_url", "broker_url"):
             values[name] = redact_url(values[name])
         values["redis_password"] = "***" if self.redis_password is not None else None
+        for name in ("encryption_key", "encryption_keys"):
+            values[name] = "***" if getattr(self, name) is not None else None
         return values
 
 
@@ -416,6 +444,7 @@ SECTIONS = (
     ("Publisher (es-workers publish)", "publisher_batch"),
     ("Operations", "log_level"),
     ("When Redis fails: timeouts, durability, Sentinel", "redis_connect_timeout_ms"),
+    ("Personal data (encrypted fields, forget)", "encryption_key"),
 )
 EXAMPLE_HEADER = """\
 # es_workers settings: copy to config/es.toml (read from the current directory), or

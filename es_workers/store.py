@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
 from . import metrics
-from .errors import ConfigurationError
+from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler, is_async
+from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
+from .keyring import Keyring
 from .memory.bus import InMemoryEventBus
 from .names import check_subscribed_type, subscribers_to_wait_for
 from .ports import (
@@ -60,6 +62,8 @@ class Store:
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
+        if getattr(storage, "keyring", None) is not None:  # forget notices (store.forget)
+            storage.register(FORGOTTEN_TYPE, SubjectForgotten)
         check_upgrades(upgrades or {})
         self.reader = Reader(storage.read, upgrades or {})
         self._stop = threading.Event()
@@ -207,6 +211,36 @@ class Store:
             f"wait_for needs a bus that tells how far subscribers got (InMemoryEventBus, "
             f"DramatiqEventBus on RedisStorage), not {type(self.bus).__name__}"
         )
+
+    def forget(self, subject: str) -> int:
+        """Forgets a person: destroys the data key of `subject`, so its `Personal` fields
+        read as placeholders everywhere (`event.forgotten`), and appends a
+        `SubjectForgotten` event to the entity `FORGOTTEN_TYPE` / subject for subscribers.
+        Idempotent, and safe to run again after a crash at any point. Returns how many data
+        keys of the subject were destroyed so far (0: it never had personal data)."""
+        keyring = self._keyring()
+        destroyed = keyring.forget(subject)
+        while True:
+            with self.open(FORGOTTEN_TYPE, subject) as stream:
+                recorded = sum(1 for _ in stream.all())
+                try:
+                    stream.write(*missing_notices(subject, recorded, destroyed))
+                    return destroyed
+                except ConcurrencyError:  # another forget of the subject: count again
+                    continue
+
+    def rotate_keys(self) -> int:
+        """Re-wraps every data key with the current master key (`ES_ENCRYPTION_KEY`), so
+        older master keys can be dropped; events are not touched. Returns how many."""
+        return self._keyring().rotate()
+
+    def _keyring(self) -> Keyring:
+        keyring = getattr(self.storage, "keyring", None)
+        if not isinstance(keyring, Keyring):
+            raise ConfigurationError(
+                "personal data needs a master key: set ES_ENCRYPTION_KEY (`es-workers keys "
+                "new` makes one), or pass encryption=MasterKeys(...) to the storage")
+        return keyring
 
     def start(self) -> None:
         """Runs the publisher in this thread until `close()` (or a stop signal): blocks."""

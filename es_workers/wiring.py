@@ -22,6 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from .encryption import MasterKeys
 from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
 from .redis.cluster import is_cluster
@@ -283,6 +284,7 @@ def build_parts(
         publisher=settings.publisher_options(),
         durability=settings.durability(),
         max_event_bytes=settings.max_event_bytes,
+        encryption=master_keys(settings),
     )
     bus = DramatiqEventBus(
         broker,
@@ -318,6 +320,16 @@ def build_async_storage(
     storage = AsyncRedisStorage(
         async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
         durability=settings.durability(), max_event_bytes=settings.max_event_bytes,
+        encryption=master_keys(settings),
     )
     logger.debug("async storage built from settings %s", settings.shown())
     return storage
+
+
+def master_keys(settings: Settings) -> MasterKeys | None:
+    """The master keys of personal fields (`encryption_key`, older `encryption_keys`)."""
+    if settings.encryption_key is None:
+        return None
+    older = settings.encryption_keys
+    return MasterKeys(settings.encryption_key.get_secret_value(),
+                      older.get_secret_value().split(",") if older is not None else ())

@@ -16,6 +16,7 @@ from typing import Any
 
 from es_workers import ConfigurationError, Event, RedisStorage, Store
 from es_workers.admin import ParkedEntity, StoreStatus, count_entities, parked, status
+from es_workers.personal import redacted
 
 EVENTS_PER_PAGE = 100
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")
@@ -180,7 +181,9 @@ def event_dict(event: Event) -> dict[str, Any]:
         "store_event_id": event.store_event_id,
         "store_entity_id": event.store_entity_id,
         **later,
-        "content": event.content.model_dump(mode="json"),
+        # Personal fields are never shown: a dashboard is looked at over shoulders.
+        "content": redacted(event.content),
+        "forgotten": event.forgotten,
     }
 
 

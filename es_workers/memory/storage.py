@@ -11,12 +11,15 @@ from datetime import datetime
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
+from ..encryption import FieldCipher, MasterKeys
 from ..errors import ConcurrencyError, ConfigurationError
 from ..event import Content, Event
+from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..upgrade import Reader
+from .keys import InMemoryKeyStore
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,16 @@ class _Record:
 
 
 class InMemoryStorage:
-    """Keeps encoded events in a dict, so decoding behaves as with Redis."""
+    """Keeps encoded events in a dict, so decoding behaves as with Redis. With `encryption`,
+    `Personal` fields are encrypted with data keys kept in memory (`keyring`)."""
 
-    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                 encryption: MasterKeys | None = None) -> None:
         self.registry = ContentRegistry()
+        self.keyring: Keyring | None = None
+        if encryption is not None:
+            self.keyring = Keyring(encryption, InMemoryKeyStore())
+            self.registry.cipher = FieldCipher(self.keyring)
         self.max_event_bytes = max_event_bytes
         self._lock = threading.Lock()
         self._streams: dict[tuple[str, str], list[_Record]] = {}

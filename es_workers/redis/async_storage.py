@@ -12,13 +12,15 @@ other event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..encryption import FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
+from ..keyring import AsyncKeyring
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
@@ -30,9 +32,11 @@ from .entries import (
     check_appended,
     entity_ids_page,
     index_start,
+    stored_values,
     xrange,
 )
 from .failures import appending, server_name, translated
+from .keyring import AsyncRedisKeyStore
 from .keys import RedisKeys
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
@@ -52,6 +56,7 @@ class AsyncRedisStorage:
     def __init__(
         self, client: Any, *, prefix: str = "es", partitions: int | None = None,
         durability: Durability | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        encryption: MasterKeys | None = None,
     ) -> None:
         RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
         self.client = client
@@ -60,6 +65,10 @@ class AsyncRedisStorage:
         self.server = server_name(client)
         self.durability = durability or Durability()
         self.registry = ContentRegistry()
+        self.keyring: AsyncKeyring | None = None
+        if encryption is not None:  # `Personal` fields, as RedisStorage
+            self.keyring = AsyncKeyring(encryption, AsyncRedisKeyStore(client, prefix))
+            self.registry.cipher = FieldCipher(self.keyring)
         # The append script; a documented hook, as RedisStorage.append_script. Appends of
         # concurrent tasks share pipelines (BatchingScript), but not on a cluster.
         self._on_cluster = is_async_cluster(client)
@@ -114,6 +123,8 @@ class AsyncRedisStorage:
             return
         entity_keys = await self._entities()
         keys = entity_keys(entity_type, events[0].entity_id)
+        if self.keyring is not None:  # encoding is synchronous: the data keys first
+            await self.keyring.prepare_write(subjects_of(events))
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
             args.append(entity_keys.keys.wake(
@@ -141,7 +152,12 @@ class AsyncRedisStorage:
                     entries = pages.take_replies(await pipe.execute(raise_on_error=False))
                 else:
                     entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
-            for event in pages.decode(entries):
+            events: Iterable[Event] = pages.decode(entries)
+            if self.keyring is not None:  # decoding is synchronous: the data keys first,
+                await self.keyring.prepare_read(stored_values(entries))
+                # and the page decoded before another task may drop them (a forget)
+                events = list(events)
+            for event in events:
                 yield event
 
     async def position(self, entity_type: str, entity_id: str) -> int:

@@ -24,6 +24,7 @@ from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
+from ..personal import is_personal
 from .durability import Durability
 from .keys import RedisKeys, text
 
@@ -107,7 +108,8 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
             data = content_json(event, name)
         else:
             name, data = registry.encode(entity_type, event)
-            checked = event.content.__class__
+            # a class with personal fields goes through the registry each time (encrypted)
+            checked = None if is_personal(event.content.__class__) else event.content.__class__
         if event.metadata is not metadata:  # the events of a write share their metadata
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
@@ -183,6 +185,13 @@ def _pairs(values: Any) -> dict[Any, Any]:
     if isinstance(values, dict):
         return values
     return dict(zip(values[::2], values[1::2], strict=False))
+
+
+def stored_values(entries: list[Any]) -> Iterator[Any]:
+    """Every field value of XRANGE entries (flat lists or dicts): where encrypted personal
+    fields name their data keys."""
+    for _, values in entries:
+        yield from values.values() if isinstance(values, dict) else values
 
 
 def flat_entries(entries: list[Any]) -> list[Any]:

@@ -12,8 +12,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
+from ..encryption import FieldCipher, MasterKeys
 from ..errors import CorruptEventError
 from ..event import Content, Event
+from ..keyring import Keyring
 from ..ports import Bus
 from ..upgrade import Reader
 from .cluster import is_cluster
@@ -31,6 +33,7 @@ from .entries import (
 )
 from .failures import appending, server_name, translated
 from .heartbeats import Heartbeats
+from .keyring import RedisKeyStore
 from .keys import text
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
@@ -52,7 +55,9 @@ class RedisStorage:
 
     A Redis that cannot be reached raises StorageUnavailableError (see `redis/failures.py`).
     A write holding an event larger than `max_event_bytes` encoded is refused
-    (EventTooLargeError), nothing stored.
+    (EventTooLargeError), nothing stored. With `encryption` (master keys), `Personal`
+    fields are encrypted with data keys kept under the prefix (`keyring`); without it,
+    writing one is refused.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class RedisStorage:
         publisher: PublisherOptions | None = None,
         durability: Durability | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        encryption: MasterKeys | None = None,
     ) -> None:
         self.client = client
         self.max_event_bytes = max_event_bytes
@@ -73,6 +79,10 @@ class RedisStorage:
             self.keys = run_steps(opening(prefix, partitions, self.durability, self.server),
                                   client)
         self.registry = ContentRegistry()
+        self.keyring: Keyring | None = None
+        if encryption is not None:
+            self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
+            self.registry.cipher = FieldCipher(self.keyring)
         self.publisher_options = publisher or PublisherOptions()
         self.state = SubscriberState(
             client, self.keys, redrive_after_ms=self.publisher_options.redrive_after_ms
