@@ -195,8 +195,9 @@ def refuse_embedded() -> NoReturn:
                     for name, near in unknown_variables().items() if near)
     fail(f"no Redis server to run on: ES_REDIS_URL is not set (nor ES_REDIS_SENTINELS){typos}, "
          "so the app's store is an empty embedded Redis inside this process. Set "
-         "ES_REDIS_URL to the app's Redis; status, show, health, rebuild, replay and parked take "
-         "--embedded to use the embedded one on purpose (`es-workers demo` runs on one).",
+         "ES_REDIS_URL to the app's Redis; the admin commands (status, show, health, rebuild, "
+         "replay, parked, forget, keys rotate) take --embedded to use the embedded one on "
+         "purpose (`es-workers demo` runs on one).",
          EXIT_USAGE)
 
 
@@ -834,11 +835,11 @@ def keys_new() -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(app_ref: AppRef) -> None:
+def keys_rotate(app_ref: AppRef, embedded: Embedded = False) -> None:
     """Re-wrap every data key with ES_ENCRYPTION_KEY (unwrapping with ES_ENCRYPTION_KEYS);
     events are not touched. Afterwards the older keys can be dropped."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     with reported_errors():
         done = store.rotate_keys()
     out.print(f"{done} data keys re-wrapped with the current master key")
@@ -848,12 +849,12 @@ def keys_rotate(app_ref: AppRef) -> None:
 def forget(app_ref: AppRef, subject: Annotated[str, typer.Argument(
                metavar="SUBJECT", help="The person: an entity ID, or the value of the "
                "field named by personal_subject")],
-           yes: Yes = False) -> None:
+           yes: Yes = False, embedded: Embedded = False) -> None:
     """Forget a person: destroy the data key of SUBJECT, so its Personal fields read as
     placeholders everywhere, and notify subscribers (entity es.forgotten). Cannot be
     undone; asks first. Running it again is harmless."""
     settings_or_exit()
-    store = load_app(app_ref)
+    store = load_app(app_ref, embedded=embedded)
     confirm_or_exit(f"Destroy the data key of {subject!r}? Its personal data can never be "
                     "read again.", yes)
     with reported_errors():

@@ -83,25 +83,25 @@ def test_keys_new_prints_a_different_key_each_time() -> None:
 
 def test_show_decrypts_and_redact_hides_personal_fields(app_module: ModuleType) -> None:
     register(app_module, "c1", "ada@example.org")
-    shown = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--json"])
+    shown = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--json", "--embedded"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["content"] == {"email": "ada@example.org", "plan": "gold"}
-    hidden = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--redact"])
+    hidden = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--redact", "--embedded"])
     assert hidden.exit_code == 0, hidden.output
     assert "ada@example.org" not in hidden.stdout and REDACTED_TEXT in hidden.stdout
 
 
 def test_forget_asks_first_then_forgets(app_module: ModuleType) -> None:
     register(app_module, "c1", "ada@example.org")
-    refused = runner.invoke(app, ["forget", ref(app_module), "c1"])  # no terminal
+    refused = runner.invoke(app, ["forget", ref(app_module), "c1", "--embedded"])  # no terminal
     assert refused.exit_code == 2 and "--yes" in refused.output
     assert not next(iter(app_module.store.open("customer", "c1").all())).forgotten
 
-    done = runner.invoke(app, ["forget", ref(app_module), "c1", "--yes"])
+    done = runner.invoke(app, ["forget", ref(app_module), "c1", "--yes", "--embedded"])
     assert done.exit_code == 0, done.output
     [event] = app_module.store.open("customer", "c1").all()
     assert event.forgotten and event.content.email == FORGOTTEN_TEXT
-    again = runner.invoke(app, ["forget", ref(app_module), "c1", "--yes"])
+    again = runner.invoke(app, ["forget", ref(app_module), "c1", "--yes", "--embedded"])
     assert again.exit_code == 0, again.output
     assert len(list(app_module.store.open(FORGOTTEN_TYPE, "c1").all())) == 1
 
@@ -115,7 +115,7 @@ def test_keys_rotate_rewraps_with_the_new_master_key(
     clean_env.setenv("ES_ENCRYPTION_KEY", new)
     clean_env.setenv("ES_ENCRYPTION_KEYS", old)
     sys.modules.pop(app_module.__name__)  # the command imports the app with the new keys
-    result = runner.invoke(app, ["keys", "rotate", ref(app_module)])
+    result = runner.invoke(app, ["keys", "rotate", ref(app_module), "--embedded"])
     assert result.exit_code == 0, result.output
     assert "1 data keys re-wrapped" in result.stdout
     rotated = Store.from_settings(events={"customer": [app_module.Registered]})
