@@ -86,7 +86,8 @@ def test_show_decrypts_and_redact_hides_personal_fields(app_module: ModuleType) 
     shown = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--json", "--embedded"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["content"] == {"email": "ada@example.org", "plan": "gold"}
-    hidden = runner.invoke(app, ["show", ref(app_module), "customer", "c1", "--redact", "--embedded"])
+    hidden = runner.invoke(
+        app, ["show", ref(app_module), "customer", "c1", "--redact", "--embedded"])
     assert hidden.exit_code == 0, hidden.output
     assert "ada@example.org" not in hidden.stdout and REDACTED_TEXT in hidden.stdout
 
