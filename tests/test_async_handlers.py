@@ -27,6 +27,7 @@ from es_workers import (
     admin,
 )
 from es_workers.event import is_async
+from es_workers.workers.delivery import DeliveryOptions
 
 
 class AsyncRecorder(Recorder):
@@ -190,3 +191,36 @@ def test_system_exit_and_keyboard_interrupt_from_an_async_handler_park_its_entit
     assert {p.entity_id: p.error for p in parked} == {
         "exits": "SystemExit: from exits", "interrupts": "KeyboardInterrupt: from interrupts"}
     assert recorder.by_entity() == {"fine": [1, 2, 3]}
+
+
+def test_an_async_handler_past_its_time_limit_is_cancelled_and_parks_its_entity(
+    fast_storage: RedisStorage, broker: dramatiq.Broker
+) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(handler_time_limit_ms=200, max_attempts=1))
+    cancelled = threading.Event()
+    recorder = AsyncRecorder()
+
+    async def handler(event: Event) -> None:
+        if event.entity_id == "stuck":
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        await recorder(event)
+
+    delivery.store.subscribe("account", "balances", handler)
+    for entity_id in ("stuck", "fine"):
+        write_count(delivery.store, entity_id, 1)
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: admin.parked(delivery.store, "balances", "account"), "stuck parked",
+                 timeout=10)
+        wait_for(lambda: recorder.has({"fine": 1}), "fine handled")
+    finally:
+        delivery.stop()
+    (parked,) = admin.parked(delivery.store, "balances", "account")
+    assert parked.entity_id == "stuck" and parked.error.startswith("HandlerTimeLimitExceeded")
+    assert cancelled.is_set()

@@ -12,7 +12,7 @@
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
 --
--- Returns per entity {state, checkpoint, store_entity_id, entries, attempts}:
+-- Returns per entity {state, checkpoint, store_entity_id, entries, attempts, retry_in_ms}:
 -- state 0 when the lock is now ours; entries are then the stream entries after the
 -- checkpoint (at most ARGV[3], as XRANGE gives them), store_entity_id is event 1's 'e'
 -- field when event 1 is not among them ('' otherwise), so no further read is needed, and
@@ -21,22 +21,22 @@
 -- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
 -- the lock is now ours but the stream key holds another type (corrupt: the worker parks
 -- the entity; an error here would fail the notice's other entities too); state 4 when the
--- entity's last attempt failed and its backoff has not passed (retry-at is in the future:
--- the failing worker's retry notice, or the due entry, starts it then).
+-- entity's last attempt failed and its backoff has not passed: retry_in_ms is what is left
+-- of it (the failing worker's retry notice, or else the due entry, starts it then).
 
 local checkpoints, parked, heads, retry_at, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5]
 local token, lock_ms, page = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now_ms
 
-local function backing_off(id)
+local function backoff_left(id)
   local at = redis.call('HGET', retry_at, id)
-  if not at then return false end
+  if not at then return 0 end
   if not now_ms then
     local now = redis.call('TIME')
     now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   end
-  return tonumber(at) > now_ms
+  return math.max(0, tonumber(at) - now_ms)
 end
 
 local function first_event_id(stream)
@@ -51,31 +51,32 @@ end
 
 local function begin(id, target, lock, stream)
   if redis.call('HEXISTS', parked, id) == 1 then
-    return {1, 0, '', {}, 0}
+    return {1, 0, '', {}, 0, 0}
   end
   local checkpoint = tonumber(redis.call('HGET', checkpoints, id) or '0')
   if target < 0 then
     target = tonumber(redis.call('HGET', heads, id) or '0')
   end
   if checkpoint >= target then
-    return {1, checkpoint, '', {}, 0}
+    return {1, checkpoint, '', {}, 0, 0}
   end
-  if backing_off(id) then
-    return {4, checkpoint, '', {}, 0}
+  local left = backoff_left(id)
+  if left > 0 then
+    return {4, checkpoint, '', {}, 0, left}
   end
   if not redis.call('SET', lock, token, 'NX', 'PX', lock_ms) then
-    return {2, checkpoint, '', {}, 0}
+    return {2, checkpoint, '', {}, 0, 0}
   end
   local attempts = tonumber(redis.call('HGET', failures, id) or '0')
   local entries = redis.pcall('XRANGE', stream, (checkpoint + 1) .. '-0', '+', 'COUNT', page)
   if entries.err then
-    return {3, checkpoint, '', {}, attempts}
+    return {3, checkpoint, '', {}, attempts, 0}
   end
   local store_entity_id = ''
   if checkpoint > 0 then
     store_entity_id = first_event_id(stream)
   end
-  return {0, checkpoint, store_entity_id, entries, attempts}
+  return {0, checkpoint, store_entity_id, entries, attempts, 0}
 end
 
 local answers = {}

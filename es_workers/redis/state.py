@@ -75,13 +75,15 @@ class Begun:
     NOT_A_STREAM (the lock is ours, the entity cannot be read) or BACKING_OFF.
     When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
     replies hold them), `store_entity_id` event 1's ID when it is not among them, and
-    `attempts` the failed attempts at the entity's next event so far."""
+    `attempts` the failed attempts at the entity's next event so far. When BACKING_OFF,
+    `retry_in_ms` is what is left of the backoff."""
 
     state: int
     checkpoint: int
     entries: list[Any] = field(default_factory=list)
     store_entity_id: str = ""
     attempts: int = 0
+    retry_in_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,8 @@ class SubscriberState:
             args += (e.entity_id, -1 if number is None else number)
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
-                  int(attempts))
-            for state, checkpoint, store_entity_id, entries, attempts
+                  int(attempts), int(retry_in_ms))
+            for state, checkpoint, store_entity_id, entries, attempts, retry_in_ms
             in self._begin(keys, args, raw=True)
         ]
 

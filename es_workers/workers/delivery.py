@@ -43,6 +43,7 @@ from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
 from ..redis.state import (
+    BACKING_OFF,
     BUSY,
     NOT_A_STREAM,
     READY,
@@ -183,6 +184,11 @@ class _Batch:
                             random.randint(20, 80))
             elif answer.state in (READY, NOT_A_STREAM):
                 runs.append(_Run(self, e, answer))
+            elif answer.state == BACKING_OFF and number is None:
+                # A retry notice early by the server's clock (hosts' clocks differ): again
+                # when due. Notices of new events are dropped: the retry reads to the head.
+                self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)],
+                            answer.retry_in_ms)
             # Else skipped: parked, an old notice, or a failure backing off (its retry
             # notice, or else its due entry, starts it when the backoff has passed).
         return runs
