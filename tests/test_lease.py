@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import pairwise
 
 import dramatiq
 import pytest
+import redis
 from apps.delivery_kit import (
     Delivery,
     Recorder,
@@ -25,8 +27,9 @@ from apps.delivery_kit import (
     same_partition,
     stub_broker,
 )
-from conftest import ACCOUNT_EVENTS
+from conftest import ACCOUNT_EVENTS, delete_prefix, real_redis
 from kit import wait_for, write_count
+from servers import TcpProxy
 
 from es_workers import Event, RedisStorage, Store, admin
 from es_workers.redis.state import READY, Failure
@@ -132,6 +135,71 @@ def test_a_holder_that_lost_its_lease_records_nothing_and_another_goes_on(
 
     assert parked_errors(delivery.store, "balances") == {}
     assert recorder.by_entity() == {"acc-1": [1, 2, 3]}
+
+
+@pytest.mark.servers
+def test_a_holder_cut_off_from_redis_past_its_lease_stops_its_handler_before_another_starts(
+    tcp_proxy: Callable[[tuple[str, int]], TcpProxy], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Worker "cut" reaches Redis through a proxy that goes down while its handler runs: it
+    cannot renew the lease, so it stops the handler before the lease can run out; worker
+    "other" (direct) then takes the entity over and handles it to its head. On the real
+    Redis (the proxy forwards to it)."""
+    direct = real_redis()
+    options = direct.connection_pool.connection_kwargs
+    proxy = tcp_proxy((options["host"], options["port"]))
+    through_proxy = redis.Redis(host=proxy.address[0], port=proxy.port, db=options["db"],
+                                socket_timeout=1, socket_connect_timeout=1)
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    lease = DeliveryOptions(lock_ms=LEASE_MS)
+    cut = Delivery(RedisStorage(through_proxy, prefix=prefix), stub_broker(),
+                   events=ACCOUNT_EVENTS, options=lease)
+    other = Delivery(RedisStorage(direct, prefix=prefix), stub_broker(),
+                     events=ACCOUNT_EVENTS, options=lease)
+    cut_started, stopped_at = threading.Event(), []
+    recorder, first_starts = Recorder(), []
+
+    def cut_handler(event: Event) -> None:
+        cut_started.set()
+        try:
+            for _ in range(1000):  # 10 s, unless stopped
+                time.sleep(0.01)
+        except BaseException:
+            stopped_at.append(time.monotonic())
+            raise
+
+    def other_handler(event: Event) -> None:
+        if event.event_number == 1:
+            first_starts.append(time.monotonic())
+        recorder(event)
+
+    cut.store.subscribe("account", "balances", cut_handler)
+    other.store.subscribe("account", "balances", other_handler)
+    heads = {"acc-1": write_count(other.store, "acc-1", 3)}
+    cut.start_worker()
+    other.start_worker()
+    try:
+        cut.bus.notify("account", "acc-1", 3)
+        wait_for(cut_started.is_set, "cut's handler to start")
+        proxy.down()
+        try:
+            wait_for(lambda: stopped_at, "cut to stop its handler", timeout=10)
+
+            def send_other_a_notice() -> None:
+                other.bus.notify("account", "acc-1", 3)
+
+            wait_for(lambda: recorder.has(heads), "other to handle acc-1 to its head",
+                     interval=0.05, check=send_other_a_notice)
+        finally:
+            proxy.up()
+    finally:
+        cut.stop()
+        other.stop()
+        delete_prefix(direct, prefix)
+
+    assert stopped_at[0] < first_starts[0], "the handler ran in two workers at once"
+    assert "lost the lock on account 'acc-1' during event 1" in caplog.text
+    assert_exactly_once_in_order(recorder, heads)
 
 
 def test_every_script_refuses_a_holder_whose_lease_ran_out(fast_storage: RedisStorage

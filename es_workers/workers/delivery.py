@@ -290,8 +290,7 @@ class _Run:
         when there is nothing to record. Raises _Stop when the handler failed or the event
         cannot be read (retried, then parked), or the lock is lost."""
         if not self.lease.holds(self.e):
-            self._lost(self.handled + 1, "before")
-            raise _Stop(released=self.lease.is_lost(self.e))
+            self._stop_unsure(self.handled + 1, "before")
         try:
             if self._unreadable is not None:
                 raise self._unreadable
@@ -344,8 +343,7 @@ class _Run:
 
     def _call_failed(self, event: Event, call: HandlerCall, error: BaseException) -> None:
         if call.interrupted is LeaseLost:
-            self._lost(event.event_number, "during")
-            raise _Stop(released=self.lease.is_lost(self.e)) from None
+            self._stop_unsure(event.event_number, "during")
         if call.interrupted is HandlerTimeLimitExceeded:
             error = HandlerTimeLimitExceeded(
                 f"the handler ran over its time limit of {call.time_limit_ms} ms "
@@ -356,10 +354,22 @@ class _Run:
         self._failed(event.event_number, error)
         raise _Stop(released=False) from None
 
+    def _stop_unsure(self, event_number: int, when: str) -> None:
+        """Stops the entity: its lock is lost, or could not be renewed in time (Redis slow
+        or unreachable). In that case the lock may still be ours: it is released and a
+        notice sent, so that the entity goes on without waiting for the sweep."""
+        self._lost(event_number, when)
+        if self.lease.is_lost(self.e):
+            raise _Stop(released=True) from None
+        e = self.e
+        self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)], 0)
+        raise _Stop(released=False) from None
+
     def _lost(self, event_number: int, when: str) -> None:
         log.warning(
-            "subscriber %s lost the lock on %s %r %s event %d (paused or cut off from Redis "
-            "past lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
+            "subscriber %s lost the lock on %s %r %s event %d, or could not renew it in time "
+            "(paused or cut off from Redis past lock_ms=%d?); stopping, another worker goes "
+            "on", self.e.subscriber_id,
             self.e.entity_type, self.e.entity_id, when, event_number, self.options.lock_ms,
             extra=self._fields(event_number),
         )
