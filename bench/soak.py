@@ -280,8 +280,8 @@ def check_handled(app: ModuleType, heads: list[int], status: Any, report: Report
 def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str, int]:
     """What a drained store should hold: per entity a stream, per partition one heads,
     index and outbox, per subscriber and partition a checkpoints hash; a parked hash per partition
-    where an entity is parked (parking clears its failure count); no failure counts, locks,
-    notices due or catch-up cursors."""
+    where an entity is parked (parking clears its failure count); no failure counts, backoffs,
+    locks, notices due or catch-up cursors."""
     storage = app.store.storage
     partitions = storage.partitions
     parked_partitions = len({storage.keys.partition(ENTITY_TYPE, e) for e in parked})
@@ -293,6 +293,7 @@ def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str
         "outbox": used,
         "checkpoints": len(SUBSCRIBERS) * used,
         "failures": 0,
+        "retry-at": 0,  # backoffs: cleared by the next success or by parking
         "parked": parked_partitions,
         "lock": 0,
         "due": 0,

@@ -132,8 +132,13 @@ class Settings(BaseSettings):
     )
     lock_ms: int = Field(
         default=_DELIVERY.lock_ms, ge=100,
-        description="Lease of a (subscriber, entity) lock; a crashed worker's entities wait "
-        "this long",
+        description="Lease of a (subscriber, entity) lock, renewed every third of it while "
+        "the handler runs; a crashed or paused worker's entities wait this long",
+    )
+    handler_time_limit_ms: int = Field(
+        default=_DELIVERY.handler_time_limit_ms, ge=10,
+        description="A handler running longer is stopped and the attempt counts as failed "
+        "(parked after max_attempts); below time_limit_ms",
     )
     redrive_after_ms: int = Field(
         default=_PUBLISHER.redrive_after_ms, ge=100,
@@ -349,6 +354,12 @@ class Settings(BaseSettings):
                 f"publisher_min_backoff_ms ({self.publisher_min_backoff_ms}) is above "
                 f"publisher_max_backoff_ms ({self.publisher_max_backoff_ms})"
             )
+        if self.handler_time_limit_ms >= self.time_limit_ms:
+            raise ValueError(
+                f"handler_time_limit_ms ({self.handler_time_limit_ms}) must be below "
+                f"time_limit_ms ({self.time_limit_ms}): Dramatiq would stop the whole "
+                "delivery first, and retry it"
+            )
         self._check_failure_settings()
         return self
 
@@ -386,6 +397,7 @@ class Settings(BaseSettings):
             min_backoff_ms=self.min_backoff_ms,
             max_backoff_ms=self.max_backoff_ms,
             lock_ms=self.lock_ms,
+            handler_time_limit_ms=self.handler_time_limit_ms,
         )
 
     def publisher_options(self) -> PublisherOptions:

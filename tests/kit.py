@@ -84,8 +84,8 @@ class Processes:
     def publisher(self, app: str) -> subprocess.Popen[bytes]:
         return self.start("publisher", ES_WORKERS, "publish", app)
 
-    def worker(self, app: str) -> subprocess.Popen[bytes]:
-        return self.start("worker", ES_WORKERS, "worker", app, "--processes", "1",
+    def worker(self, app: str, name: str = "worker") -> subprocess.Popen[bytes]:
+        return self.start(name, ES_WORKERS, "worker", app, "--processes", "1",
                           "--threads", "4")
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:

@@ -27,6 +27,7 @@ from es_workers import (
     admin,
 )
 from es_workers.event import is_async
+from es_workers.workers.delivery import DeliveryOptions
 
 
 class AsyncRecorder(Recorder):
@@ -159,3 +160,67 @@ def test_an_async_handler_writing_through_an_async_store_records_its_cause(
     (first,) = memory_store.read("account", "a1")
     assert cause == 1 and caused.causation_id == first.store_event_id
     assert caused.correlation_id == first.correlation_id
+
+
+def test_system_exit_and_keyboard_interrupt_from_an_async_handler_park_its_entity_only(
+    delivery: Delivery,
+) -> None:
+    """asyncio lets these two out of a task, which would stop the loop every async handler
+    of the process runs on: they are failed attempts of their entity, as from a function,
+    and the loop goes on with the others."""
+    raising: dict[str, type[BaseException]] = {"exits": SystemExit,
+                                               "interrupts": KeyboardInterrupt}
+    recorder = AsyncRecorder()
+
+    async def handler(event: Event) -> None:
+        if event.entity_id in raising:
+            raise raising[event.entity_id](f"from {event.entity_id}")
+        await recorder(event)
+
+    delivery.store.subscribe("account", "balances", handler)
+    heads = {entity_id: write_count(delivery.store, entity_id, 1)
+             for entity_id in (*raising, "fine")}
+    delivery.start_store()
+    delivery.start_worker()
+
+    wait_for(lambda: len(admin.parked(delivery.store, "balances", "account")) == 2,
+             "exits and interrupts parked", timeout=10)
+    heads["fine"] = write_count(delivery.store, "fine", 2)
+    wait_for(lambda: recorder.has({"fine": heads["fine"]}), "fine's later events")
+    parked = admin.parked(delivery.store, "balances", "account")
+    assert {p.entity_id: p.error for p in parked} == {
+        "exits": "SystemExit: from exits", "interrupts": "KeyboardInterrupt: from interrupts"}
+    assert recorder.by_entity() == {"fine": [1, 2, 3]}
+
+
+def test_an_async_handler_past_its_time_limit_is_cancelled_and_parks_its_entity(
+    fast_storage: RedisStorage, broker: dramatiq.Broker
+) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(handler_time_limit_ms=200, max_attempts=1))
+    cancelled = threading.Event()
+    recorder = AsyncRecorder()
+
+    async def handler(event: Event) -> None:
+        if event.entity_id == "stuck":
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        await recorder(event)
+
+    delivery.store.subscribe("account", "balances", handler)
+    for entity_id in ("stuck", "fine"):
+        write_count(delivery.store, entity_id, 1)
+    delivery.start_store()
+    delivery.start_worker()
+    try:
+        wait_for(lambda: admin.parked(delivery.store, "balances", "account"), "stuck parked",
+                 timeout=10)
+        wait_for(lambda: recorder.has({"fine": 1}), "fine handled")
+    finally:
+        delivery.stop()
+    (parked,) = admin.parked(delivery.store, "balances", "account")
+    assert parked.entity_id == "stuck" and parked.error.startswith("HandlerTimeLimitExceeded")
+    assert cancelled.is_set()

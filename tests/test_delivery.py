@@ -10,7 +10,6 @@ to delivered events as to read ones.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from apps.delivery_kit import (
     Recorder,
     assert_exactly_once_in_order,
     redis_broker,
+    same_partition,
     stub_broker,
 )
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, Withdrawn
@@ -372,53 +372,7 @@ def test_a_corrupt_stream_parks_its_entity_and_the_others_go_on(
     assert recorder.by_entity() == {"gap": [1], "fine": [1], "later": [1]}
 
 
-def test_a_worker_that_lost_its_lock_stops_and_another_goes_on(
-    fast_storage: RedisStorage, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A handler slower than lock_ms: another worker takes the entity over; the slow one
-    stops after its event (at least once: that event may run twice, nothing is skipped)."""
-    delivery = Delivery(fast_storage, stub_broker(), events=ACCOUNT_EVENTS,
-                        options=DeliveryOptions(lock_ms=500))
-    slow_once, taken_over = threading.Event(), threading.Event()
-
-    def handler(event: Event) -> None:
-        if event.event_number == 1 and not slow_once.is_set():
-            slow_once.set()
-            taken_over.wait(timeout=30)  # until the other worker has handled the entity
-        recorder(event)
-        if event.event_number == 3:
-            taken_over.set()
-
-    def locked() -> bool:
-        pattern = f"{fast_storage.keys.prefix}:*:lock:balances:account:acc-1"
-        return any(True for _ in fast_storage.client.scan_iter(match=pattern))
-
-    recorder = Recorder()
-    delivery.store.subscribe("account", "balances", handler)
-    write(delivery, "acc-1", 3)
-    delivery.start_worker()
-    try:
-        delivery.bus.notify("account", "acc-1", 3)
-        wait_for(slow_once.is_set, "the slow handler to start")
-        wait_for(lambda: not locked(), "the slow worker's lock to expire")
-        delivery.bus.notify("account", "acc-1", 3)
-        wait_for(lambda: recorder.count() >= 4, "both workers to finish")
-        wait_for(lambda: "lost the lock" in caplog.text, "the slow worker to notice")
-    finally:
-        taken_over.set()
-        delivery.stop()
-    numbers = [number for _, number in recorder.calls]
-    assert sorted(numbers) == [1, 1, 2, 3]
-    assert admin.status(delivery.store).subscribers[0].events_behind == 0
-
-
 # -- Notices naming many entities (the publisher's batches) ------------------------------
-
-
-def same_partition(storage: RedisStorage, count: int) -> list[str]:
-    """`count` entity IDs of one partition: one notice names them all."""
-    ids = (f"acc-{i}" for i in range(100_000))
-    return [i for i in ids if storage.keys.partition("account", i) == 0][:count]
 
 
 def test_a_notice_naming_many_entities_handles_each_once_in_order(delivery: Delivery) -> None:

@@ -259,8 +259,20 @@ def test_settings_feed_delivery_and_publisher_options(clean_env: pytest.MonkeyPa
                         publisher_batch=50, publisher_sweep_every_ms=100)
     delivery = settings.delivery_options()
     assert (delivery.max_attempts, delivery.lock_ms) == (3, 2000)
+    assert delivery.handler_time_limit_ms == 60_000  # DeliveryOptions' default
     publisher = settings.publisher_options()
     assert (publisher.batch, publisher.sweep_every_ms, publisher.redrive_after_ms) == (50, 100, 700)
+
+
+def test_the_handler_time_limit_is_read_and_must_be_below_the_delivery_time_limit(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("ES_HANDLER_TIME_LIMIT_MS", "8000")
+    assert load_settings().delivery_options().handler_time_limit_ms == 8000
+    clean_env.setenv("ES_TIME_LIMIT_MS", "8000")
+    expected = r"handler_time_limit_ms \(8000\) must be below time_limit_ms \(8000\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        load_settings()
 
 
 def test_worker_environment_carries_the_poll_timeout(clean_env: pytest.MonkeyPatch) -> None:

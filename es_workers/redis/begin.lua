@@ -4,29 +4,47 @@
 -- KEYS[1] checkpoints  {tag}:checkpoints:<subscriber>:<type>  hash entity ID -> event number
 -- KEYS[2] parked       {tag}:parked:<subscriber>:<type>       hash entity ID -> JSON record
 -- KEYS[3] heads        {tag}:heads:<type>                     hash entity ID -> position
--- then per entity i (from 0): KEYS[4 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
--- the holder's token), KEYS[5 + 2i] the entity stream {tag}:stream:<type>:<id>
+-- KEYS[4] retry-at     {tag}:retry-at:<subscriber>:<type>     hash entity ID -> ms (server time)
+-- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
+-- then per entity i (from 0): KEYS[6 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
+-- the holder's token), KEYS[7 + 2i] the entity stream {tag}:stream:<type>:<id>
 -- and last, KEYS[#KEYS] paused {tag}:paused:<subscriber> (string, while a rebuild holds it)
 -- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
 --
--- Returns per entity {state, checkpoint, store_entity_id, entries}:
+-- Returns per entity {state, checkpoint, store_entity_id, entries, attempts, retry_in_ms}:
 -- state 0 when the lock is now ours; entries are then the stream entries after the
--- checkpoint (at most ARGV[3], as XRANGE gives them) and store_entity_id is event 1's 'e'
--- field when event 1 is not among them ('' otherwise), so no further read is needed;
+-- checkpoint (at most ARGV[3], as XRANGE gives them), store_entity_id is event 1's 'e'
+-- field when event 1 is not among them ('' otherwise), so no further read is needed, and
+-- attempts the failed attempts at the entity's next event so far;
 -- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
 -- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
 -- the lock is now ours but the stream key holds another type (corrupt: the worker parks
--- the entity; an error here would fail the notice's other entities too); state 4 for every
--- entity while the subscriber is paused (a rebuild: nothing begun, the notice stays due).
+-- the entity; an error here would fail the notice's other entities too); state 4 when the
+-- entity's last attempt failed and its backoff has not passed: retry_in_ms is what is left
+-- of it (the failing worker's retry notice, or else the due entry, starts it then); state 5
+-- for every entity while the subscriber is paused (a rebuild: nothing begun, the notice
+-- stays due).
 
-local checkpoints, parked, heads = KEYS[1], KEYS[2], KEYS[3]
+local checkpoints, parked, heads, retry_at, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+  KEYS[5]
 local token, lock_ms, page = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now_ms
+
+local function backoff_left(id)
+  local at = redis.call('HGET', retry_at, id)
+  if not at then return 0 end
+  if not now_ms then
+    local now = redis.call('TIME')
+    now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  end
+  return math.max(0, tonumber(at) - now_ms)
+end
 
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   local paused = {}
-  for i = 1, (#ARGV - 3) / 2 do paused[i] = {4, 0, '', {}} end
+  for i = 1, (#ARGV - 3) / 2 do paused[i] = {5, 0, '', {}, 0, 0} end
   return paused
 end
 
@@ -42,32 +60,37 @@ end
 
 local function begin(id, target, lock, stream)
   if redis.call('HEXISTS', parked, id) == 1 then
-    return {1, 0, '', {}}
+    return {1, 0, '', {}, 0, 0}
   end
   local checkpoint = tonumber(redis.call('HGET', checkpoints, id) or '0')
   if target < 0 then
     target = tonumber(redis.call('HGET', heads, id) or '0')
   end
   if checkpoint >= target then
-    return {1, checkpoint, '', {}}
+    return {1, checkpoint, '', {}, 0, 0}
+  end
+  local left = backoff_left(id)
+  if left > 0 then
+    return {4, checkpoint, '', {}, 0, left}
   end
   if not redis.call('SET', lock, token, 'NX', 'PX', lock_ms) then
-    return {2, checkpoint, '', {}}
+    return {2, checkpoint, '', {}, 0, 0}
   end
+  local attempts = tonumber(redis.call('HGET', failures, id) or '0')
   local entries = redis.pcall('XRANGE', stream, (checkpoint + 1) .. '-0', '+', 'COUNT', page)
   if entries.err then
-    return {3, checkpoint, '', {}}
+    return {3, checkpoint, '', {}, attempts, 0}
   end
   local store_entity_id = ''
   if checkpoint > 0 then
     store_entity_id = first_event_id(stream)
   end
-  return {0, checkpoint, store_entity_id, entries}
+  return {0, checkpoint, store_entity_id, entries, attempts, 0}
 end
 
 local answers = {}
 for i = 0, (#ARGV - 3) / 2 - 1 do
-  answers[i + 1] = begin(ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i]), KEYS[4 + 2 * i],
-    KEYS[5 + 2 * i])
+  answers[i + 1] = begin(ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i]), KEYS[6 + 2 * i],
+    KEYS[7 + 2 * i])
 end
 return answers

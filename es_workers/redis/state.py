@@ -5,10 +5,14 @@ the publisher, delivery and admin call its methods.
 Per (subscriber, entity type, partition) it keeps hashes keyed by entity ID:
 - checkpoints: the last event number the subscriber handled;
 - failures: failed attempts at the entity's next event;
+- retry-at: when the next attempt may start (server time, ms), while a failure backs off;
 - parked: a JSON record of the event it gave up on;
 and per (subscriber, partition) a sorted set of due notices: notices sent but not yet seen
 handled, re-sent by the publisher's sweep if still lagging when due. A lock per
-(subscriber, entity) keeps one worker on an entity at a time.
+(subscriber, entity) keeps one worker on an entity at a time: its value is the holder's
+token, and every script that records something for the entity (checkpoint, failure,
+parking, renewal, release) first checks the token is still the caller's, so a holder whose
+lease expired is fenced off.
 
 A rebuild holds a pause per (subscriber, partition), which keeps every worker off the
 subscriber's entities, and a record of its progress per subscriber.
@@ -36,7 +40,8 @@ READY = 0
 NOTHING_TO_DO = 1
 BUSY = 2
 NOT_A_STREAM = 3  # the lock is ours, but the entity's stream key holds another type
-PAUSED = 4  # a rebuild holds the subscriber: nothing begun
+BACKING_OFF = 4  # the entity's last attempt failed and its backoff has not passed
+PAUSED = 5  # a rebuild holds the subscriber: nothing begun
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
 WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 
@@ -82,15 +87,19 @@ class RebuildRecord:
 
 @dataclass(frozen=True)
 class Begun:
-    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO, BUSY or
-    NOT_A_STREAM (the lock is ours, the entity cannot be read).
+    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO, BUSY,
+    NOT_A_STREAM (the lock is ours, the entity cannot be read) or BACKING_OFF.
     When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
-    replies hold them) and `store_entity_id` event 1's ID when it is not among them."""
+    replies hold them), `store_entity_id` event 1's ID when it is not among them, and
+    `attempts` the failed attempts at the entity's next event so far. When BACKING_OFF,
+    `retry_in_ms` is what is left of the backoff."""
 
     state: int
     checkpoint: int
     entries: list[Any] = field(default_factory=list)
     store_entity_id: str = ""
+    attempts: int = 0
+    retry_in_ms: int = 0
 
     @property
     def paused(self) -> bool:
@@ -111,6 +120,35 @@ class Committed:
         return self.head < 0
 
 
+@dataclass(frozen=True)
+class Failed:
+    """fail.lua's answer: the attempts so far and the wait before the next one; `parked`
+    when that was the last attempt, `lost` when the lock was no longer the caller's
+    (nothing recorded)."""
+
+    attempts: int
+    retry_in_ms: int
+
+    @property
+    def lost(self) -> bool:
+        return self.attempts < 0
+
+    @property
+    def parked(self) -> bool:
+        return self.retry_in_ms < 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed attempt at an entity's event records: the error as
+    "ExceptionType: message", its traceback, and the backoff before the next attempt."""
+
+    event_number: int
+    error: str
+    traceback: str
+    backoff_ms: int
+
+
 class SubscriberState:
     def __init__(self, client: Any, keys: RedisKeys, *, redrive_after_ms: int) -> None:
         self.client = client
@@ -119,6 +157,8 @@ class SubscriberState:
         self._begin = Script(client, "begin")
         self._checkpoint = Script(client, "checkpoint")
         self._unlock = Script(client, "unlock")
+        self._renew = Script(client, "renew")
+        self._fail = Script(client, "fail")
 
     def entity(self, subscriber_id: str, entity_type: str, entity_id: str) -> SubscriberEntity:
         return SubscriberEntity(
@@ -132,6 +172,9 @@ class SubscriberState:
 
     def _failures(self, subscriber_id: str, entity_type: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:failures:{subscriber_id}:{entity_type}"
+
+    def _retry_at(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:retry-at:{subscriber_id}:{entity_type}"
 
     def _parked(self, subscriber_id: str, entity_type: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:parked:{subscriber_id}:{entity_type}"
@@ -161,19 +204,19 @@ class SubscriberState:
     def _cursor(self, entity_type: str, subscriber_id: str) -> str:
         return f"{self.keys.prefix}:catch-up:{entity_type}:{subscriber_id}"
 
-    # -- Delivery: lock, checkpoint, fail, park -----------------------------------------
+    # -- Delivery: lock, checkpoint, renew, fail (and park) ------------------------------
 
     def begin(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int | None],
               token: str, lock_ms: int, read_count: int) -> list[Begun]:
         """For each entity (all of one subscriber, entity type and partition) whose notice
-        says it has events up to `event_numbers[i]` (None: its head): skips it if parked or
-        the notice is old, else takes its lock and reads up to `read_count` events after its
-        checkpoint. One round trip for them all."""
+        says it has events up to `event_numbers[i]` (None: its head): skips it if parked,
+        the notice is old or its failure is backing off, else takes its lock and reads up to
+        `read_count` events after its checkpoint. One round trip for them all."""
         first = entities[0]
+        s, t, p = first.subscriber_id, first.entity_type, first.partition
         keys = [
-            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
-            self._parked(first.subscriber_id, first.entity_type, first.partition),
-            self.keys.heads(first.entity_type, first.partition),
+            self._checkpoints(s, t, p), self._parked(s, t, p), self.keys.heads(t, p),
+            self._retry_at(s, t, p), self._failures(s, t, p),
         ]
         args: list[Any] = [token, lock_ms, read_count]
         for e, number in zip(entities, event_numbers, strict=True):
@@ -182,8 +225,10 @@ class SubscriberState:
             args += (e.entity_id, -1 if number is None else number)
         keys.append(self._paused(first.subscriber_id, first.partition))
         return [
-            Begun(int(state), int(checkpoint), list(entries), text(store_entity_id))
-            for state, checkpoint, store_entity_id, entries in self._begin(keys, args, raw=True)
+            Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
+                  int(attempts), int(retry_in_ms))
+            for state, checkpoint, store_entity_id, entries, attempts, retry_in_ms
+            in self._begin(keys, args, raw=True)
         ]
 
     def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
@@ -194,11 +239,10 @@ class SubscriberState:
         partition; one round trip."""
         releases = [release] * len(entities) if isinstance(release, bool) else release
         first = entities[0]
+        s, t, p = first.subscriber_id, first.entity_type, first.partition
         keys = [
-            self._checkpoints(first.subscriber_id, first.entity_type, first.partition),
-            self.keys.heads(first.entity_type, first.partition),
-            self._due(first.subscriber_id, first.partition),
-            self._failures(first.subscriber_id, first.entity_type, first.partition),
+            self._checkpoints(s, t, p), self.keys.heads(t, p), self._due(s, p),
+            self._failures(s, t, p), self._retry_at(s, t, p),
         ]
         args: list[Any] = [token, lock_ms]
         for e, number, let_go in zip(entities, event_numbers, releases, strict=True):
@@ -217,30 +261,36 @@ class SubscriberState:
             _check_same_group(first, e)
         self._unlock(keys=[self._lock(e) for e in entities], args=[token])
 
-    def record_failure(self, e: SubscriberEntity) -> int:
-        """Counts a failed attempt at the entity's next event; returns the attempts so far."""
-        failures = self._failures(e.subscriber_id, e.entity_type, e.partition)
-        return int(self.client.hincrby(failures, e.entity_id, 1))
+    def renew(self, entities: Sequence[SubscriberEntity], token: str, lock_ms: int
+              ) -> list[bool]:
+        """Extends the entities' locks (of one partition) by `lock_ms` where `token` still
+        holds them; False for each one it no longer holds (lost: stop it, record nothing).
+        One round trip."""
+        first = entities[0]
+        for e in entities:
+            _check_same_group(first, e)
+        answers = self._renew(keys=[self._lock(e) for e in entities], args=[token, lock_ms])
+        return [bool(int(answer)) for answer in answers]
 
-    def park(self, e: SubscriberEntity, event_number: int, error: str, attempts: int,
-             traceback: str = "") -> ParkedEntity:
-        """Gives up on the entity for this subscriber until `unpark`."""
-        parked = ParkedEntity(
-            e.subscriber_id, e.entity_type, e.entity_id, event_number, error, attempts,
-            datetime.now(UTC).isoformat(), traceback[-TRACEBACK_LIMIT:],
-        )
+    def fail(self, e: SubscriberEntity, token: str, failure: Failure, max_attempts: int
+             ) -> Failed:
+        """Counts a failed attempt at the entity's next event if `token` still holds its
+        lock: until `max_attempts`, no attempt starts again before `failure.backoff_ms` has
+        passed (its due entry wakes it then); at `max_attempts`, parks the entity (until
+        `unpark`). One round trip."""
+        s, t, p = e.subscriber_id, e.entity_type, e.partition
         record = {
-            "event_number": event_number, "error": error, "attempts": attempts,
-            "parked_at": parked.parked_at, "traceback": parked.traceback,
+            "event_number": failure.event_number, "error": failure.error, "attempts": 0,
+            "parked_at": datetime.now(UTC).isoformat(),
+            "traceback": failure.traceback[-TRACEBACK_LIMIT:],
         }
-        pipe = self.client.pipeline(transaction=True)  # one slot: the partition's tag
-        pipe.hset(self._parked(e.subscriber_id, e.entity_type, e.partition), e.entity_id,
-                  json.dumps(record))
-        pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
-        pipe.zrem(self._due(e.subscriber_id, e.partition), e.member)
-        pipe.execute()
-        self._tell_waiters(e, "parked")
-        return parked
+        attempts, retry_in_ms = self._fail(
+            keys=[self._failures(s, t, p), self._retry_at(s, t, p), self._parked(s, t, p),
+                  self._due(s, p), self._lock(e)],
+            args=[token, e.entity_id, e.member, self._handled_channel(e), max_attempts,
+                  failure.backoff_ms, json.dumps(record)],
+        )
+        return Failed(int(attempts), int(retry_in_ms))
 
     # -- Read-your-writes ----------------------------------------------------------------
 
@@ -483,6 +533,7 @@ class SubscriberState:
             pipe.hset(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
                       e.entity_id, entity.event_number)
         pipe.hdel(self._failures(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
+        pipe.hdel(self._retry_at(e.subscriber_id, e.entity_type, e.partition), e.entity_id)
         pipe.hdel(parked_key, e.entity_id)
         pipe.zadd(self._due(e.subscriber_id, e.partition), {e.member: self.due_at_ms()},
                   nx=True)
@@ -497,6 +548,7 @@ class SubscriberState:
         for partition in range(self.keys.partitions):
             pipe.delete(self._checkpoints(subscriber_id, entity_type, partition))
             pipe.delete(self._failures(subscriber_id, entity_type, partition))
+            pipe.delete(self._retry_at(subscriber_id, entity_type, partition))
             pipe.delete(self._parked(subscriber_id, entity_type, partition))
         pipe.execute()
 

@@ -260,10 +260,30 @@ def _middleware(broker: dramatiq.Broker, kind: type[_M]) -> _M:
 
 def _on_dramatiq_loop(handler: Callable[[Event], Any]) -> Callable[[Event], None]:
     """The async handler run on the AsyncIO middleware's loop, in the actor thread's context
-    (`event.awaited_in`), its outcome awaited by that thread."""
+    (`event.awaited_in`), its outcome awaited by that thread.
+
+    SystemExit and KeyboardInterrupt raised by the handler are carried to that thread and
+    raised there (a failed attempt, as from a function): asyncio lets them out of the task,
+    which would stop the loop of every async handler of the process."""
     run = async_to_sync(awaited_in)
 
+    async def caught(event: Event) -> _Escaped | None:
+        try:
+            await handler(event)
+        except (SystemExit, KeyboardInterrupt) as error:
+            return _Escaped(error)
+        return None
+
     def handle(event: Event) -> None:
-        run(contextvars.copy_context(), handler, event)
+        escaped = run(contextvars.copy_context(), caught, event)
+        if escaped is not None:
+            raise escaped.error
 
     return handle
+
+
+class _Escaped:
+    """What an async handler raised that must not leave its task (see _on_dramatiq_loop)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error

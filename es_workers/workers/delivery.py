@@ -5,13 +5,17 @@ checkpoint on. That is what keeps the guarantees whatever Dramatiq does to the n
 (duplicates, reordering, retries behind newer messages):
 
 - order per entity: events are read from the entity stream in order, under a per
-  (subscriber, entity) lock, so one entity is never handled by two workers at once;
+  (subscriber, entity) lock, so one entity is never handled by two workers at once; the
+  lock's lease is renewed while the handler runs, however long, and a holder that lost it
+  is fenced off (see `lease`);
 - no handling twice past the checkpoint: the checkpoint moves after each handled event, in
   the same script that checks the lock is still ours;
 - no loss: a notice at or below the checkpoint is skipped, one beyond it handles every
   event in between; notices that never arrive are re-sent by the publisher's sweep;
-- a failing handler is retried with backoff, then parks its entity for that subscriber
-  only (others go on), until `retry` or `skip`. So does an event that cannot be read.
+- a failing handler (any exception, SystemExit and KeyboardInterrupt included, or running
+  past its time limit) is retried with backoff, then parks its entity for that subscriber
+  only (others go on), until `retry` or `skip`. So does an event that cannot be read. No
+  attempt starts before its backoff has passed, however many notices arrive meanwhile.
 
 A notice may name several entities of one partition (the publisher sends one per
 partition and subscriber when it relays many): they are locked and their first events
@@ -32,21 +36,34 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dramatiq.middleware import Interrupt
+
 from .. import metrics
 from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
-from ..redis.state import BUSY, NOT_A_STREAM, NOTHING_TO_DO, Begun, Committed, SubscriberEntity
+from ..redis.state import (
+    BACKING_OFF,
+    BUSY,
+    NOT_A_STREAM,
+    READY,
+    Begun,
+    Committed,
+    Failure,
+    SubscriberEntity,
+)
 from ..redis.storage import RedisStorage
 from ..tracing import handler_call
 from ..upgrade import Reader, Reading
+from .lease import HandlerCall, HandlerTimeLimitExceeded, Lease, LeaseLost, keeper
 
 log = logging.getLogger("es_workers.delivery")
 
 
 @dataclass(frozen=True)
 class DeliveryOptions:
-    """How hard to retry a failing handler before parking, and the lock lease.
+    """How hard to retry a failing handler before parking, the lock lease, and how long a
+    handler may run.
 
     Defaults are minutes, not Dramatiq's days: a handler failing 5 times over ~3 s is
     parked and shown in `es-workers status`.
@@ -56,6 +73,7 @@ class DeliveryOptions:
     min_backoff_ms: int = 200
     max_backoff_ms: int = 10_000
     lock_ms: int = 15_000  # a crashed worker's entities wait this long before another takes them
+    handler_time_limit_ms: int = 60_000  # a handler running longer is stopped: a failed attempt
 
     @property
     def backoff(self) -> Backoff:
@@ -103,6 +121,7 @@ class Deliverer:
         self.decode = storage.decode_entries
         self.not_a_stream = storage.not_a_stream
         self.options = options
+        self.keeper = keeper()
 
     def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
                 resend: Resend) -> None:
@@ -133,12 +152,19 @@ class _Batch:
         self.handler = handler
         self.resend = resend
         self.token = uuid.uuid4().hex
+        self.lease = Lease(self.state, self.token, self.options.lock_ms)
 
     def run(self) -> None:
+        taken_at = time.monotonic()
         runs = self._begin()
+        if not runs:
+            return
+        # Renewed from now on (before any event is decoded), until each is let go.
+        self.deliverer.keeper.hold(self.lease, [run.e for run in runs], taken_at)
         try:
             self._rounds(runs)
         finally:
+            self.deliverer.keeper.end(self.lease)
             held = [run for run in runs if not run.released]
             if held:
                 self.state.unlock([run.e for run in held], self.token)
@@ -162,8 +188,15 @@ class _Batch:
                 # again shortly. The re-sent notice is skipped if that worker got this far.
                 self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, number)],
                             random.randint(20, 80))
-            elif answer.state != NOTHING_TO_DO:  # parked entities and old notices: skipped
-                runs.append(_Run(self.deliverer, e, self.handler, self.resend, answer))
+            elif answer.state in (READY, NOT_A_STREAM):
+                runs.append(_Run(self, e, answer))
+            elif answer.state == BACKING_OFF and number is None:
+                # A retry notice early by the server's clock (hosts' clocks differ): again
+                # when due. Notices of new events are dropped: the retry reads to the head.
+                self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)],
+                            answer.retry_in_ms)
+            # Else skipped: parked, an old notice, or a failure backing off (its retry
+            # notice, or else its due entry, starts it when the backoff has passed).
         return runs
 
     def _rounds(self, runs: list[_Run]) -> None:
@@ -189,7 +222,7 @@ class _Batch:
                     # batch's last round, so that the retry does not find it busy.
                     if not stop.released:
                         self.state.unlock([run.e], self.token)
-                    run.released = True
+                    run.let_go()
                     continue
                 if step is not None:
                     steps.append((run, *step))
@@ -203,7 +236,7 @@ class _Batch:
         two notices so that two workers share them."""
         self.state.unlock([run.e for run in runs], self.token)
         for run in runs:
-            run.released = True
+            run.let_go()
         half = (len(runs) + 1) // 2
         for part in (runs[:half], runs[half:]):
             if part:
@@ -227,17 +260,19 @@ class _Run:
     """One entity's delivery: the handler run over its unhandled events, holding its lock,
     one event per round of its batch."""
 
-    def __init__(self, deliverer: Deliverer, e: SubscriberEntity,
-                 handler: Callable[[Event], Any], resend: Resend, begun: Begun) -> None:
+    def __init__(self, batch: _Batch, e: SubscriberEntity, begun: Begun) -> None:
+        deliverer = batch.deliverer
         self.reader, self.state, self.options = (
             deliverer.reader, deliverer.state, deliverer.options
         )
+        self.keeper, self.lease, self.token = deliverer.keeper, batch.lease, batch.token
         self.e = e
-        self.handler = handler
-        self.resend = resend
+        self.handler = batch.handler
+        self.resend = batch.resend
         self.metrics = metrics.handler_metrics(e.subscriber_id, e.entity_type)
-        self.released = False  # the lock is no longer ours (let go, or lost)
+        self.released = False  # the lock is no longer ours to release (let go, or lost)
         self.committed = begun.checkpoint  # the last checkpoint recorded
+        self.attempts = begun.attempts  # failed attempts at the next event so far
         # The entity's key holds no stream: retried, then parked, like an unreadable event.
         self._unreadable = deliverer.not_a_stream(
             e.entity_type, e.entity_id, begun.checkpoint) if begun.state == NOT_A_STREAM else None
@@ -250,11 +285,18 @@ class _Run:
         self.handled = reading.position
         self._ahead = _with_lookahead(reading)
 
+    def let_go(self) -> None:
+        """The lock is released, or lost: no longer renewed."""
+        self.released = True
+        self.lease.let_go(self.e)
+
     def step(self) -> tuple[int, bool] | None:
         """Handles the next event. Returns the checkpoint to record and whether it may be
         the entity's last (then the lock goes with it, if the entity is caught up); None
         when there is nothing to record. Raises _Stop when the handler failed or the event
-        cannot be read (retried, then parked)."""
+        cannot be read (retried, then parked), or the lock is lost."""
+        if not self.lease.holds(self.e):
+            self._stop_unsure(self.handled + 1, "before")
         try:
             if self._unreadable is not None:
                 raise self._unreadable
@@ -275,35 +317,68 @@ class _Run:
     def after_commit(self, committed: Committed, event_number: int, release: bool) -> bool:
         """Takes in a commit's answer; True when the entity goes on to another round."""
         if committed.lost:
-            log.warning(
-                "subscriber %s lost the lock on %s %r after event %d (handler slower than "
-                "lock_ms=%d?); stopping, another worker goes on", self.e.subscriber_id,
-                self.e.entity_type, self.e.entity_id, event_number, self.options.lock_ms,
-                extra=self._fields(event_number),
-            )
+            self._lost(event_number, "after")
+            self.lease.lose(self.e)
             self.released = True
             return False
         self.committed = event_number
+        self.attempts = 0
         if not release:
             return True
         if committed.released:
-            self.released = True
+            self.let_go()
             return False
         # More events were written meanwhile: read on, still holding the lock.
         self._read(self.reader.read(self.e.entity_type, self.e.entity_id, event_number))
         return True
 
     def _call(self, event: Event) -> None:
+        """Runs the handler, watched: interrupted past its time limit or if the lock is
+        lost. Any exception it raises, BaseException included (SystemExit,
+        KeyboardInterrupt: handler code, since signals reach only the main thread), is a
+        failed attempt of this entity only; Dramatiq's own interrupts go on up."""
         started = time.perf_counter()
+        call = self.keeper.call(self.lease, self.e, self.options.handler_time_limit_ms)
         try:
-            with handler_call(self.e.subscriber_id, event):
+            with call, handler_call(self.e.subscriber_id, event):
                 self.handler(event)
-        except Exception as error:
-            self.metrics.failures.inc()
-            self._failed(event.event_number, error)
-            raise _Stop(released=False) from None
+        except BaseException as error:
+            self._call_failed(event, call, error)
         self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.handled.inc()
+
+    def _call_failed(self, event: Event, call: HandlerCall, error: BaseException) -> None:
+        if call.interrupted is LeaseLost:
+            self._stop_unsure(event.event_number, "during")
+        if call.interrupted is HandlerTimeLimitExceeded:
+            error = HandlerTimeLimitExceeded(
+                f"the handler ran over its time limit of {call.time_limit_ms} ms "
+                "(handler_time_limit_ms)").with_traceback(error.__traceback__)
+        elif isinstance(error, Interrupt):  # Dramatiq's (its time limit, its shutdown)
+            raise error
+        self.metrics.failures.inc()
+        self._failed(event.event_number, error)
+        raise _Stop(released=False) from None
+
+    def _stop_unsure(self, event_number: int, when: str) -> None:
+        """Stops the entity: its lock is lost, or could not be renewed in time (Redis slow
+        or unreachable). In that case the lock may still be ours: it is released and a
+        notice sent, so that the entity goes on without waiting for the sweep."""
+        self._lost(event_number, when)
+        if self.lease.is_lost(self.e):
+            raise _Stop(released=True) from None
+        e = self.e
+        self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)], 0)
+        raise _Stop(released=False) from None
+
+    def _lost(self, event_number: int, when: str) -> None:
+        log.warning(
+            "subscriber %s lost the lock on %s %r %s event %d, or could not renew it in time "
+            "(paused or cut off from Redis past lock_ms=%d?); stopping, another worker goes "
+            "on", self.e.subscriber_id,
+            self.e.entity_type, self.e.entity_id, when, event_number, self.options.lock_ms,
+            extra=self._fields(event_number),
+        )
 
     def _fields(self, event_number: int, attempt: int | None = None) -> dict[str, Any]:
         """The event's fields of a log record (JSON log lines carry them)."""
@@ -316,21 +391,28 @@ class _Run:
         return fields
 
     def _failed(self, event_number: int, error: BaseException) -> None:
+        """Records a failed attempt (if the lock is still ours): the entity is retried
+        when its backoff has passed, or parked at the last attempt."""
         e, options = self.e, self.options
-        attempts = self.state.record_failure(e)
-        description = f"{type(error).__name__}: {error}"
-        if attempts < options.max_attempts:
-            delay = options.backoff.delay_ms(attempts)
+        failure = Failure(event_number, f"{type(error).__name__}: {error}",
+                          "".join(traceback.format_exception(error)),
+                          options.backoff.delay_ms(self.attempts + 1))
+        failed = self.state.fail(e, self.token, failure, options.max_attempts)
+        if failed.lost:
+            self._lost(event_number, "after a failure at")
+            self.lease.lose(e)
+            raise _Stop(released=True) from None
+        attempts = self.attempts = failed.attempts
+        if not failed.parked:
             log.warning(
                 "subscriber %s failed on %s %r event %d (attempt %d of %d), retrying in %d ms",
                 e.subscriber_id, e.entity_type, e.entity_id, event_number, attempts,
-                options.max_attempts, delay, exc_info=error,
+                options.max_attempts, failed.retry_in_ms, exc_info=error,
                 extra=self._fields(event_number, attempts),
             )
-            self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)], delay)
+            self.resend([Notice(e.subscriber_id, e.entity_type, e.entity_id, None)],
+                        failed.retry_in_ms)
             return
-        self.state.park(e, event_number, description, attempts,
-                        "".join(traceback.format_exception(error)))
         metrics.PARKED.labels(e.subscriber_id).inc()
         log.error(
             "subscriber %s parked %s %r at event %d after %d attempts "

@@ -100,6 +100,12 @@ def assert_exactly_once_in_order(recorder: Recorder, heads: Mapping[str, int]) -
     assert set(seen) <= set(heads), f"handled unknown entities {set(seen) - set(heads)}"
 
 
+def same_partition(storage: RedisStorage, count: int) -> list[str]:
+    """`count` entity IDs of one partition: one notice names them all."""
+    ids = (f"acc-{i}" for i in range(100_000))
+    return [i for i in ids if storage.keys.partition("account", i) == 0][:count]
+
+
 class FlakyStubBroker(StubBroker):
     """A StubBroker whose enqueue fails with ConnectionError while `down` is set."""
 
