@@ -26,6 +26,7 @@ from .errors import (
     StorageUnavailableError,
     StreamNotReadError,
     SubscriberError,
+    TruncatedError,
     UnknownEventError,
     UnknownNameError,
     WaitTimeoutError,
@@ -33,6 +34,7 @@ from .errors import (
 from .event import Content, Event, Handler
 from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
 from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
+from .position import Position
 from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
 from .store import Store
@@ -74,6 +76,7 @@ __all__ = [
     "NotRegisteredError",
     "NotifyingEventBus",
     "ParkedError",
+    "Position",
     "RedisStorage",
     "Settings",
     "Storage",
@@ -83,6 +86,7 @@ __all__ = [
     "Stream",
     "StreamNotReadError",
     "SubscriberError",
+    "TruncatedError",
     "UnknownEventError",
     "UnknownNameError",
     "WaitTimeoutError",

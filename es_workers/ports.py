@@ -10,10 +10,11 @@ checkpoints in a storage that can hold them.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .event import Content, Event, Handler
+from .position import Position
 from .upgrade import Reader
 
 
@@ -49,12 +50,13 @@ class Storage(Protocol):
         """Events of one entity with `event_number > after`, in order, as stored."""
         ...
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        """Appends events of one entity, all or none.
+    def write(self, entity_type: str, events: Sequence[Event]) -> Sequence[Position] | None:
+        """Appends events of one entity, all or none, and returns their log positions
+        (None or empty from a storage without a log).
 
         `events[0].event_number - 1` is the expected position: if the entity is elsewhere,
         `ConcurrencyError`. Writing the same events again (same `store_event_id`s) at the
-        same numbers succeeds without storing them twice.
+        same numbers succeeds without storing them twice (and returns the same positions).
         """
         ...
 
@@ -82,6 +84,41 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class LogStorage(Storage, Protocol):
+    """A storage that also keeps a log per partition, in commit order (RedisStorage and
+    InMemoryStorage): what `Store.read_all` and `Store.follow` read."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> Iterator[Event]:
+        """The stored events of the partition's log after log number `after`, in order;
+        `TruncatedError` where it was trimmed."""
+        ...
+
+    def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """(entity type, entity ID, event number) at the position; None if there is none."""
+        ...
+
+    def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """Returns when a log holds an entry past `after` (partition -> log number), or
+        after `timeout` seconds."""
+        ...
+
+    def followed(self, name: str) -> dict[int, int]:
+        """The log numbers the named follower has done, per partition."""
+        ...
+
+    def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
+
+    def trim_logs(self, keep: int) -> int:
+        """Keeps each log's last `keep` entries and what a follower has not done; returns
+        how many entries it removed."""
+        ...
+
+
+@runtime_checkable
 class AsyncStorage(Protocol):
     """`Storage` for asyncio (`AsyncStore`): the same reads and writes, awaited. It has no
     publishing hook: a `Store` on the same data relays what it appends."""
@@ -90,7 +127,9 @@ class AsyncStorage(Protocol):
         """Events of one entity with `event_number > after`, in order, as stored."""
         ...
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    async def write(
+        self, entity_type: str, events: Sequence[Event]
+    ) -> Sequence[Position] | None:
         """Appends events of one entity, all or none, as `Storage.write`."""
         ...
 

@@ -11,7 +11,14 @@ from typing import Any, TypeVar
 import fakeredis
 import redis.asyncio
 
-from es_workers import AsyncInMemoryStorage, AsyncRedisStorage, AsyncStorage, Content, Event
+from es_workers import (
+    AsyncInMemoryStorage,
+    AsyncRedisStorage,
+    AsyncStorage,
+    Content,
+    Event,
+    Position,
+)
 
 T = TypeVar("T")
 ASYNC_KINDS = ["async-memory", "async-fakeredis", "async-redis"]
@@ -61,8 +68,8 @@ class BlockingStorage:
             except StopAsyncIteration:
                 return
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        self._run(self.async_storage.write(entity_type, events))
+    def write(self, entity_type: str, events: Sequence[Event]) -> Sequence[Position] | None:
+        return self._run(self.async_storage.write(entity_type, events))
 
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100

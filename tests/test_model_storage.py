@@ -61,7 +61,7 @@ def withdrawals_in_cents(events: Iterator[Event]) -> Iterator[Event]:
             content = Withdrawn(amount=event.content.amount * 100)
             event = Event(event.entity_id, event.entity_type, event.event_number,
                           event.event_time, content, event.store_event_id,
-                          event.store_entity_id)
+                          event.store_entity_id, event.metadata, event.position)
         yield event
 
 
@@ -116,8 +116,10 @@ class StorageModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.resources = ExitStack()
-        self.model = build_store(InMemoryStorage())
-        self.real = build_store(self.resources.enter_context(self.backend.storage()))
+        real = self.resources.enter_context(self.backend.storage())
+        # The same partitions: the model's log then numbers events as Redis' logs do.
+        self.model = build_store(InMemoryStorage(partitions=real.partitions))
+        self.real = build_store(real)
         self.ids = Correspondence()
         self.streams: dict[int, tuple[tuple[str, str], Stream, Stream]] = {}
         self.batches: list[tuple[str, list[Event]]] = []
@@ -138,7 +140,8 @@ class StorageModel(RuleBasedStateMachine):
         assert event.event_time.utcoffset() is not None
         if event.event_number == 1:
             assert event.store_entity_id == event.store_event_id
-        return (event.entity_type, event.entity_id, event.event_number, event.content)
+        return (event.entity_type, event.entity_id, event.event_number, event.content,
+                event.position)
 
     def both(self, action: Callable[[Store], Any]) -> tuple[Any, Any]:
         model, real = outcome(lambda: action(self.model)), outcome(lambda: action(self.real))

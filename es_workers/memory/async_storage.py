@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from ..event import Content, Event
+from ..position import Position
 from .storage import InMemoryStorage
 
 
@@ -24,8 +25,8 @@ class AsyncInMemoryStorage:
         for event in self.storage.read(entity_type, entity_id, after):
             yield event
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        self.storage.write(entity_type, events)
+    async def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        return self.storage.write(entity_type, events)
 
     async def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100

@@ -16,6 +16,7 @@ import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..event import Content, Event
+from ..position import Position
 from .entries import (
     DEFAULT_PARTITIONS,
     EntityKeys,
@@ -102,22 +103,25 @@ class AsyncRedisStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    async def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        """Appends the events (see `Storage.write`); returns their log positions."""
         if not events:
-            return
+            return []
         entity_keys = await self._entities()
-        keys = entity_keys(entity_type, events[0].entity_id)
+        entity_id = events[0].entity_id
+        keys = entity_keys(entity_type, entity_id)
+        partition = entity_keys.keys.partition(entity_type, entity_id)
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
-            args.append(entity_keys.keys.wake(
-                entity_keys.keys.partition(entity_type, events[0].entity_id)
-            ))
+            args.append(entity_keys.keys.wake(partition))
         reply = await self.append_script(keys=keys, args=args)
-        check_appended(keys[0], entity_type, events, reply)
+        return check_appended(keys[0], entity_type, events, reply, partition)
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
-        key = (await self._entities())(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
+        entity_keys = await self._entities()
+        key = entity_keys(entity_type, entity_id)[0]
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after,
+                            partition=entity_keys.keys.partition(entity_type, entity_id))
         reader = self._reader
         while pages.more:
             with pages.reading():

@@ -24,6 +24,7 @@ from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
+from ..position import Position
 from .keys import RedisKeys, text
 
 DEFAULT_PARTITIONS = 16
@@ -34,6 +35,8 @@ _KNOWN_ENTITIES = 4096
 _RAW_FIELDS = [b"n", b"d", b"t", b"e"]
 _TEXT_FIELDS = ["n", "d", "t", "e"]
 _RAW_METADATA, _TEXT_METADATA = b"m", "m"
+# With a log the entry's log number follows the fields (before the metadata).
+_RAW_LOGGED, _TEXT_LOGGED = b"p", "p"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -117,20 +120,22 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
-APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM = range(6)
 _NOT_A_STREAM = "the key holds another type than a stream"
 
 
-def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any) -> None:
-    """Raises what append.lua's reply says went wrong: ConcurrencyError if it found another
-    writer's events in place, CorruptEventError (naming the stream's `key`) if the stream
-    could not take the events."""
-    status, position = reply
-    if status == APPENDED:
-        metrics.appends(entity_type).inc(len(events))
-        return
-    if status == ALREADY_APPENDED:
-        return
+def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any,
+                   partition: int) -> list[Position]:
+    """The log positions of the events append.lua wrote (in `partition`; none when written
+    without a log). Raises what its reply says went wrong: ConcurrencyError if it found
+    another writer's events in place, CorruptEventError (naming the stream's `key`, or the
+    log's) if the stream or the log could not take the events."""
+    status, position, *logged = reply
+    if status in (APPENDED, ALREADY_APPENDED):
+        if status == APPENDED:
+            metrics.appends(entity_type).inc(len(events))
+        number = int(logged[0]) if logged else 0
+        return [Position(partition, number + i) for i in range(len(events))] if number else []
     first = events[0]
     if status == CONFLICT:
         metrics.CONFLICTS.labels(entity_type).inc()
@@ -139,6 +144,8 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
         problem = (f"the stream holds an entry numbered {int(position)} although the "
                    f"entity's position is {first.event_number - 1} (an entry not written by "
                    "es_workers?)")
+    elif status == LOG_NOT_A_STREAM:
+        problem = f"the partition's log key holds another type than a stream (key {key}'s tag)"
     else:
         problem = _NOT_A_STREAM
     raise CorruptEventError(
@@ -195,16 +202,16 @@ class EntityPages:
     from) is a CorruptEventError, as is a record that does not decode.
     """
 
-    __slots__ = ("entity_id", "entity_type", "key", "more", "registry", "start",
+    __slots__ = ("entity_id", "entity_type", "key", "more", "partition", "registry", "start",
                  "store_entity_id")
 
     count = READ_PAGE + 1  # one past the page says whether another follows
 
     def __init__(self, registry: ContentRegistry, key: str, entity_type: str, entity_id: str,
-                 after: int) -> None:
+                 after: int, *, partition: int) -> None:
         if after < 0:
             raise ValueError(f"after must be >= 0, got {after}")
-        self.registry, self.key = registry, key
+        self.registry, self.key, self.partition = registry, key, partition
         self.entity_type, self.entity_id = entity_type, entity_id
         self.start = after + 1  # the event number the next entry must hold
         self.store_entity_id: str | None = None
@@ -310,19 +317,30 @@ class EntityPages:
         raw = isinstance(entries[0][0], bytes)
         (n_, d_, t_, e_), zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
+        logged_name = _RAW_LOGGED if raw else _TEXT_LOGGED
+        partition, new_position = self.partition, Position
         from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
         first_id = self.store_entity_id or ""  # event 1's store_event_id
         # In sequence (checked by `events`): entry i holds event start + i.
         for number, (entry_id, values) in enumerate(entries, self.start):
             try:
-                if len(values) == 8:
-                    n, name, d, data, t, micros, e, event_id = values
+                count = len(values)
+                if count == 10 and values[8] == logged_name:
+                    n, name, d, data, t, micros, e, event_id, p, logged = values
                     m, stored_metadata = metadata_name, None
+                elif count == 12:
+                    (n, name, d, data, t, micros, e, event_id, p, logged, m,
+                     stored_metadata) = values
+                elif count == 8:  # stored before the log
+                    n, name, d, data, t, micros, e, event_id = values
+                    p, logged, m, stored_metadata = logged_name, None, metadata_name, None
                 else:  # a ValueError unless the metadata field follows
                     n, name, d, data, t, micros, e, event_id, m, stored_metadata = values
+                    p, logged = logged_name, None
                 if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
-                        entry_id[-2:] != zero):
+                        p != logged_name or entry_id[-2:] != zero):
                     raise ValueError(entry_id)
+                position = None if logged is None else new_position(partition, int(logged))
                 metadata = NO_METADATA if stored_metadata is None else decode_metadata(
                     stored_metadata)
                 content = decoders[name](data)
@@ -337,7 +355,7 @@ class EntityPages:
                 if number == 1:
                     first_id = store_event_id
                 event = new_event(entity_id, entity_type, number, event_time, content,
-                                  store_event_id, first_id, metadata)
+                                  store_event_id, first_id, metadata, position)
             yield event
         self.store_entity_id = first_id
         self.start += len(entries)
@@ -390,6 +408,7 @@ class EntityPages:
         store_event_id = self._field(fields, "e", text, number)
         metadata = self._field(fields, "m", decode_metadata, number) if "m" in fields else (
             NO_METADATA)
+        logged = self._field(fields, "p", int, number) if "p" in fields else 0
         content = self.registry.decode(
             key=self.key, entity_type=self.entity_type, entity_id=self.entity_id,
             event_number=number, name=name, data=data,
@@ -403,12 +422,13 @@ class EntityPages:
             store_event_id=store_event_id,
             store_entity_id=store_event_id if number == 1 else self.store_entity_id or "",
             metadata=metadata,
+            position=Position(self.partition, logged) if logged > 0 else None,
         )
 
 
 _T = TypeVar("_T")
 _FIELD_NAMES = {"n": "event name", "d": "JSON data", "t": "event time, µs since 1970",
-                "e": "store_event_id", "m": "metadata"}
+                "e": "store_event_id", "m": "metadata", "p": "log number"}
 
 
 def _as_stored(value: Any) -> Any:
