@@ -25,6 +25,7 @@ from conftest import (
 )
 
 from es_workers import Event, InMemoryStorage, Position, RedisStorage, Store, TruncatedError
+from es_workers.redis.publisher import PublisherOptions
 
 AnyStorage = RedisStorage | InMemoryStorage
 
@@ -237,3 +238,32 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
+        redis_client: redis.Redis, prefix: str) -> None:
+    storage = RedisStorage(redis_client, prefix=prefix, partitions=1,
+                           publisher=PublisherOptions(log_keep=1, trim_every_ms=10))
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_accounts(store, "a", "b", "c")  # p0:1..6
+    with store.follow(name="ledger") as follower:
+        for event in follower:
+            if event.position == Position(0, 2):
+                break
+
+    def first_kept() -> Position | None:
+        try:
+            list(store.read_all())
+        except TruncatedError as error:
+            return error.first_kept
+        return None
+
+    publishing = threading.Thread(target=store.start)
+    publishing.start()
+    try:
+        wait_until(lambda: first_kept() == Position(0, 3))
+        time.sleep(0.05)  # a few trimming rounds more: still kept
+        assert first_kept() == Position(0, 3)
+    finally:
+        store.close()
+        publishing.join()
