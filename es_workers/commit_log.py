@@ -13,18 +13,19 @@ Upgrades apply to events read from the log as on entity reads, each event on its
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from datetime import datetime
 from types import TracebackType
 
 from .errors import ConfigurationError
 from .event import Event
-from .ports import LogStorage, Storage
+from .ports import AsyncLogStorage, AsyncStorage, LogStorage, Storage
 from .position import After, Position, after_by_partition
-from .upgrade import Reader
+from .upgrade import AsyncReader, Reader
 
 RECORD_EVERY_S = 1.0  # how often a named follower records how far it got while busy
 WAIT_S = 0.25  # one wait for new events: also how soon `stop()` is seen
@@ -156,3 +157,156 @@ class Follower(Iterator[Event]):
         if exc_type is None:  # the last event handed out was handled
             self._done = dict(self._after)
         self._record()
+
+
+# -- asyncio: the same, awaited ------------------------------------------------------------
+
+
+def async_log_storage(storage: AsyncStorage) -> AsyncLogStorage:
+    if not isinstance(storage, AsyncLogStorage):
+        raise ConfigurationError(
+            f"{type(storage).__name__} keeps no log: read_all and follow need "
+            "AsyncRedisStorage or AsyncInMemoryStorage")
+    return storage
+
+
+class AsyncLogReading(AsyncIterator[Event]):
+    """`LogReading` for asyncio: `async for event in store.read_all(...)`; `positions`."""
+
+    def __init__(self, storage: AsyncLogStorage, reader: AsyncReader, after: dict[int, int],
+                 entity_types: Collection[str] | None, limit: int | None) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        if isinstance(entity_types, str):
+            raise TypeError("entity_types is a collection of entity types, not one")
+        self.after = after
+        self._storage, self._reader, self._left = storage, reader, limit
+        self._types = None if entity_types is None else frozenset(entity_types)
+        self._heads: list[tuple[Event, AsyncIterator[Event]]] | None = None
+        self._upgraded: Iterator[Event] = iter(())
+
+    async def _start(self) -> list[tuple[Event, AsyncIterator[Event]]]:
+        heads = []
+        for partition in range(await self._storage.partitions_count()):
+            log = self._storage.read_log(partition, self.after.get(partition, 0), self._types)
+            first = await anext(log, None)
+            if first is not None:
+                heads.append((first, log))
+        return heads
+
+    async def _next_stored(self) -> Event | None:
+        """The stored event that comes next: the earliest head of the partitions (each in
+        its log order)."""
+        if self._heads is None:
+            self._heads = await self._start()
+        heads = self._heads
+        if not heads:
+            return None
+        index = min(range(len(heads)), key=lambda i: _commit_order(heads[i][0])
+                    ) if len(heads) > 1 else 0
+        event, log = heads[index]
+        following = await anext(log, None)
+        if following is None:
+            del heads[index]
+        else:
+            heads[index] = (following, log)
+        return event
+
+    async def __anext__(self) -> Event:
+        if self._left == 0:
+            raise StopAsyncIteration
+        while True:
+            upgraded = next(self._upgraded, None)
+            if upgraded is not None:
+                break
+            stored = await self._next_stored()
+            if stored is None:
+                raise StopAsyncIteration
+            if stored.position is not None:
+                self.after[stored.position.partition] = stored.position.number
+            self._upgraded = self._reader.upgraded(stored)
+        if self._left is not None:
+            self._left -= 1
+        return upgraded
+
+    @property
+    def positions(self) -> list[Position]:
+        return [Position(p, n) for p, n in sorted(self.after.items())]
+
+
+def async_read_all(storage: AsyncStorage, reader: AsyncReader, after: After,
+                   entity_types: Collection[str] | None, limit: int | None) -> AsyncLogReading:
+    return AsyncLogReading(async_log_storage(storage), reader, after_by_partition(after),
+                           entity_types, limit)
+
+
+class AsyncFollower(AsyncIterator[Event]):
+    """`Follower` for asyncio: `async for event in follower`, `async with`; `stop()` from
+    the loop or any thread ends it within a wait."""
+
+    def __init__(self, storage: AsyncStorage, reader: AsyncReader, after: After,
+                 entity_types: Collection[str] | None, name: str | None) -> None:
+        self._storage = async_log_storage(storage)
+        self._reader = reader
+        self._types = entity_types
+        self.name = name
+        self._given = after
+        self._after: dict[int, int] | None = None
+        self._reading: AsyncLogReading | None = None
+        self._stop = threading.Event()
+        self._done: dict[int, int] = {}
+        self._recorded: dict[int, int] = {}
+        self._recorded_at = time.monotonic()
+
+    @property
+    def positions(self) -> list[Position]:
+        return [Position(p, n) for p, n in sorted((self._after or {}).items())]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _start(self) -> dict[int, int]:
+        if self.name is not None and self._given is None:
+            after = await self._storage.followed(self.name)
+        else:
+            after = after_by_partition(self._given)
+        self._done, self._recorded = dict(after), dict(after)
+        return after
+
+    async def __anext__(self) -> Event:
+        if self._after is None:
+            self._after = await self._start()
+        self._done = dict(self._after)
+        while not self._stop.is_set():
+            if self._reading is None:
+                self._reading = AsyncLogReading(self._storage, self._reader, self._after,
+                                                self._types, None)
+            try:
+                event = await anext(self._reading)
+            except StopAsyncIteration:
+                self._reading = None
+                await self._record()
+                await self._storage.wait_log(self._after, WAIT_S)
+                await asyncio.sleep(0)
+                continue
+            if time.monotonic() - self._recorded_at >= RECORD_EVERY_S:
+                await self._record()
+            return event
+        await self._record()
+        raise StopAsyncIteration
+
+    async def _record(self) -> None:
+        if self.name is None or self._done == self._recorded:
+            return
+        await self._storage.record_followed(self.name, self._done)
+        self._recorded, self._recorded_at = dict(self._done), time.monotonic()
+
+    async def __aenter__(self) -> AsyncFollower:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, traceback: TracebackType | None) -> None:
+        self.stop()
+        if exc_type is None and self._after is not None:
+            self._done = dict(self._after)
+        await self._record()

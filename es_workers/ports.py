@@ -145,6 +145,25 @@ class AsyncStorage(Protocol):
 
 
 @runtime_checkable
+class AsyncLogStorage(AsyncStorage, Protocol):
+    """`LogStorage` for asyncio (AsyncRedisStorage, AsyncInMemoryStorage): the same log,
+    awaited. `partitions_count()` is awaited (Redis holds the number)."""
+
+    async def partitions_count(self) -> int: ...
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> AsyncIterator[Event]: ...
+
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None: ...
+
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None: ...
+
+    async def followed(self, name: str) -> dict[int, int]: ...
+
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
+
+
+@runtime_checkable
 class NotifyingEventBus(Subscriptions, Protocol):
     """A bus whose subscribers read the events themselves from storage.
 

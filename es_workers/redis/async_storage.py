@@ -9,7 +9,7 @@ same prefix), which relays and handles what this storage appends like any other 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -25,11 +25,13 @@ from .entries import (
     as_sent,
     check_appended,
     entity_ids_page,
+    flat_entries,
     index_start,
     stored_partitions,
     xrange,
 )
-from .keys import RedisKeys
+from .keys import RedisKeys, text
+from .log import LogPages
 from .scripts import AsyncScript, BatchingScript
 from .state import SubscriberState
 
@@ -151,6 +153,64 @@ class AsyncRedisStorage:
         for partition in range(keys.partitions):
             pipe.zrangebylex(keys.index(entity_type, partition), start, "+", 0, limit + 1)
         return entity_ids_page(await pipe.execute(), limit)
+
+    # -- the log (see log.py), as RedisStorage's -----------------------------------------
+
+    async def partitions_count(self) -> int:
+        return (await self.open()).partitions
+
+    async def read_log(self, partition: int, after: int = 0,
+                       entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
+        """The events of one partition's log after log number `after`, in log order."""
+        pages = LogPages(self.registry, await self.open(), partition, after, entity_types)
+        reader = self._reader
+        while pages.more:
+            entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
+            runs = pages.take(entries)
+            if not runs:
+                continue
+            pipe = reader.pipeline(transaction=False)
+            for key, start, end in pages.entity_reads(runs):
+                xrange(pipe, key, start, end)
+            for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
+                yield event
+
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """(entity type, entity ID, event number) at a log position; None if none."""
+        key, entry_id = (await self.open()).log(position.partition), f"{position.number}-0"
+        for _, values in flat_entries(await xrange(self._reader, key, entry_id, entry_id)):
+            fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
+            return text(fields["type"]), text(fields["id"]), int(text(fields["n"]))
+        return None
+
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """As RedisStorage.wait_log: one blocking XREAD, or polling on a cluster."""
+        keys = await self.open()
+        streams = {keys.log(p): f"{after.get(p, 0)}-0" for p in range(keys.partitions)}
+        if not self._on_cluster:
+            await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for key, start in streams.items():
+                if await self.client.xread({key: start}, count=1):
+                    return
+            await asyncio.sleep(0.05)
+
+    async def followed(self, name: str) -> dict[int, int]:
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(keys.partitions):
+            pipe.hget(keys.followers(partition), name)
+        replies = await pipe.execute()
+        return {p: int(v) for p, v in enumerate(replies) if v is not None}
+
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        for partition, number in done.items():
+            pipe.hset(keys.followers(partition), name, number)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
