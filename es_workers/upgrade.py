@@ -115,7 +115,8 @@ class Reader:
     def upgraded(self, event: Event) -> Iterator[Event]:
         """One stored event through its type's upgrades, alone (a log read: the events
         of other entities come between an entity's events)."""
-        return apply_upgrades((event,), self._upgrades.get(event.entity_type, ()))
+        upgrades = self._upgrades.get(event.entity_type)
+        return apply_upgrades((event,), upgrades) if upgrades else iter((event,))
 
     def read_range(self, entity_type: str, entity_id: str, first: int, last: int) -> list[Event]:
         """The upgraded events read from stored events `first..last`."""

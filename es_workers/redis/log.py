@@ -21,6 +21,7 @@ from .entries import EntityPages, flat_entries
 from .keys import RedisKeys, text
 
 LOG_PAGE = 500
+_ZERO = (b"-0", "-0")
 _KNOWN_ENTITIES = 4096
 
 
@@ -71,18 +72,31 @@ class LogPages:
         """The page of log entries as runs of the wanted entity types; moves `start`."""
         self.more = len(entries) == self.count
         runs: list[Run] = []
+        wanted = self.entity_types
+        names: dict[Any, str] = {}  # entity types and IDs as read, decoded once a page
+        last: Run | None = None
         for entry_id, values in flat_entries(entries):
-            number = self._number(entry_id)
-            entity_type, entity_id, event_number = self._pointer(number, values)
-            self.start = number + 1
-            if self.entity_types is not None and entity_type not in self.entity_types:
+            try:  # as append.lua writes them: "<number>-0", type T id I n N
+                type_field, raw_type, id_field, raw_id, n_field, raw_number = values
+                if (entry_id[-2:] not in _ZERO or int(entry_id[:-2]) != self.start
+                        or text(type_field) != "type" or text(id_field) != "id"
+                        or text(n_field) != "n"):
+                    raise ValueError(entry_id)
+                entity_type = names.get(raw_type) or names.setdefault(raw_type, text(raw_type))
+                entity_id = names.get(raw_id) or names.setdefault(raw_id, text(raw_id))
+                event_number = int(raw_number)
+            except (ValueError, TypeError, UnicodeDecodeError):
+                entity_type, entity_id, event_number = self._pointer(
+                    self._number(entry_id), values)
+            self.start += 1
+            if wanted is not None and entity_type not in wanted:
                 continue
-            last = runs[-1] if runs else None
-            if (last is not None and last.entity_type == entity_type
-                    and last.entity_id == entity_id and last.last + 1 == event_number):
-                runs[-1] = Run(entity_type, entity_id, last.first, event_number)
+            if (last is not None and last.last + 1 == event_number
+                    and last.entity_id == entity_id and last.entity_type == entity_type):
+                last = runs[-1] = Run(entity_type, entity_id, last.first, event_number)
             else:
-                runs.append(Run(entity_type, entity_id, event_number, event_number))
+                last = Run(entity_type, entity_id, event_number, event_number)
+                runs.append(last)
         return runs
 
     def _number(self, entry_id: bytes | str) -> int:
