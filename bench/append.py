@@ -311,6 +311,19 @@ class Bench:
             delete_prefix(self.client, prefix)
 
 
+def script_us(client: redis.Redis, bench: Bench) -> float:
+    """The server's time per append script over one single_writes run (INFO
+    commandstats, reset first: CONFIG RESETSTAT clears every command's figures); NaN where
+    the server refuses it."""
+    try:
+        client.config_resetstat()
+        bench.single_writes()
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    except redis.ResponseError:
+        return float("nan")
+    return float(stats.get("usec_per_call", "nan"))
+
+
 def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: int) -> list[Row]:
     """The log's cost: the same measures with and without it, interleaved."""
     with_log, without = Bench(client, prefix, n), Bench(client, f"{prefix}-nolog", n, log=False)
@@ -320,6 +333,7 @@ def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: in
         single_log = max(single_log, with_log.single_writes())
         batch_none = max(batch_none, without.batch_writes())
         batch_log = max(batch_log, with_log.batch_writes())
+    script_none, script_log = script_us(client, without), script_us(client, with_log)
     bytes_log = with_log.median_bytes_per_event(entities, 100, 10)[0]
     bytes_none = without.median_bytes_per_event(entities, 100, 10)[0]
     pointer, copy = with_log.log_entry_bytes(False), with_log.log_entry_bytes(True)
@@ -331,6 +345,8 @@ def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: in
         ("single append/s, log", f"{single_log:,.0f}", "", "RedisStorage()", None),
         ("L1 throughput cost", f"{throughput:.1%}", "<= 15%",
          f"1 - {single_log:,.0f} / {single_none:,.0f}", throughput <= 0.15),
+        ("server us per append", f"{script_log:.1f}", "",
+         f"no log: {script_none:.1f} (INFO commandstats, EVALSHA)", None),
         ("10 per write, events/s", f"{batch_log:,.0f}", "",
          f"no log: {batch_none:,.0f} ({1 - batch_log / batch_none:.1%} less)", None),
         ("bytes/event, no log", f"{bytes_none:.0f}", "", f"{entities} entities x 100", None),
