@@ -24,7 +24,15 @@ from conftest import (
     real_redis,
 )
 
-from es_workers import Event, InMemoryStorage, Position, RedisStorage, Store, TruncatedError
+from es_workers import (
+    CorruptEventError,
+    Event,
+    InMemoryStorage,
+    Position,
+    RedisStorage,
+    Store,
+    TruncatedError,
+)
 from es_workers.redis.publisher import PublisherOptions
 
 AnyStorage = RedisStorage | InMemoryStorage
@@ -267,3 +275,15 @@ def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
     finally:
         store.close()
         publishing.join()
+
+
+def test_a_log_key_of_another_type_refuses_the_write_and_nothing_is_written(
+        storage: RedisStorage) -> None:
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    log_key = storage.keys.log(storage.keys.partition("account", "a1"))
+    storage.client.set(log_key, "not a stream")
+    with pytest.raises(CorruptEventError) as caught, store.open("account", "a1") as stream:
+        stream.write(Opened(owner="a"))
+    assert caught.value.key == log_key and "log key holds another type" in str(caught.value)
+    assert list(store.read("account", "a1")) == []
+    assert storage.outbox_backlog() == 0

@@ -145,7 +145,8 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
                    f"entity's position is {first.event_number - 1} (an entry not written by "
                    "es_workers?)")
     elif status == LOG_NOT_A_STREAM:
-        problem = f"the partition's log key holds another type than a stream (key {key}'s tag)"
+        key = key.partition(":stream:")[0] + ":log"  # the partition's log (keys.py)
+        problem = "the partition's log key holds another type than a stream"
     else:
         problem = _NOT_A_STREAM
     raise CorruptEventError(
