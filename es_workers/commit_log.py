@@ -39,6 +39,13 @@ def log_storage(storage: Storage) -> LogStorage:
     return storage
 
 
+def _check_partitions(after: dict[int, int], partitions: int) -> None:
+    beyond = sorted(p for p in after if not 0 <= p < partitions)
+    if beyond:
+        raise ValueError(f"after names partition {beyond[0]}, but the store has "
+                         f"{partitions} (p0..p{partitions - 1})")
+
+
 def _commit_order(event: Event) -> tuple[datetime, int]:
     return event.event_time, event.position.partition if event.position else 0
 
@@ -59,6 +66,7 @@ class LogReading(Iterator[Event]):
         self.after = after
         self._reader = reader
         self._left = limit
+        _check_partitions(after, storage.partitions)
         logs = [storage.read_log(p, after.get(p, 0), types)
                 for p in range(storage.partitions)]
         stored = logs[0] if len(logs) == 1 else heapq.merge(*logs, key=_commit_order)
@@ -187,7 +195,9 @@ class AsyncLogReading(AsyncIterator[Event]):
 
     async def _start(self) -> list[tuple[Event, AsyncIterator[Event]]]:
         heads = []
-        for partition in range(await self._storage.partitions_count()):
+        partitions = await self._storage.partitions_count()
+        _check_partitions(self.after, partitions)
+        for partition in range(partitions):
             log = self._storage.read_log(partition, self.after.get(partition, 0), self._types)
             first = await anext(log, None)
             if first is not None:

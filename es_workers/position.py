@@ -49,7 +49,7 @@ def after_by_partition(after: After) -> dict[int, int]:
     if after is None:
         return {}
     if isinstance(after, Position):
-        return {after.partition: after.number}
+        after = [after]
     if isinstance(after, str):
         raise TypeError("after is a Position (use Position.parse for its text form)")
     positions = after.values() if isinstance(after, Mapping) else after
@@ -57,8 +57,8 @@ def after_by_partition(after: After) -> dict[int, int]:
     for position in positions:
         if not isinstance(position, Position):
             raise TypeError(f"after holds {position!r}, not a Position")
-        if position.number < 0:
-            raise ValueError(f"a position's number is >= 0, got {position}")
+        if position.number < 0 or position.partition < 0:
+            raise ValueError(f"a position's partition and number are >= 0, got {position!r}")
         if found.setdefault(position.partition, position.number) != position.number:
             raise ValueError(f"after names partition {position.partition} twice")
     return found

@@ -287,3 +287,8 @@ def test_a_log_key_of_another_type_refuses_the_write_and_nothing_is_written(
     assert caught.value.key == log_key and "log key holds another type" in str(caught.value)
     assert list(store.read("account", "a1")) == []
     assert storage.outbox_backlog() == 0
+
+
+def test_after_naming_a_partition_the_store_lacks_is_refused(one_partition: Store) -> None:
+    with pytest.raises(ValueError, match="partition 1"):
+        list(one_partition.read_all(after=Position(1, 0)))

@@ -25,3 +25,18 @@ def test_positions_order_by_partition_then_number_and_are_frozen() -> None:
         Position(0, 3), Position(0, 9), Position(1, 2)]
     with pytest.raises(AttributeError):
         Position(0, 1).number = 2  # type: ignore[misc]
+
+
+def test_after_takes_one_position_or_one_per_partition() -> None:
+    from es_workers.position import after_by_partition
+
+    assert after_by_partition(None) == {}
+    assert after_by_partition(Position(2, 5)) == {2: 5}
+    assert after_by_partition([Position(0, 1), Position(3, 7)]) == {0: 1, 3: 7}
+    assert after_by_partition({3: Position(3, 7)}) == {3: 7}
+    with pytest.raises(ValueError, match="twice"):
+        after_by_partition([Position(0, 1), Position(0, 2)])
+    with pytest.raises(ValueError, match=">= 0"):
+        after_by_partition(Position(0, -1))
+    with pytest.raises(TypeError):
+        after_by_partition("p0:1")  # type: ignore[arg-type]
