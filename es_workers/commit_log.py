@@ -116,10 +116,12 @@ class Follower(Iterator[Event]):
             self._after = self._storage.followed(name)
         else:
             self._after = after_by_partition(after)
+        if name is not None:  # every partition: trimming holds where it has read nothing yet
+            self._after = {p: self._after.get(p, 0) for p in range(self._storage.partitions)}
         self._reading: LogReading | None = None
         self._stop = threading.Event()
         self._done: dict[int, int] = dict(self._after)  # what was handed out and finished
-        self._recorded = dict(self._done)
+        self._recorded: dict[int, int] | None = None  # recorded at the first next()
         self._recorded_at = time.monotonic()
 
     @property
@@ -155,6 +157,11 @@ class Follower(Iterator[Event]):
             return
         self._storage.record_followed(self.name, self._done)
         self._recorded, self._recorded_at = dict(self._done), time.monotonic()
+
+    def __iter__(self) -> Follower:
+        if self.name is not None and self._recorded is None:
+            self._record()  # from now on, trimming keeps what it has not read
+        return self
 
     def __enter__(self) -> Follower:
         return self
@@ -280,6 +287,10 @@ class AsyncFollower(AsyncIterator[Event]):
             after = await self._storage.followed(self.name)
         else:
             after = after_by_partition(self._given)
+        if self.name is not None:  # every partition, recorded now: trimming holds there
+            partitions = await self._storage.partitions_count()
+            after = {p: after.get(p, 0) for p in range(partitions)}
+            await self._storage.record_followed(self.name, after)
         self._done, self._recorded = dict(after), dict(after)
         return after
 

@@ -292,3 +292,14 @@ def test_a_log_key_of_another_type_refuses_the_write_and_nothing_is_written(
 def test_after_naming_a_partition_the_store_lacks_is_refused(one_partition: Store) -> None:
     with pytest.raises(ValueError, match="partition 1"):
         list(one_partition.read_all(after=Position(1, 0)))
+
+
+def test_a_named_follower_holds_trimming_in_partitions_it_has_not_read_yet(
+        store: Store) -> None:
+    storage = store.storage
+    assert isinstance(storage, RedisStorage | InMemoryStorage)
+    follower = store.follow(name="slow", entity_types=["card"])
+    iter(follower)  # started: from now on nothing it has not read is trimmed
+    written = write_accounts(store, *(f"e{n}" for n in range(10)))
+    assert storage.trim_logs(keep=1) == 0
+    assert sorted(e.position for e in store.read_all()) == sorted(written)  # type: ignore[type-var]
