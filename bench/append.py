@@ -27,8 +27,8 @@ Small entities: used_memory per entity of one event (~200-byte payload) at the s
 Log  what the log costs (issue 20; goals: <= 15% of single-append throughput, <= 25% more
     Redis memory per event at 100 events per entity): the same measures on a RedisStorage
     with `log=False`, interleaved with the default one in each round; what one log entry
-    costs as a pointer (type, entity ID, event number: what append.lua writes) and as a
-    copy of the event; and reading 1,000 events with `store.read_all` (one partition) vs
+    costs per event as append.lua writes it (a pointer per write), as a pointer per event
+    and as a copy of the event; and reading 1,000 events with `store.read_all` (one partition) vs
     hydrating one 1,000-event entity. `--log-only` runs just this part.
 
 Rates are the best of --rounds rounds, which interleave the measures so that a busy
@@ -263,18 +263,23 @@ class Bench:
 
     # --- the log -----------------------------------------------------------------------
 
-    def log_entry_bytes(self, copy: bool, entries: int = 20_000) -> float:
-        """used_memory growth per entry of one stream of log entries shaped as append.lua
-        writes them (a pointer: type, entity ID, event number) or as a copy of the event
-        (the same plus the event's fields), 100 events per entity."""
+    def log_entry_bytes(self, shape: str, events: int = 20_000, per_write: int = 10) -> float:
+        """used_memory growth per event of one stream of log entries, 100 events per entity
+        written `per_write` at a time: "write" as append.lua writes them (one pointer per
+        write: type, entity ID, first event number, count), "event" (a pointer per event)
+        or "copy" (per event, the pointer and the event's fields)."""
         key = f"{self.prefix}:log-shape"
         data = deposit(0).model_dump_json()
+        step = per_write if shape == "write" else 1
         pipe = self.client.pipeline(transaction=False)
         before = self.client.info("memory")["used_memory"]
-        for number in range(1, entries + 1):
-            fields: dict[str, Any] = {"type": ENTITY, "id": f"m-{number // 100:06d}",
-                                      "n": number % 100 + 1}
-            if copy:
+        for number in range(step, events + 1, step):
+            first = (number - step) % 100 + 1
+            fields: dict[str, Any] = {"type": ENTITY, "id": f"m-{(number - 1) // 100:06d}",
+                                      "n": first}
+            if shape == "write":
+                fields["c"] = step
+            if shape == "copy":
                 fields.update(n_="Deposited", d=data, t="1700000000000000",
                               e=str(uuid.uuid4()))
             pipe.xadd(key, fields, id=f"{number}-0")
@@ -282,7 +287,7 @@ class Bench:
                 pipe.execute()
         pipe.execute()
         try:
-            return (self.client.info("memory")["used_memory"] - before) / entries
+            return (self.client.info("memory")["used_memory"] - before) / events
         finally:
             self.client.delete(key)
 
@@ -336,7 +341,8 @@ def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: in
     script_none, script_log = script_us(client, without), script_us(client, with_log)
     bytes_log = with_log.median_bytes_per_event(entities, 100, 10)[0]
     bytes_none = without.median_bytes_per_event(entities, 100, 10)[0]
-    pointer, copy = with_log.log_entry_bytes(False), with_log.log_entry_bytes(True)
+    per_write = with_log.log_entry_bytes("write")
+    per_event, copy = with_log.log_entry_bytes("event"), with_log.log_entry_bytes("copy")
     log_s, hydrate_s = with_log.read_all_vs_hydrate()
     throughput = 1 - single_log / single_none
     memory = bytes_log / bytes_none - 1
@@ -353,9 +359,10 @@ def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: in
         ("bytes/event, log", f"{bytes_log:.0f}", "", "used_memory, as P7", None),
         ("L2 memory cost", f"{memory:.1%}", "<= 25%", f"{bytes_log:.0f} / {bytes_none:.0f}",
          memory <= 0.25),
-        ("log entry as pointer, B", f"{pointer:.0f}", "", "type, id, n (what is written)",
+        ("log per event, B", f"{per_write:.1f}", "", "a pointer per write of 10 (written)",
          None),
-        ("log entry as copy, B", f"{copy:.0f}", "", "pointer + the event's fields", None),
+        ("  a pointer per event", f"{per_event:.1f}", "", "type, id, n", None),
+        ("  a copy per event", f"{copy:.1f}", "", "the pointer + the event's fields", None),
         ("read_all 1,000 events, ms", f"{log_s * 1e3:.2f}", "",
          f"hydrate 1 entity of 1,000: {hydrate_s * 1e3:.2f} ms ({log_s / hydrate_s:.1f}x)",
          None),

@@ -113,8 +113,8 @@ class LogStorage(Storage, Protocol):
     def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
 
     def trim_logs(self, keep: int) -> int:
-        """Keeps each log's last `keep` entries and what a follower has not done; returns
-        how many entries it removed."""
+        """Keeps each log's last `keep` events and what a follower has not done (on Redis the
+        whole write that holds the first kept); returns how many log entries it removed."""
         ...
 
 

@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     )
     log_keep: int | None = Field(
         default=_PUBLISHER.log_keep, ge=1,
-        description="Log entries the publisher keeps per partition when it trims the log "
+        description="Events the publisher keeps in each partition's log when it trims it "
         "(every ES_LOG_TRIM_EVERY_MS); never those a named follower has not done. Unset: "
         "the log is never trimmed",
         examples=[1_000_000],

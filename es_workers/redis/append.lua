@@ -6,10 +6,13 @@
 -- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- KEYS[5] scratch         {tag}:scratch              never left behind: see "A new stream"
--- KEYS[6] log (optional)  {tag}:log                  stream, one entry per event in commit
---                                                     order, IDs "<log number>-0" from 1;
---                                                     fields type, id, n (a pointer to the
---                                                     entity stream's entry, which holds p)
+-- KEYS[6] log (optional)  {tag}:log                  stream, one entry per write in commit
+--                                                     order: its events take the log numbers
+--                                                     after the last one's, and its ID is
+--                                                     "<its last log number>-0"; fields type,
+--                                                     id, n (first event number), c (count):
+--                                                     a pointer to the entity stream's entries,
+--                                                     each of which holds its log number p
 -- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
 -- then per event: name, JSON data, event time (microseconds), store_event_id, metadata
 -- (JSON; '' for none: then no field is stored, so root events cost nothing extra);
@@ -83,7 +86,7 @@ if position ~= expected then
   return {2, position}
 end
 
--- The log's last number: its last entry's, or (trimmed empty, which the trimmer avoids)
+-- The log's last number: its last entry's ID, or (trimmed empty, which the trimmer avoids)
 -- its last generated ID, which trimming keeps: numbers are never reused.
 local log_last = 0
 if log then
@@ -153,12 +156,11 @@ if position == 0 and redis.call('COPY', stream, KEYS[5]) == 1 then
   redis.call('RENAME', KEYS[5], stream)
 end
 local new_position = expected + count
--- The log: the batch's numbers are consecutive (scripts run one at a time).
+-- The log: one entry for the write, whose events take consecutive numbers (scripts run
+-- one at a time).
 if log then
-  for i = 1, count do
-    redis.call('XADD', log, (log_last + i) .. '-0', 'type', ARGV[1], 'id', ARGV[2],
-      'n', expected + i)
-  end
+  redis.call('XADD', log, (log_last + count) .. '-0', 'type', ARGV[1], 'id', ARGV[2],
+    'n', expected + 1, 'c', count)
 end
 redis.call('HSET', heads, ARGV[2], new_position)
 if expected == 0 then

@@ -25,13 +25,12 @@ from .entries import (
     as_sent,
     check_appended,
     entity_ids_page,
-    flat_entries,
     index_start,
     stored_partitions,
     xrange,
 )
-from .keys import RedisKeys, text
-from .log import LogPages
+from .keys import RedisKeys
+from .log import LogPages, event_at
 from .scripts import AsyncScript, BatchingScript
 from .state import SubscriberState
 
@@ -178,10 +177,7 @@ class AsyncRedisStorage:
     async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
         """(entity type, entity ID, event number) at a log position; None if none."""
         key, entry_id = (await self.open()).log(position.partition), f"{position.number}-0"
-        for _, values in flat_entries(await xrange(self._reader, key, entry_id, entry_id)):
-            fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
-            return text(fields["type"]), text(fields["id"]), int(text(fields["n"]))
-        return None
+        return event_at(await xrange(self._reader, key, entry_id, count=1), position.number)
 
     async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
         """As RedisStorage.wait_log: one blocking XREAD, or polling on a cluster."""

@@ -63,61 +63,76 @@ class LogPages:
         self.more = True
         self.count = LOG_PAGE
         self._first_ids: dict[tuple[str, str], str] = {}  # store_entity_id per entity
+        self._read_any = False
 
     @property
     def start_id(self) -> str:
         return f"{self.start}-0"
 
     def take(self, entries: list[Any]) -> list[Run]:
-        """The page of log entries as runs of the wanted entity types; moves `start`."""
+        """The page of log entries as runs of the wanted entity types; moves `start`.
+
+        An entry is one write: ID `<last log number>-0`, its events `n .. n + c - 1` at log
+        numbers `last - c + 1 .. last`. The first entry read may hold events before `start`
+        (read already): they are left out."""
         self.more = len(entries) == self.count
         runs: list[Run] = []
         wanted = self.entity_types
         names: dict[Any, str] = {}  # entity types and IDs as read, decoded once a page
-        last: Run | None = None
+        previous: Run | None = None
         for entry_id, values in flat_entries(entries):
-            try:  # as append.lua writes them: "<number>-0", type T id I n N
-                type_field, raw_type, id_field, raw_id, n_field, raw_number = values
-                if (entry_id[-2:] not in _ZERO or int(entry_id[:-2]) != self.start
-                        or text(type_field) != "type" or text(id_field) != "id"
-                        or text(n_field) != "n"):
+            try:  # as append.lua writes them: "<last>-0", type T id I n N c C
+                (type_field, raw_type, id_field, raw_id, n_field, raw_first, c_field,
+                 raw_count) = values
+                if (entry_id[-2:] not in _ZERO or text(type_field) != "type"
+                        or text(id_field) != "id" or text(n_field) != "n"
+                        or text(c_field) != "c"):
                     raise ValueError(entry_id)
+                last, count = int(entry_id[:-2]), int(raw_count)
                 entity_type = names.get(raw_type) or names.setdefault(raw_type, text(raw_type))
                 entity_id = names.get(raw_id) or names.setdefault(raw_id, text(raw_id))
-                event_number = int(raw_number)
+                first = int(raw_first)
             except (ValueError, TypeError, UnicodeDecodeError):
-                entity_type, entity_id, event_number = self._pointer(
-                    self._number(entry_id), values)
-            self.start += 1
+                last, count, entity_type, entity_id, first = self._pointer(entry_id, values)
+            skipped = self._skipped(last, count)
+            self.start = last + 1
             if wanted is not None and entity_type not in wanted:
                 continue
-            if (last is not None and last.last + 1 == event_number
-                    and last.entity_id == entity_id and last.entity_type == entity_type):
-                last = runs[-1] = Run(entity_type, entity_id, last.first, event_number)
+            first, end = first + skipped, first + count - 1
+            if (previous is not None and previous.last + 1 == first
+                    and previous.entity_id == entity_id
+                    and previous.entity_type == entity_type):
+                previous = runs[-1] = Run(entity_type, entity_id, previous.first, end)
             else:
-                last = Run(entity_type, entity_id, event_number, event_number)
-                runs.append(last)
+                previous = Run(entity_type, entity_id, first, end)
+                runs.append(previous)
         return runs
 
-    def _number(self, entry_id: bytes | str) -> int:
-        try:
-            number = log_number(entry_id)
-        except ValueError as error:
-            raise self._corrupt(str(error)) from error
-        if number != self.start:
-            if number > self.start:
+    def _skipped(self, last: int, count: int) -> int:
+        """How many of an entry's events were read already (before `start`); raises where
+        the log does not go on from `start`: trimmed (the first entry read), or corrupt."""
+        first_number = last - count + 1
+        if count < 1 or last < self.start:
+            raise self._corrupt(f"log entry {last}-0 holds {count} events: out of order")
+        if first_number > self.start:
+            if not self._read_any:
                 raise TruncatedError(f"the log of partition {self.partition}",
-                                     Position(self.partition, number))
-            raise self._corrupt(f"log entry {number}-0 is out of order: {self.start} expected")
-        return number
+                                     Position(self.partition, first_number))
+            raise self._corrupt(f"the log skips from {self.start - 1} to {first_number}")
+        self._read_any = True
+        return self.start - first_number
 
-    def _pointer(self, number: int, values: Sequence[Any]) -> tuple[str, str, int]:
-        fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
+    def _pointer(self, entry_id: Any, values: Sequence[Any]) -> tuple[int, int, str, str, int]:
+        """(last log number, count, entity type, entity ID, first event number) of an entry
+        that is not as append.lua writes it, or CorruptEventError saying why."""
         try:
-            return text(fields["type"]), text(fields["id"]), int(text(fields["n"]))
-        except (KeyError, ValueError) as error:
-            raise self._corrupt(f"log entry {number}-0 lacks a readable type, id or n "
-                                f"({error!r})") from error
+            last = log_number(entry_id)
+            fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
+            return (last, int(text(fields["c"])), text(fields["type"]), text(fields["id"]),
+                    int(text(fields["n"])))
+        except (KeyError, ValueError, UnicodeDecodeError) as error:
+            raise self._corrupt(f"log entry {text(entry_id)!r} is not '<last log number>-0' "
+                                f"with a readable type, id, n and c ({error!r})") from error
 
     def _corrupt(self, message: str) -> CorruptEventError:
         return CorruptEventError(message, key=self.key, entity_type="", entity_id="",
@@ -164,3 +179,15 @@ def _raised(reply: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+def event_at(entries: list[Any], number: int) -> tuple[str, str, int] | None:
+    """(entity type, entity ID, event number) at log number `number`, from the reply of
+    `XRANGE <log> <number>-0 + COUNT 1` (the entry of the write that holds it, if any)."""
+    for entry_id, values in flat_entries(entries):
+        fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
+        last, count = log_number(entry_id), int(text(fields["c"]))
+        if last - count + 1 <= number <= last:
+            return (text(fields["type"]), text(fields["id"]),
+                    int(text(fields["n"])) + number - (last - count + 1))
+    return None

@@ -36,7 +36,7 @@ from .entries import (
 from .failures import server_name, translated
 from .heartbeats import Heartbeats
 from .keys import RedisKeys, text
-from .log import LogPages, log_number
+from .log import LogPages, event_at, log_number
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
 from .state import SubscriberState
@@ -269,11 +269,8 @@ class RedisStorage:
         none (not written yet, or trimmed)."""
         key, entry_id = self.keys.log(position.partition), f"{position.number}-0"
         with translated(self.server, f"reading log entry {position}"):
-            entries = xrange(self._reader, key, entry_id, entry_id)
-        for _, values in flat_entries(entries):
-            fields = dict(zip(map(text, values[::2]), values[1::2], strict=False))
-            return text(fields["type"]), text(fields["id"]), int(text(fields["n"]))
-        return None
+            entries = xrange(self._reader, key, entry_id, count=1)
+        return event_at(entries, position.number)
 
     def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
         """Returns when a partition's log holds an entry past `after` (partition -> log
@@ -313,9 +310,10 @@ class RedisStorage:
             pipe.execute()
 
     def trim_logs(self, keep: int) -> int:
-        """Trims each partition's log to its last `keep` entries, never past what a
-        follower recorded as done; returns the number of entries removed. The numbering
-        goes on after a trim (a stream's last ID survives XTRIM)."""
+        """Trims each partition's log to its last `keep` events (and the rest of the write
+        holding the first of them), never past what a follower recorded as done; returns the
+        number of log entries removed (one per write). The numbering goes on after a trim
+        (a stream's last ID survives XTRIM)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         removed = 0
