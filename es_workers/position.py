@@ -38,14 +38,15 @@ class Position(NamedTuple):
 
 
 After: TypeAlias = Position | Iterable[Position] | Mapping[int, Position] | None
-"""Where a log read starts: None (each partition from its start), one Position, or one
-Position per partition (an iterable, or a mapping partition -> Position); a partition not
-named is read from its start."""
+"""Where a log read starts: None (each partition from its start), one Position, or several
+(an iterable, or a mapping partition -> Position; the greatest per partition counts); a
+partition not named is read from its start."""
 
 
 def after_by_partition(after: After) -> dict[int, int]:
-    """`after` as partition -> number read (0: from the start), for the partitions named.
-    Refuses two positions for one partition."""
+    """`after` as partition -> number read (0: from the start), for the partitions named;
+    of several positions in one partition the greatest counts (e.g. those a write
+    returned)."""
     if after is None:
         return {}
     if isinstance(after, Position):
@@ -59,8 +60,8 @@ def after_by_partition(after: After) -> dict[int, int]:
             raise TypeError(f"after holds {position!r}, not a Position")
         if position.number < 0 or position.partition < 0:
             raise ValueError(f"a position's partition and number are >= 0, got {position!r}")
-        if found.setdefault(position.partition, position.number) != position.number:
-            raise ValueError(f"after names partition {position.partition} twice")
+        if position.number > found.get(position.partition, -1):
+            found[position.partition] = position.number
     return found
 
 

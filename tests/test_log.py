@@ -4,12 +4,14 @@ never reused, and a batch takes consecutive ones. Runs on every storage."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import fakeredis
 import pytest
@@ -25,6 +27,8 @@ from conftest import (
 )
 
 from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
     CorruptEventError,
     Event,
     InMemoryStorage,
@@ -319,3 +323,31 @@ def test_each_position_of_a_write_names_its_event(one_partition: Store) -> None:
         ("account", "a", 1), ("account", "a", 2), ("account", "b", 1), ("account", "b", 2),
         ("account", "b", 3), None]
     assert [e.event_number for e in one_partition.read_all(after=Position(0, 3))] == [2, 3]
+
+
+@pytest.mark.anyio
+async def test_the_async_log_on_a_cluster_reads_and_follows(redis_cluster: Any) -> None:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    store = AsyncStore(AsyncRedisStorage(redis_cluster.async_client(), prefix=name),
+                       events=ACCOUNT_EVENTS)
+    try:
+        async with store.open("account", "a") as stream:
+            positions = await stream.write(Opened(owner="a"), Deposited(amount=1))
+        assert [e.position async for e in store.read_all()] == positions
+
+        async def write_later() -> None:
+            await asyncio.sleep(0.2)
+            async with store.open("account", "b") as other:
+                await other.write(Opened(owner="b"))
+
+        writing = asyncio.create_task(write_later())
+        async with store.follow(after=positions) as follower:
+            async for event in follower:
+                assert event.entity_id == "b"
+                follower.stop()
+        await writing
+        await store.wait_for(positions[-1])  # no subscribers: returns at once
+    finally:
+        await store.close()
+        with redis_cluster.client() as client:
+            delete_prefix(client, name)

@@ -1,7 +1,9 @@
 """The partition logs as append.lua writes them: one stream per partition, `{tag}:log`,
-whose entry IDs are the log numbers (`<n>-0`, from 1, no gaps) and whose entries point to
-the entity stream entry holding the event (fields type, id, n). That entry holds the event
-and its log number (`p`): a pointer costs a fifth of a copy (README, "Log and positions").
+with one entry per write in commit order. The write's events take consecutive log numbers
+(from 1, no gaps); the entry's ID is the last of them (`<n>-0`) and its fields point to the
+entity stream's entries holding the events (type, id, n the first event number, c the
+count). Each entity entry holds its log number (`p`). A pointer per write costs a tiny
+fraction of a copy (README, "Log and positions").
 
 No I/O here, as in `entries.py`: `LogPages` says which XRANGEs to send and turns their
 replies into Events, for `RedisStorage` and `AsyncRedisStorage` alike.
@@ -27,7 +29,7 @@ _KNOWN_ENTITIES = 4096
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Log entries that point at consecutive events of one entity: one XRANGE reads them."""
+    """Consecutive events of one entity in the log: one XRANGE reads them."""
 
     entity_type: str
     entity_id: str
@@ -48,8 +50,8 @@ class LogPages:
     The caller loops while `more`: it sends `XRANGE <key> <start_id> + COUNT <count>` (with
     `entries.xrange`), hands the reply to `take`, which returns the runs to read; for each
     it sends `entity_reads(runs)` XRANGEs in one pipeline and iterates
-    `decode(runs, replies)` to the end. A log whose first entry is past the one asked for
-    was trimmed there: TruncatedError.
+    `decode(runs, replies)` to the end. A log whose first write read starts past the number
+    asked for was trimmed there: TruncatedError.
     """
 
     def __init__(self, registry: ContentRegistry, keys: RedisKeys, partition: int,
