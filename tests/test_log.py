@@ -351,3 +351,21 @@ async def test_the_async_log_on_a_cluster_reads_and_follows(redis_cluster: Any) 
         await store.close()
         with redis_cluster.client() as client:
             delete_prefix(client, name)
+
+
+def test_events_stored_before_the_log_read_with_no_position(storage: RedisStorage) -> None:
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    key = storage.keys.stream("account", "old")
+    fields = {"n": "Opened", "d": '{"owner":"o"}', "t": "1700000000000000", "e": "id-1"}
+    storage.client.xadd(key, fields, id="1-0")  # as append.lua wrote them before the log
+    storage.client.xadd(key, {**fields, "n": "Deposited", "d": '{"amount":1}', "e": "id-2",
+                              "m": '{"user":"u"}'}, id="2-0")
+    storage.client.hset(storage.keys.heads("account", storage.keys.partition("account", "old")),
+                        "old", 2)
+    old = list(store.read("account", "old"))
+    assert [(e.event_number, e.position, dict(e.metadata)) for e in old] == [
+        (1, None, {}), (2, None, {"user": "u"})]
+    with store.open("account", "old") as stream:
+        list(stream.all())
+        (position,) = stream.write(Deposited(amount=2))
+    assert [e.position for e in store.read("account", "old")] == [None, None, position]

@@ -327,26 +327,24 @@ class EntityPages:
         # In sequence (checked by `events`): entry i holds event start + i.
         for number, (entry_id, values) in enumerate(entries, self.start):
             try:
-                count = len(values)
-                if count == 10 and values[8] == logged_name:
+                if len(values) == 10:  # with its log number (p), or before the log with m
                     n, name, d, data, t, micros, e, event_id, p, logged = values
-                    m, stored_metadata = metadata_name, None
-                elif count == 12:
+                    if p == logged_name:
+                        m, metadata = metadata_name, NO_METADATA
+                        position = new_tuple(position_class, (partition, int(logged)))
+                    else:
+                        m, metadata, p, position = p, decode_metadata(logged), logged_name, None
+                elif len(values) == 12:
                     (n, name, d, data, t, micros, e, event_id, p, logged, m,
                      stored_metadata) = values
-                elif count == 8:  # stored before the log
+                    metadata = decode_metadata(stored_metadata)
+                    position = new_tuple(position_class, (partition, int(logged)))
+                else:  # stored before the log; a ValueError unless 8 values
                     n, name, d, data, t, micros, e, event_id = values
-                    p, logged, m, stored_metadata = logged_name, None, metadata_name, None
-                else:  # a ValueError unless the metadata field follows
-                    n, name, d, data, t, micros, e, event_id, m, stored_metadata = values
-                    p, logged = logged_name, None
+                    p, m, metadata, position = logged_name, metadata_name, NO_METADATA, None
                 if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
                         p != logged_name or entry_id[-2:] != zero):
                     raise ValueError(entry_id)
-                position = None if logged is None else new_tuple(
-                    position_class, (partition, int(logged)))
-                metadata = NO_METADATA if stored_metadata is None else decode_metadata(
-                    stored_metadata)
                 content = decoders[name](data)
                 # float seconds are exact to the microsecond until the year 2255
                 event_time = from_timestamp(int(micros) / 1e6, utc)
