@@ -24,6 +24,13 @@ Small entities: used_memory per entity of one event (~200-byte payload) at the s
     The same, P7 and a 5,000-event entity's bytes per event are also shown at 512 (set
     with CONFIG SET for that measure, then restored): what small nodes cost long streams.
 
+Log  what the log costs (issue 20; goals: <= 15% of single-append throughput, <= 25% more
+    Redis memory per event at 100 events per entity): the same measures on a RedisStorage
+    with `log=False`, interleaved with the default one in each round; what one log entry
+    costs per event as append.lua writes it (a pointer per write), as a pointer per event
+    and as a copy of the event; and reading 1,000 events with `store.read_all` (one partition) vs
+    hydrating one 1,000-event entity. `--log-only` runs just this part.
+
 Rates are the best of --rounds rounds, which interleave the measures so that a busy
 machine slows them alike. The bench writes under a key prefix of its own in the given
 database and deletes those keys at the end; it touches no other key.
@@ -83,11 +90,12 @@ def memory_usage(client: redis.Redis, prefix: str) -> int:
 
 
 class Bench:
-    def __init__(self, client: redis.Redis, prefix: str, n: int) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, n: int, *, log: bool = True) -> None:
         self.client = client
         self.prefix = prefix
         self.n = n
-        self.storage = RedisStorage(client, prefix=prefix)
+        self.log = log
+        self.storage = RedisStorage(client, prefix=prefix, log=log)
         self.store = Store(self.storage, events={ENTITY: [Deposited]})
         self.streams = 0
 
@@ -209,7 +217,7 @@ class Bench:
         """Per event, written under a fresh prefix: (used_memory growth once the outbox is
         relayed, used_memory of the outbox entries, MEMORY USAGE sum of what stays)."""
         prefix = f"{self.prefix}-mem-{uuid.uuid4().hex[:6]}"
-        storage = RedisStorage(self.client, prefix=prefix)
+        storage = RedisStorage(self.client, prefix=prefix, log=self.log)
         store = Store(storage, events={ENTITY: [Deposited]})
         contents = [deposit(i) for i in range(per_entity)]
         events = entities * per_entity
@@ -253,6 +261,114 @@ class Bench:
             self.client.config_set(setting, before)
 
 
+    # --- the log -----------------------------------------------------------------------
+
+    def log_entry_bytes(self, shape: str, events: int = 20_000, per_write: int = 10) -> float:
+        """used_memory growth per event of one stream of log entries, 100 events per entity
+        written `per_write` at a time: "write" as append.lua writes them (one pointer per
+        write: type, entity ID, first event number, count), "event" (a pointer per event)
+        or "copy" (per event, the pointer and the event's fields)."""
+        key = f"{self.prefix}:log-shape"
+        data = deposit(0).model_dump_json()
+        step = per_write if shape == "write" else 1
+        pipe = self.client.pipeline(transaction=False)
+        before = self.client.info("memory")["used_memory"]
+        for number in range(step, events + 1, step):
+            first = (number - step) % 100 + 1
+            fields: dict[str, Any] = {"type": ENTITY, "id": f"m-{(number - 1) // 100:06d}",
+                                      "n": first}
+            if shape == "write":
+                fields["c"] = step
+            if shape == "copy":
+                fields.update(n_="Deposited", d=data, t="1700000000000000",
+                              e=str(uuid.uuid4()))
+            pipe.xadd(key, fields, id=f"{number}-0")
+            if number % 1000 == 0:
+                pipe.execute()
+        pipe.execute()
+        try:
+            return (self.client.info("memory")["used_memory"] - before) / events
+        finally:
+            self.client.delete(key)
+
+    def read_all_vs_hydrate(self, events: int = 1000, repeat: int = 20) -> tuple[float, float]:
+        """Best seconds to read `events` events with read_all (one partition, 10 entities
+        of 100, written 10 per call) and to hydrate one entity of as many events."""
+        prefix = f"{self.prefix}-log-{uuid.uuid4().hex[:6]}"
+        store = Store(RedisStorage(self.client, prefix=prefix, partitions=1),
+                      events={ENTITY: [Deposited]})
+        contents = [deposit(i) for i in range(100)]
+        for number in range(events // 100):
+            stream = store.open(ENTITY, f"r-{number}")
+            for start in range(0, 100, 10):
+                stream.write(*contents[start : start + 10])
+        whole = store.open(ENTITY, "whole")
+        for start in range(0, events, 100):
+            whole.write(*(deposit(i) for i in range(start, start + 100)))
+        try:
+            log_s = hydrate_s = float("inf")
+            for _ in range(repeat):
+                log_s = min(log_s, seconds(lambda: sum(1 for _ in store.read_all())))
+                hydrate_s = min(hydrate_s, seconds(
+                    lambda: store.project(ENTITY, "whole", lambda event: None)))
+            return log_s, hydrate_s
+        finally:
+            delete_prefix(self.client, prefix)
+
+
+def script_us(client: redis.Redis, bench: Bench) -> float:
+    """The server's time per append script over one single_writes run (INFO
+    commandstats, reset first: CONFIG RESETSTAT clears every command's figures); NaN where
+    the server refuses it."""
+    try:
+        client.config_resetstat()
+        bench.single_writes()
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    except redis.ResponseError:
+        return float("nan")
+    return float(stats.get("usec_per_call", "nan"))
+
+
+def log_rows(client: redis.Redis, prefix: str, n: int, rounds: int, entities: int) -> list[Row]:
+    """The log's cost: the same measures with and without it, interleaved."""
+    with_log, without = Bench(client, prefix, n), Bench(client, f"{prefix}-nolog", n, log=False)
+    single_log = single_none = batch_log = batch_none = 0.0
+    for _ in range(rounds):
+        single_none = max(single_none, without.single_writes())
+        single_log = max(single_log, with_log.single_writes())
+        batch_none = max(batch_none, without.batch_writes())
+        batch_log = max(batch_log, with_log.batch_writes())
+    script_none, script_log = script_us(client, without), script_us(client, with_log)
+    bytes_log = with_log.median_bytes_per_event(entities, 100, 10)[0]
+    bytes_none = without.median_bytes_per_event(entities, 100, 10)[0]
+    per_write = with_log.log_entry_bytes("write")
+    per_event, copy = with_log.log_entry_bytes("event"), with_log.log_entry_bytes("copy")
+    log_s, hydrate_s = with_log.read_all_vs_hydrate()
+    throughput = 1 - single_log / single_none
+    memory = bytes_log / bytes_none - 1
+    return [
+        ("single append/s, no log", f"{single_none:,.0f}", "", "RedisStorage(log=False)", None),
+        ("single append/s, log", f"{single_log:,.0f}", "", "RedisStorage()", None),
+        ("L1 throughput cost", f"{throughput:.1%}", "<= 15%",
+         f"1 - {single_log:,.0f} / {single_none:,.0f}", throughput <= 0.15),
+        ("server us per append", f"{script_log:.1f}", "",
+         f"no log: {script_none:.1f} (INFO commandstats, EVALSHA)", None),
+        ("10 per write, events/s", f"{batch_log:,.0f}", "",
+         f"no log: {batch_none:,.0f} ({1 - batch_log / batch_none:.1%} less)", None),
+        ("bytes/event, no log", f"{bytes_none:.0f}", "", f"{entities} entities x 100", None),
+        ("bytes/event, log", f"{bytes_log:.0f}", "", "used_memory, as P7", None),
+        ("L2 memory cost", f"{memory:.1%}", "<= 25%", f"{bytes_log:.0f} / {bytes_none:.0f}",
+         memory <= 0.25),
+        ("log per event, B", f"{per_write:.1f}", "", "a pointer per write of 10 (written)",
+         None),
+        ("  a pointer per event", f"{per_event:.1f}", "", "type, id, n", None),
+        ("  a copy per event", f"{copy:.1f}", "", "the pointer + the event's fields", None),
+        ("read_all 1,000 events, ms", f"{log_s * 1e3:.2f}", "",
+         f"hydrate 1 entity of 1,000: {hydrate_s * 1e3:.2f} ms ({log_s / hydrate_s:.1f}x)",
+         None),
+    ]
+
+
 Row = tuple[str, str, str, str, bool | None]
 
 
@@ -277,6 +393,7 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=500, help="entities for P7")
     parser.add_argument("--long", type=int, default=100_000,
                         help="events of the long entity hydrated (0: skip)")
+    parser.add_argument("--log-only", action="store_true", help="only the log's cost")
     args = parser.parse_args()
 
     client = redis.Redis.from_url(args.redis_url)
@@ -288,6 +405,16 @@ def main() -> int:
         f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}), Python {sys.version.split()[0]};"
         f" prefix {prefix}; n={args.n}, best of {args.rounds} rounds"
     )
+    if args.log_only:
+        try:
+            rows = log_rows(client, prefix, args.n, args.rounds, args.entities)
+        finally:
+            for key in client.scan_iter(f"{prefix}*", count=1000):
+                client.delete(key)
+        print()
+        for line in table(rows):
+            print(line)
+        return 0 if all(row[4] is not False for row in rows) else 1
     try:
         bench = Bench(client, prefix, args.n)
         raw, single, batch = 0.0, 0.0, 0.0

@@ -279,9 +279,9 @@ def check_handled(app: ModuleType, heads: list[int], status: Any, report: Report
 
 def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str, int]:
     """What a drained store should hold: per entity a stream, per partition one heads,
-    index and outbox, per subscriber and partition a checkpoints hash; a parked hash per partition
-    where an entity is parked (parking clears its failure count); no failure counts, backoffs,
-    locks, notices due or catch-up cursors."""
+    index, outbox and log, per subscriber and partition a checkpoints hash; a parked hash
+    per partition where an entity is parked (parking clears its failure count); no failure
+    counts, backoffs, locks, notices due or catch-up cursors."""
     storage = app.store.storage
     partitions = storage.partitions
     parked_partitions = len({storage.keys.partition(ENTITY_TYPE, e) for e in parked})
@@ -291,6 +291,7 @@ def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str
         "heads": used,
         "index": used,
         "outbox": used,
+        "log": used,  # the partition's log (kept whole: ES_LOG_KEEP unset)
         "checkpoints": len(SUBSCRIBERS) * used,
         "failures": 0,
         "retry-at": 0,  # backoffs: cleared by the next success or by parking

@@ -58,6 +58,7 @@ from .errors import (
     StorageUnavailableError,
     StreamNotReadError,
     SubscriberError,
+    TruncatedError,
     UnknownEventError,
     UnknownNameError,
     WaitTimeoutError,
@@ -67,6 +68,7 @@ from .forgetting import SubjectForgotten
 from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
 from .personal import Personal
 from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
+from .position import Position
 from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
 from .store import Store
@@ -111,6 +113,7 @@ __all__ = [
     "NotifyingEventBus",
     "ParkedError",
     "Personal",
+    "Position",
     "RebuildError",
     "RedisStorage",
     "Settings",
@@ -122,6 +125,7 @@ __all__ = [
     "StreamNotReadError",
     "SubjectForgotten",
     "SubscriberError",
+    "TruncatedError",
     "UnknownEventError",
     "UnknownNameError",
     "WaitTimeoutError",

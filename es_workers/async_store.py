@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import overload
 
 from . import metrics
 from .async_stream import AsyncStream
+from .commit_log import AsyncFollower, AsyncLogReading, async_log_storage, async_read_all
 from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
@@ -19,6 +21,7 @@ from .keyring import AsyncKeyring, Keyring
 from .memory.bus import InMemoryEventBus
 from .names import subscribers_to_wait_for
 from .ports import AsyncStorage, Bus, Progress, check_rebuild, rebuilding
+from .position import After, Position
 from .redis.async_storage import AsyncRedisStorage
 from .settings import Settings
 from .stream import check_stream
@@ -91,6 +94,17 @@ class AsyncStore:
         """Events of the entity after `after`, upgraded: `async for event in ...`."""
         return self.reader.read(entity_type, entity_id, after)
 
+    def read_all(self, after: After = None, *, entity_types: Collection[str] | None = None,
+                 limit: int | None = None) -> AsyncLogReading:
+        """`Store.read_all`, awaited: `async for event in store.read_all(...)`."""
+        return async_read_all(self.storage, self.reader, after, entity_types, limit)
+
+    def follow(self, after: After = None, *, entity_types: Collection[str] | None = None,
+               name: str | None = None) -> AsyncFollower:
+        """`Store.follow`, awaited: `async with store.follow() as f: async for e in f`;
+        `f.stop()` ends it."""
+        return AsyncFollower(self.storage, self.reader, after, entity_types, name)
+
     def entity_types(self) -> list[str]:
         return self.storage.entity_types()
 
@@ -103,18 +117,37 @@ class AsyncStore:
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
 
+    @overload
+    async def wait_for(self, entity_type: str, entity_id: str, event_number: int, *,
+                       subscriber_ids: Sequence[str] | None = None,
+                       timeout: float = 5.0) -> None: ...
+
+    @overload
+    async def wait_for(self, entity_type: Position, *,
+                       subscriber_ids: Sequence[str] | None = None,
+                       timeout: float = 5.0) -> None: ...
+
     async def wait_for(
         self,
-        entity_type: str,
-        entity_id: str,
-        event_number: int,
+        entity_type: str | Position,
+        entity_id: str | None = None,
+        event_number: int | None = None,
         *,
         subscriber_ids: Sequence[str] | None = None,
         timeout: float = 5.0,
     ) -> None:
         """`Store.wait_for`, awaited: returns once the subscribers (all of the type's when
-        None) have handled the entity up to `event_number`; `WaitTimeoutError`,
-        `ParkedError`. On Redis it waits for the checkpoint script's messages."""
+        None) have handled the entity up to `event_number` (or the event at a log
+        Position); `WaitTimeoutError`, `ParkedError`. On Redis it waits for the checkpoint
+        script's messages."""
+        if isinstance(entity_type, Position):
+            position = entity_type
+            found = await async_log_storage(self.storage).log_entry(position)
+            if found is None:
+                raise ValueError(f"no event at {position} (not written yet, or trimmed)")
+            entity_type, entity_id, event_number = found
+        if entity_id is None or event_number is None:
+            raise TypeError("wait_for takes an entity type, ID and event number, or a Position")
         wanted = subscribers_to_wait_for(
             entity_type, entity_id, self.subscriber_ids(entity_type), subscriber_ids
         )

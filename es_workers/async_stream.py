@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 from .event import Content, Event, Handler, as_callable
+from .position import Position
 from .stream import UNKNOWN_OUTCOME, StreamState
 from .tracing import append_span
 from .upgrade import AsyncReader, AsyncReading
 
-AsyncWriteStored = Callable[[str, Sequence[Event]], Awaitable[None]]
+AsyncWriteStored = Callable[[str, Sequence[Event]], Awaitable[Sequence[Position] | None]]
 """An async storage's `write(entity_type, events)`."""
 
 
@@ -54,21 +55,25 @@ class AsyncStream(StreamState):
             if inspect.isawaitable(result):
                 await result
 
-    async def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
+    async def write(
+        self, *contents: Content, metadata: Mapping[str, str] | None = None
+    ) -> list[Position]:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`,
-        as `Stream.write` (causation from the event being handled included)."""
+        as `Stream.write` (causation from the event being handled included); returns their
+        log positions."""
         given = self._writable(contents, metadata)
         if not contents:
-            return
+            return []
         first, last = self.position + 1, self.position + len(contents)
         with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
             events = self._events(contents, given, trace_context)
             try:
-                await self._write(self.entity_type, events)
+                positions = await self._write(self.entity_type, events)
             except UNKNOWN_OUTCOME:
                 self._outcome_unknown(contents, given, events)
                 raise
         self._appended(events)
+        return list(positions or ())
 
     async def __aenter__(self) -> AsyncStream:
         return self

@@ -8,6 +8,7 @@ imported. Settings come from `ES_...` environment variables and `config/es.toml`
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -38,6 +39,7 @@ from .event import Event
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
 from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
 from .personal import REDACTED_TEXT, redacted
+from .position import parse_after
 from .redis.cluster import masters
 from .redis.storage import RedisStorage
 from .settings import (
@@ -555,6 +557,62 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
         fail(f"{entity_type} {entity_id!r} has no events")
     if not as_json:
         out.print(table)
+
+
+@app.command("log")
+def log_command(
+    app_ref: AppRef,
+    after: Annotated[str | None, typer.Option(
+        "--after", metavar="P", help="Start after this position (p0:42), or one per "
+        "partition, comma-separated (p0:42,p3:7); others from their start")] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Then print events as they are committed, until Ctrl-C")] = False,
+    entity_types: Annotated[list[str] | None, typer.Option(
+        "--type", "-t", metavar="T", help="Only this entity type (repeatable)")] = None,
+    as_json: AsJson = False,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", "-n", min=0, help="Stop after this many events")] = None,
+    embedded: Embedded = False,
+) -> None:
+    """Print the events in log order (commit order per partition; partitions merged by
+    event time), upgraded. With --json, one JSON object per line as `show --json` prints
+    it, plus position, entity_type and entity_id."""
+    settings_or_exit()
+    store = load_app(app_ref, embedded=embedded)
+    try:
+        start = parse_after(after) if after else None
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+    with reported_errors():
+        for entity_type in entity_types or ():
+            admin.check_entity_type(store, entity_type)
+    events: Iterator[Event]
+    if follow:
+        events = store.follow(start, entity_types=entity_types)
+    else:
+        events = store.read_all(start, entity_types=entity_types, limit=limit)
+    shown = 0
+    with reported_errors(), contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
+        for event in events if limit != 0 else ():
+            if as_json:
+                sys.stdout.write(log_json_line(event))
+            else:
+                out.print(f"{event.position} {event.entity_type} {event.entity_id} "
+                          f"#{event.event_number} {event.content.event_name} "
+                          f"{event.event_time.isoformat(timespec='milliseconds')} "
+                          f"{cut(event.content.model_dump_json())}", markup=False,
+                          highlight=False, soft_wrap=True)
+            sys.stdout.flush()
+            shown += 1
+            if shown == limit:  # before waiting for one more (--follow)
+                break
+
+
+def log_json_line(event: Event) -> str:
+    """The event as `log --json` prints it: `json_line`'s, with where it is."""
+    where = json.dumps({"position": str(event.position), "entity_type": event.entity_type,
+                        "entity_id": event.entity_id})
+    return f"{where[:-1]}, {json_line(event)[1:]}"
 
 
 def json_line(event: Event, content: str | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .position import Position
+
 
 class EsError(Exception):
     """Base class of every error es_workers raises on purpose."""
@@ -119,6 +121,19 @@ class InvalidPayloadError(DecodeError):
 
 class CorruptEventError(DecodeError):
     """A stored record lacks fields or has values of the wrong form."""
+
+
+class TruncatedError(EsError):
+    """A read reached events that were removed (the log trimmed below `ES_LOG_KEEP`): never
+    a silent partial history. `first_kept` is the first position still there; read again
+    from just before it (e.g. `after=Position(p, first_kept.number - 1)`) to go on."""
+
+    def __init__(self, what: str, first_kept: Position) -> None:
+        self.first_kept = first_kept
+        super().__init__(
+            f"{what} was trimmed: its first kept position is {first_kept}; read after "
+            f"p{first_kept.partition}:{first_kept.number - 1} to go on from there"
+        )
 
 
 class SubscriberError(EsError, ValueError):

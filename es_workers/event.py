@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 from pydantic import BaseModel, ConfigDict
 
 from .personal import is_forgotten, personal_fields
+from .position import Position
 
 
 class Content(BaseModel):
@@ -56,7 +57,9 @@ class Event:
     `event_number` is 1-based and gap-free within an entity. `store_event_id` is a UUIDv7
     assigned at write time; `store_entity_id` is the `store_event_id` of the entity's first
     event, so entities sort by creation time. `metadata` is a read-only mapping of str to
-    str, empty when none was stored (see `es_workers.metadata`).
+    str, empty when none was stored (see `es_workers.metadata`). `position` is the event's
+    place in its partition's log (the order of commits; see `Position`), None for an event
+    not stored yet or stored before the log existed.
     """
 
     entity_id: str
@@ -67,6 +70,7 @@ class Event:
     store_event_id: str
     store_entity_id: str
     metadata: Mapping[str, str] = field(default_factory=lambda: NO_METADATA)
+    position: Position | None = None
 
     @property
     def correlation_id(self) -> str:
@@ -92,11 +96,12 @@ class _Unfrozen:
     their descriptors, which was a third of hydrating), then makes it an Event."""
 
     __slots__ = ("content", "entity_id", "entity_type", "event_number", "event_time",
-                 "metadata", "store_entity_id", "store_event_id")
+                 "metadata", "position", "store_entity_id", "store_event_id")
 
     def __init__(self, entity_id: str, entity_type: str, event_number: int,
                  event_time: datetime, content: Content, store_event_id: str,
-                 store_entity_id: str, metadata: Mapping[str, str]) -> None:
+                 store_entity_id: str, metadata: Mapping[str, str],
+                 position: Position | None) -> None:
         self.entity_id = entity_id
         self.entity_type = entity_type
         self.event_number = event_number
@@ -105,6 +110,7 @@ class _Unfrozen:
         self.store_event_id = store_event_id
         self.store_entity_id = store_entity_id
         self.metadata = metadata
+        self.position = position
 
 
 if sorted(_Unfrozen.__slots__) != sorted(f.name for f in fields(Event)):  # pragma: no cover
@@ -113,12 +119,12 @@ if sorted(_Unfrozen.__slots__) != sorted(f.name for f in fields(Event)):  # prag
 
 def stored_event(entity_id: str, entity_type: str, event_number: int, event_time: datetime,
                  content: Content, store_event_id: str, store_entity_id: str,
-                 metadata: Mapping[str, str]) -> Event:
+                 metadata: Mapping[str, str], position: Position | None = None) -> Event:
     """`Event(...)` for a storage decoding what it stored, about twice as fast: the same
     slots filled without the frozen dataclass' `__init__`, then given the Event class
     (the two classes have the same layout, so Python allows it)."""
     event = _Unfrozen(entity_id, entity_type, event_number, event_time, content,
-                      store_event_id, store_entity_id, metadata)
+                      store_event_id, store_entity_id, metadata, position)
     event.__class__ = Event  # type: ignore[assignment]
     return event  # type: ignore[return-value]
 

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .errors import ConfigurationError
 from .event import Content, Event, Handler
 from .names import check_rebuildable
+from .position import Position
 from .upgrade import Reader
 
 
@@ -52,12 +61,13 @@ class Storage(Protocol):
         """Events of one entity with `event_number > after`, in order, as stored."""
         ...
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        """Appends events of one entity, all or none.
+    def write(self, entity_type: str, events: Sequence[Event]) -> Sequence[Position] | None:
+        """Appends events of one entity, all or none, and returns their log positions
+        (None or empty from a storage without a log).
 
         `events[0].event_number - 1` is the expected position: if the entity is elsewhere,
         `ConcurrencyError`. Writing the same events again (same `store_event_id`s) at the
-        same numbers succeeds without storing them twice.
+        same numbers succeeds without storing them twice (and returns the same positions).
         """
         ...
 
@@ -88,6 +98,41 @@ class Storage(Protocol):
 
 
 @runtime_checkable
+class LogStorage(Storage, Protocol):
+    """A storage that also keeps a log per partition, in commit order (RedisStorage and
+    InMemoryStorage): what `Store.read_all` and `Store.follow` read."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> Iterator[Event]:
+        """The stored events of the partition's log after log number `after`, in order;
+        `TruncatedError` where it was trimmed."""
+        ...
+
+    def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """(entity type, entity ID, event number) at the position; None if there is none."""
+        ...
+
+    def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """Returns when a log holds an entry past `after` (partition -> log number), or
+        after `timeout` seconds."""
+        ...
+
+    def followed(self, name: str) -> dict[int, int]:
+        """The log numbers the named follower has done, per partition."""
+        ...
+
+    def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
+
+    def trim_logs(self, keep: int) -> int:
+        """Keeps each log's last `keep` events and what a follower has not done (on Redis the
+        whole write that holds the first kept); returns how many log entries it removed."""
+        ...
+
+
+@runtime_checkable
 class AsyncStorage(Protocol):
     """`Storage` for asyncio (`AsyncStore`): the same reads and writes, awaited. It has no
     publishing hook: a `Store` on the same data relays what it appends."""
@@ -96,7 +141,9 @@ class AsyncStorage(Protocol):
         """Events of one entity with `event_number > after`, in order, as stored."""
         ...
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    async def write(
+        self, entity_type: str, events: Sequence[Event]
+    ) -> Sequence[Position] | None:
         """Appends events of one entity, all or none, as `Storage.write`."""
         ...
 
@@ -109,6 +156,25 @@ class AsyncStorage(Protocol):
     ) -> tuple[list[str], str | None]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncLogStorage(AsyncStorage, Protocol):
+    """`LogStorage` for asyncio (AsyncRedisStorage, AsyncInMemoryStorage): the same log,
+    awaited. `partitions_count()` is awaited (Redis holds the number)."""
+
+    async def partitions_count(self) -> int: ...
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> AsyncIterator[Event]: ...
+
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None: ...
+
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None: ...
+
+    async def followed(self, name: str) -> dict[int, int]: ...
+
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
 
 
 @runtime_checkable

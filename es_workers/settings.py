@@ -170,6 +170,17 @@ class Settings(BaseSettings):
         default=_PUBLISHER.sweep_every_ms, ge=10,
         description="How often to re-send notices that are due (see redrive_after_ms)",
     )
+    log_keep: int | None = Field(
+        default=_PUBLISHER.log_keep, ge=1,
+        description="Events the publisher keeps in each partition's log when it trims it "
+        "(every ES_LOG_TRIM_EVERY_MS); never those a named follower has not done. Unset: "
+        "the log is never trimmed",
+        examples=[1_000_000],
+    )
+    log_trim_every_ms: int = Field(
+        default=_PUBLISHER.trim_every_ms, ge=10,
+        description="How often the publisher trims the log (with ES_LOG_KEEP set)",
+    )
     publisher_catch_up_page: int = Field(
         default=_PUBLISHER.catch_up_page, ge=1,
         description="Entities per page when a new subscriber is handed the history",
@@ -285,7 +296,7 @@ class Settings(BaseSettings):
         return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
-                     "metrics_port", "redis_sentinels", "redis_sentinel_master",
+                     "metrics_port", "log_keep", "redis_sentinels", "redis_sentinel_master",
                      "redis_username", "redis_password", "encryption_key", "encryption_keys",
                      mode="before")
     @classmethod
@@ -411,6 +422,8 @@ class Settings(BaseSettings):
             min_backoff_ms=self.publisher_min_backoff_ms,
             max_backoff_ms=self.publisher_max_backoff_ms,
             redrive_after_ms=self.redrive_after_ms,
+            log_keep=self.log_keep,
+            trim_every_ms=self.log_trim_every_ms,
         )
 
     def durability(self) -> Durability:

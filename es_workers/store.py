@@ -6,10 +6,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
 from . import metrics
+from .commit_log import Follower, LogReading, log_storage, read_all
 from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
@@ -26,6 +27,7 @@ from .ports import (
     check_rebuild,
     rebuilding,
 )
+from .position import After, Position
 from .redis.storage import RedisStorage
 from .settings import Settings
 from .stream import Stream, check_stream
@@ -107,6 +109,23 @@ class Store:
         """Events of the entity after `after`, upgraded: what subscribers are handed."""
         return self.reader.read(entity_type, entity_id, after)
 
+    def read_all(self, after: After = None, *, entity_types: Collection[str] | None = None,
+                 limit: int | None = None) -> LogReading:
+        """Every event in log order (commit order per partition; several partitions are
+        merged by event time), upgraded, after `after`: None (from the start), a Position,
+        or one Position per partition (e.g. the `positions` of an earlier reading). Only
+        `entity_types` when given; at most `limit` events. `TruncatedError` where the log
+        was trimmed (`ES_LOG_KEEP`)."""
+        return read_all(self.storage, self.reader, after, entity_types, limit)
+
+    def follow(self, after: After = None, *, entity_types: Collection[str] | None = None,
+               name: str | None = None) -> Follower:
+        """`read_all`, then every event as it is committed: a blocking iterator (and a
+        context manager) that ends only when `stop()` is called, from any thread. Named,
+        it records how far it got, goes on from there when `after` is None, and holds
+        back the log's trimming. See `es_workers.commit_log.Follower`."""
+        return Follower(self.storage, self.reader, after, entity_types, name)
+
     def entity_types(self) -> list[str]:
         """The entity types this store was given events for."""
         return self.storage.entity_types()
@@ -158,23 +177,37 @@ class Store:
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
 
+    @overload
+    def wait_for(self, entity_type: str, entity_id: str, event_number: int, *,
+                 subscriber_ids: Sequence[str] | None = None, timeout: float = 5.0) -> None: ...
+
+    @overload
+    def wait_for(self, entity_type: Position, *,
+                 subscriber_ids: Sequence[str] | None = None, timeout: float = 5.0) -> None: ...
+
     def wait_for(
         self,
-        entity_type: str,
-        entity_id: str,
-        event_number: int,
+        entity_type: str | Position,
+        entity_id: str | None = None,
+        event_number: int | None = None,
         *,
         subscriber_ids: Sequence[str] | None = None,
         timeout: float = 5.0,
     ) -> None:
         """Read-your-writes: returns once every named subscriber (None: every subscriber of
         the entity type) has handled the entity's events up to `event_number`, e.g. after
-        `stream.write(...)`, `store.wait_for(type, id, stream.position)`.
+        `stream.write(...)`, `store.wait_for(type, id, stream.position)`; or, given a log
+        Position (`positions = stream.write(...)`, `store.wait_for(positions[-1])`), the
+        event at that position.
 
         Raises `WaitTimeoutError` (naming the subscribers still behind) after `timeout`
         seconds, and `ParkedError` at once if one of them has the entity parked at or before
         that event. It waits for messages, not by polling in a loop.
         """
+        if isinstance(entity_type, Position):
+            entity_type, entity_id, event_number = self._logged(entity_type)
+        if entity_id is None or event_number is None:
+            raise TypeError("wait_for takes an entity type, ID and event number, or a Position")
         wanted = subscribers_to_wait_for(
             entity_type, entity_id, self.subscriber_ids(entity_type), subscriber_ids
         )
@@ -201,6 +234,12 @@ class Store:
         hook = check_rebuild(bus, self.entity_types(), self.subscriber_ids, subscriber_id)
         return bus.rebuild(subscriber_id, lambda: _call_reset(hook), timeout=timeout,
                            pause_ms=pause_ms, progress=progress)
+
+    def _logged(self, position: Position) -> tuple[str, str, int]:
+        found = log_storage(self.storage).log_entry(position)
+        if found is None:
+            raise ValueError(f"no event at {position} (not written yet, or trimmed)")
+        return found
 
     def _progress(self) -> Progress:
         if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, RedisStorage):

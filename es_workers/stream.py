@@ -12,10 +12,11 @@ from .event import Content, Event, Handler, as_callable
 from .ids import new_ids
 from .metadata import check, for_write
 from .names import check_entity_id, check_entity_type
+from .position import Position
 from .tracing import append_span
 from .upgrade import AsyncReading, Reader, Reading
 
-WriteStored = Callable[[str, Sequence[Event]], None]
+WriteStored = Callable[[str, Sequence[Event]], Sequence[Position] | None]
 """A storage's `write(entity_type, events)`."""
 
 
@@ -152,24 +153,28 @@ class Stream(StreamState):
         """Calls the handler with each event of `all()`; stops at the first exception."""
         self.all().feed(as_callable(handler))
 
-    def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
+    def write(
+        self, *contents: Content, metadata: Mapping[str, str] | None = None
+    ) -> list[Position]:
         """Appends the contents as events `position + 1 ..`, all or none, with `metadata`
         (see `es_workers.metadata`: limits, and the causation recorded automatically).
+        Returns the events' log positions, consecutive (empty for a storage without a log).
 
         After StorageUnavailableError or DurabilityError, writing the same contents again on
         this Stream re-sends the same events: the write is applied exactly once."""
         given = self._writable(contents, metadata)
         if not contents:
-            return
+            return []
         first, last = self.position + 1, self.position + len(contents)
         with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
             events = self._events(contents, given, trace_context)
             try:
-                self._write(self.entity_type, events)
+                positions = self._write(self.entity_type, events)
             except UNKNOWN_OUTCOME:
                 self._outcome_unknown(contents, given, events)
                 raise
         self._appended(events)
+        return list(positions or ())
 
     def __enter__(self) -> Stream:
         return self

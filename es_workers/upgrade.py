@@ -112,6 +112,12 @@ class Reader:
         """The upgraded events of stored events already read (those after `after`)."""
         return Reading(stored, self._upgrades.get(entity_type, ()), after)
 
+    def upgraded(self, event: Event) -> Iterator[Event]:
+        """One stored event through its type's upgrades, alone (a log read: the events
+        of other entities come between an entity's events)."""
+        upgrades = self._upgrades.get(event.entity_type)
+        return apply_upgrades((event,), upgrades) if upgrades else iter((event,))
+
     def read_range(self, entity_type: str, entity_id: str, first: int, last: int) -> list[Event]:
         """The upgraded events read from stored events `first..last`."""
         reading = self.read(entity_type, entity_id, first - 1)
@@ -175,3 +181,7 @@ class AsyncReader:
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncReading:
         stored = self._read_stored(entity_type, entity_id, after)
         return AsyncReading(stored, self._upgrades.get(entity_type, ()), after)
+
+    def upgraded(self, event: Event) -> Iterator[Event]:
+        """`Reader.upgraded`: one stored event of a log read through its upgrades."""
+        return apply_upgrades((event,), self._upgrades.get(event.entity_type, ()))

@@ -22,6 +22,7 @@ from es_workers import (
     AsyncStream,
     Content,
     Event,
+    Position,
 )
 
 T = TypeVar("T")
@@ -72,8 +73,8 @@ class BlockingStorage:
             except StopAsyncIteration:
                 return
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        self._run(self.async_storage.write(entity_type, events))
+    def write(self, entity_type: str, events: Sequence[Event]) -> Sequence[Position] | None:
+        return self._run(self.async_storage.write(entity_type, events))
 
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100

@@ -34,6 +34,7 @@ from es_workers import (
     InvalidMetadataError,
     InvalidNameError,
     NotRegisteredError,
+    Position,
     RedisStorage,
     Settings,
     StorageUnavailableError,
@@ -404,3 +405,48 @@ async def test_batched_appends_are_retried_on_a_new_connection_once_theirs_is_cu
         await store.close()
         delete_prefix(admin_client, name)
         admin_client.close()
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+
+async def test_async_writes_return_positions_and_read_all_reads_as_the_sync_store(
+        stores: Stores) -> None:
+    written = []
+    for entity_id in ("a1", "a2", "a3"):
+        async with stores.async_store.open("account", entity_id) as stream:
+            written += await stream.write(Opened(owner=entity_id), Deposited(amount=1))
+    assert len(written) == 6
+    assert all(b == Position(a.partition, a.number + 1) for a, b in zip(written[::2],
+               written[1::2], strict=True))
+
+    reading = stores.async_store.read_all()
+    events = [event async for event in reading]
+    assert [(e.entity_id, e.position) for e in events] == [
+        (e.entity_id, e.position) for e in stores.store.read_all()]
+    assert sorted(e.position for e in events) == sorted(written)  # type: ignore[type-var]
+    rest = [e async for e in stores.async_store.read_all(after=reading.positions)]
+    assert rest == []
+    limited = [e async for e in stores.async_store.read_all(limit=2, entity_types=["account"])]
+    assert len(limited) == 2
+
+
+async def test_async_follow_yields_a_write_made_meanwhile_until_stopped(stores: Stores) -> None:
+    async with stores.async_store.open("account", "a1") as stream:
+        await stream.write(Opened(owner="a"))
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.1)
+        async with stores.async_store.open("account", "a2") as other:
+            await other.write(Opened(owner="b"))
+
+    seen = []
+    writing = asyncio.create_task(write_later())
+    async with stores.async_store.follow(name="ledger") as follower:
+        async for event in follower:
+            seen.append(event.entity_id)
+            if len(seen) == 2:
+                follower.stop()
+    await writing
+    assert seen == ["a1", "a2"]
+    assert stores.store.storage.followed("ledger")  # type: ignore[attr-defined]

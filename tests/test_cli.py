@@ -25,7 +25,7 @@ import pytest
 from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
-from es_workers import Content, admin
+from es_workers import Content, Position, admin
 from es_workers.cli import SHOW_CONTENT_CHARS, app, cut
 from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.redis.storage import RedisStorage
@@ -314,6 +314,39 @@ def test_show_prints_the_events_of_an_entity(app_module: ModuleType) -> None:
     unknown = runner.invoke(app, ["show", ref(app_module), "--embedded", "acount", "a1"])
     assert unknown.exit_code == 2
     assert "unknown entity type 'acount': this app has 'account'" in unknown.output
+
+
+def test_log_prints_the_events_in_log_order_with_their_positions(app_module: ModuleType) -> None:
+    write(app_module, "a1", app_module.Opened(owner="Ada"), app_module.Deposited(amount=5))
+    write(app_module, "a2", app_module.Opened(owner="Bob"))
+
+    result = runner.invoke(app, ["log", ref(app_module), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted((x["entity_id"], x["event_number"], x["event_name"]) for x in lines) == [
+        ("a1", 1, "Opened"), ("a1", 2, "Deposited"), ("a2", 1, "Opened")]
+    by_event = {(x["entity_id"], x["event_number"]): x["position"] for x in lines}
+    first, second = Position.parse(by_event["a1", 1]), Position.parse(by_event["a1", 2])
+    assert second == Position(first.partition, first.number + 1)
+
+    after = runner.invoke(app, ["log", ref(app_module), "--json", "--after", str(first)])
+    assert after.exit_code == 0, after.output
+    assert [json.loads(x)["position"] for x in after.stdout.splitlines()].count(
+        str(first)) == 0
+    assert len(after.stdout.splitlines()) == 2
+
+    limited = runner.invoke(app, ["log", ref(app_module), "--type", "account", "--limit", "1"])
+    assert limited.exit_code == 0, limited.output
+    assert len(limited.stdout.splitlines()) == 1 and "account" in limited.stdout
+
+    followed = runner.invoke(app, ["log", ref(app_module), "--follow", "--limit", "3"])
+    assert followed.exit_code == 0, followed.output
+    assert len(followed.stdout.splitlines()) == 3
+
+    bad = runner.invoke(app, ["log", ref(app_module), "--after", "42"])
+    assert bad.exit_code == 2 and "not a position" in bad.output
+    unknown = runner.invoke(app, ["log", ref(app_module), "--type", "acount"])
+    assert unknown.exit_code == 2
 
 
 def test_show_cuts_a_large_event_short_with_a_note_and_json_prints_it_whole(

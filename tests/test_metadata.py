@@ -42,7 +42,7 @@ def test_metadata_round_trips_and_a_root_write_stores_none(any_storage: AnyStora
     if isinstance(any_storage, RedisStorage):  # nothing extra stored for a root event
         key = any_storage.keys.stream("account", "a2")
         ((_, fields),) = any_storage.client.xrange(key)
-        assert set(fields) == {b"n", b"d", b"t", b"e"}
+        assert set(fields) == {b"n", b"d", b"t", b"e", b"p"}  # p: its log number
 
 
 @pytest.mark.parametrize(

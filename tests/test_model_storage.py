@@ -36,6 +36,7 @@ from es_workers import (
     Event,
     InMemoryStorage,
     InvalidNameError,
+    Position,
     RedisStorage,
     Store,
     Stream,
@@ -61,7 +62,7 @@ def withdrawals_in_cents(events: Iterator[Event]) -> Iterator[Event]:
             content = Withdrawn(amount=event.content.amount * 100)
             event = Event(event.entity_id, event.entity_type, event.event_number,
                           event.event_time, content, event.store_event_id,
-                          event.store_entity_id)
+                          event.store_entity_id, event.metadata, event.position)
         yield event
 
 
@@ -116,8 +117,10 @@ class StorageModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.resources = ExitStack()
-        self.model = build_store(InMemoryStorage())
-        self.real = build_store(self.resources.enter_context(self.backend.storage()))
+        real = self.resources.enter_context(self.backend.storage())
+        # The same partitions: the model's log then numbers events as Redis' logs do.
+        self.model = build_store(InMemoryStorage(partitions=real.partitions))
+        self.real = build_store(real)
         self.ids = Correspondence()
         self.streams: dict[int, tuple[tuple[str, str], Stream, Stream]] = {}
         self.batches: list[tuple[str, list[Event]]] = []
@@ -138,7 +141,8 @@ class StorageModel(RuleBasedStateMachine):
         assert event.event_time.utcoffset() is not None
         if event.event_number == 1:
             assert event.store_entity_id == event.store_event_id
-        return (event.entity_type, event.entity_id, event.event_number, event.content)
+        return (event.entity_type, event.entity_id, event.event_number, event.content,
+                event.position)
 
     def both(self, action: Callable[[Store], Any]) -> tuple[Any, Any]:
         model, real = outcome(lambda: action(self.model)), outcome(lambda: action(self.real))
@@ -207,14 +211,16 @@ class StorageModel(RuleBasedStateMachine):
         events = events_of(entity_id, *batch, after=max(0, head + shift),
                            entity_type=entity_type)
         self.batches.append((entity_type, events))
-        self.both(lambda store: store.storage.write(entity_type, events))
+        model, real = self.both(lambda store: store.storage.write(entity_type, events))
+        assert real == model  # the same log positions
 
     @precondition(lambda self: self.batches)
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
         """A write sent again with the same store_event_ids (its reply was lost, say)."""
         entity_type, events = data.draw(st.sampled_from(self.batches))
-        self.both(lambda store: store.storage.write(entity_type, events))
+        model, real = self.both(lambda store: store.storage.write(entity_type, events))
+        assert real == model  # a retry returns the positions the write took
 
     @rule(entity=st.sampled_from(ENTITIES), after=st.integers(0, 8))
     def read_storage(self, entity: tuple[str, str], after: int) -> None:
@@ -247,6 +253,25 @@ class StorageModel(RuleBasedStateMachine):
             self.ids.link(real_token, model_token)
             if model_token is None:
                 break
+
+    @rule(after=st.integers(0, 4), entity_types=st.sampled_from([None, ["card"], ["account"]]))
+    def read_all(self, after: int, entity_types: list[str] | None) -> None:
+        """The log: each partition's events in the same order at the same positions (the
+        merge of partitions goes by event time, which differs between the two stores)."""
+        partitions = self.real.storage.partitions  # type: ignore[attr-defined]
+        start = [Position(p, after) for p in range(partitions)]
+
+        def by_partition(store: Store) -> dict[int, list[Event]]:
+            found: dict[int, list[Event]] = {}
+            for event in store.read_all(start, entity_types=entity_types):
+                assert event.position is not None and event.position.number > after
+                found.setdefault(event.position.partition, []).append(event)
+            return found
+
+        model, real = self.both(by_partition)
+        assert sorted(real[1]) == sorted(model[1])
+        for partition, events in model[1].items():
+            self.same_events(events, real[1][partition])
 
     @invariant()
     def every_entity_reads_the_same(self) -> None:

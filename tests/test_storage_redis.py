@@ -22,6 +22,7 @@ from es_workers import (
     EsError,
     Event,
     InvalidPayloadError,
+    Position,
     RedisStorage,
     StorageUnavailableError,
     Store,
@@ -157,10 +158,12 @@ def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
     with pytest.raises(StorageUnavailableError) as raised:
         storage.write("account", batch)
     assert raised.value.outcome_unknown
-    storage.write("account", batch)  # the caller retries with the same Event objects
+    # the caller retries with the same Event objects: told the positions first written
+    partition = storage.keys.partition("account", "a1")
+    assert storage.write("account", batch) == [Position(partition, 1), Position(partition, 2)]
 
     keys = Keys(storage, "a1")
-    assert [list(reply) for reply in replies] == [[0, 2], [1, 2]]
+    assert [list(reply) for reply in replies] == [[0, 2, 1], [1, 2, 1]]
     assert keys.stream_ids() == ["1-0", "2-0"]
     assert storage.client.xlen(keys.outbox) == 1
     assert [e.store_event_id for e in storage.read("account", "a1")] == [
@@ -193,7 +196,7 @@ def test_redis_py_resending_a_script_whose_reply_was_lost_does_not_duplicate(
     stream.write(Opened(owner="a"), Deposited(amount=1))
 
     keys = Keys(store.storage, "a1")  # type: ignore[arg-type]
-    assert [list(reply) for reply in replies] == [[0, 2], [1, 2]]
+    assert [list(reply) for reply in replies] == [[0, 2, 1], [1, 2, 1]]
     assert stream.position == 2
     assert keys.stream_ids() == ["1-0", "2-0"]
     assert redis_client.xlen(keys.outbox) == 1
@@ -513,7 +516,7 @@ def test_every_key_of_one_append_shares_one_hash_slot(
     assert len(calls) == 2 * len(entities)
     slots = set()
     for keys in calls:
-        assert len(keys) == 5  # the stream, heads, index, outbox, scratch
+        assert len(keys) == 6  # the stream, heads, index, outbox, scratch, log
         assert len({key_slot(key.encode()) for key in keys}) == 1, keys
         slots.add(key_slot(keys[0].encode()))
     assert len(slots) > 4  # entities are spread over partitions, hence slots

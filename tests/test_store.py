@@ -27,6 +27,7 @@ from es_workers import (
     InMemoryStorage,
     InvalidNameError,
     NotRegisteredError,
+    Position,
     RedisStorage,
     Settings,
     Store,
@@ -315,7 +316,7 @@ def test_an_event_a_storage_builds_is_an_event_like_one_built_by_hand() -> None:
     """Storages build events without Event's frozen __init__ (hydrating is read-bound):
     the result is a frozen Event, equal to one made by hand, field for field."""
     fields = ("a1", "account", 3, datetime(2026, 1, 2, tzinfo=UTC), Opened(owner="o"),
-              "sid", "first", NO_METADATA)
+              "sid", "first", NO_METADATA, Position(2, 9))
     built, by_hand = stored_event(*fields), Event(*fields)
 
     assert type(built) is Event

@@ -4,9 +4,11 @@ see the same events, and that Store's `start()` relays what either writes)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 from ..event import Content, Event
+from ..position import Position
 from .storage import InMemoryStorage
 
 
@@ -24,13 +26,35 @@ class AsyncInMemoryStorage:
         for event in self.storage.read(entity_type, entity_id, after):
             yield event
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
-        self.storage.write(entity_type, events)
+    async def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        return self.storage.write(entity_type, events)
 
     async def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:
         return self.storage.entity_ids(entity_type, after, limit)
+
+    # -- the log: the wrapped storage's --------------------------------------------------
+
+    async def partitions_count(self) -> int:
+        return self.storage.partitions
+
+    async def read_log(self, partition: int, after: int = 0,
+                       entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
+        for event in self.storage.read_log(partition, after, entity_types):
+            yield event
+
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        return self.storage.log_entry(position)
+
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        await asyncio.to_thread(self.storage.wait_log, after, timeout)
+
+    async def followed(self, name: str) -> dict[int, int]:
+        return self.storage.followed(name)
+
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        self.storage.record_followed(name, done)
 
     async def close(self) -> None:
         self.storage.close()

@@ -5,19 +5,20 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..encryption import FieldCipher, MasterKeys
-from ..errors import ConcurrencyError, ConfigurationError
+from ..errors import ConcurrencyError, ConfigurationError, TruncatedError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
+from ..position import Position, partition_of, trim_from
 from ..upgrade import Reader
 from .keys import InMemoryKeyStore
 
@@ -31,22 +32,34 @@ class _Record:
     event_time: datetime
     store_event_id: str
     metadata: Mapping[str, str]
+    position: Position
 
 
 class InMemoryStorage:
     """Keeps encoded events in a dict, so decoding behaves as with Redis. With `encryption`,
-    `Personal` fields are encrypted with data keys kept in memory (`keyring`)."""
+    `Personal` fields are encrypted with data keys kept in memory (`keyring`).
+
+    Its log has `partitions` partitions (entities spread as on Redis; one by default: a
+    total order)."""
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-                 encryption: MasterKeys | None = None) -> None:
+                 encryption: MasterKeys | None = None, partitions: int = 1) -> None:
+        if not isinstance(partitions, int) or not 1 <= partitions <= 4096:
+            raise ConfigurationError(f"partitions must be 1..4096, got {partitions!r}")
         self.registry = ContentRegistry()
         self.keyring: Keyring | None = None
         if encryption is not None:
             self.keyring = Keyring(encryption, InMemoryKeyStore())
             self.registry.cipher = FieldCipher(self.keyring)
         self.max_event_bytes = max_event_bytes
+        self.partitions = partitions
         self._lock = threading.Lock()
         self._streams: dict[tuple[str, str], list[_Record]] = {}
+        # Per partition, (entity type, entity ID, event number) per log number from 1.
+        self._logs: list[list[tuple[str, str, int]]] = [[] for _ in range(partitions)]
+        self._trimmed = [0] * partitions  # log numbers trimmed away, per partition
+        self._followers: dict[str, dict[int, int]] = {}
+        self._logged = threading.Condition(self._lock)
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
         self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
 
@@ -56,7 +69,8 @@ class InMemoryStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+    def read(self, entity_type: str, entity_id: str, after: int = 0, *,
+             last: int | None = None) -> Iterator[Event]:
         check_entity_type(entity_type)
         check_entity_id(entity_id)
         with self._lock:
@@ -64,7 +78,7 @@ class InMemoryStorage:
         if not records:
             return
         store_entity_id = records[0].store_event_id
-        for number, record in enumerate(records[after:], start=after + 1):
+        for number, record in enumerate(records[after:last], start=after + 1):
             content = self.registry.decode(
                 key=f"memory:{entity_type}:{entity_id}",
                 entity_type=entity_type,
@@ -82,11 +96,13 @@ class InMemoryStorage:
                 store_event_id=record.store_event_id,
                 store_entity_id=store_entity_id,
                 metadata=record.metadata,
+                position=record.position,
             )
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        """Appends the events (see `Storage.write`); returns their log positions."""
         if not events:
-            return
+            return []
         check_entity_type(entity_type)
         entity_id = check_entity_id(events[0].entity_id)
         expected = events[0].event_number - 1
@@ -101,19 +117,26 @@ class InMemoryStorage:
             if len(records) != expected:
                 done = records[expected : expected + len(events)]
                 if [r.store_event_id for r in done] == [e.store_event_id for e in events]:
-                    return  # a retry of a write that was stored
+                    return [r.position for r in done]  # a retry of a write that was stored
                 raise ConcurrencyError(entity_type, entity_id, expected, len(records))
+            partition = partition_of(entity_type, entity_id, self.partitions)
+            log = self._logs[partition]
+            positions = []
             for event, (name, data) in zip(events, encoded, strict=True):
+                log.append((entity_type, entity_id, event.event_number))
+                positions.append(Position(partition, len(log) + self._trimmed[partition]))
                 records.append(
                     _Record(name, data, event.event_time, event.store_event_id,
-                            MappingProxyType(dict(event.metadata)))
+                            MappingProxyType(dict(event.metadata)), positions[-1])
                 )
+            self._logged.notify_all()
             if expected == 0:
                 self._order.setdefault(entity_type, []).append(
                     (events[0].store_event_id, entity_id)
                 )
                 self._order[entity_type].sort()
         self._published.put((entity_type, entity_id, expected + 1, expected + len(events)))
+        return positions
 
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
@@ -127,6 +150,61 @@ class InMemoryStorage:
         page = order[:limit]
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
+
+    # -- the log: as RedisStorage's --------------------------------------------------------
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> Iterator[Event]:
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        with self._lock:
+            trimmed = self._trimmed[partition]
+            if after < trimmed and self._logs[partition]:
+                raise TruncatedError(f"the log of partition {partition}",
+                                     Position(partition, trimmed + 1))
+            pointers = self._logs[partition][max(0, after - trimmed):]
+        for entity_type, entity_id, number in pointers:
+            if entity_types is None or entity_type in entity_types:
+                yield from self.read(entity_type, entity_id, number - 1, last=number)
+
+    def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        with self._lock:
+            index = position.number - 1 - self._trimmed[position.partition]
+            log = self._logs[position.partition]
+            return log[index] if 0 <= index < len(log) else None
+
+    def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        def moved() -> bool:
+            return any(len(log) + self._trimmed[p] > after.get(p, 0)
+                       for p, log in enumerate(self._logs))
+
+        with self._logged:
+            self._logged.wait_for(moved, timeout)
+
+    def followed(self, name: str) -> dict[int, int]:
+        with self._lock:
+            return dict(self._followers.get(name, {}))
+
+    def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        with self._lock:
+            self._followers.setdefault(name, {}).update(done)
+
+    def trim_logs(self, keep: int) -> int:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        removed = 0
+        with self._lock:
+            for partition, log in enumerate(self._logs):
+                if not log:
+                    continue
+                trimmed = self._trimmed[partition]
+                done = [d[partition] for d in self._followers.values() if partition in d]
+                first = trim_from(trimmed + len(log), keep, done)
+                drop = max(0, first - 1 - trimmed)
+                del log[:drop]
+                self._trimmed[partition] += drop
+                removed += drop
+        return removed
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:

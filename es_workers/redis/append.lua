@@ -6,22 +6,31 @@
 -- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- KEYS[5] scratch         {tag}:scratch              never left behind: see "A new stream"
+-- KEYS[6] log (optional)  {tag}:log                  stream, one entry per write in commit
+--                                                     order: its events take the log numbers
+--                                                     after the last one's, and its ID is
+--                                                     "<its last log number>-0"; fields type,
+--                                                     id, n (first event number), c (count):
+--                                                     a pointer to the entity stream's entries,
+--                                                     each of which holds its log number p
 -- ARGV[1] entity type, ARGV[2] entity ID, ARGV[3] expected position, ARGV[4] event count,
 -- then per event: name, JSON data, event time (microseconds), store_event_id, metadata
 -- (JSON; '' for none: then no field is stored, so root events cost nothing extra);
 -- then, optionally (a Redis Cluster), the partition's wake-up channel {tag}:wake.
 --
--- Returns {0, new position} when appended, {1, position} when the same events (same
--- store_event_ids) were already appended there (a retried write), {2, actual position}
--- on a conflict; nothing appended: {3, N} when the stream holds an entry numbered N at or
--- past the first event although its position is before it (an entry not written by this
--- script), {4, position} when the key holds another type than a stream.
+-- Returns {0, new position, first log number} when appended, {1, position, first log
+-- number} when the same events (same store_event_ids) were already appended there (a
+-- retried write), {2, actual position} on a conflict; nothing appended: {3, N} when the
+-- stream holds an entry numbered N at or past the first event although its position is
+-- before it (an entry not written by this script), {4, position} when the key holds
+-- another type than a stream, {5, position} when the log key holds another type. The
+-- first log number is 0 without a log (or for events stored before it).
 -- A Lua error does not undo earlier writes, so every check comes first; the first XADD
 -- is what finds a stream out of sequence, so its failure is checked before any write.
 -- Given a wake-up channel, an append to an empty outbox (its publishers idle) SPUBLISHes
 -- there: cluster publishers cannot block on every outbox at once, so they wait for it.
 
-local stream, heads, index, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, heads, index, outbox, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local expected = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
@@ -55,35 +64,66 @@ else
   position = last_generated()
 end
 
+-- The store_event_id and log number (0 if none) of the entity's event `number`.
 local function event_id_at(number)
   local entries = redis.pcall('XRANGE', stream, number .. '-0', number .. '-0')
-  if entries.err or #entries == 0 then return nil end
-  local fields = entries[1][2]
+  if entries.err or #entries == 0 then return nil, 0 end
+  local fields, id, logged = entries[1][2], nil, 0
   for i = 1, #fields, 2 do
-    if fields[i] == 'e' then return fields[i + 1] end
+    if fields[i] == 'e' then id = fields[i + 1] end
+    if fields[i] == 'p' then logged = tonumber(fields[i + 1]) end
   end
-  return nil
+  return id, logged
 end
 
 if position ~= expected then
-  if position >= expected + count and expected >= 0
-      and event_id_at(expected + 1) == ARGV[8]
-      and event_id_at(expected + count) == ARGV[3 + 5 * count] then
-    return {1, expected + count}
+  if position >= expected + count and expected >= 0 then
+    local first_id, first_logged = event_id_at(expected + 1)
+    if first_id == ARGV[8] and event_id_at(expected + count) == ARGV[3 + 5 * count] then
+      return {1, expected + count, first_logged}
+    end
   end
   return {2, position}
+end
+
+-- The log's last number: its last entry's ID, or (trimmed empty, which the trimmer avoids)
+-- its last generated ID, which trimming keeps: numbers are never reused.
+local log_last = 0
+if log then
+  local last = redis.pcall('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  if last.err then return {5, position} end
+  if #last > 0 then
+    log_last = tonumber(string.match(last[1][1], '^(%d+)'))
+  elseif redis.call('EXISTS', log) == 1 then
+    local info = redis.call('XINFO', 'STREAM', log)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        log_last = tonumber(string.match(info[i + 1], '^(%d+)'))
+      end
+    end
+  end
 end
 
 local function add(i)
   local arg = 5 + 5 * i
   local id = (expected + i + 1) .. '-0'
+  if not log then
+    if ARGV[arg + 4] == '' then
+      return redis.pcall('XADD', stream, id,
+        'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
+    end
+    return redis.pcall('XADD', stream, id,
+      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
+      'm', ARGV[arg + 4])
+  end
   if ARGV[arg + 4] == '' then
     return redis.pcall('XADD', stream, id,
-      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3])
+      'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
+      'p', log_last + i + 1)
   end
   return redis.pcall('XADD', stream, id,
     'n', ARGV[arg], 'd', ARGV[arg + 1], 't', ARGV[arg + 2], 'e', ARGV[arg + 3],
-    'm', ARGV[arg + 4])
+    'p', log_last + i + 1, 'm', ARGV[arg + 4])
 end
 
 -- Why the first XADD failed when the stream is at fault (nothing appended), else nil
@@ -116,6 +156,12 @@ if position == 0 and redis.call('COPY', stream, KEYS[5]) == 1 then
   redis.call('RENAME', KEYS[5], stream)
 end
 local new_position = expected + count
+-- The log: one entry for the write, whose events take consecutive numbers (scripts run
+-- one at a time).
+if log then
+  redis.call('XADD', log, (log_last + count) .. '-0', 'type', ARGV[1], 'id', ARGV[2],
+    'n', expected + 1, 'c', count)
+end
 redis.call('HSET', heads, ARGV[2], new_position)
 if expected == 0 then
   redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
@@ -127,4 +173,4 @@ redis.call('XADD', outbox, '*', 'type', ARGV[1], 'id', ARGV[2],
 if idle then
   redis.call('SPUBLISH', wake, ARGV[2])
 end
-return {0, new_position}
+return {0, new_position, log and log_last + 1 or 0}

@@ -12,7 +12,7 @@ other event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -21,6 +21,7 @@ from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..encryption import FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
 from ..keyring import AsyncKeyring
+from ..position import Position
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
@@ -38,6 +39,7 @@ from .entries import (
 from .failures import appending, server_name, translated
 from .keyring import AsyncRedisKeyStore
 from .keys import RedisKeys
+from .log import LogPages, event_at
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
 from .state import SubscriberState
@@ -118,29 +120,33 @@ class AsyncRedisStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    async def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    async def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        """Appends the events (see `Storage.write`); returns their log positions."""
         if not events:
-            return
+            return []
         entity_keys = await self._entities()
-        keys = entity_keys(entity_type, events[0].entity_id)
+        entity_id = events[0].entity_id
+        keys = entity_keys(entity_type, entity_id)
+        partition = entity_keys.keys.partition(entity_type, entity_id)
         if self.keyring is not None:  # encoding is synchronous: the data keys first
             await self.keyring.prepare_write(subjects_of(events))
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
-            args.append(entity_keys.keys.wake(
-                entity_keys.keys.partition(entity_type, events[0].entity_id)
-            ))
-        with appending(self.server, entity_type, events[0].entity_id):
+            args.append(entity_keys.keys.wake(partition))
+        with appending(self.server, entity_type, entity_id):
             if self.durability.waits:
                 reply, confirmed = await self.append_script.then(keys, args,
                                                                  self.durability.command())
             else:
                 reply, confirmed = await self.append_script(keys=keys, args=args), None
-        check_appended(keys[0], entity_type, events, reply, self.durability, confirmed)
+        return check_appended(keys[0], entity_type, events, reply, partition, self.durability,
+                              confirmed)
 
     async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
-        key = (await self._entities())(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
+        entity_keys = await self._entities()
+        key = entity_keys(entity_type, entity_id)[0]
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after,
+                            partition=entity_keys.keys.partition(entity_type, entity_id))
         reader = self._reader
         doing = f"reading {entity_type} {entity_id!r}"
         while pages.more:
@@ -179,6 +185,61 @@ class AsyncRedisStorage:
         with translated(self.server, f"listing {entity_type} entities"):
             replies = await pipe.execute()
         return entity_ids_page(replies, limit)
+
+    # -- the log (see log.py), as RedisStorage's -----------------------------------------
+
+    async def partitions_count(self) -> int:
+        return (await self.open()).partitions
+
+    async def read_log(self, partition: int, after: int = 0,
+                       entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
+        """The events of one partition's log after log number `after`, in log order."""
+        pages = LogPages(self.registry, await self.open(), partition, after, entity_types)
+        reader = self._reader
+        while pages.more:
+            entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
+            runs = pages.take(entries)
+            if not runs:
+                continue
+            pipe = reader.pipeline(transaction=False)
+            for key, start, end in pages.entity_reads(runs):
+                xrange(pipe, key, start, end)
+            for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
+                yield event
+
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """(entity type, entity ID, event number) at a log position; None if none."""
+        key, entry_id = (await self.open()).log(position.partition), f"{position.number}-0"
+        return event_at(await xrange(self._reader, key, entry_id, count=1), position.number)
+
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """As RedisStorage.wait_log: one blocking XREAD, or polling on a cluster."""
+        keys = await self.open()
+        streams = {keys.log(p): f"{after.get(p, 0)}-0" for p in range(keys.partitions)}
+        if not self._on_cluster:
+            await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for key, start in streams.items():
+                if await self.client.xread({key: start}, count=1):
+                    return
+            await asyncio.sleep(0.05)
+
+    async def followed(self, name: str) -> dict[int, int]:
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(keys.partitions):
+            pipe.hget(keys.followers(partition), name)
+        replies = await pipe.execute()
+        return {p: int(v) for p, v in enumerate(replies) if v is not None}
+
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        for partition, number in done.items():
+            pipe.hset(keys.followers(partition), name, number)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()

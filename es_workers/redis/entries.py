@@ -25,6 +25,7 @@ from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..personal import is_personal
+from ..position import Position
 from .durability import Durability
 from .keys import RedisKeys, text
 
@@ -36,6 +37,8 @@ _KNOWN_ENTITIES = 4096
 _RAW_FIELDS = [b"n", b"d", b"t", b"e"]
 _TEXT_FIELDS = ["n", "d", "t", "e"]
 _RAW_METADATA, _TEXT_METADATA = b"m", "m"
+# With a log the entry's log number follows the fields (before the metadata).
+_RAW_LOGGED, _TEXT_LOGGED = b"p", "p"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -120,19 +123,22 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
-APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM = range(5)
+APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM = range(6)
 NO_WAITING = Durability()
 _NOT_A_STREAM = "the key holds another type than a stream"
 
 
 def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: Any,
-                   durability: Durability = NO_WAITING, confirmed: Any = None) -> None:
-    """The outcome of an append, for both storages: raises what append.lua's reply says went
-    wrong (ConcurrencyError if it found another writer's events in place, CorruptEventError
-    naming the stream's `key` if the stream could not take the events) and, when the
-    append `durability` waits for replicas, DurabilityError if `confirmed` (the answer to
-    `durability.command()`) confirms too little."""
-    status, position = reply
+                   partition: int, durability: Durability = NO_WAITING,
+                   confirmed: Any = None) -> list[Position]:
+    """The outcome of an append, for both storages: the log positions of the events
+    append.lua wrote (in `partition`; none when written without a log). Raises what its
+    reply says went wrong (ConcurrencyError if it found another writer's events in place,
+    CorruptEventError naming the stream's `key`, or the log's, if the stream or the log
+    could not take the events) and, when the append `durability` waits for replicas,
+    DurabilityError if `confirmed` (the answer to `durability.command()`) confirms too
+    little."""
+    status, position, *logged = reply
     first = events[0]
     if status <= ALREADY_APPENDED:  # stored, now or by an earlier try of the same write
         if status == APPENDED:
@@ -140,7 +146,8 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
         if durability.waits:
             durability.check(confirmed, entity_type, first.entity_id, first.event_number,
                              events[-1].event_number)
-        return
+        number = int(logged[0]) if logged else 0
+        return [Position(partition, number + i) for i in range(len(events))] if number else []
     if status == CONFLICT:
         metrics.CONFLICTS.labels(entity_type).inc()
         raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
@@ -148,6 +155,9 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
         problem = (f"the stream holds an entry numbered {int(position)} although the "
                    f"entity's position is {first.event_number - 1} (an entry not written by "
                    "es_workers?)")
+    elif status == LOG_NOT_A_STREAM:
+        key = key.partition(":stream:")[0] + ":log"  # the partition's log (keys.py)
+        problem = "the partition's log key holds another type than a stream"
     else:
         problem = _NOT_A_STREAM
     raise CorruptEventError(
@@ -214,16 +224,16 @@ class EntityPages:
     from) is a CorruptEventError, as is a record that does not decode.
     """
 
-    __slots__ = ("entity_id", "entity_type", "key", "more", "registry", "start",
+    __slots__ = ("entity_id", "entity_type", "key", "more", "partition", "registry", "start",
                  "store_entity_id")
 
     count = READ_PAGE + 1  # one past the page says whether another follows
 
     def __init__(self, registry: ContentRegistry, key: str, entity_type: str, entity_id: str,
-                 after: int) -> None:
+                 after: int, *, partition: int) -> None:
         if after < 0:
             raise ValueError(f"after must be >= 0, got {after}")
-        self.registry, self.key = registry, key
+        self.registry, self.key, self.partition = registry, key, partition
         self.entity_type, self.entity_id = entity_type, entity_id
         self.start = after + 1  # the event number the next entry must hold
         self.store_entity_id: str | None = None
@@ -329,21 +339,33 @@ class EntityPages:
         raw = isinstance(entries[0][0], bytes)
         (n_, d_, t_, e_), zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
+        logged_name = _RAW_LOGGED if raw else _TEXT_LOGGED
+        # tuple.__new__ directly: a third of the cost of Position(...) (NamedTuple's
+        # generated __new__), paid once per event hydrated.
+        partition, new_tuple, position_class = self.partition, _NEW_TUPLE, Position
         from_timestamp, utc, new_event = datetime.fromtimestamp, UTC, stored_event
         first_id = self.store_entity_id or ""  # event 1's store_event_id
         # In sequence (checked by `events`): entry i holds event start + i.
         for number, (entry_id, values) in enumerate(entries, self.start):
             try:
-                if len(values) == 8:
+                if len(values) == 10:  # with its log number (p), or before the log with m
+                    n, name, d, data, t, micros, e, event_id, p, logged = values
+                    if p == logged_name:
+                        m, metadata = metadata_name, NO_METADATA
+                        position = new_tuple(position_class, (partition, int(logged)))
+                    else:
+                        m, metadata, p, position = p, decode_metadata(logged), logged_name, None
+                elif len(values) == 12:
+                    (n, name, d, data, t, micros, e, event_id, p, logged, m,
+                     stored_metadata) = values
+                    metadata = decode_metadata(stored_metadata)
+                    position = new_tuple(position_class, (partition, int(logged)))
+                else:  # stored before the log; a ValueError unless 8 values
                     n, name, d, data, t, micros, e, event_id = values
-                    m, stored_metadata = metadata_name, None
-                else:  # a ValueError unless the metadata field follows
-                    n, name, d, data, t, micros, e, event_id, m, stored_metadata = values
+                    p, m, metadata, position = logged_name, metadata_name, NO_METADATA, None
                 if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
-                        entry_id[-2:] != zero):
+                        p != logged_name or entry_id[-2:] != zero):
                     raise ValueError(entry_id)
-                metadata = NO_METADATA if stored_metadata is None else decode_metadata(
-                    stored_metadata)
                 content = decoders[name](data)
                 # float seconds are exact to the microsecond until the year 2255
                 event_time = from_timestamp(int(micros) / 1e6, utc)
@@ -356,7 +378,7 @@ class EntityPages:
                 if number == 1:
                     first_id = store_event_id
                 event = new_event(entity_id, entity_type, number, event_time, content,
-                                  store_event_id, first_id, metadata)
+                                  store_event_id, first_id, metadata, position)
             yield event
         self.store_entity_id = first_id
         self.start += len(entries)
@@ -409,6 +431,7 @@ class EntityPages:
         store_event_id = self._field(fields, "e", text, number)
         metadata = self._field(fields, "m", decode_metadata, number) if "m" in fields else (
             NO_METADATA)
+        logged = self._field(fields, "p", int, number) if "p" in fields else 0
         content = self.registry.decode(
             key=self.key, entity_type=self.entity_type, entity_id=self.entity_id,
             event_number=number, name=name, data=data,
@@ -422,12 +445,14 @@ class EntityPages:
             store_event_id=store_event_id,
             store_entity_id=store_event_id if number == 1 else self.store_entity_id or "",
             metadata=metadata,
+            position=Position(self.partition, logged) if logged > 0 else None,
         )
 
 
 _T = TypeVar("_T")
+_NEW_TUPLE: Any = tuple.__new__
 _FIELD_NAMES = {"n": "event name", "d": "JSON data", "t": "event time, µs since 1970",
-                "e": "store_event_id", "m": "metadata"}
+                "e": "store_event_id", "m": "metadata", "p": "log number"}
 
 
 def _as_stored(value: Any) -> Any:

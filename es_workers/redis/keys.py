@@ -9,9 +9,9 @@ partition in the outbox), never globally.
 from __future__ import annotations
 
 import re
-import zlib
 
 from ..errors import ConfigurationError
+from ..position import partition_of
 
 
 def text(value: bytes | str) -> str:
@@ -34,7 +34,7 @@ class RedisKeys:
         self.partitions = partitions
 
     def partition(self, entity_type: str, entity_id: str) -> int:
-        return zlib.crc32(f"{entity_type}/{entity_id}".encode()) % self.partitions
+        return partition_of(entity_type, entity_id, self.partitions)
 
     def tag(self, partition: int) -> str:
         return f"{self.prefix}:{{p{partition}}}"
@@ -52,9 +52,18 @@ class RedisKeys:
     def outbox(self, partition: int) -> str:
         return f"{self.tag(partition)}:outbox"
 
+    def log(self, partition: int) -> str:
+        """The partition's log: one entry per event, in commit order (append.lua)."""
+        return f"{self.tag(partition)}:log"
+
+    def followers(self, partition: int) -> str:
+        """Hash: follower name -> the partition's log number it has done (`store.follow(...,
+        name=...)`); the log is never trimmed past the least of them."""
+        return f"{self.tag(partition)}:log:followers"
+
     def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
-        index, outbox and scratch key (the partition computed once: this runs on every
+        index, outbox, scratch key and log (the partition computed once: this runs on every
         append)."""
         tag = self.tag(self.partition(entity_type, entity_id))
         return [
@@ -63,6 +72,7 @@ class RedisKeys:
             f"{tag}:index:{entity_type}",
             f"{tag}:outbox",
             f"{tag}:scratch",
+            f"{tag}:log",
         ]
 
     def wake(self, partition: int) -> str:

@@ -55,6 +55,8 @@ class PublisherOptions:
     min_backoff_ms: int = 50
     max_backoff_ms: int = 5_000
     redrive_after_ms: int = 10_000  # a notice not seen handled by then is sent again
+    log_keep: int | None = None  # log entries kept per partition (None: all); see trim_logs
+    trim_every_ms: int = 10_000
 
 
 class OutboxStorage(Storage, Protocol):
@@ -66,6 +68,8 @@ class OutboxStorage(Storage, Protocol):
     heartbeats: Heartbeats
 
     def outbox_backlog(self) -> int: ...
+
+    def trim_logs(self, keep: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Publisher:
         self._own_pending = True  # after a start or an error, re-read what we hold first
         self._next_claim = 0.0
         self._next_sweep = 0.0
+        self._next_trim = 0.0
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._next_beat = 0.0
         self._caught_up: set[tuple[str, str]] = set()
@@ -196,6 +201,10 @@ class Publisher:
         if now >= self._next_forget:
             self._forget_dead_consumers()
             self._next_forget = now + FORGET_EVERY_S
+        if self.options.log_keep is not None and now >= self._next_trim:
+            # Trimming never removes what a named follower has not done (trim_logs).
+            self.storage.trim_logs(self.options.log_keep)
+            self._next_trim = now + self.options.trim_every_ms / 1000
         if now >= self._next_beat:  # beats only while rounds complete: a stuck loop goes stale
             self.storage.heartbeats.beat("publisher")
             self._next_beat = now + BEAT_EVERY_S

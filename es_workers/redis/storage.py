@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..errors import CorruptEventError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
+from ..position import Position, trim_from
 from ..upgrade import Reader
 from .cluster import is_cluster
 from .durability import Durability
@@ -35,6 +37,7 @@ from .failures import appending, server_name, translated
 from .heartbeats import Heartbeats
 from .keyring import RedisKeyStore
 from .keys import text
+from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
@@ -58,6 +61,10 @@ class RedisStorage:
     (EventTooLargeError), nothing stored. With `encryption` (master keys), `Personal`
     fields are encrypted with data keys kept under the prefix (`keyring`); without it,
     writing one is refused.
+
+    Every append also records its events in its partition's log (see `read_all`);
+    `log=False` leaves that out (`bench/append.py` measures what the log costs with it:
+    an app must not mix the two on one prefix, or its log misses events).
     """
 
     def __init__(
@@ -70,8 +77,10 @@ class RedisStorage:
         durability: Durability | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         encryption: MasterKeys | None = None,
+        log: bool = True,
     ) -> None:
         self.client = client
+        self.logs = log
         self.max_event_bytes = max_event_bytes
         self.server = server_name(client)
         self.durability = durability or Durability()
@@ -122,26 +131,33 @@ class RedisStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    def write(self, entity_type: str, events: Sequence[Event]) -> None:
+    def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
+        """Appends the events (see `Storage.write`); returns their log positions."""
         if not events:
-            return
-        keys = self._entity_keys(entity_type, events[0].entity_id)
+            return []
+        entity_id = events[0].entity_id
+        keys = self._entity_keys(entity_type, entity_id)
+        if not self.logs:
+            keys = keys[:5]
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
-        with appending(self.server, entity_type, events[0].entity_id):
+        with appending(self.server, entity_type, entity_id):
             if self.durability.waits:
                 reply, confirmed = self.append_script.then(keys, args,
                                                            self.durability.command())
             else:
                 reply, confirmed = self.append_script(keys=keys, args=args), None
-        check_appended(keys[0], entity_type, events, reply, self.durability, confirmed)
+        return check_appended(keys[0], entity_type, events, reply,
+                              self.keys.partition(entity_type, entity_id), self.durability,
+                              confirmed)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
         key = self._entity_keys(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after,
+                            partition=self.keys.partition(entity_type, entity_id))
         # The pages' events are chained in C: one generator layer per event less (~5% of
         # hydrating).
         return chain.from_iterable(self._pages(pages))
@@ -167,7 +183,8 @@ class RedisStorage:
         `store_entity_id` is event 1's ID when event 1 is not among them. Raises
         CorruptEventError / UnknownEventError naming the entry."""
         key = self._entity_keys(entity_type, entity_id)[0]
-        pages = EntityPages(self.registry, key, entity_type, entity_id, after)
+        pages = EntityPages(self.registry, key, entity_type, entity_id, after,
+                            partition=self.keys.partition(entity_type, entity_id))
         pages.store_entity_id = store_entity_id
         return pages.events(flat_entries(list(entries)))
 
@@ -175,7 +192,8 @@ class RedisStorage:
         """The error of an entity whose stream key holds another type than a stream, read
         from after `after` (delivery's locking script finds it)."""
         key = self._entity_keys(entity_type, entity_id)[0]
-        return EntityPages(self.registry, key, entity_type, entity_id, after).not_a_stream()
+        return EntityPages(self.registry, key, entity_type, entity_id, after,
+                           partition=0).not_a_stream()
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""
@@ -219,6 +237,91 @@ class RedisStorage:
         with translated(self.server, "reading the outbox backlog"):
             lengths = pipe.execute(raise_on_error=False)
         return sum(int(n) for n in lengths if isinstance(n, int))
+
+    # -- the log (see log.py) ------------------------------------------------------------
+
+    def read_log(self, partition: int, after: int = 0,
+                 entity_types: Collection[str] | None = None) -> Iterator[Event]:
+        """The events of one partition's log after log number `after`, in log order (of
+        `entity_types` only, when given). TruncatedError where the log was trimmed."""
+        pages = LogPages(self.registry, self.keys, partition, after, entity_types)
+        reader, doing = self._reader, f"reading the log of partition {partition}"
+        while pages.more:
+            with translated(self.server, doing):
+                entries = xrange(reader, pages.key, pages.start_id, count=pages.count)
+            runs = pages.take(entries)
+            if not runs:
+                continue
+            pipe = reader.pipeline(transaction=False)
+            for key, start, end in pages.entity_reads(runs):
+                xrange(pipe, key, start, end)
+            with translated(self.server, doing):
+                replies = pipe.execute(raise_on_error=False)
+            yield from pages.decode(runs, replies)
+
+    def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """The (entity type, entity ID, event number) at a log position, None if there is
+        none (not written yet, or trimmed)."""
+        key, entry_id = self.keys.log(position.partition), f"{position.number}-0"
+        with translated(self.server, f"reading log entry {position}"):
+            entries = xrange(self._reader, key, entry_id, count=1)
+        return event_at(entries, position.number)
+
+    def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """Returns when a partition's log holds an entry past `after` (partition -> log
+        number; 0 for those not named), or after `timeout` seconds. One blocking XREAD on
+        one Redis; on a cluster (a read may not span slots) it polls each log instead."""
+        keys = [self.keys.log(p) for p in range(self.partitions)]
+        ids = [f"{after.get(p, 0)}-0" for p in range(self.partitions)]
+        with translated(self.server, "waiting for the log"):
+            if not is_cluster(self.client):
+                self.client.xread(dict(zip(keys, ids, strict=True)), count=1,
+                                  block=max(1, int(timeout * 1000)))
+                return
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for key, start in zip(keys, ids, strict=True):
+                    if self.client.xread({key: start}, count=1):
+                        return
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def followed(self, name: str) -> dict[int, int]:
+        """The log numbers the follower `name` has done, per partition (none: {})."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.hget(self.keys.followers(partition), name)
+        with translated(self.server, f"reading follower {name!r}"):
+            replies = pipe.execute()
+        return {p: int(v) for p, v in enumerate(replies) if v is not None}
+
+    def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        """Records the log numbers the follower `name` has done (see `trim_logs`)."""
+        if not done:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for partition, number in done.items():
+            pipe.hset(self.keys.followers(partition), name, number)
+        with translated(self.server, f"recording follower {name!r}", writing=True):
+            pipe.execute()
+
+    def trim_logs(self, keep: int) -> int:
+        """Trims each partition's log to its last `keep` events (and the rest of the write
+        holding the first of them), never past what a follower recorded as done; returns the
+        number of log entries removed (one per write). The numbering goes on after a trim
+        (a stream's last ID survives XTRIM)."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        removed = 0
+        for partition in range(self.partitions):
+            key = self.keys.log(partition)
+            with translated(self.server, f"trimming the log of partition {partition}"):
+                newest: Any = self.client.xrevrange(key, "+", "-", count=1)
+                if not newest:
+                    continue
+                followers = self.client.hvals(self.keys.followers(partition))
+                first = trim_from(log_number(newest[0][0]), keep, [int(v) for v in followers])
+                removed += int(self.client.xtrim(key, minid=f"{first}-0", approximate=False))
+        return removed
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:
