@@ -320,7 +320,7 @@ def test_log_prints_the_events_in_log_order_with_their_positions(app_module: Mod
     write(app_module, "a1", app_module.Opened(owner="Ada"), app_module.Deposited(amount=5))
     write(app_module, "a2", app_module.Opened(owner="Bob"))
 
-    result = runner.invoke(app, ["log", ref(app_module), "--json"])
+    result = runner.invoke(app, ["log", ref(app_module), "--embedded", "--json"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted((x["entity_id"], x["event_number"], x["event_name"]) for x in lines) == [
@@ -329,23 +329,26 @@ def test_log_prints_the_events_in_log_order_with_their_positions(app_module: Mod
     first, second = Position.parse(by_event["a1", 1]), Position.parse(by_event["a1", 2])
     assert second == Position(first.partition, first.number + 1)
 
-    after = runner.invoke(app, ["log", ref(app_module), "--json", "--after", str(first)])
+    after = runner.invoke(app, ["log", ref(app_module), "--embedded", "--json", "--after",
+                                str(first)])
     assert after.exit_code == 0, after.output
     assert [json.loads(x)["position"] for x in after.stdout.splitlines()].count(
         str(first)) == 0
     assert len(after.stdout.splitlines()) == 2
 
-    limited = runner.invoke(app, ["log", ref(app_module), "--type", "account", "--limit", "1"])
+    limited = runner.invoke(app, ["log", ref(app_module), "--embedded", "--type", "account",
+                                  "--limit", "1"])
     assert limited.exit_code == 0, limited.output
     assert len(limited.stdout.splitlines()) == 1 and "account" in limited.stdout
 
-    followed = runner.invoke(app, ["log", ref(app_module), "--follow", "--limit", "3"])
+    followed = runner.invoke(app, ["log", ref(app_module), "--embedded", "--follow",
+                                   "--limit", "3"])
     assert followed.exit_code == 0, followed.output
     assert len(followed.stdout.splitlines()) == 3
 
-    bad = runner.invoke(app, ["log", ref(app_module), "--after", "42"])
+    bad = runner.invoke(app, ["log", ref(app_module), "--embedded", "--after", "42"])
     assert bad.exit_code == 2 and "not a position" in bad.output
-    unknown = runner.invoke(app, ["log", ref(app_module), "--type", "acount"])
+    unknown = runner.invoke(app, ["log", ref(app_module), "--embedded", "--type", "acount"])
     assert unknown.exit_code == 2
 
 
