@@ -221,6 +221,18 @@ def try_scrape(port: int) -> str:
         return ""
 
 
+def series_of(scraped: str) -> set[str]:
+    """The metric names of the samples in a scrape (not of HELP and TYPE lines)."""
+    names = set()
+    for line in scraped.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            for suffix in ("_bucket", "_count", "_sum", "_created"):
+                name = name.removesuffix(suffix)
+            names.add(name)
+    return names
+
+
 @dataclass
 class Deployment:
     app: str
@@ -312,6 +324,67 @@ def test_publisher_and_worker_processes_log_json_share_one_metrics_port_and_beat
 
 
 @pytest.mark.process
+def test_each_role_exports_only_its_own_series_and_the_worker_removes_its_metrics_folder(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Alone in their containers: the publisher serves its own process, `es-workers worker`
+    makes a metrics folder for its processes, and removes it when it stops."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    deployment.env.pop("PROMETHEUS_MULTIPROC_DIR")
+    deployment.env["TMPDIR"] = str(temp)
+    ports = {"publisher": free_port(), "worker": free_port()}
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+    processes = []
+    for name, args in (("publisher", ["publish"]),
+                       ("worker", ["worker", "--processes", "1", "--threads", "2"])):
+        deployment.env["ES_METRICS_PORT"] = str(ports[name])
+        processes.append(start(deployment, logs[name], *args))
+    try:
+        deployment.write("a1", "Ada")
+        wait_for(lambda: 'es_handled_total{entity_type="account",subscriber_id="audit"} 1.0'
+                 in try_scrape(ports["worker"]), "a1 handled", timeout=60)
+        wait_for(lambda: 'es_published_total{entity_type="account"} 1.0'
+                 in try_scrape(ports["publisher"]), "a1 relayed", timeout=60)
+        made = list(temp.glob("es-workers-metrics-*"))
+        assert len(made) == 1, made
+        worker, publisher = scrape(ports["worker"]), scrape(ports["publisher"])
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        codes = [process.wait(timeout=60) for process in processes]
+    assert codes == [0, 0], {n: p.read_text(errors="replace") for n, p in logs.items()}
+    publisher_only = {"es_publish_lag_seconds", "es_outbox_backlog", "es_published_total"}
+    worker_only = {"es_handled_total", "es_handler_seconds", "es_handler_failures_total",
+                   "es_parked_total"}
+    assert series_of(worker) & publisher_only == set()  # they were exported as zeros
+    assert series_of(publisher) & worker_only == set()
+    assert publisher_only <= series_of(publisher)
+    assert worker_only <= series_of(worker)
+    assert {"es_appends_total", "es_conflicts_total"} <= series_of(worker)  # handlers write
+    assert list(temp.glob("es-workers-metrics-*")) == []  # removed by the stopping worker
+
+
+@pytest.mark.process
+def test_a_metrics_port_taken_by_another_program_is_an_error_naming_it(
+    deployment: Deployment,
+) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        deployment.env["ES_METRICS_PORT"] = str(port)
+        taken = {"publish": deployment.cli("publish", deployment.app)}
+        deployment.env.pop("PROMETHEUS_MULTIPROC_DIR")  # the worker would make one
+        taken["worker"] = deployment.cli("worker", deployment.app)
+    for command, result in taken.items():
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"metrics port {port} (ES_METRICS_PORT) is taken by another program" in (
+            result.stderr), (command, result.stderr)
+        assert "Dramatiq" not in result.stderr  # refused before any worker process started
+
+
+@pytest.mark.process
 def test_status_watch_refreshes_until_interrupted(deployment: Deployment, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [ES_WORKERS, "status", deployment.app, "--watch", "--interval", "0.2"],
@@ -390,3 +463,4 @@ def test_alerting_series_exist_at_zero_from_start_up() -> None:
     # Handler time has buckets below 5 ms (most handlers take well under it).
     bucket = f'entity_type="{entity_type}",le="0.0001",subscriber_id="{subscriber_id}"'
     assert f"es_handler_seconds_bucket{{{bucket}}} 0.0" in scraped
+

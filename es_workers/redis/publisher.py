@@ -311,7 +311,7 @@ class Publisher:
                 self.log.error("outbox %s entry %s is malformed, dropping it: %r",
                           key, text(entry_id), fields)
                 continue
-            metrics.PUBLISH_LAG.observe(
+            metrics.publish_lag().observe(
                 max(0.0, now_ms - int(text(entry_id).split("-")[0])) / 1000
             )
             metrics.PUBLISHED.labels(entity_type).inc()
@@ -412,4 +412,4 @@ class Publisher:
                          extra={"subscriber_id": e.subscriber_id, "entity_type": e.entity_type,
                                 "entity_id": e.entity_id})
                 self.bus.notify(e.entity_type, e.entity_id, None, [e.subscriber_id])
-        metrics.OUTBOX_BACKLOG.set(self.storage.outbox_backlog())
+        metrics.outbox_backlog().set(self.storage.outbox_backlog())
