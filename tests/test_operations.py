@@ -11,6 +11,7 @@ import logging
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -464,3 +465,93 @@ def test_alerting_series_exist_at_zero_from_start_up() -> None:
     bucket = f'entity_type="{entity_type}",le="0.0001",subscriber_id="{subscriber_id}"'
     assert f"es_handler_seconds_bucket{{{bucket}}} 0.0" in scraped
 
+
+# -- The documented alert rules, evaluated by promtool -----------------------------------------
+
+DOCS_METRICS = Path(__file__).parent.parent / "docs" / "operations" / "metrics.md"
+
+
+def promtool() -> str:
+    """promtool (Debian's `prometheus` package; .ci/run installs it). Required where
+    ES_REQUIRE_REDIS=1 (CI): missing, the test fails rather than skip."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("ES_REQUIRE_REDIS") == "1":
+            pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does it)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return found
+
+
+def documented_rules() -> str:
+    """The alert rules docs/operations/metrics.md gives (its YAML block of `groups:`)."""
+    blocks = DOCS_METRICS.read_text().split("```yaml\n")[1:]
+    [rules] = [block.split("```")[0] for block in blocks if block.startswith("groups:")]
+    return rules
+
+
+def parked_value(subscriber_id: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    wanted = f'es_parked_total{{subscriber_id="{subscriber_id}"}} '
+    for line in generate_latest(REGISTRY).decode().splitlines():
+        if line.startswith(wanted):
+            return float(line.removeprefix(wanted))
+    return None
+
+
+def test_the_documented_parked_alert_fires_when_an_entity_is_parked(tmp_path: Path) -> None:
+    import fakeredis
+    from apps.delivery_kit import FAST_PUBLISHER
+
+    tool = promtool()
+    (tmp_path / "rules.yml").write_text(documented_rules())
+    checked = subprocess.run([tool, "check", "rules", str(tmp_path / "rules.yml")],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # Park an entity, scraping its subscriber's series before and after, as Prometheus would.
+    subscriber_id = f"fragile{uuid.uuid4().hex[:8]}"
+    storage = RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0))),
+                           prefix="alert", publisher=FAST_PUBLISHER)
+    delivery = Delivery(storage, stub_broker(), events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(max_attempts=1, min_backoff_ms=10))
+
+    def failing(event: Event) -> None:
+        raise RuntimeError("bad owner")
+
+    delivery.store.subscribe("account", subscriber_id, failing)
+    delivery.start_publisher()
+    delivery.start_worker()
+    try:
+        before = parked_value(subscriber_id)  # exported at 0 as the worker booted
+        write_at_head(delivery.store, "account", "acc-1", Opened(owner="bad"))
+        wait_for(lambda: parked_value(subscriber_id) == 1.0, "acc-1 parked")
+    finally:
+        delivery.stop()
+    assert before == 0.0
+    labels = f'subscriber_id="{subscriber_id}", job="es_workers", instance="worker:9192"'
+    (tmp_path / "test.yml").write_text(json.dumps({
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            # Scraped each minute: 0 from start-up, 1 from the parking on.
+            "input_series": [{"series": f"es_parked_total{{{labels}}}",
+                              "values": f"{before} {before} {before} 1 1 1 1"}],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "EsWorkersEntityParked", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "EsWorkersEntityParked", "exp_alerts": [{
+                    "exp_labels": {"severity": "page", "subscriber_id": subscriber_id,
+                                   "job": "es_workers", "instance": "worker:9192"},
+                    "exp_annotations": {
+                        "summary": f"subscriber {subscriber_id} parked an entity",
+                        "description": "es-workers status APP lists it; es-workers parked "
+                                       "retry|skip repairs it.",
+                    },
+                }]},
+            ],
+        }],
+    }))
+    tested = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
