@@ -37,7 +37,13 @@ from .encryption import new_master_key
 from .errors import ConfigurationError, EsError, UnknownNameError
 from .event import Event
 from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
-from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
+from .observability import (
+    MADE_DIR_ENV,
+    MULTIPROC_DIR_ENV,
+    SharedMetricsServer,
+    configure_logging,
+    metrics_port_error,
+)
 from .personal import REDACTED_TEXT, redacted
 from .position import parse_after
 from .redis.cluster import masters
@@ -258,6 +264,14 @@ def describe(store: Store) -> str:
     return f"prefix {storage.keys.prefix!r} on Redis {storage.server}"
 
 
+def check_metrics_port(port: int) -> None:
+    """Exits 2 naming the port when another program holds it: the processes would retry
+    binding it forever, and Prometheus scrape that program instead."""
+    error = metrics_port_error(port)
+    if error is not None:
+        fail(error, EXIT_USAGE)
+
+
 class StopSignals:
     """SIGTERM/SIGINT handling from the first moment of a long-running command.
 
@@ -315,6 +329,7 @@ def publish(app_ref: AppRef) -> None:
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "publish")
         if settings.metrics_port is not None:
+            check_metrics_port(settings.metrics_port)
             SharedMetricsServer(settings.metrics_port).start()
         stop.on_stop = store.close  # the running round finishes, then start() returns
         if stop.requested:
@@ -373,9 +388,13 @@ def worker(
         # Dramatiq reads its poll timeout and prefetch from the environment when imported,
         # so the workers run in a fresh process.
         env = {**os.environ, **settings.worker_environment()}
+        if settings.metrics_port is not None:
+            check_metrics_port(settings.metrics_port)  # before any worker process starts
         if settings.metrics_port is not None and not env.get(MULTIPROC_DIR_ENV):
-            # Every worker process writes its metrics there; one serves them all.
-            env[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="es-workers-metrics-")
+            # Every worker process writes its metrics there; one serves them all. Dramatiq's
+            # main process (run_dramatiq) removes it when it exits.
+            env[MULTIPROC_DIR_ENV] = env[MADE_DIR_ENV] = tempfile.mkdtemp(
+                prefix="es-workers-metrics-")
         log.info("starting Dramatiq workers for %s (%s): %s", app_ref, describe(store),
                  " ".join(argv[1:]))
         sys.stdout.flush()

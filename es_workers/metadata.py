@@ -4,7 +4,7 @@
 A write made while a subscriber handles an event (any bus, any process) also stores
 `causation_id` (the handled event's `store_event_id`) and `correlation_id` (the handled
 event's `correlation_id`); keys the caller gives win. A root write (no handler, no
-metadata, no active trace) stores nothing extra.
+metadata, no tracer provider set) stores nothing extra.
 
 Limits: at most `MAX_ENTRIES` entries; keys of 1 to `MAX_KEY` characters among letters,
 digits and `_ . : -`; values text of at most `MAX_VALUE` characters.

@@ -13,12 +13,15 @@ import glob
 import json
 import logging
 import os
+import shutil
+import socket
 import struct
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from urllib.request import urlopen
 
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.metrics_core import Metric
@@ -26,6 +29,9 @@ from prometheus_client.metrics_core import Metric
 SCRAPE_ATTEMPTS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when imported
+# Set by `es-workers worker` to the metrics folder it made: Dramatiq's main process
+# (`run_dramatiq`) removes that folder when it exits. Not ES_: no setting.
+MADE_DIR_ENV = "ESWORKERS_MADE_METRICS_DIR"
 RETRY_BIND_S = 5.0
 # Passed as `extra=` by the delivery and publisher log calls; JSON lines carry them.
 EVENT_FIELDS = ("subscriber_id", "entity_type", "entity_id", "event_number", "attempt")
@@ -156,3 +162,37 @@ def forget_process_metrics() -> None:
     """Drops this process's live gauges from the shared directory (it is stopping)."""
     if os.environ.get(MULTIPROC_DIR_ENV):
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def metrics_port_error(port: int) -> str | None:
+    """Why `port` cannot serve our metrics: another program listens on it. None when it is
+    free, or when, with a shared PROMETHEUS_MULTIPROC_DIR, an es_workers process of the
+    same deployment serves it already (its series start with `es_`)."""
+    try:
+        with socket.socket() as probe:
+            # As prometheus-client's server does: a port in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("0.0.0.0", port))
+    except OSError as error:
+        if os.environ.get(MULTIPROC_DIR_ENV) and _serves_our_metrics(port):
+            return None
+        return (f"metrics port {port} (ES_METRICS_PORT) is taken by another program "
+                f"({error.strerror or error}): stop it, or choose another port")
+    return None
+
+
+def _serves_our_metrics(port: int) -> bool:
+    try:
+        with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read(1_000_000).decode(errors="replace")
+    except (OSError, ValueError):
+        return False
+    return any(line.startswith(("# HELP es_", "es_")) for line in text.splitlines())
+
+
+def remove_made_metrics_dir() -> None:
+    """Removes the metrics folder `es-workers worker` made for its processes (MADE_DIR_ENV),
+    as Dramatiq's main process exits: nothing is left in the temp folder."""
+    made = os.environ.get(MADE_DIR_ENV)
+    if made and made == os.environ.get(MULTIPROC_DIR_ENV):
+        shutil.rmtree(made, ignore_errors=True)

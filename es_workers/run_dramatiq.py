@@ -11,7 +11,7 @@ import sys
 
 from dramatiq.cli import main
 
-from .observability import configure_logging
+from .observability import configure_logging, remove_made_metrics_dir
 from .settings import load_settings, warn_unknown_variables
 
 
@@ -19,7 +19,10 @@ def run() -> int:
     settings = load_settings(report_unknown=False)
     configure_logging(settings.log_level, settings.log_format)
     warn_unknown_variables()
-    code: int = main()  # type: ignore[no-untyped-call]
+    try:
+        code: int = main()  # type: ignore[no-untyped-call]
+    finally:
+        remove_made_metrics_dir()  # the worker processes have exited
     return code
 
 

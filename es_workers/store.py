@@ -33,6 +33,7 @@ from .settings import Settings
 from .stream import Stream, check_stream
 from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
+from .workers.bus import DramatiqEventBus
 
 H = TypeVar("H", bound=Handler)
 
@@ -172,7 +173,8 @@ class Store:
         if reset is not None:
             rebuilding(self.bus).declare_reset(subscriber_id, reset)
         self.bus.subscribe(entity_type, subscriber_id, handler)
-        metrics.declare_subscriber(subscriber_id, entity_type)
+        if not isinstance(self.bus, DramatiqEventBus):  # its workers declare theirs
+            metrics.declare_subscriber(subscriber_id, entity_type)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         return self.bus.subscriber_ids(entity_type)
@@ -285,6 +287,7 @@ class Store:
         """Runs the publisher in this thread until `close()` (or a stop signal): blocks."""
         self._stop.clear()
         self._publishing = threading.current_thread()
+        metrics.declare_publisher(self.entity_types())
         try:
             self.storage.start_publish(self.bus, self.reader, self._stop, logger=self.logger)
         finally:

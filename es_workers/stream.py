@@ -166,8 +166,9 @@ class Stream(StreamState):
         if not contents:
             return []
         first, last = self.position + 1, self.position + len(contents)
-        with append_span(self.entity_type, self.entity_id, first, last) as trace_context:
-            events = self._events(contents, given, trace_context)
+        with append_span(self.entity_type, self.entity_id, first, last) as appending:
+            events = self._events(contents, given, appending.metadata)
+            appending.sent(events)
             try:
                 positions = self._write(self.entity_type, events)
             except UNKNOWN_OUTCOME:

@@ -11,6 +11,7 @@ import logging
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -221,6 +222,18 @@ def try_scrape(port: int) -> str:
         return ""
 
 
+def series_of(scraped: str) -> set[str]:
+    """The metric names of the samples in a scrape (not of HELP and TYPE lines)."""
+    names = set()
+    for line in scraped.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            for suffix in ("_bucket", "_count", "_sum", "_created"):
+                name = name.removesuffix(suffix)
+            names.add(name)
+    return names
+
+
 @dataclass
 class Deployment:
     app: str
@@ -312,6 +325,67 @@ def test_publisher_and_worker_processes_log_json_share_one_metrics_port_and_beat
 
 
 @pytest.mark.process
+def test_each_role_exports_only_its_own_series_and_the_worker_removes_its_metrics_folder(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Alone in their containers: the publisher serves its own process, `es-workers worker`
+    makes a metrics folder for its processes, and removes it when it stops."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    deployment.env.pop("PROMETHEUS_MULTIPROC_DIR")
+    deployment.env["TMPDIR"] = str(temp)
+    ports = {"publisher": free_port(), "worker": free_port()}
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+    processes = []
+    for name, args in (("publisher", ["publish"]),
+                       ("worker", ["worker", "--processes", "1", "--threads", "2"])):
+        deployment.env["ES_METRICS_PORT"] = str(ports[name])
+        processes.append(start(deployment, logs[name], *args))
+    try:
+        deployment.write("a1", "Ada")
+        wait_for(lambda: 'es_handled_total{entity_type="account",subscriber_id="audit"} 1.0'
+                 in try_scrape(ports["worker"]), "a1 handled", timeout=60)
+        wait_for(lambda: 'es_published_total{entity_type="account"} 1.0'
+                 in try_scrape(ports["publisher"]), "a1 relayed", timeout=60)
+        made = list(temp.glob("es-workers-metrics-*"))
+        assert len(made) == 1, made
+        worker, publisher = scrape(ports["worker"]), scrape(ports["publisher"])
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        codes = [process.wait(timeout=60) for process in processes]
+    assert codes == [0, 0], {n: p.read_text(errors="replace") for n, p in logs.items()}
+    publisher_only = {"es_publish_lag_seconds", "es_outbox_backlog", "es_published_total"}
+    worker_only = {"es_handled_total", "es_handler_seconds", "es_handler_failures_total",
+                   "es_parked_total"}
+    assert series_of(worker) & publisher_only == set()  # they were exported as zeros
+    assert series_of(publisher) & worker_only == set()
+    assert publisher_only <= series_of(publisher)
+    assert worker_only <= series_of(worker)
+    assert {"es_appends_total", "es_conflicts_total"} <= series_of(worker)  # handlers write
+    assert list(temp.glob("es-workers-metrics-*")) == []  # removed by the stopping worker
+
+
+@pytest.mark.process
+def test_a_metrics_port_taken_by_another_program_is_an_error_naming_it(
+    deployment: Deployment,
+) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        deployment.env["ES_METRICS_PORT"] = str(port)
+        taken = {"publish": deployment.cli("publish", deployment.app)}
+        deployment.env.pop("PROMETHEUS_MULTIPROC_DIR")  # the worker would make one
+        taken["worker"] = deployment.cli("worker", deployment.app)
+    for command, result in taken.items():
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"metrics port {port} (ES_METRICS_PORT) is taken by another program" in (
+            result.stderr), (command, result.stderr)
+        assert "Dramatiq" not in result.stderr  # refused before any worker process started
+
+
+@pytest.mark.process
 def test_status_watch_refreshes_until_interrupted(deployment: Deployment, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [ES_WORKERS, "status", deployment.app, "--watch", "--interval", "0.2"],
@@ -390,3 +464,96 @@ def test_alerting_series_exist_at_zero_from_start_up() -> None:
     # Handler time has buckets below 5 ms (most handlers take well under it).
     bucket = f'entity_type="{entity_type}",le="0.0001",subscriber_id="{subscriber_id}"'
     assert f"es_handler_seconds_bucket{{{bucket}}} 0.0" in scraped
+
+
+# -- The documented alert rules, evaluated by promtool -----------------------------------------
+
+DOCS_METRICS = Path(__file__).parent.parent / "docs" / "operations" / "metrics.md"
+
+
+def promtool() -> str:
+    """promtool (Debian's `prometheus` package; .ci/run installs it). Required where
+    ES_REQUIRE_REDIS=1 (CI): missing, the test fails rather than skip."""
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("ES_REQUIRE_REDIS") == "1":
+            pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does it)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return found
+
+
+def documented_rules(path: Path = DOCS_METRICS) -> str:
+    """The alert rules a document gives (its YAML block of `groups:`)."""
+    blocks = path.read_text().split("```yaml\n")[1:]
+    [rules] = [block.split("```")[0] for block in blocks if block.startswith("groups:")]
+    return rules
+
+
+def parked_value(subscriber_id: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    wanted = f'es_parked_total{{subscriber_id="{subscriber_id}"}} '
+    for line in generate_latest(REGISTRY).decode().splitlines():
+        if line.startswith(wanted):
+            return float(line.removeprefix(wanted))
+    return None
+
+
+def test_the_documented_parked_alert_fires_when_an_entity_is_parked(tmp_path: Path) -> None:
+    import fakeredis
+    from apps.delivery_kit import FAST_PUBLISHER
+
+    tool = promtool()
+    assert documented_rules(DOCS_METRICS.parent.parent.parent / "README.md") == (
+        documented_rules())  # the README shows the same rules
+    (tmp_path / "rules.yml").write_text(documented_rules())
+    checked = subprocess.run([tool, "check", "rules", str(tmp_path / "rules.yml")],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    # Park an entity, scraping its subscriber's series before and after, as Prometheus would.
+    subscriber_id = f"fragile{uuid.uuid4().hex[:8]}"
+    storage = RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0))),
+                           prefix="alert", publisher=FAST_PUBLISHER)
+    delivery = Delivery(storage, stub_broker(), events=ACCOUNT_EVENTS,
+                        options=DeliveryOptions(max_attempts=1, min_backoff_ms=10))
+
+    def failing(event: Event) -> None:
+        raise RuntimeError("bad owner")
+
+    delivery.store.subscribe("account", subscriber_id, failing)
+    delivery.start_publisher()
+    delivery.start_worker()
+    try:
+        before = parked_value(subscriber_id)  # exported at 0 as the worker booted
+        write_at_head(delivery.store, "account", "acc-1", Opened(owner="bad"))
+        wait_for(lambda: parked_value(subscriber_id) == 1.0, "acc-1 parked")
+    finally:
+        delivery.stop()
+    assert before == 0.0
+    labels = f'subscriber_id="{subscriber_id}", job="es_workers", instance="worker:9192"'
+    (tmp_path / "test.yml").write_text(json.dumps({
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            # Scraped each minute: 0 from start-up, 1 from the parking on.
+            "input_series": [{"series": f"es_parked_total{{{labels}}}",
+                              "values": f"{before} {before} {before} 1 1 1 1"}],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "EsWorkersEntityParked", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "EsWorkersEntityParked", "exp_alerts": [{
+                    "exp_labels": {"severity": "page", "subscriber_id": subscriber_id,
+                                   "job": "es_workers", "instance": "worker:9192"},
+                    "exp_annotations": {
+                        "summary": f"subscriber {subscriber_id} parked an entity",
+                        "description": "es-workers status APP lists it; es-workers parked "
+                                       "retry|skip repairs it.",
+                    },
+                }]},
+            ],
+        }],
+    }))
+    tested = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -12,16 +12,22 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import fakeredis
 import pytest
+from apps.delivery_kit import FAST_PUBLISHER, Delivery, stub_broker
 from conftest import REDIS_URL, delete_prefix, real_redis
 from kit import ROOT, Processes, wait_for, write_at_head
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from trace_events import ORDER_EVENTS, InvoiceIssued, OrderPlaced
 
+import es_workers
 from es_workers import Event, InMemoryStorage, RedisStorage, Store
+from es_workers.tracing import CONVENTIONS
+from es_workers.workers.delivery import DeliveryOptions
 
 EXPORTER = InMemorySpanExporter()
 
@@ -70,31 +76,135 @@ def test_one_trace_from_request_to_handler_and_its_writes_in_one_process(
     trace_id = request.get_span_context().trace_id
     names = [span.name for span in finished if span.context.trace_id == trace_id]
     assert sorted(names) == sorted(
-        ["POST /orders", "es.append", "es.handle", "es.append", "es.handle"]
+        ["POST /orders", "send order", "process order", "send invoice", "process invoice"]
     )
-    order_append = next(s for s in by_name(finished, "es.append")
-                        if s.attributes["es.entity_type"] == "order")
-    handle = next(s for s in by_name(finished, "es.handle")
-                  if s.attributes["es.subscriber_id"] == "invoicer")
+    (order_append,) = by_name(finished, "send order")
+    (handle,) = by_name(finished, "process order")
+    assert order_append.kind is SpanKind.PRODUCER and handle.kind is SpanKind.CONSUMER
     assert order_append.parent.span_id == request.get_span_context().span_id
     assert handle.parent.span_id == order_append.context.span_id
+    (order,) = store.open("order", "o1").all()
     assert dict(order_append.attributes) == {
+        "messaging.system": "es_workers", "messaging.operation.type": "send",
+        "messaging.operation.name": "send", "messaging.destination.name": "order",
+        "messaging.message.id": order.store_event_id,
         "es.entity_type": "order", "es.entity_id": "o1", "es.first_event_number": 1,
         "es.last_event_number": 1, "es.event_count": 1,
     }
     assert dict(handle.attributes) == {
+        "messaging.system": "es_workers", "messaging.operation.type": "process",
+        "messaging.operation.name": "process", "messaging.destination.name": "order",
+        "messaging.consumer.group.name": "invoicer",
+        "messaging.message.id": order.store_event_id,
         "es.subscriber_id": "invoicer", "es.entity_type": "order", "es.entity_id": "o1",
-        "es.event_number": 1,
+        "es.event_number": 1, "es.attempt": 1,
     }
-    (order,) = store.open("order", "o1").all()
+    # The conventions: a process span links to the message's creation context.
+    assert [link.context.span_id for link in handle.links] == [order_append.context.span_id]
     assert order.metadata["traceparent"].split("-")[1] == f"{trace_id:032x}"
+    for span in (order_append, handle):
+        assert span.instrumentation_scope.name == "es_workers"
+        assert span.instrumentation_scope.version == es_workers.__version__ != "0+unknown"
+        assert span.instrumentation_scope.schema_url == (
+            f"https://opentelemetry.io/schemas/{CONVENTIONS}")
 
 
-def test_no_active_span_stores_no_trace_context(spans: InMemorySpanExporter) -> None:
+def test_a_write_of_several_events_is_one_send_span_counting_them(
+    spans: InMemorySpanExporter,
+) -> None:
     store = Store(InMemoryStorage(), events=ORDER_EVENTS)
-    store.open("order", "o1").write(OrderPlaced(amount=5))
+    store.open("order", "o1").write(OrderPlaced(amount=1), OrderPlaced(amount=2))
+    (send,) = by_name(spans.get_finished_spans(), "send order")
+    assert send.attributes["messaging.batch.message_count"] == 2
+    assert "messaging.message.id" not in send.attributes  # one message only
+
+
+def test_a_write_outside_any_span_is_linked_from_its_handlers_not_their_parent(
+    spans: InMemorySpanExporter,
+) -> None:
+    store = Store(InMemoryStorage(), events=ORDER_EVENTS)
+    handled: list[Event] = []
+    store.subscribe("order", "audit", handled.append)
+    thread = threading.Thread(target=store.start, daemon=True)
+    thread.start()
+    try:
+        store.open("order", "o1").write(OrderPlaced(amount=5))  # no active span
+        wait_for(lambda: handled, "the order handled")
+    finally:
+        store.close()
+        thread.join(timeout=10)
+    finished = spans.get_finished_spans()
+    (send,) = by_name(finished, "send order")
+    (process,) = by_name(finished, "process order")
+    assert send.parent is None and process.parent is None
+    assert process.context.trace_id != send.context.trace_id
+    assert [link.context.span_id for link in process.links] == [send.context.span_id]
+    assert [link.context.trace_id for link in process.links] == [send.context.trace_id]
     (order,) = store.open("order", "o1").all()
-    assert dict(order.metadata) == {}
+    assert "traceparent" not in order.metadata
+    assert order.metadata["tracelink"].split("-")[2] == f"{send.context.span_id:016x}"
+
+
+def test_failed_attempts_and_the_parking_are_on_the_process_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    storage = RedisStorage(fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0))),
+                           prefix="tr", publisher=FAST_PUBLISHER)
+    delivery = Delivery(storage, stub_broker(), events=ORDER_EVENTS,
+                        options=DeliveryOptions(max_attempts=2, min_backoff_ms=10))
+
+    def failing(event: Event) -> None:
+        raise RuntimeError(f"cannot handle {event.entity_id}")
+
+    delivery.store.subscribe("order", "fragile", failing)
+    delivery.start_publisher()
+    delivery.start_worker()
+    try:
+        with trace.get_tracer("test").start_as_current_span("POST /orders"):
+            delivery.store.open("order", "o1").write(OrderPlaced(amount=5))
+        wait_for(lambda: len(by_name(spans.get_finished_spans(), "process order")) >= 2,
+                 "two attempts")
+        wait_for(lambda: by_name(spans.get_finished_spans(), "relay order"), "the relay span")
+    finally:
+        delivery.stop()
+    finished = spans.get_finished_spans()
+    attempts = by_name(finished, "process order")
+    assert [span.attributes["es.attempt"] for span in attempts] == [1, 2]
+    for span in attempts:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes["error.type"] == "RuntimeError"
+        assert span.events[0].name == "exception"
+        assert span.attributes["messaging.consumer.group.name"] == "fragile"
+    assert [e.name for e in attempts[0].events] == ["exception"]
+    assert [(e.name, dict(e.attributes)) for e in attempts[1].events][1:] == [
+        ("es.parked", {"es.attempts": 2})]
+    (relay,) = by_name(finished, "relay order")
+    assert relay.kind is SpanKind.CLIENT
+    assert dict(relay.attributes) == {
+        "messaging.system": "es_workers", "messaging.operation.type": "send",
+        "messaging.operation.name": "relay", "messaging.destination.name": "order",
+        "messaging.batch.message_count": 1,
+    }
+
+
+def test_without_a_tracer_provider_a_write_stores_no_trace_context() -> None:
+    code = """
+from es_workers import Content, InMemoryStorage, Store
+from es_workers import tracing
+
+class Placed(Content):
+    amount: int
+
+store = Store(InMemoryStorage(), events={"order": [Placed]})
+store.open("order", "o1").write(Placed(amount=1))
+(event,) = store.open("order", "o1").all()
+assert dict(event.metadata) == {}, event.metadata
+assert not tracing.enabled()
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 @pytest.mark.process
@@ -120,12 +230,12 @@ def test_one_trace_across_publisher_and_worker_processes(
                 return []
             return [json.loads(line) for line in span_file.read_text().splitlines()]
 
-        wait_for(lambda: any(s["name"] == "es.handle" for s in worker_spans()),
-                 "the worker's es.handle span", timeout=30)
+        wait_for(lambda: any(s["name"] == "process order" for s in worker_spans()),
+                 "the worker's process span", timeout=30)
         trace_id = f"{request.get_span_context().trace_id:032x}"
-        handle = next(s for s in worker_spans() if s["name"] == "es.handle")
-        invoice_append = next(s for s in worker_spans() if s["name"] == "es.append")
-        order_append = next(s for s in spans.get_finished_spans() if s.name == "es.append")
+        handle = next(s for s in worker_spans() if s["name"] == "process order")
+        invoice_append = next(s for s in worker_spans() if s["name"] == "send invoice")
+        order_append = next(s for s in spans.get_finished_spans() if s.name == "send order")
         assert handle["trace_id"] == invoice_append["trace_id"] == trace_id
         assert handle["parent_id"] == f"{order_append.context.span_id:016x}"
         assert invoice_append["parent_id"] == handle["span_id"]

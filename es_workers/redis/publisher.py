@@ -32,6 +32,7 @@ import redis
 from .. import metrics
 from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
+from ..tracing import relay_span
 from ..upgrade import Reader
 from .cluster import Wakeups, is_cluster, read_groups, spread_warning
 from .heartbeats import BEAT_EVERY_S, Heartbeats
@@ -291,7 +292,14 @@ class Publisher:
                              self.consumer, name, key)
 
     def _relay(self, entries: Sequence[tuple[str, Any]]) -> None:
-        """Sends one notice per entity (the highest event number wins), then acks."""
+        """Sends one notice per entity (the highest event number wins), then acks; in a
+        span `relay` when tracing."""
+        with relay_span(len(entries)) as relaying:
+            notices = self._notices(entries)
+            relaying.entity_types({notice.entity_type for notice in notices.values()})
+            self._send(entries, notices)
+
+    def _notices(self, entries: Sequence[tuple[str, Any]]) -> dict[tuple[str, str], _Notice]:
         notices: dict[tuple[str, str], _Notice] = {}
         now_ms = time.time() * 1000
         for key, (entry_id, raw) in entries:
@@ -303,7 +311,7 @@ class Publisher:
                 self.log.error("outbox %s entry %s is malformed, dropping it: %r",
                           key, text(entry_id), fields)
                 continue
-            metrics.PUBLISH_LAG.observe(
+            metrics.publish_lag().observe(
                 max(0.0, now_ms - int(text(entry_id).split("-")[0])) / 1000
             )
             metrics.PUBLISHED.labels(entity_type).inc()
@@ -314,6 +322,10 @@ class Publisher:
                 max(last, known.last) if known else last,
                 self._partition_of[key],
             )
+        return notices
+
+    def _send(self, entries: Sequence[tuple[str, Any]],
+              notices: dict[tuple[str, str], _Notice]) -> None:
         due = []
         by_type: dict[str, list[tuple[str, int | None]]] = {}
         for notice in notices.values():
@@ -400,4 +412,4 @@ class Publisher:
                          extra={"subscriber_id": e.subscriber_id, "entity_type": e.entity_type,
                                 "entity_id": e.entity_id})
                 self.bus.notify(e.entity_type, e.entity_id, None, [e.subscriber_id])
-        metrics.OUTBOX_BACKLOG.set(self.storage.outbox_backlog())
+        metrics.outbox_backlog().set(self.storage.outbox_backlog())

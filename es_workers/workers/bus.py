@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.asyncio import async_to_sync
 from dramatiq.middleware.asyncio import AsyncIO
 
+from .. import metrics
 from ..errors import ConfigurationError, SubscriberError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id, one_reset_hook
@@ -96,7 +97,7 @@ class DramatiqEventBus:
         self._storage = storage
         self._partition = storage.keys.partition
         self._heartbeat.heartbeats = storage.heartbeats
-        self._claim.claim = self.claim_subscribers
+        self._claim.claim = self._worker_boots
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
         check_entity_type(entity_type)
@@ -114,6 +115,15 @@ class DramatiqEventBus:
             self._handlers[(entity_type, subscriber_id)] = function
             if subscriber_id not in self._actors:
                 self._actors[subscriber_id] = self._declare_actor(subscriber_id)
+
+    def _worker_boots(self) -> None:
+        """A Dramatiq worker of this bus boots: its subscribers' series are exported at 0
+        (here only: the publisher's process subscribes too, but runs no handler)."""
+        with self._lock:
+            subscribed = list(self._handlers)
+        for entity_type, subscriber_id in subscribed:
+            metrics.declare_subscriber(subscriber_id, entity_type)
+        self.claim_subscribers()
 
     def claim_subscribers(self) -> None:
         """Records this app's subscriber IDs, with their entity types, under the storage's

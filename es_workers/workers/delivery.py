@@ -53,7 +53,7 @@ from ..redis.state import (
     SubscriberEntity,
 )
 from ..redis.storage import RedisStorage
-from ..tracing import handler_call
+from ..tracing import Handling, handler_call
 from ..upgrade import Reader, Reading
 from .lease import HandlerCall, HandlerTimeLimitExceeded, Lease, LeaseLost, keeper
 
@@ -338,26 +338,33 @@ class _Run:
         KeyboardInterrupt: handler code, since signals reach only the main thread), is a
         failed attempt of this entity only; Dramatiq's own interrupts go on up."""
         started = time.perf_counter()
-        call = self.keeper.call(self.lease, self.e, self.options.handler_time_limit_ms)
-        try:
-            with call, handler_call(self.e.subscriber_id, event):
-                self.handler(event)
-        except BaseException as error:
-            self._call_failed(event, call, error)
+        # The span is around the watched call, so that the watchdog's interrupt lands in
+        # the handler, and a failure (a parking too) is recorded on the span.
+        with handler_call(self.e.subscriber_id, event, self.attempts + 1) as traced:
+            call = self.keeper.call(self.lease, self.e, self.options.handler_time_limit_ms)
+            try:
+                with call:
+                    self.handler(event)
+            except BaseException as error:
+                self._call_failed(event, call, error, traced)
         self.metrics.seconds.observe(time.perf_counter() - started)
         self.metrics.handled.inc()
 
-    def _call_failed(self, event: Event, call: HandlerCall, error: BaseException) -> None:
+    def _call_failed(self, event: Event, call: HandlerCall, error: BaseException,
+                     traced: Handling) -> None:
         if call.interrupted is LeaseLost:
+            traced.failed(error)
             self._stop_unsure(event.event_number, "during")
         if call.interrupted is HandlerTimeLimitExceeded:
             error = HandlerTimeLimitExceeded(
                 f"the handler ran over its time limit of {call.time_limit_ms} ms "
                 "(handler_time_limit_ms)").with_traceback(error.__traceback__)
         elif isinstance(error, Interrupt):  # Dramatiq's (its time limit, its shutdown)
+            traced.failed(error)
             raise error
+        traced.failed(error)
         self.metrics.failures.inc()
-        self._failed(event.event_number, error)
+        self._failed(event.event_number, error, traced)
         raise _Stop(released=False) from None
 
     def _stop_unsure(self, event_number: int, when: str) -> None:
@@ -390,7 +397,8 @@ class _Run:
             fields["attempt"] = attempt
         return fields
 
-    def _failed(self, event_number: int, error: BaseException) -> None:
+    def _failed(self, event_number: int, error: BaseException,
+                traced: Handling | None = None) -> None:
         """Records a failed attempt (if the lock is still ours): the entity is retried
         when its backoff has passed, or parked at the last attempt."""
         e, options = self.e, self.options
@@ -414,6 +422,8 @@ class _Run:
                         failed.retry_in_ms)
             return
         metrics.PARKED.labels(e.subscriber_id).inc()
+        if traced is not None:
+            traced.parked(attempts)
         log.error(
             "subscriber %s parked %s %r at event %d after %d attempts "
             "(es-workers parked retry|skip)", e.subscriber_id, e.entity_type, e.entity_id,
