@@ -12,6 +12,7 @@ tag, so on a Redis Cluster they share a slot and `record.lua` may write them in 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -100,6 +101,10 @@ class _Recording:
         first = int(detail)
         return list(range(first, first + len(events))) if self.logged else []
 
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Redis failures of a read as es_workers' errors (StorageUnavailableError...)."""
+        return translated(self.server, f"reading {self.keys.base}")
+
     def _keys_and_args(self, events: Sequence[StoredEvent],
                        tracking: Tracking | None) -> tuple[list[str], list[Any]]:
         keys = [self.keys.notifications(), self.keys.tracking()]
@@ -161,8 +166,9 @@ class RedisAggregateRecorder(AggregateRecorder):
         low = "-" if gt is None else f"{max(gt + 1, 0)}-0"
         high = "+" if lte is None else f"{lte}-1"
         key = self.keys.aggregate(self.purpose, originator_id)
-        entries = (self.client.xrevrange(key, high, low, count=limit) if desc
-                   else self.client.xrange(key, low, high, count=limit))
+        with self.recording.reading():
+            entries = (self.client.xrevrange(key, high, low, count=limit) if desc
+                       else self.client.xrange(key, low, high, count=limit))
         return [StoredEvent(originator_id=originator_id, originator_version=_number(entry_id),
                             topic=text(fields[b"t"]), state=fields[b"s"])
                 for entry_id, fields in entries]
@@ -195,8 +201,9 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
         found: list[tuple[bytes, dict[bytes, bytes]]] = []
         low = f"{first}-0"
         while len(found) < limit:
-            page = self.client.xrange(self.keys.notifications(), low, last,
-                                      count=limit if not wanted else max(limit, 100))
+            with self.recording.reading():
+                page = self.client.xrange(self.keys.notifications(), low, last,
+                                          count=limit if not wanted else max(limit, 100))
             found += [entry for entry in page if not wanted or entry[1][b"t"] in wanted]
             if len(page) < (limit if not wanted else max(limit, 100)):
                 break
@@ -211,7 +218,8 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
             version = text(fields[b"v"])
             pipe.xrange(self.keys.aggregate(self.purpose, text(fields[b"o"])),
                         f"{version}-1", f"{version}-1")
-        states = pipe.execute() if entries else []
+        with self.recording.reading():
+            states = pipe.execute() if entries else []
         notifications = []
         for (entry_id, fields), stored in zip(entries, states, strict=True):
             originator = text(fields[b"o"])
@@ -223,7 +231,8 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
         return notifications
 
     def max_notification_id(self) -> int | None:
-        last = self.client.xrevrange(self.keys.notifications(), "+", "-", count=1)
+        with self.recording.reading():
+            last = self.client.xrevrange(self.keys.notifications(), "+", "-", count=1)
         return _number(last[0][0]) if last else None
 
     def subscribe(
@@ -280,7 +289,8 @@ class RedisTrackingRecorder(TrackingRecorder):
         self._tracking.record([], tracking)
 
     def max_tracking_id(self, application_name: str) -> int | None:
-        found = self.client.hget(self.keys.tracking(), application_name)
+        with self._tracking.reading():
+            found = self.client.hget(self.keys.tracking(), application_name)
         return None if found is None else int(found)
 
 
