@@ -188,3 +188,17 @@ def test_the_factory_reads_an_applications_own_settings_first(
             f"{prefix}:es:{{Bank}}:notifications"}
         delete_prefix(client, prefix)
         factory.close()
+
+
+def test_notifications_of_some_topics_are_found_past_a_page_of_others(
+    redis_client: Any, prefix: str
+) -> None:
+    recorder = RedisApplicationRecorder(redis_client, ApplicationKeys(prefix, APP))
+    originator = uuid.uuid4()
+    recorder.insert_events([StoredEvent(originator, version, "a" if version <= 150 else "b",
+                                        b"state") for version in range(1, 154)])
+
+    found = recorder.select_notifications(None, 2, topics=["b"])
+
+    assert [(n.id, n.topic, n.originator_version) for n in found] == [(151, "b", 151),
+                                                                       (152, "b", 152)]

@@ -198,14 +198,14 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
         first = 1 if start is None else max(start + (0 if inclusive_of_start else 1), 1)
         last = "+" if stop is None else f"{stop}-0"
         wanted = {topic.encode() for topic in topics}
+        size = max(limit, 100) if wanted else limit  # filtered: pages of at least 100
         found: list[tuple[bytes, dict[bytes, bytes]]] = []
         low = f"{first}-0"
         while len(found) < limit:
             with self.recording.reading():
-                page = self.client.xrange(self.keys.notifications(), low, last,
-                                          count=limit if not wanted else max(limit, 100))
+                page = self.client.xrange(self.keys.notifications(), low, last, count=size)
             found += [entry for entry in page if not wanted or entry[1][b"t"] in wanted]
-            if len(page) < (limit if not wanted else max(limit, 100)):
+            if len(page) < size:
                 break
             low = f"{_number(page[-1][0]) + 1}-0"
         return self._with_states(found[:limit])
