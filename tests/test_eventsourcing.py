@@ -25,7 +25,9 @@ from eventsourcing.tests import application as app_kit
 from eventsourcing.tests import persistence as kit
 from eventsourcing.utils import Environment
 
+from es_workers import DurabilityError
 from es_workers.eventsourcing import Factory
+from es_workers.redis.durability import Durability
 from es_workers.redis.recorders import (
     ApplicationKeys,
     RedisAggregateRecorder,
@@ -202,3 +204,18 @@ def test_notifications_of_some_topics_are_found_past_a_page_of_others(
 
     assert [(n.id, n.topic, n.originator_version) for n in found] == [(151, "b", 151),
                                                                        (152, "b", 152)]
+
+
+def test_a_write_asked_to_wait_for_a_replica_that_is_not_there_raises_durability_error(
+) -> None:
+    client, prefix = real_redis(), f"t-{uuid.uuid4().hex[:12]}"
+    recorder = RedisApplicationRecorder(client, ApplicationKeys(prefix, APP),
+                                        durability=Durability(replicas=1, timeout_ms=10))
+    originator = uuid.uuid4()
+    try:
+        with pytest.raises(DurabilityError, match="confirmed on 0 of the 1 replicas"):
+            recorder.insert_events([StoredEvent(originator, 1, "topic", b"state")])
+        assert len(recorder.select_events(originator)) == 1  # stored on the primary
+    finally:
+        delete_prefix(client, prefix)
+        client.close()
