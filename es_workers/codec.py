@@ -10,7 +10,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json
 
-from .encryption import EncryptionError, FieldCipher
+from .encryption import EncryptionError, FieldCipher, is_sealed
 from .errors import (
     DecodeError,
     EventTooLargeError,
@@ -121,7 +121,7 @@ class ContentRegistry:
         """The content of stored JSON of a class with personal fields, decrypted."""
         if self.cipher is not None:
             return self.cipher.open(cls, fields, data)
-        if '"es1:' in (data.decode(errors="replace") if isinstance(data, bytes) else data):
+        if is_sealed(data):
             raise EncryptionError(
                 f"{cls.__qualname__} holds encrypted personal fields and no master key is "
                 "configured: set ES_ENCRYPTION_KEY")
@@ -140,13 +140,19 @@ class ContentRegistry:
         data = content_json(event, cls.event_name)
         fields = personal_fields(cls)
         if fields.names:
-            if self.cipher is None:
-                raise EncryptionError(
-                    f"{cls.__qualname__} has personal fields ({', '.join(fields.names)}) and "
-                    f"no master key is configured to encrypt them: set ES_ENCRYPTION_KEY "
-                    "(`es-workers keys new` makes one); nothing was written")
-            data = self.cipher.seal(event, fields, data)
+            data = self.seal(event, fields, data)
         return cls.event_name, data
+
+    def seal(self, event: Event, fields: PersonalFields, data: bytes) -> bytes:
+        """The content JSON `data` (of a class `encode` accepted, with personal `fields`)
+        with those fields encrypted; refused without a master key."""
+        if self.cipher is None:
+            cls = type(event.content)
+            raise EncryptionError(
+                f"{cls.__qualname__} has personal fields ({', '.join(fields.names)}) and "
+                f"no master key is configured to encrypt them: set ES_ENCRYPTION_KEY "
+                "(`es-workers keys new` makes one); nothing was written")
+        return self.cipher.seal(event, fields, data)
 
     @staticmethod
     def _refuse(entity_type: str, content: object) -> NoReturn:
