@@ -265,23 +265,31 @@ class FieldCipher:
     def __init__(self, keys: KeySource) -> None:
         self.keys = keys
 
-    def seal(self, event: Event, fields: PersonalFields, data: bytes) -> bytes:
-        """The content's JSON `data` with its personal fields sealed together under
-        `SEALED_KEY`."""
-        values = from_json(data)
+    def seal(self, event: Event, fields: PersonalFields, values: dict[str, Any],
+             read_back_from: int) -> bytes:
+        """The stored JSON of a content's JSON-ready `values` (the serializer's
+        `to_python(mode="json")`, consumed), its personal fields sealed together under
+        `SEALED_KEY`. Raises ValueError if that cannot be encoded, or if it would not read
+        back (checked from `read_back_from` bytes)."""
         if SEALED_KEY in values:  # an extra field of that name: it would be taken as sealed
             raise EncryptionError(f"{type(event.content).__qualname__} holds a field named "
                                   f"{SEALED_KEY!r}, which es_workers keeps for personal data")
         secret = {name: values.pop(name) for name in fields.names if name in values}
+        # infinities and NaN as the class's own JSON writes them (to_python keeps floats)
+        inf_nan = type(event.content).model_config.get("ser_json_inf_nan", "null")
+        rest = to_json(values, inf_nan_mode=inf_nan)
         if not secret:
-            return data
-        subject = self.subject(event.content, fields, event.entity_id)
-        key_id, aead = self.keys.for_subject(subject)
+            return rest
+        plain = to_json(secret, inf_nan_mode=inf_nan)
+        if len(rest) + len(plain) >= read_back_from:
+            from_json(rest, cache_strings=False)
+            from_json(plain, cache_strings=False)
+        key_id, aead = self.keys.for_subject(self.subject(event.content, fields,
+                                                          event.entity_id))
         nonce = _nonce()
         start = f"{_SEALED_START}{key_id}".encode()
-        sealed = aead.encrypt(nonce, to_json(secret, inf_nan_mode="constants"), start)
+        sealed = aead.encrypt(nonce, plain, start)
         # the envelope (base64: nothing to escape) goes last, where `_opened` looks for it
-        rest = to_json(values, inf_nan_mode="constants")
         return b"".join((rest[:-1], b"," if len(rest) > 2 else b"", _SEALED_KEY_JSON, start,
                          b":", binascii.b2a_base64(nonce + sealed, newline=False), b'"}'))
 

@@ -804,3 +804,25 @@ def test_the_async_store_reads_both_stored_forms(
 
     assert asyncio.run(scenario()) == [Profile(name="Ada", email=None, plan="gold"),
                                        Profile(name="Ada", email=EMAIL, plan="silver")]
+
+
+def test_personal_content_that_would_not_read_back_is_refused_like_plain_content() -> None:
+    from es_workers import InvalidContentError
+
+    class Note(Content):
+        text: Annotated[str, Personal]
+        extra: Annotated[Any, Personal] = None
+        ratio: float = 0.0
+
+    store = Store(InMemoryStorage(encryption=MasterKeys(KEY)), events={"n": [Note]})
+    deep: Any = 0
+    for _ in range(300):
+        deep = [deep]
+    with store.open("n", "n1") as stream:
+        with pytest.raises(InvalidContentError, match="cannot be encoded"):
+            stream.write(Note(text="\ud800"))
+        with pytest.raises(InvalidContentError):
+            stream.write(Note(text="ok", extra=deep))
+        assert list(stream.all()) == []
+        stream.write(Note(text="ok", ratio=1.5), Note(text="ok"))
+    assert [e.content.ratio for e in store.open("n", "n1").all()] == [1.5, 0.0]

@@ -108,9 +108,8 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
             event_time = event.event_time
             micros = (event_time - EPOCH) // MICROSECOND
         if event.content.__class__ is checked:  # as the event before: checked, same name
-            data = content_json(event, name)
-            if fields.names:
-                data = registry.seal(event, fields, data)
+            data = (registry.sealed_json(event, name, fields) if fields.names else
+                    content_json(event, name))
         else:
             name, data = registry.encode(entity_type, event)
             checked = event.content.__class__
