@@ -264,6 +264,10 @@ class FieldCipher:
 
     def __init__(self, keys: KeySource) -> None:
         self.keys = keys
+        # The subject last sealed for, with the cache generation it was found in, its key ID,
+        # AES-GCM and associated data: the events of a write usually share their subject.
+        # Any drop of the cache (a forget) moves the generation and so retires it.
+        self._last: tuple[str, int, str, Any, bytes] = ("", -1, "", None, b"")
 
     def seal(self, event: Event, fields: PersonalFields, values: dict[str, Any],
              read_back_from: int) -> bytes:
@@ -284,11 +288,14 @@ class FieldCipher:
         if len(rest) + len(plain) >= read_back_from:
             from_json(rest, cache_strings=False)
             from_json(plain, cache_strings=False)
-        key_id, aead = self.keys.for_subject(self.subject(event.content, fields,
-                                                          event.entity_id))
-        nonce = _nonce()
-        start = f"{_SEALED_START}{key_id}".encode()
-        sealed = aead.encrypt(nonce, plain, start)
+        subject = self.subject(event.content, fields, event.entity_id)
+        last_subject, generation, key_id, aead, start = self._last
+        if subject != last_subject or generation != self.keys.cache.generation:
+            generation = self.keys.cache.generation
+            key_id, aead = self.keys.for_subject(subject)
+            start = f"{_SEALED_START}{key_id}".encode()
+            self._last = (subject, generation, key_id, aead, start)
+        sealed = aead.encrypt(nonce := _nonce(), plain, start)
         # the envelope (base64: nothing to escape) goes last, where `_opened` looks for it
         return b"".join((rest[:-1], b"," if len(rest) > 2 else b"", _SEALED_KEY_JSON, start,
                          b":", binascii.b2a_base64(nonce + sealed, newline=False), b'"}'))

@@ -826,3 +826,19 @@ def test_personal_content_that_would_not_read_back_is_refused_like_plain_content
         assert list(stream.all()) == []
         stream.write(Note(text="ok", ratio=1.5), Note(text="ok"))
     assert [e.content.ratio for e in store.open("n", "n1").all()] == [1.5, 0.0]
+
+
+def test_one_write_for_several_subjects_seals_each_with_its_own_key(encrypted: Store) -> None:
+    with encrypted.open("order", "o1") as stream:
+        stream.write(Ordered(customer_id="c1", address="one", items=1),
+                     Ordered(customer_id="c2", address="two", items=2),
+                     Ordered(customer_id="c1", address="three", items=3))
+    encrypted.forget("c2")
+    events = list(encrypted.open("order", "o1").all())
+    assert [(e.content.address, e.forgotten) for e in events] == [
+        ("one", False), (FORGOTTEN_TEXT, True), ("three", False)]
+    with encrypted.open("order", "o1") as stream:  # after the forget: c2's new key
+        list(stream.all())
+        stream.write(Ordered(customer_id="c2", address="four", items=4))
+    assert [e.content.address for e in encrypted.open("order", "o1").all()][2:] == [
+        "three", "four"]
