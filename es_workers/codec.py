@@ -10,7 +10,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json
 
-from .encryption import EncryptionError, FieldCipher
+from .encryption import EncryptionError, FieldCipher, is_sealed
 from .errors import (
     DecodeError,
     EventTooLargeError,
@@ -121,7 +121,7 @@ class ContentRegistry:
         """The content of stored JSON of a class with personal fields, decrypted."""
         if self.cipher is not None:
             return self.cipher.open(cls, fields, data)
-        if '"es1:' in (data.decode(errors="replace") if isinstance(data, bytes) else data):
+        if is_sealed(data):
             raise EncryptionError(
                 f"{cls.__qualname__} holds encrypted personal fields and no master key is "
                 "configured: set ES_ENCRYPTION_KEY")
@@ -137,16 +137,35 @@ class ContentRegistry:
         known = self._types.get(entity_type, {}).get(getattr(cls, "event_name", ""))
         if cls is not known or not isinstance(content, Content):
             self._refuse(entity_type, content)
-        data = content_json(event, cls.event_name)
         fields = personal_fields(cls)
         if fields.names:
-            if self.cipher is None:
-                raise EncryptionError(
-                    f"{cls.__qualname__} has personal fields ({', '.join(fields.names)}) and "
-                    f"no master key is configured to encrypt them: set ES_ENCRYPTION_KEY "
-                    "(`es-workers keys new` makes one); nothing was written")
-            data = self.cipher.seal(event, fields, data)
-        return cls.event_name, data
+            return cls.event_name, self.sealed_json(event, cls.event_name, fields)
+        return cls.event_name, content_json(event, cls.event_name)
+
+    def sealed_json(self, event: Event, name: str, fields: PersonalFields) -> bytes:
+        """`content_json` of a content whose class (`encode` accepted it) has personal
+        `fields`, those encrypted; refused without a master key.
+
+        The content is serialized to JSON-ready values rather than to JSON: the personal
+        ones leave them before anything is encoded (no JSON decoded again)."""
+        content = event.content
+        if self.cipher is None:
+            raise EncryptionError(
+                f"{type(content).__qualname__} has personal fields "
+                f"({', '.join(fields.names)}) and no master key is configured to encrypt "
+                "them: set ES_ENCRYPTION_KEY (`es-workers keys new` makes one); nothing was "
+                "written")
+        try:
+            values = content.__pydantic_serializer__.to_python(content, mode="json")
+        except ValueError as error:  # PydanticSerializationError; too deep: ValueError
+            raise _invalid(event, name, f"it cannot be encoded as JSON ({error})") from error
+        try:
+            return self.cipher.seal(event, fields, values, READ_BACK_FROM)
+        except EncryptionError:
+            raise
+        except ValueError as error:  # to_json's PydanticSerializationError, from_json's
+            raise _invalid(event, name, f"its JSON cannot be encoded or would not read back "
+                           f"({error})") from error
 
     @staticmethod
     def _refuse(entity_type: str, content: object) -> NoReturn:

@@ -59,7 +59,8 @@ class PersonalFields:
     subject_field: str | None
 
 
-_PLAIN = PersonalFields((), {}, None)
+PLAIN = PersonalFields((), {}, None)
+"""The personal fields of a class without any."""
 _found: dict[type, PersonalFields] = {}
 
 
@@ -73,16 +74,12 @@ def personal_fields(cls: type[BaseModel]) -> PersonalFields:
     return found
 
 
-def is_personal(cls: type[BaseModel]) -> bool:
-    return bool(personal_fields(cls).names)
-
-
 def _read_fields(cls: type[BaseModel]) -> PersonalFields:
     fields = cls.model_fields
     names = tuple(name for name, field in fields.items() if _marked(field))
     subject = getattr(cls, "personal_subject", None)
     if not names:
-        return _PLAIN
+        return PLAIN
     if subject is not None and (subject not in fields or subject in names):
         raise PersonalFieldError(
             f"{cls.__qualname__}.personal_subject = {subject!r} must name a plain field of "

@@ -114,7 +114,7 @@ def envelopes_in(client: Any, pattern: str) -> list[str]:
     found = []
     for _, value in every_value(client, pattern):
         for part in value.split(b'"'):
-            if part.startswith(b"es1:"):
+            if part.startswith((b"es1:", b"es2:")):
                 found.append(part.decode())
     return found
 
@@ -185,7 +185,8 @@ def test_personal_fields_never_reach_redis_in_plain_text(
     write_customer(encrypted, "c1", "one")
     email, street = secret_values("one")
     assert assert_no_plain_text(redis_client, f"{prefix}:*", email, street, "Ada one") > 0
-    assert len(envelopes_in(redis_client, f"{prefix}:*")) == 4  # name, email, born, address
+    # one per event: name, email and born sealed together; address
+    assert len(envelopes_in(redis_client, f"{prefix}:*")) == 2
     # ...and every read decrypts them transparently.
     [customer] = encrypted.open("customer", "c1").all()
     assert customer.content == Registered(name="Ada one", email=email,
@@ -231,16 +232,16 @@ def test_after_forget_no_key_the_system_holds_decrypts_the_ciphertext(
         held.append(AESGCM(master.unwrap(key_id, wrapped)))
     readable = 0
     for envelope in c1_envelopes:
-        _, key_id, nonce, sealed = envelope.split(":")
+        form, key_id, blob = envelope.split(":")
+        nonce_sealed = base64.b64decode(blob)
         for aead in held:
             try:
-                aead.decrypt(base64.b64decode(nonce), base64.b64decode(sealed),
-                             f"es1:{key_id}".encode())
+                aead.decrypt(nonce_sealed[:12], nonce_sealed[12:], f"{form}:{key_id}".encode())
                 readable += 1
             except InvalidTag:
                 pass
-    assert readable == 4  # c2's four fields; none of c1's
-    assert len(c1_envelopes) == 8
+    assert readable == 2  # c2's two events; none of c1's
+    assert len(c1_envelopes) == 4
 
 
 def test_forget_is_idempotent_and_finishes_after_a_crash(encrypted: Store) -> None:
@@ -627,3 +628,217 @@ def test_a_forget_in_one_process_reaches_a_worker_process_that_had_the_key_cache
         processes.stop_all()
         delete_prefix(client, prefix)
         client.close()
+
+
+# -- Stored forms: sealed per content (es2), and per field (es1, written before) ------------
+
+
+class Profile(Content):
+    event_name = "Profile"
+    name: Annotated[str, Personal]
+    email: Annotated[str | None, Personal]
+    plan: str
+
+
+class ProfileAsStored(Content):
+    """The same event name, every field plain: writes a stored form as it is."""
+
+    event_name = "Profile"
+    name: str
+    email: str | None
+    plan: str
+
+
+def es1_envelope(store: Store, subject: str, value: Any) -> str:
+    """A field sealed on its own, as events written before es2 hold it."""
+    key_id, aead = store.storage.keyring.for_subject(subject)  # type: ignore[union-attr]
+    nonce = os.urandom(12)
+    sealed = aead.encrypt(nonce, json_bytes(value), f"es1:{key_id}".encode())
+    return (f"es1:{key_id}:{base64.b64encode(nonce).decode()}:"
+            f"{base64.b64encode(sealed).decode()}")
+
+
+def json_bytes(value: Any) -> bytes:
+    import json
+    return json.dumps(value).encode()
+
+
+def stored_profiles(client: Any, prefix: str) -> list[bytes]:
+    return [value for _, value in every_value(client, f"{prefix}:*")
+            if b'"plan"' in value]
+
+
+def test_a_content_s_personal_fields_are_sealed_together_in_one_ciphertext(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = Store(RedisStorage(redis_client, prefix=prefix, encryption=MasterKeys(KEY)),
+                  events={"profile": [Profile]})
+    with store.open("profile", "p1") as stream:
+        stream.write(Profile(name="Ada", email=EMAIL, plan="gold"),
+                     Profile(name="Ada", email=EMAIL, plan="gold"))
+    stored = stored_profiles(redis_client, prefix)
+    assert len(stored) == 2
+    import json
+    first, second = (json.loads(value) for value in stored)
+    assert set(first) == {"plan", "_personal"} and first["plan"] == "gold"
+    form, key_id, blob = first["_personal"].split(":")
+    assert form == "es2"
+    nonce_sealed = base64.b64decode(blob)
+    aead = AESGCM(MasterKeys(KEY).unwrap(
+        key_id, dict(store.storage.keyring.store.wrapped_keys())[key_id]))  # type: ignore[union-attr]
+    assert json.loads(aead.decrypt(nonce_sealed[:12], nonce_sealed[12:],
+                                   f"es2:{key_id}".encode())) == {"name": "Ada", "email": EMAIL}
+    assert first["_personal"] != second["_personal"]  # same plain text, fresh nonce
+    assert base64.b64decode(second["_personal"].split(":")[2])[:12] != nonce_sealed[:12]
+    assert [e.content for e in store.open("profile", "p1").all()] == [
+        Profile(name="Ada", email=EMAIL, plan="gold")] * 2
+
+
+def test_events_written_with_fields_sealed_one_by_one_still_read_forget_and_rotate(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    old_key, new_key = KEY, new_master_key()
+
+    def store(cls: type[Content], keys: MasterKeys) -> Store:
+        return Store(RedisStorage(redis_client, prefix=prefix, encryption=keys),
+                     events={"profile": [cls]})
+
+    current = store(Profile, MasterKeys(old_key))
+    as_stored = store(ProfileAsStored, MasterKeys(old_key))
+    for subject in ("p1", "p2"):
+        with as_stored.open("profile", subject) as stream:  # the es1 form, as it was stored
+            stream.write(ProfileAsStored(name=es1_envelope(current, subject, f"Ada {subject}"),
+                                         email=es1_envelope(current, subject, EMAIL),
+                                         plan="gold"))
+        with current.open("profile", subject) as stream:  # then the es2 form
+            list(stream.all())
+            stream.write(Profile(name=f"Ada {subject}", email=None, plan="silver"))
+    assert_no_plain_text(redis_client, f"{prefix}:*", EMAIL, "Ada p1")
+
+    # a process that never read them, after a rotation of the master key
+    rotated = store(Profile, MasterKeys(new_key, [old_key]))
+    assert rotated.rotate_keys() == 2
+    fresh = store(Profile, MasterKeys(new_key))
+    assert [e.content for e in fresh.open("profile", "p1").all()] == [
+        Profile(name="Ada p1", email=EMAIL, plan="gold"),
+        Profile(name="Ada p1", email=None, plan="silver")]
+
+    fresh.forget("p1")
+    events = list(store(Profile, MasterKeys(new_key)).open("profile", "p1").all())
+    assert [e.content for e in events] == [
+        Profile(name=FORGOTTEN_TEXT, email=FORGOTTEN_TEXT, plan="gold"),
+        Profile(name=FORGOTTEN_TEXT, email=FORGOTTEN_TEXT, plan="silver")]
+    assert all(e.forgotten for e in events)
+    [old, new] = fresh.open("profile", "p2").all()  # the other subject untouched
+    assert (old.content.email, new.content.name) == (EMAIL, "Ada p2")
+
+
+def test_a_content_with_only_personal_fields_and_an_altered_ciphertext() -> None:
+    class Secret(Content):
+        text: Annotated[str, Personal]
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    store = Store(RedisStorage(client, encryption=MasterKeys(KEY)), events={"s": [Secret]})
+    with store.open("s", "s1") as stream:
+        stream.write(Secret(text="only this"))
+    [stored] = [value for _, value in every_value(client, "*") if b"es2:" in value]
+    assert stored.startswith(b'{"_personal":"es2:')
+    assert [e.content.text for e in store.open("s", "s1").all()] == ["only this"]
+
+    cipher = store.storage.registry.cipher  # type: ignore[union-attr]
+    from es_workers.personal import personal_fields
+    fields = personal_fields(Secret)
+    altered = stored[:-4] + (b"A" if stored[-4:-3] != b"A" else b"B") + stored[-3:]
+    with pytest.raises(EncryptionError, match="altered"):
+        cipher.open(Secret, fields, altered)
+    with pytest.raises(EncryptionError, match="malformed"):
+        cipher.open(Secret, fields, b'{"_personal":"es2:nope"}')
+
+
+def test_a_content_may_not_hold_an_extra_field_named_like_the_sealed_fields() -> None:
+    from pydantic import ConfigDict
+
+    class Loose(Content):
+        model_config = ConfigDict(extra="allow")
+        text: Annotated[str, Personal]
+
+    store = Store(InMemoryStorage(encryption=MasterKeys(KEY)), events={"l": [Loose]})
+    with store.open("l", "l1") as stream, pytest.raises(EncryptionError, match="_personal"):
+        stream.write(Loose(text="x", _personal="mine"))  # type: ignore[call-arg]
+
+
+def test_the_key_ids_an_async_read_loads_are_found_in_both_stored_forms() -> None:
+    from es_workers.encryption import key_ids_in
+
+    es1 = b'{"name":"es1:old-Key_1:bm9uY2U=:c2VhbGVk","plan":"gold"}'
+    es2 = '{"plan":"gold","_personal":"es2:newKey-2:bm9uY2VzZWFsZWQ="}'
+    assert key_ids_in([es1, es2, b'{"plan":"es3:x:y"}', None]) == {"old-Key_1", "newKey-2"}
+
+
+def test_the_async_store_reads_both_stored_forms(
+    redis_client: redis.Redis, prefix: str, request: pytest.FixtureRequest
+) -> None:
+    from conftest import client_beside
+
+    keys = MasterKeys(KEY)
+    as_stored = Store(RedisStorage(redis_client, prefix=prefix, encryption=keys),
+                      events={"profile": [ProfileAsStored]})
+    with as_stored.open("profile", "p1") as stream:  # the es1 form, as it was stored
+        stream.write(ProfileAsStored(name=es1_envelope(as_stored, "p1", "Ada"), email=None,
+                                     plan="gold"))
+
+    async def scenario() -> list[Content]:
+        store = AsyncStore(AsyncRedisStorage(
+            client_beside(redis_client, request, decode_responses=False, use_asyncio=True),
+            prefix=prefix, encryption=keys), events={"profile": [Profile]})
+        async with store.open("profile", "p1") as stream:
+            [_ async for _ in stream.all()]
+            await stream.write(Profile(name="Ada", email=EMAIL, plan="silver"))
+        fresh = AsyncStore(AsyncRedisStorage(  # a process that never read them
+            client_beside(redis_client, request, decode_responses=False, use_asyncio=True),
+            prefix=prefix, encryption=keys), events={"profile": [Profile]})
+        contents = [e.content async for e in fresh.read("profile", "p1")]
+        await store.close()
+        await fresh.close()
+        return contents
+
+    assert asyncio.run(scenario()) == [Profile(name="Ada", email=None, plan="gold"),
+                                       Profile(name="Ada", email=EMAIL, plan="silver")]
+
+
+def test_personal_content_that_would_not_read_back_is_refused_like_plain_content() -> None:
+    from es_workers import InvalidContentError
+
+    class Note(Content):
+        text: Annotated[str, Personal]
+        extra: Annotated[Any, Personal] = None
+        ratio: float = 0.0
+
+    store = Store(InMemoryStorage(encryption=MasterKeys(KEY)), events={"n": [Note]})
+    deep: Any = 0
+    for _ in range(300):
+        deep = [deep]
+    with store.open("n", "n1") as stream:
+        with pytest.raises(InvalidContentError, match="cannot be encoded"):
+            stream.write(Note(text="\ud800"))
+        with pytest.raises(InvalidContentError):
+            stream.write(Note(text="ok", extra=deep))
+        assert list(stream.all()) == []
+        stream.write(Note(text="ok", ratio=1.5), Note(text="ok"))
+    assert [e.content.ratio for e in store.open("n", "n1").all()] == [1.5, 0.0]
+
+
+def test_one_write_for_several_subjects_seals_each_with_its_own_key(encrypted: Store) -> None:
+    with encrypted.open("order", "o1") as stream:
+        stream.write(Ordered(customer_id="c1", address="one", items=1),
+                     Ordered(customer_id="c2", address="two", items=2),
+                     Ordered(customer_id="c1", address="three", items=3))
+    encrypted.forget("c2")
+    events = list(encrypted.open("order", "o1").all())
+    assert [(e.content.address, e.forgotten) for e in events] == [
+        ("one", False), (FORGOTTEN_TEXT, True), ("three", False)]
+    with encrypted.open("order", "o1") as stream:  # after the forget: c2's new key
+        list(stream.all())
+        stream.write(Ordered(customer_id="c2", address="four", items=4))
+    assert [e.content.address for e in encrypted.open("order", "o1").all()][2:] == [
+        "three", "four"]

@@ -24,7 +24,7 @@ from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
-from ..personal import is_personal
+from ..personal import PLAIN, personal_fields
 from ..position import Position
 from .durability import Durability
 from .keys import RedisKeys, text
@@ -100,7 +100,7 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
     event_time, micros = None, 0
     metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
-    name = ""  # its event name
+    name, fields = "", PLAIN  # its event name and personal fields
     for number, event in enumerate(events, start=expected + 1):
         if event.entity_id != entity_id or event.event_number != number:
             raise ValueError("a write holds events of one entity with consecutive numbers")
@@ -108,11 +108,12 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
             event_time = event.event_time
             micros = (event_time - EPOCH) // MICROSECOND
         if event.content.__class__ is checked:  # as the event before: checked, same name
-            data = content_json(event, name)
+            data = (registry.sealed_json(event, name, fields) if fields.names else
+                    content_json(event, name))
         else:
             name, data = registry.encode(entity_type, event)
-            # a class with personal fields goes through the registry each time (encrypted)
-            checked = None if is_personal(event.content.__class__) else event.content.__class__
+            checked = event.content.__class__
+            fields = personal_fields(checked)
         if event.metadata is not metadata:  # the events of a write share their metadata
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
