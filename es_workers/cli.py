@@ -21,36 +21,24 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import redis
 import typer
-from redis.cluster import RedisCluster
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import admin
-from .admin import ParkedEntity, StoreStatus
-from .demo import run_demo
-from .encryption import new_master_key
 from .errors import ConfigurationError, EsError, UnknownNameError
-from .event import Event
-from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
-from .observability import MULTIPROC_DIR_ENV, SharedMetricsServer, configure_logging
-from .personal import REDACTED_TEXT, redacted
-from .position import parse_after
-from .redis.cluster import masters
-from .redis.storage import RedisStorage
-from .settings import (
-    Settings,
-    example_toml,
-    load_settings,
-    unknown_variables,
-    warn_unknown_variables,
-)
-from .store import Store
-from .workers.bus import DramatiqEventBus
+
+# Start-up time, not an import cycle: `es-workers --version` and `--help` answer without
+# loading Redis, Dramatiq, pydantic-settings and the store (about a second), so each
+# command imports those in its body. Here they are for type checkers only.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .admin import ParkedEntity, StoreStatus
+    from .event import Event
+    from .health import Thresholds
+    from .settings import Settings
+    from .store import Store
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -123,6 +111,9 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def settings_or_exit() -> Settings:
     """Reads and checks the settings, and configures logging from them."""
+    from .observability import configure_logging
+    from .settings import load_settings, warn_unknown_variables
+
     try:
         settings = load_settings(report_unknown=False)
     except ConfigurationError as error:
@@ -149,6 +140,8 @@ def confirm_or_exit(question: str, yes: bool) -> None:
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turns the errors a user can act on into one clear line and an exit code."""
+    import redis
+
     try:
         yield
     except (ConfigurationError, UnknownNameError) as error:
@@ -166,6 +159,8 @@ def load_app(ref: str, *, embedded: bool = False) -> Store:
 
     A Store on the embedded Redis (no ES_REDIS_URL, or a misspelled one) is refused unless
     `embedded`: a command would run on an empty store (and `status --check` pass)."""
+    from .store import Store
+
     module_name, _, attribute = ref.partition(":")
     if not module_name or not attribute:
         fail(f"APP must be 'module:attribute' naming a Store (e.g. examples.bank:store), "
@@ -187,12 +182,16 @@ def load_app(ref: str, *, embedded: bool = False) -> Store:
 
 
 def on_embedded_redis(store: Store) -> bool:
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     return isinstance(storage, RedisStorage) and type(storage.client).__module__.startswith(
         "fakeredis")
 
 
 def refuse_embedded() -> NoReturn:
+    from .settings import unknown_variables
+
     typos = "".join(f"; {name} is set: did you mean {near}?"
                     for name, near in unknown_variables().items() if near)
     fail(f"no Redis server to run on: ES_REDIS_URL is not set (nor ES_REDIS_SENTINELS){typos}, "
@@ -206,6 +205,8 @@ def refuse_embedded() -> NoReturn:
 def import_app_module(module_name: str) -> object:
     """Imports the app's module. Its own failure is one line plus its traceback (without
     the frames of the CLI and of importlib); es_workers errors go to `reported_errors`."""
+    import redis
+
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -234,6 +235,8 @@ def app_failed(module_name: str, error: BaseException) -> NoReturn:
 
 def require_shared_redis(store: Store, command: str) -> None:
     """The publisher and workers are separate processes: they need a Redis they share."""
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         fail(f"`{command}` needs a Store on RedisStorage, not {type(storage).__name__}",
@@ -245,6 +248,11 @@ def require_shared_redis(store: Store, command: str) -> None:
 
 
 def describe(store: Store) -> str:
+    from redis.cluster import RedisCluster
+
+    from .redis.cluster import masters
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         return type(storage).__name__
@@ -310,6 +318,8 @@ def publish(app_ref: AppRef) -> None:
     publishers may run at once. Stops cleanly on SIGTERM or SIGINT: it finishes the
     current round (entries are acknowledged only after they are sent, so nothing is lost).
     """
+    from .observability import SharedMetricsServer
+
     with StopSignals() as stop:
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
@@ -352,6 +362,9 @@ def worker(
     the subscriber's checkpoint and runs the handler, in order per entity. SIGTERM or
     SIGINT: in-flight deliveries finish, prefetched ones go back to the queue.
     """
+    from .observability import MULTIPROC_DIR_ENV
+    from .workers.bus import DramatiqEventBus
+
     with StopSignals() as stop:
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
@@ -412,6 +425,8 @@ def status(
 ) -> None:
     """Show the outbox backlog and, per subscriber, its lag and parked entities (with
     the error and the end of its traceback)."""
+    from .health import Thresholds
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     if watch and check:
@@ -431,6 +446,8 @@ def status(
 
 
 def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) -> StoreStatus:
+    from . import admin
+
     with reported_errors():
         report = admin.status(store)
     if clear:
@@ -443,6 +460,8 @@ def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) 
 
 
 def exit_past_thresholds(report: StoreStatus, limits: Thresholds) -> None:
+    from .health import breaches
+
     found = breaches(report, limits)
     for line in found:
         err.print(f"check failed: {line}", style="red", markup=False, soft_wrap=True)
@@ -497,6 +516,8 @@ def print_rebuilds(app_ref: str, report: StoreStatus) -> None:
 
 def folding_table(*columns: str, title: str | None = None) -> Table:
     """A table that wraps long values instead of cutting them short."""
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -527,7 +548,7 @@ SHOW_CONTENT_CHARS = 2000
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
          as_json: AsJson = False, embedded: Embedded = False,
          redact: Annotated[bool, typer.Option(
-             "--redact", help=f"Show Personal fields as {REDACTED_TEXT!r}")] = False) -> None:
+             "--redact", help="Show Personal fields as a placeholder")] = False) -> None:
     """Print an entity's events (upgraded, as subscribers see them, personal fields
     decrypted unless --redact). Long contents are cut to SHOW_CONTENT_CHARS characters,
     with a note.
@@ -535,6 +556,9 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
     With --json, one JSON object per line, each printed as it is read: event_number,
     event_name, event_time, store_event_id, content (whole).
     """
+    from . import admin
+    from .personal import redacted
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -577,6 +601,9 @@ def log_command(
     """Print the events in log order (commit order per partition; partitions merged by
     event time), upgraded. With --json, one JSON object per line as `show --json` prints
     it, plus position, entity_type and entity_id."""
+    from . import admin
+    from .position import parse_after
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     try:
@@ -644,6 +671,8 @@ def config(
     ] = False,
 ) -> None:
     """Print the settings in effect (environment ES_... over config/es.toml over defaults)."""
+    from .settings import example_toml, unknown_variables
+
     if example:
         typer.echo(example_toml(), nl=False)
         return
@@ -709,19 +738,22 @@ def health(
     any_host: Annotated[bool, typer.Option(
         "--any-host", help="Heartbeats of any host, not only this one (this container)"
     )] = False,
-    max_age: Annotated[float, typer.Option(
-        "--max-age", min=1, help="Seconds after which a heartbeat is stale")
-    ] = DEFAULT_MAX_AGE_S,
+    max_age: Annotated[float | None, typer.Option(
+        "--max-age", min=1, help="Seconds after which a heartbeat is stale [default: six "
+        "heartbeat intervals, 30]")
+    ] = None,
     embedded: Embedded = False,
 ) -> None:
     """Exit 0 when Redis and the broker answer and a publisher or worker process of this
     host beat recently; else exit 1 naming what failed. For container healthchecks."""
+    from .health import DEFAULT_MAX_AGE_S, check_health
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     if role not in (None, "publisher", "worker"):
         fail(f"--role must be 'publisher' or 'worker', not {role!r}", EXIT_USAGE)
     checks = check_health(store, role=role, host="*" if any_host else None,
-                          max_age_s=max_age)
+                          max_age_s=DEFAULT_MAX_AGE_S if max_age is None else max_age)
     for item in checks:
         out.print(f"{item.name}: {'ok' if item.ok else 'FAILED'}: {item.detail}", markup=False,
                   soft_wrap=True)
@@ -745,6 +777,10 @@ def replay(
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
     entities, then send it every entity. It neither pauses the subscriber nor clears its
     read model: to rebuild a read model, use `rebuild`. Asks first."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -780,6 +816,10 @@ def rebuild(
     """Rebuild a subscriber's read model while the app runs: pause it, wait for its running
     handlers, forget its checkpoints and parked entities, call its reset hook, deliver its
     whole history, resume. Events written meanwhile follow the history. Asks first."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -804,6 +844,8 @@ def rebuild(
 def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                 as_json: AsJson = False, embedded: Embedded = False) -> None:
     """List the entities parked for a subscriber."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -820,6 +862,8 @@ def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
 def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                  entity_id: EntityId, embedded: Embedded = False) -> None:
     """Unpark the entity and deliver again from the event that failed (after a fix)."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -834,6 +878,8 @@ def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
                 entity_id: EntityId, yes: Yes = False, embedded: Embedded = False) -> None:
     """Mark the failing event handled without handling it, then deliver the rest. Asks
     first: the subscriber never handles that event."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -867,6 +913,8 @@ def demo(
     Without ES_REDIS_URL it runs on an embedded Redis (fakeredis) served to the child
     processes; with it, on that Redis under a prefix of its own, deleted afterwards.
     """
+    from .demo import run_demo
+
     settings = settings_or_exit()
     with reported_errors():
         code = run_demo(
@@ -889,6 +937,8 @@ app.add_typer(keys_app, name="keys")
 def keys_new() -> None:
     """Print a fresh master key (its only output line): set it as ES_ENCRYPTION_KEY, and
     keep the old one in ES_ENCRYPTION_KEYS until `keys rotate` has run."""
+    from .encryption import new_master_key
+
     typer.echo(new_master_key())
 
 

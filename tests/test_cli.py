@@ -630,3 +630,31 @@ def test_python_dash_m_es_workers_runs_the_cli(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "publish" in result.stdout and "worker" in result.stdout
+
+
+MODULES_LOADED = """
+import sys
+from es_workers.cli import main
+sys.argv = ["es-workers", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print(sorted(name for name in sys.modules if name.partition(".")[0] in {
+    "dramatiq", "redis", "pydantic_settings", "prometheus_client"}
+    or name.startswith("es_workers.") and name not in {"es_workers.cli", "es_workers.errors",
+                                                        "es_workers.position"}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["worker", "--help"]],
+                         ids=" ".join)
+def test_version_and_help_load_neither_redis_dramatiq_settings_nor_the_store(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """They answer at once (figures in the README): the commands import what they use.
+    (Typer itself loads pydantic to parse a command's options.)"""
+    result = subprocess.run([sys.executable, "-c", MODULES_LOADED, *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
