@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -724,9 +725,25 @@ def dashboard(
              EXIT_USAGE)
     store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
     require_shared_redis(store, "dashboard")
+    listening = listen_or_exit(host, port)
     log.info("dashboard of %s (%s) on http://%s:%d/", app_ref, describe(store), host, port)
-    uvicorn.run(create_app(store, token=token, read_only=read_only), host=host, port=port,
-                log_config=None, server_header=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(store, token=token, read_only=read_only),
+                                           log_config=None, server_header=False))
+    server.run(sockets=[listening])
+    if not server.started:  # uvicorn logged why (the app's start-up failed)
+        fail(f"the dashboard did not start on {host}:{port}")
+
+
+def listen_or_exit(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket, bound here: uvicorn exits 3 when it cannot bind,
+    the code `status --check` gives for a threshold passed."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return socket.create_server((address, port), family=family)
+    except OSError as error:
+        fail(f"cannot listen on {host}:{port}: {error.strerror or error} (is another program "
+             "on that port? choose another with --port)")
 
 
 @app.command()
