@@ -375,6 +375,7 @@ def worker(
                  "(Store.from_settings builds one)", EXIT_USAGE)
         with reported_errors():  # before Dramatiq starts: one line, exit 2
             store.bus.claim_subscribers()
+            check_queues(store, store.bus.broker.get_declared_queues(), ctx.args)
         if worker_timeout is not None:
             settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
         module = app_ref.partition(":")[0]
@@ -399,6 +400,41 @@ def worker(
         if stop.requested:
             return
         os.execvpe(sys.executable, argv, env)
+
+
+def check_queues(store: Store, declared: set[str], args: list[str]) -> None:
+    """Refuses a queue of Dramatiq's `--queues`/`-Q` that no subscriber has (Dramatiq would
+    consume it silently, and the subscriber meant would get no worker)."""
+    from .names import closest
+
+    known = sorted({subscriber_id for entity_type in store.entity_types()
+                    for subscriber_id in store.subscriber_ids(entity_type)})
+    for name in queues_named(args):
+        if name in known or name in declared:
+            continue
+        near = closest(name, known)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise UnknownNameError(
+            f"--queues {name!r}: no subscriber of this app has that ID; {hint}(subscriber "
+            f"IDs: {', '.join(map(repr, known)) or 'none'})")
+
+
+def queues_named(args: list[str]) -> list[str]:
+    """The queue names given to Dramatiq's `--queues`/`-Q` (it takes every argument up to
+    the next option) among the worker's extra arguments."""
+    names: list[str] = []
+    taking = False
+    for arg in args:
+        if arg in ("--queues", "-Q"):
+            taking = True
+        elif arg.startswith("--queues="):
+            names.append(arg.partition("=")[2])
+            taking = False
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            names.append(arg)
+    return names
 
 
 # -- Inspecting ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from types import ModuleType
 
 import dramatiq
 import pytest
+from conftest import REDIS_URL, delete_prefix, real_redis
 from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
@@ -229,6 +230,37 @@ def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> 
         result = runner.invoke(app, [command, ref(app_module)])
         assert result.exit_code == 2
         assert "ES_REDIS_URL is not set" in result.output
+
+
+@pytest.fixture
+def redis_app(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+    """The test app on the real Redis, under a prefix of its own (deleted afterwards)."""
+    client = real_redis()
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    clean_env.setenv("ES_REDIS_URL", REDIS_URL)
+    clean_env.setenv("ES_PREFIX", prefix)
+    name = f"cliapp_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(APP_SOURCE)
+    clean_env.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    module.store.close()
+    sys.modules.pop(name, None)
+    delete_prefix(client, prefix)
+
+
+def test_worker_refuses_a_queue_no_subscriber_has_naming_the_known_ones(
+    redis_app: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_exec(*args: object) -> None:
+        raise AssertionError(f"Dramatiq was started: {args}")
+
+    monkeypatch.setattr(os, "execvpe", no_exec)
+    for queues in (["--queues", "audit", "fragil"], ["-Q", "fragil"], ["--queues=fragil"]):
+        result = runner.invoke(app, ["worker", ref(redis_app), *queues])
+        assert result.exit_code == 2, result.output
+        assert ("--queues 'fragil': no subscriber of this app has that ID; did you mean "
+                "'fragile'? (subscriber IDs: 'audit', 'fragile')") in result.output
 
 
 ADMIN_COMMANDS = [
