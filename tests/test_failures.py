@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 import redis.asyncio
@@ -441,6 +442,44 @@ def test_config_output_never_shows_a_password() -> None:
 
 
 # Workers ride out an outage quietly
+
+
+def test_a_consumer_with_its_prefetch_full_never_says_redis_recovered_while_it_is_down(
+    proxy: TcpProxy, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its messages are being handled, so it fetches nothing: its empty return says
+    nothing about Redis."""
+    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=200)
+    broker = WakingRedisBroker(client=client_from_url(proxy.url, settings),
+                               namespace=f"{prefix}:dramatiq", idle_timeout_ms=50)
+    broker.declare_queue("busy")
+    broker.enqueue(dramatiq.Message(queue_name="busy", actor_name="a", args=(), kwargs={},
+                                    options={}))
+    busy, idle = (broker.consume(queue, prefetch=1, timeout=10) for queue in ("busy", "idle"))
+    try:
+        deadline = time.monotonic() + 10
+        while (held := next(busy)) is None:  # being handled: the prefetch of 1 is full
+            assert time.monotonic() < deadline, "the message never came"
+        proxy.down()
+        with caplog.at_level(logging.INFO, logger="es_workers.workers.broker"):
+            assert next(idle) is None  # the outage begins
+            began = time.monotonic()
+            while time.monotonic() - began < 1.0:
+                assert next(busy) is None
+            assert "Redis broker unavailable" in caplog.text
+            assert "recovered" not in caplog.text
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while "recovered after" not in caplog.text:
+                assert time.monotonic() < deadline, "the consumers never recovered"
+                next(idle)
+    finally:
+        if "recovered after" not in caplog.text:  # failed with the proxy down
+            proxy.up()
+        busy.ack(held)
+        busy.close()
+        idle.close()
+        broker.close()
 
 
 def test_broker_consumers_wait_out_an_outage_with_one_warning_per_backoff_step(
