@@ -403,6 +403,7 @@ class Settings(BaseSettings):
 
     # What the settings feed.
     def delivery_options(self) -> DeliveryOptions:
+        """The options of delivery to subscribers these settings give."""
         return DeliveryOptions(
             max_attempts=self.max_attempts,
             min_backoff_ms=self.min_backoff_ms,
@@ -412,6 +413,7 @@ class Settings(BaseSettings):
         )
 
     def publisher_options(self) -> PublisherOptions:
+        """The publisher's options these settings give."""
         return PublisherOptions(
             batch=self.publisher_batch,
             block_ms=self.publisher_block_ms,
@@ -427,6 +429,7 @@ class Settings(BaseSettings):
         )
 
     def durability(self) -> Durability:
+        """What an append waits for (replicas, the AOF) by these settings."""
         return Durability(
             replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms, aof=self.wait_aof
         )
@@ -438,6 +441,7 @@ class Settings(BaseSettings):
 
     @property
     def dramatiq_namespace(self) -> str:
+        """The Dramatiq key namespace: broker_namespace, or '<prefix>:dramatiq'."""
         # Under the store's prefix: two apps on one Redis never share subscriber queues,
         # and deleting the prefix deletes the queues too.
         return self.broker_namespace or f"{self.prefix}:dramatiq"
