@@ -8,10 +8,12 @@ tests/test_failures_processes.py."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -153,6 +155,26 @@ def test_opening_a_store_on_an_unreachable_redis_raises_storage_unavailable_with
         store_on(half, client_from(half, Settings(redis_url=url)), prefix="x")
     assert "Redis app@127.0.0.1:1/0 is unavailable while opening the store" in str(raised.value)
     assert "s3cret-pw" not in str(raised.value) + repr(raised.value.cause)
+
+
+def test_a_database_number_past_the_servers_is_a_configuration_error_naming_it() -> None:
+    real_redis()
+    url = REDIS_URL.rsplit("/", 1)[0] + "/999"
+    with pytest.raises(ConfigurationError, match=r"Redis \S+/999 has no such database "
+                       r"\(DB index is out of range\): check the database number in ES_REDIS_URL"):
+        RedisStorage(redis.Redis.from_url(url))
+
+
+def test_an_http_server_on_the_redis_port_is_a_configuration_error_naming_it() -> None:
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                         http.server.BaseHTTPRequestHandler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{web.server_port}/0 "
+                               "did not answer as a Redis server .*check the host and port"):
+                RedisStorage(redis.Redis.from_url(f"redis://127.0.0.1:{web.server_port}/0"))
+        finally:
+            web.shutdown()
 
 
 def test_status_with_redis_down_prints_one_line_and_exits_1(tmp_path: Path) -> None:
