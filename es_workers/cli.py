@@ -248,6 +248,17 @@ def require_shared_redis(store: Store, command: str) -> None:
              "ES_REDIS_URL, or try `es-workers demo`.", EXIT_USAGE)
 
 
+def check_bus(store: Store, settings: Settings) -> None:
+    """A RabbitMQ broker that refuses this process is one line and exit 2, not a retry
+    logged forever."""
+    from .wiring import check_broker
+    from .workers.bus import DramatiqEventBus
+
+    if isinstance(store.bus, DramatiqEventBus):
+        with reported_errors():
+            check_broker(store.bus.broker, settings.broker_url)
+
+
 def describe(store: Store) -> str:
     from redis.cluster import RedisCluster
 
@@ -325,6 +336,7 @@ def publish(app_ref: AppRef) -> None:
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "publish")
+        check_bus(store, settings)
         if settings.metrics_port is not None:
             SharedMetricsServer(settings.metrics_port).start()
         stop.on_stop = store.close  # the running round finishes, then start() returns
@@ -370,6 +382,7 @@ def worker(
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "worker")
+        check_bus(store, settings)
         if not isinstance(store.bus, DramatiqEventBus):
             fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
                  "(Store.from_settings builds one)", EXIT_USAGE)
