@@ -22,6 +22,7 @@ from types import ModuleType
 
 import dramatiq
 import pytest
+import typer
 from conftest import REDIS_URL, delete_prefix, real_redis
 from kit import wait_for, write_at_head
 from typer.testing import CliRunner
@@ -643,6 +644,16 @@ def test_status_shows_a_rebuild_that_failed_halfway_until_one_finishes(
     shown = runner.invoke(app, ["status", ref(app_module), "--check", "--embedded"])
     assert shown.exit_code == 0, shown.output
     assert "rebuild" not in shown.stdout
+
+
+def test_health_help_gives_the_default_max_age_it_uses() -> None:
+    """Written in the help text (the option's default is None, so that --help does not
+    import the health module)."""
+    from es_workers.health import DEFAULT_MAX_AGE_S
+
+    command = typer.main.get_command(app).commands["health"]  # type: ignore[attr-defined]
+    option = next(param for param in command.params if param.name == "max_age")
+    assert option.help.endswith(f"[default: six heartbeat intervals, {DEFAULT_MAX_AGE_S:g}]")
 
 
 # -- As a real process ---------------------------------------------------------------------
