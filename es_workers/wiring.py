@@ -222,17 +222,28 @@ def check_broker(broker: dramatiq.Broker, url: str | None) -> None:
         return
     import pika.exceptions  # type: ignore[import-untyped]  # the rabbitmq extra, as here
 
+    pika_log = logging.getLogger("pika")
+    level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL)  # ~20 lines and a traceback per try: ours is one
+    try:
+        _connect_or_refuse(broker, url, pika.exceptions)
+    finally:
+        pika_log.setLevel(level)
+
+
+def _connect_or_refuse(broker: dramatiq.Broker, url: str, errors: Any) -> None:
+    """`check_broker`'s tries; `errors`: pika's exceptions module."""
+    what = ""
     for attempt in range(1, BROKER_REFUSAL_TRIES + 1):
         try:
             getattr(broker, "connection")  # noqa: B009  # RabbitmqBroker connects on access
             return
-        except pika.exceptions.ProbableAccessDeniedError:
+        except errors.ProbableAccessDeniedError:
             what = (f"access to vhost {urlsplit(url).path[1:] or '/'!r} was denied (no such "
                     "vhost, or the user has no permission on it)")
-        except (pika.exceptions.ProbableAuthenticationError,
-                pika.exceptions.AuthenticationError):
+        except (errors.ProbableAuthenticationError, errors.AuthenticationError):
             what = "the login was refused (user or password)"
-        except pika.exceptions.AMQPConnectionError:
+        except errors.AMQPConnectionError:
             return  # unreachable: an outage, not a misconfiguration
         if attempt < BROKER_REFUSAL_TRIES:
             time.sleep(BROKER_REFUSAL_PAUSE_S)
