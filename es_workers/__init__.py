@@ -32,54 +32,131 @@ The README and the docs/ folder describe settings, deployment, guarantees and fa
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .async_store import AsyncStore
-from .async_stream import AsyncStream
-from .encryption import EncryptionError, MasterKeys
-from .errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    CorruptEventError,
-    DecodeError,
-    DurabilityError,
-    EsError,
-    EventTooLargeError,
-    InvalidContentError,
-    InvalidMetadataError,
-    InvalidNameError,
-    InvalidPayloadError,
-    NotParkedError,
-    NotRegisteredError,
-    ParkedError,
-    RebuildError,
-    StorageFullError,
-    StorageUnavailableError,
-    StreamNotReadError,
-    SubscriberError,
-    TruncatedError,
-    UnknownEventError,
-    UnknownNameError,
-    WaitTimeoutError,
-)
-from .event import Content, Event, Handler
-from .forgetting import SubjectForgotten
-from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
-from .personal import Personal
-from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
-from .position import Position
-from .redis import AsyncRedisStorage, RedisStorage
-from .settings import Settings
-from .store import Store
-from .stream import Stream
-from .upgrade import EventUpgrade
-from .workers import DramatiqEventBus
+# The public names are imported when first used (PEP 562), not with the package: every
+# module of es_workers imports this package first, and `es-workers --version` or `--help`
+# would otherwise load Redis, Dramatiq and pydantic-settings (about a second) to print a
+# line. The imports below are for type checkers and readers only; no cycle hides here.
+if TYPE_CHECKING:
+    __version__: str
 
-try:
-    __version__ = _distribution_version("es_workers")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+    from .async_store import AsyncStore
+    from .async_stream import AsyncStream
+    from .encryption import EncryptionError, MasterKeys
+    from .errors import (
+        ConcurrencyError,
+        ConfigurationError,
+        CorruptEventError,
+        DecodeError,
+        DurabilityError,
+        EsError,
+        EventTooLargeError,
+        InvalidContentError,
+        InvalidMetadataError,
+        InvalidNameError,
+        InvalidPayloadError,
+        NotParkedError,
+        NotRegisteredError,
+        ParkedError,
+        RebuildError,
+        StorageFullError,
+        StorageUnavailableError,
+        StreamNotReadError,
+        SubscriberError,
+        TruncatedError,
+        UnknownEventError,
+        UnknownNameError,
+        WaitTimeoutError,
+    )
+    from .event import Content, Event, Handler
+    from .forgetting import SubjectForgotten
+    from .memory import AsyncInMemoryStorage, InMemoryEventBus, InMemoryStorage
+    from .personal import Personal
+    from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
+    from .position import Position
+    from .redis import AsyncRedisStorage, RedisStorage
+    from .settings import Settings
+    from .store import Store
+    from .stream import Stream
+    from .upgrade import EventUpgrade
+    from .workers import DramatiqEventBus
+
+_SOURCES = {  # public name: the module that defines it
+    "AsyncInMemoryStorage": ".memory",
+    "AsyncRedisStorage": ".redis",
+    "AsyncStorage": ".ports",
+    "AsyncStore": ".async_store",
+    "AsyncStream": ".async_stream",
+    "ConcurrencyError": ".errors",
+    "ConfigurationError": ".errors",
+    "Content": ".event",
+    "CorruptEventError": ".errors",
+    "DecodeError": ".errors",
+    "DramatiqEventBus": ".workers",
+    "DurabilityError": ".errors",
+    "EncryptionError": ".encryption",
+    "EsError": ".errors",
+    "Event": ".event",
+    "EventBus": ".ports",
+    "EventTooLargeError": ".errors",
+    "EventUpgrade": ".upgrade",
+    "Handler": ".event",
+    "InMemoryEventBus": ".memory",
+    "InMemoryStorage": ".memory",
+    "InvalidContentError": ".errors",
+    "InvalidMetadataError": ".errors",
+    "InvalidNameError": ".errors",
+    "InvalidPayloadError": ".errors",
+    "MasterKeys": ".encryption",
+    "NotParkedError": ".errors",
+    "NotRegisteredError": ".errors",
+    "NotifyingEventBus": ".ports",
+    "ParkedError": ".errors",
+    "Personal": ".personal",
+    "Position": ".position",
+    "RebuildError": ".errors",
+    "RedisStorage": ".redis",
+    "Settings": ".settings",
+    "Storage": ".ports",
+    "StorageFullError": ".errors",
+    "StorageUnavailableError": ".errors",
+    "Store": ".store",
+    "Stream": ".stream",
+    "StreamNotReadError": ".errors",
+    "SubjectForgotten": ".forgetting",
+    "SubscriberError": ".errors",
+    "TruncatedError": ".errors",
+    "UnknownEventError": ".errors",
+    "UnknownNameError": ".errors",
+    "WaitTimeoutError": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SOURCES, "__version__"])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("es_workers")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
 
 __all__ = [
     "AsyncInMemoryStorage",

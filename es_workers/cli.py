@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,42 +22,24 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import redis
 import typer
-from redis.cluster import RedisCluster
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from . import admin
-from .admin import ParkedEntity, StoreStatus
-from .demo import run_demo
-from .encryption import new_master_key
 from .errors import ConfigurationError, EsError, UnknownNameError
-from .event import Event
-from .health import DEFAULT_MAX_AGE_S, Thresholds, breaches, check_health
-from .observability import (
-    MADE_DIR_ENV,
-    MULTIPROC_DIR_ENV,
-    SharedMetricsServer,
-    configure_logging,
-    metrics_port_error,
-)
-from .personal import REDACTED_TEXT, redacted
-from .position import parse_after
-from .redis.cluster import masters
-from .redis.storage import RedisStorage
-from .settings import (
-    Settings,
-    example_toml,
-    load_settings,
-    unknown_variables,
-    warn_unknown_variables,
-)
-from .store import Store
-from .workers.bus import DramatiqEventBus
+
+# Start-up time, not an import cycle: `es-workers --version` and `--help` answer without
+# loading Redis, Dramatiq, pydantic-settings and the store (about a second), so each
+# command imports those in its body. Here they are for type checkers only.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .admin import ParkedEntity, StoreStatus
+    from .event import Event
+    from .health import Thresholds
+    from .settings import Settings
+    from .store import Store
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -129,6 +112,9 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 def settings_or_exit() -> Settings:
     """Reads and checks the settings, and configures logging from them."""
+    from .observability import configure_logging
+    from .settings import load_settings, warn_unknown_variables
+
     try:
         settings = load_settings(report_unknown=False)
     except ConfigurationError as error:
@@ -155,6 +141,8 @@ def confirm_or_exit(question: str, yes: bool) -> None:
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """Turns the errors a user can act on into one clear line and an exit code."""
+    import redis
+
     try:
         yield
     except (ConfigurationError, UnknownNameError) as error:
@@ -172,6 +160,8 @@ def load_app(ref: str, *, embedded: bool = False) -> Store:
 
     A Store on the embedded Redis (no ES_REDIS_URL, or a misspelled one) is refused unless
     `embedded`: a command would run on an empty store (and `status --check` pass)."""
+    from .store import Store
+
     module_name, _, attribute = ref.partition(":")
     if not module_name or not attribute:
         fail(f"APP must be 'module:attribute' naming a Store (e.g. examples.bank:store), "
@@ -193,12 +183,16 @@ def load_app(ref: str, *, embedded: bool = False) -> Store:
 
 
 def on_embedded_redis(store: Store) -> bool:
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     return isinstance(storage, RedisStorage) and type(storage.client).__module__.startswith(
         "fakeredis")
 
 
 def refuse_embedded() -> NoReturn:
+    from .settings import unknown_variables
+
     typos = "".join(f"; {name} is set: did you mean {near}?"
                     for name, near in unknown_variables().items() if near)
     fail(f"no Redis server to run on: ES_REDIS_URL is not set (nor ES_REDIS_SENTINELS){typos}, "
@@ -212,6 +206,8 @@ def refuse_embedded() -> NoReturn:
 def import_app_module(module_name: str) -> object:
     """Imports the app's module. Its own failure is one line plus its traceback (without
     the frames of the CLI and of importlib); es_workers errors go to `reported_errors`."""
+    import redis
+
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -240,6 +236,8 @@ def app_failed(module_name: str, error: BaseException) -> NoReturn:
 
 def require_shared_redis(store: Store, command: str) -> None:
     """The publisher and workers are separate processes: they need a Redis they share."""
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         fail(f"`{command}` needs a Store on RedisStorage, not {type(storage).__name__}",
@@ -250,7 +248,23 @@ def require_shared_redis(store: Store, command: str) -> None:
              "ES_REDIS_URL, or try `es-workers demo`.", EXIT_USAGE)
 
 
+def check_bus(store: Store, settings: Settings) -> None:
+    """A RabbitMQ broker that refuses this process is one line and exit 2, not a retry
+    logged forever."""
+    from .wiring import check_broker
+    from .workers.bus import DramatiqEventBus
+
+    if isinstance(store.bus, DramatiqEventBus):
+        with reported_errors():
+            check_broker(store.bus.broker, settings.broker_url)
+
+
 def describe(store: Store) -> str:
+    from redis.cluster import RedisCluster
+
+    from .redis.cluster import masters
+    from .redis.storage import RedisStorage
+
     storage = store.storage
     if not isinstance(storage, RedisStorage):
         return type(storage).__name__
@@ -267,6 +281,8 @@ def describe(store: Store) -> str:
 def check_metrics_port(port: int) -> None:
     """Exits 2 naming the port when another program holds it: the processes would retry
     binding it forever, and Prometheus scrape that program instead."""
+    from .observability import metrics_port_error
+
     error = metrics_port_error(port)
     if error is not None:
         fail(error, EXIT_USAGE)
@@ -324,10 +340,13 @@ def publish(app_ref: AppRef) -> None:
     publishers may run at once. Stops cleanly on SIGTERM or SIGINT: it finishes the
     current round (entries are acknowledged only after they are sent, so nothing is lost).
     """
+    from .observability import SharedMetricsServer
+
     with StopSignals() as stop:
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "publish")
+        check_bus(store, settings)
         if settings.metrics_port is not None:
             check_metrics_port(settings.metrics_port)
             SharedMetricsServer(settings.metrics_port).start()
@@ -367,15 +386,20 @@ def worker(
     the subscriber's checkpoint and runs the handler, in order per entity. SIGTERM or
     SIGINT: in-flight deliveries finish, prefetched ones go back to the queue.
     """
+    from .observability import MADE_DIR_ENV, MULTIPROC_DIR_ENV
+    from .workers.bus import DramatiqEventBus
+
     with StopSignals() as stop:
         settings = settings_or_exit()
         store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
         require_shared_redis(store, "worker")
+        check_bus(store, settings)
         if not isinstance(store.bus, DramatiqEventBus):
             fail(f"{app_ref} has a {type(store.bus).__name__}: workers need a DramatiqEventBus "
                  "(Store.from_settings builds one)", EXIT_USAGE)
         with reported_errors():  # before Dramatiq starts: one line, exit 2
             store.bus.claim_subscribers()
+            check_queues(store, store.bus.broker.get_declared_queues(), ctx.args)
         if worker_timeout is not None:
             settings = settings.model_copy(update={"worker_timeout_ms": worker_timeout})
         module = app_ref.partition(":")[0]
@@ -406,6 +430,41 @@ def worker(
         os.execvpe(sys.executable, argv, env)
 
 
+def check_queues(store: Store, declared: set[str], args: list[str]) -> None:
+    """Refuses a queue of Dramatiq's `--queues`/`-Q` that no subscriber has (Dramatiq would
+    consume it silently, and the subscriber meant would get no worker)."""
+    from .names import closest
+
+    known = sorted({subscriber_id for entity_type in store.entity_types()
+                    for subscriber_id in store.subscriber_ids(entity_type)})
+    for name in queues_named(args):
+        if name in known or name in declared:
+            continue
+        near = closest(name, known)
+        hint = f"did you mean {near!r}? " if near else ""
+        raise UnknownNameError(
+            f"--queues {name!r}: no subscriber of this app has that ID; {hint}(subscriber "
+            f"IDs: {', '.join(map(repr, known)) or 'none'})")
+
+
+def queues_named(args: list[str]) -> list[str]:
+    """The queue names given to Dramatiq's `--queues`/`-Q` (it takes every argument up to
+    the next option) among the worker's extra arguments."""
+    names: list[str] = []
+    taking = False
+    for arg in args:
+        if arg in ("--queues", "-Q"):
+            taking = True
+        elif arg.startswith("--queues="):
+            names.append(arg.partition("=")[2])
+            taking = False
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            names.append(arg)
+    return names
+
+
 # -- Inspecting ----------------------------------------------------------------------------
 
 @app.command()
@@ -431,6 +490,8 @@ def status(
 ) -> None:
     """Show the outbox backlog and, per subscriber, its lag and parked entities (with
     the error and the end of its traceback)."""
+    from .health import Thresholds
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     if watch and check:
@@ -450,6 +511,8 @@ def status(
 
 
 def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) -> StoreStatus:
+    from . import admin
+
     with reported_errors():
         report = admin.status(store)
     if clear:
@@ -462,6 +525,8 @@ def show_status(app_ref: str, store: Store, as_json: bool, clear: bool = False) 
 
 
 def exit_past_thresholds(report: StoreStatus, limits: Thresholds) -> None:
+    from .health import breaches
+
     found = breaches(report, limits)
     for line in found:
         err.print(f"check failed: {line}", style="red", markup=False, soft_wrap=True)
@@ -516,6 +581,8 @@ def print_rebuilds(app_ref: str, report: StoreStatus) -> None:
 
 def folding_table(*columns: str, title: str | None = None) -> Table:
     """A table that wraps long values instead of cutting them short."""
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -546,7 +613,7 @@ SHOW_CONTENT_CHARS = 2000
 def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
          as_json: AsJson = False, embedded: Embedded = False,
          redact: Annotated[bool, typer.Option(
-             "--redact", help=f"Show Personal fields as {REDACTED_TEXT!r}")] = False) -> None:
+             "--redact", help="Show Personal fields as a placeholder")] = False) -> None:
     """Print an entity's events (upgraded, as subscribers see them, personal fields
     decrypted unless --redact). Long contents are cut to SHOW_CONTENT_CHARS characters,
     with a note.
@@ -554,6 +621,9 @@ def show(app_ref: AppRef, entity_type: EntityType, entity_id: EntityId,
     With --json, one JSON object per line, each printed as it is read: event_number,
     event_name, event_time, store_event_id, content (whole).
     """
+    from . import admin
+    from .personal import redacted
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -596,6 +666,9 @@ def log_command(
     """Print the events in log order (commit order per partition; partitions merged by
     event time), upgraded. With --json, one JSON object per line as `show --json` prints
     it, plus position, entity_type and entity_id."""
+    from . import admin
+    from .position import parse_after
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     try:
@@ -663,6 +736,8 @@ def config(
     ] = False,
 ) -> None:
     """Print the settings in effect (environment ES_... over config/es.toml over defaults)."""
+    from .settings import example_toml, unknown_variables
+
     if example:
         typer.echo(example_toml(), nl=False)
         return
@@ -714,9 +789,25 @@ def dashboard(
              EXIT_USAGE)
     store = load_app(app_ref, embedded=True)  # require_shared_redis says why not
     require_shared_redis(store, "dashboard")
+    listening = listen_or_exit(host, port)
     log.info("dashboard of %s (%s) on http://%s:%d/", app_ref, describe(store), host, port)
-    uvicorn.run(create_app(store, token=token, read_only=read_only), host=host, port=port,
-                log_config=None, server_header=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(store, token=token, read_only=read_only),
+                                           log_config=None, server_header=False))
+    server.run(sockets=[listening])
+    if not server.started:  # uvicorn logged why (the app's start-up failed)
+        fail(f"the dashboard did not start on {host}:{port}")
+
+
+def listen_or_exit(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket, bound here: uvicorn exits 3 when it cannot bind,
+    the code `status --check` gives for a threshold passed."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return socket.create_server((address, port), family=family)
+    except OSError as error:
+        fail(f"cannot listen on {host}:{port}: {error.strerror or error} (is another program "
+             "on that port? choose another with --port)")
 
 
 @app.command()
@@ -728,19 +819,22 @@ def health(
     any_host: Annotated[bool, typer.Option(
         "--any-host", help="Heartbeats of any host, not only this one (this container)"
     )] = False,
-    max_age: Annotated[float, typer.Option(
-        "--max-age", min=1, help="Seconds after which a heartbeat is stale")
-    ] = DEFAULT_MAX_AGE_S,
+    max_age: Annotated[float | None, typer.Option(
+        "--max-age", min=1, help="Seconds after which a heartbeat is stale [default: six "
+        "heartbeat intervals, 30]")
+    ] = None,
     embedded: Embedded = False,
 ) -> None:
     """Exit 0 when Redis and the broker answer and a publisher or worker process of this
     host beat recently; else exit 1 naming what failed. For container healthchecks."""
+    from .health import DEFAULT_MAX_AGE_S, check_health
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     if role not in (None, "publisher", "worker"):
         fail(f"--role must be 'publisher' or 'worker', not {role!r}", EXIT_USAGE)
     checks = check_health(store, role=role, host="*" if any_host else None,
-                          max_age_s=max_age)
+                          max_age_s=DEFAULT_MAX_AGE_S if max_age is None else max_age)
     for item in checks:
         out.print(f"{item.name}: {'ok' if item.ok else 'FAILED'}: {item.detail}", markup=False,
                   soft_wrap=True)
@@ -764,6 +858,10 @@ def replay(
     """Deliver a subscriber's whole history again: forget its checkpoints and parked
     entities, then send it every entity. It neither pauses the subscriber nor clears its
     read model: to rebuild a read model, use `rebuild`. Asks first."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -799,6 +897,10 @@ def rebuild(
     """Rebuild a subscriber's read model while the app runs: pause it, wait for its running
     handlers, forget its checkpoints and parked entities, call its reset hook, deliver its
     whole history, resume. Events written meanwhile follow the history. Asks first."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -823,6 +925,8 @@ def rebuild(
 def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                 as_json: AsJson = False, embedded: Embedded = False) -> None:
     """List the entities parked for a subscriber."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -839,6 +943,8 @@ def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
 def parked_retry(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                  entity_id: EntityId, embedded: Embedded = False) -> None:
     """Unpark the entity and deliver again from the event that failed (after a fix)."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -853,6 +959,8 @@ def parked_skip(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: Entit
                 entity_id: EntityId, yes: Yes = False, embedded: Embedded = False) -> None:
     """Mark the failing event handled without handling it, then deliver the rest. Asks
     first: the subscriber never handles that event."""
+    from . import admin
+
     settings_or_exit()
     store = load_app(app_ref, embedded=embedded)
     with reported_errors():
@@ -886,6 +994,8 @@ def demo(
     Without ES_REDIS_URL it runs on an embedded Redis (fakeredis) served to the child
     processes; with it, on that Redis under a prefix of its own, deleted afterwards.
     """
+    from .demo import run_demo
+
     settings = settings_or_exit()
     with reported_errors():
         code = run_demo(
@@ -908,6 +1018,8 @@ app.add_typer(keys_app, name="keys")
 def keys_new() -> None:
     """Print a fresh master key (its only output line): set it as ES_ENCRYPTION_KEY, and
     keep the old one in ES_ENCRYPTION_KEYS until `keys rotate` has run."""
+    from .encryption import new_master_key
+
     typer.echo(new_master_key())
 
 

@@ -3,9 +3,10 @@ to JSON and decoded back. Shared by every storage."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json
@@ -47,7 +48,29 @@ def content_json(event: Event, name: str) -> bytes:
             from_json(data, cache_strings=False)
         except ValueError as error:
             raise _invalid(event, name, f"its JSON would not read back ({error})") from error
+    if b"NaN" in data or b"Infinity" in data:  # rare: the walk runs only then
+        where = non_finite_field(content.model_dump(), ())
+        if where is not None:
+            raise _invalid(event, name, f"field {where[0]} is {where[1]}, which JSON has no "
+                           "number for (store None, or a string)")
     return data
+
+
+def non_finite_field(value: Any, path: tuple[str, ...]) -> tuple[str, float] | None:
+    """The dotted path and value of the first NaN or infinity in dumped content, or None.
+
+    Content is written with NaN and Infinity as bare constants (`ser_json_inf_nan`), so an
+    event stored before they were refused still reads back; new ones are refused here:
+    other JSON readers (jq, Go, a browser) refuse those constants."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".".join(path) or "(content)", value
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list | tuple) else ())
+    for key, item in items:
+        found = non_finite_field(item, (*path, str(key)))
+        if found is not None:
+            return found
+    return None
 
 
 def _invalid(event: Event, name: str, reason: str) -> InvalidContentError:

@@ -159,11 +159,14 @@ class MasterKeys:
             self._by_id.setdefault(key.key_id, key)
 
     def wrap(self, key_id: str, data_key: bytes) -> str:
+        """The data key encrypted with the current master key, as stored."""
         nonce = os.urandom(NONCE_BYTES)
         sealed = self.current.aead.encrypt(nonce, data_key, key_id.encode())
         return f"{self.current.key_id}:{_b64(nonce)}:{_b64(sealed)}"
 
     def unwrap(self, key_id: str, wrapped: str) -> bytes:
+        """The data key a `wrap` stored, with whichever configured master key wrapped it;
+        EncryptionError naming the key when none is configured or it was altered."""
         try:
             master_id, nonce, sealed = wrapped.split(":")
         except ValueError:
@@ -181,6 +184,7 @@ class MasterKeys:
         return data_key
 
     def is_current(self, wrapped: str) -> bool:
+        """Whether the current master key wrapped it (`keys rotate` skips it)."""
         return wrapped.partition(":")[0] == self.current.key_id
 
 

@@ -60,7 +60,8 @@ class InvalidContentError(EsError, ValueError):
     """An event's content cannot be stored as JSON that reads back: pydantic cannot
     encode it (text with lone surrogates, values nested deeper than 256 levels, objects of
     unknown types), or its JSON reader would refuse what was written (nesting deeper than
-    200 levels, integers of more than 4,300 digits). Nothing of the write was stored."""
+    200 levels, integers of more than 4,300 digits), or it holds a NaN or an infinity, which
+    JSON has no number for. Nothing of the write was stored."""
 
     def __init__(self, entity_type: str, entity_id: str, event_number: int, name: str,
                  reason: str) -> None:
@@ -71,7 +72,7 @@ class InvalidContentError(EsError, ValueError):
         super().__init__(
             f"{entity_type} {entity_id!r} event {event_number} ({name}) cannot be stored: "
             f"{reason}; nothing was written. Stored JSON must read back: valid Unicode text, "
-            "at most 200 levels of nesting, integers of at most 4,300 digits."
+            "at most 200 levels of nesting, integers of at most 4,300 digits, finite numbers."
         )
 
 

@@ -26,8 +26,9 @@ class Content(BaseModel):
     upgrade.
     """
 
-    # NaN and infinities are written as the JSON constants NaN / Infinity, which reading
-    # accepts: pydantic's default writes null, which a float field then refuses to read.
+    # NaN and infinities are refused at write (codec.content_json finds them by these
+    # constants; pydantic's default would write null silently); events stored with them
+    # before that still read back, as reading accepts the constants.
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     event_name: ClassVar[str]

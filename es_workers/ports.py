@@ -33,11 +33,17 @@ from .upgrade import Reader
 class Subscriptions(Protocol):
     """What every bus does: keep the subscribers of each entity type."""
 
-    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None: ...
+    def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
+        """Runs `handler` for each event of the entity type, as the named subscriber."""
+        ...
 
-    def subscriber_ids(self, entity_type: str) -> list[str]: ...
+    def subscriber_ids(self, entity_type: str) -> list[str]:
+        """The IDs of the entity type's subscribers."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Releases what the bus holds (connections, threads)."""
+        ...
 
 
 @runtime_checkable
@@ -94,7 +100,9 @@ class Storage(Protocol):
         own)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Releases the storage's connections."""
+        ...
 
 
 @runtime_checkable
@@ -103,7 +111,9 @@ class LogStorage(Storage, Protocol):
     InMemoryStorage): what `Store.read_all` and `Store.follow` read."""
 
     @property
-    def partitions(self) -> int: ...
+    def partitions(self) -> int:
+        """How many partitions (logs) the store has."""
+        ...
 
     def read_log(self, partition: int, after: int = 0,
                  entity_types: Collection[str] | None = None) -> Iterator[Event]:
@@ -124,7 +134,9 @@ class LogStorage(Storage, Protocol):
         """The log numbers the named follower has done, per partition."""
         ...
 
-    def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
+    def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        """Records the log numbers the named follower has done, per partition."""
+        ...
 
     def trim_logs(self, keep: int) -> int:
         """Keeps each log's last `keep` events and what a follower has not done (on Redis the
@@ -147,15 +159,24 @@ class AsyncStorage(Protocol):
         """Appends events of one entity, all or none, as `Storage.write`."""
         ...
 
-    def register(self, entity_type: str, *content_types: type[Content]) -> None: ...
+    def register(self, entity_type: str, *content_types: type[Content]) -> None:
+        """Declares the Content classes the entity type may hold, as `Storage.register`."""
+        ...
 
-    def entity_types(self) -> list[str]: ...
+    def entity_types(self) -> list[str]:
+        """The entity types registered."""
+        ...
 
     async def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
-    ) -> tuple[list[str], str | None]: ...
+    ) -> tuple[list[str], str | None]:
+        """A page of the entity type's IDs after `after`, and the cursor of the next page
+        (None at the end), as `Storage.entity_ids`."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Releases the storage's connections."""
+        ...
 
 
 @runtime_checkable
@@ -163,18 +184,30 @@ class AsyncLogStorage(AsyncStorage, Protocol):
     """`LogStorage` for asyncio (AsyncRedisStorage, AsyncInMemoryStorage): the same log,
     awaited. `partitions_count()` is awaited (Redis holds the number)."""
 
-    async def partitions_count(self) -> int: ...
+    async def partitions_count(self) -> int:
+        """How many partitions (logs) the store has."""
+        ...
 
     def read_log(self, partition: int, after: int = 0,
-                 entity_types: Collection[str] | None = None) -> AsyncIterator[Event]: ...
+                 entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
+        """As `LogStorage.read_log`."""
+        ...
 
-    async def log_entry(self, position: Position) -> tuple[str, str, int] | None: ...
+    async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
+        """As `LogStorage.log_entry`."""
+        ...
 
-    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None: ...
+    async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
+        """As `LogStorage.wait_log`."""
+        ...
 
-    async def followed(self, name: str) -> dict[int, int]: ...
+    async def followed(self, name: str) -> dict[int, int]:
+        """As `LogStorage.followed`."""
+        ...
 
-    async def record_followed(self, name: str, done: Mapping[int, int]) -> None: ...
+    async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        """As `LogStorage.record_followed`."""
+        ...
 
 
 @runtime_checkable
@@ -232,7 +265,9 @@ class Rebuilding(Protocol):
         """Records the subscriber's reset hook (one per subscriber)."""
         ...
 
-    def reset_hook(self, subscriber_id: str) -> ResetHook | None: ...
+    def reset_hook(self, subscriber_id: str) -> ResetHook | None:
+        """The subscriber's reset hook, or None."""
+        ...
 
     def rebuild(self, subscriber_id: str, reset: Callable[[], None], *, timeout: float,
                 pause_ms: int, progress: Callable[[int], None] | None) -> int:

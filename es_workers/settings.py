@@ -403,6 +403,7 @@ class Settings(BaseSettings):
 
     # What the settings feed.
     def delivery_options(self) -> DeliveryOptions:
+        """The options of delivery to subscribers these settings give."""
         return DeliveryOptions(
             max_attempts=self.max_attempts,
             min_backoff_ms=self.min_backoff_ms,
@@ -412,6 +413,7 @@ class Settings(BaseSettings):
         )
 
     def publisher_options(self) -> PublisherOptions:
+        """The publisher's options these settings give."""
         return PublisherOptions(
             batch=self.publisher_batch,
             block_ms=self.publisher_block_ms,
@@ -427,6 +429,7 @@ class Settings(BaseSettings):
         )
 
     def durability(self) -> Durability:
+        """What an append waits for (replicas, the AOF) by these settings."""
         return Durability(
             replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms, aof=self.wait_aof
         )
@@ -438,6 +441,7 @@ class Settings(BaseSettings):
 
     @property
     def dramatiq_namespace(self) -> str:
+        """The Dramatiq key namespace: broker_namespace, or '<prefix>:dramatiq'."""
         # Under the store's prefix: two apps on one Redis never share subscriber queues,
         # and deleting the prefix deletes the queues too.
         return self.broker_namespace or f"{self.prefix}:dramatiq"
@@ -559,7 +563,8 @@ def redact_url(url: str | None) -> str | None:
 
 class _EsDotEnv(DotEnvSettingsSource):
     """A .env file may hold other programs' variables (docker compose reads it too): only
-    `ES_...` ones are read, and an `ES_...` one that is no setting is refused as a typo."""
+    `ES_...` ones are read. An `ES_...` one that is no setting is ignored with a warning
+    (`warn_unknown_variables`), as the same typo in the environment is."""
 
     def __call__(self) -> dict[str, Any]:
         prefix = ENV_PREFIX.lower()
@@ -568,7 +573,9 @@ class _EsDotEnv(DotEnvSettingsSource):
             if name in self.settings_cls.model_fields:
                 values[name] = value
             elif name.lower().startswith(prefix):
-                values[name[len(prefix):].lower()] = value
+                variable = name.upper()
+                _dotenv_unknown[variable] = (str(self.env_file), closest_name(
+                    variable, [env_name(field) for field in self.settings_cls.model_fields]))
         return values
 
 
@@ -628,17 +635,23 @@ def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | 
 
 
 _reported: set[str] = set()  # unknown variables already warned about by this process
+_dotenv_unknown: dict[str, tuple[str, str | None]] = {}  # .env name: (file, closest setting)
 
 
 def warn_unknown_variables() -> None:
-    """A warning per `ES_...` variable that is no setting, once per process."""
-    for name, closest in unknown_variables().items():
-        if name in _reported:
+    """A warning per `ES_...` variable that is no setting (in the environment or the .env
+    file read last), once per process."""
+    found = {name: (f"environment variable {name}", closest)
+             for name, closest in unknown_variables().items()}
+    for name, (path, closest) in _dotenv_unknown.items():
+        found.setdefault(f"{path}:{name}", (f"variable {name} in {path!r}", closest))
+    for key, (what, closest) in found.items():
+        if key in _reported:
             continue
-        _reported.add(name)
+        _reported.add(key)
         hint = f"; did you mean {closest}?" if closest else ""
         logging.getLogger("es_workers.settings").warning(
-            "environment variable %s is not an es_workers setting%s", name, hint
+            "%s is not an es_workers setting%s", what, hint
         )
 
 
@@ -647,27 +660,53 @@ def load_settings(*, report_unknown: bool = True, **overrides: Any) -> Settings:
     Environment variables `ES_...` that are no setting are reported as warnings (unless
     `report_unknown` is False: a caller that configures logging from the settings first
     calls `warn_unknown_variables` itself)."""
-    if report_unknown:
-        warn_unknown_variables()
+    _dotenv_unknown.clear()  # filled again as the .env file is read
     try:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigurationError(describe_errors(error)) from None
+    finally:
+        if report_unknown:
+            warn_unknown_variables()
 
 
 def describe_errors(error: ValidationError) -> str:
+    """One line per invalid setting, named as it was given: the environment variable, or
+    the config file's key (a key that is no setting with the closest one)."""
     path = config_file()
     where = f"environment {ENV_PREFIX}* or {str(path)!r}" if path else f"environment {ENV_PREFIX}*"
+    in_file = file_keys(path)
     lines = [f"invalid settings (from {where}):"]
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
         message = str(item["msg"]).removeprefix("Value error, ")
         if not field:  # a check across fields
             lines.append(f"  {message}")
-        elif item["type"] == "extra_forbidden":
-            lines.append(f"  {field!r}: not a setting (config file key or keyword)")
+            continue
+        shown = item.get("input")
+        shown = redact_url(shown) if isinstance(shown, str) else shown
+        if item["type"] == "extra_forbidden":
+            near = closest_name(field, list(Settings.model_fields))
+            hint = f"; did you mean {near!r}?" if near else ""
+            source = f"key in {str(path)!r}" if field in in_file else "keyword"
+            lines.append(f"  {field!r} ({source}): not a setting{hint}")
+        elif field in in_file and not given_outside_file(field):
+            lines.append(f"  key {field!r} in {str(path)!r} = {shown!r}: {message}")
         else:
-            shown = item.get("input")
-            shown = redact_url(shown) if isinstance(shown, str) else shown
             lines.append(f"  {env_name(field)}={shown!r}: {message}")
     return "\n".join(lines)
+
+
+def file_keys(path: Path | None) -> set[str]:
+    """The keys of the config file (empty without one)."""
+    if path is None:
+        return set()
+    try:
+        return set(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError):  # reported where the file is read
+        return set()
+
+
+def given_outside_file(field: str) -> bool:
+    """Whether an environment variable (which wins over the file) sets the setting."""
+    return any(name.upper() == env_name(field) for name in os.environ)

@@ -50,6 +50,7 @@ class StreamState:
 
     @property
     def position(self) -> int:
+        """The number of the last event read or written: where the next write goes after."""
         reading = self._reading
         if reading is not None and reading.position > self._written:
             return reading.position

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -204,6 +205,51 @@ def async_client_from_url(url: str, settings: Settings, **auth: str) -> redis.as
     """`client_from_url`'s asyncio twin."""
     options: dict[str, Any] = {**async_connection_options(settings), **auth}
     return redis.asyncio.Redis.from_url(url, **options)
+
+
+# A RabbitMQ that turns the login or the vhost away is asked this many times, a second
+# apart (a user or vhost being created as the container starts), then refused.
+BROKER_REFUSAL_TRIES = 3
+BROKER_REFUSAL_PAUSE_S = 1.0
+
+
+def check_broker(broker: dramatiq.Broker, url: str | None) -> None:
+    """Refuses, with a ConfigurationError naming what to check, a RabbitMQ broker that
+    refuses this process's login or vhost BROKER_REFUSAL_TRIES times: Dramatiq would retry
+    it forever, logging every try. An unreachable RabbitMQ passes: an outage ends, and
+    Dramatiq rides it out. Other brokers pass (a Redis refuses where the store opens)."""
+    if url is None or urlsplit(url).scheme not in ("amqp", "amqps"):
+        return
+    import pika.exceptions  # type: ignore[import-untyped]  # the rabbitmq extra, as here
+
+    pika_log = logging.getLogger("pika")
+    level = pika_log.level
+    pika_log.setLevel(logging.CRITICAL)  # ~20 lines and a traceback per try: ours is one
+    try:
+        _connect_or_refuse(broker, url, pika.exceptions)
+    finally:
+        pika_log.setLevel(level)
+
+
+def _connect_or_refuse(broker: dramatiq.Broker, url: str, errors: Any) -> None:
+    """`check_broker`'s tries; `errors`: pika's exceptions module."""
+    what = ""
+    for attempt in range(1, BROKER_REFUSAL_TRIES + 1):
+        try:
+            getattr(broker, "connection")  # noqa: B009  # RabbitmqBroker connects on access
+            return
+        except errors.ProbableAccessDeniedError:
+            what = (f"access to vhost {urlsplit(url).path[1:] or '/'!r} was denied (no such "
+                    "vhost, or the user has no permission on it)")
+        except (errors.ProbableAuthenticationError, errors.AuthenticationError):
+            what = "the login was refused (user or password)"
+        except errors.AMQPConnectionError:
+            return  # unreachable: an outage, not a misconfiguration
+        if attempt < BROKER_REFUSAL_TRIES:
+            time.sleep(BROKER_REFUSAL_PAUSE_S)
+    raise ConfigurationError(
+        f"RabbitMQ {redact_url(url)}: {what}, {BROKER_REFUSAL_TRIES} times: check the user, "
+        f"password and vhost of {env_name('broker_url')}")
 
 
 def build_broker(settings: Settings, *, cluster: bool = False) -> dramatiq.Broker:

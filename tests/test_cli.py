@@ -22,6 +22,8 @@ from types import ModuleType
 
 import dramatiq
 import pytest
+import typer
+from conftest import REDIS_URL, delete_prefix, real_redis
 from kit import wait_for, write_at_head
 from typer.testing import CliRunner
 
@@ -229,6 +231,37 @@ def test_publish_and_worker_refuse_an_embedded_redis(app_module: ModuleType) -> 
         result = runner.invoke(app, [command, ref(app_module)])
         assert result.exit_code == 2
         assert "ES_REDIS_URL is not set" in result.output
+
+
+@pytest.fixture
+def redis_app(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
+    """The test app on the real Redis, under a prefix of its own (deleted afterwards)."""
+    client = real_redis()
+    prefix = f"t-{uuid.uuid4().hex[:10]}"
+    clean_env.setenv("ES_REDIS_URL", REDIS_URL)
+    clean_env.setenv("ES_PREFIX", prefix)
+    name = f"cliapp_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(APP_SOURCE)
+    clean_env.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    module.store.close()
+    sys.modules.pop(name, None)
+    delete_prefix(client, prefix)
+
+
+def test_worker_refuses_a_queue_no_subscriber_has_naming_the_known_ones(
+    redis_app: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_exec(*args: object) -> None:
+        raise AssertionError(f"Dramatiq was started: {args}")
+
+    monkeypatch.setattr(os, "execvpe", no_exec)
+    for queues in (["--queues", "audit", "fragil"], ["-Q", "fragil"], ["--queues=fragil"]):
+        result = runner.invoke(app, ["worker", ref(redis_app), *queues])
+        assert result.exit_code == 2, result.output
+        assert ("--queues 'fragil': no subscriber of this app has that ID; did you mean "
+                "'fragile'? (subscriber IDs: 'audit', 'fragile')") in result.output
 
 
 ADMIN_COMMANDS = [
@@ -616,6 +649,16 @@ def test_status_shows_a_rebuild_that_failed_halfway_until_one_finishes(
     assert "rebuild" not in shown.stdout
 
 
+def test_health_help_gives_the_default_max_age_it_uses() -> None:
+    """Written in the help text (the option's default is None, so that --help does not
+    import the health module)."""
+    from es_workers.health import DEFAULT_MAX_AGE_S
+
+    command = typer.main.get_command(app).commands["health"]  # type: ignore[attr-defined]
+    option = next(param for param in command.params if param.name == "max_age")
+    assert option.help.endswith(f"[default: six heartbeat intervals, {DEFAULT_MAX_AGE_S:g}]")
+
+
 # -- As a real process ---------------------------------------------------------------------
 
 def test_console_script_reports_bad_settings_and_exits_2(tmp_path: Path) -> None:
@@ -633,3 +676,31 @@ def test_python_dash_m_es_workers_runs_the_cli(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "publish" in result.stdout and "worker" in result.stdout
+
+
+MODULES_LOADED = """
+import sys
+from es_workers.cli import main
+sys.argv = ["es-workers", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print(sorted(name for name in sys.modules if name.partition(".")[0] in {
+    "dramatiq", "redis", "pydantic_settings", "prometheus_client"}
+    or name.startswith("es_workers.") and name not in {"es_workers.cli", "es_workers.errors",
+                                                        "es_workers.position"}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["worker", "--help"]],
+                         ids=" ".join)
+def test_version_and_help_load_neither_redis_dramatiq_settings_nor_the_store(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """They answer at once (figures in the README): the commands import what they use.
+    (Typer itself loads pydantic to parse a command's options.)"""
+    result = subprocess.run([sys.executable, "-c", MODULES_LOADED, *argv], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import types
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import dramatiq
 import fakeredis
 import pytest
 from apps.delivery_kit import Delivery, Recorder
-from conftest import ACCOUNT_EVENTS, Deposited, Opened
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, real_redis
 from httpx2 import Response
 from kit import wait_for, write_at_head
 from starlette.testclient import TestClient
@@ -452,6 +453,22 @@ def test_the_cli_refuses_a_public_address_without_a_token(
     passed = CliRunner().invoke(cli, ["dashboard", "examples.bank:store", "--host", "0.0.0.0"])
     assert passed.exit_code == 2 and "without a token" not in passed.output
     assert "ES_REDIS_URL is not set" in passed.output  # the next check: a shared Redis
+
+
+def test_the_cli_on_a_port_in_use_exits_1_naming_the_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not 3: that is `status --check`'s code for a threshold passed."""
+    real_redis()
+    monkeypatch.setenv("ES_REDIS_URL", REDIS_URL)
+    monkeypatch.delitem(sys.modules, "examples.bank", raising=False)  # built anew on it
+    monkeypatch.delenv("ES_DASHBOARD_TOKEN", raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["dashboard", "examples.bank:store", "--port",
+                                          str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
 
 
 @pytest.mark.parametrize(("host", "loopback"), [

@@ -8,16 +8,19 @@ tests/test_failures_processes.py."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 import redis.asyncio
@@ -152,6 +155,26 @@ def test_opening_a_store_on_an_unreachable_redis_raises_storage_unavailable_with
         store_on(half, client_from(half, Settings(redis_url=url)), prefix="x")
     assert "Redis app@127.0.0.1:1/0 is unavailable while opening the store" in str(raised.value)
     assert "s3cret-pw" not in str(raised.value) + repr(raised.value.cause)
+
+
+def test_a_database_number_past_the_servers_is_a_configuration_error_naming_it() -> None:
+    real_redis()
+    url = REDIS_URL.rsplit("/", 1)[0] + "/999"
+    with pytest.raises(ConfigurationError, match=r"Redis \S+/999 has no such database "
+                       r"\(DB index is out of range\): check the database number in ES_REDIS_URL"):
+        RedisStorage(redis.Redis.from_url(url))
+
+
+def test_an_http_server_on_the_redis_port_is_a_configuration_error_naming_it() -> None:
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                         http.server.BaseHTTPRequestHandler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{web.server_port}/0 "
+                               "did not answer as a Redis server .*check the host and port"):
+                RedisStorage(redis.Redis.from_url(f"redis://127.0.0.1:{web.server_port}/0"))
+        finally:
+            web.shutdown()
 
 
 def test_status_with_redis_down_prints_one_line_and_exits_1(tmp_path: Path) -> None:
@@ -444,6 +467,44 @@ def test_config_output_never_shows_a_password() -> None:
 
 
 # Workers ride out an outage quietly
+
+
+def test_a_consumer_with_its_prefetch_full_never_says_redis_recovered_while_it_is_down(
+    proxy: TcpProxy, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its messages are being handled, so it fetches nothing: its empty return says
+    nothing about Redis."""
+    settings = Settings(redis_url=proxy.url, redis_connect_timeout_ms=200)
+    broker = WakingRedisBroker(client=client_from_url(proxy.url, settings),
+                               namespace=f"{prefix}:dramatiq", idle_timeout_ms=50)
+    broker.declare_queue("busy")
+    broker.enqueue(dramatiq.Message(queue_name="busy", actor_name="a", args=(), kwargs={},
+                                    options={}))
+    busy, idle = (broker.consume(queue, prefetch=1, timeout=10) for queue in ("busy", "idle"))
+    try:
+        deadline = time.monotonic() + 10
+        while (held := next(busy)) is None:  # being handled: the prefetch of 1 is full
+            assert time.monotonic() < deadline, "the message never came"
+        proxy.down()
+        with caplog.at_level(logging.INFO, logger="es_workers.workers.broker"):
+            assert next(idle) is None  # the outage begins
+            began = time.monotonic()
+            while time.monotonic() - began < 1.0:
+                assert next(busy) is None
+            assert "Redis broker unavailable" in caplog.text
+            assert "recovered" not in caplog.text
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while "recovered after" not in caplog.text:
+                assert time.monotonic() < deadline, "the consumers never recovered"
+                next(idle)
+    finally:
+        if "recovered after" not in caplog.text:  # failed with the proxy down
+            proxy.up()
+        busy.ack(held)
+        busy.close()
+        idle.close()
+        broker.close()
 
 
 def test_broker_consumers_wait_out_an_outage_with_one_warning_per_backoff_step(

@@ -7,22 +7,31 @@ test_processes_cluster.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import servers
 from apps.delivery_kit import (
     FAST_PUBLISHER,
     Delivery,
     Recorder,
     assert_exactly_once_in_order,
 )
-from conftest import ACCOUNT_EVENTS, delete_prefix
+from conftest import ACCOUNT_EVENTS, REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from kit import wait_for, write_count
 from servers import RedisClusterServers
 
-from es_workers import RedisStorage, admin
+from es_workers import ConfigurationError, RedisStorage, admin, wiring
+from es_workers.wiring import check_broker
+
+ROOT = Path(__file__).resolve().parent.parent
+ES_WORKERS = str(Path(sys.executable).parent / "es-workers")
 
 pytestmark = pytest.mark.servers
 
@@ -110,3 +119,54 @@ def test_a_late_subscriber_is_handed_the_history_over_rabbitmq(
         second.stop()
     assert_exactly_once_in_order(late, heads)
     assert early_again.count() == 0  # the first subscriber was not handed it again
+
+
+# A misconfigured RabbitMQ is refused at start-up, not retried forever
+
+BAD_VHOST = f"amqp://guest:guest@{servers.RABBITMQ_HOST}:{servers.RABBITMQ_PORT}/no-such-vhost"
+BAD_LOGIN = f"amqp://guest:not-it@{servers.RABBITMQ_HOST}:{servers.RABBITMQ_PORT}/"
+
+
+@pytest.fixture
+def rabbitmq() -> None:
+    if not servers.rabbitmq_reachable():
+        pytest.fail(f"no RabbitMQ at {servers.RABBITMQ_HOST}:{servers.RABBITMQ_PORT}")
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    (BAD_VHOST, "access to vhost 'no-such-vhost' was denied"),
+    (BAD_LOGIN, "the login was refused (user or password)"),
+], ids=["vhost", "password"])
+def test_a_rabbitmq_refusing_the_login_or_vhost_is_a_configuration_error_after_a_few_tries(
+    rabbitmq: None, monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    monkeypatch.setattr(wiring, "BROKER_REFUSAL_PAUSE_S", 0.01)
+    with pytest.raises(ConfigurationError) as refused:
+        check_broker(RabbitmqBroker(url=url), url)
+    assert reason in str(refused.value)
+    assert "check the user, password and vhost of ES_BROKER_URL" in str(refused.value)
+    assert "not-it" not in str(refused.value)
+
+
+def test_an_unreachable_rabbitmq_is_an_outage_not_refused() -> None:
+    url = "amqp://guest:guest@127.0.0.1:1/"
+    check_broker(RabbitmqBroker(url=url), url)  # Dramatiq waits it out
+
+
+def test_publish_and_worker_exit_2_naming_the_vhost_instead_of_retrying_forever(
+    rabbitmq: None, tmp_path: Path
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ES_")},
+           "ES_REDIS_URL": REDIS_URL, "ES_PREFIX": prefix, "ES_BROKER_URL": BAD_VHOST,
+           "PYTHONPATH": str(ROOT)}
+    try:
+        for command in ("publish", "worker"):
+            done = subprocess.run([ES_WORKERS, command, "examples.bank:store"], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, done.stderr
+            assert "access to vhost 'no-such-vhost' was denied" in done.stderr
+            assert "3 times: check the user, password and vhost of ES_BROKER_URL" in done.stderr
+            assert "Traceback" not in done.stderr  # pika's own lines are quiet meanwhile
+    finally:
+        delete_prefix(real_redis(), prefix)

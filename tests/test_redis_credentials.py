@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import settings_app
 from conftest import delete_prefix
 from servers import RedisClusterServers, RedisSentinelServers, RedisServer
 
-from es_workers import AsyncStore, ConfigurationError, Settings, Store
+from es_workers import AsyncStore, ConfigurationError, RedisStorage, Settings, Store
 from es_workers.settings import load_settings
 from es_workers.workers.broker import WakingRedisBroker
 
@@ -164,3 +165,18 @@ def test_credentials_in_the_url_and_in_settings_must_agree(
     same = "url-s3cret" if field == "redis_password" else "app-user"
     monkeypatch.setenv(f"ES_{field.upper()}", same)
     assert load_settings().redis_url is not None  # the same in both places is fine
+
+
+def test_a_missing_or_wrong_password_is_a_configuration_error_saying_what_to_set(
+    redis_password_server: RedisServer,
+) -> None:
+    """Not redis-py's bare "Authentication required."; the password is never shown."""
+    with pytest.raises(ConfigurationError) as missing:
+        RedisStorage(redis.Redis.from_url(redis_password_server.url))
+    assert "needs a password" in str(missing.value)
+    assert "set ES_REDIS_PASSWORD" in str(missing.value)
+
+    with pytest.raises(ConfigurationError) as wrong:
+        RedisStorage(redis.Redis.from_url(redis_password_server.url, password="not-it-x"))
+    assert "refused the credentials" in str(wrong.value)
+    assert "check ES_REDIS_PASSWORD" in str(wrong.value) and "not-it-x" not in str(wrong.value)

@@ -106,13 +106,27 @@ def test_missing_es_config_file_is_an_error_naming_it(clean_env: pytest.MonkeyPa
         load_settings()
 
 
-def test_unknown_key_in_config_file_is_refused(
+def test_unknown_key_in_config_file_is_refused_as_its_key_with_the_closest_setting(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "es.toml").write_text("partitoins = 4\n")
-    with pytest.raises(ConfigurationError, match="'partitoins': not a setting"):
+    expected = "'partitoins' (key in 'config/es.toml'): not a setting; did you mean 'partitions'?"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
         load_settings()
+
+
+def test_an_invalid_value_in_the_config_file_is_named_by_its_key_not_a_variable(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "es.toml").write_text("partitions = 0\nworker_threads = 0\n")
+    clean_env.setenv("ES_WORKER_THREADS", "0")  # the environment wins: named as a variable
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert "key 'partitions' in 'config/es.toml' = 0: " in str(raised.value)
+    assert "ES_PARTITIONS" not in str(raised.value)
+    assert "ES_WORKER_THREADS='0'" in str(raised.value)
 
 
 def test_invalid_toml_is_reported_with_the_file_name(
@@ -229,12 +243,16 @@ def test_a_named_env_file_or_secrets_directory_must_exist(
         load_settings()
 
 
-def test_a_mistyped_setting_in_the_env_file_is_refused(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
+def test_a_mistyped_setting_in_the_env_file_is_a_warning_as_in_the_environment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (tmp_path / ".env").write_text("ES_REDIS_ULR=redis://127.0.0.1:6379/0\n")
-    with pytest.raises(ConfigurationError, match="'redis_ulr': not a setting"):
-        load_settings()
+    (tmp_path / ".env").write_text("ES_REDIS_ULR=redis://127.0.0.1:6379/0\nES_PREFIX=e\n")
+
+    settings = load_settings()
+
+    assert settings.prefix == "e" and settings.redis_url is None
+    assert ("variable ES_REDIS_ULR in '.env' is not an es_workers setting; did you mean "
+            "ES_REDIS_URL?") in caplog.text
 
 
 def test_every_invalid_setting_is_reported_at_once(clean_env: pytest.MonkeyPatch) -> None:

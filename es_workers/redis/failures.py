@@ -57,13 +57,35 @@ def translated(server: str, doing: str, *, writing: bool = False) -> Iterator[No
     except redis.exceptions.OutOfMemoryError as error:
         raise StorageFullError(server, error) from error
     except redis.AuthenticationError as error:  # a ConnectionError in redis-py, but no outage
-        raise ConfigurationError(f"Redis {server} refused the credentials: {error}") from None
+        raise ConfigurationError(credentials_refused(server, error)) from None
+    except redis.exceptions.InvalidResponse as error:  # its text: a few bytes of the reply
+        raise ConfigurationError(
+            f"{server} did not answer as a Redis server ({error}): check the host and port "
+            "of ES_REDIS_URL (another service, e.g. HTTP, listening there?) and its scheme "
+            "(rediss:// for TLS only)") from None
+    except redis.ResponseError as error:
+        if "DB index is out of range" not in str(error):
+            raise
+        raise ConfigurationError(
+            f"Redis {server} has no such database ({error}): check the database "
+            "number in ES_REDIS_URL (or ES_REDIS_DB); a Redis has 16 (0-15) unless its "
+            "`databases` setting says more, a Redis Cluster only 0") from None
     except UNAVAILABLE as error:
         # READONLY and MASTERDOWN are refusals: the command did not run. But redis-py may
         # have retried it after a lost connection, so a write's outcome stays unknown.
         raise StorageUnavailableError(
             server, error, outcome_unknown=writing, doing=doing
         ) from error
+
+
+def credentials_refused(server: str, error: redis.AuthenticationError) -> str:
+    """What to check when Redis refuses a connection's credentials (never quoting them)."""
+    text = str(error).lower()
+    if "required" in text or "already authenticated" in text:  # NOAUTH: none was given
+        return (f"Redis {server} needs a password ({error}): set ES_REDIS_PASSWORD (and "
+                "ES_REDIS_USERNAME for an ACL user), or give it in ES_REDIS_URL")
+    return (f"Redis {server} refused the credentials ({error}): check ES_REDIS_PASSWORD and "
+            "ES_REDIS_USERNAME, or those in ES_REDIS_URL")
 
 
 def appending(server: str, entity_type: str,

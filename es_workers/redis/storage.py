@@ -123,6 +123,7 @@ class RedisStorage:
 
     @property
     def partitions(self) -> int:
+        """How many partitions the prefix has (fixed once it exists)."""
         return self.keys.partitions
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
@@ -223,6 +224,7 @@ class RedisStorage:
         return {text(k): int(v) for page in pages for k, v in page.items()}
 
     def count_entities(self, entity_type: str) -> int:
+        """How many entities of the type have events."""
         pipe = self.client.pipeline(transaction=False)
         for partition in range(self.partitions):
             pipe.zcard(self.keys.index(entity_type, partition))

@@ -117,6 +117,8 @@ class _Wakeups:
                     if message is not None and message["type"] == "message":
                         self._woken(message["data"])
             except (*UNAVAILABLE, redis.RedisError) as error:
+                if self._stopped.is_set():  # its connection went with the broker: no outage
+                    return
                 # Consumers fall back to their idle timeout meanwhile.
                 self._stopped.wait(self._outage.failed(error))
             finally:
@@ -197,7 +199,10 @@ class _WakingConsumer(RedisConsumer):
         """The next message, or None. While Redis is unavailable it waits out the broker's
         backoff in steps and returns None, so the worker thread keeps running (and can
         stop) instead of restarting its consumer and logging each failure."""
-        asks_redis = not has_cached_messages(self)
+        # Only a fetch says Redis answers: a consumer with messages prefetched, or with its
+        # prefetch full of messages being handled, returns without asking it.
+        asks_redis = (not has_cached_messages(self)
+                      and self.outstanding_message_count < self.prefetch)
         try:
             message = self._next()
         except UNAVAILABLE as error:
