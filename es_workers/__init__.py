@@ -71,6 +71,7 @@ from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
 from .position import Position
 from .redis import AsyncRedisStorage, RedisStorage
 from .settings import Settings
+from .snapshot import Snapshot, SnapshotError
 from .store import Store
 from .stream import Stream
 from .upgrade import EventUpgrade
@@ -117,6 +118,8 @@ __all__ = [
     "RebuildError",
     "RedisStorage",
     "Settings",
+    "Snapshot",
+    "SnapshotError",
     "Storage",
     "StorageFullError",
     "StorageUnavailableError",

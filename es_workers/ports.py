@@ -20,12 +20,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .errors import ConfigurationError
 from .event import Content, Event, Handler
 from .names import check_rebuildable
 from .position import Position
+from .snapshot import StoredSnapshot
 from .upgrade import Reader
 
 
@@ -130,6 +132,34 @@ class LogStorage(Storage, Protocol):
         """Keeps each log's last `keep` events and what a follower has not done (on Redis the
         whole write that holds the first kept); returns how many log entries it removed."""
         ...
+
+
+@runtime_checkable
+class SnapshotStorage(Protocol):
+    """A storage that keeps snapshots beside its entities (`Store.save_snapshot`): never in
+    an entity's stream, its outbox or its log."""
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        """Keeps the snapshot as the entity's one of its state class, unless one of the same
+        version after a later event is there; `SnapshotError` if its event is not stored
+        (beyond the head, or removed)."""
+        ...
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The entity's snapshot of the state class `name`, with the time of its event."""
+        ...
+
+
+@runtime_checkable
+class AsyncSnapshotStorage(Protocol):
+    """`SnapshotStorage`, awaited."""
+
+    async def save_snapshot(self, entity_type: str, entity_id: str,
+                            snapshot: StoredSnapshot) -> None: ...
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            name: str) -> tuple[StoredSnapshot, datetime] | None: ...
 
 
 @runtime_checkable
@@ -251,6 +281,22 @@ class Progress(Protocol):
         """Returns once each subscriber has handled the entity up to `event_number`; raises
         `WaitTimeoutError` (naming those behind) or `ParkedError`."""
         ...
+
+
+def snapshot_storage(storage: object) -> SnapshotStorage:
+    """The storage, if it keeps snapshots (ConfigurationError otherwise)."""
+    if not isinstance(storage, SnapshotStorage):
+        raise ConfigurationError(f"{type(storage).__name__} keeps no snapshots: use "
+                                 "RedisStorage or InMemoryStorage")
+    return storage
+
+
+def async_snapshot_storage(storage: object) -> AsyncSnapshotStorage:
+    """The async storage, if it keeps snapshots (ConfigurationError otherwise)."""
+    if not isinstance(storage, AsyncSnapshotStorage):
+        raise ConfigurationError(f"{type(storage).__name__} keeps no snapshots: use "
+                                 "AsyncRedisStorage or AsyncInMemoryStorage")
+    return storage
 
 
 def rebuilding(bus: Bus) -> Rebuilding:

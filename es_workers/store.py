@@ -9,14 +9,21 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
+from pydantic import BaseModel
+
 from . import metrics
 from .commit_log import Follower, LogReading, log_storage, read_all
 from .errors import ConcurrencyError, ConfigurationError
-from .event import Content, Handler, is_async
+from .event import Content, Event, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import Keyring
 from .memory.bus import InMemoryEventBus
-from .names import check_subscribed_type, subscribers_to_wait_for
+from .names import (
+    check_entity_id,
+    check_entity_type,
+    check_subscribed_type,
+    subscribers_to_wait_for,
+)
 from .ports import (
     Bus,
     NotifyingEventBus,
@@ -26,15 +33,25 @@ from .ports import (
     Storage,
     check_rebuild,
     rebuilding,
+    snapshot_storage,
 )
 from .position import After, Position
 from .redis.storage import RedisStorage
 from .settings import Settings
+from .snapshot import (
+    Snapshot,
+    from_store,
+    snapshot_subscriber_id,
+    state_name,
+    take_snapshot,
+    to_store,
+)
 from .stream import Stream, check_stream
 from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
 
 H = TypeVar("H", bound=Handler)
+S = TypeVar("S", bound=BaseModel)
 
 
 class Store:
@@ -125,6 +142,50 @@ class Store:
         it records how far it got, goes on from there when `after` is None, and holds
         back the log's trimming. See `es_workers.commit_log.Follower`."""
         return Follower(self.storage, self.reader, after, entity_types, name)
+
+    def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
+                      event_number: int) -> None:
+        """Keeps `state` (a pydantic model) as the entity's state after its event
+        `event_number`, beside the entity (never delivered to subscribers), as the one
+        snapshot of its class unless one of the same `snapshot_version` after a later event
+        is there. `SnapshotError` if the entity has no such event (beyond its head)."""
+        stored = to_store(entity_type, entity_id, state, event_number)
+        snapshot_storage(self.storage).save_snapshot(entity_type, entity_id, stored)
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      state_type: type[S]) -> Snapshot[S] | None:
+        """The entity's newest usable snapshot of `state_type`: None if there is none, or it
+        was saved with another `snapshot_version` or no longer validates. Go on with
+        `open_from(entity_type, entity_id, snapshot.event_number)`."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        found = snapshot_storage(self.storage).load_snapshot(entity_type, entity_id,
+                                                             state_name(state_type))
+        return from_store(found, state_type)
+
+    def snapshot_every(self, entity_type: str, every: int, state_type: type[S],
+                       project: Callable[[S | None, Event], S], *,
+                       subscriber_id: str | None = None) -> str:
+        """Saves a snapshot of each entity of the type after every `every`-th event: a
+        subscriber (its ID returned; by default `snapshot_<state class>`) that projects
+        the events after the newest snapshot with `project(state or None, event) -> state`
+        and saves the result. Run by the workers like any subscriber."""
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        chosen = subscriber_id or snapshot_subscriber_id(state_type)
+
+        def snapshot(event: Event) -> None:
+            number, entity_id = event.event_number, event.entity_id
+            if number % every:
+                return
+            state = take_snapshot(
+                lambda: self.load_snapshot(entity_type, entity_id, state_type),
+                lambda after: self.read(entity_type, entity_id, after), project, number)
+            if state is not None:
+                self.save_snapshot(entity_type, entity_id, state, event_number=number)
+
+        self.subscribe(entity_type, chosen, snapshot)
+        return chosen
 
     def entity_types(self) -> list[str]:
         """The entity types this store was given events for."""

@@ -19,6 +19,7 @@ from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..position import Position, partition_of, trim_from
+from ..snapshot import StoredSnapshot, beyond_head
 from ..upgrade import Reader
 from .keys import InMemoryKeyStore
 
@@ -62,6 +63,8 @@ class InMemoryStorage:
         self._logged = threading.Condition(self._lock)
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
         self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
+        # (entity type, entity ID) -> state name -> snapshot: never in a stream or the log.
+        self._snapshots: dict[tuple[str, str], dict[str, StoredSnapshot]] = {}
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         self.registry.register(entity_type, *content_types)
@@ -150,6 +153,28 @@ class InMemoryStorage:
         page = order[:limit]
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
+
+    # -- snapshots: as RedisStorage's ------------------------------------------------------
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        number = snapshot.event_number
+        with self._lock:
+            records = self._streams.get((entity_type, entity_id), [])
+            if number > len(records):
+                raise beyond_head(entity_type, entity_id, number, len(records))
+            kept = self._snapshots.setdefault((entity_type, entity_id), {})
+            old = kept.get(snapshot.name)
+            if old is None or old.version != snapshot.version or old.event_number < number:
+                kept[snapshot.name] = snapshot
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        with self._lock:
+            found = self._snapshots.get((entity_type, entity_id), {}).get(name)
+            if found is None:
+                return None
+            records = self._streams[entity_type, entity_id]
+            return found, records[found.event_number - 1].event_time
 
     # -- the log: as RedisStorage's --------------------------------------------------------
 

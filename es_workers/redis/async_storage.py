@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio
@@ -22,6 +23,7 @@ from ..encryption import FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
 from ..keyring import AsyncKeyring
 from ..position import Position
+from ..snapshot import StoredSnapshot
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
@@ -42,6 +44,7 @@ from .keys import RedisKeys
 from .log import LogPages, event_at
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
+from .snapshots import check_saved, loaded, snapshot_args, snapshot_keys
 from .state import SubscriberState
 
 
@@ -76,6 +79,7 @@ class AsyncRedisStorage:
         self._on_cluster = is_async_cluster(client)
         pooled = not self._on_cluster and getattr(client, "connection_pool", None) is not None
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
+        self._snapshot_script = AsyncScript(client, "snapshot")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
@@ -185,6 +189,23 @@ class AsyncRedisStorage:
         with translated(self.server, f"listing {entity_type} entities"):
             replies = await pipe.execute()
         return entity_ids_page(replies, limit)
+
+    # -- snapshots, as RedisStorage's ----------------------------------------------------
+
+    async def save_snapshot(self, entity_type: str, entity_id: str,
+                            snapshot: StoredSnapshot) -> None:
+        keys = snapshot_keys(await self.open(), entity_type, entity_id)
+        with translated(self.server, f"saving a snapshot of {entity_type} {entity_id!r}",
+                        writing=True):
+            reply = await self._snapshot_script(keys, snapshot_args(entity_id, snapshot))
+        check_saved(entity_type, entity_id, snapshot, reply)
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            name: str) -> tuple[StoredSnapshot, datetime] | None:
+        key = (await self.open()).snapshots(entity_type, entity_id)
+        with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
+            value = await self.client.hget(key, name)
+        return loaded(name, value)
 
     # -- the log (see log.py), as RedisStorage's -----------------------------------------
 

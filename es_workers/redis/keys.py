@@ -61,6 +61,12 @@ class RedisKeys:
         name=...)`); the log is never trimmed past the least of them."""
         return f"{self.tag(partition)}:log:followers"
 
+    def snapshots(self, entity_type: str, entity_id: str) -> str:
+        """Hash: state class name -> the entity's snapshot (snapshot.lua); beside its
+        stream, never in it."""
+        tag = self.tag(self.partition(entity_type, entity_id))
+        return f"{tag}:snapshot:{entity_type}:{entity_id}"
+
     def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
         index, outbox, scratch key and log (the partition computed once: this runs on every

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
 from ..position import Position, trim_from
+from ..snapshot import StoredSnapshot
 from ..upgrade import Reader
 from .cluster import is_cluster
 from .durability import Durability
@@ -41,6 +43,7 @@ from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
+from .snapshots import check_saved, loaded, snapshot_args, snapshot_keys
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
 
@@ -100,6 +103,7 @@ class RedisStorage:
         self.subscribers = SubscriberRegistry(client, self.keys)
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
+        self._snapshot_script = Script(client, "snapshot")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -237,6 +241,24 @@ class RedisStorage:
         with translated(self.server, "reading the outbox backlog"):
             lengths = pipe.execute(raise_on_error=False)
         return sum(int(n) for n in lengths if isinstance(n, int))
+
+    # -- snapshots (see snapshots.py) ----------------------------------------------------
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        """Keeps the snapshot beside the entity (SnapshotError if its event is not stored)."""
+        keys = snapshot_keys(self.keys, entity_type, entity_id)
+        with translated(self.server, f"saving a snapshot of {entity_type} {entity_id!r}",
+                        writing=True):
+            reply = self._snapshot_script(keys=keys, args=snapshot_args(entity_id, snapshot))
+        check_saved(entity_type, entity_id, snapshot, reply)
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The entity's snapshot of the state class `name`, with its event's time."""
+        key = self.keys.snapshots(entity_type, entity_id)
+        with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
+            value = self.client.hget(key, name)
+        return loaded(name, value)
 
     # -- the log (see log.py) ------------------------------------------------------------
 
