@@ -70,6 +70,7 @@ from .personal import Personal
 from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
 from .position import Position
 from .redis import AsyncRedisStorage, RedisStorage
+from .retention import Retention
 from .settings import Settings
 from .snapshot import Snapshot, SnapshotError
 from .store import Store
@@ -117,6 +118,7 @@ __all__ = [
     "Position",
     "RebuildError",
     "RedisStorage",
+    "Retention",
     "Settings",
     "Snapshot",
     "SnapshotError",

@@ -163,6 +163,25 @@ class AsyncSnapshotStorage(Protocol):
 
 
 @runtime_checkable
+class RetainingStorage(Protocol):
+    """A storage that can stop keeping an entity's oldest events (`Store.truncate_before`)."""
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Reads from before `event_number` raise TruncatedError from now on; the numbering
+        and the head are untouched. Returns the first kept event number (never moves
+        back); ValueError beyond the head + 1."""
+        ...
+
+
+@runtime_checkable
+class AsyncRetainingStorage(Protocol):
+    """`RetainingStorage`, awaited."""
+
+    async def truncate_before(self, entity_type: str, entity_id: str,
+                              event_number: int) -> int: ...
+
+
+@runtime_checkable
 class AsyncStorage(Protocol):
     """`Storage` for asyncio (`AsyncStore`): the same reads and writes, awaited. It has no
     publishing hook: a `Store` on the same data relays what it appends."""
@@ -295,6 +314,22 @@ def async_snapshot_storage(storage: object) -> AsyncSnapshotStorage:
     """The async storage, if it keeps snapshots (ConfigurationError otherwise)."""
     if not isinstance(storage, AsyncSnapshotStorage):
         raise ConfigurationError(f"{type(storage).__name__} keeps no snapshots: use "
+                                 "AsyncRedisStorage or AsyncInMemoryStorage")
+    return storage
+
+
+def retaining_storage(storage: object) -> RetainingStorage:
+    """The storage, if it can truncate entities (ConfigurationError otherwise)."""
+    if not isinstance(storage, RetainingStorage):
+        raise ConfigurationError(f"{type(storage).__name__} cannot truncate entities: use "
+                                 "RedisStorage or InMemoryStorage")
+    return storage
+
+
+def async_retaining_storage(storage: object) -> AsyncRetainingStorage:
+    """The async storage, if it can truncate entities (ConfigurationError otherwise)."""
+    if not isinstance(storage, AsyncRetainingStorage):
+        raise ConfigurationError(f"{type(storage).__name__} cannot truncate entities: use "
                                  "AsyncRedisStorage or AsyncInMemoryStorage")
     return storage
 

@@ -33,10 +33,12 @@ from .ports import (
     Storage,
     check_rebuild,
     rebuilding,
+    retaining_storage,
     snapshot_storage,
 )
 from .position import After, Position
 from .redis.storage import RedisStorage
+from .retention import Retention, check_retention, check_truncate
 from .settings import Settings
 from .snapshot import (
     Snapshot,
@@ -74,8 +76,10 @@ class Store:
         events: Mapping[str, Iterable[type[Content]]] | None = None,
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> None:
         self.storage = storage
+        self.retention = check_retention(retention)
         self.logger = logger
         self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         for entity_type, content_types in (events or {}).items():
@@ -99,11 +103,13 @@ class Store:
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         settings: Settings | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> Store:
         """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
         (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
         storage, bus = build_parts(settings, logger=logger)
-        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger)
+        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger,
+                   retention=retention)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -142,6 +148,17 @@ class Store:
         it records how far it got, goes on from there when `after` is None, and holds
         back the log's trimming. See `es_workers.commit_log.Follower`."""
         return Follower(self.storage, self.reader, after, entity_types, name)
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Stops keeping the entity's events before `event_number`: reading from before it
+        raises TruncatedError (naming the first kept event) at once, `open_from(n)` from
+        `event_number - 1` on reads normally, and the scavenger removes them once every
+        subscriber has handled them. Numbering never changes: the next write takes the next
+        number. Returns the first kept event number (a truncation never moves back);
+        ValueError beyond the entity's head + 1."""
+        check_truncate(entity_type, entity_id, event_number)
+        return retaining_storage(self.storage).truncate_before(entity_type, entity_id,
+                                                               event_number)
 
     def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                       event_number: int) -> None:

@@ -134,6 +134,9 @@ class BlockingStore:
                  **options: Any) -> None:
         self.run(self.async_store.wait_for(entity_type, entity_id, event_number, **options))
 
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        return self.run(self.async_store.truncate_before(entity_type, entity_id, event_number))
+
     def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                       event_number: int) -> None:
         self.run(self.async_store.save_snapshot(entity_type, entity_id, state,

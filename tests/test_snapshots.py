@@ -5,25 +5,16 @@ never delivered to subscribers; used only when taken with the state class's curr
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
-import fakeredis
 import pytest
-import redis
-import redis.asyncio
 from apps.delivery_kit import Delivery
-from async_kit import BlockingStore
-from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
+from conftest import ACCOUNT_EVENTS, Deposited, Opened
 from halves import AnyStore
 from kit import wait_for, write_count
 from pydantic import BaseModel
 
 from es_workers import (
-    AsyncInMemoryStorage,
-    AsyncRedisStorage,
-    AsyncStore,
     Event,
     InMemoryStorage,
     RedisStorage,
@@ -59,51 +50,6 @@ def project_all(store: AnyStore, entity_id: str) -> Balance | None:
     return state
 
 
-@pytest.fixture(params=["fakeredis", "redis", "cluster", "memory"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def snap_store(kind: str, half: str, request: pytest.FixtureRequest) -> Iterator[AnyStore]:
-    """A Store or AsyncStore (behind BlockingStore) on the kind of storage, account events
-    registered; its Redis keys deleted afterwards."""
-    if kind == "memory":
-        if half == "sync":
-            yield Store(InMemoryStorage(), events=ACCOUNT_EVENTS)
-        else:
-            blocking = BlockingStore(AsyncStore(AsyncInMemoryStorage(), events=ACCOUNT_EVENTS))
-            yield blocking
-            blocking.close()
-        return
-    prefix = f"t-{uuid.uuid4().hex[:12]}"
-    sync_client: Any
-    async_client: Any
-    if kind == "fakeredis":
-        server = fakeredis.FakeServer(version=(7, 0))
-        sync_client = fakeredis.FakeRedis(server=server)
-        async_client = fakeredis.FakeAsyncRedis(server=server)
-    elif kind == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        sync_client, async_client = cluster.client(), cluster.async_client()
-    else:
-        sync_client = real_redis()
-        async_client = redis.asyncio.Redis.from_url(REDIS_URL)
-    store: AnyStore
-    if half == "sync":
-        store = Store(RedisStorage(sync_client, prefix=prefix), events=ACCOUNT_EVENTS)
-    else:
-        store = BlockingStore(AsyncStore(AsyncRedisStorage(async_client, prefix=prefix),
-                                         events=ACCOUNT_EVENTS))
-    try:
-        yield store
-    finally:
-        if isinstance(store, BlockingStore):
-            store.close()
-        delete_prefix(sync_client, prefix)
-        sync_client.close()
-
-
 def write(store: AnyStore, entity_id: str, count: int) -> int:
     """Appends `count` account events at the head (an Opened first); returns the head."""
     head = 0
@@ -118,21 +64,21 @@ def write(store: AnyStore, entity_id: str, count: int) -> int:
 
 
 def test_a_snapshot_is_the_state_after_its_event_and_the_rest_is_read_after_it(
-        snap_store: AnyStore) -> None:
-    write(snap_store, "a", 5)
-    state = project_all(snap_store, "a")
+        half_store: AnyStore) -> None:
+    write(half_store, "a", 5)
+    state = project_all(half_store, "a")
     assert state is not None
-    snap_store.save_snapshot("account", "a", state, event_number=5)
-    write(snap_store, "a", 3)
+    half_store.save_snapshot("account", "a", state, event_number=5)
+    write(half_store, "a", 3)
 
-    found = snap_store.load_snapshot("account", "a", Balance)
+    found = half_store.load_snapshot("account", "a", Balance)
 
     assert isinstance(found, Snapshot)
     assert (found.state, found.event_number) == (state, 5)
-    fifth = next(e for e in snap_store.read("account", "a") if e.event_number == 5)
+    fifth = next(e for e in half_store.read("account", "a") if e.event_number == 5)
     assert found.event_time == fifth.event_time
     # The seed's pattern: open after the snapshot, project the rest, write.
-    with snap_store.open_from("account", "a", found.event_number) as stream:
+    with half_store.open_from("account", "a", found.event_number) as stream:
         rest = list(stream.all())
         assert [e.event_number for e in rest] == [6, 7, 8]
         projected = found.state
@@ -140,65 +86,65 @@ def test_a_snapshot_is_the_state_after_its_event_and_the_rest_is_read_after_it(
             projected = balance_of(projected, event)
         stream.write(Deposited(amount=1))
     assert balance_of(projected, Event("a", "account", 9, found.event_time,
-                                       Deposited(amount=1), "", "")) == project_all(snap_store, "a")
+                                       Deposited(amount=1), "", "")) == project_all(half_store, "a")
 
 
-def test_no_snapshot_reads_as_none(snap_store: AnyStore) -> None:
-    assert snap_store.load_snapshot("account", "nobody", Balance) is None
-    write(snap_store, "a", 2)
-    assert snap_store.load_snapshot("account", "a", Balance) is None
+def test_no_snapshot_reads_as_none(half_store: AnyStore) -> None:
+    assert half_store.load_snapshot("account", "nobody", Balance) is None
+    write(half_store, "a", 2)
+    assert half_store.load_snapshot("account", "a", Balance) is None
 
 
-def test_a_snapshot_of_another_version_is_not_used(snap_store: AnyStore,
+def test_a_snapshot_of_another_version_is_not_used(half_store: AnyStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    write(snap_store, "a", 3)
-    snap_store.save_snapshot("account", "a", Audit(events=3), event_number=3)
-    found = snap_store.load_snapshot("account", "a", Audit)
+    write(half_store, "a", 3)
+    half_store.save_snapshot("account", "a", Audit(events=3), event_number=3)
+    found = half_store.load_snapshot("account", "a", Audit)
     assert found is not None and found.state == Audit(events=3)
 
     monkeypatch.setattr(Audit, "snapshot_version", 4)  # the state class changed meaning
-    assert snap_store.load_snapshot("account", "a", Audit) is None
-    snap_store.save_snapshot("account", "a", Audit(events=2), event_number=2)
-    found = snap_store.load_snapshot("account", "a", Audit)
+    assert half_store.load_snapshot("account", "a", Audit) is None
+    half_store.save_snapshot("account", "a", Audit(events=2), event_number=2)
+    found = half_store.load_snapshot("account", "a", Audit)
     assert found is not None and (found.state, found.event_number) == (Audit(events=2), 2)
 
 
 def test_each_state_class_has_its_own_snapshot_and_the_newest_is_kept(
-        snap_store: AnyStore) -> None:
-    write(snap_store, "a", 6)
-    snap_store.save_snapshot("account", "a", Balance(owner="a", amount=9), event_number=5)
-    snap_store.save_snapshot("account", "a", Balance(owner="a", amount=1), event_number=2)
-    snap_store.save_snapshot("account", "a", Audit(events=6), event_number=6)
+        half_store: AnyStore) -> None:
+    write(half_store, "a", 6)
+    half_store.save_snapshot("account", "a", Balance(owner="a", amount=9), event_number=5)
+    half_store.save_snapshot("account", "a", Balance(owner="a", amount=1), event_number=2)
+    half_store.save_snapshot("account", "a", Audit(events=6), event_number=6)
 
-    balance = snap_store.load_snapshot("account", "a", Balance)
-    audit = snap_store.load_snapshot("account", "a", Audit)
+    balance = half_store.load_snapshot("account", "a", Balance)
+    audit = half_store.load_snapshot("account", "a", Audit)
     assert balance is not None and (balance.state.amount, balance.event_number) == (9, 5)
     assert audit is not None and audit.event_number == 6
 
 
 def test_a_snapshot_beyond_the_head_is_refused_and_nothing_is_kept(
-        snap_store: AnyStore) -> None:
+        half_store: AnyStore) -> None:
     with pytest.raises(SnapshotError, match="account 'new' has events up to 0"):
-        snap_store.save_snapshot("account", "new", Balance(), event_number=1)
-    write(snap_store, "a", 2)
+        half_store.save_snapshot("account", "new", Balance(), event_number=1)
+    write(half_store, "a", 2)
     with pytest.raises(SnapshotError, match=r"up to 2.*after event 3"):
-        snap_store.save_snapshot("account", "a", Balance(), event_number=3)
+        half_store.save_snapshot("account", "a", Balance(), event_number=3)
     with pytest.raises(SnapshotError, match="event_number must be an int >= 1"):
-        snap_store.save_snapshot("account", "a", Balance(), event_number=0)
+        half_store.save_snapshot("account", "a", Balance(), event_number=0)
     with pytest.raises(SnapshotError, match="pydantic model"):
-        snap_store.save_snapshot("account", "a", {"amount": 1},  # type: ignore[arg-type]
+        half_store.save_snapshot("account", "a", {"amount": 1},  # type: ignore[arg-type]
                                  event_number=1)
-    assert snap_store.load_snapshot("account", "a", Balance) is None
-    assert snap_store.load_snapshot("account", "new", Balance) is None
+    assert half_store.load_snapshot("account", "a", Balance) is None
+    assert half_store.load_snapshot("account", "new", Balance) is None
 
 
-def test_snapshots_are_not_events(snap_store: AnyStore) -> None:
-    write(snap_store, "a", 3)
-    before = list(snap_store.read("account", "a"))
-    snap_store.save_snapshot("account", "a", Balance(owner="a"), event_number=3)
-    assert list(snap_store.read("account", "a")) == before
-    assert snap_store.entity_ids("account") == (["a"], None)
-    assert write(snap_store, "a", 1) == 4  # the numbering goes on as it was
+def test_snapshots_are_not_events(half_store: AnyStore) -> None:
+    write(half_store, "a", 3)
+    before = list(half_store.read("account", "a"))
+    half_store.save_snapshot("account", "a", Balance(owner="a"), event_number=3)
+    assert list(half_store.read("account", "a")) == before
+    assert half_store.entity_ids("account") == (["a"], None)
+    assert write(half_store, "a", 1) == 4  # the numbering goes on as it was
 
 
 def test_saved_snapshots_never_reach_subscribers() -> None:

@@ -36,6 +36,9 @@ class AsyncInMemoryStorage:
     ) -> tuple[list[str], str | None]:
         return self.storage.entity_ids(entity_type, after, limit)
 
+    async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        return self.storage.truncate_before(entity_type, entity_id, event_number)
+
     async def save_snapshot(self, entity_type: str, entity_id: str,
                             snapshot: StoredSnapshot) -> None:
         self.storage.save_snapshot(entity_type, entity_id, snapshot)

@@ -19,7 +19,8 @@ from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..position import Position, partition_of, trim_from
-from ..snapshot import StoredSnapshot, beyond_head
+from ..retention import beyond_head as truncated_beyond_head
+from ..snapshot import StoredSnapshot, beyond_head, not_stored
 from ..upgrade import Reader
 from .keys import InMemoryKeyStore
 
@@ -65,6 +66,7 @@ class InMemoryStorage:
         self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
         # (entity type, entity ID) -> state name -> snapshot: never in a stream or the log.
         self._snapshots: dict[tuple[str, str], dict[str, StoredSnapshot]] = {}
+        self._kept: dict[tuple[str, str], int] = {}  # first kept event number, if truncated
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         self.registry.register(entity_type, *content_types)
@@ -72,10 +74,18 @@ class InMemoryStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    def read(self, entity_type: str, entity_id: str, after: int = 0, *,
-             last: int | None = None) -> Iterator[Event]:
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """TruncatedError (when iterated) if `after` is before the first kept event."""
         check_entity_type(entity_type)
         check_entity_id(entity_id)
+        with self._lock:
+            kept = self._kept.get((entity_type, entity_id), 1)
+        if after + 1 < kept:
+            raise TruncatedError.of_entity(entity_type, entity_id, kept)
+        yield from self._read(entity_type, entity_id, after)
+
+    def _read(self, entity_type: str, entity_id: str, after: int,
+              last: int | None = None) -> Iterator[Event]:
         with self._lock:
             records = list(self._streams.get((entity_type, entity_id), ()))
         if not records:
@@ -154,6 +164,18 @@ class InMemoryStorage:
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
 
+    # -- retention: as RedisStorage's ------------------------------------------------------
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        with self._lock:
+            head = len(self._streams.get((entity_type, entity_id), ()))
+            if event_number > head + 1:
+                raise truncated_beyond_head(entity_type, entity_id, event_number, head)
+            kept = max(event_number, self._kept.get((entity_type, entity_id), 1))
+            if kept > 1:
+                self._kept[entity_type, entity_id] = kept
+            return kept
+
     # -- snapshots: as RedisStorage's ------------------------------------------------------
 
     def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
@@ -162,6 +184,8 @@ class InMemoryStorage:
             records = self._streams.get((entity_type, entity_id), [])
             if number > len(records):
                 raise beyond_head(entity_type, entity_id, number, len(records))
+            if number + 1 < self._kept.get((entity_type, entity_id), 1):
+                raise not_stored(entity_type, entity_id, number)
             kept = self._snapshots.setdefault((entity_type, entity_id), {})
             old = kept.get(snapshot.name)
             if old is None or old.version != snapshot.version or old.event_number < number:
@@ -171,7 +195,8 @@ class InMemoryStorage:
                       name: str) -> tuple[StoredSnapshot, datetime] | None:
         with self._lock:
             found = self._snapshots.get((entity_type, entity_id), {}).get(name)
-            if found is None:
+            if found is None or found.event_number + 1 < self._kept.get((entity_type, entity_id),
+                                                                         1):
                 return None
             records = self._streams[entity_type, entity_id]
             return found, records[found.event_number - 1].event_time
@@ -190,7 +215,7 @@ class InMemoryStorage:
             pointers = self._logs[partition][max(0, after - trimmed):]
         for entity_type, entity_id, number in pointers:
             if entity_types is None or entity_type in entity_types:
-                yield from self.read(entity_type, entity_id, number - 1, last=number)
+                yield from self._read(entity_type, entity_id, number - 1, last=number)
 
     def log_entry(self, position: Position) -> tuple[str, str, int] | None:
         with self._lock:

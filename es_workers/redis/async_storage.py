@@ -44,7 +44,14 @@ from .keys import RedisKeys
 from .log import LogPages, event_at
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
-from .snapshots import check_saved, loaded, snapshot_args, snapshot_keys
+from .snapshots import (
+    check_saved,
+    check_truncated,
+    loaded,
+    snapshot_args,
+    snapshot_keys,
+    truncate_keys,
+)
 from .state import SubscriberState
 
 
@@ -80,6 +87,7 @@ class AsyncRedisStorage:
         pooled = not self._on_cluster and getattr(client, "connection_pool", None) is not None
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._snapshot_script = AsyncScript(client, "snapshot")
+        self._truncate_script = AsyncScript(client, "truncate")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
@@ -152,12 +160,15 @@ class AsyncRedisStorage:
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
                             partition=entity_keys.keys.partition(entity_type, entity_id))
         reader = self._reader
+        truncated = entity_keys.keys.truncated(entity_type, pages.partition)
         doing = f"reading {entity_type} {entity_id!r}"
         while pages.more:
             with translated(self.server, doing), pages.reading():
-                if pages.needs_first:
+                if not pages.checked:
                     pipe = reader.pipeline(transaction=False)
-                    xrange(pipe, key, "1-0", "1-0")
+                    pipe.hget(truncated, pages.entity_id)
+                    if pages.needs_first:
+                        xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
                     entries = pages.take_replies(await pipe.execute(raise_on_error=False))
                 else:
@@ -202,10 +213,19 @@ class AsyncRedisStorage:
 
     async def load_snapshot(self, entity_type: str, entity_id: str,
                             name: str) -> tuple[StoredSnapshot, datetime] | None:
-        key = (await self.open()).snapshots(entity_type, entity_id)
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.snapshots(entity_type, entity_id), name)
+        pipe.hget(keys.truncated(entity_type, keys.partition(entity_type, entity_id)), entity_id)
         with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
-            value = await self.client.hget(key, name)
-        return loaded(name, value)
+            value, kept = await pipe.execute()
+        return loaded(name, value, kept)
+
+    async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        keys = truncate_keys(await self.open(), entity_type, entity_id)
+        with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
+            reply = await self._truncate_script(keys, [entity_id, event_number])
+        return check_truncated(entity_type, entity_id, event_number, reply)
 
     # -- the log (see log.py), as RedisStorage's -----------------------------------------
 

@@ -61,6 +61,12 @@ class RedisKeys:
         name=...)`); the log is never trimmed past the least of them."""
         return f"{self.tag(partition)}:log:followers"
 
+    def truncated(self, entity_type: str, partition: int) -> str:
+        """Hash: entity ID -> `<first kept event number> <event 1's store_event_id>`
+        (truncate.lua): reads before it raise TruncatedError; the scavenger removes what is
+        before it."""
+        return f"{self.tag(partition)}:truncated:{entity_type}"
+
     def snapshots(self, entity_type: str, entity_id: str) -> str:
         """Hash: state class name -> the entity's snapshot (snapshot.lua); beside its
         stream, never in it."""

@@ -5,16 +5,23 @@
 -- KEYS[2] heads           {tag}:heads:<type>        hash entity ID -> position
 -- KEYS[3] snapshots       {tag}:snapshot:<type>:<id> hash state name ->
 --                                                    "<version> <event number> <event time µs> <JSON>"
+-- KEYS[4] truncated       {tag}:truncated:<type>    hash entity ID -> "<first kept> ..."
 -- ARGV[1] entity ID, ARGV[2] state name, ARGV[3] version, ARGV[4] event number, ARGV[5] JSON
 --
 -- Returns {0, event number kept} when saved or when a snapshot of the same version after a
 -- later (or the same) event is already there (kept: the newest wins); {1, head} when the
--- event number is beyond the entity's head; {2, head} when the event is no longer stored.
+-- event number is beyond the entity's head; {2, head} when the event is no longer stored
+-- or kept (a snapshot before the first kept event would never be used).
 -- Nothing is written before every check.
 
 local number = tonumber(ARGV[4])
 local head = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if number > head then return {1, head} end
+
+local truncated = redis.call('HGET', KEYS[4], ARGV[1])
+if truncated and number + 1 < tonumber(string.match(truncated, '^(%d+)')) then
+  return {2, head}
+end
 
 local entries = redis.pcall('XRANGE', KEYS[1], number .. '-0', number .. '-0')
 if entries.err or #entries == 0 then return {2, head} end

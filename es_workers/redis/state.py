@@ -223,6 +223,7 @@ class SubscriberState:
             _check_same_group(first, e)
             keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
             args += (e.entity_id, -1 if number is None else number)
+        keys.append(self.keys.truncated(t, p))
         keys.append(self._paused(first.subscriber_id, first.partition))
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),

@@ -43,7 +43,14 @@ from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
 from .scripts import Script
-from .snapshots import check_saved, loaded, snapshot_args, snapshot_keys
+from .snapshots import (
+    check_saved,
+    check_truncated,
+    loaded,
+    snapshot_args,
+    snapshot_keys,
+    truncate_keys,
+)
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
 
@@ -104,6 +111,7 @@ class RedisStorage:
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._snapshot_script = Script(client, "snapshot")
+        self._truncate_script = Script(client, "truncate")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -168,12 +176,15 @@ class RedisStorage:
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
+        truncated = self.keys.truncated(pages.entity_type, pages.partition)
         doing = f"reading {pages.entity_type} {pages.entity_id!r}"
         while pages.more:
             with translated(self.server, doing), pages.reading():
-                if pages.needs_first:
+                if not pages.checked:
                     pipe = reader.pipeline(transaction=False)
-                    xrange(pipe, key, "1-0", "1-0")
+                    pipe.hget(truncated, pages.entity_id)
+                    if pages.needs_first:
+                        xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
                     entries = pages.take_replies(pipe.execute(raise_on_error=False))
                 else:
@@ -255,10 +266,23 @@ class RedisStorage:
     def load_snapshot(self, entity_type: str, entity_id: str,
                       name: str) -> tuple[StoredSnapshot, datetime] | None:
         """The entity's snapshot of the state class `name`, with its event's time."""
-        key = self.keys.snapshots(entity_type, entity_id)
+        truncated = self.keys.truncated(entity_type, self.keys.partition(entity_type, entity_id))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.snapshots(entity_type, entity_id), name)
+        pipe.hget(truncated, entity_id)
         with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
-            value = self.client.hget(key, name)
-        return loaded(name, value)
+            value, kept = pipe.execute()
+        return loaded(name, value, kept)
+
+    # -- retention (see es_workers.retention) ---------------------------------------------
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Records that the entity's events before `event_number` are no longer kept;
+        returns its first kept event number (a truncation never moves back)."""
+        keys = truncate_keys(self.keys, entity_type, entity_id)
+        with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
+            reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
+        return check_truncated(entity_type, entity_id, event_number, reply)
 
     # -- the log (see log.py) ------------------------------------------------------------
 
