@@ -27,6 +27,7 @@ from .errors import ConfigurationError
 from .event import Content, Event, Handler
 from .names import check_rebuildable
 from .position import Position
+from .retention import Retention, Scavenged
 from .snapshot import StoredSnapshot
 from .upgrade import Reader
 
@@ -170,6 +171,17 @@ class RetainingStorage(Protocol):
         """Reads from before `event_number` raise TruncatedError from now on; the numbering
         and the head are untouched. Returns the first kept event number (never moves
         back); ValueError beyond the head + 1."""
+        ...
+
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        """Declares the entity type's retention limits (as `register` declares its
+        Content classes): the scavenger applies them."""
+        ...
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
+        """Applies the retention limits as truncations and removes the events before each
+        truncation that every subscriber (entity type -> subscriber IDs, and any the
+        storage knows of itself) has handled, in bounded steps. Returns what it removed."""
         ...
 
 

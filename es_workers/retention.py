@@ -6,7 +6,7 @@ after a truncation takes the next number, and the optimistic check works as befo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -55,3 +55,31 @@ def beyond_head(entity_type: str, entity_id: str, event_number: int, head: int) 
     return ValueError(
         f"{entity_type} {entity_id!r} has events up to {head}: it cannot be truncated before "
         f"event {event_number} (at most {head + 1}, which keeps none of them)")
+
+
+@dataclass(frozen=True)
+class Scavenged:
+    """What a scavenge removed: events of how many entities, how many, and their stored
+    bytes (the entries' fields, as the storage holds them)."""
+
+    entities: int = 0
+    events: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Scavenged) -> Scavenged:
+        return Scavenged(self.entities + other.entities, self.events + other.events,
+                         self.bytes + other.bytes)
+
+
+def first_kept_by_count(limits: Retention, head: int) -> int:
+    """The first event `max_count` keeps (1: all)."""
+    if limits.max_count is None:
+        return 1
+    return max(1, head - limits.max_count + 1)
+
+
+def removable_before(first_kept: int, handled: Sequence[int]) -> int:
+    """The first event the scavenger must keep: the first kept, or the first event a
+    subscriber has not handled (`handled`: each subscriber's checkpoint), whichever is
+    lower."""
+    return min([first_kept, *(number + 1 for number in handled)])

@@ -38,7 +38,7 @@ from .ports import (
 )
 from .position import After, Position
 from .redis.storage import RedisStorage
-from .retention import Retention, check_retention, check_truncate
+from .retention import Retention, Scavenged, check_retention, check_truncate
 from .settings import Settings
 from .snapshot import (
     Snapshot,
@@ -53,6 +53,7 @@ from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
 
 H = TypeVar("H", bound=Handler)
+log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseModel)
 
 
@@ -80,6 +81,8 @@ class Store:
     ) -> None:
         self.storage = storage
         self.retention = check_retention(retention)
+        for entity_type, limits in self.retention.items():
+            retaining_storage(storage).retain(entity_type, limits)
         self.logger = logger
         self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         for entity_type, content_types in (events or {}).items():
@@ -159,6 +162,19 @@ class Store:
         check_truncate(entity_type, entity_id, event_number)
         return retaining_storage(self.storage).truncate_before(entity_type, entity_id,
                                                                event_number)
+
+    def scavenge(self) -> Scavenged:
+        """Removes what truncations and the store's `retention` limits allow, in bounded
+        steps, and never an event a subscriber has not handled (this store's Dramatiq
+        subscribers, and every subscriber recorded under the prefix). Returns and logs
+        what it removed (entities, events, bytes)."""
+        checkpointed = isinstance(self.bus, NotifyingEventBus)
+        subscribers = {t: self.subscriber_ids(t) if checkpointed else []
+                       for t in self.entity_types()}
+        done = retaining_storage(self.storage).scavenge(subscribers)
+        (self.logger or log).info("scavenged %d events (%d bytes) of %d entities", done.events,
+                                  done.bytes, done.entities)
+        return done
 
     def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                       event_number: int) -> None:

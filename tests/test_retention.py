@@ -5,14 +5,20 @@ go on as before. On every storage, both halves."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
+import dramatiq
 import pytest
-from conftest import Deposited, Opened
+from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder
+from conftest import ACCOUNT_EVENTS, Deposited, Opened
 from halves import AnyStore
+from kit import wait_for
 from pydantic import BaseModel
 
-from es_workers import ConcurrencyError, Retention, Store, TruncatedError
+from es_workers import ConcurrencyError, RedisStorage, Retention, Store, TruncatedError
+from es_workers.retention import Scavenged
 
 
 class Balance(BaseModel):
@@ -111,3 +117,126 @@ def test_retention_is_checked_when_the_store_is_built() -> None:
         Retention(max_age=timedelta(0))
     with pytest.raises(ValueError, match="must be a Retention"):
         Store(InMemoryStorage(), retention={"session": 1000})  # type: ignore[dict-item]
+
+
+# -- The scavenger (guarantee 12: nothing removed that someone still needs) ---------------
+
+
+def test_the_scavenger_removes_what_a_truncation_allows_and_reads_stay_whole(
+        make_any_store: Callable[..., Store]) -> None:
+    store = make_any_store()
+    append(store, "a", 0, 6)
+    append(store, "b", 0, 2)
+    first_id = next(iter(store.read("account", "a"))).store_entity_id
+    log_before = [(e.entity_id, e.event_number) for e in store.read_all()]
+    store.truncate_before("account", "a", 5)
+
+    done = store.scavenge()
+
+    assert (done.entities, done.events) == (1, 4) and done.bytes > 4 * 20
+    assert store.scavenge() == Scavenged()  # nothing left to remove
+    with pytest.raises(TruncatedError) as raised:
+        numbers(store, "a", 0)
+    assert raised.value.first_kept_event == 5
+    assert numbers(store, "a", 4) == [5, 6]
+    assert append(store, "a", 6, 1) == 7
+    assert {e.store_entity_id for e in store.read("account", "a", 4)} == {first_id}
+    # The log leaves out the removed events, and only them.
+    assert [(e.entity_id, e.event_number) for e in store.read_all()] == [
+        item for item in log_before if item[0] != "a" or item[1] >= 5] + [("a", 7)]
+    assert numbers(store, "b", 0) == [1, 2]
+
+
+def test_the_scavenger_applies_retention_limits(make_any_store: Callable[..., Store]) -> None:
+    store = make_any_store(retention={"account": Retention(max_count=3)})
+    append(store, "a", 0, 10)
+    append(store, "b", 0, 2)
+
+    done = store.scavenge()
+
+    assert (done.entities, done.events) == (1, 7)
+    with pytest.raises(TruncatedError, match="first kept event is 8"):
+        numbers(store, "a", 6)
+    assert numbers(store, "a", 7) == [8, 9, 10]
+    assert numbers(store, "b", 0) == [1, 2]
+
+    aged = make_any_store(retention={"account": Retention(max_age=timedelta(microseconds=1))})
+    assert aged.scavenge().events == 3  # a's 8, 9 and b's 1: the newest of each is kept
+    assert numbers(store, "a", 9) == [10] and numbers(store, "b", 1) == [2]
+
+
+def test_the_scavenger_never_removes_an_event_a_subscriber_has_not_handled(
+        fast_storage: RedisStorage, broker: dramatiq.Broker) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    seen = Recorder()
+    delivery.store.subscribe("account", "seen", seen)
+    store = delivery.store
+    try:
+        append(store, "a", 0, 6)  # nothing relays it yet: "seen" has handled none
+        store.truncate_before("account", "a", 5)
+        assert store.scavenge() == Scavenged()
+        assert numbers(store, "a", 4) == [5, 6]
+
+        delivery.start_worker()
+        delivery.start_publisher()
+        store.wait_for("account", "a", 6, timeout=30)
+        assert [n for _, n in seen.calls] == [1, 2, 3, 4, 5, 6]  # every event, in order
+        assert store.scavenge().events == 4
+    finally:
+        delivery.stop()
+
+
+def test_a_subscriber_added_after_the_scavenger_ran_starts_at_the_first_kept_event(
+        fast_storage: RedisStorage, broker: dramatiq.Broker) -> None:
+    store = Store(fast_storage, events=ACCOUNT_EVENTS)
+    append(store, "a", 0, 6)
+    store.truncate_before("account", "a", 5)
+    assert store.scavenge().events == 4  # no subscriber yet
+
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    late = Recorder()
+    delivery.store.subscribe("account", "late", late)
+    delivery.start_worker()
+    delivery.start_publisher()
+    try:
+        append(delivery.store, "a", 6, 1)
+        delivery.store.wait_for("account", "a", 7, timeout=30)
+    finally:
+        delivery.stop()
+    assert [n for _, n in late.calls] == [5, 6, 7]
+
+
+def test_the_publisher_scavenges_every_interval(fast_storage: RedisStorage,
+                                                broker: dramatiq.Broker) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    fast_storage.retain("account", Retention(max_count=2))
+    seen = Recorder()
+    delivery.store.subscribe("account", "seen", seen)
+    delivery.start_worker()
+    delivery.start_publisher(replace(FAST_PUBLISHER, scavenge_interval_ms=50))
+    stream = fast_storage.keys.stream("account", "a")
+    try:
+        append(delivery.store, "a", 0, 5)
+        wait_for(lambda: fast_storage.client.xlen(stream) == 2, "events 1-3 removed")
+    finally:
+        delivery.stop()
+    assert [n for _, n in seen.calls] == [1, 2, 3, 4, 5]  # each handled before removed
+    assert numbers(delivery.store, "a", 3) == [4, 5]
+
+
+def test_a_subscriber_behind_a_truncation_still_handles_every_stored_event(
+        fast_storage: RedisStorage, broker: dramatiq.Broker) -> None:
+    """More than one delivery page (200 events) behind: it reads on past the first page."""
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    seen = Recorder()
+    delivery.store.subscribe("account", "seen", seen)
+    store = delivery.store
+    try:
+        append(store, "a", 0, 250)
+        store.truncate_before("account", "a", 240)
+        delivery.start_worker()
+        delivery.start_publisher()
+        store.wait_for("account", "a", 250, timeout=30)
+    finally:
+        delivery.stop()
+    assert [n for _, n in seen.calls] == list(range(1, 251))

@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
@@ -19,6 +19,7 @@ from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..position import Position, partition_of, trim_from
+from ..retention import Retention, Scavenged, first_kept_by_count
 from ..retention import beyond_head as truncated_beyond_head
 from ..snapshot import StoredSnapshot, beyond_head, not_stored
 from ..upgrade import Reader
@@ -56,7 +57,9 @@ class InMemoryStorage:
         self.max_event_bytes = max_event_bytes
         self.partitions = partitions
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], list[_Record]] = {}
+        # Removed events (the scavenger's) are None: an event's number is its index + 1.
+        self._streams: dict[tuple[str, str], list[_Record | None]] = {}
+        self._first_ids: dict[tuple[str, str], str] = {}  # store_entity_id, kept apart
         # Per partition, (entity type, entity ID, event number) per log number from 1.
         self._logs: list[list[tuple[str, str, int]]] = [[] for _ in range(partitions)]
         self._trimmed = [0] * partitions  # log numbers trimmed away, per partition
@@ -65,7 +68,8 @@ class InMemoryStorage:
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
         self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
         # (entity type, entity ID) -> state name -> snapshot: never in a stream or the log.
-        self._snapshots: dict[tuple[str, str], dict[str, StoredSnapshot]] = {}
+        self._snapshots: dict[tuple[str, str], dict[str, tuple[StoredSnapshot, datetime]]] = {}
+        self._retention: dict[str, Retention] = {}
         self._kept: dict[tuple[str, str], int] = {}  # first kept event number, if truncated
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
@@ -90,8 +94,10 @@ class InMemoryStorage:
             records = list(self._streams.get((entity_type, entity_id), ()))
         if not records:
             return
-        store_entity_id = records[0].store_event_id
+        store_entity_id = self._first_ids[entity_type, entity_id]
         for number, record in enumerate(records[after:last], start=after + 1):
+            if record is None:  # removed: only a log read comes here
+                continue
             content = self.registry.decode(
                 key=f"memory:{entity_type}:{entity_id}",
                 entity_type=entity_type,
@@ -129,8 +135,9 @@ class InMemoryStorage:
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:
                 done = records[expected : expected + len(events)]
-                if [r.store_event_id for r in done] == [e.store_event_id for e in events]:
-                    return [r.position for r in done]  # a retry of a write that was stored
+                if [r and r.store_event_id for r in done] == [e.store_event_id for e in events]:
+                    # a retry of a write that was stored
+                    return [r.position for r in done if r is not None]
                 raise ConcurrencyError(entity_type, entity_id, expected, len(records))
             partition = partition_of(entity_type, entity_id, self.partitions)
             log = self._logs[partition]
@@ -144,6 +151,7 @@ class InMemoryStorage:
                 )
             self._logged.notify_all()
             if expected == 0:
+                self._first_ids[entity_type, entity_id] = events[0].store_event_id
                 self._order.setdefault(entity_type, []).append(
                     (events[0].store_event_id, entity_id)
                 )
@@ -176,6 +184,30 @@ class InMemoryStorage:
                 self._kept[entity_type, entity_id] = kept
             return kept
 
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        self._retention[entity_type] = retention
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
+        """As RedisStorage's: the retention limits become truncations, and the events
+        before each truncation are removed. The in-memory bus is handed events as they are
+        published and keeps no checkpoints: `subscribers` holds nothing back here."""
+        done = Scavenged()
+        now = datetime.now(UTC)
+        with self._lock:
+            for key, records in self._streams.items():
+                kept = self._kept.get(key, 1)
+                limits = self._retention.get(key[0])
+                if limits is not None and records:
+                    kept = max(kept, first_kept_by_count(limits, len(records)),
+                               _kept_by_age(limits, records, now))
+                    self._kept[key] = kept
+                removed = [r for r in records[: kept - 1] if r is not None]
+                records[: kept - 1] = [None] * (kept - 1)
+                if removed:
+                    done += Scavenged(1, len(removed), sum(len(r.name) + len(r.data)
+                                                           for r in removed))
+        return done
+
     # -- snapshots: as RedisStorage's ------------------------------------------------------
 
     def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
@@ -188,18 +220,18 @@ class InMemoryStorage:
                 raise not_stored(entity_type, entity_id, number)
             kept = self._snapshots.setdefault((entity_type, entity_id), {})
             old = kept.get(snapshot.name)
-            if old is None or old.version != snapshot.version or old.event_number < number:
-                kept[snapshot.name] = snapshot
+            record = records[number - 1]
+            if record is None:
+                raise not_stored(entity_type, entity_id, number)
+            if old is None or old[0].version != snapshot.version or old[0].event_number < number:
+                kept[snapshot.name] = snapshot, record.event_time
 
     def load_snapshot(self, entity_type: str, entity_id: str,
                       name: str) -> tuple[StoredSnapshot, datetime] | None:
         with self._lock:
             found = self._snapshots.get((entity_type, entity_id), {}).get(name)
-            if found is None or found.event_number + 1 < self._kept.get((entity_type, entity_id),
-                                                                         1):
-                return None
-            records = self._streams[entity_type, entity_id]
-            return found, records[found.event_number - 1].event_time
+            kept = self._kept.get((entity_type, entity_id), 1)
+            return None if found is None or found[0].event_number + 1 < kept else found
 
     # -- the log: as RedisStorage's --------------------------------------------------------
 
@@ -278,3 +310,12 @@ class InMemoryStorage:
 
     def close(self) -> None:
         pass
+
+
+def _kept_by_age(limits: Retention, records: list[_Record | None], now: datetime) -> int:
+    """The first event younger than `max_age` (the newest is always kept)."""
+    if limits.max_age is None:
+        return 1
+    cutoff = now - limits.max_age
+    return next((number for number, record in enumerate(records, start=1)
+                 if record is not None and record.event_time >= cutoff), len(records))

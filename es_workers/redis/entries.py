@@ -231,6 +231,7 @@ class EntityPages:
         "checked",
         "entity_id",
         "entity_type",
+        "kept_only",
         "kept_store_entity_id",
         "key",
         "more",
@@ -252,6 +253,7 @@ class EntityPages:
         self.store_entity_id: str | None = None
         self.kept_store_entity_id = ""  # event 1's ID as truncate.lua kept it
         self.checked = False  # whether the entity's truncation was read (the first page)
+        self.kept_only = True  # whether reading before the first kept event raises
         self.more = True
 
     @property
@@ -296,7 +298,7 @@ class EntityPages:
         if value is None:
             return
         kept, _, first_id = text(value).partition(" ")
-        if kept.isdigit() and self.start < int(kept):
+        if self.kept_only and kept.isdigit() and self.start < int(kept):
             raise TruncatedError.of_entity(self.entity_type, self.entity_id, int(kept))
         self.kept_store_entity_id = first_id
 

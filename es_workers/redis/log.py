@@ -166,6 +166,10 @@ class LogPages:
                 else:
                     pages.store_entity_id = known
                 entries = _raised(replies.pop(0))
+            kept = _kept_from(entries, run)
+            if kept is not None:  # the scavenger removed the run's first events: left out
+                pages.start = kept
+                run = Run(run.entity_type, run.entity_id, kept, run.last)
             if len(entries) != run.last - run.first + 1:
                 raise CorruptEventError(
                     f"the log points at events {run.first}..{run.last} but the stream holds "
@@ -192,4 +196,20 @@ def event_at(entries: list[Any], number: int) -> tuple[str, str, int] | None:
         if last - count + 1 <= number <= last:
             return (text(fields["type"]), text(fields["id"]),
                     int(text(fields["n"])) + number - (last - count + 1))
+    return None
+
+
+def _kept_from(entries: list[Any], run: Run) -> int | None:
+    """The first event of the run still stored when the scavenger removed those before it
+    (the stream then holds the run's last events only; run.last + 1 when it holds none of
+    them), else None."""
+    entries = flat_entries(entries)
+    if not entries:
+        return run.last + 1
+    try:
+        first = int(text(entries[0][0]).split("-", 1)[0])
+    except ValueError:
+        return None
+    if first > run.first and first - run.first + len(entries) == run.last - run.first + 1:
+        return first
     return None

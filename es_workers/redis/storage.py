@@ -20,6 +20,7 @@ from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
 from ..position import Position, trim_from
+from ..retention import Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader
 from .cluster import is_cluster
@@ -42,6 +43,7 @@ from .keys import text
 from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
+from .scavenger import RedisScavenger
 from .scripts import Script
 from .snapshots import (
     check_saved,
@@ -98,6 +100,7 @@ class RedisStorage:
             self.keys = run_steps(opening(prefix, partitions, self.durability, self.server),
                                   client)
         self.registry = ContentRegistry()
+        self.retention: dict[str, Retention] = {}  # per entity type (retain)
         self.keyring: Keyring | None = None
         if encryption is not None:
             self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
@@ -167,9 +170,19 @@ class RedisStorage:
                               confirmed)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """The entity's events after `after`; TruncatedError (when iterated) if `after` is
+        before its first kept event."""
+        return self.read_stored(entity_type, entity_id, after, kept_only=True)
+
+    def read_stored(self, entity_type: str, entity_id: str, after: int, *,
+                    kept_only: bool = False) -> Iterator[Event]:
+        """`read`; without `kept_only`, also the events before a truncation that are still
+        stored (a subscriber's: the scavenger keeps them until every subscriber handled
+        them)."""
         key = self._entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
                             partition=self.keys.partition(entity_type, entity_id))
+        pages.kept_only = kept_only
         # The pages' events are chained in C: one generator layer per event less (~5% of
         # hydrating).
         return chain.from_iterable(self._pages(pages))
@@ -283,6 +296,31 @@ class RedisStorage:
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
             reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
         return check_truncated(entity_type, entity_id, event_number, reply)
+
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        """Declares the entity type's retention limits: the scavenger applies them."""
+        self.retention[entity_type] = retention
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]], *,
+                 batch: int = 500) -> Scavenged:
+        """Removes what truncations and the retention limits allow, never an event a
+        subscriber has not handled: those of `subscribers` (entity type -> subscriber IDs)
+        and every one recorded under the prefix (see `subscribers.py`). See
+        `scavenger.py`."""
+        every = {entity_type: set(ids) for entity_type, ids in subscribers.items()}
+        for entity_type in self.entity_types():
+            every.setdefault(entity_type, set())
+        with translated(self.server, "reading the subscribers"):
+            recorded = self.subscribers.recorded()
+        for subscriber_id, types in recorded.items():
+            # An unreadable record: that subscriber may read any type.
+            for entity_type in types if types is not None else list(every):
+                every.setdefault(entity_type, set()).add(subscriber_id)
+        scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
+                                   batch=batch)
+        with translated(self.server, "scavenging", writing=True):
+            return scavenger.run(self.retention,
+                                 {t: sorted(ids) for t, ids in every.items()})
 
     # -- the log (see log.py) ------------------------------------------------------------
 
