@@ -128,6 +128,10 @@ class AsyncStore:
         return await async_retaining_storage(self.storage).truncate_before(
             entity_type, entity_id, event_number)
 
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """`Store.tombstone`, awaited."""
+        await async_retaining_storage(self.storage).tombstone(entity_type, entity_id)
+
     async def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                             event_number: int) -> None:
         """`Store.save_snapshot`, awaited."""

@@ -152,6 +152,17 @@ class TruncatedError(EsError):
         return cls(f"{entity_type} {entity_id!r}", None, first_kept_event=first_kept_event)
 
 
+class StreamDeletedError(EsError):
+    """The entity was tombstoned (`store.tombstone`): gone for good. Reading it or writing to
+    it raises this; nothing is written."""
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        super().__init__(f"{entity_type} {entity_id!r} was tombstoned: it can never be read or "
+                         "written again (use another entity ID)")
+
+
 class SubscriberError(EsError, ValueError):
     """A subscriber cannot be registered (bad ID, or the ID is taken for that entity type)."""
 

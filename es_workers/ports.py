@@ -173,6 +173,12 @@ class RetainingStorage(Protocol):
         back); ValueError beyond the head + 1."""
         ...
 
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """The entity is gone for good: reads and writes raise StreamDeletedError (checked
+        where the append is), it leaves `entity_ids`, its snapshots are deleted; its stored
+        events stay until every subscriber handled them."""
+        ...
+
     def retain(self, entity_type: str, retention: Retention) -> None:
         """Declares the entity type's retention limits (as `register` declares its
         Content classes): the scavenger applies them."""
@@ -191,6 +197,8 @@ class AsyncRetainingStorage(Protocol):
 
     async def truncate_before(self, entity_type: str, entity_id: str,
                               event_number: int) -> int: ...
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None: ...
 
 
 @runtime_checkable

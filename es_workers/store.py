@@ -163,6 +163,15 @@ class Store:
         return retaining_storage(self.storage).truncate_before(entity_type, entity_id,
                                                                event_number)
 
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """Deletes the entity for good: reading it or writing to it raises
+        StreamDeletedError from now on (a write is refused where it is appended, nothing
+        stored), `entity_ids` no longer lists it and its snapshots are deleted. Its events
+        stay stored until every subscriber has handled them (then the scavenger removes
+        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`).
+        Idempotent."""
+        retaining_storage(self.storage).tombstone(entity_type, entity_id)
+
     def scavenge(self) -> Scavenged:
         """Removes what truncations and the store's `retention` limits allow, in bounded
         steps, and never an event a subscriber has not handled (this store's Dramatiq

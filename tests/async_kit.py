@@ -137,6 +137,9 @@ class BlockingStore:
     def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         return self.run(self.async_store.truncate_before(entity_type, entity_id, event_number))
 
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        self.run(self.async_store.tombstone(entity_type, entity_id))
+
     def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                       event_number: int) -> None:
         self.run(self.async_store.save_snapshot(entity_type, entity_id, state,

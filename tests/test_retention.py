@@ -17,7 +17,14 @@ from halves import AnyStore
 from kit import wait_for
 from pydantic import BaseModel
 
-from es_workers import ConcurrencyError, RedisStorage, Retention, Store, TruncatedError
+from es_workers import (
+    ConcurrencyError,
+    RedisStorage,
+    Retention,
+    Store,
+    StreamDeletedError,
+    TruncatedError,
+)
 from es_workers.retention import Scavenged
 
 
@@ -240,3 +247,43 @@ def test_a_subscriber_behind_a_truncation_still_handles_every_stored_event(
     finally:
         delivery.stop()
     assert [n for _, n in seen.calls] == list(range(1, 251))
+
+
+# -- Tombstones ------------------------------------------------------------------------------
+
+
+def test_a_tombstoned_entity_is_gone_for_good(half_store: AnyStore) -> None:
+    append(half_store, "a", 0, 3)
+    append(half_store, "b", 0, 1)
+    half_store.save_snapshot("account", "a", Balance(amount=3), event_number=3)
+
+    half_store.tombstone("account", "a")
+    half_store.tombstone("account", "a")  # idempotent
+
+    with pytest.raises(StreamDeletedError, match="account 'a' was tombstoned"):
+        numbers(half_store, "a", 0)
+    with pytest.raises(StreamDeletedError):
+        numbers(half_store, "a", 3)
+    with half_store.open_from("account", "a", 3) as stream, pytest.raises(StreamDeletedError):
+        list(stream.all())
+    with half_store.open("account", "a") as blind, pytest.raises(StreamDeletedError):
+        blind.write(Opened(owner="again"))  # refused where it is appended
+    assert half_store.entity_ids("account") == (["b"], None)
+    assert half_store.load_snapshot("account", "a", Balance) is None
+    with pytest.raises(StreamDeletedError):
+        half_store.save_snapshot("account", "a", Balance(), event_number=3)
+    half_store.tombstone("account", "never-written")
+    with half_store.open("account", "never-written") as new, pytest.raises(StreamDeletedError):
+        new.write(Opened(owner="x"))
+    assert numbers(half_store, "b", 0) == [1]
+
+
+def test_a_tombstoned_entity_is_scavenged_once_subscribers_handled_it(
+        make_any_store: Callable[..., Store]) -> None:
+    store = make_any_store()
+    append(store, "a", 0, 3)
+    store.tombstone("account", "a")
+    assert (store.scavenge().events, store.scavenge().events) == (3, 0)
+    with pytest.raises(StreamDeletedError):
+        numbers(store, "a", 0)
+    assert list(store.read_all()) == []  # the log leaves out the removed events

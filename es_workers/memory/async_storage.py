@@ -39,6 +39,9 @@ class AsyncInMemoryStorage:
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         return self.storage.truncate_before(entity_type, entity_id, event_number)
 
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        self.storage.tombstone(entity_type, entity_id)
+
     async def save_snapshot(self, entity_type: str, entity_id: str,
                             snapshot: StoredSnapshot) -> None:
         self.storage.save_snapshot(entity_type, entity_id, snapshot)

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..encryption import FieldCipher, MasterKeys
-from ..errors import ConcurrencyError, ConfigurationError, TruncatedError
+from ..errors import ConcurrencyError, ConfigurationError, StreamDeletedError, TruncatedError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
@@ -70,7 +70,8 @@ class InMemoryStorage:
         # (entity type, entity ID) -> state name -> snapshot: never in a stream or the log.
         self._snapshots: dict[tuple[str, str], dict[str, tuple[StoredSnapshot, datetime]]] = {}
         self._retention: dict[str, Retention] = {}
-        self._kept: dict[tuple[str, str], int] = {}  # first kept event number, if truncated
+        self._kept: dict[tuple[str, str], int] = {}
+        self._tombstoned: set[tuple[str, str]] = set()  # first kept event number, if truncated
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         self.registry.register(entity_type, *content_types)
@@ -84,6 +85,9 @@ class InMemoryStorage:
         check_entity_id(entity_id)
         with self._lock:
             kept = self._kept.get((entity_type, entity_id), 1)
+            tombstoned = (entity_type, entity_id) in self._tombstoned
+        if tombstoned:
+            raise StreamDeletedError(entity_type, entity_id)
         if after + 1 < kept:
             raise TruncatedError.of_entity(entity_type, entity_id, kept)
         yield from self._read(entity_type, entity_id, after)
@@ -132,6 +136,8 @@ class InMemoryStorage:
         for event, (name, data) in zip(events, encoded, strict=True):
             check_size(event, name, data, encode_metadata(event.metadata), self.max_event_bytes)
         with self._lock:
+            if (entity_type, entity_id) in self._tombstoned:
+                raise StreamDeletedError(entity_type, entity_id)
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:
                 done = records[expected : expected + len(events)]
@@ -184,6 +190,20 @@ class InMemoryStorage:
                 self._kept[entity_type, entity_id] = kept
             return kept
 
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        key = (entity_type, entity_id)
+        with self._lock:
+            if key in self._tombstoned:
+                return
+            self._tombstoned.add(key)
+            self._kept[key] = len(self._streams.get(key, ())) + 1
+            self._snapshots.pop(key, None)
+            first_id = self._first_ids.get(key)
+            if first_id is not None:
+                self._order[entity_type].remove((first_id, entity_id))
+
     def retain(self, entity_type: str, retention: Retention) -> None:
         self._retention[entity_type] = retention
 
@@ -214,6 +234,8 @@ class InMemoryStorage:
         number = snapshot.event_number
         with self._lock:
             records = self._streams.get((entity_type, entity_id), [])
+            if (entity_type, entity_id) in self._tombstoned:
+                raise StreamDeletedError(entity_type, entity_id)
             if number > len(records):
                 raise beyond_head(entity_type, entity_id, number, len(records))
             if number + 1 < self._kept.get((entity_type, entity_id), 1):

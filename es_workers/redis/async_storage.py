@@ -50,6 +50,7 @@ from .snapshots import (
     loaded,
     snapshot_args,
     snapshot_keys,
+    tombstone_keys,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -88,6 +89,7 @@ class AsyncRedisStorage:
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._snapshot_script = AsyncScript(client, "snapshot")
         self._truncate_script = AsyncScript(client, "truncate")
+        self._tombstone_script = AsyncScript(client, "tombstone")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
@@ -220,6 +222,13 @@ class AsyncRedisStorage:
         with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
             value, kept = await pipe.execute()
         return loaded(name, value, kept)
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        entity_keys = await self._entities()
+        entity_keys(entity_type, entity_id)  # checks both names
+        keys = tombstone_keys(entity_keys.keys, entity_type, entity_id)
+        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
+            await self._tombstone_script(keys, [entity_id])
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         keys = truncate_keys(await self.open(), entity_type, entity_id)

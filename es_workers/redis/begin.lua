@@ -59,7 +59,7 @@ local truncated = KEYS[#KEYS - 1]
 local function truncation(id)
   local found = redis.call('HGET', truncated, id)
   if not found then return 0, '' end
-  local kept, first_id = string.match(found, '^(%d+) ?(.*)$')
+  local kept, first_id = string.match(found, '^(%d+) ?([^ ]*)')
   return tonumber(kept), first_id
 end
 

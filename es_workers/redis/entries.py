@@ -19,7 +19,13 @@ from redis.client import NEVER_DECODE
 
 from .. import metrics
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size, content_json
-from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError, TruncatedError
+from ..errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    CorruptEventError,
+    StreamDeletedError,
+    TruncatedError,
+)
 from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
@@ -123,7 +129,8 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
-APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM = range(6)
+(APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM,
+ TOMBSTONED) = range(7)
 NO_WAITING = Durability()
 _NOT_A_STREAM = "the key holds another type than a stream"
 
@@ -148,6 +155,8 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
                              events[-1].event_number)
         number = int(logged[0]) if logged else 0
         return [Position(partition, number + i) for i in range(len(events))] if number else []
+    if status == TOMBSTONED:
+        raise StreamDeletedError(entity_type, first.entity_id)
     if status == CONFLICT:
         metrics.CONFLICTS.labels(entity_type).inc()
         raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
@@ -210,6 +219,14 @@ def flat_entries(entries: list[Any]) -> list[Any]:
     if entries and isinstance(entries[0][1], dict):
         return [(i, [x for pair in values.items() for x in pair]) for i, values in entries]
     return entries
+
+
+def truncation(value: bytes | str) -> tuple[int, str, bool]:
+    """An entity's truncation as truncate.lua and tombstone.lua write it, `<first kept>
+    <event 1's ID>[ tombstone]`: (first kept, event 1's ID, whether tombstoned)."""
+    kept, _, rest = text(value).partition(" ")
+    first_id, _, flag = rest.partition(" ")
+    return int(kept) if kept.isdigit() else 1, first_id, flag == "tombstone"
 
 
 class EntityPages:
@@ -297,10 +314,13 @@ class EntityPages:
         self.checked = True
         if value is None:
             return
-        kept, _, first_id = text(value).partition(" ")
-        if self.kept_only and kept.isdigit() and self.start < int(kept):
-            raise TruncatedError.of_entity(self.entity_type, self.entity_id, int(kept))
+        kept, first_id, tombstoned = truncation(value)
+        if tombstoned and self.kept_only:  # a subscriber still reads what is stored
+            raise StreamDeletedError(self.entity_type, self.entity_id)
+        if self.kept_only and self.start < kept:
+            raise TruncatedError.of_entity(self.entity_type, self.entity_id, kept)
         self.kept_store_entity_id = first_id
+
 
     def take_first(self, first: list[Any]) -> None:
         # Event 1 removed (truncated and scavenged): its ID as truncate.lua kept it.

@@ -75,8 +75,8 @@ class RedisKeys:
 
     def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
-        index, outbox, scratch key and log (the partition computed once: this runs on every
-        append)."""
+        index, outbox, scratch key, truncations (tombstones are there) and log (the
+        partition computed once: this runs on every append)."""
         tag = self.tag(self.partition(entity_type, entity_id))
         return [
             f"{tag}:stream:{entity_type}:{entity_id}",
@@ -84,6 +84,7 @@ class RedisKeys:
             f"{tag}:index:{entity_type}",
             f"{tag}:outbox",
             f"{tag}:scratch",
+            f"{tag}:truncated:{entity_type}",
             f"{tag}:log",
         ]
 

@@ -11,7 +11,8 @@
 -- Returns {0, event number kept} when saved or when a snapshot of the same version after a
 -- later (or the same) event is already there (kept: the newest wins); {1, head} when the
 -- event number is beyond the entity's head; {2, head} when the event is no longer stored
--- or kept (a snapshot before the first kept event would never be used).
+-- or kept (a snapshot before the first kept event would never be used); {3, head} when
+-- the entity was tombstoned.
 -- Nothing is written before every check.
 
 local number = tonumber(ARGV[4])
@@ -19,6 +20,7 @@ local head = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if number > head then return {1, head} end
 
 local truncated = redis.call('HGET', KEYS[4], ARGV[1])
+if truncated and string.sub(truncated, -10) == ' tombstone' then return {3, head} end
 if truncated and number + 1 < tonumber(string.match(truncated, '^(%d+)')) then
   return {2, head}
 end

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..errors import StreamDeletedError
 from ..retention import beyond_head as truncation_beyond_head
 from ..snapshot import StoredSnapshot, beyond_head, not_stored
 from .keys import RedisKeys
@@ -35,6 +36,15 @@ def truncate_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str
             keys.truncated(entity_type, partition)]
 
 
+def tombstone_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str]:
+    """tombstone.lua's KEYS: the entity's stream, its partition's heads, index and
+    truncations, its snapshots."""
+    partition = keys.partition(entity_type, entity_id)
+    return [keys.stream(entity_type, entity_id), keys.heads(entity_type, partition),
+            keys.index(entity_type, partition), keys.truncated(entity_type, partition),
+            keys.snapshots(entity_type, entity_id)]
+
+
 def check_truncated(entity_type: str, entity_id: str, event_number: int, reply: Any) -> int:
     """The first kept event number truncate.lua answered; ValueError if it refused."""
     outcome, number = int(reply[0]), int(reply[1])
@@ -50,6 +60,8 @@ def check_saved(entity_type: str, entity_id: str, stored: StoredSnapshot, reply:
         raise beyond_head(entity_type, entity_id, stored.event_number, head)
     if outcome == 2:
         raise not_stored(entity_type, entity_id, stored.event_number)
+    if outcome == 3:
+        raise StreamDeletedError(entity_type, entity_id)
 
 
 def loaded(name: str, value: bytes | str | None,

@@ -51,6 +51,7 @@ from .snapshots import (
     loaded,
     snapshot_args,
     snapshot_keys,
+    tombstone_keys,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -115,6 +116,7 @@ class RedisStorage:
         self.append_script = Script(client, "append")
         self._snapshot_script = Script(client, "snapshot")
         self._truncate_script = Script(client, "truncate")
+        self._tombstone_script = Script(client, "tombstone")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -153,7 +155,7 @@ class RedisStorage:
         entity_id = events[0].entity_id
         keys = self._entity_keys(entity_type, entity_id)
         if not self.logs:
-            keys = keys[:5]
+            keys = keys[:6]
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
@@ -296,6 +298,16 @@ class RedisStorage:
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
             reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
         return check_truncated(entity_type, entity_id, event_number, reply)
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """The entity is gone for good (see tombstone.lua)."""
+        keys = tombstone_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
+        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
+            self._tombstone_script(keys=keys, args=[entity_id])
+
+    def _check_names(self, entity_type: str, entity_id: str) -> str:
+        self._entity_keys(entity_type, entity_id)  # checks both names
+        return entity_type
 
     def retain(self, entity_type: str, retention: Retention) -> None:
         """Declares the entity type's retention limits: the scavenger applies them."""

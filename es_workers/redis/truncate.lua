@@ -18,7 +18,7 @@ if kept > head + 1 then return {1, head} end
 local old = redis.call('HGET', KEYS[3], id)
 local old_kept, first_id = 1, ''
 if old then
-  local number, rest = string.match(old, '^(%d+) ?(.*)$')
+  local number, rest = string.match(old, '^(%d+) ?([^ ]*)')
   old_kept, first_id = tonumber(number), rest
 end
 if kept <= old_kept then return {0, old_kept} end
