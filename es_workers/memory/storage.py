@@ -165,6 +165,11 @@ class InMemoryStorage:
         self._published.put((entity_type, entity_id, expected + 1, expected + len(events)))
         return positions
 
+    def position(self, entity_type: str, entity_id: str) -> int:
+        """The entity's last event number (0 when it has none), as RedisStorage's."""
+        with self._lock:
+            return len(self._streams.get((entity_type, entity_id), ()))
+
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:

@@ -252,8 +252,7 @@ class AsyncRedisStorage:
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
-            for key, start, end in pages.entity_reads(runs):
-                xrange(pipe, key, start, end)
+            pages.queue_reads(pipe, runs)
             for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
                 yield event
 

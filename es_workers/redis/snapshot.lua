@@ -17,10 +17,9 @@
 
 local number = tonumber(ARGV[4])
 local head = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if number > head then return {1, head} end
-
 local truncated = redis.call('HGET', KEYS[4], ARGV[1])
 if truncated and string.sub(truncated, -10) == ' tombstone' then return {3, head} end
+if number > head then return {1, head} end
 if truncated and number + 1 < tonumber(string.match(truncated, '^(%d+)')) then
   return {2, head}
 end

@@ -349,8 +349,7 @@ class RedisStorage:
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
-            for key, start, end in pages.entity_reads(runs):
-                xrange(pipe, key, start, end)
+            pages.queue_reads(pipe, runs)
             with translated(self.server, doing):
                 replies = pipe.execute(raise_on_error=False)
             yield from pages.decode(runs, replies)
