@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         RebuildError,
         StorageFullError,
         StorageUnavailableError,
+        StreamDeletedError,
         StreamNotReadError,
         SubscriberError,
         TruncatedError,
@@ -77,7 +78,9 @@ if TYPE_CHECKING:
     from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
     from .position import Position
     from .redis import AsyncRedisStorage, RedisStorage
+    from .retention import Retention
     from .settings import Settings
+    from .snapshot import Snapshot, SnapshotError
     from .store import Store
     from .stream import Stream
     from .upgrade import EventUpgrade
@@ -118,10 +121,14 @@ _SOURCES = {  # public name: the module that defines it
     "Position": ".position",
     "RebuildError": ".errors",
     "RedisStorage": ".redis",
+    "Retention": ".retention",
     "Settings": ".settings",
+    "Snapshot": ".snapshot",
+    "SnapshotError": ".snapshot",
     "Storage": ".ports",
     "StorageFullError": ".errors",
     "StorageUnavailableError": ".errors",
+    "StreamDeletedError": ".errors",
     "Store": ".store",
     "Stream": ".stream",
     "StreamNotReadError": ".errors",
@@ -193,12 +200,16 @@ __all__ = [
     "Position",
     "RebuildError",
     "RedisStorage",
+    "Retention",
     "Settings",
+    "Snapshot",
+    "SnapshotError",
     "Storage",
     "StorageFullError",
     "StorageUnavailableError",
     "Store",
     "Stream",
+    "StreamDeletedError",
     "StreamNotReadError",
     "SubjectForgotten",
     "SubscriberError",

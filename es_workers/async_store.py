@@ -9,7 +9,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import overload
+from typing import TypeVar, overload
+
+from pydantic import BaseModel
 
 from . import metrics
 from .async_stream import AsyncStream
@@ -19,14 +21,26 @@ from .event import Content, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import AsyncKeyring, Keyring
 from .memory.bus import InMemoryEventBus
-from .names import subscribers_to_wait_for
-from .ports import AsyncStorage, Bus, Progress, check_rebuild, rebuilding
+from .names import check_entity_id, check_entity_type, subscribers_to_wait_for
+from .ports import (
+    AsyncStorage,
+    Bus,
+    Progress,
+    async_retaining_storage,
+    async_snapshot_storage,
+    check_rebuild,
+    rebuilding,
+)
 from .position import After, Position
 from .redis.async_storage import AsyncRedisStorage
+from .retention import Retention, check_retention, check_truncate
 from .settings import Settings
+from .snapshot import Snapshot, from_store, state_name, to_store
 from .stream import check_stream
 from .upgrade import AsyncReader, AsyncReading, EventUpgrade, check_upgrades
 from .wiring import build_async_storage
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class AsyncStore:
@@ -46,8 +60,10 @@ class AsyncStore:
         events: Mapping[str, Iterable[type[Content]]] | None = None,
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> None:
         self.storage = storage
+        self.retention = check_retention(retention)
         self.logger = logger
         self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         self._owns_bus = bus is None
@@ -68,12 +84,13 @@ class AsyncStore:
         settings: Settings | None = None,
         bus: Bus | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> AsyncStore:
         """An AsyncStore on the Redis the `ES_...` settings name (as `Store.from_settings`;
         with no `ES_REDIS_URL`, the embedded fakeredis). It builds no Dramatiq broker: pass
         the workers' `bus` (e.g. `bus=store.bus`) to know their subscribers."""
         return cls(build_async_storage(settings, logger=logger), bus=bus, events=events,
-                   upgrades=upgrades, logger=logger)
+                   upgrades=upgrades, logger=logger, retention=retention)
 
     def open(self, entity_type: str, entity_id: str) -> AsyncStream:
         """A stream of the entity from its first event. Use it with `async with`."""
@@ -104,6 +121,31 @@ class AsyncStore:
         """`Store.follow`, awaited: `async with store.follow() as f: async for e in f`;
         `f.stop()` ends it."""
         return AsyncFollower(self.storage, self.reader, after, entity_types, name)
+
+    async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """`Store.truncate_before`, awaited."""
+        check_truncate(entity_type, entity_id, event_number)
+        return await async_retaining_storage(self.storage).truncate_before(
+            entity_type, entity_id, event_number)
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """`Store.tombstone`, awaited."""
+        await async_retaining_storage(self.storage).tombstone(entity_type, entity_id)
+
+    async def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
+                            event_number: int) -> None:
+        """`Store.save_snapshot`, awaited."""
+        stored = to_store(entity_type, entity_id, state, event_number)
+        await async_snapshot_storage(self.storage).save_snapshot(entity_type, entity_id, stored)
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            state_type: type[S]) -> Snapshot[S] | None:
+        """`Store.load_snapshot`, awaited."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        found = await async_snapshot_storage(self.storage).load_snapshot(
+            entity_type, entity_id, state_name(state_type))
+        return from_store(found, state_type)
 
     def entity_types(self) -> list[str]:
         return self.storage.entity_types()

@@ -921,6 +921,22 @@ def rebuild(
               "history, then the events written meanwhile")
 
 
+@app.command()
+def scavenge(app_ref: AppRef, yes: Yes = False, embedded: Embedded = False) -> None:
+    """Remove the events that truncations (store.truncate_before) and the app's retention
+    limits allow, in bounded steps, never one a subscriber has not handled. Removed events
+    cannot be read again; asks first."""
+    settings_or_exit()
+    store = load_app(app_ref, embedded=embedded)
+    limits = ", ".join(f"{t} {r}" for t, r in store.retention.items()) or "none"
+    confirm_or_exit(f"Remove the events that truncations and the retention limits ({limits}) "
+                    "allow? They can never be read again.", yes)
+    with reported_errors():
+        done = store.scavenge()
+    out.print(f"scavenged {done.events} events ({done.bytes} bytes) of {done.entities} "
+              "entities")
+
+
 @parked_app.command("list")
 def parked_list(app_ref: AppRef, subscriber_id: SubscriberId, entity_type: EntityType,
                 as_json: AsJson = False, embedded: Embedded = False) -> None:

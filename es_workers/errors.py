@@ -125,16 +125,43 @@ class CorruptEventError(DecodeError):
 
 
 class TruncatedError(EsError):
-    """A read reached events that were removed (the log trimmed below `ES_LOG_KEEP`): never
-    a silent partial history. `first_kept` is the first position still there; read again
-    from just before it (e.g. `after=Position(p, first_kept.number - 1)`) to go on."""
+    """A read reached events that were removed: never a silent partial history.
 
-    def __init__(self, what: str, first_kept: Position) -> None:
+    Of the log (trimmed below `ES_LOG_KEEP`): `first_kept` is the first position still
+    there; read again from just before it (e.g. `after=Position(p, first_kept.number - 1)`).
+    Of an entity (`store.truncate_before`, a `Retention` limit): `first_kept_event` is its
+    first kept event number (`first_kept` is None); `open_from(entity_type, entity_id,
+    first_kept_event - 1)` reads what is kept."""
+
+    def __init__(self, what: str, first_kept: Position | None, *,
+                 first_kept_event: int | None = None) -> None:
         self.first_kept = first_kept
-        super().__init__(
-            f"{what} was trimmed: its first kept position is {first_kept}; read after "
-            f"p{first_kept.partition}:{first_kept.number - 1} to go on from there"
-        )
+        self.first_kept_event = first_kept_event
+        if first_kept is not None:
+            super().__init__(
+                f"{what} was trimmed: its first kept position is {first_kept}; read after "
+                f"p{first_kept.partition}:{first_kept.number - 1} to go on from there"
+            )
+        else:
+            super().__init__(
+                f"{what} was truncated: its first kept event is {first_kept_event}; open it "
+                f"from event {(first_kept_event or 1) - 1} (open_from) to read what is kept"
+            )
+
+    @classmethod
+    def of_entity(cls, entity_type: str, entity_id: str, first_kept_event: int) -> TruncatedError:
+        return cls(f"{entity_type} {entity_id!r}", None, first_kept_event=first_kept_event)
+
+
+class StreamDeletedError(EsError):
+    """The entity was tombstoned (`store.tombstone`): gone for good. Reading it or writing to
+    it raises this; nothing is written."""
+
+    def __init__(self, entity_type: str, entity_id: str) -> None:
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        super().__init__(f"{entity_type} {entity_id!r} was tombstoned: it can never be read or "
+                         "written again (use another entity ID)")
 
 
 class SubscriberError(EsError, ValueError):

@@ -20,12 +20,15 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from datetime import datetime
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from .errors import ConfigurationError
 from .event import Content, Event, Handler
 from .names import check_rebuildable
 from .position import Position
+from .retention import Retention, Scavenged
+from .snapshot import StoredSnapshot
 from .upgrade import Reader
 
 
@@ -142,6 +145,72 @@ class LogStorage(Storage, Protocol):
         """Keeps each log's last `keep` events and what a follower has not done (on Redis the
         whole write that holds the first kept); returns how many log entries it removed."""
         ...
+
+
+@runtime_checkable
+class SnapshotStorage(Protocol):
+    """A storage that keeps snapshots beside its entities (`Store.save_snapshot`): never in
+    an entity's stream, its outbox or its log."""
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        """Keeps the snapshot as the entity's one of its state class, unless one of the same
+        version after a later event is there; `SnapshotError` if its event is not stored
+        (beyond the head, or removed)."""
+        ...
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The entity's snapshot of the state class `name`, with the time of its event."""
+        ...
+
+
+@runtime_checkable
+class AsyncSnapshotStorage(Protocol):
+    """`SnapshotStorage`, awaited."""
+
+    async def save_snapshot(self, entity_type: str, entity_id: str,
+                            snapshot: StoredSnapshot) -> None: ...
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            name: str) -> tuple[StoredSnapshot, datetime] | None: ...
+
+
+@runtime_checkable
+class RetainingStorage(Protocol):
+    """A storage that can stop keeping an entity's oldest events (`Store.truncate_before`)."""
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Reads from before `event_number` raise TruncatedError from now on; the numbering
+        and the head are untouched. Returns the first kept event number (never moves
+        back); ValueError beyond the head + 1."""
+        ...
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """The entity is gone for good: reads and writes raise StreamDeletedError (checked
+        where the append is), it leaves `entity_ids`, its snapshots are deleted; its stored
+        events stay until every subscriber handled them."""
+        ...
+
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        """Declares the entity type's retention limits (as `register` declares its
+        Content classes): the scavenger applies them."""
+        ...
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
+        """Applies the retention limits as truncations and removes the events before each
+        truncation that every subscriber (entity type -> subscriber IDs, and any the
+        storage knows of itself) has handled, in bounded steps. Returns what it removed."""
+        ...
+
+
+@runtime_checkable
+class AsyncRetainingStorage(Protocol):
+    """`RetainingStorage`, awaited."""
+
+    async def truncate_before(self, entity_type: str, entity_id: str,
+                              event_number: int) -> int: ...
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None: ...
 
 
 @runtime_checkable
@@ -286,6 +355,38 @@ class Progress(Protocol):
         """Returns once each subscriber has handled the entity up to `event_number`; raises
         `WaitTimeoutError` (naming those behind) or `ParkedError`."""
         ...
+
+
+def snapshot_storage(storage: object) -> SnapshotStorage:
+    """The storage, if it keeps snapshots (ConfigurationError otherwise)."""
+    if not isinstance(storage, SnapshotStorage):
+        raise ConfigurationError(f"{type(storage).__name__} keeps no snapshots: use "
+                                 "RedisStorage or InMemoryStorage")
+    return storage
+
+
+def async_snapshot_storage(storage: object) -> AsyncSnapshotStorage:
+    """The async storage, if it keeps snapshots (ConfigurationError otherwise)."""
+    if not isinstance(storage, AsyncSnapshotStorage):
+        raise ConfigurationError(f"{type(storage).__name__} keeps no snapshots: use "
+                                 "AsyncRedisStorage or AsyncInMemoryStorage")
+    return storage
+
+
+def retaining_storage(storage: object) -> RetainingStorage:
+    """The storage, if it can truncate entities (ConfigurationError otherwise)."""
+    if not isinstance(storage, RetainingStorage):
+        raise ConfigurationError(f"{type(storage).__name__} cannot truncate entities: use "
+                                 "RedisStorage or InMemoryStorage")
+    return storage
+
+
+def async_retaining_storage(storage: object) -> AsyncRetainingStorage:
+    """The async storage, if it can truncate entities (ConfigurationError otherwise)."""
+    if not isinstance(storage, AsyncRetainingStorage):
+        raise ConfigurationError(f"{type(storage).__name__} cannot truncate entities: use "
+                                 "AsyncRedisStorage or AsyncInMemoryStorage")
+    return storage
 
 
 def rebuilding(bus: Bus) -> Rebuilding:

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         default=_PUBLISHER.trim_every_ms, ge=10,
         description="How often the publisher trims the log (with ES_LOG_KEEP set)",
     )
+    scavenge_interval_ms: int | None = Field(
+        default=_PUBLISHER.scavenge_interval_ms, ge=10,
+        description="How often the publisher runs the scavenger (`es-workers scavenge`): "
+        "removes what truncations and retention limits allow, never an event a subscriber "
+        "has not handled. Unset: never",
+        examples=[3_600_000],
+    )
     publisher_catch_up_page: int = Field(
         default=_PUBLISHER.catch_up_page, ge=1,
         description="Entities per page when a new subscriber is handed the history",
@@ -296,7 +303,8 @@ class Settings(BaseSettings):
         return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
-                     "metrics_port", "log_keep", "redis_sentinels", "redis_sentinel_master",
+                     "metrics_port", "log_keep", "scavenge_interval_ms", "redis_sentinels",
+                     "redis_sentinel_master",
                      "redis_username", "redis_password", "encryption_key", "encryption_keys",
                      mode="before")
     @classmethod
@@ -426,6 +434,7 @@ class Settings(BaseSettings):
             redrive_after_ms=self.redrive_after_ms,
             log_keep=self.log_keep,
             trim_every_ms=self.log_trim_every_ms,
+            scavenge_interval_ms=self.scavenge_interval_ms,
         )
 
     def durability(self) -> Durability:

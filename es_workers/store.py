@@ -9,14 +9,21 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar, overload
 
+from pydantic import BaseModel
+
 from . import metrics
 from .commit_log import Follower, LogReading, log_storage, read_all
 from .errors import ConcurrencyError, ConfigurationError
-from .event import Content, Handler, is_async
+from .event import Content, Event, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import Keyring
 from .memory.bus import InMemoryEventBus
-from .names import check_subscribed_type, subscribers_to_wait_for
+from .names import (
+    check_entity_id,
+    check_entity_type,
+    check_subscribed_type,
+    subscribers_to_wait_for,
+)
 from .ports import (
     Bus,
     NotifyingEventBus,
@@ -26,16 +33,29 @@ from .ports import (
     Storage,
     check_rebuild,
     rebuilding,
+    retaining_storage,
+    snapshot_storage,
 )
 from .position import After, Position
 from .redis.storage import RedisStorage
+from .retention import Retention, Scavenged, check_retention, check_truncate
 from .settings import Settings
+from .snapshot import (
+    Snapshot,
+    from_store,
+    snapshot_subscriber_id,
+    state_name,
+    take_snapshot,
+    to_store,
+)
 from .stream import Stream, check_stream
 from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
 from .wiring import build_parts
 from .workers.bus import DramatiqEventBus
 
 H = TypeVar("H", bound=Handler)
+log = logging.getLogger(__name__)
+S = TypeVar("S", bound=BaseModel)
 
 
 class Store:
@@ -58,8 +78,12 @@ class Store:
         events: Mapping[str, Iterable[type[Content]]] | None = None,
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> None:
         self.storage = storage
+        self.retention = check_retention(retention)
+        for entity_type, limits in self.retention.items():
+            retaining_storage(storage).retain(entity_type, limits)
         self.logger = logger
         self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
         for entity_type, content_types in (events or {}).items():
@@ -83,11 +107,13 @@ class Store:
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         settings: Settings | None = None,
         logger: logging.Logger | None = None,
+        retention: Mapping[str, Retention] | None = None,
     ) -> Store:
         """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
         (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
         storage, bus = build_parts(settings, logger=logger)
-        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger)
+        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger,
+                   retention=retention)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -126,6 +152,83 @@ class Store:
         it records how far it got, goes on from there when `after` is None, and holds
         back the log's trimming. See `es_workers.commit_log.Follower`."""
         return Follower(self.storage, self.reader, after, entity_types, name)
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Stops keeping the entity's events before `event_number`: reading from before it
+        raises TruncatedError (naming the first kept event) at once, `open_from(n)` from
+        `event_number - 1` on reads normally, and the scavenger removes them once every
+        subscriber has handled them. Numbering never changes: the next write takes the next
+        number. Returns the first kept event number (a truncation never moves back);
+        ValueError beyond the entity's head + 1."""
+        check_truncate(entity_type, entity_id, event_number)
+        return retaining_storage(self.storage).truncate_before(entity_type, entity_id,
+                                                               event_number)
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """Deletes the entity for good: reading it or writing to it raises
+        StreamDeletedError from now on (a write is refused where it is appended, nothing
+        stored), `entity_ids` no longer lists it and its snapshots are deleted. Its events
+        stay stored until every subscriber has handled them (then the scavenger removes
+        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`).
+        Idempotent."""
+        retaining_storage(self.storage).tombstone(entity_type, entity_id)
+
+    def scavenge(self) -> Scavenged:
+        """Removes what truncations and the store's `retention` limits allow, in bounded
+        steps, and never an event a subscriber has not handled (this store's Dramatiq
+        subscribers, and every subscriber recorded under the prefix). Returns and logs
+        what it removed (entities, events, bytes)."""
+        checkpointed = isinstance(self.bus, NotifyingEventBus)
+        subscribers = {t: self.subscriber_ids(t) if checkpointed else []
+                       for t in self.entity_types()}
+        done = retaining_storage(self.storage).scavenge(subscribers)
+        (self.logger or log).info("scavenged %d events (%d bytes) of %d entities", done.events,
+                                  done.bytes, done.entities)
+        return done
+
+    def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
+                      event_number: int) -> None:
+        """Keeps `state` (a pydantic model) as the entity's state after its event
+        `event_number`, beside the entity (never delivered to subscribers), as the one
+        snapshot of its class unless one of the same `snapshot_version` after a later event
+        is there. `SnapshotError` if the entity has no such event (beyond its head)."""
+        stored = to_store(entity_type, entity_id, state, event_number)
+        snapshot_storage(self.storage).save_snapshot(entity_type, entity_id, stored)
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      state_type: type[S]) -> Snapshot[S] | None:
+        """The entity's newest usable snapshot of `state_type`: None if there is none, or it
+        was saved with another `snapshot_version` or no longer validates. Go on with
+        `open_from(entity_type, entity_id, snapshot.event_number)`."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        found = snapshot_storage(self.storage).load_snapshot(entity_type, entity_id,
+                                                             state_name(state_type))
+        return from_store(found, state_type)
+
+    def snapshot_every(self, entity_type: str, every: int, state_type: type[S],
+                       project: Callable[[S | None, Event], S], *,
+                       subscriber_id: str | None = None) -> str:
+        """Saves a snapshot of each entity of the type after every `every`-th event: a
+        subscriber (its ID returned; by default `snapshot_<state class>`) that projects
+        the events after the newest snapshot with `project(state or None, event) -> state`
+        and saves the result. Run by the workers like any subscriber."""
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        chosen = subscriber_id or snapshot_subscriber_id(state_type)
+
+        def snapshot(event: Event) -> None:
+            number, entity_id = event.event_number, event.entity_id
+            if number % every:
+                return
+            state = take_snapshot(
+                lambda: self.load_snapshot(entity_type, entity_id, state_type),
+                lambda after: self.read(entity_type, entity_id, after), project, number)
+            if state is not None:
+                self.save_snapshot(entity_type, entity_id, state, event_number=number)
+
+        self.subscribe(entity_type, chosen, snapshot)
+        return chosen
 
     def entity_types(self) -> list[str]:
         """The entity types this store was given events for."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import fakeredis
 import redis.asyncio
+from pydantic import BaseModel
 
 from es_workers import (
     AsyncInMemoryStorage,
@@ -23,9 +24,11 @@ from es_workers import (
     Content,
     Event,
     Position,
+    Snapshot,
 )
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 ASYNC_KINDS = ["async-memory", "async-fakeredis", "async-redis"]
 
 
@@ -130,6 +133,21 @@ class BlockingStore:
     def wait_for(self, entity_type: str, entity_id: str, event_number: int,
                  **options: Any) -> None:
         self.run(self.async_store.wait_for(entity_type, entity_id, event_number, **options))
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        return self.run(self.async_store.truncate_before(entity_type, entity_id, event_number))
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        self.run(self.async_store.tombstone(entity_type, entity_id))
+
+    def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
+                      event_number: int) -> None:
+        self.run(self.async_store.save_snapshot(entity_type, entity_id, state,
+                                                event_number=event_number))
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      state_type: type[M]) -> Snapshot[M] | None:
+        return self.run(self.async_store.load_snapshot(entity_type, entity_id, state_type))
 
     def close(self) -> None:
         try:

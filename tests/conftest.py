@@ -18,9 +18,18 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
-from async_kit import ASYNC_KINDS, BlockingStorage, async_storage
+from async_kit import ASYNC_KINDS, BlockingStorage, BlockingStore, async_storage
 
-from es_workers import AsyncRedisStorage, Content, Event, InMemoryStorage, RedisStorage, Store
+from es_workers import (
+    AsyncInMemoryStorage,
+    AsyncRedisStorage,
+    AsyncStore,
+    Content,
+    Event,
+    InMemoryStorage,
+    RedisStorage,
+    Store,
+)
 from es_workers.ids import new_ids
 
 pytest_plugins = [
@@ -294,3 +303,53 @@ def events_of(
         )
         for offset, content in enumerate(contents, start=1)
     ]
+
+
+# Both halves on every backend
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster", "memory"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def half_store(store_kind: str, half: str,
+               request: pytest.FixtureRequest) -> Iterator[Store | BlockingStore]:
+    """A Store, or an AsyncStore behind BlockingStore (`half`), on each kind of storage
+    (`store_kind`), account events registered; its Redis keys deleted afterwards. For a
+    guarantee of both halves on every backend."""
+    if store_kind == "memory":
+        if half == "sync":
+            yield Store(InMemoryStorage(), events=ACCOUNT_EVENTS)
+        else:
+            blocking = BlockingStore(AsyncStore(AsyncInMemoryStorage(), events=ACCOUNT_EVENTS))
+            yield blocking
+            blocking.close()
+        return
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    sync_client: Any
+    async_client: Any
+    if store_kind == "fakeredis":
+        server = fakeredis.FakeServer(version=(7, 0))
+        sync_client = fakeredis.FakeRedis(server=server)
+        async_client = fakeredis.FakeAsyncRedis(server=server)
+    elif store_kind == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        sync_client, async_client = cluster.client(), cluster.async_client()
+    else:
+        sync_client = real_redis()
+        async_client = redis.asyncio.Redis.from_url(REDIS_URL)
+    store: Store | BlockingStore
+    if half == "sync":
+        store = Store(RedisStorage(sync_client, prefix=prefix), events=ACCOUNT_EVENTS)
+    else:
+        store = BlockingStore(AsyncStore(AsyncRedisStorage(async_client, prefix=prefix),
+                                         events=ACCOUNT_EVENTS))
+    try:
+        yield store
+    finally:
+        if isinstance(store, BlockingStore):
+            store.close()
+        delete_prefix(sync_client, prefix)
+        sync_client.close()

@@ -143,7 +143,7 @@ def subscriber(module: ModuleType, subscriber_id: str) -> admin.SubscriberStatus
     [[], ["publish"], ["worker"], ["status"], ["show"], ["replay"], ["rebuild"], ["config"],
      ["demo"],
      ["dashboard"], ["parked"], ["parked", "list"], ["parked", "retry"], ["parked", "skip"],
-     ["health"]],
+     ["health"], ["scavenge"]],
     ids=lambda c: " ".join(c) or "es-workers",
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -269,7 +269,7 @@ ADMIN_COMMANDS = [
     ["replay", "audit", "--yes"], ["rebuild", "audit", "--yes"],
     ["parked", "list", "audit", "account"],
     ["parked", "retry", "audit", "account", "a1"],
-    ["parked", "skip", "audit", "account", "a1", "--yes"],
+    ["parked", "skip", "audit", "account", "a1", "--yes"], ["scavenge", "--yes"],
 ]
 
 
@@ -589,6 +589,28 @@ def test_replay_delivers_the_history_again(app_module: ModuleType) -> None:
                                   "nosuchtype", "-y"])
     assert no_type.exit_code == 2
     assert "unknown entity type 'nosuchtype': this app has 'account'" in no_type.output
+
+
+def test_scavenge_removes_what_a_truncation_allows_once_subscribers_handled_it(
+    app_module: ModuleType,
+) -> None:
+    write(app_module, "a1", app_module.Opened(owner="o"), app_module.Deposited(amount=1),
+          app_module.Deposited(amount=2))
+    app_module.store.truncate_before("account", "a1", 3)
+
+    refused = runner.invoke(app, ["scavenge", ref(app_module), "--embedded"])
+    assert refused.exit_code == 2
+    assert "Pass --yes" in refused.output
+    waiting = runner.invoke(app, ["scavenge", ref(app_module), "--yes", "--embedded"])
+    assert waiting.exit_code == 0, waiting.output
+    assert "scavenged 0 events (0 bytes) of 0 entities" in waiting.stdout  # audit is behind
+
+    with Delivery(app_module):
+        wait_for(lambda: len(app_module.calls) == 3, "audit to handle 3 events")
+    done = runner.invoke(app, ["scavenge", ref(app_module), "--yes", "--embedded"])
+    assert done.exit_code == 0, done.output
+    assert "scavenged 2 events" in done.stdout and "of 1 entities" in done.stdout
+    assert [e.event_number for e in app_module.store.read("account", "a1", 2)] == [3]
 
 
 def test_rebuild_resets_the_read_model_and_delivers_the_history_again(

@@ -516,7 +516,7 @@ def test_every_key_of_one_append_shares_one_hash_slot(
     assert len(calls) == 2 * len(entities)
     slots = set()
     for keys in calls:
-        assert len(keys) == 6  # the stream, heads, index, outbox, scratch, log
+        assert len(keys) == 7  # the stream, heads, index, outbox, scratch, truncations, log
         assert len({key_slot(key.encode()) for key in keys}) == 1, keys
         slots.add(key_slot(keys[0].encode()))
     assert len(slots) > 4  # entities are spread over partitions, hence slots

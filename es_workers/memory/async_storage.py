@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from datetime import datetime
 
 from ..event import Content, Event
 from ..position import Position
+from ..snapshot import StoredSnapshot
 from .storage import InMemoryStorage
 
 
@@ -33,6 +35,20 @@ class AsyncInMemoryStorage:
         self, entity_type: str, after: str | None = None, limit: int = 100
     ) -> tuple[list[str], str | None]:
         return self.storage.entity_ids(entity_type, after, limit)
+
+    async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        return self.storage.truncate_before(entity_type, entity_id, event_number)
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        self.storage.tombstone(entity_type, entity_id)
+
+    async def save_snapshot(self, entity_type: str, entity_id: str,
+                            snapshot: StoredSnapshot) -> None:
+        self.storage.save_snapshot(entity_type, entity_id, snapshot)
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            name: str) -> tuple[StoredSnapshot, datetime] | None:
+        return self.storage.load_snapshot(entity_type, entity_id, name)
 
     # -- the log: the wrapped storage's --------------------------------------------------
 

@@ -7,18 +7,21 @@ import queue
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
 from ..encryption import FieldCipher, MasterKeys
-from ..errors import ConcurrencyError, ConfigurationError, TruncatedError
+from ..errors import ConcurrencyError, ConfigurationError, StreamDeletedError, TruncatedError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
 from ..position import Position, partition_of, trim_from
+from ..retention import Retention, Scavenged, first_kept_by_count
+from ..retention import beyond_head as truncated_beyond_head
+from ..snapshot import StoredSnapshot, beyond_head, not_stored
 from ..upgrade import Reader
 from .keys import InMemoryKeyStore
 
@@ -54,7 +57,9 @@ class InMemoryStorage:
         self.max_event_bytes = max_event_bytes
         self.partitions = partitions
         self._lock = threading.Lock()
-        self._streams: dict[tuple[str, str], list[_Record]] = {}
+        # Removed events (the scavenger's) are None: an event's number is its index + 1.
+        self._streams: dict[tuple[str, str], list[_Record | None]] = {}
+        self._first_ids: dict[tuple[str, str], str] = {}  # store_entity_id, kept apart
         # Per partition, (entity type, entity ID, event number) per log number from 1.
         self._logs: list[list[tuple[str, str, int]]] = [[] for _ in range(partitions)]
         self._trimmed = [0] * partitions  # log numbers trimmed away, per partition
@@ -62,6 +67,11 @@ class InMemoryStorage:
         self._logged = threading.Condition(self._lock)
         self._order: dict[str, list[tuple[str, str]]] = {}  # type -> [(store_entity_id, id)]
         self._published: queue.Queue[tuple[str, str, int, int]] = queue.Queue()
+        # (entity type, entity ID) -> state name -> snapshot: never in a stream or the log.
+        self._snapshots: dict[tuple[str, str], dict[str, tuple[StoredSnapshot, datetime]]] = {}
+        self._retention: dict[str, Retention] = {}
+        self._kept: dict[tuple[str, str], int] = {}
+        self._tombstoned: set[tuple[str, str]] = set()  # first kept event number, if truncated
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         self.registry.register(entity_type, *content_types)
@@ -69,16 +79,29 @@ class InMemoryStorage:
     def entity_types(self) -> list[str]:
         return self.registry.entity_types()
 
-    def read(self, entity_type: str, entity_id: str, after: int = 0, *,
-             last: int | None = None) -> Iterator[Event]:
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """TruncatedError (when iterated) if `after` is before the first kept event."""
         check_entity_type(entity_type)
         check_entity_id(entity_id)
+        with self._lock:
+            kept = self._kept.get((entity_type, entity_id), 1)
+            tombstoned = (entity_type, entity_id) in self._tombstoned
+        if tombstoned:
+            raise StreamDeletedError(entity_type, entity_id)
+        if after + 1 < kept:
+            raise TruncatedError.of_entity(entity_type, entity_id, kept)
+        yield from self._read(entity_type, entity_id, after)
+
+    def _read(self, entity_type: str, entity_id: str, after: int,
+              last: int | None = None) -> Iterator[Event]:
         with self._lock:
             records = list(self._streams.get((entity_type, entity_id), ()))
         if not records:
             return
-        store_entity_id = records[0].store_event_id
+        store_entity_id = self._first_ids[entity_type, entity_id]
         for number, record in enumerate(records[after:last], start=after + 1):
+            if record is None:  # removed: only a log read comes here
+                continue
             content = self.registry.decode(
                 key=f"memory:{entity_type}:{entity_id}",
                 entity_type=entity_type,
@@ -113,11 +136,14 @@ class InMemoryStorage:
         for event, (name, data) in zip(events, encoded, strict=True):
             check_size(event, name, data, encode_metadata(event.metadata), self.max_event_bytes)
         with self._lock:
+            if (entity_type, entity_id) in self._tombstoned:
+                raise StreamDeletedError(entity_type, entity_id)
             records = self._streams.setdefault((entity_type, entity_id), [])
             if len(records) != expected:
                 done = records[expected : expected + len(events)]
-                if [r.store_event_id for r in done] == [e.store_event_id for e in events]:
-                    return [r.position for r in done]  # a retry of a write that was stored
+                if [r and r.store_event_id for r in done] == [e.store_event_id for e in events]:
+                    # a retry of a write that was stored
+                    return [r.position for r in done if r is not None]
                 raise ConcurrencyError(entity_type, entity_id, expected, len(records))
             partition = partition_of(entity_type, entity_id, self.partitions)
             log = self._logs[partition]
@@ -131,12 +157,18 @@ class InMemoryStorage:
                 )
             self._logged.notify_all()
             if expected == 0:
+                self._first_ids[entity_type, entity_id] = events[0].store_event_id
                 self._order.setdefault(entity_type, []).append(
                     (events[0].store_event_id, entity_id)
                 )
                 self._order[entity_type].sort()
         self._published.put((entity_type, entity_id, expected + 1, expected + len(events)))
         return positions
+
+    def position(self, entity_type: str, entity_id: str) -> int:
+        """The entity's last event number (0 when it has none), as RedisStorage's."""
+        with self._lock:
+            return len(self._streams.get((entity_type, entity_id), ()))
 
     def entity_ids(
         self, entity_type: str, after: str | None = None, limit: int = 100
@@ -150,6 +182,83 @@ class InMemoryStorage:
         page = order[:limit]
         token = page[-1][0] if len(order) > limit else None
         return [entity_id for _, entity_id in page], token
+
+    # -- retention: as RedisStorage's ------------------------------------------------------
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        with self._lock:
+            head = len(self._streams.get((entity_type, entity_id), ()))
+            if event_number > head + 1:
+                raise truncated_beyond_head(entity_type, entity_id, event_number, head)
+            kept = max(event_number, self._kept.get((entity_type, entity_id), 1))
+            if kept > 1:
+                self._kept[entity_type, entity_id] = kept
+            return kept
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        key = (entity_type, entity_id)
+        with self._lock:
+            if key in self._tombstoned:
+                return
+            self._tombstoned.add(key)
+            self._kept[key] = len(self._streams.get(key, ())) + 1
+            self._snapshots.pop(key, None)
+            first_id = self._first_ids.get(key)
+            if first_id is not None:
+                self._order[entity_type].remove((first_id, entity_id))
+
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        self._retention[entity_type] = retention
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
+        """As RedisStorage's: the retention limits become truncations, and the events
+        before each truncation are removed. The in-memory bus is handed events as they are
+        published and keeps no checkpoints: `subscribers` holds nothing back here."""
+        done = Scavenged()
+        now = datetime.now(UTC)
+        with self._lock:
+            for key, records in self._streams.items():
+                kept = self._kept.get(key, 1)
+                limits = self._retention.get(key[0])
+                if limits is not None and records:
+                    kept = max(kept, first_kept_by_count(limits, len(records)),
+                               _kept_by_age(limits, records, now))
+                    self._kept[key] = kept
+                removed = [r for r in records[: kept - 1] if r is not None]
+                records[: kept - 1] = [None] * (kept - 1)
+                if removed:
+                    done += Scavenged(1, len(removed), sum(len(r.name) + len(r.data)
+                                                           for r in removed))
+        return done
+
+    # -- snapshots: as RedisStorage's ------------------------------------------------------
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        number = snapshot.event_number
+        with self._lock:
+            records = self._streams.get((entity_type, entity_id), [])
+            if (entity_type, entity_id) in self._tombstoned:
+                raise StreamDeletedError(entity_type, entity_id)
+            if number > len(records):
+                raise beyond_head(entity_type, entity_id, number, len(records))
+            if number + 1 < self._kept.get((entity_type, entity_id), 1):
+                raise not_stored(entity_type, entity_id, number)
+            kept = self._snapshots.setdefault((entity_type, entity_id), {})
+            old = kept.get(snapshot.name)
+            record = records[number - 1]
+            if record is None:
+                raise not_stored(entity_type, entity_id, number)
+            if old is None or old[0].version != snapshot.version or old[0].event_number < number:
+                kept[snapshot.name] = snapshot, record.event_time
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        with self._lock:
+            found = self._snapshots.get((entity_type, entity_id), {}).get(name)
+            kept = self._kept.get((entity_type, entity_id), 1)
+            return None if found is None or found[0].event_number + 1 < kept else found
 
     # -- the log: as RedisStorage's --------------------------------------------------------
 
@@ -165,7 +274,7 @@ class InMemoryStorage:
             pointers = self._logs[partition][max(0, after - trimmed):]
         for entity_type, entity_id, number in pointers:
             if entity_types is None or entity_type in entity_types:
-                yield from self.read(entity_type, entity_id, number - 1, last=number)
+                yield from self._read(entity_type, entity_id, number - 1, last=number)
 
     def log_entry(self, position: Position) -> tuple[str, str, int] | None:
         with self._lock:
@@ -228,3 +337,12 @@ class InMemoryStorage:
 
     def close(self) -> None:
         pass
+
+
+def _kept_by_age(limits: Retention, records: list[_Record | None], now: datetime) -> int:
+    """The first event younger than `max_age` (the newest is always kept)."""
+    if limits.max_age is None:
+        return 1
+    cutoff = now - limits.max_age
+    return next((number for number, record in enumerate(records, start=1)
+                 if record is not None and record.event_time >= cutoff), len(records))

@@ -6,7 +6,10 @@
 -- KEYS[3] entity index    {tag}:index:<type>         zset (score 0) "<store_entity_id><entity ID>"
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- KEYS[5] scratch         {tag}:scratch              never left behind: see "A new stream"
--- KEYS[6] log (optional)  {tag}:log                  stream, one entry per write in commit
+-- KEYS[6] truncated       {tag}:truncated:<type>     hash entity ID -> "<first kept> <event 1's
+--                                                     e>[ tombstone]" (truncate.lua,
+--                                                     tombstone.lua): a tombstone refuses
+-- KEYS[7] log (optional)  {tag}:log                  stream, one entry per write in commit
 --                                                     order: its events take the log numbers
 --                                                     after the last one's, and its ID is
 --                                                     "<its last log number>-0"; fields type,
@@ -23,14 +26,15 @@
 -- retried write), {2, actual position} on a conflict; nothing appended: {3, N} when the
 -- stream holds an entry numbered N at or past the first event although its position is
 -- before it (an entry not written by this script), {4, position} when the key holds
--- another type than a stream, {5, position} when the log key holds another type. The
+-- another type than a stream, {5, position} when the log key holds another type, {6, 0}
+-- when the entity was tombstoned. The
 -- first log number is 0 without a log (or for events stored before it).
 -- A Lua error does not undo earlier writes, so every check comes first; the first XADD
 -- is what finds a stream out of sequence, so its failure is checked before any write.
 -- Given a wake-up channel, an append to an empty outbox (its publishers idle) SPUBLISHes
 -- there: cluster publishers cannot block on every outbox at once, so they wait for it.
 
-local stream, heads, index, outbox, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
+local stream, heads, index, outbox, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local expected = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
@@ -49,6 +53,9 @@ local function last_generated()
   end
   return 0
 end
+
+local removed = redis.call('HGET', KEYS[6], ARGV[2])
+if removed and string.sub(removed, -10) == ' tombstone' then return {6, 0} end
 
 -- The position is the entity's entry in heads: this script alone writes it, with the
 -- events, so it equals the stream's last generated ID, survives trimming as that does, and

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio
@@ -22,6 +23,7 @@ from ..encryption import FieldCipher, MasterKeys, subjects_of
 from ..event import Content, Event
 from ..keyring import AsyncKeyring
 from ..position import Position
+from ..snapshot import StoredSnapshot
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
@@ -42,6 +44,15 @@ from .keys import RedisKeys
 from .log import LogPages, event_at
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
+from .snapshots import (
+    check_saved,
+    check_truncated,
+    loaded,
+    snapshot_args,
+    snapshot_keys,
+    tombstone_keys,
+    truncate_keys,
+)
 from .state import SubscriberState
 
 
@@ -76,6 +87,9 @@ class AsyncRedisStorage:
         self._on_cluster = is_async_cluster(client)
         pooled = not self._on_cluster and getattr(client, "connection_pool", None) is not None
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
+        self._snapshot_script = AsyncScript(client, "snapshot")
+        self._truncate_script = AsyncScript(client, "truncate")
+        self._tombstone_script = AsyncScript(client, "tombstone")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
@@ -148,12 +162,15 @@ class AsyncRedisStorage:
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
                             partition=entity_keys.keys.partition(entity_type, entity_id))
         reader = self._reader
+        truncated = entity_keys.keys.truncated(entity_type, pages.partition)
         doing = f"reading {entity_type} {entity_id!r}"
         while pages.more:
             with translated(self.server, doing), pages.reading():
-                if pages.needs_first:
+                if not pages.checked:
                     pipe = reader.pipeline(transaction=False)
-                    xrange(pipe, key, "1-0", "1-0")
+                    pipe.hget(truncated, pages.entity_id)
+                    if pages.needs_first:
+                        xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
                     entries = pages.take_replies(await pipe.execute(raise_on_error=False))
                 else:
@@ -186,6 +203,39 @@ class AsyncRedisStorage:
             replies = await pipe.execute()
         return entity_ids_page(replies, limit)
 
+    # -- snapshots, as RedisStorage's ----------------------------------------------------
+
+    async def save_snapshot(self, entity_type: str, entity_id: str,
+                            snapshot: StoredSnapshot) -> None:
+        keys = snapshot_keys(await self.open(), entity_type, entity_id)
+        with translated(self.server, f"saving a snapshot of {entity_type} {entity_id!r}",
+                        writing=True):
+            reply = await self._snapshot_script(keys, snapshot_args(entity_id, snapshot))
+        check_saved(entity_type, entity_id, snapshot, reply)
+
+    async def load_snapshot(self, entity_type: str, entity_id: str,
+                            name: str) -> tuple[StoredSnapshot, datetime] | None:
+        keys = await self.open()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.snapshots(entity_type, entity_id), name)
+        pipe.hget(keys.truncated(entity_type, keys.partition(entity_type, entity_id)), entity_id)
+        with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
+            value, kept = await pipe.execute()
+        return loaded(name, value, kept)
+
+    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        entity_keys = await self._entities()
+        entity_keys(entity_type, entity_id)  # checks both names
+        keys = tombstone_keys(entity_keys.keys, entity_type, entity_id)
+        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
+            await self._tombstone_script(keys, [entity_id])
+
+    async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        keys = truncate_keys(await self.open(), entity_type, entity_id)
+        with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
+            reply = await self._truncate_script(keys, [entity_id, event_number])
+        return check_truncated(entity_type, entity_id, event_number, reply)
+
     # -- the log (see log.py), as RedisStorage's -----------------------------------------
 
     async def partitions_count(self) -> int:
@@ -202,8 +252,7 @@ class AsyncRedisStorage:
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
-            for key, start, end in pages.entity_reads(runs):
-                xrange(pipe, key, start, end)
+            pages.queue_reads(pipe, runs)
             for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
                 yield event
 

@@ -8,7 +8,9 @@
 -- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- then per entity i (from 0): KEYS[6 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
 -- the holder's token), KEYS[7 + 2i] the entity stream {tag}:stream:<type>:<id>
--- and last, KEYS[#KEYS] paused {tag}:paused:<subscriber> (string, while a rebuild holds it)
+-- then KEYS[#KEYS - 1] truncated {tag}:truncated:<type> (hash entity ID -> "<first kept>
+-- <event 1's e>", truncate.lua), and last, KEYS[#KEYS] paused {tag}:paused:<subscriber>
+-- (string, while a rebuild holds it)
 -- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
@@ -17,6 +19,9 @@
 -- state 0 when the lock is now ours; entries are then the stream entries after the
 -- checkpoint (at most ARGV[3], as XRANGE gives them), store_entity_id is event 1's 'e'
 -- field when event 1 is not among them ('' otherwise), so no further read is needed, and
+-- (when the events after the checkpoint were removed because they were before the first
+-- kept one: a subscriber added after the scavenger ran) the checkpoint is the event before
+-- the first stored one, where the subscriber starts;
 -- attempts the failed attempts at the entity's next event so far;
 -- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
 -- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
@@ -48,9 +53,22 @@ if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   return paused
 end
 
-local function first_event_id(stream)
+local truncated = KEYS[#KEYS - 1]
+
+-- The entity's truncation: its first kept event number (0: none) and event 1's ID.
+local function truncation(id)
+  local found = redis.call('HGET', truncated, id)
+  if not found then return 0, '' end
+  local kept, first_id = string.match(found, '^(%d+) ?([^ ]*)')
+  return tonumber(kept), first_id
+end
+
+local function first_event_id(stream, id)
   local first = redis.call('XRANGE', stream, '1-0', '1-0')
-  if #first == 0 then return '' end
+  if #first == 0 then
+    local _, first_id = truncation(id)
+    return first_id
+  end
   local fields = first[1][2]
   for i = 1, #fields, 2 do
     if fields[i] == 'e' then return fields[i + 1] end
@@ -81,9 +99,15 @@ local function begin(id, target, lock, stream)
   if entries.err then
     return {3, checkpoint, '', {}, attempts, 0}
   end
+  if #entries > 0 then
+    local first = tonumber(string.match(entries[1][1], '^(%d+)'))
+    if first and first > checkpoint + 1 and first <= truncation(id) then
+      checkpoint = first - 1
+    end
+  end
   local store_entity_id = ''
   if checkpoint > 0 then
-    store_entity_id = first_event_id(stream)
+    store_entity_id = first_event_id(stream, id)
   end
   return {0, checkpoint, store_entity_id, entries, attempts, 0}
 end

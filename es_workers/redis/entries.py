@@ -19,7 +19,13 @@ from redis.client import NEVER_DECODE
 
 from .. import metrics
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size, content_json
-from ..errors import ConcurrencyError, ConfigurationError, CorruptEventError
+from ..errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    CorruptEventError,
+    StreamDeletedError,
+    TruncatedError,
+)
 from ..event import NO_METADATA, Event, stored_event
 from ..metadata import decode as decode_metadata
 from ..metadata import encode as encode_metadata
@@ -124,7 +130,8 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
 # or nothing was written because of another writer's events or a corrupt stream key.
-APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM = range(6)
+(APPENDED, ALREADY_APPENDED, CONFLICT, OUT_OF_SEQUENCE, NOT_A_STREAM, LOG_NOT_A_STREAM,
+ TOMBSTONED) = range(7)
 NO_WAITING = Durability()
 _NOT_A_STREAM = "the key holds another type than a stream"
 
@@ -149,6 +156,8 @@ def check_appended(key: str, entity_type: str, events: Sequence[Event], reply: A
                              events[-1].event_number)
         number = int(logged[0]) if logged else 0
         return [Position(partition, number + i) for i in range(len(events))] if number else []
+    if status == TOMBSTONED:
+        raise StreamDeletedError(entity_type, first.entity_id)
     if status == CONFLICT:
         metrics.CONFLICTS.labels(entity_type).inc()
         raise ConcurrencyError(entity_type, first.entity_id, first.event_number - 1, int(position))
@@ -213,20 +222,42 @@ def flat_entries(entries: list[Any]) -> list[Any]:
     return entries
 
 
+def truncation(value: bytes | str) -> tuple[int, str, bool]:
+    """An entity's truncation as truncate.lua and tombstone.lua write it, `<first kept>
+    <event 1's ID>[ tombstone]`: (first kept, event 1's ID, whether tombstoned)."""
+    kept, _, rest = text(value).partition(" ")
+    first_id, _, flag = rest.partition(" ")
+    return int(kept) if kept.isdigit() else 1, first_id, flag == "tombstone"
+
+
 class EntityPages:
     """Reading one entity page by page: which XRANGE to send next, and its reply decoded.
 
-    The caller loops while `more`: it sends `XRANGE key <start>-0 + COUNT <count>` and, when
-    `needs_first`, `XRANGE key 1-0 1-0` before it in one pipeline (hand its replies to
-    `take_replies`), both through `xrange` (replies left as bytes) and inside `reading()`,
-    then iterates `decode(entries)` to the end before asking for the next page.
+    The caller loops while `more`: it sends `XRANGE key <start>-0 + COUNT <count>`; for the
+    first page, in one pipeline after `HGET <truncated> <entity ID>` and, when `needs_first`,
+    `XRANGE key 1-0 1-0` (hand their replies to `take_replies`), all through `xrange`
+    (replies left as bytes) and inside `reading()`; then it iterates `decode(entries)` to
+    the end before asking for the next page.
+
+    A read from before the entity's first kept event (truncate.lua) raises TruncatedError.
 
     Every entry must hold the next event number: a gap (or an entry before the one read
     from) is a CorruptEventError, as is a record that does not decode.
     """
 
-    __slots__ = ("entity_id", "entity_type", "key", "more", "partition", "registry", "start",
-                 "store_entity_id")
+    __slots__ = (
+        "checked",
+        "entity_id",
+        "entity_type",
+        "kept_only",
+        "kept_store_entity_id",
+        "key",
+        "more",
+        "partition",
+        "registry",
+        "start",
+        "store_entity_id",
+    )
 
     count = READ_PAGE + 1  # one past the page says whether another follows
 
@@ -238,6 +269,9 @@ class EntityPages:
         self.entity_type, self.entity_id = entity_type, entity_id
         self.start = after + 1  # the event number the next entry must hold
         self.store_entity_id: str | None = None
+        self.kept_store_entity_id = ""  # event 1's ID as truncate.lua kept it
+        self.checked = False  # whether the entity's truncation was read (the first page)
+        self.kept_only = True  # whether reading before the first kept event raises
         self.more = True
 
     @property
@@ -268,14 +302,30 @@ class EntityPages:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        first, entries = replies
-        self.take_first(first)
-        page: list[Any] = entries
+        self.take_truncation(replies[0])
+        if len(replies) == 3:
+            self.take_first(replies[1])
+        page: list[Any] = replies[-1]
         return page
 
+    def take_truncation(self, value: bytes | str | None) -> None:
+        """The entity's truncation as truncate.lua records it, `<first kept> <event 1's
+        ID>` (None: none): raises TruncatedError if the read starts before the first kept
+        event."""
+        self.checked = True
+        if value is None:
+            return
+        kept, first_id, tombstoned = truncation(value)
+        if tombstoned and self.kept_only:  # a subscriber still reads what is stored
+            raise StreamDeletedError(self.entity_type, self.entity_id)
+        if self.kept_only and self.start < kept:
+            raise TruncatedError.of_entity(self.entity_type, self.entity_id, kept)
+        self.kept_store_entity_id = first_id
+
+
     def take_first(self, first: list[Any]) -> None:
-        # A stream trimmed of event 1 (not something es_workers does) has lost it.
-        self.store_entity_id = ""
+        # Event 1 removed (truncated and scavenged): its ID as truncate.lua kept it.
+        self.store_entity_id = self.kept_store_entity_id
         if first:
             fields = self._fields(_pairs(first[0][1]), 1)
             self.store_entity_id = self._field(fields, "e", text, 1)

@@ -61,10 +61,22 @@ class RedisKeys:
         name=...)`); the log is never trimmed past the least of them."""
         return f"{self.tag(partition)}:log:followers"
 
+    def truncated(self, entity_type: str, partition: int) -> str:
+        """Hash: entity ID -> `<first kept event number> <event 1's store_event_id>`
+        (truncate.lua): reads before it raise TruncatedError; the scavenger removes what is
+        before it."""
+        return f"{self.tag(partition)}:truncated:{entity_type}"
+
+    def snapshots(self, entity_type: str, entity_id: str) -> str:
+        """Hash: state class name -> the entity's snapshot (snapshot.lua); beside its
+        stream, never in it."""
+        tag = self.tag(self.partition(entity_type, entity_id))
+        return f"{tag}:snapshot:{entity_type}:{entity_id}"
+
     def append_keys(self, entity_type: str, entity_id: str) -> list[str]:
         """append.lua's KEYS for the entity: its stream, then its partition's heads, entity
-        index, outbox, scratch key and log (the partition computed once: this runs on every
-        append)."""
+        index, outbox, scratch key, truncations (tombstones are there) and log (the
+        partition computed once: this runs on every append)."""
         tag = self.tag(self.partition(entity_type, entity_id))
         return [
             f"{tag}:stream:{entity_type}:{entity_id}",
@@ -72,6 +84,7 @@ class RedisKeys:
             f"{tag}:index:{entity_type}",
             f"{tag}:outbox",
             f"{tag}:scratch",
+            f"{tag}:truncated:{entity_type}",
             f"{tag}:log",
         ]
 

@@ -19,7 +19,7 @@ from ..codec import ContentRegistry
 from ..errors import CorruptEventError, TruncatedError
 from ..event import Event
 from ..position import Position
-from .entries import EntityPages, flat_entries
+from .entries import EntityPages, flat_entries, truncation, xrange
 from .keys import RedisKeys, text
 
 LOG_PAGE = 500
@@ -48,10 +48,11 @@ class LogPages:
     """Reading one partition's log after a log number, page by page.
 
     The caller loops while `more`: it sends `XRANGE <key> <start_id> + COUNT <count>` (with
-    `entries.xrange`), hands the reply to `take`, which returns the runs to read; for each
-    it sends `entity_reads(runs)` XRANGEs in one pipeline and iterates
+    `entries.xrange`), hands the reply to `take`, which returns the runs to read; it has
+    `queue_reads(pipe, runs)` queue their reads on one pipeline, sends it and iterates
     `decode(runs, replies)` to the end. A log whose first write read starts past the number
-    asked for was trimmed there: TruncatedError.
+    asked for was trimmed there: TruncatedError. Events the scavenger removed from their
+    entity (a truncation, a tombstone) are left out.
     """
 
     def __init__(self, registry: ContentRegistry, keys: RedisKeys, partition: int,
@@ -140,19 +141,20 @@ class LogPages:
         return CorruptEventError(message, key=self.key, entity_type="", entity_id="",
                                  event_number=self.start)
 
-    def entity_reads(self, runs: Sequence[Run]) -> list[tuple[str, str, str]]:
-        """(key, start ID, end ID) of the XRANGEs that read the runs: each run's entries,
-        after event 1 of an entity whose store_entity_id is not known yet."""
-        reads = []
+    def queue_reads(self, pipe: Any, runs: Sequence[Run]) -> None:
+        """Queues on `pipe` the reads of the runs: each run's entries, after (for an entity
+        whose store_entity_id is not known yet) its truncation, where event 1's ID is kept
+        once the scavenger removed it, and event 1 when the run does not start there."""
         for run in runs:
             key = self.keys.stream(run.entity_type, run.entity_id)
-            if run.first != 1 and (run.entity_type, run.entity_id) not in self._first_ids:
-                reads.append((key, "1-0", "1-0"))
-            reads.append((key, f"{run.first}-0", f"{run.last}-0"))
-        return reads
+            if (run.entity_type, run.entity_id) not in self._first_ids:
+                pipe.hget(self.keys.truncated(run.entity_type, self.partition), run.entity_id)
+                if run.first != 1:
+                    xrange(pipe, key, "1-0", "1-0")
+            xrange(pipe, key, f"{run.first}-0", f"{run.last}-0")
 
     def decode(self, runs: Sequence[Run], replies: list[Any]) -> Iterator[Event]:
-        """The runs' events from the replies of `entity_reads(runs)`, in log order."""
+        """The runs' events from the replies of `queue_reads(runs)`, in log order."""
         replies = list(replies)
         for run in runs:
             known = self._first_ids.get((run.entity_type, run.entity_id))
@@ -160,12 +162,21 @@ class LogPages:
             pages = EntityPages(self.registry, key, run.entity_type, run.entity_id,
                                 run.first - 1, partition=self.partition)
             with pages.reading():
-                if run.first != 1 and known is None:
-                    first = _raised(replies.pop(0))
-                    pages.take_first(first)
+                if known is None:
+                    truncated = _raised(replies.pop(0))
+                    if truncated is not None:
+                        pages.kept_store_entity_id = truncation(truncated)[1]
+                    if run.first != 1:
+                        pages.take_first(_raised(replies.pop(0)))
                 else:
                     pages.store_entity_id = known
                 entries = _raised(replies.pop(0))
+            kept = _kept_from(entries, run)
+            if kept is not None:  # the scavenger removed the run's first events: left out
+                pages.start = kept
+                if pages.store_entity_id is None:  # event 1 among them
+                    pages.store_entity_id = pages.kept_store_entity_id
+                run = Run(run.entity_type, run.entity_id, kept, run.last)
             if len(entries) != run.last - run.first + 1:
                 raise CorruptEventError(
                     f"the log points at events {run.first}..{run.last} but the stream holds "
@@ -192,4 +203,20 @@ def event_at(entries: list[Any], number: int) -> tuple[str, str, int] | None:
         if last - count + 1 <= number <= last:
             return (text(fields["type"]), text(fields["id"]),
                     int(text(fields["n"])) + number - (last - count + 1))
+    return None
+
+
+def _kept_from(entries: list[Any], run: Run) -> int | None:
+    """The first event of the run still stored when the scavenger removed those before it
+    (the stream then holds the run's last events only; run.last + 1 when it holds none of
+    them), else None."""
+    entries = flat_entries(entries)
+    if not entries:
+        return run.last + 1
+    try:
+        first = int(text(entries[0][0]).split("-", 1)[0])
+    except ValueError:
+        return None
+    if first > run.first and first - run.first + len(entries) == run.last - run.first + 1:
+        return first
     return None

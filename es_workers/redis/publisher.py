@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ import redis
 from .. import metrics
 from ..backoff import Backoff
 from ..ports import Bus, EventBus, NotifyingEventBus, Storage
+from ..retention import Scavenged
 from ..tracing import relay_span
 from ..upgrade import Reader
 from .cluster import Wakeups, is_cluster, read_groups, spread_warning
@@ -58,6 +59,7 @@ class PublisherOptions:
     redrive_after_ms: int = 10_000  # a notice not seen handled by then is sent again
     log_keep: int | None = None  # log entries kept per partition (None: all); see trim_logs
     trim_every_ms: int = 10_000
+    scavenge_interval_ms: int | None = None  # how often to scavenge (None: never)
 
 
 class OutboxStorage(Storage, Protocol):
@@ -69,6 +71,8 @@ class OutboxStorage(Storage, Protocol):
     heartbeats: Heartbeats
 
     def outbox_backlog(self) -> int: ...
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged: ...
 
     def trim_logs(self, keep: int) -> int: ...
 
@@ -115,6 +119,7 @@ class Publisher:
         self._next_claim = 0.0
         self._next_sweep = 0.0
         self._next_trim = 0.0
+        self._next_scavenge = 0.0
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._next_beat = 0.0
         self._caught_up: set[tuple[str, str]] = set()
@@ -192,6 +197,18 @@ class Publisher:
         except Exception as error:  # Redis down: the beat goes stale instead
             self.log.debug("removing the publisher's heartbeat failed: %s", error)
 
+    def _scavenge(self) -> None:
+        """Removes what truncations and retention limits allow (`RedisStorage.scavenge`):
+        never an event this app's subscribers, or any recorded under the prefix, have not
+        handled."""
+        notified = isinstance(self.bus, NotifyingEventBus)
+        done = self.storage.scavenge({
+            entity_type: self.bus.subscriber_ids(entity_type) if notified else []
+            for entity_type in self.storage.entity_types()})
+        if done.events:
+            self.log.info("publisher %s scavenged %d events (%d bytes) of %d entities",
+                          self.consumer, done.events, done.bytes, done.entities)
+
     def step(self) -> bool:
         """One round: relay new (or own pending) entries, then the periodic duties."""
         now = time.monotonic()
@@ -206,6 +223,9 @@ class Publisher:
             # Trimming never removes what a named follower has not done (trim_logs).
             self.storage.trim_logs(self.options.log_keep)
             self._next_trim = now + self.options.trim_every_ms / 1000
+        if self.options.scavenge_interval_ms is not None and now >= self._next_scavenge:
+            self._scavenge()
+            self._next_scavenge = now + self.options.scavenge_interval_ms / 1000
         if now >= self._next_beat:  # beats only while rounds complete: a stuck loop goes stale
             self.storage.heartbeats.beat("publisher")
             self._next_beat = now + BEAT_EVERY_S

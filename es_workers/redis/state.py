@@ -35,6 +35,8 @@ from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .scripts import Script
 
+NONE_WAITING = 2**62  # `least_handled` of an entity type no subscriber reads
+
 # begin.lua's answers
 READY = 0
 NOTHING_TO_DO = 1
@@ -223,6 +225,7 @@ class SubscriberState:
             _check_same_group(first, e)
             keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
             args += (e.entity_id, -1 if number is None else number)
+        keys.append(self.keys.truncated(t, p))
         keys.append(self._paused(first.subscriber_id, first.partition))
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
@@ -485,6 +488,21 @@ class SubscriberState:
                                             self._checkpoints)
             for entity_id, number in page.items()
         }
+
+    def least_handled(self, subscriber_ids: Sequence[str], entity_type: str, partition: int,
+                      entity_ids: Sequence[str]) -> list[int]:
+        """For each entity (of one partition), the lowest checkpoint among the subscribers
+        (0 where one never handled it): what the scavenger must keep after. One round trip."""
+        least = [NONE_WAITING] * len(entity_ids)
+        if not subscriber_ids:
+            return least
+        pipe = self.client.pipeline(transaction=False)
+        for subscriber_id in subscriber_ids:
+            pipe.hmget(self._checkpoints(subscriber_id, entity_type, partition), entity_ids)
+        for values in pipe.execute():
+            least = [min(low, int(v) if v is not None else 0) for low, v in zip(least, values,
+                                                                                 strict=True)]
+        return least
 
     def move_checkpoints(self, subscriber_id: str, entity_type: str,
                          numbers: dict[str, int]) -> None:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -19,6 +20,8 @@ from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
 from ..position import Position, trim_from
+from ..retention import Retention, Scavenged
+from ..snapshot import StoredSnapshot
 from ..upgrade import Reader
 from .cluster import is_cluster
 from .durability import Durability
@@ -40,7 +43,17 @@ from .keys import text
 from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
+from .scavenger import RedisScavenger
 from .scripts import Script
+from .snapshots import (
+    check_saved,
+    check_truncated,
+    loaded,
+    snapshot_args,
+    snapshot_keys,
+    tombstone_keys,
+    truncate_keys,
+)
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
 
@@ -88,6 +101,7 @@ class RedisStorage:
             self.keys = run_steps(opening(prefix, partitions, self.durability, self.server),
                                   client)
         self.registry = ContentRegistry()
+        self.retention: dict[str, Retention] = {}  # per entity type (retain)
         self.keyring: Keyring | None = None
         if encryption is not None:
             self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
@@ -100,6 +114,9 @@ class RedisStorage:
         self.subscribers = SubscriberRegistry(client, self.keys)
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
+        self._snapshot_script = Script(client, "snapshot")
+        self._truncate_script = Script(client, "truncate")
+        self._tombstone_script = Script(client, "tombstone")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -139,7 +156,7 @@ class RedisStorage:
         entity_id = events[0].entity_id
         keys = self._entity_keys(entity_type, entity_id)
         if not self.logs:
-            keys = keys[:5]
+            keys = keys[:6]
         args = append_args(self.registry, entity_type, events, self.max_event_bytes)
         if self._wake_channels:  # after the events' ARGV (append.lua)
             args.append(self._wake_channels[keys[3]])
@@ -156,21 +173,34 @@ class RedisStorage:
                               confirmed)
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
+        """The entity's events after `after`; TruncatedError (when iterated) if `after` is
+        before its first kept event."""
+        return self.read_stored(entity_type, entity_id, after, kept_only=True)
+
+    def read_stored(self, entity_type: str, entity_id: str, after: int, *,
+                    kept_only: bool = False) -> Iterator[Event]:
+        """`read`; without `kept_only`, also the events before a truncation that are still
+        stored (a subscriber's: the scavenger keeps them until every subscriber handled
+        them)."""
         key = self._entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
                             partition=self.keys.partition(entity_type, entity_id))
+        pages.kept_only = kept_only
         # The pages' events are chained in C: one generator layer per event less (~5% of
         # hydrating).
         return chain.from_iterable(self._pages(pages))
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
+        truncated = self.keys.truncated(pages.entity_type, pages.partition)
         doing = f"reading {pages.entity_type} {pages.entity_id!r}"
         while pages.more:
             with translated(self.server, doing), pages.reading():
-                if pages.needs_first:
+                if not pages.checked:
                     pipe = reader.pipeline(transaction=False)
-                    xrange(pipe, key, "1-0", "1-0")
+                    pipe.hget(truncated, pages.entity_id)
+                    if pages.needs_first:
+                        xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
                     entries = pages.take_replies(pipe.execute(raise_on_error=False))
                 else:
@@ -240,6 +270,72 @@ class RedisStorage:
             lengths = pipe.execute(raise_on_error=False)
         return sum(int(n) for n in lengths if isinstance(n, int))
 
+    # -- snapshots (see snapshots.py) ----------------------------------------------------
+
+    def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        """Keeps the snapshot beside the entity (SnapshotError if its event is not stored)."""
+        keys = snapshot_keys(self.keys, entity_type, entity_id)
+        with translated(self.server, f"saving a snapshot of {entity_type} {entity_id!r}",
+                        writing=True):
+            reply = self._snapshot_script(keys=keys, args=snapshot_args(entity_id, snapshot))
+        check_saved(entity_type, entity_id, snapshot, reply)
+
+    def load_snapshot(self, entity_type: str, entity_id: str,
+                      name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The entity's snapshot of the state class `name`, with its event's time."""
+        truncated = self.keys.truncated(entity_type, self.keys.partition(entity_type, entity_id))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys.snapshots(entity_type, entity_id), name)
+        pipe.hget(truncated, entity_id)
+        with translated(self.server, f"loading a snapshot of {entity_type} {entity_id!r}"):
+            value, kept = pipe.execute()
+        return loaded(name, value, kept)
+
+    # -- retention (see es_workers.retention) ---------------------------------------------
+
+    def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Records that the entity's events before `event_number` are no longer kept;
+        returns its first kept event number (a truncation never moves back)."""
+        keys = truncate_keys(self.keys, entity_type, entity_id)
+        with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
+            reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
+        return check_truncated(entity_type, entity_id, event_number, reply)
+
+    def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """The entity is gone for good (see tombstone.lua)."""
+        keys = tombstone_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
+        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
+            self._tombstone_script(keys=keys, args=[entity_id])
+
+    def _check_names(self, entity_type: str, entity_id: str) -> str:
+        self._entity_keys(entity_type, entity_id)  # checks both names
+        return entity_type
+
+    def retain(self, entity_type: str, retention: Retention) -> None:
+        """Declares the entity type's retention limits: the scavenger applies them."""
+        self.retention[entity_type] = retention
+
+    def scavenge(self, subscribers: Mapping[str, Sequence[str]], *,
+                 batch: int = 500) -> Scavenged:
+        """Removes what truncations and the retention limits allow, never an event a
+        subscriber has not handled: those of `subscribers` (entity type -> subscriber IDs)
+        and every one recorded under the prefix (see `subscribers.py`). See
+        `scavenger.py`."""
+        every = {entity_type: set(ids) for entity_type, ids in subscribers.items()}
+        for entity_type in self.entity_types():
+            every.setdefault(entity_type, set())
+        with translated(self.server, "reading the subscribers"):
+            recorded = self.subscribers.recorded()
+        for subscriber_id, types in recorded.items():
+            # An unreadable record: that subscriber may read any type.
+            for entity_type in types if types is not None else list(every):
+                every.setdefault(entity_type, set()).add(subscriber_id)
+        scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
+                                   batch=batch)
+        with translated(self.server, "scavenging", writing=True):
+            return scavenger.run(self.retention,
+                                 {t: sorted(ids) for t, ids in every.items()})
+
     # -- the log (see log.py) ------------------------------------------------------------
 
     def read_log(self, partition: int, after: int = 0,
@@ -255,8 +351,7 @@ class RedisStorage:
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
-            for key, start, end in pages.entity_reads(runs):
-                xrange(pipe, key, start, end)
+            pages.queue_reads(pipe, runs)
             with translated(self.server, doing):
                 replies = pipe.execute(raise_on_error=False)
             yield from pages.decode(runs, replies)

@@ -119,6 +119,7 @@ class Deliverer:
         self.reader = reader
         self.state = storage.state
         self.decode = storage.decode_entries
+        self.read_stored = storage.read_stored
         self.not_a_stream = storage.not_a_stream
         self.options = options
         self.keeper = keeper()
@@ -262,8 +263,8 @@ class _Run:
 
     def __init__(self, batch: _Batch, e: SubscriberEntity, begun: Begun) -> None:
         deliverer = batch.deliverer
-        self.reader, self.state, self.options = (
-            deliverer.reader, deliverer.state, deliverer.options
+        self.reader, self.state, self.options, self.read_stored = (
+            deliverer.reader, deliverer.state, deliverer.options, deliverer.read_stored
         )
         self.keeper, self.lease, self.token = deliverer.keeper, batch.lease, batch.token
         self.e = e
@@ -328,8 +329,10 @@ class _Run:
         if committed.released:
             self.let_go()
             return False
-        # More events were written meanwhile: read on, still holding the lock.
-        self._read(self.reader.read(self.e.entity_type, self.e.entity_id, event_number))
+        # More events were written meanwhile (or the page ended): read on, still holding
+        # the lock; events before a truncation are still the subscriber's to handle.
+        stored = self.read_stored(self.e.entity_type, self.e.entity_id, event_number)
+        self._read(self.reader.reading(self.e.entity_type, stored, event_number))
         return True
 
     def _call(self, event: Event) -> None:

@@ -1,0 +1,36 @@
+-- tombstone.lua: an entity is gone for good. Its truncation moves past its head with the
+-- mark ' tombstone' (append.lua then refuses every write, reads raise StreamDeletedError);
+-- it leaves the entity index (entity_ids) and its snapshots are deleted. Its stored events
+-- stay until every subscriber has handled them (the scavenger removes them); its head
+-- stays, as the stream's last ID does.
+--
+-- KEYS[1] entity stream   {tag}:stream:<type>:<id>
+-- KEYS[2] heads           {tag}:heads:<type>          hash entity ID -> position
+-- KEYS[3] entity index    {tag}:index:<type>          zset "<store_entity_id><entity ID>"
+-- KEYS[4] truncated       {tag}:truncated:<type>      hash entity ID -> "<first kept> <e>[ tombstone]"
+-- KEYS[5] snapshots       {tag}:snapshot:<type>:<id>
+-- ARGV[1] entity ID
+--
+-- Returns {0, head} (also when it was tombstoned already).
+
+local id = ARGV[1]
+local head = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+local old = redis.call('HGET', KEYS[4], id)
+local first_id = ''
+if old then
+  if string.sub(old, -10) == ' tombstone' then return {0, head} end
+  first_id = string.match(old, '^%d+ ?([^ ]*)') or ''
+end
+if first_id == '' then
+  local first = redis.call('XRANGE', KEYS[1], '1-0', '1-0')
+  if #first > 0 then
+    local fields = first[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then first_id = fields[i + 1] end
+    end
+  end
+end
+redis.call('HSET', KEYS[4], id, (head + 1) .. ' ' .. first_id .. ' tombstone')
+if first_id ~= '' then redis.call('ZREM', KEYS[3], first_id .. id) end
+redis.call('DEL', KEYS[5])
+return {0, head}
