@@ -150,6 +150,7 @@ class TruncatedError(EsError):
 
     @classmethod
     def of_entity(cls, entity_type: str, entity_id: str, first_kept_event: int) -> TruncatedError:
+        """The error for a read of an entity from before its first kept event."""
         return cls(f"{entity_type} {entity_id!r}", None, first_kept_event=first_kept_event)
 
 

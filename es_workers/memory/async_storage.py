@@ -37,17 +37,22 @@ class AsyncInMemoryStorage:
         return self.storage.entity_ids(entity_type, after, limit)
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Marks the entity's events before `event_number` as removable (the scavenger removes
+        them); returns the first kept event number."""
         return self.storage.truncate_before(entity_type, entity_id, event_number)
 
     async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
         self.storage.tombstone(entity_type, entity_id)
 
     async def save_snapshot(self, entity_type: str, entity_id: str,
                             snapshot: StoredSnapshot) -> None:
+        """Stores the entity's state after the snapshot's event number (`Store.save_snapshot`)."""
         self.storage.save_snapshot(entity_type, entity_id, snapshot)
 
     async def load_snapshot(self, entity_type: str, entity_id: str,
                             name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The newest snapshot stored under `name`, with its event's time, or None."""
         return self.storage.load_snapshot(entity_type, entity_id, name)
 
     # -- the log: the wrapped storage's --------------------------------------------------

@@ -186,6 +186,8 @@ class InMemoryStorage:
     # -- retention: as RedisStorage's ------------------------------------------------------
 
     def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Marks the entity's events before `event_number` as removable (the scavenger removes
+        them); returns the first kept event number."""
         with self._lock:
             head = len(self._streams.get((entity_type, entity_id), ()))
             if event_number > head + 1:
@@ -196,6 +198,7 @@ class InMemoryStorage:
             return kept
 
     def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
         check_entity_type(entity_type)
         check_entity_id(entity_id)
         key = (entity_type, entity_id)
@@ -210,6 +213,7 @@ class InMemoryStorage:
                 self._order[entity_type].remove((first_id, entity_id))
 
     def retain(self, entity_type: str, retention: Retention) -> None:
+        """Sets the entity type's limits, applied when the scavenger runs."""
         self._retention[entity_type] = retention
 
     def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
@@ -236,6 +240,7 @@ class InMemoryStorage:
     # -- snapshots: as RedisStorage's ------------------------------------------------------
 
     def save_snapshot(self, entity_type: str, entity_id: str, snapshot: StoredSnapshot) -> None:
+        """Stores the entity's state after the snapshot's event number (`Store.save_snapshot`)."""
         number = snapshot.event_number
         with self._lock:
             records = self._streams.get((entity_type, entity_id), [])
@@ -255,6 +260,7 @@ class InMemoryStorage:
 
     def load_snapshot(self, entity_type: str, entity_id: str,
                       name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The newest snapshot stored under `name`, with its event's time, or None."""
         with self._lock:
             found = self._snapshots.get((entity_type, entity_id), {}).get(name)
             kept = self._kept.get((entity_type, entity_id), 1)

@@ -207,6 +207,7 @@ class AsyncRedisStorage:
 
     async def save_snapshot(self, entity_type: str, entity_id: str,
                             snapshot: StoredSnapshot) -> None:
+        """Stores the entity's state after the snapshot's event number (`Store.save_snapshot`)."""
         keys = snapshot_keys(await self.open(), entity_type, entity_id)
         with translated(self.server, f"saving a snapshot of {entity_type} {entity_id!r}",
                         writing=True):
@@ -215,6 +216,7 @@ class AsyncRedisStorage:
 
     async def load_snapshot(self, entity_type: str, entity_id: str,
                             name: str) -> tuple[StoredSnapshot, datetime] | None:
+        """The newest snapshot stored under `name`, with its event's time, or None."""
         keys = await self.open()
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(keys.snapshots(entity_type, entity_id), name)
@@ -224,6 +226,7 @@ class AsyncRedisStorage:
         return loaded(name, value, kept)
 
     async def tombstone(self, entity_type: str, entity_id: str) -> None:
+        """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
         entity_keys = await self._entities()
         entity_keys(entity_type, entity_id)  # checks both names
         keys = tombstone_keys(entity_keys.keys, entity_type, entity_id)
@@ -231,6 +234,8 @@ class AsyncRedisStorage:
             await self._tombstone_script(keys, [entity_id])
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
+        """Marks the entity's events before `event_number` as removable (the scavenger removes
+        them); returns the first kept event number."""
         keys = truncate_keys(await self.open(), entity_type, entity_id)
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
             reply = await self._truncate_script(keys, [entity_id, event_number])
