@@ -4,7 +4,7 @@
 # Runtime dependencies only (RabbitMQ, the dashboard and the OpenTelemetry API included; no
 # fakeredis, no test tools), pinned in requirements.lock. Regenerate the lock with the same
 # Python as the image:
-#   pip-compile --extra=rabbitmq --extra=dashboard --extra=otel --no-emit-find-links \
+#   pip-compile --extra=rabbitmq --extra=dashboard --extra=otel --extra=personal --extra=archive --no-emit-find-links \
 #     --no-emit-index-url --no-emit-trusted-host --output-file=requirements.lock --strip-extras pyproject.toml
 FROM python:3.11-slim-bookworm
 

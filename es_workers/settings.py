@@ -280,6 +280,29 @@ class Settings(BaseSettings):
         "`es-workers keys rotate` re-wraps them with encryption_key; never shown",
         examples=[""],
     )
+    # The archive (es_workers.postgres; `es-workers archive`).
+    archive_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL of the archive, postgresql://user:password@host:5432/db "
+        "(extra es_workers[archive]): `es-workers archive` copies events older than the hot "
+        "window there and reads go through it; unset: no archive; never shown",
+        examples=[""],
+    )
+    archive_after: int = Field(
+        default=100, ge=0,
+        description="Events of each entity kept hot in Redis: older ones are archived (and "
+        "then removed by the scavenger); per entity type: `Store(..., archive={...})`",
+    )
+    archive_after_age_ms: int | None = Field(
+        default=None, ge=1,
+        description="Also archive an entity's events older than this, however few it has "
+        "(its newest event stays hot); unset: by count only",
+        examples=[604_800_000],
+    )
+    archive_batch: int = Field(
+        default=5000, ge=1,
+        description="Events `es-workers archive` copies to PostgreSQL per transaction",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -306,7 +329,7 @@ class Settings(BaseSettings):
                      "metrics_port", "log_keep", "scavenge_interval_ms", "redis_sentinels",
                      "redis_sentinel_master",
                      "redis_username", "redis_password", "encryption_key", "encryption_keys",
-                     mode="before")
+                     "archive_url", "archive_after_age_ms", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -338,6 +361,13 @@ class Settings(BaseSettings):
                     MasterKey.parse(text, f"key #{number}")
                 except ConfigurationError as error:  # its message never quotes the key
                     raise ValueError(str(error)) from None
+        return value
+
+    @field_validator("archive_url")
+    @classmethod
+    def _check_archive_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_url(value.get_secret_value(), ARCHIVE_SCHEMES, "unset: no archive")
         return value
 
     @field_validator("prefix")
@@ -468,7 +498,7 @@ class Settings(BaseSettings):
         for name in ("redis_url", "broker_url"):
             values[name] = redact_url(values[name])
         values["redis_password"] = "***" if self.redis_password is not None else None
-        for name in ("encryption_key", "encryption_keys"):
+        for name in ("encryption_key", "encryption_keys", "archive_url"):
             values[name] = "***" if getattr(self, name) is not None else None
         return values
 
@@ -483,6 +513,7 @@ SECTIONS = (
     ("Operations", "log_level"),
     ("When Redis fails: timeouts, durability, Sentinel", "redis_connect_timeout_ms"),
     ("Personal data (encrypted fields, forget)", "encryption_key"),
+    ("The archive in PostgreSQL (es-workers archive)", "archive_url"),
 )
 EXAMPLE_HEADER = """\
 # es_workers settings: copy to config/es.toml (read from the current directory), or
@@ -509,6 +540,7 @@ def example_toml() -> str:
 # -- Operator safety: URLs, redaction, .env and secrets files (issue 10) -------------------
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+ARCHIVE_SCHEMES = ("postgresql", "postgres")
 ENV_FILE_ENV = "ES_ENV_FILE"  # the .env file read (default: .env in the current directory)
 SECRETS_DIR_ENV = "ES_SECRETS_DIR"  # a directory of one file per setting (default /run/secrets)
 DEFAULT_ENV_FILE = Path(".env")
