@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .async_stream import AsyncStream
     from .encryption import EncryptionError, MasterKeys
     from .errors import (
+        ArchiveUnavailableError,
         ConcurrencyError,
         ConfigurationError,
         CorruptEventError,
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
     from .position import Position
     from .redis import AsyncRedisStorage, RedisStorage
-    from .retention import Retention
+    from .retention import HotWindow, Retention
     from .settings import Settings
     from .snapshot import Snapshot, SnapshotError
     from .store import Store
@@ -98,6 +99,8 @@ _SOURCES = {  # public name: the module that defines it
     "CorruptEventError": ".errors",
     "DecodeError": ".errors",
     "DramatiqEventBus": ".workers",
+    "ArchiveUnavailableError": ".errors",
+    "HotWindow": ".retention",
     "DurabilityError": ".errors",
     "EncryptionError": ".encryption",
     "EsError": ".errors",
@@ -166,6 +169,7 @@ def _version() -> str:
 
 
 __all__ = [
+    "ArchiveUnavailableError",
     "AsyncInMemoryStorage",
     "AsyncRedisStorage",
     "AsyncStorage",
@@ -185,6 +189,7 @@ __all__ = [
     "EventTooLargeError",
     "EventUpgrade",
     "Handler",
+    "HotWindow",
     "InMemoryEventBus",
     "InMemoryStorage",
     "InvalidContentError",

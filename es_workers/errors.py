@@ -266,6 +266,24 @@ class StorageFullError(StorageUnavailableError):
         )
 
 
+class ArchiveUnavailableError(StorageUnavailableError):
+    """The archive (PostgreSQL, `ES_ARCHIVE_URL`) could not be reached while reading events
+    only it holds, or while archiving. `server` names it (never its password). A read never
+    returns part of an entity's history instead: reads of the hot events in Redis alone
+    keep working."""
+
+    def __init__(self, server: str, cause: BaseException, *, doing: str = "") -> None:
+        self.server = server
+        self.cause = cause
+        self.outcome_unknown = False
+        what = f" while {doing}" if doing else ""
+        EsError.__init__(
+            self,
+            f"the archive (PostgreSQL {server}) is unavailable{what}: "
+            f"{type(cause).__name__}: {str(cause).strip()}; try again once it is back",
+        )
+
+
 class DurabilityError(EsError):
     """A write was stored on the primary but not confirmed on the replicas asked for
     (`ES_WAIT_REPLICAS`) within `ES_WAIT_TIMEOUT_MS`: a failover now could lose it."""

@@ -83,3 +83,46 @@ def removable_before(first_kept: int, handled: Sequence[int]) -> int:
     subscriber has not handled (`handled`: each subscriber's checkpoint), whichever is
     lower."""
     return min([first_kept, *(number + 1 for number in handled)])
+
+
+@dataclass(frozen=True)
+class HotWindow:
+    """With an archive (`ES_ARCHIVE_URL`): the events of each entity kept hot in Redis, its
+    newest `events` (0: none) and, with `age`, none older than that (but then always its
+    newest event);
+    older ones are copied to the archive, then removed from Redis by the scavenger. Reads
+    see no difference. None: that limit is the setting's (`ES_ARCHIVE_AFTER`,
+    `ES_ARCHIVE_AFTER_AGE_MS`)."""
+
+    events: int | None = None
+    age: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.events is not None and (not isinstance(self.events, int)
+                                        or isinstance(self.events, bool) or self.events < 0):
+            raise ValueError(f"HotWindow.events must be an int >= 0 or None, got "
+                             f"{self.events!r}")
+        if self.age is not None and (not isinstance(self.age, timedelta)
+                                     or self.age <= timedelta(0)):
+            raise ValueError(f"HotWindow.age must be a positive timedelta or None, got "
+                             f"{self.age!r}")
+
+    def over(self, default: HotWindow) -> HotWindow:
+        """This window, its unset limits taken from `default`."""
+        return HotWindow(self.events if self.events is not None else default.events,
+                         self.age if self.age is not None else default.age)
+
+    def archive_up_to(self, head: int) -> int:
+        """The last event number the count limit lets go cold (0: none)."""
+        return max(0, head - (self.events if self.events is not None else head))
+
+
+def check_hot_windows(windows: Mapping[str, HotWindow] | None) -> dict[str, HotWindow]:
+    """The hot window per entity type, checked."""
+    checked: dict[str, HotWindow] = {}
+    for entity_type, window in (windows or {}).items():
+        check_entity_type(entity_type)
+        if not isinstance(window, HotWindow):
+            raise ValueError(f"archive[{entity_type!r}] must be a HotWindow, got {window!r}")
+        checked[entity_type] = window
+    return checked

@@ -38,7 +38,14 @@ from .ports import (
 )
 from .position import After, Position
 from .redis.storage import RedisStorage
-from .retention import Retention, Scavenged, check_retention, check_truncate
+from .retention import (
+    HotWindow,
+    Retention,
+    Scavenged,
+    check_hot_windows,
+    check_retention,
+    check_truncate,
+)
 from .settings import Settings
 from .snapshot import (
     Snapshot,
@@ -79,9 +86,12 @@ class Store:
         upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
         logger: logging.Logger | None = None,
         retention: Mapping[str, Retention] | None = None,
+        archive: Mapping[str, HotWindow] | None = None,
     ) -> None:
         self.storage = storage
         self.retention = check_retention(retention)
+        # Per entity type, over ES_ARCHIVE_AFTER: what `es-workers archive` keeps hot.
+        self.hot_windows = check_hot_windows(archive)
         for entity_type, limits in self.retention.items():
             retaining_storage(storage).retain(entity_type, limits)
         self.logger = logger
@@ -108,12 +118,13 @@ class Store:
         settings: Settings | None = None,
         logger: logging.Logger | None = None,
         retention: Mapping[str, Retention] | None = None,
+        archive: Mapping[str, HotWindow] | None = None,
     ) -> Store:
         """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
         (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
         storage, bus = build_parts(settings, logger=logger)
         return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger,
-                   retention=retention)
+                   retention=retention, archive=archive)
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""

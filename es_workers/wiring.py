@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
 from .redis.cluster import is_cluster
 from .redis.storage import RedisStorage
+from .retention import HotWindow
 from .settings import Settings, env_name, load_settings, redact_url, sentinel_addresses
 from .workers.broker import WakingRedisBroker
 from .workers.bus import DramatiqEventBus
@@ -331,6 +333,7 @@ def build_parts(
         durability=settings.durability(),
         max_event_bytes=settings.max_event_bytes,
         encryption=master_keys(settings),
+        archive=postgres_archive(settings),
     )
     bus = DramatiqEventBus(
         broker,
@@ -379,3 +382,25 @@ def master_keys(settings: Settings) -> MasterKeys | None:
     older = settings.encryption_keys
     return MasterKeys(settings.encryption_key.get_secret_value(),
                       older.get_secret_value().split(",") if older is not None else ())
+
+
+def postgres_archive(settings: Settings) -> Any:
+    """The archive `archive_url` names (a `PostgresArchive` of the prefix), or None. It
+    connects on first use, not here."""
+    if settings.archive_url is None:
+        return None
+    try:
+        # psycopg is an optional extra: imported only by an app that configures an archive.
+        from .postgres import PostgresArchive
+    except ImportError as error:
+        raise ConfigurationError(
+            f"{env_name('archive_url')} is set but the archive needs psycopg: pip install "
+            f"'es_workers[archive]' ({error})") from None
+    return PostgresArchive(settings.archive_url.get_secret_value(), prefix=settings.prefix)
+
+
+def hot_window(settings: Settings) -> HotWindow:
+    """The hot window of every entity type the app does not give its own."""
+    age = settings.archive_after_age_ms
+    return HotWindow(events=settings.archive_after,
+                     age=timedelta(milliseconds=age) if age is not None else None)

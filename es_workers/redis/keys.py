@@ -67,6 +67,16 @@ class RedisKeys:
         before it."""
         return f"{self.tag(partition)}:truncated:{entity_type}"
 
+    def archived(self, entity_type: str, partition: int) -> str:
+        """Hash: entity ID -> `<archived up to> <event 1's store_event_id>` (archived.lua):
+        the entity's events up to that number are in the archive (PostgreSQL), so the
+        scavenger may remove them from its stream and reads find them there."""
+        return f"{self.tag(partition)}:archived:{entity_type}"
+
+    def archiver(self, partition: int) -> str:
+        """String: the archiver process that holds the partition (a lease, SET NX PX)."""
+        return f"{self.tag(partition)}:archiver"
+
     def snapshots(self, entity_type: str, entity_id: str) -> str:
         """Hash: state class name -> the entity's snapshot (snapshot.lua); beside its
         stream, never in it."""

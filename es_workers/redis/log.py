@@ -11,7 +11,7 @@ replies into Events, for `RedisStorage` and `AsyncRedisStorage` alike.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..codec import ContentRegistry
 from ..errors import CorruptEventError, TruncatedError
 from ..event import Event
 from ..position import Position
+from .archiver import archived_mark
 from .entries import EntityPages, flat_entries, truncation, xrange
 from .keys import RedisKeys, text
 
@@ -67,6 +68,9 @@ class LogPages:
         self.count = LOG_PAGE
         self._first_ids: dict[tuple[str, str], str] = {}  # store_entity_id per entity
         self._read_any = False
+        # With an archive: (entity type, entity ID, first, last) -> its entries there, for
+        # the events the scavenger removed once archived (read, not left out).
+        self.archived: Callable[[str, str, int, int], list[Any]] | None = None
 
     @property
     def start_id(self) -> str:
@@ -149,6 +153,9 @@ class LogPages:
             key = self.keys.stream(run.entity_type, run.entity_id)
             if (run.entity_type, run.entity_id) not in self._first_ids:
                 pipe.hget(self.keys.truncated(run.entity_type, self.partition), run.entity_id)
+                if self.archived is not None:  # event 1's ID once archived and removed
+                    pipe.hget(self.keys.archived(run.entity_type, self.partition),
+                              run.entity_id)
                 if run.first != 1:
                     xrange(pipe, key, "1-0", "1-0")
             xrange(pipe, key, f"{run.first}-0", f"{run.last}-0")
@@ -164,6 +171,8 @@ class LogPages:
             with pages.reading():
                 if known is None:
                     truncated = _raised(replies.pop(0))
+                    if self.archived is not None:
+                        pages.kept_store_entity_id = archived_mark(_raised(replies.pop(0)))[1]
                     if truncated is not None:
                         pages.kept_store_entity_id = truncation(truncated)[1]
                     if run.first != 1:
@@ -172,6 +181,11 @@ class LogPages:
                     pages.store_entity_id = known
                 entries = _raised(replies.pop(0))
             kept = _kept_from(entries, run)
+            if kept is not None and kept > run.first and self.archived is not None:
+                found = _ending_at(self.archived(run.entity_type, run.entity_id, run.first,
+                                                 kept - 1), kept - 1)
+                entries, kept = found + flat_entries(entries), kept - len(found)
+                kept = None if kept == run.first else kept
             if kept is not None:  # the scavenger removed the run's first events: left out
                 pages.start = kept
                 if pages.store_entity_id is None:  # event 1 among them
@@ -186,6 +200,15 @@ class LogPages:
             if len(self._first_ids) >= _KNOWN_ENTITIES:
                 self._first_ids.clear()
             self._first_ids[run.entity_type, run.entity_id] = pages.store_entity_id or ""
+
+
+def _ending_at(entries: list[Any], last: int) -> list[Any]:
+    """The entries (of the archive) that run without a gap to event `last`: those before a
+    gap were not archived (removed by a truncation before the archive) and stay left out."""
+    expected, start = last, len(entries)
+    while start > 0 and int(entries[start - 1][0][:-2]) == expected:
+        start, expected = start - 1, expected - 1
+    return entries[start:]
 
 
 def _raised(reply: Any) -> Any:

@@ -27,11 +27,14 @@ Truncate = Callable[[str, str, int], int]
 
 class RedisScavenger:
     def __init__(self, client: Any, keys: RedisKeys, state: SubscriberState,
-                 truncate: Truncate, *, batch: int = 500) -> None:
+                 truncate: Truncate, *, batch: int = 500, archived: bool = False) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.client, self.keys, self.state = client, keys, state
         self.truncate, self.batch = truncate, batch
+        # With an archive, an entity's events are removed only up to its archived mark
+        # (archived.lua), whatever its truncation: never one the archive has not confirmed.
+        self.archived = archived
 
     def run(self, retention: Mapping[str, Retention],
             subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
@@ -76,8 +79,13 @@ class RedisScavenger:
                 subscriber_ids: list[str]) -> Scavenged:
         done = Scavenged()
         truncated = self.keys.truncated(entity_type, partition)
+        if self.archived:  # "<archived up to> ...": the first event to keep is the next
+            marks = self._scan(self.keys.archived(entity_type, partition))
+            bounds = [(entity_id, number + 1) for entity_id, number in marks]
+        else:
+            bounds = self._scan(truncated)
         page: list[tuple[str, int]] = []
-        for entity_id, kept in self._scan(truncated):
+        for entity_id, kept in bounds:
             page.append((entity_id, kept))
             if len(page) == self.batch:
                 done += self._remove_page(entity_type, partition, subscriber_ids, page)

@@ -15,17 +15,19 @@ from redis.cluster import RedisCluster
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..encryption import FieldCipher, MasterKeys
-from ..errors import CorruptEventError
+from ..errors import ConfigurationError, CorruptEventError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
 from ..position import Position, trim_from
-from ..retention import Retention, Scavenged
+from ..retention import HotWindow, Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader
+from .archiver import Archive, RedisArchiver, archived_mark
 from .cluster import is_cluster
 from .durability import Durability
 from .entries import (
+    READ_PAGE,
     EntityKeys,
     EntityPages,
     append_args,
@@ -78,6 +80,10 @@ class RedisStorage:
     Every append also records its events in its partition's log (see `read_all`);
     `log=False` leaves that out (`bench/append.py` measures what the log costs with it:
     an app must not mix the two on one prefix, or its log misses events).
+
+    With `archive` (a `PostgresArchive` of the same prefix), reads go through it: the events
+    `es-workers archive` copied there and the scavenger removed from Redis are read from it,
+    in order, before the hot ones (ArchiveUnavailableError if it cannot be reached then).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class RedisStorage:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         encryption: MasterKeys | None = None,
         log: bool = True,
+        archive: Archive | None = None,
     ) -> None:
         self.client = client
         self.logs = log
@@ -100,6 +107,10 @@ class RedisStorage:
         with translated(self.server, "opening the store"):
             self.keys = run_steps(opening(prefix, partitions, self.durability, self.server),
                                   client)
+        if archive is not None and archive.prefix != self.keys.prefix:
+            raise ConfigurationError(f"the archive is the prefix {archive.prefix!r}'s, not "
+                                     f"{self.keys.prefix!r}'s")
+        self.archive = archive
         self.registry = ContentRegistry()
         self.retention: dict[str, Retention] = {}  # per entity type (retain)
         self.keyring: Keyring | None = None
@@ -193,19 +204,54 @@ class RedisStorage:
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
         truncated = self.keys.truncated(pages.entity_type, pages.partition)
+        archived = (self.keys.archived(pages.entity_type, pages.partition)
+                    if self.archive is not None else None)
         doing = f"reading {pages.entity_type} {pages.entity_id!r}"
+        upto = 0  # the entity's archived mark
         while pages.more:
+            first_page = not pages.checked
             with translated(self.server, doing), pages.reading():
-                if not pages.checked:
+                if first_page:
                     pipe = reader.pipeline(transaction=False)
                     pipe.hget(truncated, pages.entity_id)
+                    if archived is not None:
+                        pipe.hget(archived, pages.entity_id)
                     if pages.needs_first:
                         xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
-                    entries = pages.take_replies(pipe.execute(raise_on_error=False))
+                    replies = pipe.execute(raise_on_error=False)
+                    mark = replies.pop(1) if archived is not None else None
+                    if isinstance(mark, Exception):
+                        raise mark
+                    upto, pages.kept_store_entity_id = archived_mark(mark)
+                    entries = pages.take_replies(replies)
                 else:
                     entries = xrange(reader, key, f"{pages.start}-0", count=pages.count)
+            if first_page:
+                yield from self._archived_pages(pages, upto, entries)
             yield pages.decode(entries)
+
+    def _archived_pages(self, pages: EntityPages, upto: int,
+                        entries: list[Any]) -> Iterator[Iterator[Event]]:
+        """The entity's events the archive holds (up to `upto`, its archived mark) that
+        Redis no longer does, from `pages.start` to the first event `entries` (Redis' first
+        page) hold, a page at a time. Redis first: the archive is asked only for what the
+        scavenger removed."""
+        if self.archive is None or upto < pages.start:
+            return
+        entries = flat_entries(entries)
+        stored = int(text(entries[0][0]).split("-", 1)[0]) if entries else upto + 1
+        last = min(upto, stored - 1)
+        while pages.start <= last:
+            first, end = pages.start, min(last, pages.start + READ_PAGE - 1)
+            found = self.archive.entries(pages.entity_type, pages.entity_id, first, end)
+            if len(found) != end - first + 1:
+                raise CorruptEventError(
+                    f"the archive ({self.archive.server}) holds {len(found)} of the events "
+                    f"{first}..{end} it was marked to hold; they are no longer in Redis",
+                    key=pages.key, entity_type=pages.entity_type, entity_id=pages.entity_id,
+                    event_number=first)
+            yield pages.events(found)  # moves pages.start past them once read
 
     def decode_entries(self, entity_type: str, entity_id: str, after: int,
                        entries: Sequence[Any], store_entity_id: str | None) -> Iterator[Event]:
@@ -331,7 +377,7 @@ class RedisStorage:
             for entity_type in types if types is not None else list(every):
                 every.setdefault(entity_type, set()).add(subscriber_id)
         scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
-                                   batch=batch)
+                                   batch=batch, archived=self.archive is not None)
         with translated(self.server, "scavenging", writing=True):
             return scavenger.run(self.retention,
                                  {t: sorted(ids) for t, ids in every.items()})
@@ -343,6 +389,8 @@ class RedisStorage:
         """The events of one partition's log after log number `after`, in log order (of
         `entity_types` only, when given). TruncatedError where the log was trimmed."""
         pages = LogPages(self.registry, self.keys, partition, after, entity_types)
+        if self.archive is not None:
+            pages.archived = self.archive.entries
         reader, doing = self._reader, f"reading the log of partition {partition}"
         while pages.more:
             with translated(self.server, doing):
@@ -419,6 +467,28 @@ class RedisStorage:
                 first = trim_from(log_number(newest[0][0]), keep, [int(v) for v in followers])
                 removed += int(self.client.xtrim(key, minid=f"{first}-0", approximate=False))
         return removed
+
+    # -- the archive (see archiver.py) -------------------------------------------------------
+
+    def archiver(self, windows: Mapping[str, HotWindow], default: HotWindow, *,
+                 batch: int = 5000, lease_ms: int = 15_000) -> RedisArchiver:
+        """The archiver of this storage's entity types (`es-workers archive`): copies their
+        events older than the hot window (`windows` per type, over `default`) to the
+        archive, and marks them archived for the scavenger."""
+        if self.archive is None:
+            raise ConfigurationError("this storage has no archive: set ES_ARCHIVE_URL")
+        return RedisArchiver(self.client, self.keys, self.archive,
+                             entity_types=self.entity_types(), windows=windows,
+                             default=default, batch=batch, lease_ms=lease_ms)
+
+    def archived_marks(self, entity_type: str) -> dict[str, int]:
+        """Every entity of the type that has archived events, with its archived mark."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.partitions):
+            pipe.hgetall(self.keys.archived(entity_type, partition))
+        with translated(self.server, f"reading {entity_type} archived marks"):
+            pages = pipe.execute()
+        return {text(k): archived_mark(v)[0] for page in pages for k, v in page.items()}
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:

@@ -1,0 +1,98 @@
+"""The archive's tables in PostgreSQL, created and migrated by the project.
+
+One table of events per prefix, `es_events_<prefix>`, keyed by (entity type, entity ID,
+event number), with an index for position reads (partition, log number); the version of
+each table's layout in `es_workers_schema`. `migrate` applies the steps a table lacks, in one
+transaction under an advisory lock (several archivers may start at once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+
+from ..errors import ConfigurationError
+
+VERSIONS_TABLE = "es_workers_schema"
+# Each step takes the table's layout from the version before it to its own number.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE {table} (
+        entity_type text NOT NULL,
+        entity_id text NOT NULL,
+        event_number bigint NOT NULL,
+        partition integer NOT NULL,
+        log_number bigint,
+        name text NOT NULL,
+        data bytea NOT NULL,
+        event_time_us bigint NOT NULL,
+        store_event_id text NOT NULL,
+        metadata bytea,
+        archived_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (entity_type, entity_id, event_number)
+    );
+    CREATE INDEX {position_index} ON {table} (partition, log_number)
+        WHERE log_number IS NOT NULL;
+    """,
+)
+VERSION = len(MIGRATIONS)
+COLUMNS = ("entity_type", "entity_id", "event_number", "partition", "log_number", "name",
+           "data", "event_time_us", "store_event_id", "metadata")
+
+
+def table_name(prefix: str) -> str:
+    """The prefix's table (a prefix is at most 40 of `[A-Za-z0-9_.-]`, so this fits
+    PostgreSQL's 63 bytes; it is always quoted)."""
+    return f"es_events_{prefix}"
+
+
+def migrate(connection: Any, prefix: str) -> int:
+    """Creates or migrates the prefix's table to `VERSION`; returns the version it had."""
+    table = table_name(prefix)
+    names = {"table": sql.Identifier(table),
+             "position_index": sql.Identifier(f"{table}_position")}
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [VERSIONS_TABLE])
+        connection.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, "
+                                   "version integer NOT NULL)").format(
+                                       sql.Identifier(VERSIONS_TABLE)))
+        had = stored_version(connection, table)
+        if had > VERSION:
+            raise newer_schema(table, had)
+        for step in MIGRATIONS[had:]:
+            connection.execute(sql.SQL(step).format(**names))
+        connection.execute(
+            sql.SQL("INSERT INTO {} (name, version) VALUES (%s, %s) ON CONFLICT (name) DO "
+                    "UPDATE SET version = EXCLUDED.version").format(
+                        sql.Identifier(VERSIONS_TABLE)), [table, VERSION])
+    return had
+
+
+def stored_version(connection: Any, table: str) -> int:
+    """The table's layout version (0: none)."""
+    exists = connection.execute("SELECT to_regclass(%s)", [f'"{VERSIONS_TABLE}"']).fetchone()
+    if exists is None or exists[0] is None:
+        return 0
+    row = connection.execute(sql.SQL("SELECT version FROM {} WHERE name = %s").format(
+        sql.Identifier(VERSIONS_TABLE)), [table]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_version(connection: Any, prefix: str) -> None:
+    """ConfigurationError unless the prefix's table is at `VERSION`."""
+    table = table_name(prefix)
+    found = stored_version(connection, table)
+    if found > VERSION:
+        raise newer_schema(table, found)
+    if found < VERSION:
+        raise ConfigurationError(
+            f"the archive's table {table} is at version {found}, not {VERSION}: run "
+            "`es-workers archive APP --init` (or start `es-workers archive APP`, which "
+            "migrates it)")
+
+
+def newer_schema(table: str, found: int) -> ConfigurationError:
+    return ConfigurationError(
+        f"the archive's table {table} is at version {found}, newer than this es_workers "
+        f"knows ({VERSION}): upgrade es_workers")

@@ -1,0 +1,215 @@
+"""The archiver on Redis: copies each entity's events older than its hot window to the archive
+(PostgreSQL), then marks them archived so the scavenger may remove them from Redis.
+
+Order of a batch: read the entries (XRANGE), insert them into the archive in one transaction
+(idempotent by entity type, entity ID and event number), and only once it committed move
+each entity's mark (archived.lua, never back). An archiver killed in between loses nothing
+(the marks did not move: the events stay in Redis and are copied again) and duplicates
+nothing (the second insert finds them there). Several archivers share the partitions by
+leases (`SET NX PX`, renewed while they work); a lease only saves duplicate work, it is not
+what makes archiving correct.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ..retention import HotWindow
+from .entries import flat_entries, xrange
+from .keys import RedisKeys, text
+from .scripts import Script
+
+log = logging.getLogger("es_workers.archiver")
+
+ArchivedRow = tuple[str, str, int, int, int | None, str, bytes, int, str, bytes | None]
+Entry = tuple[bytes, list[bytes]]
+
+
+class Archive(Protocol):
+    """What Redis storage needs of an archive (`es_workers.postgres.PostgresArchive`)."""
+
+    prefix: str
+    server: str
+
+    def insert(self, rows: Sequence[ArchivedRow]) -> int: ...
+
+    def entries(self, entity_type: str, entity_id: str, first: int, last: int) -> list[
+        Entry]: ...
+
+    def numbers(self, entity_type: str, entity_id: str, first: int, last: int) -> tuple[
+        int, str]: ...
+
+    def counts(self) -> dict[str, tuple[int, int]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Archived:
+    """What an archiver pass did: events newly stored in the archive, and of how many
+    entities marks moved."""
+
+    events: int = 0
+    entities: int = 0
+
+    def __add__(self, other: Archived) -> Archived:
+        return Archived(self.events + other.events, self.entities + other.entities)
+
+
+def archived_mark(value: bytes | str | None) -> tuple[int, str]:
+    """An entity's mark as archived.lua writes it: (archived up to, event 1's ID)."""
+    if value is None:
+        return 0, ""
+    number, _, first_id = text(value).partition(" ")
+    return (int(number) if number.isdigit() else 0), first_id
+
+
+@dataclass
+class _Pending:
+    """Rows read, not yet in the archive, and the marks they will move."""
+
+    rows: list[ArchivedRow]
+    marks: dict[str, tuple[int, str]]
+
+
+class RedisArchiver:
+    """Archives the entity types' events older than their hot window (`windows` per type,
+    over `default`), `batch` events per archive transaction."""
+
+    def __init__(self, client: Any, keys: RedisKeys, archive: Archive, *,
+                 entity_types: Sequence[str], windows: Mapping[str, HotWindow],
+                 default: HotWindow, batch: int = 5000, lease_ms: int = 15_000) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.client, self.keys, self.archive = client, keys, archive
+        self.entity_types = list(entity_types)
+        self.windows = {t: windows.get(t, HotWindow()).over(default) for t in entity_types}
+        self.batch, self.lease_ms = batch, lease_ms
+        self.owner = uuid.uuid4().hex
+        self._script = Script(client, "archived")
+
+    def run(self, stop: threading.Event, *, idle_s: float = 1.0) -> None:
+        """Archives until `stop` (blocks): a pass over every partition it can lease, then
+        waits `idle_s` when a pass found nothing to do."""
+        while not stop.is_set():
+            done = self.run_once()
+            if done.events:
+                log.info("archived %d events of %d entities", done.events, done.entities)
+            else:
+                stop.wait(idle_s)
+
+    def run_once(self) -> Archived:
+        """One pass over the partitions this archiver holds (or takes) the lease of."""
+        done = Archived()
+        for partition in range(self.keys.partitions):
+            if not self._lease(partition):
+                continue
+            for entity_type in self.entity_types:
+                done += self._archive(entity_type, partition)
+        return done
+
+    def _lease(self, partition: int) -> bool:
+        key = self.keys.archiver(partition)
+        if self.client.set(key, self.owner, nx=True, px=self.lease_ms):
+            return True
+        if text(self.client.get(key) or b"") == self.owner:
+            self.client.pexpire(key, self.lease_ms)
+            return True
+        return False
+
+    def _archive(self, entity_type: str, partition: int) -> Archived:
+        window = self.windows[entity_type]
+        if window.events is None and window.age is None:
+            return Archived()
+        done, page = Archived(), []
+        pending = _Pending([], {})
+        heads = self.keys.heads(entity_type, partition)
+        for field, value in self.client.hscan_iter(heads, count=500):
+            page.append((text(field), int(value)))
+            if len(page) == 500:
+                done += self._page(entity_type, partition, window, page, pending)
+                page = []
+        done += self._page(entity_type, partition, window, page, pending)
+        return done + self._flush(entity_type, partition, pending)
+
+    def _page(self, entity_type: str, partition: int, window: HotWindow,
+              page: list[tuple[str, int]], pending: _Pending) -> Archived:
+        """Reads the page's entities' events to archive into `pending`, flushing it each
+        `batch` events."""
+        if not page:
+            return Archived()
+        marks = self.client.hmget(self.keys.archived(entity_type, partition),
+                                  [entity_id for entity_id, _ in page])
+        cutoff = (int((datetime.now(UTC) - window.age).timestamp() * 1_000_000)
+                  if window.age is not None else None)
+        done = Archived()
+        for (entity_id, head), mark in zip(page, marks, strict=True):
+            upto, first_id = archived_mark(mark)
+            by_count = window.archive_up_to(head) if window.events is not None else 0
+            last = head - 1 if cutoff is not None else by_count
+            while last > upto:
+                room = self.batch - len(pending.rows)
+                entries = flat_entries(xrange(
+                    self.client, self.keys.stream(entity_type, entity_id), f"{upto + 1}-0",
+                    f"{last}-0", count=room))
+                taken = _older(entries, by_count, cutoff)
+                if not taken:
+                    break
+                first_id = self._add(entity_type, entity_id, partition, taken, first_id,
+                                     pending)
+                upto = int(taken[-1][0][:-2])
+                if len(pending.rows) >= self.batch:
+                    done += self._flush(entity_type, partition, pending)
+                if len(taken) < len(entries):
+                    break  # the rest is younger than the window's age
+        return done
+
+    def _add(self, entity_type: str, entity_id: str, partition: int,
+             entries: list[Any], first_id: str, pending: _Pending) -> str:
+        for entry_id, values in entries:
+            fields = dict(zip(values[::2], values[1::2], strict=True))
+            number = int(entry_id[:-2])
+            logged = fields.get(b"p")
+            if number == 1:
+                first_id = text(fields[b"e"])
+            pending.rows.append((
+                entity_type, entity_id, number, partition,
+                int(logged) if logged is not None else None, text(fields[b"n"]),
+                bytes(fields[b"d"]), int(fields[b"t"]), text(fields[b"e"]), fields.get(b"m")))
+        pending.marks[entity_id] = (int(entries[-1][0][:-2]), first_id)
+        return first_id
+
+    def _flush(self, entity_type: str, partition: int, pending: _Pending) -> Archived:
+        """Stores the pending rows in the archive, then (once committed) moves the marks."""
+        if not pending.rows:
+            return Archived()
+        stored = self.archive.insert(pending.rows)
+        args: list[Any] = []
+        for entity_id, (number, first_id) in pending.marks.items():
+            args += (entity_id, number, first_id)
+        moved = self._script(keys=[self.keys.archived(entity_type, partition)], args=args)
+        pending.rows.clear()
+        pending.marks.clear()
+        return Archived(stored, int(moved))
+
+
+def _older(entries: list[Any], by_count: int, cutoff: int | None) -> list[Any]:
+    """The leading entries that are past the hot window: numbered up to `by_count`, or
+    written before `cutoff` (µs since 1970)."""
+    taken = []
+    for entry in entries:
+        number = int(entry[0][:-2])
+        if number > by_count:
+            values = entry[1]
+            micros = next((int(v) for k, v in zip(values[::2], values[1::2], strict=True)
+                           if k == b"t"), None)
+            if cutoff is None or micros is None or micros >= cutoff:
+                break
+        taken.append(entry)
+    return taken

@@ -1,0 +1,244 @@
+"""The archive of old events in PostgreSQL: copied in batches, idempotent, removed from Redis
+only once archived, and read back through transparently (the real PostgreSQL: see
+archive_kit.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import timedelta
+
+import psycopg
+import pytest
+import redis
+from archive_kit import Proxy, archive_url, server_port  # noqa: F401  (a fixture)
+from conftest import ACCOUNT_EVENTS, Deposited, Opened
+
+from es_workers import (
+    ArchiveUnavailableError,
+    Event,
+    HotWindow,
+    RedisStorage,
+    Store,
+    TruncatedError,
+)
+from es_workers.postgres import PostgresArchive
+from es_workers.postgres.schema import VERSION, table_name
+
+pytestmark = pytest.mark.single_redis
+
+
+@pytest.fixture
+def archive(archive_url: str, prefix: str) -> Iterator[PostgresArchive]:  # noqa: F811
+    found = PostgresArchive(archive_url, prefix=prefix)
+    found.init()
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def archived_store(redis_client: redis.Redis, prefix: str,
+                   archive: PostgresArchive) -> Callable[..., Store]:
+    def build(**options: object) -> Store:
+        options.setdefault("events", ACCOUNT_EVENTS)
+        storage = RedisStorage(redis_client, prefix=prefix, archive=archive)
+        return Store(storage, **options)  # type: ignore[arg-type]
+
+    return build
+
+
+def write_account(store: Store, entity_id: str, count: int, per_write: int = 3) -> None:
+    with store.open("account", entity_id) as stream:
+        list(stream.all())
+        stream.write(Opened(owner=entity_id), metadata={"correlation_id": f"c-{entity_id}"})
+    written = 1
+    while written < count:
+        with store.open_from("account", entity_id, written) as stream:
+            list(stream.all())
+            size = min(per_write, count - written)
+            stream.write(*(Deposited(amount=written + i) for i in range(size)))
+            written += size
+
+
+def archive_and_scavenge(store: Store, window: HotWindow, batch: int = 7) -> None:
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    storage.archiver({}, window, batch=batch).run_once()
+    store.scavenge()
+
+
+def stored_in_redis(client: redis.Redis, store: Store, entity_id: str) -> list[int]:
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    key = storage.keys.stream("account", entity_id)
+    return [int(entry_id.split(b"-")[0]) for entry_id, _ in client.xrange(key)]
+
+
+def same(events: list[Event]) -> list[tuple[object, ...]]:
+    return [(e.entity_id, e.event_number, e.event_time, e.content, e.store_event_id,
+             e.store_entity_id, e.metadata, e.position) for e in events]
+
+
+def test_init_creates_the_table_and_records_its_version_once(archive_url: str) -> None:  # noqa: F811
+    archive = PostgresArchive(archive_url, prefix="shop.v1")
+    assert archive.init() == 0
+    assert archive.init() == VERSION  # already there: nothing applied again
+    with psycopg.connect(archive_url) as connection:
+        indexes = {row[0] for row in connection.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = %s", [table_name("shop.v1")])}
+        versions = connection.execute("SELECT name, version FROM es_workers_schema").fetchall()
+    assert any("(entity_type, entity_id, event_number)" in i for i in indexes)
+    assert any("(partition, log_number)" in i for i in indexes)
+    assert versions == [(table_name("shop.v1"), VERSION)]
+    archive.close()
+
+
+def test_an_archive_without_its_table_names_the_command_that_creates_it(
+        archive_url: str) -> None:  # noqa: F811
+    from es_workers import ConfigurationError
+
+    archive = PostgresArchive(archive_url, prefix="nothing-here")
+    with pytest.raises(ConfigurationError, match="es-workers archive APP --init"):
+        archive.counts()
+    archive.close()
+
+
+def test_archived_events_read_the_same_once_removed_from_redis(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    store = archived_store()
+    write_account(store, "a1", 40)
+    write_account(store, "a2", 5)
+    before = {i: list(store.read("account", i)) for i in ("a1", "a2")}
+    log_before = list(store.read_all())
+
+    archive_and_scavenge(store, HotWindow(events=10))
+
+    assert stored_in_redis(redis_client, store, "a1") == list(range(31, 41))
+    assert stored_in_redis(redis_client, store, "a2") == [1, 2, 3, 4, 5]  # all hot
+    with store.open("account", "a1") as stream:
+        assert same(list(stream.all())) == same(before["a1"])
+    assert same(list(store.read("account", "a2"))) == same(before["a2"])
+    with store.open_from("account", "a1", 12) as stream:  # from inside the archived range
+        assert same(list(stream.all())) == same(before["a1"][12:])
+    assert same(list(store.read_all())) == same(log_before)
+    seen: list[int] = []
+    store.project("account", "a1", lambda event: seen.append(event.event_number))
+    assert seen == list(range(1, 41))
+
+
+def test_an_entity_entirely_archived_reads_the_same_and_takes_writes(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    store = archived_store()
+    write_account(store, "a1", 2500, per_write=50)  # more than one read page each way
+    before = list(store.read("account", "a1"))
+
+    archive_and_scavenge(store, HotWindow(events=0), batch=1000)
+
+    assert stored_in_redis(redis_client, store, "a1") == []
+    assert same(list(store.read("account", "a1"))) == same(before)
+    with store.open("account", "a1") as stream:
+        assert len(list(stream.all())) == 2500
+        stream.write(Deposited(amount=1))  # numbering and the optimistic check go on
+    assert [e.event_number for e in store.read("account", "a1", 2498)] == [2499, 2500, 2501]
+    assert store.read("account", "a1", 2499).__next__().store_entity_id == before[0].store_event_id
+
+
+def test_upgrades_apply_to_archived_events_as_to_hot_ones(
+        archived_store: Callable[..., Store]) -> None:
+    def doubled(events: Iterator[Event]) -> Iterator[Event]:
+        for event in events:
+            if isinstance(event.content, Deposited):
+                event = replace(event, content=Deposited(amount=event.content.amount * 2))
+            yield event
+
+    store = archived_store(upgrades={"account": [doubled]})
+    write_account(store, "a1", 20)
+    before = [e.content for e in store.read("account", "a1")]
+    archive_and_scavenge(store, HotWindow(events=5))
+    assert [e.content for e in store.read("account", "a1")] == before
+
+
+def test_archiving_twice_stores_each_event_once(
+        archived_store: Callable[..., Store], archive: PostgresArchive) -> None:
+    store = archived_store()
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    first = storage.archiver({}, HotWindow(events=10)).run_once()
+    # As an archiver killed after its insert and before its marks moved: copied again.
+    storage.client.delete(storage.keys.archived("account", storage.keys.partition(
+        "account", "a1")))
+    again = storage.archiver({}, HotWindow(events=10)).run_once()
+    assert (first.events, again.events) == (20, 0)
+    assert archive.counts() == {"account": (20, pytest.approx(archive.counts()["account"][1]))}
+
+
+def test_the_scavenger_never_removes_what_the_archive_has_not_confirmed(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    from es_workers import Retention
+
+    store = archived_store(retention={"account": Retention(max_count=5)})
+    write_account(store, "a1", 30)
+    store.scavenge()  # retention truncates to 26.., but nothing is archived yet
+    assert stored_in_redis(redis_client, store, "a1") == list(range(1, 31))
+    with pytest.raises(TruncatedError):
+        list(store.read("account", "a1"))
+    archive_and_scavenge(store, HotWindow(events=20))
+    assert stored_in_redis(redis_client, store, "a1") == list(range(11, 31))
+
+
+def test_the_hot_window_per_entity_type_wins_over_the_default(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    store = archived_store()
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    storage.archiver({"account": HotWindow(events=25)}, HotWindow(events=3)).run_once()
+    store.scavenge()
+    assert stored_in_redis(redis_client, store, "a1") == list(range(6, 31))
+
+
+def test_an_age_window_archives_older_events_but_keeps_the_newest(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    store = archived_store()
+    write_account(store, "a1", 10)
+    archive_and_scavenge(store, HotWindow(age=timedelta(microseconds=1)))
+    assert stored_in_redis(redis_client, store, "a1") == [10]  # the newest event
+    assert [e.event_number for e in store.read("account", "a1")] == list(range(1, 11))
+
+
+def test_without_postgresql_an_archived_read_fails_naming_it_and_hot_reads_work(
+        redis_client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    proxy = Proxy(server_port(archive_url))
+    archive = PostgresArchive(proxy.url(archive_url), prefix=prefix, connect_timeout_s=2)
+    archive.init()
+    store = Store(RedisStorage(redis_client, prefix=prefix, archive=archive),
+                  events=ACCOUNT_EVENTS)
+    write_account(store, "a1", 30)
+    archive_and_scavenge(store, HotWindow(events=10))
+    assert len(list(store.read("account", "a1"))) == 30
+
+    proxy.close()
+    with pytest.raises(ArchiveUnavailableError) as raised:
+        list(store.read("account", "a1"))
+    assert "archive" in str(raised.value) and f":{proxy.port}/" in str(raised.value)
+    with pytest.raises(ArchiveUnavailableError):
+        list(store.read_all())
+    # What is still hot reads without the archive, and writes go on.
+    assert [e.event_number for e in store.read("account", "a1", 25)] == list(range(26, 31))
+    with store.open_from("account", "a1", 30) as stream:
+        list(stream.all())
+        stream.write(Deposited(amount=1))
+    archive.close()
+
+
+def test_the_archive_url_password_is_never_shown(archive_url: str) -> None:  # noqa: F811
+    from es_workers import Settings
+
+    url = archive_url.replace("postgres@", "postgres:s3cret-pw@")
+    settings = Settings(archive_url=url)
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.shown())
+    archive = PostgresArchive(url.replace(":5432", ":1"), connect_timeout_s=1)
+    with pytest.raises(ArchiveUnavailableError) as raised:
+        archive.counts()
+    assert "s3cret-pw" not in str(raised.value)
