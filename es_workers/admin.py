@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .errors import ConfigurationError, UnknownNameError
+from .errors import ConfigurationError, StorageUnavailableError, UnknownNameError
 from .names import check_entity_id
 from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
@@ -17,6 +17,7 @@ from .redis.cluster import spread_warning
 from .redis.failures import translated
 from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
 from .redis.storage import RedisStorage
+from .retention import HotWindow
 from .store import Store
 
 __all__ = [
@@ -51,10 +52,24 @@ class SubscriberStatus:
 
 
 @dataclass(frozen=True)
+class ArchiveStatus:
+    """One entity type's events in Redis and in the archive (with ES_ARCHIVE_URL)."""
+
+    entity_type: str
+    events: int  # every event written (the entities' heads)
+    archived_marked: int  # events marked archived (the scavenger may remove them from Redis)
+    lag: int  # events past the hot window not archived yet
+    archived_events: int | None  # rows in the archive (None: it could not be reached)
+    archived_bytes: int | None  # their JSON data
+    error: str | None = None  # why the archive could not be counted
+
+
+@dataclass(frozen=True)
 class StoreStatus:
     outbox_backlog: int  # appended batches not yet relayed by a publisher
     subscribers: list[SubscriberStatus]
     warnings: list[str] = field(default_factory=list)  # e.g. masters a prefix leaves unused
+    archive: list[ArchiveStatus] = field(default_factory=list)  # with an archive only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +178,32 @@ def status(store: Store) -> StoreStatus:
         outbox_backlog=storage.outbox_backlog(),
         subscribers=subscribers,
         warnings=[warning] if warning else [],
+        archive=archive_status(store),
     )
+
+
+def archive_status(store: Store) -> list[ArchiveStatus]:
+    """Per entity type: events written, marked archived, past the hot window and not
+    archived yet, and the archive's own counts (None, with the error, if unreachable)."""
+    storage = _redis(store)
+    if storage.archive is None:
+        return []
+    try:
+        counts: dict[str, tuple[int, int]] | None = storage.archive.counts()
+        error = None
+    except StorageUnavailableError as failure:  # the rest of the status still shows
+        counts, error = None, str(failure)
+    found = []
+    for entity_type in store.entity_types():
+        window = store.hot_windows.get(entity_type, HotWindow()).over(storage.hot_window)
+        heads, marks = storage.heads(entity_type), storage.archived_marks(entity_type)
+        lag = sum(max(0, window.archive_up_to(head) - marks.get(entity_id, 0))
+                  for entity_id, head in heads.items())
+        stored = counts.get(entity_type, (0, 0)) if counts is not None else None
+        found.append(ArchiveStatus(
+            entity_type, sum(heads.values()), sum(marks.values()), lag,
+            stored[0] if stored else None, stored[1] if stored else None, error))
+    return found
 
 
 def _unpark(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .admin import ParkedEntity, StoreStatus
     from .event import Event
     from .health import Thresholds
+    from .redis.storage import RedisStorage
     from .settings import Settings
     from .store import Store
 
@@ -555,10 +556,27 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
     else:
         out.print("no subscribers")
     print_rebuilds(app_ref, report)
+    print_archive(report)
     if parked_entities:
         print_parked(parked_entities, traceback_lines=TRACEBACK_LINES_IN_STATUS)
         out.print("repair: es-workers parked retry|skip APP SUBSCRIBER ENTITY_TYPE ENTITY_ID; "
                   "whole tracebacks: es-workers parked list")
+
+
+def print_archive(report: StoreStatus) -> None:
+    """The archive's table: per entity type, events written, archived, and the lag."""
+    if not report.archive:
+        return
+    table = folding_table("entity type", "events", "marked archived", "archive lag",
+                          "in the archive", "archived bytes", title="archive")
+    for row in report.archive:
+        table.add_row(row.entity_type, str(row.events), str(row.archived_marked),
+                      str(row.lag), "?" if row.archived_events is None else str(
+                          row.archived_events),
+                      "?" if row.archived_bytes is None else str(row.archived_bytes))
+    out.print(table)
+    for error in sorted({row.error for row in report.archive if row.error}):
+        out.print(f"warning: {error}", style="yellow", markup=False, soft_wrap=True)
 
 
 def print_rebuilds(app_ref: str, report: StoreStatus) -> None:
@@ -935,6 +953,78 @@ def scavenge(app_ref: AppRef, yes: Yes = False, embedded: Embedded = False) -> N
         done = store.scavenge()
     out.print(f"scavenged {done.events} events ({done.bytes} bytes) of {done.entities} "
               "entities")
+
+
+@app.command()
+def archive(
+    app_ref: AppRef,
+    init: Annotated[bool, typer.Option(
+        "--init", help="Create or migrate the archive's table in PostgreSQL, then exit")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Compare the archive with Redis (counts, and checksums of the events "
+        "both hold), then exit; exit 1 if they differ")] = False,
+    once: Annotated[bool, typer.Option(
+        "--once", help="One pass over the partitions this process can lease, then exit")] = False,
+    lease_ms: Annotated[int, typer.Option(
+        "--lease-ms", min=100, help="How long a partition stays this archiver's without "
+        "renewal (another one takes it over after a crash)")] = 15_000,
+) -> None:
+    """Run the archiver: copy events older than the hot window (ES_ARCHIVE_AFTER, or the
+    app's `archive={...}`) to PostgreSQL (ES_ARCHIVE_URL), then mark them archived so the
+    scavenger may remove them from Redis; reads go through the archive. Creates or migrates
+    the archive's table first. Several archivers may run; stops cleanly on SIGTERM."""
+    import threading
+
+    from .redis.storage import RedisStorage
+    from .settings import env_name
+
+    with StopSignals() as stop:
+        settings = settings_or_exit()
+        store = load_app(app_ref, embedded=True)
+        require_shared_redis(store, "archive")
+        storage = store.storage
+        if not isinstance(storage, RedisStorage) or storage.archive is None:
+            fail(f"no archive: set {env_name('archive_url')}=postgresql://...", EXIT_USAGE)
+        from .postgres.schema import VERSION as SCHEMA_VERSION  # psycopg: the archive extra
+
+        with reported_errors():
+            had = storage.archive.init()
+            if init or had != SCHEMA_VERSION:
+                out.print(f"archive table {storage.archive.table}: version {had} -> "
+                          f"{SCHEMA_VERSION}")
+            if init:
+                return
+            if verify:
+                verify_archive(store, storage)
+                return
+            archiver = storage.archiver(store.hot_windows, storage.hot_window,
+                                        batch=settings.archive_batch, lease_ms=lease_ms)
+            if once:
+                done = archiver.run_once()
+                out.print(f"archived {done.events} events of {done.entities} entities")
+                return
+            threads_stop = threading.Event()
+            stop.on_stop = threads_stop.set
+            if stop.requested:
+                return
+            log.info("archiving %s to %s", app_ref, storage.archive.server)
+            archiver.run(threads_stop)
+
+
+def verify_archive(store: Store, storage: RedisStorage) -> None:
+    table = folding_table("entity type", "entities", "marked archived", "in the archive",
+                          "compared with Redis", "result")
+    problems: list[str] = []
+    for entity_type in store.entity_types():
+        check = storage.verify_archive(entity_type)
+        table.add_row(entity_type, str(check.entities), str(check.archived), str(check.found),
+                      str(check.compared), "ok" if check.ok else "[red]differs[/]")
+        problems += check.problems
+    out.print(table)
+    for problem in problems[:50]:
+        out.print(problem, style="red", markup=False, soft_wrap=True)
+    if problems:
+        fail(f"the archive and Redis differ ({len(problems)} problems)")
 
 
 @parked_app.command("list")

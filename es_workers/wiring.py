@@ -335,6 +335,7 @@ def build_parts(
         encryption=master_keys(settings),
         archive=postgres_archive(settings),
     )
+    storage.hot_window = hot_window(settings)
     bus = DramatiqEventBus(
         broker,
         options=settings.delivery_options(),

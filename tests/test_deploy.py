@@ -91,8 +91,10 @@ def redis_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def app_environment(service: dict[str, Any]) -> dict[str, str]:
-    """The ES_ settings of a service, with ${VAR:?...} interpolations given a value."""
-    return {k: re.sub(r"\$\{[A-Z_]+(:\?[^}]*)?\}", "secret", str(v))
+    """The ES_ settings of a service, with ${VAR:?...} interpolations given a value and
+    ${VAR:-default} its default, as compose without the variable set."""
+    return {k: re.sub(r"\$\{[A-Z_]+(:\?[^}]*)?\}", "secret",
+                      re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)))
             for k, v in service["environment"].items() if k.startswith("ES_")}
 
 
@@ -123,12 +125,14 @@ def test_compose_runs_durable_redis_and_the_two_processes() -> None:
 def test_compose_up_needs_no_variable_and_the_dashboard_is_a_profile() -> None:
     """Compose interpolates every service, those of inactive profiles too, before it picks
     the services to run: a required ${VAR:?...} anywhere stops a plain `docker compose up`.
-    The dashboard starts only when asked (`--profile dashboard`)."""
+    The dashboard and the archive (with its PostgreSQL) start only when asked
+    (`--profile dashboard`, `--profile archive`)."""
     text = (ROOT / "docker-compose.yml").read_text()
     required = re.findall(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?", text)
     assert required == [], f"`docker compose up` would need {required}"
     for service_name, service in compose("docker-compose.yml")["services"].items():
-        expected = ["dashboard"] if service_name == "dashboard" else None
+        expected = {"dashboard": ["dashboard"], "archive": ["archive"],
+                    "postgres": ["archive"]}.get(service_name)
         assert service.get("profiles") == expected, service_name
 
 

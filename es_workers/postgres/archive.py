@@ -14,7 +14,6 @@ cannot be reached raises ArchiveUnavailableError naming it (never its password).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -131,13 +130,6 @@ class PostgresArchive:
                 [entity_type, entity_id, first, last], binary=True).fetchall()
         return [as_entry(row) for row in rows]
 
-    def numbers(self, entity_type: str, entity_id: str, first: int, last: int) -> tuple[
-            int, str]:
-        """How many of the entity's events `first..last` are archived, and a checksum of
-        them as entries (`entry_checksum`), for `--verify`."""
-        entries = self.entries(entity_type, entity_id, first, last)
-        return len(entries), entries_checksum(entries)
-
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per entity type: events archived and the bytes of their data."""
         with self._using("counting archived events") as connection:
@@ -170,16 +162,6 @@ def as_entry(row: Sequence[Any]) -> Entry:
     if metadata is not None:
         fields += (b"m", bytes(metadata))
     return b"%d-0" % number, fields
-
-
-def entries_checksum(entries: Sequence[tuple[Any, Sequence[Any]]]) -> str:
-    """A checksum of entries (Redis' or the archive's): their IDs and fields, in order."""
-    digest = hashlib.sha256()
-    for entry_id, fields in entries:
-        for value in (entry_id, *fields):
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            digest.update(b"%d:" % len(raw) + raw)
-    return digest.hexdigest()
 
 
 def _raw(value: Any) -> bytes:

@@ -23,7 +23,7 @@ from ..position import Position, trim_from
 from ..retention import HotWindow, Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader
-from .archiver import Archive, RedisArchiver, archived_mark
+from .archiver import Archive, ArchiveCheck, RedisArchiver, archived_mark, verify
 from .cluster import is_cluster
 from .durability import Durability
 from .entries import (
@@ -111,6 +111,8 @@ class RedisStorage:
             raise ConfigurationError(f"the archive is the prefix {archive.prefix!r}'s, not "
                                      f"{self.keys.prefix!r}'s")
         self.archive = archive
+        # The hot window of entity types the app gives none (wiring: ES_ARCHIVE_AFTER).
+        self.hot_window = HotWindow(events=100)
         self.registry = ContentRegistry()
         self.retention: dict[str, Retention] = {}  # per entity type (retain)
         self.keyring: Keyring | None = None
@@ -480,6 +482,16 @@ class RedisStorage:
         return RedisArchiver(self.client, self.keys, self.archive,
                              entity_types=self.entity_types(), windows=windows,
                              default=default, batch=batch, lease_ms=lease_ms)
+
+    def verify_archive(self, entity_type: str) -> ArchiveCheck:
+        """Compares the archive with Redis for every entity of the type that has archived
+        events: the archive must hold each of its events up to its mark, and those Redis
+        still holds too must be the same (a checksum of their stored fields)."""
+        if self.archive is None:
+            raise ConfigurationError("this storage has no archive: set ES_ARCHIVE_URL")
+        with translated(self.server, f"verifying the archive of {entity_type}"):
+            return verify(self.client, self.keys, self.archive, entity_type,
+                          self.archived_marks(entity_type))
 
     def archived_marks(self, entity_type: str) -> dict[str, int]:
         """Every entity of the type that has archived events, with its archived mark."""
