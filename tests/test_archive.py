@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 
+import dramatiq
 import psycopg
 import pytest
 import redis
@@ -242,3 +243,32 @@ def test_the_archive_url_password_is_never_shown(archive_url: str) -> None:  # n
     with pytest.raises(ArchiveUnavailableError) as raised:
         archive.counts()
     assert "s3cret-pw" not in str(raised.value)
+
+
+def test_a_subscriber_added_after_archiving_is_handed_the_archived_history_first(
+        redis_client: redis.Redis, prefix: str, archive: PostgresArchive,
+        broker: dramatiq.Broker) -> None:
+    from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder
+
+    storage = RedisStorage(redis_client, prefix=prefix, publisher=FAST_PUBLISHER,
+                           archive=archive)
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_account(store, "a1", 30)
+    archive_and_scavenge(store, HotWindow(events=5))
+    assert stored_in_redis(redis_client, store, "a1") == list(range(26, 31))
+    before = list(store.read("account", "a1"))
+
+    delivery = Delivery(storage, broker, events=ACCOUNT_EVENTS)
+    late = Recorder()
+    delivery.store.subscribe("account", "late", late)
+    delivery.start_worker()
+    delivery.start_publisher()
+    try:
+        with delivery.store.open_from("account", "a1", 30) as stream:
+            list(stream.all())
+            stream.write(Deposited(amount=31))
+        delivery.store.wait_for("account", "a1", 31, timeout=30)
+    finally:
+        delivery.stop()
+    assert [n for _, n in late.calls] == list(range(1, 32))
+    assert late.contents["a1"][:30] == [e.content for e in before]

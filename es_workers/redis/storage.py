@@ -264,8 +264,26 @@ class RedisStorage:
         key = self._entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
                             partition=self.keys.partition(entity_type, entity_id))
+        found = flat_entries(list(entries))
+        if self.archive is not None:  # a subscriber behind the scavenger: archived ones first
+            found, store_entity_id = self._after_archived(pages, found, store_entity_id)
         pages.store_entity_id = store_entity_id
-        return pages.events(flat_entries(list(entries)))
+        return pages.events(found)
+
+    def _after_archived(self, pages: EntityPages, entries: list[Any],
+                        store_entity_id: str | None) -> tuple[list[Any], str | None]:
+        """`entries` (read from Redis after `pages.start - 1`) with the archived events
+        the scavenger removed before them, and event 1's ID when Redis no longer has it."""
+        first = int(text(entries[0][0]).split("-", 1)[0]) if entries else pages.start
+        if first <= pages.start and store_entity_id:
+            return entries, store_entity_id
+        archived = self.keys.archived(pages.entity_type, pages.partition)
+        with translated(self.server, f"reading {pages.entity_type} {pages.entity_id!r}"):
+            upto, first_id = archived_mark(self.client.hget(archived, pages.entity_id))
+        if first > pages.start and upto >= first - 1 and self.archive is not None:
+            entries = [*self.archive.entries(pages.entity_type, pages.entity_id, pages.start,
+                                             first - 1), *entries]
+        return entries, store_entity_id or first_id or store_entity_id
 
     def not_a_stream(self, entity_type: str, entity_id: str, after: int) -> CorruptEventError:
         """The error of an entity whose stream key holds another type than a stream, read

@@ -1,0 +1,207 @@
+"""The archive in PostgreSQL: archiver throughput, reads through the archive against reads from
+Redis, and Redis memory against events written with a hot window.
+
+    python bench/archive.py --entities 2000 --events 200 --hot 100 --steps 8
+
+Starts a Redis server of its own (unless --redis-url), so `used_memory` counts this bench's
+keys only, and a database of its own on the PostgreSQL of --postgres-url (dropped at the
+end). Prints tables; no plot (matplotlib is not a dependency).
+
+1. Memory: each of `--steps` steps writes `events / steps` events to every entity (10 per
+   write, ~60-byte payloads), then runs one archiver pass (`RedisArchiver.run_once`, timed:
+   the throughput) and a scavenge, empties the outbox and trims the log as a publisher would
+   (`ES_LOG_KEEP` = entities x hot), and reads Redis `used_memory`. The hot window's own cost
+   is the memory once every entity holds `--hot` events, before anything is archived.
+2. Reads: one entity of 1,000 events read whole (`store.read`) from Redis only, fully
+   archived, and 900 archived + 100 hot; interleaved runs, medians, ratios to Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import redis
+
+from es_workers import Content, HotWindow, RedisStorage, Store
+from es_workers.postgres import PostgresArchive
+
+
+class Deposited(Content):
+    amount: int
+    note: str
+
+
+EVENTS = {"account": [Deposited]}
+
+
+@contextmanager
+def own_redis() -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tempfile.mkdtemp(prefix="es-bench-archive-")
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", folder],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def own_database(url: str) -> Iterator[str]:
+    name = f"es_archive_bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def write(store: Store, entity_id: str, after: int, count: int) -> None:
+    written = after
+    while written < after + count:
+        with store.open_from("account", entity_id, written) as stream:
+            list(stream.all())
+            size = min(10, after + count - written)
+            stream.write(*(Deposited(amount=written + i, note="x" * 40) for i in range(size)))
+            written += size
+
+
+def settle(client: redis.Redis, storage: RedisStorage, args: argparse.Namespace) -> None:
+    """What a running app's publisher does meanwhile: the outbox relayed (emptied) and the
+    log trimmed to `ES_LOG_KEEP` = entities x hot window (else they grow with every write)."""
+    for partition in range(storage.partitions):
+        client.xtrim(storage.keys.outbox(partition), maxlen=0)
+    storage.trim_logs(args.entities * args.hot)
+
+
+def memory(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    storage = RedisStorage(client, prefix=prefix, archive=archive)
+    store = Store(storage, events=EVENTS)
+    archiver = storage.archiver({}, HotWindow(events=args.hot), batch=args.batch)
+    per_step = args.events // args.steps
+    hot_cost: int | None = None
+    archived_total, archiving_s = 0, 0.0
+    print(f"\n1. Redis memory, {args.entities} entities, hot window {args.hot} events")
+    print("| events written | Redis used_memory | vs the hot window's cost | archived this step "
+          "| archiver events/s |")
+    print("|---|---|---|---|---|")
+    written = 0
+    for step in range(args.steps):
+        for n in range(args.entities):
+            write(store, f"a{n}", step * per_step, per_step)
+        written += per_step * args.entities
+        if hot_cost is None and written >= args.entities * args.hot:
+            settle(client, storage, args)
+            hot_cost = int(client.info("memory")["used_memory"])
+        started = time.perf_counter()
+        done = archiver.run_once()
+        took = time.perf_counter() - started
+        archived_total, archiving_s = archived_total + done.events, archiving_s + took
+        store.scavenge()
+        settle(client, storage, args)
+        used = int(client.info("memory")["used_memory"])
+        ratio = f"{used / hot_cost:.2f}x" if hot_cost else "-"
+        rate = f"{done.events / took:,.0f}" if done.events else "-"
+        print(f"| {written:,} | {used / 1e6:.1f} MB | {ratio} | {done.events:,} | {rate} |")
+    print(f"\narchiver: {archived_total:,} events in {archiving_s:.1f} s = "
+          f"{archived_total / archiving_s:,.0f} events/s (reading Redis, COPY + INSERT, marks)")
+    checked = storage.verify_archive("account")
+    print(f"verify: {checked.entities} entities, {checked.found:,} of {checked.archived:,} "
+          f"archived events found, {checked.compared:,} compared with Redis: "
+          f"{'ok' if checked.ok else 'DIFFERS'}")
+    total = sum(1 for n in range(args.entities) for _ in store.read("account", f"a{n}"))
+    print(f"every event readable at the end: {total:,} of {written:,}")
+    archive.close()
+
+
+def reads(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
+    stores: dict[str, Store] = {}
+    for name, window in (("Redis only", None), ("fully archived", 0),
+                         ("900 archived + 100 hot", 100)):
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        archive = None
+        if window is not None:
+            archive = PostgresArchive(archive_url, prefix=prefix)
+            archive.init()
+        storage = RedisStorage(client, prefix=prefix, archive=archive)
+        store = Store(storage, events=EVENTS)
+        write(store, "e1", 0, 1000)
+        if window is not None:
+            storage.archiver({}, HotWindow(events=window)).run_once()
+            store.scavenge()
+        stores[name] = store
+    times: dict[str, list[float]] = {name: [] for name in stores}
+    for _ in range(args.read_runs):
+        for name, store in stores.items():
+            started = time.perf_counter()
+            count = sum(1 for _ in store.read("account", "e1"))
+            times[name].append(time.perf_counter() - started)
+            assert count == 1000, (name, count)
+    base = statistics.median(times["Redis only"])
+    print(f"\n2. Reading a 1,000-event entity whole (median of {args.read_runs} interleaved "
+          "runs)")
+    print("| stored | ms | vs Redis only |")
+    print("|---|---|---|")
+    for name, found in times.items():
+        median = statistics.median(found)
+        print(f"| {name} | {median * 1000:.2f} | {median / base:.2f}x |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis-url", help="a Redis of the bench's own (default: started)")
+    parser.add_argument("--postgres-url",
+                        default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a PostgreSQL where the bench may create a database")
+    parser.add_argument("--entities", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=200, help="events per entity")
+    parser.add_argument("--hot", type=int, default=100, help="events kept hot per entity")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=5000, help="events per transaction")
+    parser.add_argument("--read-runs", type=int, default=21)
+    args = parser.parse_args()
+    with own_database(args.postgres_url) as archive_url:
+        if args.redis_url:
+            client = redis.Redis.from_url(args.redis_url)
+            memory(args, client, archive_url)
+            reads(args, client, archive_url)
+            return 0
+        with own_redis() as url:
+            client = redis.Redis.from_url(url)
+            memory(args, client, archive_url)
+            reads(args, client, archive_url)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
