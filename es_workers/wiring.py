@@ -370,7 +370,7 @@ def build_async_storage(
     storage = AsyncRedisStorage(
         async_redis_client(settings), prefix=settings.prefix, partitions=settings.partitions,
         durability=settings.durability(), max_event_bytes=settings.max_event_bytes,
-        encryption=master_keys(settings),
+        encryption=master_keys(settings), archive=postgres_archive(settings, asyncio=True),
     )
     logger.debug("async storage built from settings %s", settings.shown())
     return storage
@@ -385,19 +385,20 @@ def master_keys(settings: Settings) -> MasterKeys | None:
                       older.get_secret_value().split(",") if older is not None else ())
 
 
-def postgres_archive(settings: Settings) -> Any:
-    """The archive `archive_url` names (a `PostgresArchive` of the prefix), or None. It
-    connects on first use, not here."""
+def postgres_archive(settings: Settings, *, asyncio: bool = False) -> Any:
+    """The archive `archive_url` names (a `PostgresArchive` of the prefix, or with `asyncio`
+    an `AsyncPostgresArchive`), or None. It connects on first use, not here."""
     if settings.archive_url is None:
         return None
     try:
         # psycopg is an optional extra: imported only by an app that configures an archive.
-        from .postgres import PostgresArchive
+        from .postgres import AsyncPostgresArchive, PostgresArchive
     except ImportError as error:
         raise ConfigurationError(
             f"{env_name('archive_url')} is set but the archive needs psycopg: pip install "
             f"'es_workers[archive]' ({error})") from None
-    return PostgresArchive(settings.archive_url.get_secret_value(), prefix=settings.prefix)
+    kind = AsyncPostgresArchive if asyncio else PostgresArchive
+    return kind(settings.archive_url.get_secret_value(), prefix=settings.prefix)
 
 
 def hot_window(settings: Settings) -> HotWindow:

@@ -4,6 +4,7 @@ archive_kit.py)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -272,3 +273,43 @@ def test_a_subscriber_added_after_archiving_is_handed_the_archived_history_first
         delivery.stop()
     assert [n for _, n in late.calls] == list(range(1, 32))
     assert late.contents["a1"][:30] == [e.content for e in before]
+
+
+@pytest.mark.anyio
+async def test_an_async_store_reads_archived_events_through_the_archive(
+        archive_url: str) -> None:  # noqa: F811
+    import redis.asyncio
+    from conftest import REDIS_URL, delete_prefix, real_redis
+
+    from es_workers import AsyncRedisStorage, AsyncStore
+    from es_workers.postgres import AsyncPostgresArchive
+
+    client, prefix = real_redis(), f"t-{uuid.uuid4().hex[:12]}"
+    proxy = Proxy(server_port(archive_url))
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    try:
+        store = Store(RedisStorage(client, prefix=prefix, archive=archive),
+                      events=ACCOUNT_EVENTS)
+        write_account(store, "a1", 30)
+        archive_and_scavenge(store, HotWindow(events=10))
+        before = list(store.read("account", "a1"))
+        async_archive = AsyncPostgresArchive(proxy.url(archive_url), prefix=prefix,
+                                             connect_timeout_s=2)
+        async_store = AsyncStore(AsyncRedisStorage(
+            redis.asyncio.Redis.from_url(REDIS_URL), prefix=prefix, archive=async_archive),
+            events=ACCOUNT_EVENTS)
+        async with async_store.open("account", "a1") as stream:
+            assert same([e async for e in stream.all()]) == same(before)
+
+        proxy.close()
+        with pytest.raises(ArchiveUnavailableError, match="archive"):
+            async with async_store.open("account", "a1") as stream:
+                [e async for e in stream.all()]
+        async with async_store.open_from("account", "a1", 25) as stream:  # hot: no archive
+            assert [e.event_number async for e in stream.all()] == list(range(26, 31))
+        await async_archive.close()
+        await async_store.close()
+    finally:
+        archive.close()
+        delete_prefix(client, prefix)

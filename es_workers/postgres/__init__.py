@@ -2,6 +2,6 @@
 (`schema.py`) and the copies and reads of events there (`archive.py`). The Redis side, what
 is archived and when, is `es_workers.redis.archiver`."""
 
-from .archive import PostgresArchive
+from .archive import AsyncPostgresArchive, PostgresArchive
 
-__all__ = ["PostgresArchive"]
+__all__ = ["AsyncPostgresArchive", "PostgresArchive"]

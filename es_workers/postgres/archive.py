@@ -13,6 +13,7 @@ cannot be reached raises ArchiveUnavailableError naming it (never its password).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -123,11 +124,9 @@ class PostgresArchive:
         with self._using(f"reading {entity_type} {entity_id!r} events {first}..{last}") as (
                 connection):
             self._ready(connection)
-            rows = connection.execute(sql.SQL(
-                "SELECT event_number, name, data, event_time_us, store_event_id, log_number, "
-                "metadata FROM {} WHERE entity_type = %s AND entity_id = %s AND event_number "
-                "BETWEEN %s AND %s ORDER BY event_number").format(self._name),
-                [entity_type, entity_id, first, last], binary=True).fetchall()
+            rows = connection.execute(
+                _SELECT.format(self._name), [entity_type, entity_id, first, last],
+                binary=True).fetchall()
         return [as_entry(row) for row in rows]
 
     def counts(self) -> dict[str, tuple[int, int]]:
@@ -151,6 +150,59 @@ class PostgresArchive:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+class AsyncPostgresArchive:
+    """`PostgresArchive`'s reads for asyncio (`AsyncRedisStorage(..., archive=...)`), on
+    psycopg's AsyncConnection; the archiver and `init` are the sync archive's."""
+
+    def __init__(self, url: str, *, prefix: str = "es", connect_timeout_s: int = 5) -> None:
+        self._url, self.prefix = url, prefix
+        self.server = archive_server(url)
+        self.table = table_name(prefix)
+        self.connect_timeout_s = connect_timeout_s
+        self._connection: psycopg.AsyncConnection[Any] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._name = sql.Identifier(self.table)
+
+    async def entries(self, entity_type: str, entity_id: str, first: int,
+                      last: int) -> list[Entry]:
+        """As `PostgresArchive.entries`."""
+        doing = f"reading {entity_type} {entity_id!r} events {first}..{last}"
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                if self._connection is None or self._connection.closed:
+                    self._connection = await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=self.connect_timeout_s)
+                cursor = await self._connection.execute(
+                    _SELECT.format(self._name), [entity_type, entity_id, first, last],
+                    binary=True)
+                rows = await cursor.fetchall()
+            except _UNAVAILABLE as error:
+                await self._drop()
+                raise ArchiveUnavailableError(self.server, error, doing=doing) from None
+            except psycopg.errors.UndefinedTable:
+                raise ConfigurationError(
+                    f"the archive {self.server} has no table {self.table}: run `es-workers "
+                    "archive APP --init`") from None
+        return [as_entry(row) for row in rows]
+
+    async def _drop(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = None
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+_SELECT = sql.SQL(
+    "SELECT event_number, name, data, event_time_us, store_event_id, log_number, metadata "
+    "FROM {} WHERE entity_type = %s AND entity_id = %s AND event_number BETWEEN %s AND %s "
+    "ORDER BY event_number")
 
 
 def as_entry(row: Sequence[Any]) -> Entry:

@@ -51,6 +51,16 @@ class Archive(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncArchive(Protocol):
+    """What `AsyncRedisStorage` needs of an archive (`postgres.AsyncPostgresArchive`)."""
+
+    prefix: str
+    server: str
+
+    async def entries(self, entity_type: str, entity_id: str, first: int, last: int) -> list[
+        Entry]: ...
+
+
 @dataclass(frozen=True)
 class Archived:
     """What an archiver pass did: events newly stored in the archive, and of how many

@@ -20,27 +20,31 @@ import redis.asyncio
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry
 from ..encryption import FieldCipher, MasterKeys, subjects_of
+from ..errors import ConfigurationError, CorruptEventError
 from ..event import Content, Event
 from ..keyring import AsyncKeyring
 from ..position import Position
 from ..snapshot import StoredSnapshot
+from .archiver import AsyncArchive, archived_mark
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
     DEFAULT_PARTITIONS,
+    READ_PAGE,
     EntityKeys,
     EntityPages,
     append_args,
     as_sent,
     check_appended,
     entity_ids_page,
+    flat_entries,
     index_start,
     stored_values,
     xrange,
 )
 from .failures import appending, server_name, translated
 from .keyring import AsyncRedisKeyStore
-from .keys import RedisKeys
+from .keys import RedisKeys, text
 from .log import LogPages, event_at
 from .opening import opening, run_steps_async
 from .scripts import AsyncScript, BatchingScript
@@ -69,9 +73,13 @@ class AsyncRedisStorage:
     def __init__(
         self, client: Any, *, prefix: str = "es", partitions: int | None = None,
         durability: Durability | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
-        encryption: MasterKeys | None = None,
+        encryption: MasterKeys | None = None, archive: AsyncArchive | None = None,
     ) -> None:
         RedisKeys(prefix, DEFAULT_PARTITIONS if partitions is None else partitions)  # validates
+        if archive is not None and archive.prefix != prefix:
+            raise ConfigurationError(f"the archive is the prefix {archive.prefix!r}'s, not "
+                                     f"{prefix!r}'s")
+        self.archive = archive
         self.client = client
         self.max_event_bytes = max_event_bytes
         self.prefix = prefix
@@ -163,24 +171,60 @@ class AsyncRedisStorage:
                             partition=entity_keys.keys.partition(entity_type, entity_id))
         reader = self._reader
         truncated = entity_keys.keys.truncated(entity_type, pages.partition)
+        archived = (entity_keys.keys.archived(entity_type, pages.partition)
+                    if self.archive is not None else None)
         doing = f"reading {entity_type} {entity_id!r}"
+        upto = 0  # the entity's archived mark
         while pages.more:
+            first_page = not pages.checked
             with translated(self.server, doing), pages.reading():
-                if not pages.checked:
+                if first_page:
                     pipe = reader.pipeline(transaction=False)
                     pipe.hget(truncated, pages.entity_id)
+                    if archived is not None:
+                        pipe.hget(archived, pages.entity_id)
                     if pages.needs_first:
                         xrange(pipe, key, "1-0", "1-0")
                     xrange(pipe, key, f"{pages.start}-0", count=pages.count)
-                    entries = pages.take_replies(await pipe.execute(raise_on_error=False))
+                    replies = await pipe.execute(raise_on_error=False)
+                    mark = replies.pop(1) if archived is not None else None
+                    if isinstance(mark, Exception):
+                        raise mark
+                    upto, pages.kept_store_entity_id = archived_mark(mark)
+                    entries = pages.take_replies(replies)
                 else:
                     entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
+            if first_page:  # what the scavenger removed once archived, as RedisStorage
+                async for event in self._archived(pages, upto, entries):
+                    yield event
             events: Iterable[Event] = pages.decode(entries)
             if self.keyring is not None:  # decoding is synchronous: the data keys first,
                 await self.keyring.prepare_read(stored_values(entries))
                 # and the page decoded before another task may drop them (a forget)
                 events = list(events)
             for event in events:
+                yield event
+
+    async def _archived(self, pages: EntityPages, upto: int,
+                        entries: list[Any]) -> AsyncIterator[Event]:
+        """`RedisStorage._archived_pages`, awaited."""
+        if self.archive is None or upto < pages.start:
+            return
+        entries = flat_entries(entries)
+        stored = int(text(entries[0][0]).split("-", 1)[0]) if entries else upto + 1
+        last = min(upto, stored - 1)
+        while pages.start <= last:
+            first, end = pages.start, min(last, pages.start + READ_PAGE - 1)
+            found = await self.archive.entries(pages.entity_type, pages.entity_id, first, end)
+            if len(found) != end - first + 1:
+                raise CorruptEventError(
+                    f"the archive ({self.archive.server}) holds {len(found)} of the events "
+                    f"{first}..{end} it was marked to hold; they are no longer in Redis",
+                    key=pages.key, entity_type=pages.entity_type, entity_id=pages.entity_id,
+                    event_number=first)
+            if self.keyring is not None:
+                await self.keyring.prepare_read(stored_values(found))
+            for event in list(pages.events(found)):
                 yield event
 
     async def position(self, entity_type: str, entity_id: str) -> int:
