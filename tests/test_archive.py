@@ -313,3 +313,17 @@ async def test_an_async_store_reads_archived_events_through_the_archive(
     finally:
         archive.close()
         delete_prefix(client, prefix)
+
+
+def test_a_tombstoned_entity_is_removed_from_redis_with_an_archive_too(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    from es_workers import StreamDeletedError
+
+    store = archived_store()
+    write_account(store, "a1", 30)
+    archive_and_scavenge(store, HotWindow(events=10))
+    store.tombstone("account", "a1")
+    store.scavenge()
+    assert stored_in_redis(redis_client, store, "a1") == []
+    with pytest.raises(StreamDeletedError):
+        list(store.read("account", "a1"))

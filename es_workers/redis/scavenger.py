@@ -79,9 +79,12 @@ class RedisScavenger:
                 subscriber_ids: list[str]) -> Scavenged:
         done = Scavenged()
         truncated = self.keys.truncated(entity_type, partition)
-        if self.archived:  # "<archived up to> ...": the first event to keep is the next
-            marks = self._scan(self.keys.archived(entity_type, partition))
-            bounds = [(entity_id, number + 1) for entity_id, number in marks]
+        if self.archived:  # "<archived up to> ...": the first event to keep is the next;
+            archived = self._scan(self.keys.archived(entity_type, partition))
+            marks = {entity_id: number + 1 for entity_id, number in archived}
+            # a tombstoned entity's events all go, archived or not (deleted for good)
+            marks |= dict(self._scan(truncated, tombstoned=True))
+            bounds = list(marks.items())
         else:
             bounds = self._scan(truncated)
         page: list[tuple[str, int]] = []
@@ -120,12 +123,14 @@ class RedisScavenger:
                 break
         return Scavenged(1 if events else 0, events, size)
 
-    def _scan(self, key: str) -> list[tuple[str, int]]:
-        """The hash's entity IDs with the number each field starts with, `batch` per
-        HSCAN call."""
+    def _scan(self, key: str, *, tombstoned: bool = False) -> list[tuple[str, int]]:
+        """The hash's entity IDs with the number each field starts with (`tombstoned`:
+        of the tombstones only), `batch` per HSCAN call."""
         found = []
         for field, value in self.client.hscan_iter(key, count=self.batch):
             number = text(value).split(" ", 1)[0]
+            if tombstoned and not text(value).endswith(" tombstone"):
+                continue
             if number.isdigit():
                 found.append((text(field), int(number)))
         return found
