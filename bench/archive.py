@@ -7,6 +7,9 @@ Starts a Redis server of its own (unless --redis-url), so `used_memory` counts t
 keys only, and a database of its own on the PostgreSQL of --postgres-url (dropped at the
 end). Prints tables; no plot (matplotlib is not a dependency).
 
+A partly trimmed stream keeps its first node (`stream-node-max-bytes`, 4 KB by default)
+until every entry in it is removed: `--node-bytes 1024` measures a smaller node.
+
 1. Memory: each of `--steps` steps writes `events / steps` events to every entity (10 per
    write, ~60-byte payloads), then runs one archiver pass (`RedisArchiver.run_once`, timed:
    the throughput) and a scavenge, empties the outbox and trims the log as a publisher would
@@ -46,13 +49,15 @@ EVENTS = {"account": [Deposited]}
 
 
 @contextmanager
-def own_redis() -> Iterator[str]:
+def own_redis(node_bytes: int | None) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     folder = tempfile.mkdtemp(prefix="es-bench-archive-")
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no", "--dir", folder],
+                               "--save", "", "--appendonly", "no", "--dir", folder,
+                               *(["--stream-node-max-bytes", str(node_bytes)]
+                                 if node_bytes else [])],
                               stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -189,6 +194,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=5000, help="events per transaction")
     parser.add_argument("--read-runs", type=int, default=21)
+    parser.add_argument("--node-bytes", type=int,
+                        help="the own Redis' stream-node-max-bytes (default: Redis', 4096)")
     args = parser.parse_args()
     with own_database(args.postgres_url) as archive_url:
         if args.redis_url:
@@ -196,7 +203,7 @@ def main() -> int:
             memory(args, client, archive_url)
             reads(args, client, archive_url)
             return 0
-        with own_redis() as url:
+        with own_redis(args.node_bytes) as url:
             client = redis.Redis.from_url(url)
             memory(args, client, archive_url)
             reads(args, client, archive_url)
