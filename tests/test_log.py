@@ -143,6 +143,19 @@ def test_read_all_gives_every_event_in_commit_order_after_a_position(
 
 
 @ONE_PARTITION
+def test_read_all_reads_entities_whose_writes_interleave_within_a_page(
+        one_partition: Store) -> None:
+    store = one_partition  # a, b, a, b, a: the new entities' runs are not consecutive
+    for number, entity_id in enumerate("ababa"):
+        head = sum(1 for _ in store.read("account", entity_id))
+        with store.open_from("account", entity_id, head) as stream:
+            list(stream.all())
+            stream.write(Deposited(amount=number))
+    assert [(e.entity_id, e.event_number) for e in store.read_all()] == [
+        ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]
+
+
+@ONE_PARTITION
 def test_log_reads_apply_the_upgrades(one_partition: Store) -> None:
     def doubled(events: Iterator[Event]) -> Iterator[Event]:
         for event in events:

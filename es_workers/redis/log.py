@@ -149,9 +149,14 @@ class LogPages:
         """Queues on `pipe` the reads of the runs: each run's entries, after (for an entity
         whose store_entity_id is not known yet) its truncation, where event 1's ID is kept
         once the scavenger removed it, and event 1 when the run does not start there."""
-        for run in runs:
+        if len(self._first_ids) >= _KNOWN_ENTITIES:  # between pages, never within one
+            self._first_ids.clear()
+        queued: set[tuple[str, str]] = set()  # an entity's runs after its first in the page
+        for run in runs:  # find its store_entity_id known by then (`decode`)
             key = self.keys.stream(run.entity_type, run.entity_id)
-            if (run.entity_type, run.entity_id) not in self._first_ids:
+            entity = (run.entity_type, run.entity_id)
+            if entity not in self._first_ids and entity not in queued:
+                queued.add(entity)
                 pipe.hget(self.keys.truncated(run.entity_type, self.partition), run.entity_id)
                 if self.archived is not None:  # event 1's ID once archived and removed
                     pipe.hget(self.keys.archived(run.entity_type, self.partition),
@@ -197,8 +202,6 @@ class LogPages:
                     f"{len(entries)} of them", key=key, entity_type=run.entity_type,
                     entity_id=run.entity_id, event_number=run.first)
             yield from pages.events(flat_entries(entries))
-            if len(self._first_ids) >= _KNOWN_ENTITIES:
-                self._first_ids.clear()
             self._first_ids[run.entity_type, run.entity_id] = pages.store_entity_id or ""
 
 
