@@ -294,6 +294,7 @@ async def test_an_async_store_reads_archived_events_through_the_archive(
         write_account(store, "a1", 30)
         archive_and_scavenge(store, HotWindow(events=10))
         before = list(store.read("account", "a1"))
+        log_before = list(store.read_all())
         async_archive = AsyncPostgresArchive(proxy.url(archive_url), prefix=prefix,
                                              connect_timeout_s=2)
         async_store = AsyncStore(AsyncRedisStorage(
@@ -301,8 +302,11 @@ async def test_an_async_store_reads_archived_events_through_the_archive(
             events=ACCOUNT_EVENTS)
         async with async_store.open("account", "a1") as stream:
             assert same([e async for e in stream.all()]) == same(before)
+        assert same([e async for e in async_store.read_all()]) == same(log_before)
 
         proxy.close()
+        with pytest.raises(ArchiveUnavailableError):
+            [e async for e in async_store.read_all()]
         with pytest.raises(ArchiveUnavailableError, match="archive"):
             async with async_store.open("account", "a1") as stream:
                 [e async for e in stream.all()]

@@ -295,6 +295,9 @@ class AsyncRedisStorage:
         """The events of one partition's log after log number `after`, in log order."""
         pages = LogPages(self.registry, await self.open(), partition, after, entity_types)
         reader = self._reader
+        fetched: dict[tuple[str, str, int, int], list[Any]] = {}
+        if self.archive is not None:  # fetched before each page is decoded (no I/O there)
+            pages.archived = lambda *wanted: fetched[wanted]
         while pages.more:
             entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
             runs = pages.take(entries)
@@ -302,7 +305,12 @@ class AsyncRedisStorage:
                 continue
             pipe = reader.pipeline(transaction=False)
             pages.queue_reads(pipe, runs)
-            for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
+            replies = await pipe.execute(raise_on_error=False)
+            if self.archive is not None:
+                fetched.clear()
+                for wanted in pages.archived_reads(runs, replies):
+                    fetched[wanted] = await self.archive.entries(*wanted)
+            for event in pages.decode(runs, replies):
                 yield event
 
     async def log_entry(self, position: Position) -> tuple[str, str, int] | None:

@@ -165,6 +165,23 @@ class LogPages:
                     xrange(pipe, key, "1-0", "1-0")
             xrange(pipe, key, f"{run.first}-0", f"{run.last}-0")
 
+    def archived_reads(self, runs: Sequence[Run], replies: list[Any]) -> list[
+            tuple[str, str, int, int]]:
+        """The archive reads (entity type, entity ID, first, last) `decode(runs, replies)`
+        will ask `archived` for (set, as it was when `queue_reads` ran), for an async
+        caller to fetch them first."""
+        replies, wanted = list(replies), []
+        seen = set(self._first_ids)
+        for run in runs:
+            if (run.entity_type, run.entity_id) not in seen:  # as queue_reads queued them
+                seen.add((run.entity_type, run.entity_id))
+                del replies[:2 + (run.first != 1)]  # truncation, archived mark, event 1
+            entries = replies.pop(0)
+            kept = None if isinstance(entries, Exception) else _kept_from(entries, run)
+            if kept is not None and kept > run.first:
+                wanted.append((run.entity_type, run.entity_id, run.first, kept - 1))
+        return wanted
+
     def decode(self, runs: Sequence[Run], replies: list[Any]) -> Iterator[Event]:
         """The runs' events from the replies of `queue_reads(runs)`, in log order."""
         replies = list(replies)
