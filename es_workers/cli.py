@@ -1003,6 +1003,11 @@ def archive(
                 done = archiver.run_once()
                 out.print(f"archived {done.events} events of {done.entities} entities")
                 return
+            if settings.metrics_port is not None:  # es_archived_total
+                from .observability import SharedMetricsServer
+
+                check_metrics_port(settings.metrics_port)
+                SharedMetricsServer(settings.metrics_port).start()
             threads_stop = threading.Event()
             stop.on_stop = threads_stop.set
             if stop.requested:

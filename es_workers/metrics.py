@@ -29,6 +29,8 @@ HANDLER_FAILURES = Counter(
     "es_handler_failures_total", "Handler exceptions", ["subscriber_id", "entity_type"]
 )
 PARKED = Counter("es_parked_total", "Entities parked for a subscriber", ["subscriber_id"])
+ARCHIVED = Counter("es_archived_total", "Events copied to the archive (PostgreSQL)",
+                   ["entity_type"])
 
 
 @cache

@@ -13,6 +13,7 @@ import dramatiq
 import psycopg
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from archive_kit import Proxy, archive_url, server_port  # noqa: F401  (a fixture)
 from conftest import ACCOUNT_EVENTS, Deposited, Opened
 
@@ -166,12 +167,15 @@ def test_archiving_twice_stores_each_event_once(
     write_account(store, "a1", 30)
     storage = store.storage
     assert isinstance(storage, RedisStorage)
+    counted = REGISTRY.get_sample_value("es_archived_total", {"entity_type": "account"}) or 0
     first = storage.archiver({}, HotWindow(events=10)).run_once()
     # As an archiver killed after its insert and before its marks moved: copied again.
     storage.client.delete(storage.keys.archived("account", storage.keys.partition(
         "account", "a1")))
     again = storage.archiver({}, HotWindow(events=10)).run_once()
     assert (first.events, again.events) == (20, 0)
+    assert REGISTRY.get_sample_value("es_archived_total",
+                                     {"entity_type": "account"}) == counted + 20
     assert archive.counts() == {"account": (20, pytest.approx(archive.counts()["account"][1]))}
 
 

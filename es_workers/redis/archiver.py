@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from .. import metrics
 from ..retention import HotWindow
 from .entries import flat_entries, xrange
 from .keys import RedisKeys, text
@@ -201,6 +202,7 @@ class RedisArchiver:
         if not pending.rows:
             return Archived()
         stored = self.archive.insert(pending.rows)
+        metrics.ARCHIVED.labels(entity_type).inc(stored)
         args: list[Any] = []
         for entity_id, (number, first_id) in pending.marks.items():
             args += (entity_id, number, first_id)
