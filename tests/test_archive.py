@@ -13,9 +13,9 @@ import dramatiq
 import psycopg
 import pytest
 import redis
-from prometheus_client import REGISTRY
 from archive_kit import Proxy, archive_url, server_port  # noqa: F401  (a fixture)
 from conftest import ACCOUNT_EVENTS, Deposited, Opened
+from prometheus_client import REGISTRY
 
 from es_workers import (
     ArchiveUnavailableError,
