@@ -57,9 +57,14 @@ class Proxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        self.port = 0
         self.sockets: list[socket.socket] = []
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Accepts connections again, on the same port (PostgreSQL is back)."""
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 

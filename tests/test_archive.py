@@ -335,3 +335,40 @@ def test_a_tombstoned_entity_is_removed_from_redis_with_an_archive_too(
     assert stored_in_redis(redis_client, store, "a1") == []
     with pytest.raises(StreamDeletedError):
         list(store.read("account", "a1"))
+
+
+def test_an_archiver_goes_on_once_postgresql_is_back_and_nothing_leaves_redis_before(
+        redis_client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    import threading
+
+    from kit import wait_for
+
+    proxy = Proxy(server_port(archive_url))
+    archive = PostgresArchive(proxy.url(archive_url), prefix=prefix, connect_timeout_s=2)
+    archive.init()
+    storage = RedisStorage(redis_client, prefix=prefix, archive=archive)
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_account(store, "a1", 30)
+    archiver = storage.archiver({}, HotWindow(events=10), batch=5)
+
+    proxy.close()  # PostgreSQL unreachable while archiving
+    with pytest.raises(ArchiveUnavailableError):
+        archiver.run_once()
+    store.scavenge()
+    assert storage.archived_marks("account") == {}
+    assert stored_in_redis(redis_client, store, "a1") == list(range(1, 31))
+
+    stop = threading.Event()
+    running = threading.Thread(target=archiver.run, args=(stop,),
+                               kwargs={"idle_s": 0.05, "max_backoff_s": 0.2})
+    running.start()
+    try:
+        proxy.reopen()
+        wait_for(lambda: storage.archived_marks("account") == {"a1": 20}, "the archiver")
+    finally:
+        stop.set()
+        running.join(timeout=30)
+    store.scavenge()
+    assert stored_in_redis(redis_client, store, "a1") == list(range(21, 31))
+    assert [e.event_number for e in store.read("account", "a1")] == list(range(1, 31))
+    archive.close()

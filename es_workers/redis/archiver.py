@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import redis
+
 from .. import metrics
+from ..errors import StorageUnavailableError
 from ..retention import HotWindow
 from .entries import flat_entries, xrange
 from .keys import RedisKeys, text
@@ -106,11 +109,22 @@ class RedisArchiver:
         self.owner = uuid.uuid4().hex
         self._script = Script(client, "archived")
 
-    def run(self, stop: threading.Event, *, idle_s: float = 1.0) -> None:
+    def run(self, stop: threading.Event, *, idle_s: float = 1.0,
+            max_backoff_s: float = 30.0) -> None:
         """Archives until `stop` (blocks): a pass over every partition it can lease, then
-        waits `idle_s` when a pass found nothing to do."""
+        waits `idle_s` when a pass found nothing to do. When Redis or the archive cannot
+        be reached it logs why and tries again, waiting longer each time (up to
+        `max_backoff_s`): a failed batch moved no mark, so nothing is lost."""
+        backoff = idle_s
         while not stop.is_set():
-            done = self.run_once()
+            try:
+                done = self.run_once()
+            except (StorageUnavailableError, redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("archiving failed, trying again in %.0f s: %s", backoff, error)
+                stop.wait(backoff)
+                backoff = min(max_backoff_s, backoff * 2)
+                continue
+            backoff = idle_s
             if done.events:
                 log.info("archived %d events of %d entities", done.events, done.entities)
             else:
