@@ -1001,6 +1001,7 @@ def archive(
                                         batch=settings.archive_batch, lease_ms=lease_ms)
             if once:
                 done = archiver.run_once()
+                archiver.release()
                 out.print(f"archived {done.events} events of {done.entities} entities")
                 return
             if settings.metrics_port is not None:  # es_archived_total

@@ -66,7 +66,9 @@ def write_account(store: Store, entity_id: str, count: int, per_write: int = 3) 
 def archive_and_scavenge(store: Store, window: HotWindow, batch: int = 7) -> None:
     storage = store.storage
     assert isinstance(storage, RedisStorage)
-    storage.archiver({}, window, batch=batch).run_once()
+    archiver = storage.archiver({}, window, batch=batch)
+    archiver.run_once()
+    archiver.release()
     store.scavenge()
 
 
@@ -168,12 +170,15 @@ def test_archiving_twice_stores_each_event_once(
     storage = store.storage
     assert isinstance(storage, RedisStorage)
     counted = REGISTRY.get_sample_value("es_archived_total", {"entity_type": "account"}) or 0
-    first = storage.archiver({}, HotWindow(events=10)).run_once()
+    archiver = storage.archiver({}, HotWindow(events=10))
+    first = archiver.run_once()
+    archiver.release()
     # As an archiver killed after its insert and before its marks moved: copied again.
     storage.client.delete(storage.keys.archived("account", storage.keys.partition(
         "account", "a1")))
-    again = storage.archiver({}, HotWindow(events=10)).run_once()
-    assert (first.events, again.events) == (20, 0)
+    again_archiver = storage.archiver({}, HotWindow(events=10))
+    again = again_archiver.run_once()
+    assert (first.events, again.events, again.entities) == (20, 0, 1)  # copied, not stored
     assert REGISTRY.get_sample_value("es_archived_total",
                                      {"entity_type": "account"}) == counted + 20
     assert archive.counts() == {"account": (20, pytest.approx(archive.counts()["account"][1]))}
@@ -323,18 +328,23 @@ async def test_an_async_store_reads_archived_events_through_the_archive(
         delete_prefix(client, prefix)
 
 
-def test_a_tombstoned_entity_is_removed_from_redis_with_an_archive_too(
-        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+def test_a_tombstoned_entity_is_removed_from_redis_and_from_the_archive(
+        archived_store: Callable[..., Store], redis_client: redis.Redis,
+        archive: PostgresArchive) -> None:
     from es_workers import StreamDeletedError
 
     store = archived_store()
     write_account(store, "a1", 30)
     archive_and_scavenge(store, HotWindow(events=10))
+    write_account(store, "a2", 30)
+    archive_and_scavenge(store, HotWindow(events=10))
     store.tombstone("account", "a1")
-    store.scavenge()
+    archive_and_scavenge(store, HotWindow(events=10))  # the tombstone reaches the archive
     assert stored_in_redis(redis_client, store, "a1") == []
     with pytest.raises(StreamDeletedError):
         list(store.read("account", "a1"))
+    assert archive.counts()["account"][0] == 20  # a2's
+    assert store.storage.archived_marks("account") == {"a2": 20}  # type: ignore[attr-defined]
 
 
 def test_an_archiver_goes_on_once_postgresql_is_back_and_nothing_leaves_redis_before(
@@ -372,3 +382,20 @@ def test_an_archiver_goes_on_once_postgresql_is_back_and_nothing_leaves_redis_be
     assert stored_in_redis(redis_client, store, "a1") == list(range(21, 31))
     assert [e.event_number for e in store.read("account", "a1")] == list(range(1, 31))
     archive.close()
+
+
+def test_archivers_share_the_partitions_by_leases(
+        archived_store: Callable[..., Store]) -> None:
+    store = archived_store()
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    first = storage.archiver({}, HotWindow(events=25), lease_ms=60_000)
+    second = storage.archiver({}, HotWindow(events=10), lease_ms=60_000)
+    assert first.run_once().events == 5
+    assert second.run_once().events == 0  # every partition is the first one's
+    assert storage.archived_marks("account") == {"a1": 5}
+    first.release()
+    assert second.run_once().events == 15
+    assert storage.archived_marks("account") == {"a1": 20}
+    second.release()

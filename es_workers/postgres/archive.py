@@ -138,6 +138,15 @@ class PostgresArchive:
                 "GROUP BY entity_type").format(self._name)).fetchall()
         return {str(t): (int(n), int(size)) for t, n, size in rows}
 
+    def delete_entity(self, entity_type: str, entity_id: str) -> int:
+        """Deletes the entity's archived events (a tombstone); returns how many."""
+        with self._using(f"deleting {entity_type} {entity_id!r}") as connection:
+            self._ready(connection)
+            cursor = connection.execute(sql.SQL(
+                "DELETE FROM {} WHERE entity_type = %s AND entity_id = %s").format(self._name),
+                [entity_type, entity_id])
+            return max(0, cursor.rowcount)
+
     def close(self) -> None:
         with self._lock:
             self._drop()

@@ -52,6 +52,8 @@ class Archive(Protocol):
 
     def counts(self) -> dict[str, tuple[int, int]]: ...
 
+    def delete_entity(self, entity_type: str, entity_id: str) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -129,6 +131,7 @@ class RedisArchiver:
                 log.info("archived %d events of %d entities", done.events, done.entities)
             else:
                 stop.wait(idle_s)
+        self.release()
 
     def run_once(self) -> Archived:
         """One pass over the partitions this archiver holds (or takes) the lease of."""
@@ -139,6 +142,13 @@ class RedisArchiver:
             for entity_type in self.entity_types:
                 done += self._archive(entity_type, partition)
         return done
+
+    def release(self) -> None:
+        """Gives up the leases this archiver holds (another may take them at once)."""
+        for partition in range(self.keys.partitions):
+            key = self.keys.archiver(partition)
+            if text(self.client.get(key) or b"") == self.owner:
+                self.client.delete(key)  # a race with its expiry only costs duplicate work
 
     def _lease(self, partition: int) -> bool:
         key = self.keys.archiver(partition)
@@ -162,7 +172,23 @@ class RedisArchiver:
                 done += self._page(entity_type, partition, window, page, pending)
                 page = []
         done += self._page(entity_type, partition, window, page, pending)
-        return done + self._flush(entity_type, partition, pending)
+        done += self._flush(entity_type, partition, pending)
+        self._delete_tombstoned(entity_type, partition)
+        return done
+
+    def _delete_tombstoned(self, entity_type: str, partition: int) -> None:
+        """Deletes the archived events of the partition's tombstoned entities, then their
+        marks (a tombstoned entity is never archived again, so this runs once each)."""
+        truncated = self.keys.truncated(entity_type, partition)
+        gone = [text(field) for field, value in self.client.hscan_iter(truncated, count=500)
+                if text(value).endswith(" tombstone")]
+        if not gone:
+            return
+        archived = self.keys.archived(entity_type, partition)
+        for entity_id, mark in zip(gone, self.client.hmget(archived, gone), strict=True):
+            if mark is not None:
+                self.archive.delete_entity(entity_type, entity_id)
+                self.client.hdel(archived, entity_id)
 
     def _page(self, entity_type: str, partition: int, window: HotWindow,
               page: list[tuple[str, int]], pending: _Pending) -> Archived:
@@ -170,12 +196,15 @@ class RedisArchiver:
         `batch` events."""
         if not page:
             return Archived()
-        marks = self.client.hmget(self.keys.archived(entity_type, partition),
-                                  [entity_id for entity_id, _ in page])
+        ids = [entity_id for entity_id, _ in page]
+        marks = self.client.hmget(self.keys.archived(entity_type, partition), ids)
+        truncations = self.client.hmget(self.keys.truncated(entity_type, partition), ids)
         cutoff = (int((datetime.now(UTC) - window.age).timestamp() * 1_000_000)
                   if window.age is not None else None)
         done = Archived()
-        for (entity_id, head), mark in zip(page, marks, strict=True):
+        for (entity_id, head), mark, truncation in zip(page, marks, truncations, strict=True):
+            if truncation is not None and text(truncation).endswith(" tombstone"):
+                continue  # deleted for good: its archived events go (_delete_tombstoned)
             upto, first_id = archived_mark(mark)
             by_count = window.archive_up_to(head) if window.events is not None else 0
             last = head - 1 if cutoff is not None else by_count
