@@ -235,6 +235,11 @@ def test_without_postgresql_an_archived_read_fails_naming_it_and_hot_reads_work(
     assert "archive" in str(raised.value) and f":{proxy.port}/" in str(raised.value)
     with pytest.raises(ArchiveUnavailableError):
         list(store.read_all())
+    from es_workers import admin
+
+    [row] = admin.status(store).archive  # the rest of the status still shows
+    assert (row.archived_events, row.archived_marked) == (None, 20)
+    assert row.error is not None and "archive" in row.error
     # What is still hot reads without the archive, and writes go on.
     assert [e.event_number for e in store.read("account", "a1", 25)] == list(range(26, 31))
     with store.open_from("account", "a1", 30) as stream:
