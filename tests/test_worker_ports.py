@@ -88,8 +88,8 @@ def test_the_bus_delivers_through_any_storage_that_keeps_subscriber_state(prefix
     broker = StubBroker()
     broker.emit_after("process_boot")
     bus = DramatiqEventBus(broker)
-    store = Store(Delegating(RedisStorage(real_redis(), prefix=prefix)), bus=bus,  # type: ignore[arg-type]
-                  events=ACCOUNT_EVENTS)
+    storage = Delegating(RedisStorage(real_redis(), prefix=prefix))
+    store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
     handled: list[tuple[str, int]] = []
     store.subscribe("account", "balances", lambda event: handled.append(
         (event.entity_id, event.event_number)))
