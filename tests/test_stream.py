@@ -12,7 +12,7 @@ from conftest import ALL_STORAGES, Deposited, Opened, Withdrawn
 
 from es_workers import ConcurrencyError, EsError, Event, StreamNotReadError
 from es_workers.ids import new_ids
-from es_workers.store import Store
+from es_workers import Store
 
 pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 
