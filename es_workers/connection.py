@@ -116,9 +116,9 @@ def refusal(name: str) -> str:
     """Why the URL's query option `name` is refused, and what to do instead."""
     covered = SETTING_OF.get(name)
     if covered is not None:
-        return (f"the URL's option {name!r} is not taken: set {env_name(covered)} "
+        return (f"the URL's option {name} is not taken: set {env_name(covered)} "
                 "(the same for every client)")
-    return (f"the URL's option {name!r} is not taken: the redis-py and redis.asyncio "
+    return (f"the URL's option {name} is not taken: the redis-py and redis.asyncio "
             f"clients are built alike, from these options only: "
             f"{', '.join(sorted(URL_OPTIONS))} (timeouts and retries are settings)")
 
