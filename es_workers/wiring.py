@@ -1,5 +1,8 @@
-"""Wiring: turns settings into the parts of a Store (Redis client, RedisStorage, Dramatiq
-broker, DramatiqEventBus), in one place. `Store.from_settings` calls `build_parts`.
+"""Wiring: turns settings into the parts of a Store (Redis clients, RedisStorage,
+AsyncRedisStorage, Dramatiq broker, DramatiqEventBus), in one place: with `settings`,
+`connection` and `app`, the composition root. `Store.from_settings` (es_workers.app) calls
+`build_parts`, `AsyncStore.from_settings` `build_async_storage`; every Redis client comes
+from the one connection spec (`connection.RedisConnection`).
 
 Reading settings, reaching Redis and checking the stored partitions all happen here, so a
 misconfigured process fails at start-up with a message naming the setting.
