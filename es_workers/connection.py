@@ -148,6 +148,12 @@ def redis_backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
 
 
+def _cluster(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` for a RedisCluster client: redis-py's drops `health_check_interval` (its
+    nodes' connections never take it), so the asyncio one goes without it too."""
+    return {name: value for name, value in options.items() if name != "health_check_interval"}
+
+
 @dataclass(frozen=True)
 class RedisConnection:
     """Where a Redis is and how to talk to it; `sync_client()` and `async_client()` build
@@ -225,27 +231,46 @@ class RedisConnection:
         return {name: value for name, value in found.items() if value is not None}
 
     def on_cluster(self) -> bool:
-        """Whether the server is a Redis Cluster (`redis_cluster`; auto: ask it)."""
+        """Whether the server is a Redis Cluster (`redis_cluster`; auto: ask it). With
+        `redis_cluster=true`, a server that answers it is not one is refused here, for
+        both halves alike (redis-py would find out as it is built, redis.asyncio at its
+        first command), as is a database other than 0 (a cluster has only that one)."""
         if self.url is None or self.cluster == "false":
             return False
-        return self.cluster == "true" or self.cluster_enabled()
+        found = self.cluster_enabled()
+        if self.cluster == "true" and found is False:
+            raise self._not_a_cluster("its INFO says cluster_enabled:0")
+        if not (found or self.cluster == "true"):
+            return False
+        parts = urlsplit(self.url)
+        path_db = parts.path.strip("/") if parts.scheme != "unix" else ""
+        if (path_db or "0") != "0" or dict(parse_qsl(parts.query)).get("db", "0") != "0":
+            raise ConfigurationError(
+                f"{env_name(self.setting)} names a database other than 0 on a Redis "
+                "Cluster, which has database 0 only: drop it from the URL")
+        return True
 
-    def cluster_enabled(self) -> bool:
-        """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so). One
-        that does not answer, or denies INFO to an ACL user, is taken for one Redis."""
+    def cluster_enabled(self) -> bool | None:
+        """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so);
+        None if it does not answer, or denies INFO to an ACL user (`redis_cluster=true`
+        then says it is one; auto takes it for one Redis)."""
         assert self.url is not None
-        with redis.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout_s,
+        parts = urlsplit(self.url)  # database 0: a cluster node refuses SELECT
+        login = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "db"])
+        url = parts._replace(path="/0", query=login).geturl() if parts.scheme != "unix" else self.url
+        with redis.Redis.from_url(url, socket_connect_timeout=self.connect_timeout_s,
                                   socket_timeout=self.timeout_s, **self.options,
                                   **self.credentials()) as probe:
             try:
                 return bool(probe.info("cluster").get("cluster_enabled"))
             except redis.ResponseError as error:  # INFO may be denied to an ACL user
-                log.info("cannot ask %s whether it is a cluster (%s): taking it for one "
-                         "Redis; set %s=true if it is", redact_url(self.url), error,
-                         env_name("redis_cluster"))
-                return False
+                if self.cluster != "true":
+                    log.info("cannot ask %s whether it is a cluster (%s): taking it for one "
+                             "Redis; set %s=true if it is", redact_url(self.url), error,
+                             env_name("redis_cluster"))
+                return None
             except redis.RedisError:  # unreachable: the storage reports it, naming the server
-                return False
+                return None
 
     def sync_client(self) -> redis.Redis | RedisCluster:
         """The redis-py client: Sentinel's primary (it follows a failover), a RedisCluster,
@@ -262,7 +287,7 @@ class RedisConnection:
         options = {**self.client_options(), **self.options, **self.credentials()}
         if self.on_cluster():
             try:
-                return RedisCluster.from_url(self.url, **options)
+                return RedisCluster.from_url(self.url, **_cluster(options))
             except redis.exceptions.RedisClusterException as error:
                 raise self._not_a_cluster(error) from None
         return redis.Redis.from_url(self.url, **options)
@@ -282,7 +307,7 @@ class RedisConnection:
                    **self.credentials()}
         if self.on_cluster():
             try:
-                return redis.asyncio.RedisCluster.from_url(self.url, **options)
+                return redis.asyncio.RedisCluster.from_url(self.url, **_cluster(options))
             except redis.exceptions.RedisClusterException as error:
                 raise self._not_a_cluster(error) from None
         return redis.asyncio.Redis.from_url(self.url, **options)
@@ -298,7 +323,7 @@ class RedisConnection:
         )
         return sentinel.master_for(self.sentinel_master, db=self.db, **self.credentials())
 
-    def _not_a_cluster(self, error: Exception) -> ConfigurationError:
+    def _not_a_cluster(self, error: Exception | str) -> ConfigurationError:
         return ConfigurationError(
             f"{env_name(self.setting)}={redact_url(self.url)!r} does not answer as a Redis "
             f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"

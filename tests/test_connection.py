@@ -6,6 +6,7 @@ and `from_settings`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT_EVENTS, Opened, delete_prefix
+import redis.asyncio
+from conftest import ACCOUNT_EVENTS, REDIS_URL, Opened, delete_prefix
 from halves import client_from, close, store_from_settings
-from servers import AclUser, RedisSentinelServers
+from redis.cluster import RedisCluster
+from servers import AclUser, RedisClusterServers, RedisSentinelServers
 
 import es_workers
 from es_workers import (
@@ -235,3 +238,59 @@ def test_both_halves_from_sentinel_settings_write_to_the_primary_the_sentinels_n
         on_primary = Store(RedisStorage(client, prefix=settings.prefix), events=ACCOUNT_EVENTS)
         assert [e.event_number for e in on_primary.read("account", "a1")] == [1]
         delete_prefix(client, settings.prefix)
+
+
+def test_redis_cluster_true_on_one_redis_is_refused_by_both_halves_alike(half: str) -> None:
+    """redis-py finds out as its client is built, redis.asyncio only at its first command:
+    the spec asks the server first, for both."""
+    from conftest import real_redis
+
+    real_redis().close()  # fails under ES_REQUIRE_REDIS=1 if it is down
+    url = REDIS_URL.rsplit("/", 1)[0] + "/0"  # INFO only: no key is read or written
+    with pytest.raises(ConfigurationError, match="does not answer as a Redis Cluster \\(its "
+                                                 "INFO says cluster_enabled:0\\); with one "
+                                                 "Redis set ES_REDIS_CLUSTER=auto or false"):
+        client_from(half, Settings(redis_url=url, redis_cluster="true"))
+
+
+@pytest.mark.servers
+def test_both_halves_build_a_cluster_client_with_the_same_options(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    settings = Settings(redis_url=f"{redis_cluster.urls[1]}?client_name=bank",
+                        redis_connect_timeout_ms=250, redis_timeout_ms=1500)
+    def off_is_0(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The options that matter; no health check (redis-py's RedisCluster drops it)
+        whether it says None or 0."""
+        found = {name: kwargs.get(name) for name in ("client_name", "socket_connect_timeout",
+                                                     "socket_timeout")}
+        return {**found, "health_check_interval": kwargs.get("health_check_interval") or 0}
+
+    async def async_options() -> dict[str, Any]:
+        client = client_from("async", settings)
+        assert isinstance(client, redis.asyncio.RedisCluster)
+        try:
+            await client.initialize()
+            return off_is_0(client.get_default_node().connection_kwargs)
+        finally:
+            await client.aclose()
+
+    sync_client = client_from("sync", settings)
+    try:
+        assert isinstance(sync_client, RedisCluster)
+        pool = sync_client.get_default_node().redis_connection.connection_pool
+        found_sync = off_is_0(pool.connection_kwargs)
+    finally:
+        sync_client.close()
+    assert found_sync == {"client_name": "bank", "socket_connect_timeout": 0.25,
+                          "socket_timeout": 1.5, "health_check_interval": 0}
+    assert asyncio.run(async_options()) == found_sync
+
+
+@pytest.mark.servers
+def test_a_cluster_with_a_database_other_than_0_is_refused_by_both_halves(
+    half: str, redis_cluster: RedisClusterServers
+) -> None:
+    settings = Settings(redis_url=redis_cluster.urls[0].rsplit("/", 1)[0] + "/2")
+    with pytest.raises(ConfigurationError, match="a database other than 0 on a Redis Cluster"):
+        client_from(half, settings)
