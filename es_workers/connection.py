@@ -255,9 +255,10 @@ class RedisConnection:
         None if it does not answer, or denies INFO to an ACL user (`redis_cluster=true`
         then says it is one; auto takes it for one Redis)."""
         assert self.url is not None
-        parts = urlsplit(self.url)  # database 0: a cluster node refuses SELECT
-        login = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "db"])
-        url = parts._replace(path="/0", query=login).geturl() if parts.scheme != "unix" else self.url
+        parts, url = urlsplit(self.url), self.url
+        if parts.scheme != "unix":  # database 0: a cluster node refuses SELECT
+            login = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "db"])
+            url = parts._replace(path="/0", query=login).geturl()
         with redis.Redis.from_url(url, socket_connect_timeout=self.connect_timeout_s,
                                   socket_timeout=self.timeout_s, **self.options,
                                   **self.credentials()) as probe:
