@@ -647,6 +647,46 @@ def subscriptions_of(bus: Subscriptions, entity_types: Iterable[str]) -> dict[st
     return found
 
 
+@runtime_checkable
+class ProgressStorage(Protocol):
+    """A storage that keeps the checkpoints of a NotifyingEventBus's subscribers and so
+    knows how far they got (RedisStorage: its subscriber state)."""
+
+    @property
+    def state(self) -> Progress:
+        """Where the subscribers' checkpoints are kept."""
+        ...
+
+
+@runtime_checkable
+class AsyncProgress(Protocol):
+    """`Progress` awaited: what `AsyncStore.wait_for` asks of an async storage's state."""
+
+    async def wait_handled_async(self, subscriber_ids: Sequence[str], entity_type: str,
+                                 entity_id: str, event_number: int, timeout: float) -> None:
+        """`Progress.wait_handled`, awaited."""
+        ...
+
+
+@runtime_checkable
+class AsyncProgressStorage(Protocol):
+    """An async storage that reaches the subscribers' checkpoints (AsyncRedisStorage)."""
+
+    async def subscriber_state(self) -> AsyncProgress:
+        """The subscribers' state on this storage's client."""
+        ...
+
+
+@runtime_checkable
+class AsyncOpening(Protocol):
+    """An async storage with start-up work (AsyncRedisStorage: read its partitions, check
+    the server), done by `async with AsyncStore(...)` rather than at the first write."""
+
+    async def open(self) -> object:
+        """Does the start-up work; raises what makes the storage unusable."""
+        ...
+
+
 def snapshot_storage(storage: object) -> SnapshotStorage:
     """The storage, if it keeps snapshots (ConfigurationError otherwise)."""
     if not isinstance(storage, SnapshotStorage):
