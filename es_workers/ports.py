@@ -185,10 +185,19 @@ class RetainingStorage(Protocol):
         back); ValueError beyond the head + 1."""
         ...
 
-    def tombstone(self, entity_type: str, entity_id: str) -> None:
+    def tombstone(self, entity_type: str, entity_id: str) -> int:
         """The entity is gone for good: reads and writes raise StreamDeletedError (checked
         where the append is), it leaves `entity_ids`, its snapshots are deleted; its stored
-        events stay until every subscriber handled them."""
+        events stay until every subscriber handled them. Returns the entity's head, -1 when
+        it was tombstoned already."""
+        ...
+
+    def delete(self, entity_type: str, entity_id: str) -> int:
+        """Soft delete: reads see no events (a read from before them goes on after them,
+        see `upgrade.StoredEvents`), it leaves `entity_ids` until written again, after its
+        old numbers; its snapshots are deleted, its stored events stay until every
+        subscriber handled them. Returns the entity's head, -1 when there was nothing to
+        delete (no events, or tombstoned)."""
         ...
 
     def retain(self, entity_type: str, retention: Retention) -> None:
@@ -210,7 +219,9 @@ class AsyncRetainingStorage(Protocol):
     async def truncate_before(self, entity_type: str, entity_id: str,
                               event_number: int) -> int: ...
 
-    async def tombstone(self, entity_type: str, entity_id: str) -> None: ...
+    async def tombstone(self, entity_type: str, entity_id: str) -> int: ...
+
+    async def delete(self, entity_type: str, entity_id: str) -> int: ...
 
 
 @runtime_checkable

@@ -19,12 +19,15 @@ from pydantic import BaseModel
 
 from es_workers import (
     ConcurrencyError,
+    EntityDeleted,
+    EntityTombstoned,
     RedisStorage,
     Retention,
     Store,
     StreamDeletedError,
     TruncatedError,
 )
+from es_workers.removal import REMOVED_TYPE
 from es_workers.retention import Scavenged
 
 
@@ -286,4 +289,87 @@ def test_a_tombstoned_entity_is_scavenged_once_subscribers_handled_it(
     assert (store.scavenge().events, store.scavenge().events) == (3, 0)
     with pytest.raises(StreamDeletedError):
         numbers(store, "a", 0)
-    assert list(store.read_all()) == []  # the log leaves out the removed events
+    # the log leaves out the removed events
+    assert list(store.read_all(entity_types=["account"])) == []
+
+
+# -- Soft delete -----------------------------------------------------------------------------
+
+
+def test_a_deleted_entity_reads_empty_and_a_later_write_starts_it_again_after_its_numbers(
+        half_store: AnyStore) -> None:
+    append(half_store, "a", 0, 3)
+    append(half_store, "b", 0, 1)
+    half_store.save_snapshot("account", "a", Balance(amount=3), event_number=3)
+    first = next(iter(half_store.read("account", "a"))).store_entity_id
+
+    half_store.delete("account", "a")
+
+    assert numbers(half_store, "a", 0) == numbers(half_store, "a", 2) == []
+    assert numbers(half_store, "a", 3) == []
+    assert half_store.entity_ids("account") == (["b"], None)
+    assert half_store.load_snapshot("account", "a", Balance) is None
+    with half_store.open("account", "a") as blind, pytest.raises(ConcurrencyError):
+        blind.write(Deposited(amount=1))  # not read: event 1 is taken
+    with half_store.open("account", "a") as stream:
+        assert list(stream.all()) == [] and stream.position == 3
+        stream.write(Deposited(amount=4), Deposited(amount=5))
+    events = list(half_store.read("account", "a"))
+    assert [e.event_number for e in events] == [4, 5]
+    assert {e.store_entity_id for e in events} == {first}  # the same entity, again
+    assert sorted(half_store.entity_ids("account")[0]) == ["a", "b"]
+    assert append(half_store, "a", 5, 1) == 6  # numbering and the check go on
+
+    half_store.delete("account", "never-written")  # nothing to delete: nothing happens
+    assert numbers(half_store, "never-written", 0) == []
+    half_store.tombstone("account", "b")
+    half_store.delete("account", "b")  # a tombstone stays a tombstone
+    with pytest.raises(StreamDeletedError):
+        numbers(half_store, "b", 0)
+
+
+def test_a_deleted_entity_with_many_stored_events_reads_what_came_after(
+        half_store: AnyStore) -> None:
+    """More stored events than one read page (1,000): the read skips them all."""
+    append(half_store, "a", 0, 1500)
+    half_store.delete("account", "a")
+    assert append(half_store, "a", 1500, 2) == 1502
+    assert numbers(half_store, "a", 0) == [1501, 1502]
+
+
+def test_deletes_and_tombstones_are_recorded_as_notices(half_store: AnyStore) -> None:
+    append(half_store, "a", 0, 2)
+    append(half_store, "b", 0, 1)
+    half_store.delete("account", "a")
+    half_store.delete("account", "never-written")  # nothing deleted: no notice
+    half_store.tombstone("account", "b")
+    half_store.tombstone("account", "b")  # idempotent: one notice
+
+    notices = list(half_store.read(REMOVED_TYPE, "account"))
+    assert [e.content for e in notices] == [EntityDeleted(entity_id="a", event_number=2),
+                                            EntityTombstoned(entity_id="b", event_number=1)]
+
+
+def test_a_subscriber_is_told_of_a_delete_and_the_events_go_once_every_one_handled_them(
+        fast_storage: RedisStorage, broker: dramatiq.Broker) -> None:
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    seen, told = Recorder(), Recorder()
+    store = delivery.store
+    store.subscribe("account", "seen", seen)
+    store.subscribe(REMOVED_TYPE, "told", told)
+    try:
+        append(store, "a", 0, 3)
+        store.delete("account", "a")
+        assert store.scavenge() == Scavenged()  # "seen" has handled none of them yet
+
+        delivery.start_worker()
+        delivery.start_publisher()
+        store.wait_for("account", "a", 3, timeout=30)
+        store.wait_for(REMOVED_TYPE, "account", 1, timeout=30)
+        assert store.scavenge().events == 3
+    finally:
+        delivery.stop()
+    assert [n for _, n in seen.calls] == [1, 2, 3]
+    assert told.calls == [("account", 1)]
+    assert numbers(store, "a", 0) == []
+    assert append(store, "a", 3, 1) == 4 and numbers(store, "a", 0) == [4]

@@ -22,10 +22,12 @@ from ..ports import Bus
 from ..position import Position, trim_from
 from ..retention import Retention, Scavenged
 from ..snapshot import StoredSnapshot
-from ..upgrade import Reader
+from ..upgrade import Reader, StoredEvents
 from .cluster import is_cluster
 from .durability import Durability
 from .entries import (
+    DELETED_MARK,
+    TOMBSTONED_MARK,
     EntityKeys,
     EntityPages,
     append_args,
@@ -49,9 +51,10 @@ from .snapshots import (
     check_saved,
     check_truncated,
     loaded,
+    remove_keys,
+    removed,
     snapshot_args,
     snapshot_keys,
-    tombstone_keys,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -116,7 +119,7 @@ class RedisStorage:
         self.append_script = Script(client, "append")
         self._snapshot_script = Script(client, "snapshot")
         self._truncate_script = Script(client, "truncate")
-        self._tombstone_script = Script(client, "tombstone")
+        self._remove_script = Script(client, "remove")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -188,7 +191,7 @@ class RedisStorage:
         pages.kept_only = kept_only
         # The pages' events are chained in C: one generator layer per event less (~5% of
         # hydrating).
-        return chain.from_iterable(self._pages(pages))
+        return StoredEvents(chain.from_iterable(self._pages(pages)), pages)
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
@@ -301,11 +304,21 @@ class RedisStorage:
             reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
         return check_truncated(entity_type, entity_id, event_number, reply)
 
-    def tombstone(self, entity_type: str, entity_id: str) -> None:
-        """The entity is gone for good (see tombstone.lua)."""
-        keys = tombstone_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
-        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
-            self._tombstone_script(keys=keys, args=[entity_id])
+    def tombstone(self, entity_type: str, entity_id: str) -> int:
+        """The entity is gone for good (see remove.lua); returns its head, or -1 when it
+        was tombstoned already."""
+        return self._remove(entity_type, entity_id, TOMBSTONED_MARK)
+
+    def delete(self, entity_type: str, entity_id: str) -> int:
+        """The entity reads as empty until written again (see remove.lua); returns its
+        head (the last deleted event), or -1 when there was nothing to delete."""
+        return self._remove(entity_type, entity_id, DELETED_MARK)
+
+    def _remove(self, entity_type: str, entity_id: str, mark: str) -> int:
+        keys = remove_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
+        with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
+                        writing=True):
+            return removed(self._remove_script(keys=keys, args=[entity_id, mark]))
 
     def _check_names(self, entity_type: str, entity_id: str) -> str:
         self._entity_keys(entity_type, entity_id)  # checks both names
