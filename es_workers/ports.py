@@ -141,9 +141,10 @@ class LogStorage(Storage, Protocol):
         """Records the log numbers the named follower has done, per partition."""
         ...
 
-    def trim_logs(self, keep: int) -> int:
-        """Keeps each log's last `keep` events and what a follower has not done (on Redis the
-        whole write that holds the first kept); returns how many log entries it removed."""
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """Keeps at least each log's last `keep` events or those of its last `keep_for_ms`
+        milliseconds (by event time), and what a follower has not done (on Redis the whole
+        write that holds the first kept); returns how many log entries it removed."""
         ...
 
 

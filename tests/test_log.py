@@ -232,6 +232,36 @@ def test_trimming_keeps_what_a_named_follower_has_not_done(one_partition: Store)
 
 
 @ONE_PARTITION
+def test_trimming_by_time_keeps_at_least_what_is_younger_or_the_last_n(
+        one_partition: Store) -> None:
+    store = one_partition
+    storage = store.storage
+    assert isinstance(storage, RedisStorage | InMemoryStorage)
+    write_accounts(store, "a", "b")  # positions 1..4, older than `middle`
+    time.sleep(0.05)
+    middle = time.time()
+    time.sleep(0.05)
+    young = write_accounts(store, "c")  # 5, 6
+
+    def since_middle_ms() -> int:
+        return int((time.time() - middle) * 1000)
+
+    assert storage.trim_logs(keep=4, keep_for_ms=since_middle_ms()) > 0  # the last 4 kept
+    with pytest.raises(TruncatedError) as raised:
+        list(store.read_all())
+    assert raised.value.first_kept == Position(0, 3)
+    assert storage.trim_logs(keep_for_ms=10_000_000) == 0  # all young: nothing goes
+    assert storage.trim_logs(keep_for_ms=since_middle_ms()) > 0  # b's write is older
+    with pytest.raises(TruncatedError) as raised:
+        list(store.read_all())
+    assert raised.value.first_kept == Position(0, 5)
+    assert [e.position for e in store.read_all(after=Position(0, 4))] == young
+    assert write_accounts(store, "d") == [Position(0, 7), Position(0, 8)]  # never reused
+    with pytest.raises(ValueError, match="keep"):
+        storage.trim_logs()
+
+
+@ONE_PARTITION
 def test_wait_for_takes_a_position(one_partition: Store) -> None:
     store = one_partition
     seen: list[Event] = []

@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
@@ -18,7 +18,7 @@ from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
-from ..position import Position, partition_of, trim_from
+from ..position import Position, check_log_keep, partition_of, trim_from
 from ..retention import Retention, Scavenged, first_kept_by_count
 from ..retention import beyond_head as truncated_beyond_head
 from ..snapshot import StoredSnapshot, beyond_head, not_stored
@@ -338,9 +338,12 @@ class InMemoryStorage:
         with self._lock:
             self._followers.setdefault(name, {}).update(done)
 
-    def trim_logs(self, keep: int) -> int:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """As RedisStorage's: at least the last `keep` events or those of the last
+        `keep_for_ms` milliseconds, and what a follower has not done."""
+        check_log_keep(keep, keep_for_ms)
+        cutoff = None if keep_for_ms is None else (
+            datetime.now(UTC) - timedelta(milliseconds=keep_for_ms))
         removed = 0
         with self._lock:
             for partition, log in enumerate(self._logs):
@@ -348,12 +351,20 @@ class InMemoryStorage:
                     continue
                 trimmed = self._trimmed[partition]
                 done = [d[partition] for d in self._followers.values() if partition in d]
-                first = trim_from(trimmed + len(log), keep, done)
+                young = None if cutoff is None else trimmed + 1 + next(
+                    (i for i, entry in enumerate(log) if self._young(entry, cutoff)), len(log))
+                first = trim_from(trimmed + len(log), keep or 1, done, young)
                 drop = max(0, first - 1 - trimmed)
                 del log[:drop]
                 self._trimmed[partition] += drop
                 removed += drop
         return removed
+
+    def _young(self, entry: tuple[str, str, int], cutoff: datetime) -> bool:
+        """Whether the logged event is not older than `cutoff` (a removed one is old)."""
+        entity_type, entity_id, number = entry
+        record = self._streams[entity_type, entity_id][number - 1]
+        return record is not None and record.event_time >= cutoff
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:

@@ -19,7 +19,7 @@ from ..errors import CorruptEventError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
-from ..position import Position, trim_from
+from ..position import Position, check_log_keep, trim_from
 from ..retention import Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader, StoredEvents
@@ -414,13 +414,15 @@ class RedisStorage:
         with translated(self.server, f"recording follower {name!r}", writing=True):
             pipe.execute()
 
-    def trim_logs(self, keep: int) -> int:
-        """Trims each partition's log to its last `keep` events (and the rest of the write
-        holding the first of them), never past what a follower recorded as done; returns the
-        number of log entries removed (one per write). The numbering goes on after a trim
-        (a stream's last ID survives XTRIM)."""
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """Trims each partition's log, keeping at least its last `keep` events or those of
+        the last `keep_for_ms` milliseconds (by event time), whichever keeps more (and the
+        rest of the write holding the first of them), never past what a follower recorded
+        as done; returns the number of log entries removed (one per write). The numbering
+        goes on after a trim (a stream's last ID survives XTRIM)."""
+        check_log_keep(keep, keep_for_ms)
+        cutoff = None if keep_for_ms is None else int(
+            (time.time() * 1000 - keep_for_ms) * 1000)  # event times are in microseconds
         removed = 0
         for partition in range(self.partitions):
             key = self.keys.log(partition)
@@ -428,11 +430,40 @@ class RedisStorage:
                 newest: Any = self.client.xrevrange(key, "+", "-", count=1)
                 if not newest:
                     continue
+                last = log_number(newest[0][0])
                 followers = self.client.hvals(self.keys.followers(partition))
-                first = trim_from(log_number(newest[0][0]), keep, [int(v) for v in followers])
+                young = None if cutoff is None else self._first_young(
+                    key, last - (keep or 1) + 1, cutoff)
+                first = trim_from(last, keep or 1, [int(v) for v in followers], young)
                 removed += int(self.client.xtrim(key, minid=f"{first}-0", approximate=False))
         return removed
 
+    def _first_young(self, key: str, before: int, cutoff: int, page: int = 200,
+                     most: int = 10_000) -> int:
+        """The first log number of the oldest write whose events are not older than
+        `cutoff` (microseconds), among the log entries before number `before`; `before` if
+        none is (at most `most` entries are looked at: a trim leaves the rest to the next).
+        An event no longer stored (scavenged) counts as old."""
+        start, seen = "-", 0
+        while seen < most:
+            entries: Any = self.client.xrange(key, start, f"{before - 1}-0", count=page)
+            if not entries:
+                return before
+            pipe = self.client.pipeline(transaction=False)
+            pointers = []
+            for entry_id, fields in entries:
+                values = {text(k): text(v) for k, v in fields.items()}
+                first = log_number(entry_id) - int(values["c"]) + 1
+                pointers.append(first)
+                stream = self.keys.stream(values["type"], values["id"])
+                pipe.xrange(stream, f"{values['n']}-0", f"{values['n']}-0")
+            for first, found in zip(pointers, pipe.execute(), strict=True):
+                stored = found[0][1].get(b"t", found[0][1].get("t")) if found else None
+                if stored is not None and int(text(stored)) >= cutoff:
+                    return first
+            seen += len(entries)
+            start = f"({text(entries[-1][0])}"
+        return log_number(entries[-1][0]) + 1  # not looked at past there: kept
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:
         """Relays until `stop`; first refuses (ConfigurationError) if another app runs one of
