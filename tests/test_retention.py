@@ -26,7 +26,9 @@ from es_workers import (
     Store,
     StreamDeletedError,
     TruncatedError,
+    admin,
 )
+from es_workers.admin import Footprint
 from es_workers.removal import REMOVED_TYPE
 from es_workers.retention import Scavenged
 
@@ -211,9 +213,12 @@ def test_a_subscriber_added_after_the_scavenger_ran_starts_at_the_first_kept_eve
     try:
         append(delivery.store, "a", 6, 1)
         delivery.store.wait_for("account", "a", 7, timeout=30)
+        missed = {sub.subscriber_id: sub.missed_events
+                  for sub in admin.status(delivery.store).subscribers}
     finally:
         delivery.stop()
     assert [n for _, n in late.calls] == [5, 6, 7]
+    assert missed == {"late": 4}  # events 1-4: removed before it was added
 
 
 def test_the_publisher_scavenges_every_interval(fast_storage: RedisStorage,
@@ -373,3 +378,31 @@ def test_a_subscriber_is_told_of_a_delete_and_the_events_go_once_every_one_handl
     assert told.calls == [("account", 1)]
     assert numbers(store, "a", 0) == []
     assert append(store, "a", 3, 1) == 4 and numbers(store, "a", 0) == [4]
+
+
+def footprints(store: Store) -> dict[str, Footprint]:
+    return {found.entity_type: found for found in admin.status(store).footprints}
+
+
+def test_status_estimates_memory_per_entity_type_and_what_a_scavenge_would_free(
+        storage: RedisStorage, backend: str) -> None:
+    store = Store(storage, events=ACCOUNT_EVENTS, retention={"account": Retention(max_count=2)})
+    for entity_id in ("a", "b", "c", "d", "e"):
+        append(store, entity_id, 0, 10)
+    store.delete("account", "e")
+
+    before = footprints(store)["account"]
+    assert (before.entity_type, before.entities, before.removals) == ("account", 5, 1)
+    assert (before.stored_events, before.removable_events) == (50, 42)  # 4 x 8 + e's 10
+    if backend == "fakeredis":  # no MEMORY USAGE there: events only
+        assert before.memory_bytes is before.removable_bytes is None
+    else:
+        assert before.memory_bytes and before.removable_bytes
+        assert 0 < before.removable_bytes < before.memory_bytes
+
+    assert store.scavenge().events == 42
+    after = footprints(store)["account"]
+    assert (after.stored_events, after.removable_events) == (8, 0)
+    if backend != "fakeredis":
+        assert after.memory_bytes and before.memory_bytes
+        assert after.memory_bytes < before.memory_bytes

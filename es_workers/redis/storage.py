@@ -39,6 +39,7 @@ from .entries import (
     xrange,
 )
 from .failures import appending, server_name, translated
+from .footprint import Footprint, footprint
 from .heartbeats import Heartbeats
 from .keyring import RedisKeyStore
 from .keys import text
@@ -319,6 +320,13 @@ class RedisStorage:
         with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
                         writing=True):
             return removed(self._remove_script(keys=keys, args=[entity_id, mark]))
+
+    def footprint(self, entity_type: str, subscriber_ids: Sequence[str]) -> Footprint:
+        """The entity type's estimated memory and what a scavenge would free now, from a
+        sample of its entities (see `footprint.py`)."""
+        with translated(self.server, f"estimating the memory of {entity_type}"):
+            return footprint(self.client, self.keys, self.state, entity_type,
+                             self.retention.get(entity_type), subscriber_ids)
 
     def _check_names(self, entity_type: str, entity_id: str) -> str:
         self._entity_keys(entity_type, entity_id)  # checks both names
