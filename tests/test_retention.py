@@ -5,7 +5,7 @@ go on as before. On every storage, both halves."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -30,7 +30,7 @@ from es_workers import (
 )
 from es_workers.admin import Footprint
 from es_workers.removal import REMOVED_TYPE
-from es_workers.retention import Scavenged
+from es_workers.retention import KeepBound, Scavenged
 
 
 class Balance(BaseModel):
@@ -406,3 +406,30 @@ def test_status_estimates_memory_per_entity_type_and_what_a_scavenge_would_free(
     if backend != "fakeredis":
         assert after.memory_bytes and before.memory_bytes
         assert after.memory_bytes < before.memory_bytes
+
+
+class Unconfirmed:
+    """An archive that has confirmed each entity's events before `confirmed[entity_id]`."""
+
+    def __init__(self, confirmed: dict[str, int]) -> None:
+        self.confirmed = confirmed
+
+    def first_needed(self, entity_type: str, entity_ids: Sequence[str]) -> list[int]:
+        return [self.confirmed.get(entity_id, 1) for entity_id in entity_ids]
+
+
+def test_the_scavenger_keeps_what_a_keep_bound_still_needs(storage: RedisStorage) -> None:
+    """The port an archive holds the scavenger back with (guarantee 12)."""
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    append(store, "a", 0, 6)
+    append(store, "b", 0, 6)
+    store.truncate_before("account", "a", 6)
+    store.truncate_before("account", "b", 6)
+    archive = Unconfirmed({"a": 3})  # a: 1-2 confirmed; b: none
+    assert isinstance(archive, KeepBound)
+    storage.keep_bounds.append(archive)
+
+    assert store.scavenge().events == 2  # a's 1 and 2
+    archive.confirmed.update(a=6, b=4)
+    assert store.scavenge().events == 3 + 3  # a's 3-5, b's 1-3
+    assert [e.event_number for e in store.read("account", "b", 5)] == [6]

@@ -4,9 +4,11 @@ event a subscriber has not handled (guarantee 12).
 Per entity type and partition: first each entity's `Retention` becomes a truncation
 (truncate.lua, which never moves back); then the events of each truncated entity before
 both its first kept event and every subscriber's checkpoint are removed from its stream.
-Everything goes in bounded steps (`batch` entities per scan, `batch` entries per XTRIM), one
-command at a time: no script runs long, and appends go on meanwhile (they only add after
-the head; XTRIM MINID only removes before the number given). The entity's head and its
+`KeepBound`s (an archive's: the first event it has not confirmed) hold back removal the same
+way as checkpoints. Everything goes in bounded steps (`batch` entities per scan, `batch`
+entries per XTRIM), one command at a time: no script runs long, and appends go on
+meanwhile (they only add after the head; XTRIM MINID only removes before the number
+given). The entity's head and its
 stream's last ID stay, so numbering never changes.
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ..retention import Retention, Scavenged, first_kept_by_count, removable_before
+from ..retention import KeepBound, Retention, Scavenged, first_kept_by_count, removable_before
 from .entries import flat_entries, xrange
 from .keys import RedisKeys, text
 from .state import SubscriberState
@@ -27,11 +29,12 @@ Truncate = Callable[[str, str, int], int]
 
 class RedisScavenger:
     def __init__(self, client: Any, keys: RedisKeys, state: SubscriberState,
-                 truncate: Truncate, *, batch: int = 500) -> None:
+                 truncate: Truncate, *, batch: int = 500,
+                 bounds: Sequence[KeepBound] = ()) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.client, self.keys, self.state = client, keys, state
-        self.truncate, self.batch = truncate, batch
+        self.truncate, self.batch, self.bounds = truncate, batch, list(bounds)
 
     def run(self, retention: Mapping[str, Retention],
             subscribers: Mapping[str, Sequence[str]]) -> Scavenged:
@@ -88,11 +91,12 @@ class RedisScavenger:
                      page: list[tuple[str, int]]) -> Scavenged:
         if not page:
             return Scavenged()
-        handled = self.state.least_handled(subscriber_ids, entity_type, partition,
-                                           [entity_id for entity_id, _ in page])
+        ids = [entity_id for entity_id, _ in page]
+        handled = self.state.least_handled(subscriber_ids, entity_type, partition, ids)
+        needed = [list(bound.first_needed(entity_type, ids)) for bound in self.bounds]
         done = Scavenged()
-        for (entity_id, kept), least in zip(page, handled, strict=True):
-            before = removable_before(kept, [least])
+        for i, ((entity_id, kept), least) in enumerate(zip(page, handled, strict=True)):
+            before = removable_before(kept, [least], [numbers[i] for numbers in needed])
             if before > 1:
                 done += self._remove_before(self.keys.stream(entity_type, entity_id), before)
         return done

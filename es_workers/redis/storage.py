@@ -20,7 +20,7 @@ from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
 from ..position import Position, check_log_keep, trim_from
-from ..retention import Retention, Scavenged
+from ..retention import KeepBound, Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader, StoredEvents
 from .cluster import is_cluster
@@ -106,6 +106,8 @@ class RedisStorage:
                                   client)
         self.registry = ContentRegistry()
         self.retention: dict[str, Retention] = {}  # per entity type (retain)
+        # Who else needs events kept (an archive); the scavenger asks each (see retention).
+        self.keep_bounds: list[KeepBound] = []
         self.keyring: Keyring | None = None
         if encryption is not None:
             self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
@@ -352,7 +354,7 @@ class RedisStorage:
             for entity_type in types if types is not None else list(every):
                 every.setdefault(entity_type, set()).add(subscriber_id)
         scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
-                                   batch=batch)
+                                   batch=batch, bounds=self.keep_bounds)
         with translated(self.server, "scavenging", writing=True):
             return scavenger.run(self.retention,
                                  {t: sorted(ids) for t, ids in every.items()})
