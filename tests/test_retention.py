@@ -433,3 +433,19 @@ def test_the_scavenger_keeps_what_a_keep_bound_still_needs(storage: RedisStorage
     archive.confirmed.update(a=6, b=4)
     assert store.scavenge().events == 3 + 3  # a's 3-5, b's 1-3
     assert [e.event_number for e in store.read("account", "b", 5)] == [6]
+
+
+def test_the_scavenger_removes_in_steps_of_its_batch(storage: RedisStorage) -> None:
+    """Five entities with 17 events each to remove, 3 per XTRIM, 3 entities per scan."""
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    for n in range(5):
+        append(store, f"e{n}", 0, 20)
+        store.truncate_before("account", f"e{n}", 18)
+
+    done = storage.scavenge({}, batch=3)
+
+    assert (done.entities, done.events) == (5, 5 * 17)
+    for n in range(5):
+        assert numbers(store, f"e{n}", 17) == [18, 19, 20]
+        assert storage.client.xlen(storage.keys.stream("account", f"e{n}")) == 3
+    assert storage.scavenge({}, batch=3) == Scavenged()

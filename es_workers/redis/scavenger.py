@@ -23,8 +23,10 @@ from .entries import flat_entries, xrange
 from .keys import RedisKeys, text
 from .state import SubscriberState
 
-Truncate = Callable[[str, str, int], int]
-"""`RedisStorage.truncate_before`."""
+Truncate = Callable[[str, Sequence[tuple[str, int]]], None]
+"""Truncates entities of one type and partition (entity ID, first kept), in one round trip
+(`RedisStorage.truncate_many`)."""
+ENTRIES_PER_ROUND = 5000  # entries read and removed per pipeline (one round trip)
 
 
 class RedisScavenger:
@@ -50,13 +52,17 @@ class RedisScavenger:
         return done
 
     def _apply(self, limits: Retention, entity_type: str, partition: int) -> None:
-        """Turns the limits into truncations of the partition's entities of the type."""
-        heads = self.keys.heads(entity_type, partition)
-        for entity_id, head in self._scan(heads):
+        """Turns the limits into truncations of the partition's entities of the type (those
+        that move: `batch` per round trip)."""
+        current = dict(self._scan(self.keys.truncated(entity_type, partition)))
+        wanted = []
+        for entity_id, head in self._scan(self.keys.heads(entity_type, partition)):
             kept = max(first_kept_by_count(limits, head), self._kept_by_age(
                 limits, entity_type, entity_id, head))
-            if kept > 1:
-                self.truncate(entity_type, entity_id, kept)
+            if kept > current.get(entity_id, 1):
+                wanted.append((entity_id, kept))
+        for start in range(0, len(wanted), self.batch):
+            self.truncate(entity_type, wanted[start:start + self.batch])
 
     def _kept_by_age(self, limits: Retention, entity_type: str, entity_id: str,
                      head: int) -> int:
@@ -94,27 +100,49 @@ class RedisScavenger:
         ids = [entity_id for entity_id, _ in page]
         handled = self.state.least_handled(subscriber_ids, entity_type, partition, ids)
         needed = [list(bound.first_needed(entity_type, ids)) for bound in self.bounds]
-        done = Scavenged()
+        targets = []
         for i, ((entity_id, kept), least) in enumerate(zip(page, handled, strict=True)):
             before = removable_before(kept, [least], [numbers[i] for numbers in needed])
             if before > 1:
-                done += self._remove_before(self.keys.stream(entity_type, entity_id), before)
-        return done
+                targets.append((self.keys.stream(entity_type, entity_id), before))
+        return self._remove_before(targets)
 
-    def _remove_before(self, stream: str, before: int) -> Scavenged:
-        """Removes the stream's entries numbered below `before`, `batch` at a time."""
+    def _remove_before(self, targets: list[tuple[str, int]]) -> Scavenged:
+        """Removes each stream's entries numbered below its `before`: at most `batch` per
+        stream per XTRIM, and about ENTRIES_PER_ROUND per round trip (the entries are read
+        in the same pipeline, just before, for their size)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream, _ in targets:
+            pipe.xrange(stream, "-", "+", count=1)
+        # (stream, first stored, before) of the streams with something to remove
+        left = [(stream, _number(first[0][0]), before)
+                for (stream, before), first in zip(targets, pipe.execute(), strict=True)
+                if first and _number(first[0][0]) < before]
         events = size = 0
-        while True:
-            entries = flat_entries(xrange(self.client, stream, "-", f"{before - 1}-0",
-                                          count=self.batch))
-            if not entries:
-                break
-            size += sum(len(value) for _, fields in entries for value in fields)
-            last = _number(entries[-1][0])
-            events += int(self.client.xtrim(stream, minid=f"{last + 1}-0", approximate=False))
-            if len(entries) < self.batch:
-                break
-        return Scavenged(1 if events else 0, events, size)
+        removed_from: set[str] = set()
+        while left:
+            pipe, sent, entries_sent, later = self.client.pipeline(transaction=False), [], 0, []
+            for stream, first, before in left:
+                count = min(self.batch, before - first)
+                if entries_sent and entries_sent + count > ENTRIES_PER_ROUND:
+                    later.append((stream, first, before))
+                    continue
+                xrange(pipe, stream, f"{first}-0", f"{first + count - 1}-0")
+                pipe.xtrim(stream, minid=f"{first + count}-0", approximate=False)
+                sent.append((stream, first + count, before))
+                entries_sent += count
+            replies = pipe.execute()
+            for (stream, next_first, before), entries, trimmed in zip(
+                    sent, replies[::2], replies[1::2], strict=True):
+                size += sum(len(value) for _, fields in flat_entries(entries)
+                            for value in fields)
+                events += int(trimmed)
+                if trimmed:
+                    removed_from.add(stream)
+                if next_first < before:
+                    later.append((stream, next_first, before))
+            left = later
+        return Scavenged(len(removed_from), events, size)
 
     def _scan(self, key: str) -> list[tuple[str, int]]:
         """The hash's entity IDs with the number each field starts with, `batch` per

@@ -307,6 +307,14 @@ class RedisStorage:
             reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
         return check_truncated(entity_type, entity_id, event_number, reply)
 
+    def _truncate_many(self, entity_type: str, truncations: Sequence[tuple[str, int]]) -> None:
+        """`truncate_before` of entities of one type and partition, in one round trip."""
+        calls = [(truncate_keys(self.keys, entity_type, entity_id), [entity_id, number])
+                 for entity_id, number in truncations]
+        replies = self._truncate_script.many(calls)
+        for (entity_id, number), reply in zip(truncations, replies, strict=True):
+            check_truncated(entity_type, entity_id, number, reply)
+
     def tombstone(self, entity_type: str, entity_id: str) -> int:
         """The entity is gone for good (see remove.lua); returns its head, or -1 when it
         was tombstoned already."""
@@ -353,7 +361,7 @@ class RedisStorage:
             # An unreadable record: that subscriber may read any type.
             for entity_type in types if types is not None else list(every):
                 every.setdefault(entity_type, set()).add(subscriber_id)
-        scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
+        scavenger = RedisScavenger(self.client, self.keys, self.state, self._truncate_many,
                                    batch=batch, bounds=self.keep_bounds)
         with translated(self.server, "scavenging", writing=True):
             return scavenger.run(self.retention,
