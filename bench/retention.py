@@ -204,10 +204,12 @@ def keeps_up(options: argparse.Namespace, url: str, prefix: str, store: Store,
     writer.join()
     took = time.perf_counter() - started
     half = len(after_pass) // 2
+    first, second = max(after_pass[:half] or [0]), max(after_pass[half:] or [0])
+    verdict = "not growing: it keeps up" if second <= 1.2 * first + 100 else \
+        "growing: it falls behind"
     print(f"Keeps up: {len(after_pass)} scavenger passes over {took:.1f} s of writing removed "
           f"{removed:,} events ({removed / took:,.0f}/s); stored beyond the limit after a "
-          f"pass: at most {max(after_pass[:half] or [0]):,} in the first half, "
-          f"{max(after_pass[half:] or [0]):,} in the second (not growing: it keeps up), "
+          f"pass: at most {first:,} in the first half, {second:,} in the second ({verdict}), "
           f"{after_pass[-1] if after_pass else 0:,} after the last")
 
 
