@@ -38,6 +38,7 @@ from es_workers import (
     TruncatedError,
 )
 from es_workers.redis.publisher import PublisherOptions
+from es_workers.settings import Settings
 
 AnyStorage = RedisStorage | InMemoryStorage
 
@@ -310,6 +311,32 @@ def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
         wait_until(lambda: first_kept() == Position(0, 3))
         time.sleep(0.05)  # a few trimming rounds more: still kept
         assert first_kept() == Position(0, 3)
+    finally:
+        store.close()
+        publishing.join()
+
+
+def test_the_publisher_trims_the_log_by_time_alone(redis_client: redis.Redis,
+                                                    prefix: str) -> None:
+    """ES_LOG_KEEP_FOR_MS without ES_LOG_KEEP: the settings reach the publisher, which trims
+    what is older (the last write stays)."""
+    options = Settings(log_keep_for_ms=1, log_trim_every_ms=10).publisher_options()
+    assert (options.log_keep, options.log_keep_for_ms) == (None, 1)
+    storage = RedisStorage(redis_client, prefix=prefix, partitions=1, publisher=options)
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_accounts(store, "a", "b", "c")  # p0:1..6, one write each
+
+    def first_kept() -> Position | None:
+        try:
+            list(store.read_all())
+        except TruncatedError as error:
+            return error.first_kept
+        return None
+
+    publishing = threading.Thread(target=store.start)
+    publishing.start()
+    try:
+        wait_until(lambda: first_kept() == Position(0, 5))  # c's write: the last one
     finally:
         store.close()
         publishing.join()
