@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
     from .position import Position
     from .redis import AsyncRedisStorage, RedisStorage
+    from .removal import EntityDeleted, EntityTombstoned
     from .retention import Retention
     from .settings import Settings
     from .snapshot import Snapshot, SnapshotError
@@ -132,6 +133,8 @@ _SOURCES = {  # public name: the module that defines it
     "Stream": ".stream",
     "StreamNotReadError": ".errors",
     "SubjectForgotten": ".forgetting",
+    "EntityDeleted": ".removal",
+    "EntityTombstoned": ".removal",
     "SubscriberError": ".errors",
     "TruncatedError": ".errors",
     "UnknownEventError": ".errors",
@@ -178,6 +181,8 @@ __all__ = [
     "DramatiqEventBus",
     "DurabilityError",
     "EncryptionError",
+    "EntityDeleted",
+    "EntityTombstoned",
     "EsError",
     "Event",
     "EventBus",

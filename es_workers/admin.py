@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, UnknownNameError
@@ -15,11 +15,14 @@ from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
 from .redis.cluster import spread_warning
 from .redis.failures import translated
+from .redis.footprint import Footprint
 from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
 from .redis.storage import RedisStorage
+from .removal import REMOVED_TYPE
 from .store import Store
 
 __all__ = [
+    "Footprint",
     "ParkedEntity",
     "RebuildRecord",
     "StoreStatus",
@@ -48,6 +51,9 @@ class SubscriberStatus:
     # A rebuild that started it over and has not finished: running if `paused`, else it
     # died halfway (run it again).
     rebuild: RebuildRecord | None = None
+    # Events it could not get: removed (truncated, scavenged) before it handled them, e.g.
+    # as it was added after the scavenger ran (it started at the first kept event).
+    missed_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class StoreStatus:
     outbox_backlog: int  # appended batches not yet relayed by a publisher
     subscribers: list[SubscriberStatus]
     warnings: list[str] = field(default_factory=list)  # e.g. masters a prefix leaves unused
+    # Per entity type: estimated memory, what a scavenge would free, deletes and tombstones.
+    footprints: list[Footprint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +164,7 @@ def status(store: Store) -> StoreStatus:
                     parked=state.parked(subscriber_id, entity_type),
                     paused=paused,
                     rebuild=rebuild,
+                    missed_events=state.missed(subscriber_id, entity_type),
                 )
             )
     warning = spread_warning(storage.client, storage.keys)
@@ -163,6 +172,11 @@ def status(store: Store) -> StoreStatus:
         outbox_backlog=storage.outbox_backlog(),
         subscribers=subscribers,
         warnings=[warning] if warning else [],
+        footprints=[
+            replace(storage.footprint(entity_type, store.subscriber_ids(entity_type)),
+                    removals=storage.position(REMOVED_TYPE, entity_type))
+            for entity_type in store.entity_types()
+        ],
     )
 
 

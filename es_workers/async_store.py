@@ -33,6 +33,7 @@ from .ports import (
     rebuilding,
 )
 from .position import After, Position
+from .removal import REMOVAL_NOTICES, REMOVED_TYPE, notice
 from .retention import Retention, check_retention, check_truncate
 from .snapshot import Snapshot, from_store, state_name, to_store
 from .stream import check_stream
@@ -119,7 +120,32 @@ class AsyncStore:
 
     async def tombstone(self, entity_type: str, entity_id: str) -> None:
         """`Store.tombstone`, awaited."""
-        await async_retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = await async_retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        if head >= 0:
+            await self._notify_removal(entity_type, notice(entity_id, head, tombstone=True))
+
+    async def delete(self, entity_type: str, entity_id: str) -> None:
+        """`Store.delete`, awaited."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = await async_retaining_storage(self.storage).delete(entity_type, entity_id)
+        if head >= 0:
+            await self._notify_removal(entity_type, notice(entity_id, head, tombstone=False))
+
+    async def _notify_removal(self, entity_type: str, content: Content) -> None:
+        """`Store._notify_removal`, awaited."""
+        self.storage.register(REMOVED_TYPE, *REMOVAL_NOTICES)
+        stream = self.open(REMOVED_TYPE, entity_type)
+        while True:
+            try:
+                await stream.write(content)
+                return
+            except ConcurrencyError as conflict:
+                stream = self.open_from(REMOVED_TYPE, entity_type, conflict.actual)
+                async for _ in stream.all():
+                    pass
 
     async def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                             event_number: int) -> None:

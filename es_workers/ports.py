@@ -146,9 +146,10 @@ class LogStorage(Storage, Protocol):
         """Records the log numbers the named follower has done, per partition."""
         ...
 
-    def trim_logs(self, keep: int) -> int:
-        """Keeps each log's last `keep` events and what a follower has not done (on Redis the
-        whole write that holds the first kept); returns how many log entries it removed."""
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """Keeps at least each log's last `keep` events or those of its last `keep_for_ms`
+        milliseconds (by event time), and what a follower has not done (on Redis the whole
+        write that holds the first kept); returns how many log entries it removed."""
         ...
 
 
@@ -190,10 +191,19 @@ class RetainingStorage(Protocol):
         back); ValueError beyond the head + 1."""
         ...
 
-    def tombstone(self, entity_type: str, entity_id: str) -> None:
+    def tombstone(self, entity_type: str, entity_id: str) -> int:
         """The entity is gone for good: reads and writes raise StreamDeletedError (checked
         where the append is), it leaves `entity_ids`, its snapshots are deleted; its stored
-        events stay until every subscriber handled them."""
+        events stay until every subscriber handled them. Returns the entity's head, -1 when
+        it was tombstoned already."""
+        ...
+
+    def delete(self, entity_type: str, entity_id: str) -> int:
+        """Soft delete: reads see no events (a read from before them goes on after them,
+        see `upgrade.StoredEvents`), it leaves `entity_ids` until written again, after its
+        old numbers; its snapshots are deleted, its stored events stay until every
+        subscriber handled them. Returns the entity's head, -1 when there was nothing to
+        delete (no events, or tombstoned)."""
         ...
 
     def retain(self, entity_type: str, retention: Retention) -> None:
@@ -215,7 +225,9 @@ class AsyncRetainingStorage(Protocol):
     async def truncate_before(self, entity_type: str, entity_id: str,
                               event_number: int) -> int: ...
 
-    async def tombstone(self, entity_type: str, entity_id: str) -> None: ...
+    async def tombstone(self, entity_type: str, entity_id: str) -> int: ...
+
+    async def delete(self, entity_type: str, entity_id: str) -> int: ...
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ from .ports import (
     snapshot_storage,
 )
 from .position import After, Position
+from .removal import REMOVAL_NOTICES, REMOVED_TYPE, notice
 from .retention import Retention, Scavenged, check_retention, check_truncate
 from .snapshot import (
     Snapshot,
@@ -159,9 +160,42 @@ class Store:
         StreamDeletedError from now on (a write is refused where it is appended, nothing
         stored), `entity_ids` no longer lists it and its snapshots are deleted. Its events
         stay stored until every subscriber has handled them (then the scavenger removes
-        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`).
-        Idempotent."""
-        retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`),
+        and an `EntityTombstoned` notice is appended to `REMOVED_TYPE` / entity type (see
+        `es_workers.removal`). Idempotent."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        if head >= 0:
+            self._notify_removal(entity_type, notice(entity_id, head, tombstone=True))
+
+    def delete(self, entity_type: str, entity_id: str) -> None:
+        """Soft-deletes the entity (as KurrentDB's delete): reads see no events (from any
+        number before its last: none, no error), `entity_ids` no longer lists it and its
+        snapshots are deleted. A later write starts it again after its old numbers
+        (`store.open(...)`, read, write: the stream goes on from there), under the same
+        `store_entity_id`, and lists it again. Its events stay stored until every subscriber
+        has handled them (then the scavenger removes them). An `EntityDeleted` notice is
+        appended to `REMOVED_TYPE` / entity type. An entity with no events, or tombstoned:
+        nothing happens."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = retaining_storage(self.storage).delete(entity_type, entity_id)
+        if head >= 0:
+            self._notify_removal(entity_type, notice(entity_id, head, tombstone=False))
+
+    def _notify_removal(self, entity_type: str, content: Content) -> None:
+        """Appends the notice after the last one: a blind write, then (another writer was
+        there) after the number the conflict names."""
+        self.storage.register(REMOVED_TYPE, *REMOVAL_NOTICES)
+        stream = self.open(REMOVED_TYPE, entity_type)
+        while True:
+            try:
+                stream.write(content)
+                return
+            except ConcurrencyError as conflict:
+                stream = self.open_from(REMOVED_TYPE, entity_type, conflict.actual)
+                list(stream.all())
 
     def scavenge(self) -> Scavenged:
         """Removes what truncations and the store's `retention` limits allow, in bounded
@@ -250,6 +284,8 @@ class Store:
         would never run. `reset` (a function of no arguments, or an `async def`) clears
         the subscriber's read model: with it, `rebuild(subscriber_id)` can rebuild it.
         """
+        if entity_type == REMOVED_TYPE:  # removal notices: registered on demand
+            self.storage.register(REMOVED_TYPE, *REMOVAL_NOTICES)
         check_subscribed_type(entity_type, self.storage.entity_types())
         if handler is not None:
             self._subscribe(entity_type, subscriber_id, handler, reset)

@@ -122,6 +122,21 @@ def test_overview_shows_the_figures_of_each_entity_type_and_subscriber(parked: P
     wait_for(lambda: fragment().count("<polyline") == 2, "a chart line per subscriber")
 
 
+def test_overview_shows_memory_what_a_scavenge_would_free_and_missed_events(
+        parked: Parked) -> None:
+    parked.store.truncate_before("account", "acc-1", 5)  # "fragile" handled 1 and 2 only
+    html = parked.client().get("/").text
+    account = re.search(r'<tr data-entity-type="account">.*?</tr>', html, re.DOTALL)
+    assert account
+    assert re.search(r'class="n removable">2 events', account.group(0))  # 3, 4 held back
+    assert re.search(r'class="n memory">(\d+ B|unknown)<', account.group(0))
+    assert 'class="n removals">0<' in account.group(0)
+    assert re.search(r'class="n missed ">0<', row(html, "sturdy"))
+    [found] = parked.client().get("/api/status").json()["footprints"]
+    assert (found["entity_type"], found["entities"], found["stored_events"]) == (
+        "account", 2, 6)
+
+
 def row(html: str, subscriber_id: str) -> str:
     match = re.search(rf'<tr data-subscriber="{subscriber_id}".*?</tr>', html, re.DOTALL)
     assert match, f"no row for {subscriber_id}"

@@ -106,6 +106,9 @@ class SubscriberState:
     def _parked(self, subscriber_id: str, entity_type: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:parked:{subscriber_id}:{entity_type}"
 
+    def _missed(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:missed:{subscriber_id}:{entity_type}"
+
     def _lock(self, e: SubscriberEntity) -> str:
         return (f"{self.keys.tag(e.partition)}:lock:{e.subscriber_id}:{e.entity_type}:"
                 f"{e.entity_id}")
@@ -150,6 +153,7 @@ class SubscriberState:
             _check_same_group(first, e)
             keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
             args += (e.entity_id, -1 if number is None else number)
+        keys.append(self._missed(s, t, p))
         keys.append(self.keys.truncated(t, p))
         keys.append(self._paused(first.subscriber_id, first.partition))
         return [
@@ -414,6 +418,13 @@ class SubscriberState:
             for entity_id, number in page.items()
         }
 
+    def missed(self, subscriber_id: str, entity_type: str) -> int:
+        """How many events of the type the subscriber could not get: removed (truncated
+        and scavenged) before it handled them, e.g. as it was added after the scavenger
+        ran. Counted where delivery starts past them (begin.lua)."""
+        return sum(int(n) for n in self._per_partition("get", subscriber_id, entity_type,
+                                                       self._missed) if n is not None)
+
     def least_handled(self, subscriber_ids: Sequence[str], entity_type: str, partition: int,
                       entity_ids: Sequence[str]) -> list[int]:
         """For each entity (of one partition), the lowest checkpoint among the subscribers
@@ -493,6 +504,7 @@ class SubscriberState:
             pipe.delete(self._failures(subscriber_id, entity_type, partition))
             pipe.delete(self._retry_at(subscriber_id, entity_type, partition))
             pipe.delete(self._parked(subscriber_id, entity_type, partition))
+            pipe.delete(self._missed(subscriber_id, entity_type, partition))
         pipe.execute()
 
     # -- Rebuild: pause, running handlers, record -----------------------------------------
