@@ -471,11 +471,13 @@ def test_the_cli_refuses_a_public_address_without_a_token(
 
 
 def test_the_cli_on_a_port_in_use_exits_1_naming_the_port(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, prefix: str
 ) -> None:
-    """Not 3: that is `status --check`'s code for a threshold passed."""
+    """Not 3: that is `status --check`'s code for a threshold passed. The app is built under
+    a prefix of the test's own (deleted afterwards), never the default one."""
     real_redis()
     monkeypatch.setenv("ES_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ES_PREFIX", prefix)
     monkeypatch.delitem(sys.modules, "examples.bank", raising=False)  # built anew on it
     monkeypatch.delenv("ES_DASHBOARD_TOKEN", raising=False)
     with socket.create_server(("127.0.0.1", 0)) as taken:
