@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     __version__: str
 
-    from .async_store import AsyncStore
+    from .app import AsyncStore, Store
     from .async_stream import AsyncStream
     from .encryption import EncryptionError, MasterKeys
     from .errors import (
@@ -79,10 +79,10 @@ if TYPE_CHECKING:
     from .ports import AsyncStorage, EventBus, NotifyingEventBus, Storage
     from .position import Position
     from .redis import AsyncRedisStorage, RedisStorage
+    from .removal import EntityDeleted, EntityTombstoned
     from .retention import HotWindow, Retention
     from .settings import Settings
     from .snapshot import Snapshot, SnapshotError
-    from .store import Store
     from .stream import Stream
     from .upgrade import EventUpgrade
     from .workers import DramatiqEventBus
@@ -91,7 +91,7 @@ _SOURCES = {  # public name: the module that defines it
     "AsyncInMemoryStorage": ".memory",
     "AsyncRedisStorage": ".redis",
     "AsyncStorage": ".ports",
-    "AsyncStore": ".async_store",
+    "AsyncStore": ".app",
     "AsyncStream": ".async_stream",
     "ConcurrencyError": ".errors",
     "ConfigurationError": ".errors",
@@ -132,10 +132,12 @@ _SOURCES = {  # public name: the module that defines it
     "StorageFullError": ".errors",
     "StorageUnavailableError": ".errors",
     "StreamDeletedError": ".errors",
-    "Store": ".store",
+    "Store": ".app",
     "Stream": ".stream",
     "StreamNotReadError": ".errors",
     "SubjectForgotten": ".forgetting",
+    "EntityDeleted": ".removal",
+    "EntityTombstoned": ".removal",
     "SubscriberError": ".errors",
     "TruncatedError": ".errors",
     "UnknownEventError": ".errors",
@@ -183,6 +185,8 @@ __all__ = [
     "DramatiqEventBus",
     "DurabilityError",
     "EncryptionError",
+    "EntityDeleted",
+    "EntityTombstoned",
     "EsError",
     "Event",
     "EventBus",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, StorageUnavailableError, UnknownNameError
@@ -15,12 +15,15 @@ from .names import check_entity_type as check_entity_type_name
 from .ports import NotifyingEventBus
 from .redis.cluster import spread_warning
 from .redis.failures import translated
+from .redis.footprint import Footprint
 from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
 from .redis.storage import RedisStorage
+from .removal import REMOVED_TYPE
 from .retention import HotWindow
 from .store import Store
 
 __all__ = [
+    "Footprint",
     "ParkedEntity",
     "RebuildRecord",
     "StoreStatus",
@@ -49,6 +52,9 @@ class SubscriberStatus:
     # A rebuild that started it over and has not finished: running if `paused`, else it
     # died halfway (run it again).
     rebuild: RebuildRecord | None = None
+    # Events it could not get: removed (truncated, scavenged) before it handled them, e.g.
+    # as it was added after the scavenger ran (it started at the first kept event).
+    missed_events: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class StoreStatus:
     subscribers: list[SubscriberStatus]
     warnings: list[str] = field(default_factory=list)  # e.g. masters a prefix leaves unused
     archive: list[ArchiveStatus] = field(default_factory=list)  # with an archive only
+    # Per entity type: estimated memory, what a scavenge would free, deletes and tombstones.
+    footprints: list[Footprint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,6 +179,7 @@ def status(store: Store) -> StoreStatus:
                     parked=state.parked(subscriber_id, entity_type),
                     paused=paused,
                     rebuild=rebuild,
+                    missed_events=state.missed(subscriber_id, entity_type),
                 )
             )
     warning = spread_warning(storage.client, storage.keys)
@@ -179,6 +188,11 @@ def status(store: Store) -> StoreStatus:
         subscribers=subscribers,
         warnings=[warning] if warning else [],
         archive=archive_status(store),
+        footprints=[
+            replace(storage.footprint(entity_type, store.subscriber_ids(entity_type)),
+                    removals=storage.position(REMOVED_TYPE, entity_type))
+            for entity_type in store.entity_types()
+        ],
     )
 
 

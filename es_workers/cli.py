@@ -540,8 +540,9 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
     out.print(f"outbox backlog: {report.outbox_backlog} (appended, not yet relayed)")
     for warning in report.warnings:
         out.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    print_footprints(report)
     table = folding_table("entity type", "subscriber", "history", "lagging entities",
-                          "events behind", "parked")
+                          "events behind", "parked", "missed")
     parked_entities: list[ParkedEntity] = []
     for sub in report.subscribers:
         table.add_row(
@@ -549,6 +550,7 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
             "caught up" if sub.caught_up else "[yellow]pending[/]",
             str(sub.lagging_entities), str(sub.events_behind),
             f"[red]{len(sub.parked)}[/]" if sub.parked else "0",
+            f"[yellow]{sub.missed_events}[/]" if sub.missed_events else "0",
         )
         parked_entities.extend(sub.parked)
     if report.subscribers:
@@ -577,6 +579,37 @@ def print_archive(report: StoreStatus) -> None:
     out.print(table)
     for error in sorted({row.error for row in report.archive if row.error}):
         out.print(f"warning: {error}", style="yellow", markup=False, soft_wrap=True)
+
+
+def print_footprints(report: StoreStatus) -> None:
+    """Per entity type: entities, events stored and memory (estimated from a sample), what
+    a scavenge would free now, and the deletes and tombstones recorded."""
+    if not report.footprints:
+        return
+    table = folding_table("entity type", "entities", "events stored", "memory",
+                          "a scavenge would free", "deleted/tombstoned")
+    for found in report.footprints:
+        table.add_row(
+            found.entity_type, str(found.entities), f"~{found.stored_events}",
+            _bytes(found.memory_bytes),
+            f"~{found.removable_events} events ({_bytes(found.removable_bytes)})",
+            str(found.removals),
+        )
+    out.print(table)
+
+
+def _bytes(size: int | None) -> str:
+    """An estimated size in B, KB, MB or GB ("unknown": the server would not tell)."""
+    if size is None:
+        return "unknown"
+    if size < 1024:
+        return f"~{size} B"
+    scaled, unit = size / 1024, "KB"
+    for bigger in ("MB", "GB"):
+        if scaled < 1024:
+            break
+        scaled, unit = scaled / 1024, bigger
+    return f"~{scaled:.1f} {unit}"
 
 
 def print_rebuilds(app_ref: str, report: StoreStatus) -> None:

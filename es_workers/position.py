@@ -75,12 +75,24 @@ def parse_after(text: str) -> list[Position]:
     return [Position.parse(part) for part in text.split(",") if part.strip()]
 
 
-def trim_from(last: int, keep: int, followed: Iterable[int]) -> int:
-    """The first log number to keep of a log whose last is `last`: the last `keep`, and
+def trim_from(last: int, keep: int, followed: Iterable[int], young: int | None = None) -> int:
+    """The first log number to keep of a log whose last is `last`: the last `keep`, the
+    first `young` one (the first younger than the time kept) and everything after it, and
     everything after the least number a follower has done; the last entry always stays
     (on Redis the append script reads the log's last number from it)."""
     first = last - keep + 1
+    if young is not None:
+        first = min(first, young)
     done = list(followed)
     if done:
         first = min(first, min(done) + 1)
     return max(1, min(first, last))
+
+
+def check_log_keep(keep: int | None, keep_for_ms: int | None) -> None:
+    """Checks `trim_logs`' arguments: at least one, each >= 1."""
+    if keep is None and keep_for_ms is None:
+        raise ValueError("trim_logs needs keep (positions) or keep_for_ms (time), or both")
+    for name, value in (("keep", keep), ("keep_for_ms", keep_for_ms)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")

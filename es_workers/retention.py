@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol, runtime_checkable
 
 from .names import check_entity_id, check_entity_type
 
@@ -78,11 +79,27 @@ def first_kept_by_count(limits: Retention, head: int) -> int:
     return max(1, head - limits.max_count + 1)
 
 
-def removable_before(first_kept: int, handled: Sequence[int]) -> int:
-    """The first event the scavenger must keep: the first kept, or the first event a
-    subscriber has not handled (`handled`: each subscriber's checkpoint), whichever is
-    lower."""
-    return min([first_kept, *(number + 1 for number in handled)])
+def removable_before(first_kept: int, handled: Sequence[int],
+                     needed: Sequence[int] = ()) -> int:
+    """The first event the scavenger must keep: the first kept, the first event a
+    subscriber has not handled (`handled`: each subscriber's checkpoint), or the first a
+    `KeepBound` still needs (`needed`), whichever is lowest."""
+    return min([first_kept, *(number + 1 for number in handled), *needed])
+
+
+@runtime_checkable
+class KeepBound(Protocol):
+    """Someone besides the subscribers whose events the scavenger must keep: e.g. an
+    archive, which needs every event it has not confirmed (guarantee 12). Registered with
+    `RedisStorage.keep_bounds.append(bound)`; the scavenger asks it once per page of
+    entities (of one entity type and partition) and removes nothing at or after the number
+    it gives for an entity. A bound that fails stops the scavenge (nothing removed past
+    what it could not tell)."""
+
+    def first_needed(self, entity_type: str, entity_ids: Sequence[str]) -> Sequence[int]:
+        """For each entity, the first event number still needed (a number past the
+        entity's head: none)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,18 @@ class Settings(BaseSettings):
         "the log is never trimmed",
         examples=[1_000_000],
     )
+    log_keep_for_ms: int | None = Field(
+        default=_PUBLISHER.log_keep_for_ms, ge=1,
+        description="With it, the publisher's trim also keeps the events of the last that "
+        "many milliseconds (by event time): at least ES_LOG_KEEP events or that much time, "
+        "whichever keeps more; never those a named follower has not done. Alone, it trims "
+        "by time only",
+        examples=[604_800_000],
+    )
     log_trim_every_ms: int = Field(
         default=_PUBLISHER.trim_every_ms, ge=10,
-        description="How often the publisher trims the log (with ES_LOG_KEEP set)",
+        description="How often the publisher trims the log (with ES_LOG_KEEP or "
+        "ES_LOG_KEEP_FOR_MS set)",
     )
     scavenge_interval_ms: int | None = Field(
         default=_PUBLISHER.scavenge_interval_ms, ge=10,
@@ -326,7 +335,8 @@ class Settings(BaseSettings):
         return (*sources, toml)
 
     @field_validator("redis_url", "broker_url", "broker_namespace", "partitions",
-                     "metrics_port", "log_keep", "scavenge_interval_ms", "redis_sentinels",
+                     "metrics_port", "log_keep", "log_keep_for_ms", "scavenge_interval_ms",
+                     "redis_sentinels",
                      "redis_sentinel_master",
                      "redis_username", "redis_password", "encryption_key", "encryption_keys",
                      "archive_url", "archive_after_age_ms", mode="before")
@@ -463,6 +473,7 @@ class Settings(BaseSettings):
             max_backoff_ms=self.publisher_max_backoff_ms,
             redrive_after_ms=self.redrive_after_ms,
             log_keep=self.log_keep,
+            log_keep_for_ms=self.log_keep_for_ms,
             trim_every_ms=self.log_trim_every_ms,
             scavenge_interval_ms=self.scavenge_interval_ms,
         )

@@ -17,7 +17,6 @@ from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Event, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import Keyring
-from .memory.bus import InMemoryEventBus
 from .names import (
     check_entity_id,
     check_entity_type,
@@ -28,6 +27,7 @@ from .ports import (
     Bus,
     NotifyingEventBus,
     Progress,
+    ProgressStorage,
     Rebuilding,
     ResetHook,
     Storage,
@@ -37,7 +37,7 @@ from .ports import (
     snapshot_storage,
 )
 from .position import After, Position
-from .redis.storage import RedisStorage
+from .removal import REMOVAL_NOTICES, REMOVED_TYPE, notice
 from .retention import (
     HotWindow,
     Retention,
@@ -46,7 +46,6 @@ from .retention import (
     check_retention,
     check_truncate,
 )
-from .settings import Settings
 from .snapshot import (
     Snapshot,
     from_store,
@@ -57,8 +56,6 @@ from .snapshot import (
 )
 from .stream import Stream, check_stream
 from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
-from .wiring import build_parts
-from .workers.bus import DramatiqEventBus
 
 H = TypeVar("H", bound=Handler)
 log = logging.getLogger(__name__)
@@ -66,11 +63,14 @@ S = TypeVar("S", bound=BaseModel)
 
 
 class Store:
-    """The entry point: `Store(storage, bus=..., events={...}, upgrades={...})`.
+    """The core of `es_workers.Store`: everything but `from_settings` and a default bus, which
+    only the composition root (`es_workers.app`) knows; it imports no backend, no settings
+    and no wiring. Build stores with `es_workers.Store`, documented there.
 
-    `events` maps each entity type to the Content classes it may hold; they are registered
-    with the storage at once, so reading and writing work without `start()`. `upgrades`
-    maps entity types to upgrades applied, in order, on read and on delivery.
+    `Store(storage, bus=..., events={...}, upgrades={...})`: `events` maps each entity type
+    to the Content classes it may hold; they are registered with the storage at once, so
+    reading and writing work without `start()`. `upgrades` maps entity types to upgrades
+    applied, in order, on read and on delivery.
 
     `logger` receives the records of the store and of what it builds and runs: the default
     in-memory bus, the publisher of `start()`, and (`from_settings`) the wiring. Without
@@ -95,7 +95,7 @@ class Store:
         for entity_type, limits in self.retention.items():
             retaining_storage(storage).retain(entity_type, limits)
         self.logger = logger
-        self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
+        self.bus: Bus = bus if bus is not None else self.default_bus(logger)
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
@@ -109,22 +109,12 @@ class Store:
         if isinstance(self.bus, NotifyingEventBus | Rebuilding):
             self.bus.bind(self.reader, storage)
 
-    @classmethod
-    def from_settings(
-        cls,
-        *,
-        events: Mapping[str, Iterable[type[Content]]] | None = None,
-        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
-        settings: Settings | None = None,
-        logger: logging.Logger | None = None,
-        retention: Mapping[str, Retention] | None = None,
-        archive: Mapping[str, HotWindow] | None = None,
-    ) -> Store:
-        """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
-        (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
-        storage, bus = build_parts(settings, logger=logger)
-        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger,
-                   retention=retention, archive=archive)
+    def default_bus(self, logger: logging.Logger | None) -> Bus:
+        """The bus of a store given none. The core knows no bus (it imports no backend):
+        `es_workers.Store` answers an `InMemoryEventBus`; this one asks for a bus."""
+        raise ConfigurationError(
+            f"{type(self).__name__}(storage) needs a bus: pass bus=..., or build the store "
+            "with es_workers.Store, whose default bus is an InMemoryEventBus")
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -180,9 +170,42 @@ class Store:
         StreamDeletedError from now on (a write is refused where it is appended, nothing
         stored), `entity_ids` no longer lists it and its snapshots are deleted. Its events
         stay stored until every subscriber has handled them (then the scavenger removes
-        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`).
-        Idempotent."""
-        retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        them). It stays recorded as tombstoned (on Redis in `<prefix>:{pN}:truncated:<type>`),
+        and an `EntityTombstoned` notice is appended to `REMOVED_TYPE` / entity type (see
+        `es_workers.removal`). Idempotent."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = retaining_storage(self.storage).tombstone(entity_type, entity_id)
+        if head >= 0:
+            self._notify_removal(entity_type, notice(entity_id, head, tombstone=True))
+
+    def delete(self, entity_type: str, entity_id: str) -> None:
+        """Soft-deletes the entity (as KurrentDB's delete): reads see no events (from any
+        number before its last: none, no error), `entity_ids` no longer lists it and its
+        snapshots are deleted. A later write starts it again after its old numbers
+        (`store.open(...)`, read, write: the stream goes on from there), under the same
+        `store_entity_id`, and lists it again. Its events stay stored until every subscriber
+        has handled them (then the scavenger removes them). An `EntityDeleted` notice is
+        appended to `REMOVED_TYPE` / entity type. An entity with no events, or tombstoned:
+        nothing happens."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        head = retaining_storage(self.storage).delete(entity_type, entity_id)
+        if head >= 0:
+            self._notify_removal(entity_type, notice(entity_id, head, tombstone=False))
+
+    def _notify_removal(self, entity_type: str, content: Content) -> None:
+        """Appends the notice after the last one: a blind write, then (another writer was
+        there) after the number the conflict names."""
+        self.storage.register(REMOVED_TYPE, *REMOVAL_NOTICES)
+        stream = self.open(REMOVED_TYPE, entity_type)
+        while True:
+            try:
+                stream.write(content)
+                return
+            except ConcurrencyError as conflict:
+                stream = self.open_from(REMOVED_TYPE, entity_type, conflict.actual)
+                list(stream.all())
 
     def scavenge(self) -> Scavenged:
         """Removes what truncations and the store's `retention` limits allow, in bounded
@@ -271,6 +294,8 @@ class Store:
         would never run. `reset` (a function of no arguments, or an `async def`) clears
         the subscriber's read model: with it, `rebuild(subscriber_id)` can rebuild it.
         """
+        if entity_type == REMOVED_TYPE:  # removal notices: registered on demand
+            self.storage.register(REMOVED_TYPE, *REMOVAL_NOTICES)
         check_subscribed_type(entity_type, self.storage.entity_types())
         if handler is not None:
             self._subscribe(entity_type, subscriber_id, handler, reset)
@@ -287,7 +312,7 @@ class Store:
         if reset is not None:
             rebuilding(self.bus).declare_reset(subscriber_id, reset)
         self.bus.subscribe(entity_type, subscriber_id, handler)
-        if not isinstance(self.bus, DramatiqEventBus):  # its workers declare theirs
+        if not isinstance(self.bus, NotifyingEventBus):  # its workers declare theirs
             metrics.declare_subscriber(subscriber_id, entity_type)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
@@ -358,7 +383,7 @@ class Store:
         return found
 
     def _progress(self) -> Progress:
-        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, RedisStorage):
+        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, ProgressStorage):
             return self.storage.state
         if isinstance(self.bus, Progress):
             return self.bus

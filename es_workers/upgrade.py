@@ -10,7 +10,7 @@ events, so upgrades apply the same way everywhere; `AsyncReading` is its asyncio
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from .event import Event
 from .names import check_entity_type
@@ -20,6 +20,62 @@ ReadStored: TypeAlias = Callable[[str, str, int], Iterator[Event]]
 """A storage's `read(entity_type, entity_id, after)`: events as stored."""
 AsyncReadStored: TypeAlias = Callable[[str, str, int], AsyncIterator[Event]]
 """An async storage's `read(entity_type, entity_id, after)`."""
+
+
+class DeletedThrough(Protocol):
+    """Where a read learns that it passed over a deletion (`Store.delete`): the number of
+    the entity's last event before it, once the read found it (0: none)."""
+
+    deleted_through: int
+
+
+class Deletion:
+    """A `DeletedThrough` a storage fills in as it reads."""
+
+    __slots__ = ("deleted_through",)
+
+    def __init__(self, deleted_through: int = 0) -> None:
+        self.deleted_through = deleted_through
+
+
+class StoredEvents(Iterator[Event]):
+    """A storage's read of one entity that can tell, once read, that it went on past a
+    deletion: a deleted entity reads as if it began after its old events, and a stream
+    that read it must write after them. Iterating it iterates `events` directly (no layer
+    per event)."""
+
+    __slots__ = ("_events", "deletion")
+
+    def __init__(self, events: Iterator[Event], deletion: DeletedThrough) -> None:
+        self._events, self.deletion = events, deletion
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._events
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+
+class AsyncStoredEvents(AsyncIterator[Event]):
+    """`StoredEvents` of an async storage."""
+
+    __slots__ = ("_events", "deletion")
+
+    def __init__(self, events: AsyncIterator[Event], deletion: DeletedThrough) -> None:
+        self._events, self.deletion = events, deletion
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events
+
+    async def __anext__(self) -> Event:
+        return await anext(self._events)
+
+
+def deleted_through(stored: object) -> int:
+    """The last event number before a deletion a finished read passed over (0: none)."""
+    if isinstance(stored, StoredEvents | AsyncStoredEvents):
+        return stored.deletion.deleted_through
+    return 0
 
 
 def check_upgrades(upgrades: Mapping[str, Sequence[EventUpgrade]]) -> None:
@@ -48,14 +104,15 @@ class Reading(Iterator[Event]):
     had nothing more to give.
     """
 
-    __slots__ = ("_events", "_stored", "finished", "position")
+    __slots__ = ("_events", "_source", "_stored", "finished", "position")
 
     def __init__(
         self, stored: Iterator[Event], upgrades: Sequence[EventUpgrade], after: int
     ) -> None:
         self.position = after
         self.finished = False
-        self._stored = stored
+        self._source = stored
+        self._stored = iter(stored)
         # Without upgrades __next__ reads the storage directly: hydrating is read-bound, and
         # a generator layer per event costs ~10% of it.
         self._events = apply_upgrades(self._tracked(), upgrades) if upgrades else None
@@ -66,10 +123,16 @@ class Reading(Iterator[Event]):
         try:
             event = next(self._stored)
         except StopIteration:
-            self.finished = True
+            self._finish()
             raise
         self.position = event.event_number
         return event
+
+    def _finish(self) -> None:
+        """The storage had nothing more: past a deletion with no event since, the position
+        is the deleted events' last (a write goes on after them)."""
+        self.finished = True
+        self.position = max(self.position, deleted_through(self._source))
 
     def feed(self, handle: Callable[[Event], object]) -> None:
         """Calls `handle` with each event left, in order, as a `for` loop over the reading
@@ -86,13 +149,13 @@ class Reading(Iterator[Event]):
         finally:
             if last is not None:
                 self.position = last.event_number
-        self.finished = True
+        self._finish()
 
     def _tracked(self) -> Iterator[Event]:
         for event in self._stored:
             self.position = event.event_number
             yield event
-        self.finished = True
+        self._finish()
 
 
 class Reader:
@@ -138,14 +201,15 @@ class AsyncReading(AsyncIterator[Event]):
     them events come page by page as read.
     """
 
-    __slots__ = ("_stored", "_upgraded", "_upgrades", "finished", "position")
+    __slots__ = ("_source", "_stored", "_upgraded", "_upgrades", "finished", "position")
 
     def __init__(
         self, stored: AsyncIterator[Event], upgrades: Sequence[EventUpgrade], after: int
     ) -> None:
         self.position = after
         self.finished = False
-        self._stored = stored
+        self._source = stored
+        self._stored = aiter(stored)
         self._upgrades = upgrades
         self._upgraded: Reading | None = None
 
@@ -155,12 +219,16 @@ class AsyncReading(AsyncIterator[Event]):
                 event = await anext(self._stored)
             except StopAsyncIteration:
                 self.finished = True
+                self.position = max(self.position, deleted_through(self._source))
                 raise
             self.position = event.event_number
             return event
         if self._upgraded is None:
             stored = [event async for event in self._stored]
-            self._upgraded = Reading(iter(stored), self._upgrades, self.position)
+            self._upgraded = Reading(
+                StoredEvents(iter(stored), self._source.deletion)
+                if isinstance(self._source, AsyncStoredEvents) else iter(stored),
+                self._upgrades, self.position)
         try:
             return next(self._upgraded)
         except StopIteration:

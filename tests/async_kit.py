@@ -140,6 +140,9 @@ class BlockingStore:
     def tombstone(self, entity_type: str, entity_id: str) -> None:
         self.run(self.async_store.tombstone(entity_type, entity_id))
 
+    def delete(self, entity_type: str, entity_id: str) -> None:
+        self.run(self.async_store.delete(entity_type, entity_id))
+
     def save_snapshot(self, entity_type: str, entity_id: str, state: BaseModel, *,
                       event_number: int) -> None:
         self.run(self.async_store.save_snapshot(entity_type, entity_id, state,

@@ -5,7 +5,7 @@ archive_kit.py)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -404,3 +404,106 @@ def test_archivers_share_the_partitions_by_leases(
     assert second.run_once().events == 15
     assert storage.archived_marks("account") == {"a1": 20}
     second.release()
+
+
+def test_a_deleted_entity_reads_empty_also_from_the_archive_and_its_events_go_once_archived(
+        archived_store: Callable[..., Store], redis_client: redis.Redis,
+        archive: PostgresArchive) -> None:
+    store = archived_store()
+    write_account(store, "a1", 30)
+    archive_and_scavenge(store, HotWindow(events=10))
+    assert stored_in_redis(redis_client, store, "a1") == list(range(21, 31))  # 1..20 archived
+    store.delete("account", "a1")
+    assert list(store.read("account", "a1")) == []
+    with store.open_from("account", "a1", 3) as stream:  # from before the deleted ones
+        assert list(stream.all()) == []
+    # The scavenger removes a deleted entity's events only once archived (and handled):
+    # 21..30 are past its mark, so they stay.
+    store.scavenge()
+    assert stored_in_redis(redis_client, store, "a1") == list(range(21, 31))
+    archive_and_scavenge(store, HotWindow(events=0))
+    assert stored_in_redis(redis_client, store, "a1") == []
+    assert archive.counts()["account"][0] == 30  # a delete keeps the archived rows...
+    assert list(store.read("account", "a1")) == []  # ...which reads never show again
+    with store.open("account", "a1") as stream:  # a later write goes on after them
+        assert list(stream.all()) == []
+        stream.write(Deposited(amount=99))
+    archive_and_scavenge(store, HotWindow(events=0))
+    assert stored_in_redis(redis_client, store, "a1") == []  # 31 too is archived
+    assert [(e.event_number, e.content) for e in store.read("account", "a1")] == [
+        (31, Deposited(amount=99))]
+    assert store.storage.archived_marks("account") == {"a1": 31}  # type: ignore[attr-defined]
+
+
+def test_the_archive_holds_the_scavenger_back_as_a_keep_bound(
+        archived_store: Callable[..., Store], redis_client: redis.Redis) -> None:
+    from es_workers.redis.archiver import ArchiveBound
+
+    store = archived_store()
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    bounds = [b for b in storage.keep_bounds if isinstance(b, ArchiveBound)]
+    assert len(bounds) == 1
+    write_account(store, "a1", 30)
+    write_account(store, "a2", 5)
+    assert list(bounds[0].first_needed("account", ["a1", "a2"])) == [1, 1]
+    archive_and_scavenge(store, HotWindow(events=10))
+    assert list(bounds[0].first_needed("account", ["a1", "a2"])) == [21, 1]
+    store.tombstone("account", "a2")  # needs nothing: deleted for good
+    assert list(bounds[0].first_needed("account", ["a1", "a2"])) == [21, 6]
+    # Another bound (say a second consumer of the events) holds back with the archive.
+    storage.keep_bounds.append(Holding(3))
+    archive_and_scavenge(store, HotWindow(events=0))
+    assert stored_in_redis(redis_client, store, "a1") == list(range(21, 31))  # all archived
+    assert stored_in_redis(redis_client, store, "a2") == list(range(3, 6))  # tombstoned
+    storage.keep_bounds.pop()
+    store.scavenge()
+    assert stored_in_redis(redis_client, store, "a1") == []
+    assert stored_in_redis(redis_client, store, "a2") == []
+
+
+class Holding:
+    """A KeepBound that needs every event from `first` on."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+
+    def first_needed(self, entity_type: str, entity_ids: Sequence[str]) -> list[int]:
+        return [self.first for _ in entity_ids]
+
+
+@pytest.mark.anyio
+async def test_an_async_read_of_a_deleted_entity_shows_none_of_its_archived_events(
+        archive_url: str) -> None:  # noqa: F811
+    import redis.asyncio
+    from conftest import REDIS_URL, delete_prefix, real_redis
+
+    from es_workers import AsyncRedisStorage, AsyncStore
+    from es_workers.postgres import AsyncPostgresArchive
+
+    client, prefix = real_redis(), f"t-{uuid.uuid4().hex[:12]}"
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    try:
+        store = Store(RedisStorage(client, prefix=prefix, archive=archive),
+                      events=ACCOUNT_EVENTS)
+        write_account(store, "a1", 30)
+        store.delete("account", "a1")
+        with store.open("account", "a1") as stream:
+            list(stream.all())
+            stream.write(Deposited(amount=99))
+        archive_and_scavenge(store, HotWindow(events=0))  # all 31 archived, none in Redis
+        async_archive = AsyncPostgresArchive(archive_url, prefix=prefix)
+        async_store = AsyncStore(AsyncRedisStorage(
+            redis.asyncio.Redis.from_url(REDIS_URL), prefix=prefix, archive=async_archive),
+            events=ACCOUNT_EVENTS)
+        async with async_store.open("account", "a1") as stream:
+            assert [e.event_number async for e in stream.all()] == [31]
+        async with async_store.open_from("account", "a1", 4) as stream:
+            assert [e.event_number async for e in stream.all()] == [31]
+        assert [e.event_number for e in store.read("account", "a1")] == [31]
+        await async_archive.close()
+        await async_store.close()
+    finally:
+        archive.close()
+        delete_prefix(client, prefix)

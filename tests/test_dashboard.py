@@ -122,6 +122,21 @@ def test_overview_shows_the_figures_of_each_entity_type_and_subscriber(parked: P
     wait_for(lambda: fragment().count("<polyline") == 2, "a chart line per subscriber")
 
 
+def test_overview_shows_memory_what_a_scavenge_would_free_and_missed_events(
+        parked: Parked) -> None:
+    parked.store.truncate_before("account", "acc-1", 5)  # "fragile" handled 1 and 2 only
+    html = parked.client().get("/").text
+    account = re.search(r'<tr data-entity-type="account">.*?</tr>', html, re.DOTALL)
+    assert account
+    assert re.search(r'class="n removable">2 events', account.group(0))  # 3, 4 held back
+    assert re.search(r'class="n memory">(\d+ B|unknown)<', account.group(0))
+    assert 'class="n removals">0<' in account.group(0)
+    assert re.search(r'class="n missed ">0<', row(html, "sturdy"))
+    [found] = parked.client().get("/api/status").json()["footprints"]
+    assert (found["entity_type"], found["entities"], found["stored_events"]) == (
+        "account", 2, 6)
+
+
 def row(html: str, subscriber_id: str) -> str:
     match = re.search(rf'<tr data-subscriber="{subscriber_id}".*?</tr>', html, re.DOTALL)
     assert match, f"no row for {subscriber_id}"
@@ -456,11 +471,13 @@ def test_the_cli_refuses_a_public_address_without_a_token(
 
 
 def test_the_cli_on_a_port_in_use_exits_1_naming_the_port(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, prefix: str
 ) -> None:
-    """Not 3: that is `status --check`'s code for a threshold passed."""
+    """Not 3: that is `status --check`'s code for a threshold passed. The app is built under
+    a prefix of the test's own (deleted afterwards), never the default one."""
     real_redis()
     monkeypatch.setenv("ES_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("ES_PREFIX", prefix)
     monkeypatch.delitem(sys.modules, "examples.bank", raising=False)  # built anew on it
     monkeypatch.delenv("ES_DASHBOARD_TOKEN", raising=False)
     with socket.create_server(("127.0.0.1", 0)) as taken:

@@ -38,6 +38,7 @@ from es_workers import (
     TruncatedError,
 )
 from es_workers.redis.publisher import PublisherOptions
+from es_workers.settings import Settings
 
 AnyStorage = RedisStorage | InMemoryStorage
 
@@ -245,6 +246,36 @@ def test_trimming_keeps_what_a_named_follower_has_not_done(one_partition: Store)
 
 
 @ONE_PARTITION
+def test_trimming_by_time_keeps_at_least_what_is_younger_or_the_last_n(
+        one_partition: Store) -> None:
+    store = one_partition
+    storage = store.storage
+    assert isinstance(storage, RedisStorage | InMemoryStorage)
+    write_accounts(store, "a", "b")  # positions 1..4, older than `middle`
+    time.sleep(0.05)
+    middle = time.time()
+    time.sleep(0.05)
+    young = write_accounts(store, "c")  # 5, 6
+
+    def since_middle_ms() -> int:
+        return int((time.time() - middle) * 1000)
+
+    assert storage.trim_logs(keep=4, keep_for_ms=since_middle_ms()) > 0  # the last 4 kept
+    with pytest.raises(TruncatedError) as raised:
+        list(store.read_all())
+    assert raised.value.first_kept == Position(0, 3)
+    assert storage.trim_logs(keep_for_ms=10_000_000) == 0  # all young: nothing goes
+    assert storage.trim_logs(keep_for_ms=since_middle_ms()) > 0  # b's write is older
+    with pytest.raises(TruncatedError) as raised:
+        list(store.read_all())
+    assert raised.value.first_kept == Position(0, 5)
+    assert [e.position for e in store.read_all(after=Position(0, 4))] == young
+    assert write_accounts(store, "d") == [Position(0, 7), Position(0, 8)]  # never reused
+    with pytest.raises(ValueError, match="keep"):
+        storage.trim_logs()
+
+
+@ONE_PARTITION
 def test_wait_for_takes_a_position(one_partition: Store) -> None:
     store = one_partition
     seen: list[Event] = []
@@ -293,6 +324,32 @@ def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
         wait_until(lambda: first_kept() == Position(0, 3))
         time.sleep(0.05)  # a few trimming rounds more: still kept
         assert first_kept() == Position(0, 3)
+    finally:
+        store.close()
+        publishing.join()
+
+
+def test_the_publisher_trims_the_log_by_time_alone(redis_client: redis.Redis,
+                                                    prefix: str) -> None:
+    """ES_LOG_KEEP_FOR_MS without ES_LOG_KEEP: the settings reach the publisher, which trims
+    what is older (the last write stays)."""
+    options = Settings(log_keep_for_ms=1, log_trim_every_ms=10).publisher_options()
+    assert (options.log_keep, options.log_keep_for_ms) == (None, 1)
+    storage = RedisStorage(redis_client, prefix=prefix, partitions=1, publisher=options)
+    store = Store(storage, events=ACCOUNT_EVENTS)
+    write_accounts(store, "a", "b", "c")  # p0:1..6, one write each
+
+    def first_kept() -> Position | None:
+        try:
+            list(store.read_all())
+        except TruncatedError as error:
+            return error.first_kept
+        return None
+
+    publishing = threading.Thread(target=store.start)
+    publishing.start()
+    try:
+        wait_until(lambda: first_kept() == Position(0, 5))  # c's write: the last one
     finally:
         store.close()
         publishing.join()

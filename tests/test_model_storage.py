@@ -321,7 +321,7 @@ class Balance(BaseModel):
 
 
 class RetentionModel(StorageModel):
-    """StorageModel's steps and snapshots, truncations, tombstones and the scavenger:
+    """StorageModel's steps and snapshots, truncations, deletes, tombstones and the scavenger:
     every outcome (events read, errors with their first kept event, snapshots found, what
     the scavenger removed) the same on both stores."""
 
@@ -332,6 +332,15 @@ class RetentionModel(StorageModel):
     @rule(entity=st.sampled_from(ENTITIES))
     def tombstone(self, entity: tuple[str, str]) -> None:
         self.both(lambda store: store.tombstone(*entity))
+
+    @rule(entity=st.sampled_from(ENTITIES))
+    def delete(self, entity: tuple[str, str]) -> None:
+        self.both(lambda store: store.delete(*entity))
+
+    @rule(entity_type=st.sampled_from(sorted({t for t, _ in ENTITIES})))
+    def list_entities(self, entity_type: str) -> None:
+        model, real = self.both(lambda store: store.entity_ids(entity_type, limit=1000))
+        assert sorted(real[1][0]) == sorted(model[1][0])
 
     @rule()
     def scavenge(self) -> None:

@@ -22,7 +22,7 @@ import redis
 import redis.asyncio
 from conftest import REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
-from kit import ROOT, Processes, wait_for
+from kit import ES_WORKERS, ROOT, Processes, wait_for
 
 from es_workers import (
     AsyncRedisStorage,
@@ -168,3 +168,64 @@ def test_async_handlers_in_worker_processes_keep_order_and_a_failing_one_is_park
     others = {(e, n) for e, n in expected if e != "poison"} | {("poison", 1)}
     wait_until_handled(client, prefix, others, timeout=30, subscribers=("fragile",))
     assert sorted(handled(client, prefix, "fragile")) == sorted(others)
+
+
+def test_kill_9_of_the_scavenger_mid_batch_loses_no_kept_event_and_leaves_no_orphan_key(
+        setup) -> None:
+    """`es-workers scavenge` killed while it removes: every event the retention limit keeps,
+    and every event the subscriber has not handled, is still there and reads whole; no key
+    but the store's own; a second run finishes the job."""
+    processes, client, prefix = setup
+    entities, each, kept = 3000, 60, 5  # kept: the app's Retention(max_count=5)
+    storage = RedisStorage(client, prefix=prefix, partitions=4)
+    store = Store(storage, events={"counter": [Added]})
+    for n in range(entities):
+        with store.open("counter", f"c{n}") as stream:
+            stream.write(*(Added(amount=i) for i in range(each)))
+    # "audit" handled every event of the even entities, the first 20 of the odd ones.
+    storage.state.move_checkpoints("audit", "counter", {
+        f"c{n}": each if n % 2 == 0 else 20 for n in range(entities)})
+    streams = [storage.keys.stream("counter", f"c{n}") for n in range(entities)]
+
+    def lengths() -> list[int]:
+        pipe = client.pipeline(transaction=False)
+        for key in streams:
+            pipe.xlen(key)
+        return [int(n) for n in pipe.execute()]
+
+    scavenger = processes.start("scavenge", ES_WORKERS, "scavenge",
+                                "tests.process_retention_app:store", "--yes")
+    wait_for(lambda: min(lengths()) < each or scavenger.poll() is not None,
+             "the scavenger to start removing", timeout=60, interval=0.01)
+    processes.kill("scavenge")
+    partly = lengths()
+    assert any(n == each for n in partly), "the scavenger finished before it was killed"
+    assert any(n < each for n in partly)
+
+    def check_everything_kept(final: bool) -> None:
+        for n in range(entities):
+            # The kept events read; those "audit" has not handled are still stored for it.
+            numbers = [e.event_number for e in store.read("counter", f"c{n}", each - kept)]
+            assert numbers == list(range(each - kept + 1, each + 1)), f"c{n}"
+            if n % 2:
+                stored = [e.event_number for e in storage.read_stored("counter", f"c{n}", 20)]
+                assert stored == list(range(21, each + 1)), f"c{n}"
+        if final:
+            assert lengths() == [kept if n % 2 == 0 else each - 20 for n in range(entities)]
+        known = ("stream:counter:", "heads:counter", "index:counter", "truncated:counter",
+                 "checkpoints:audit:counter", "outbox", "log")
+        for key in client.scan_iter(f"{prefix}:*", count=1000):
+            name = key.decode()
+            assert name == f"{prefix}:meta" or name.startswith(f"{prefix}:subscribers") or any(
+                part in name.split("}:", 1)[-1] for part in known), f"orphan key {name}"
+            if ":stream:counter:" in name:
+                assert name in set(streams), f"orphan stream {name}"
+
+    check_everything_kept(final=False)
+    again = processes.start("scavenge-again", ES_WORKERS, "scavenge",
+                            "tests.process_retention_app:store", "--yes")
+    assert again.wait(timeout=120) == 0
+    check_everything_kept(final=True)
+    with store.open_from("counter", "c0", each) as stream:  # numbering goes on
+        list(stream.all())
+        assert stream.write(Added(amount=0)) and stream.position == each + 1

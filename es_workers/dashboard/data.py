@@ -14,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from es_workers import ConfigurationError, Event, RedisStorage, Store
-from es_workers.admin import ParkedEntity, StoreStatus, count_entities, parked, status
+from es_workers import ConfigurationError, Event, RedisStorage
+from es_workers.admin import Footprint, ParkedEntity, StoreStatus, count_entities, parked, status
 from es_workers.personal import redacted
+from es_workers.store import Store
 
 EVENTS_PER_PAGE = 100
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")
@@ -67,6 +68,11 @@ class Overview:
 
     def parked(self) -> list[ParkedEntity]:
         return [item for sub in self.status.subscribers for item in sub.parked]
+
+    def footprint(self, entity_type: str) -> Footprint | None:
+        """The entity type's estimated memory and what a scavenge would free."""
+        return next((f for f in self.status.footprints if f.entity_type == entity_type),
+                    None)
 
     def to_dict(self) -> dict[str, Any]:
         return {

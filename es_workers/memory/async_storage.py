@@ -5,12 +5,13 @@ see the same events, and that Store's `start()` relays what either writes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from ..event import Content, Event
 from ..position import Position
 from ..snapshot import StoredSnapshot
+from ..upgrade import AsyncStoredEvents, Deletion, StoredEvents
 from .storage import InMemoryStorage
 
 
@@ -24,9 +25,11 @@ class AsyncInMemoryStorage:
     def entity_types(self) -> list[str]:
         return self.storage.entity_types()
 
-    async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
-        for event in self.storage.read(entity_type, entity_id, after):
-            yield event
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """`InMemoryStorage.read`, awaited."""
+        stored = self.storage.read(entity_type, entity_id, after)
+        deletion = stored.deletion if isinstance(stored, StoredEvents) else Deletion()
+        return AsyncStoredEvents(_events(stored), deletion)
 
     async def write(self, entity_type: str, events: Sequence[Event]) -> list[Position]:
         return self.storage.write(entity_type, events)
@@ -41,9 +44,13 @@ class AsyncInMemoryStorage:
         them); returns the first kept event number."""
         return self.storage.truncate_before(entity_type, entity_id, event_number)
 
-    async def tombstone(self, entity_type: str, entity_id: str) -> None:
+    async def tombstone(self, entity_type: str, entity_id: str) -> int:
         """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
-        self.storage.tombstone(entity_type, entity_id)
+        return self.storage.tombstone(entity_type, entity_id)
+
+    async def delete(self, entity_type: str, entity_id: str) -> int:
+        """The entity reads as empty until written again (`InMemoryStorage.delete`)."""
+        return self.storage.delete(entity_type, entity_id)
 
     async def save_snapshot(self, entity_type: str, entity_id: str,
                             snapshot: StoredSnapshot) -> None:
@@ -79,3 +86,8 @@ class AsyncInMemoryStorage:
 
     async def close(self) -> None:
         self.storage.close()
+
+
+async def _events(events: Iterator[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event

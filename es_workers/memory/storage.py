@@ -7,7 +7,7 @@ import queue
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from ..codec import DEFAULT_MAX_EVENT_BYTES, ContentRegistry, check_size
@@ -18,11 +18,11 @@ from ..keyring import Keyring
 from ..metadata import encode as encode_metadata
 from ..names import check_entity_id, check_entity_type
 from ..ports import Bus, EventBus
-from ..position import Position, partition_of, trim_from
+from ..position import Position, check_log_keep, partition_of, trim_from
 from ..retention import Retention, Scavenged, first_kept_by_count
 from ..retention import beyond_head as truncated_beyond_head
 from ..snapshot import StoredSnapshot, beyond_head, not_stored
-from ..upgrade import Reader
+from ..upgrade import Deletion, Reader, StoredEvents
 from .keys import InMemoryKeyStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class InMemoryStorage:
         self._snapshots: dict[tuple[str, str], dict[str, tuple[StoredSnapshot, datetime]]] = {}
         self._retention: dict[str, Retention] = {}
         self._kept: dict[tuple[str, str], int] = {}
-        self._tombstoned: set[tuple[str, str]] = set()  # first kept event number, if truncated
+        self._tombstoned: set[tuple[str, str]] = set()
+        self._deleted: set[tuple[str, str]] = set()  # read from _kept on (store.delete)
 
     def register(self, entity_type: str, *content_types: type[Content]) -> None:
         self.registry.register(entity_type, *content_types)
@@ -80,15 +81,24 @@ class InMemoryStorage:
         return self.registry.entity_types()
 
     def read(self, entity_type: str, entity_id: str, after: int = 0) -> Iterator[Event]:
-        """TruncatedError (when iterated) if `after` is before the first kept event."""
+        """TruncatedError (when iterated) if `after` is before the first kept event; a
+        deleted entity reads from its first event after the deletion."""
         check_entity_type(entity_type)
         check_entity_id(entity_id)
+        deletion = Deletion()
+        return StoredEvents(self._read_kept(entity_type, entity_id, after, deletion), deletion)
+
+    def _read_kept(self, entity_type: str, entity_id: str, after: int,
+                   deletion: Deletion) -> Iterator[Event]:
+        key = (entity_type, entity_id)
         with self._lock:
-            kept = self._kept.get((entity_type, entity_id), 1)
-            tombstoned = (entity_type, entity_id) in self._tombstoned
+            kept = self._kept.get(key, 1)
+            tombstoned, deleted = key in self._tombstoned, key in self._deleted
         if tombstoned:
             raise StreamDeletedError(entity_type, entity_id)
-        if after + 1 < kept:
+        if after + 1 < kept and deleted:
+            after = deletion.deleted_through = kept - 1
+        elif after + 1 < kept:
             raise TruncatedError.of_entity(entity_type, entity_id, kept)
         yield from self._read(entity_type, entity_id, after)
 
@@ -158,8 +168,12 @@ class InMemoryStorage:
             self._logged.notify_all()
             if expected == 0:
                 self._first_ids[entity_type, entity_id] = events[0].store_event_id
+            if expected == 0 or (
+                    (entity_type, entity_id) in self._deleted
+                    and self._kept.get((entity_type, entity_id)) == expected + 1):
+                # new, or the first write after a delete: listed (again)
                 self._order.setdefault(entity_type, []).append(
-                    (events[0].store_event_id, entity_id)
+                    (self._first_ids[entity_type, entity_id], entity_id)
                 )
                 self._order[entity_type].sort()
         self._published.put((entity_type, entity_id, expected + 1, expected + len(events)))
@@ -192,25 +206,43 @@ class InMemoryStorage:
             head = len(self._streams.get((entity_type, entity_id), ()))
             if event_number > head + 1:
                 raise truncated_beyond_head(entity_type, entity_id, event_number, head)
-            kept = max(event_number, self._kept.get((entity_type, entity_id), 1))
+            old = self._kept.get((entity_type, entity_id), 1)
+            kept = max(event_number, old)
+            if kept > old:  # a truncation past a delete is a truncation (as on Redis)
+                self._deleted.discard((entity_type, entity_id))
             if kept > 1:
                 self._kept[entity_type, entity_id] = kept
             return kept
 
-    def tombstone(self, entity_type: str, entity_id: str) -> None:
-        """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
+    def tombstone(self, entity_type: str, entity_id: str) -> int:
+        """Deletes the entity for good: reads and later writes raise StreamDeletedError.
+        Returns its head (-1: tombstoned already)."""
+        return self._remove(entity_type, entity_id, tombstone=True)
+
+    def delete(self, entity_type: str, entity_id: str) -> int:
+        """The entity reads as empty until written again, after its old numbers. Returns
+        its head (-1: nothing to delete)."""
+        return self._remove(entity_type, entity_id, tombstone=False)
+
+    def _remove(self, entity_type: str, entity_id: str, *, tombstone: bool) -> int:
         check_entity_type(entity_type)
         check_entity_id(entity_id)
         key = (entity_type, entity_id)
         with self._lock:
-            if key in self._tombstoned:
-                return
-            self._tombstoned.add(key)
-            self._kept[key] = len(self._streams.get(key, ())) + 1
+            head = len(self._streams.get(key, ()))
+            if key in self._tombstoned or (not tombstone and head == 0):
+                return -1
+            if tombstone:
+                self._tombstoned.add(key)
+                self._deleted.discard(key)
+            else:
+                self._deleted.add(key)
+            self._kept[key] = head + 1
             self._snapshots.pop(key, None)
             first_id = self._first_ids.get(key)
-            if first_id is not None:
+            if first_id is not None and (first_id, entity_id) in self._order[entity_type]:
                 self._order[entity_type].remove((first_id, entity_id))
+            return head
 
     def retain(self, entity_type: str, retention: Retention) -> None:
         """Sets the entity type's limits, applied when the scavenger runs."""
@@ -227,9 +259,11 @@ class InMemoryStorage:
                 kept = self._kept.get(key, 1)
                 limits = self._retention.get(key[0])
                 if limits is not None and records:
-                    kept = max(kept, first_kept_by_count(limits, len(records)),
-                               _kept_by_age(limits, records, now))
-                    self._kept[key] = kept
+                    limited = max(kept, first_kept_by_count(limits, len(records)),
+                                  _kept_by_age(limits, records, now))
+                    if limited > kept:  # as truncate_before
+                        self._deleted.discard(key)
+                    self._kept[key] = kept = limited
                 removed = [r for r in records[: kept - 1] if r is not None]
                 records[: kept - 1] = [None] * (kept - 1)
                 if removed:
@@ -304,9 +338,12 @@ class InMemoryStorage:
         with self._lock:
             self._followers.setdefault(name, {}).update(done)
 
-    def trim_logs(self, keep: int) -> int:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """As RedisStorage's: at least the last `keep` events or those of the last
+        `keep_for_ms` milliseconds, and what a follower has not done."""
+        check_log_keep(keep, keep_for_ms)
+        cutoff = None if keep_for_ms is None else (
+            datetime.now(UTC) - timedelta(milliseconds=keep_for_ms))
         removed = 0
         with self._lock:
             for partition, log in enumerate(self._logs):
@@ -314,12 +351,20 @@ class InMemoryStorage:
                     continue
                 trimmed = self._trimmed[partition]
                 done = [d[partition] for d in self._followers.values() if partition in d]
-                first = trim_from(trimmed + len(log), keep, done)
+                young = None if cutoff is None else trimmed + 1 + next(
+                    (i for i, entry in enumerate(log) if self._young(entry, cutoff)), len(log))
+                first = trim_from(trimmed + len(log), keep or 1, done, young)
                 drop = max(0, first - 1 - trimmed)
                 del log[:drop]
                 self._trimmed[partition] += drop
                 removed += drop
         return removed
+
+    def _young(self, entry: tuple[str, str, int], cutoff: datetime) -> bool:
+        """Whether the logged event is not older than `cutoff` (a removed one is old)."""
+        entity_type, entity_id, number = entry
+        record = self._streams[entity_type, entity_id][number - 1]
+        return record is not None and record.event_time >= cutoff
 
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:

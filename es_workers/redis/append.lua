@@ -7,8 +7,10 @@
 -- KEYS[4] outbox          {tag}:outbox               stream, one entry per appended batch
 -- KEYS[5] scratch         {tag}:scratch              never left behind: see "A new stream"
 -- KEYS[6] truncated       {tag}:truncated:<type>     hash entity ID -> "<first kept> <event 1's
---                                                     e>[ tombstone]" (truncate.lua,
---                                                     tombstone.lua): a tombstone refuses
+--                                                     e>[ tombstone| deleted]" (truncate.lua,
+--                                                     remove.lua): a tombstone refuses; the
+--                                                     first write after a delete lists the
+--                                                     entity again (its store_entity_id)
 -- KEYS[7] log (optional)  {tag}:log                  stream, one entry per write in commit
 --                                                     order: its events take the log numbers
 --                                                     after the last one's, and its ID is
@@ -56,6 +58,12 @@ end
 
 local removed = redis.call('HGET', KEYS[6], ARGV[2])
 if removed and string.sub(removed, -10) == ' tombstone' then return {6, 0} end
+-- Deleted (remove.lua): the first event after the deleted ones lists the entity again.
+local relisted
+if removed and string.sub(removed, -8) == ' deleted' then
+  local kept, first_id = string.match(removed, '^(%d+) ([^ ]*)')
+  if tonumber(kept) == tonumber(ARGV[3]) + 1 and first_id ~= '' then relisted = first_id end
+end
 
 -- The position is the entity's entry in heads: this script alone writes it, with the
 -- events, so it equals the stream's last generated ID, survives trimming as that does, and
@@ -172,6 +180,8 @@ end
 redis.call('HSET', heads, ARGV[2], new_position)
 if expected == 0 then
   redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
+elseif relisted then
+  redis.call('ZADD', index, 0, relisted .. ARGV[2])
 end
 local wake = ARGV[5 + 5 * count]
 local idle = wake and wake ~= '' and redis.call('XLEN', outbox) == 0

@@ -67,6 +67,34 @@ class AsyncArchive(Protocol):
         Entry]: ...
 
 
+class ArchiveBound:
+    """The archive's `KeepBound` (registered on `RedisStorage.keep_bounds` when the storage
+    has an archive): the scavenger removes an entity's events only up to its archived mark
+    (the first needed is the mark + 1), never one the archive has not confirmed. A
+    tombstoned entity needs none (deleted for good: the archiver deletes its rows); a
+    deleted one (store.delete) is bound by its mark like any other."""
+
+    def __init__(self, client: Any, keys: RedisKeys) -> None:
+        self.client, self.keys = client, keys
+
+    def first_needed(self, entity_type: str, entity_ids: Sequence[str]) -> list[int]:
+        """For each entity, its archived mark + 1 (past its head when tombstoned)."""
+        pipe = self.client.pipeline(transaction=False)
+        for entity_id in entity_ids:
+            partition = self.keys.partition(entity_type, entity_id)
+            pipe.hget(self.keys.archived(entity_type, partition), entity_id)
+            pipe.hget(self.keys.truncated(entity_type, partition), entity_id)
+        replies = pipe.execute()
+        needed = []
+        for mark, truncation in zip(replies[::2], replies[1::2], strict=True):
+            if truncation is not None and text(truncation).endswith(" tombstone"):
+                # its truncation is its head + 1: nothing of it is needed
+                needed.append(int(text(truncation).split(" ", 1)[0]))
+            else:
+                needed.append(archived_mark(mark)[0] + 1)
+        return needed
+
+
 @dataclass(frozen=True)
 class Archived:
     """What an archiver pass did: events newly stored in the archive, and of how many

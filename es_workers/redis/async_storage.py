@@ -25,12 +25,15 @@ from ..event import Content, Event
 from ..keyring import AsyncKeyring
 from ..position import Position
 from ..snapshot import StoredSnapshot
+from ..upgrade import AsyncStoredEvents, Deletion
 from .archiver import AsyncArchive, archived_mark
 from .cluster import is_async_cluster
 from .durability import Durability
 from .entries import (
     DEFAULT_PARTITIONS,
+    DELETED_MARK,
     READ_PAGE,
+    TOMBSTONED_MARK,
     EntityKeys,
     EntityPages,
     append_args,
@@ -52,9 +55,10 @@ from .snapshots import (
     check_saved,
     check_truncated,
     loaded,
+    remove_keys,
+    removed,
     snapshot_args,
     snapshot_keys,
-    tombstone_keys,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -97,7 +101,7 @@ class AsyncRedisStorage:
         self.append_script = (BatchingScript if pooled else AsyncScript)(client, "append")
         self._snapshot_script = AsyncScript(client, "snapshot")
         self._truncate_script = AsyncScript(client, "truncate")
-        self._tombstone_script = AsyncScript(client, "tombstone")
+        self._remove_script = AsyncScript(client, "remove")
         self._wanted = partitions
         self._entity_keys: EntityKeys | None = None
         self._state: SubscriberState | None = None
@@ -164,7 +168,13 @@ class AsyncRedisStorage:
         return check_appended(keys[0], entity_type, events, reply, partition, self.durability,
                               confirmed)
 
-    async def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+    def read(self, entity_type: str, entity_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """The entity's events after `after` (see `RedisStorage.read`)."""
+        deletion = Deletion()
+        return AsyncStoredEvents(self._read(entity_type, entity_id, after, deletion), deletion)
+
+    async def _read(self, entity_type: str, entity_id: str, after: int,
+                    deletion: Deletion) -> AsyncIterator[Event]:
         entity_keys = await self._entities()
         key = entity_keys(entity_type, entity_id)[0]
         pages = EntityPages(self.registry, key, entity_type, entity_id, after,
@@ -192,6 +202,7 @@ class AsyncRedisStorage:
                         raise mark
                     upto, pages.kept_store_entity_id = archived_mark(mark)
                     entries = pages.take_replies(replies)
+                    deletion.deleted_through = pages.deleted_through
                 else:
                     entries = await xrange(reader, key, f"{pages.start}-0", count=pages.count)
             if first_page:  # what the scavenger removed once archived, as RedisStorage
@@ -269,13 +280,22 @@ class AsyncRedisStorage:
             value, kept = await pipe.execute()
         return loaded(name, value, kept)
 
-    async def tombstone(self, entity_type: str, entity_id: str) -> None:
-        """Deletes the entity for good: reads and later writes raise StreamDeletedError."""
+    async def tombstone(self, entity_type: str, entity_id: str) -> int:
+        """Deletes the entity for good: reads and later writes raise StreamDeletedError
+        (`RedisStorage.tombstone`)."""
+        return await self._remove(entity_type, entity_id, TOMBSTONED_MARK)
+
+    async def delete(self, entity_type: str, entity_id: str) -> int:
+        """The entity reads as empty until written again (`RedisStorage.delete`)."""
+        return await self._remove(entity_type, entity_id, DELETED_MARK)
+
+    async def _remove(self, entity_type: str, entity_id: str, mark: str) -> int:
         entity_keys = await self._entities()
         entity_keys(entity_type, entity_id)  # checks both names
-        keys = tombstone_keys(entity_keys.keys, entity_type, entity_id)
-        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
-            await self._tombstone_script(keys, [entity_id])
+        keys = remove_keys(entity_keys.keys, entity_type, entity_id)
+        with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
+                        writing=True):
+            return removed(await self._remove_script(keys, [entity_id, mark]))
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         """Marks the entity's events before `event_number` as removable (the scavenger removes

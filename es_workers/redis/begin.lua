@@ -8,9 +8,10 @@
 -- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- then per entity i (from 0): KEYS[6 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
 -- the holder's token), KEYS[7 + 2i] the entity stream {tag}:stream:<type>:<id>
--- then KEYS[#KEYS - 1] truncated {tag}:truncated:<type> (hash entity ID -> "<first kept>
--- <event 1's e>", truncate.lua), and last, KEYS[#KEYS] paused {tag}:paused:<subscriber>
--- (string, while a rebuild holds it)
+-- then KEYS[#KEYS - 2] missed {tag}:missed:<subscriber>:<type> (string: how many events the
+-- subscriber could not get, removed before it handled them), KEYS[#KEYS - 1] truncated
+-- {tag}:truncated:<type> (hash entity ID -> "<first kept> <event 1's e>", truncate.lua),
+-- and last, KEYS[#KEYS] paused {tag}:paused:<subscriber> (string, while a rebuild holds it)
 -- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
@@ -21,7 +22,9 @@
 -- field when event 1 is not among them ('' otherwise), so no further read is needed, and
 -- (when the events after the checkpoint were removed because they were before the first
 -- kept one: a subscriber added after the scavenger ran) the checkpoint is the event before
--- the first stored one, where the subscriber starts;
+-- the first stored one, where the subscriber starts: recorded at once (the lock is ours),
+-- and the events it passes over are counted in `missed` (once: the next begin finds the
+-- checkpoint moved);
 -- attempts the failed attempts at the entity's next event so far;
 -- state 1 when there is nothing to do (the entity is parked, or the notice is at or below
 -- the checkpoint: a duplicate); state 2 when another worker holds the lock; state 3 when
@@ -53,7 +56,7 @@ if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   return paused
 end
 
-local truncated = KEYS[#KEYS - 1]
+local truncated, missed = KEYS[#KEYS - 1], KEYS[#KEYS - 2]
 
 -- The entity's truncation: its first kept event number (0: none) and event 1's ID.
 local function truncation(id)
@@ -102,7 +105,9 @@ local function begin(id, target, lock, stream)
   if #entries > 0 then
     local first = tonumber(string.match(entries[1][1], '^(%d+)'))
     if first and first > checkpoint + 1 and first <= truncation(id) then
+      redis.call('INCRBY', missed, first - 1 - checkpoint)
       checkpoint = first - 1
+      redis.call('HSET', checkpoints, id, checkpoint)
     end
   end
   local store_entity_id = ''

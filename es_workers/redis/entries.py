@@ -222,12 +222,15 @@ def flat_entries(entries: list[Any]) -> list[Any]:
     return entries
 
 
-def truncation(value: bytes | str) -> tuple[int, str, bool]:
-    """An entity's truncation as truncate.lua and tombstone.lua write it, `<first kept>
-    <event 1's ID>[ tombstone]`: (first kept, event 1's ID, whether tombstoned)."""
+TOMBSTONED_MARK, DELETED_MARK = "tombstone", "deleted"
+
+
+def truncation(value: bytes | str) -> tuple[int, str, str]:
+    """An entity's truncation as truncate.lua and remove.lua write it, `<first kept>
+    <event 1's ID>[ tombstone| deleted]`: (first kept, event 1's ID, the mark or '')."""
     kept, _, rest = text(value).partition(" ")
-    first_id, _, flag = rest.partition(" ")
-    return int(kept) if kept.isdigit() else 1, first_id, flag == "tombstone"
+    first_id, _, mark = rest.partition(" ")
+    return int(kept) if kept.isdigit() else 1, first_id, mark
 
 
 class EntityPages:
@@ -247,6 +250,7 @@ class EntityPages:
 
     __slots__ = (
         "checked",
+        "deleted_through",
         "entity_id",
         "entity_type",
         "kept_only",
@@ -254,6 +258,7 @@ class EntityPages:
         "key",
         "more",
         "partition",
+        "refill",
         "registry",
         "start",
         "store_entity_id",
@@ -271,6 +276,8 @@ class EntityPages:
         self.store_entity_id: str | None = None
         self.kept_store_entity_id = ""  # event 1's ID as truncate.lua kept it
         self.checked = False  # whether the entity's truncation was read (the first page)
+        self.deleted_through = 0  # the deleted events a read from before them passed over
+        self.refill = False  # the first page held only deleted events: read on regardless
         self.kept_only = True  # whether reading before the first kept event raises
         self.more = True
 
@@ -306,6 +313,10 @@ class EntityPages:
         if len(replies) == 3:
             self.take_first(replies[1])
         page: list[Any] = replies[-1]
+        if self.deleted_through and page:  # read from before the deletion: skip its events
+            self.refill = len(page) >= self.count
+            page = [entry for entry in flat_entries(page)
+                    if int(text(entry[0]).partition("-")[0]) >= self.start]
         return page
 
     def take_truncation(self, value: bytes | str | None) -> None:
@@ -315,15 +326,22 @@ class EntityPages:
         self.checked = True
         if value is None:
             return
-        kept, first_id, tombstoned = truncation(value)
-        if tombstoned and self.kept_only:  # a subscriber still reads what is stored
+        kept, first_id, mark = truncation(value)
+        if mark == TOMBSTONED_MARK and self.kept_only:  # a subscriber reads what is stored
             raise StreamDeletedError(self.entity_type, self.entity_id)
-        if self.kept_only and self.start < kept:
-            raise TruncatedError.of_entity(self.entity_type, self.entity_id, kept)
         self.kept_store_entity_id = first_id
+        if mark == DELETED_MARK and self.kept_only and self.start < kept:
+            # Deleted (store.delete): the entity reads as if it began after those events,
+            # still under its store_entity_id.
+            self.deleted_through = kept - 1
+            self.start, self.store_entity_id = kept, first_id
+        elif self.kept_only and self.start < kept:
+            raise TruncatedError.of_entity(self.entity_type, self.entity_id, kept)
 
 
     def take_first(self, first: list[Any]) -> None:
+        if self.deleted_through:  # store_entity_id taken from the deletion
+            return
         # Event 1 removed (truncated and scavenged): its ID as truncate.lua kept it.
         self.store_entity_id = self.kept_store_entity_id
         if first:
@@ -335,12 +353,14 @@ class EntityPages:
         (hydrating is read-bound); anything else goes through `_decode`, which decodes it or
         raises the error that explains it."""
         # One entry past the page is read again as the next page's first.
+        refill, self.refill = self.refill, False
         self.more = len(entries) > READ_PAGE
         if self.more:
             entries.pop()
         if not entries:
-            self.more = False
+            self.more = refill
             return
+        self.more = self.more or refill
         # Moves `start` past the page's last entry once decoded (or raises).
         yield from self.events(flat_entries(entries))
 

@@ -58,6 +58,7 @@ class PublisherOptions:
     max_backoff_ms: int = 5_000
     redrive_after_ms: int = 10_000  # a notice not seen handled by then is sent again
     log_keep: int | None = None  # log entries kept per partition (None: all); see trim_logs
+    log_keep_for_ms: int | None = None  # and those this young (None: by count alone)
     trim_every_ms: int = 10_000
     scavenge_interval_ms: int | None = None  # how often to scavenge (None: never)
 
@@ -74,7 +75,7 @@ class OutboxStorage(Storage, Protocol):
 
     def scavenge(self, subscribers: Mapping[str, Sequence[str]]) -> Scavenged: ...
 
-    def trim_logs(self, keep: int) -> int: ...
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -219,9 +220,10 @@ class Publisher:
         if now >= self._next_forget:
             self._forget_dead_consumers()
             self._next_forget = now + FORGET_EVERY_S
-        if self.options.log_keep is not None and now >= self._next_trim:
+        keep, keep_for_ms = self.options.log_keep, self.options.log_keep_for_ms
+        if (keep is not None or keep_for_ms is not None) and now >= self._next_trim:
             # Trimming never removes what a named follower has not done (trim_logs).
-            self.storage.trim_logs(self.options.log_keep)
+            self.storage.trim_logs(keep, keep_for_ms)
             self._next_trim = now + self.options.trim_every_ms / 1000
         if self.options.scavenge_interval_ms is not None and now >= self._next_scavenge:
             self._scavenge()

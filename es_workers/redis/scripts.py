@@ -7,7 +7,7 @@ the server only when the server does not know it (after a restart or SCRIPT FLUS
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -71,6 +71,25 @@ class Script:
             self._client.script_load(source(self.name))
             return self._evalsha(keys, args, raw)
 
+    def many(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Runs the script once per (keys, args), in one pipeline (on a cluster, all calls'
+        keys in one slot: sent through that node's own client, as `then`); the replies in
+        order, a failed call's error raised. For scripts that may run twice (a reply lost
+        to NOSCRIPT is run again after loading it)."""
+        if not calls:
+            return []
+        if not self._on_cluster:
+            return _many(self._client, self.name, self.sha, calls)
+        return retried_while_slots_move(lambda: self._many_on_node(calls))
+
+    def _many_on_node(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        node = self._client.get_redis_connection(self._client.get_node_from_key(calls[0][0][0]))
+        try:
+            return _many(node, self.name, self.sha, calls)
+        except redis.exceptions.AskError as error:  # MOVED too: the slot map changed
+            self._client.nodes_manager.initialize()
+            raise redis.exceptions.ClusterError(str(error)) from error
+
     def then(self, keys: list[str], args: list[Any], command: tuple[Any, ...]) -> list[Any]:
         """Runs the script, then `command`, on one connection in one round trip (WAIT must
         follow the write it waits for on the same connection). Returns both answers.
@@ -91,6 +110,23 @@ class Script:
         except redis.exceptions.AskError as error:  # MOVED too: the slot map changed
             self._client.nodes_manager.initialize()
             raise redis.exceptions.ClusterError(str(error)) from error
+
+
+def _many(client: Any, name: str, sha: str,
+          calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    answers: list[Any] = []
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        answers = pipe.execute(raise_on_error=False)
+        if attempt or not any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
+            break
+        client.script_load(source(name))
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
 
 
 def _then(

@@ -36,13 +36,18 @@ def truncate_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str
             keys.truncated(entity_type, partition)]
 
 
-def tombstone_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str]:
-    """tombstone.lua's KEYS: the entity's stream, its partition's heads, index and
+def remove_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str]:
+    """remove.lua's KEYS: the entity's stream, its partition's heads, index and
     truncations, its snapshots."""
     partition = keys.partition(entity_type, entity_id)
     return [keys.stream(entity_type, entity_id), keys.heads(entity_type, partition),
             keys.index(entity_type, partition), keys.truncated(entity_type, partition),
             keys.snapshots(entity_type, entity_id)]
+
+
+def removed(reply: Any) -> int:
+    """The head remove.lua answered, -1 when it had nothing to do."""
+    return int(reply[1]) if int(reply[0]) == 0 else -1
 
 
 def check_truncated(entity_type: str, entity_id: str, event_number: int, reply: Any) -> int:

@@ -19,15 +19,17 @@ from ..errors import ConfigurationError, CorruptEventError
 from ..event import Content, Event
 from ..keyring import Keyring
 from ..ports import Bus
-from ..position import Position, trim_from
-from ..retention import HotWindow, Retention, Scavenged
+from ..position import Position, check_log_keep, trim_from
+from ..retention import HotWindow, KeepBound, Retention, Scavenged
 from ..snapshot import StoredSnapshot
-from ..upgrade import Reader
-from .archiver import Archive, ArchiveCheck, RedisArchiver, archived_mark, verify
+from ..upgrade import Reader, StoredEvents
+from .archiver import Archive, ArchiveBound, ArchiveCheck, RedisArchiver, archived_mark, verify
 from .cluster import is_cluster
 from .durability import Durability
 from .entries import (
+    DELETED_MARK,
     READ_PAGE,
+    TOMBSTONED_MARK,
     EntityKeys,
     EntityPages,
     append_args,
@@ -39,6 +41,7 @@ from .entries import (
     xrange,
 )
 from .failures import appending, server_name, translated
+from .footprint import Footprint, footprint
 from .heartbeats import Heartbeats
 from .keyring import RedisKeyStore
 from .keys import text
@@ -51,13 +54,15 @@ from .snapshots import (
     check_saved,
     check_truncated,
     loaded,
+    remove_keys,
+    removed,
     snapshot_args,
     snapshot_keys,
-    tombstone_keys,
     truncate_keys,
 )
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
+from .worker_ports import RedisHeartbeats, RedisSubscriberRegistry, RedisSubscriberState
 
 
 class RedisStorage:
@@ -115,6 +120,10 @@ class RedisStorage:
         self.hot_window = HotWindow(events=100)
         self.registry = ContentRegistry()
         self.retention: dict[str, Retention] = {}  # per entity type (retain)
+        # Who else needs events kept (an archive); the scavenger asks each (see retention).
+        self.keep_bounds: list[KeepBound] = []
+        if archive is not None:  # never removes what the archive has not confirmed
+            self.keep_bounds.append(ArchiveBound(client, self.keys))
         self.keyring: Keyring | None = None
         if encryption is not None:
             self.keyring = Keyring(encryption, RedisKeyStore(client, prefix))
@@ -125,11 +134,18 @@ class RedisStorage:
         )
         self.heartbeats = Heartbeats(client, self.keys)
         self.subscribers = SubscriberRegistry(client, self.keys)
+        self._worker_ports = (
+            RedisSubscriberState(self.state, self.server, decode=self.decode_entries,
+                                 not_a_stream=self.not_a_stream,
+                                 read_stored=self.read_stored),
+            RedisHeartbeats(self.heartbeats, self.server),
+            RedisSubscriberRegistry(self.subscribers, self.server),
+        )
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._snapshot_script = Script(client, "snapshot")
         self._truncate_script = Script(client, "truncate")
-        self._tombstone_script = Script(client, "tombstone")
+        self._remove_script = Script(client, "remove")
         self._entity_keys = EntityKeys(self.keys)
         self._reader = self._open_reader(client)
         # On a cluster each append SPUBLISHes to its partition's channel when the outbox
@@ -201,7 +217,7 @@ class RedisStorage:
         pages.kept_only = kept_only
         # The pages' events are chained in C: one generator layer per event less (~5% of
         # hydrating).
-        return chain.from_iterable(self._pages(pages))
+        return StoredEvents(chain.from_iterable(self._pages(pages)), pages)
 
     def _pages(self, pages: EntityPages) -> Iterator[Iterator[Event]]:
         key, reader = pages.key, self._reader
@@ -292,6 +308,21 @@ class RedisStorage:
         return EntityPages(self.registry, key, entity_type, entity_id, after,
                            partition=0).not_a_stream()
 
+    # -- ports.SubscriberStorage: what the workers of a DramatiqEventBus use ---------------
+
+    def subscriber_state(self) -> RedisSubscriberState:
+        """The subscribers' locks, checkpoints, failures and parked entities, as the
+        workers use them (`ports.SubscriberState`: Redis errors translated)."""
+        return self._worker_ports[0]
+
+    def process_heartbeats(self) -> RedisHeartbeats:
+        """The heartbeats worker processes write (`ports.Heartbeats`)."""
+        return self._worker_ports[1]
+
+    def subscriber_registry(self) -> RedisSubscriberRegistry:
+        """The record of the subscriber IDs run under the prefix (`ports.SubscriberRegistry`)."""
+        return self._worker_ports[2]
+
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""
         partition = self.keys.partition(entity_type, entity_id)
@@ -367,11 +398,36 @@ class RedisStorage:
             reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
         return check_truncated(entity_type, entity_id, event_number, reply)
 
-    def tombstone(self, entity_type: str, entity_id: str) -> None:
-        """The entity is gone for good (see tombstone.lua)."""
-        keys = tombstone_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
-        with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
-            self._tombstone_script(keys=keys, args=[entity_id])
+    def _truncate_many(self, entity_type: str, truncations: Sequence[tuple[str, int]]) -> None:
+        """`truncate_before` of entities of one type and partition, in one round trip."""
+        calls = [(truncate_keys(self.keys, entity_type, entity_id), [entity_id, number])
+                 for entity_id, number in truncations]
+        replies = self._truncate_script.many(calls)
+        for (entity_id, number), reply in zip(truncations, replies, strict=True):
+            check_truncated(entity_type, entity_id, number, reply)
+
+    def tombstone(self, entity_type: str, entity_id: str) -> int:
+        """The entity is gone for good (see remove.lua); returns its head, or -1 when it
+        was tombstoned already."""
+        return self._remove(entity_type, entity_id, TOMBSTONED_MARK)
+
+    def delete(self, entity_type: str, entity_id: str) -> int:
+        """The entity reads as empty until written again (see remove.lua); returns its
+        head (the last deleted event), or -1 when there was nothing to delete."""
+        return self._remove(entity_type, entity_id, DELETED_MARK)
+
+    def _remove(self, entity_type: str, entity_id: str, mark: str) -> int:
+        keys = remove_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
+        with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
+                        writing=True):
+            return removed(self._remove_script(keys=keys, args=[entity_id, mark]))
+
+    def footprint(self, entity_type: str, subscriber_ids: Sequence[str]) -> Footprint:
+        """The entity type's estimated memory and what a scavenge would free now, from a
+        sample of its entities (see `footprint.py`)."""
+        with translated(self.server, f"estimating the memory of {entity_type}"):
+            return footprint(self.client, self.keys, self.state, entity_type,
+                             self.retention.get(entity_type), subscriber_ids)
 
     def _check_names(self, entity_type: str, entity_id: str) -> str:
         self._entity_keys(entity_type, entity_id)  # checks both names
@@ -396,8 +452,9 @@ class RedisStorage:
             # An unreadable record: that subscriber may read any type.
             for entity_type in types if types is not None else list(every):
                 every.setdefault(entity_type, set()).add(subscriber_id)
-        scavenger = RedisScavenger(self.client, self.keys, self.state, self.truncate_before,
-                                   batch=batch, archived=self.archive is not None)
+        scavenger = RedisScavenger(self.client, self.keys, self.state, self._truncate_many,
+                                   batch=batch, bounds=self.keep_bounds,
+                                   archived=self.archive is not None)
         with translated(self.server, "scavenging", writing=True):
             return scavenger.run(self.retention,
                                  {t: sorted(ids) for t, ids in every.items()})
@@ -469,13 +526,15 @@ class RedisStorage:
         with translated(self.server, f"recording follower {name!r}", writing=True):
             pipe.execute()
 
-    def trim_logs(self, keep: int) -> int:
-        """Trims each partition's log to its last `keep` events (and the rest of the write
-        holding the first of them), never past what a follower recorded as done; returns the
-        number of log entries removed (one per write). The numbering goes on after a trim
-        (a stream's last ID survives XTRIM)."""
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+    def trim_logs(self, keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        """Trims each partition's log, keeping at least its last `keep` events or those of
+        the last `keep_for_ms` milliseconds (by event time), whichever keeps more (and the
+        rest of the write holding the first of them), never past what a follower recorded
+        as done; returns the number of log entries removed (one per write). The numbering
+        goes on after a trim (a stream's last ID survives XTRIM)."""
+        check_log_keep(keep, keep_for_ms)
+        cutoff = None if keep_for_ms is None else int(
+            (time.time() * 1000 - keep_for_ms) * 1000)  # event times are in microseconds
         removed = 0
         for partition in range(self.partitions):
             key = self.keys.log(partition)
@@ -483,8 +542,11 @@ class RedisStorage:
                 newest: Any = self.client.xrevrange(key, "+", "-", count=1)
                 if not newest:
                     continue
+                last = log_number(newest[0][0])
                 followers = self.client.hvals(self.keys.followers(partition))
-                first = trim_from(log_number(newest[0][0]), keep, [int(v) for v in followers])
+                young = None if cutoff is None else self._first_young(
+                    key, last - (keep or 1) + 1, cutoff)
+                first = trim_from(last, keep or 1, [int(v) for v in followers], young)
                 removed += int(self.client.xtrim(key, minid=f"{first}-0", approximate=False))
         return removed
 
@@ -520,6 +582,32 @@ class RedisStorage:
             pages = pipe.execute()
         return {text(k): archived_mark(v)[0] for page in pages for k, v in page.items()}
 
+    def _first_young(self, key: str, before: int, cutoff: int, page: int = 200,
+                     most: int = 10_000) -> int:
+        """The first log number of the oldest write whose events are not older than
+        `cutoff` (microseconds), among the log entries before number `before`; `before` if
+        none is (at most `most` entries are looked at: a trim leaves the rest to the next).
+        An event no longer stored (scavenged) counts as old."""
+        start, seen = "-", 0
+        while seen < most:
+            entries: Any = self.client.xrange(key, start, f"{before - 1}-0", count=page)
+            if not entries:
+                return before
+            pipe = self.client.pipeline(transaction=False)
+            pointers = []
+            for entry_id, fields in entries:
+                values = {text(k): text(v) for k, v in fields.items()}
+                first = log_number(entry_id) - int(values["c"]) + 1
+                pointers.append(first)
+                stream = self.keys.stream(values["type"], values["id"])
+                pipe.xrange(stream, f"{values['n']}-0", f"{values['n']}-0")
+            for first, found in zip(pointers, pipe.execute(), strict=True):
+                stored = found[0][1].get(b"t", found[0][1].get("t")) if found else None
+                if stored is not None and int(text(stored)) >= cutoff:
+                    return first
+            seen += len(entries)
+            start = f"({text(entries[-1][0])}"
+        return log_number(entries[-1][0]) + 1  # not looked at past there: kept
     def start_publish(self, bus: Bus, reader: Reader, stop: threading.Event, *,
                       logger: logging.Logger | None = None) -> None:
         """Relays until `stop`; first refuses (ConfigurationError) if another app runs one of
