@@ -6,6 +6,7 @@ backoff, lost notices are re-sent by the sweep, and new subscribers are handed t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from apps.delivery_kit import (
     FlakyStubBroker,
     Recorder,
     assert_exactly_once_in_order,
+    check_quiet_while_no_worker_runs,
     stub_broker,
 )
 from conftest import ACCOUNT_EVENTS
@@ -231,6 +233,19 @@ def test_sweep_resends_a_notice_that_was_lost(fast_storage: RedisStorage) -> Non
         delivery.stop()
     assert_exactly_once_in_order(recorder, heads)
     assert fast_storage.state.due_count("balances") == 0, "nothing is due once handled"
+
+
+
+def test_while_no_worker_runs_waiting_notices_are_not_sent_again_and_logged_once(
+    fast_storage: RedisStorage, broker: dramatiq.Broker, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="es_workers.publisher")
+    delivery = Delivery(fast_storage, broker, events=ACCOUNT_EVENTS)
+    try:
+        check_quiet_while_no_worker_runs(
+            delivery, lambda: [r.getMessage() for r in list(caplog.records)])
+    finally:
+        delivery.stop()
 
 
 class RecordingBus:

@@ -19,6 +19,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
 
+from kit import wait_for, write_count
+
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.redis.publisher import Publisher, PublisherOptions
 from es_workers.upgrade import EventUpgrade
@@ -222,3 +224,50 @@ class Delivery:
         if self._started is not None:
             self._started.join(timeout=10)
             self._started = None
+
+
+class EnqueueCounter(dramatiq.Middleware):
+    """Counts the messages a broker was handed (Dramatiq's public `after_enqueue` hook)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def check_quiet_while_no_worker_runs(delivery: Delivery, records: Callable[[], list[str]]
+                                     ) -> None:
+    """The publisher runs and no worker does: a notice waiting in the queue is re-sent at
+    most once (the queue stays bounded), the log says so in a few lines (not one per
+    entity and round), and once a worker starts every event is handled once, in order.
+    `records`: the publisher's log lines so far."""
+    counter = EnqueueCounter()
+    delivery.broker.add_middleware(counter)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    delivery.start_publisher()
+    heads = {}
+    for i in range(10):  # two appends each
+        write_count(delivery.store, f"acc-{i}", 1)
+        heads[f"acc-{i}"] = write_count(delivery.store, f"acc-{i}", 1)
+    publisher = FAST_PUBLISHER
+    wait_for(lambda: any("wait in its queue" in line for line in records()),
+             "the publisher to see the notices wait in the queue", timeout=30)
+    waited_at = counter.count
+    # Ten more redrive periods: each used to re-send every notice again.
+    time.sleep(10 * publisher.redrive_after_ms / 1000)
+    assert counter.count == waited_at, "nothing is sent again while the queue stands still"
+    # Each entity: its notices (2 appends, maybe 2 notices), the history page, 1 re-send.
+    assert counter.count <= 10 * 4, f"{counter.count} messages for 10 entities"
+    lines = [line for line in records() if "notices" in line]
+    assert len(lines) <= 4, f"the log says it per outage, not per entity: {lines}"
+
+    delivery.start_worker()
+    wait_for(lambda: recorder.has(heads), "every event once a worker runs")
+    wait_for(lambda: any("take its notices again" in line for line in records()),
+             "one line when the queue moves again")
+    assert_exactly_once_in_order(recorder, heads)
+
