@@ -18,7 +18,6 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
-
 from kit import wait_for, write_count
 
 from es_workers import Content, Event, RedisStorage, Store
