@@ -13,8 +13,9 @@ It also runs two slower duties:
   of the type (paging through `entity_ids`), so it receives the whole history first;
 - sweep: notices sent but not seen handled within `redrive_after_ms` (a worker was killed
   with them prefetched) are sent again if the subscriber still lags, with a backoff, and
-  not while they wait in the queue (no worker began any delivery of the subscriber since
-  they were re-sent): while no worker runs, the queue does not grow with re-sends.
+  not while they wait in the queue (no worker beat lately, or none began a delivery of
+  the subscriber since they were re-sent): while no worker runs, the queue does not grow
+  with re-sends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ log = logging.getLogger("es_workers.publisher")
 
 GROUP = "publishers"
 FORGET_EVERY_S = 60.0  # how often to drop dead publishers from the group
+WORKER_GONE_S = 3 * BEAT_EVERY_S  # no worker beat for this long: none runs
 
 
 @dataclass(frozen=True)
@@ -433,11 +435,18 @@ class Publisher:
         }
         subscriber_ids = sorted({s for _, s in subscribed})
         if subscriber_ids:
-            found = self.state.take_due(subscriber_ids, subscribed)
+            found = self.state.take_due(subscriber_ids, subscribed,
+                                        workers_alive=self._workers_alive())
             for subscriber_id, entities in _by_subscriber(found.resend).items():
                 self._resend(subscriber_id, entities)
             self._watch_queues(_by_subscriber(found.waiting))
         metrics.outbox_backlog().set(self.storage.outbox_backlog())
+
+    def _workers_alive(self) -> bool:
+        """Whether a worker process beat lately (a killed one stops within WORKER_GONE_S)."""
+        now_ms = int(time.time() * 1000)
+        return any(b.role == "worker" and b.age_s(now_ms) < WORKER_GONE_S
+                   for b in self.storage.heartbeats.read())
 
     def _resend(self, subscriber_id: str, entities: Sequence[SubscriberEntity]) -> None:
         first = entities[0]
@@ -465,10 +474,10 @@ class Publisher:
                 self._stalled[subscriber_id] = (time.monotonic(), begun)
                 first = entities[0]
                 self.log.warning(
-                    "subscriber %s: %d or more notices wait in its queue and no worker "
-                    "began any since they were re-sent (first: %s %r); not sending them "
-                    "again until its queue moves: is a worker running for it?",
-                    subscriber_id, len(entities), first.entity_type, first.entity_id,
+                    "subscriber %s: %d notices wait in its queue and no worker takes them "
+                    "(first: %s %r); not sending them again until a worker runs and its "
+                    "queue moves", subscriber_id, self.state.due_count(subscriber_id),
+                    first.entity_type, first.entity_id,
                     extra={"subscriber_id": subscriber_id},
                 )
         for subscriber_id, (since, begun) in list(self._stalled.items()):

@@ -10,10 +10,10 @@ Per (subscriber, entity type, partition) it keeps hashes keyed by entity ID:
 and per (subscriber, partition) a sorted set of due notices: notices sent but not yet seen
 handled, re-sent by the publisher's sweep if still lagging when due. A re-sent notice is
 remembered (per subscriber, entity type and partition: entity ID -> re-sends since its
-delivery last began, and the partition's start count then) until a worker begins the
-entity; begin.lua counts the deliveries begun per (subscriber, partition). A notice
-re-sent while no delivery of its subscriber began since is waiting in the queue, not
-lost: it is not sent again (see `take_due`). A lock per
+delivery last began, and the subscriber's count of deliveries begun then) until a worker
+begins the entity; begin.lua counts the deliveries begun per (subscriber, partition). A
+notice re-sent while no delivery of its subscriber began since, or any notice while no
+worker runs, is waiting in the queue, not lost: it is not sent again (see `take_due`). A lock per
 (subscriber, entity) keeps one worker on an entity at a time: its value is the holder's
 token, and every script that records something for the entity (checkpoint, failure,
 parking, renewal, release) first checks the token is still the caller's, so a holder whose
@@ -73,7 +73,8 @@ class SubscriberEntity:
 @dataclass(frozen=True)
 class DueNotices:
     """What a sweep found due (`take_due`): the notices to send again, and those waiting
-    in their queue (re-sent before, and no delivery of the subscriber began since)."""
+    in their queue (no worker runs, or none began a delivery of the subscriber since they
+    were re-sent)."""
 
     resend: list[SubscriberEntity]
     waiting: list[SubscriberEntity]
@@ -423,14 +424,15 @@ class SubscriberState:
             pipe.execute()
 
     def take_due(self, subscriber_ids: Sequence[str], subscribed: set[tuple[str, str]],
-                 limit: int = 200) -> DueNotices:
+                 limit: int = 200, *, workers_alive: bool = True) -> DueNotices:
         """The due entities whose notice must be sent again: still lagging, not parked,
-        not locked by a worker busy with them, and not waiting in the queue. A notice
-        re-sent before is waiting when no delivery of its subscriber began on its partition
-        since (no worker takes the queue): it is not sent again, only looked at again. Each
-        re-send of a notice not begun doubles the time to its next look (from
-        `redrive_after_ms` up to 64 times it); a begun delivery starts it over. Forgets the
-        due entries that are done (or whose subscription is gone). `subscribed` holds the
+        not locked by a worker busy with them, and not waiting in the queue. A notice waits
+        in the queue while no worker runs (`workers_alive` False: no worker beat lately),
+        or when it was re-sent and no delivery of its subscriber began since (nothing
+        takes the queue): it is not sent again, only looked at again. Each re-send of a
+        notice not begun doubles the time to its next look (from `redrive_after_ms` up to
+        64 times it); a begun delivery of the entity starts it over. Forgets the due
+        entries that are done (or whose subscription is gone). `subscribed` holds the
         (entity type, subscriber ID) pairs that exist."""
         now_ms = time.time() * 1000
         slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
@@ -444,6 +446,9 @@ class SubscriberState:
                 due.append(SubscriberEntity(subscriber_id, entity_type, entity_id, partition))
         if not due:
             return DueNotices([], [])
+        begun: dict[str, int] = {}
+        for (subscriber_id, _), count in self.begun_counts(subscriber_ids).items():
+            begun[subscriber_id] = begun.get(subscriber_id, 0) + count
         pipe = self.client.pipeline(transaction=False)
         for e in due:
             s, t, p = e.subscriber_id, e.entity_type, e.partition
@@ -452,12 +457,11 @@ class SubscriberState:
             pipe.hexists(self._parked(s, t, p), e.entity_id)
             pipe.exists(self._lock(e))
             pipe.hget(self._resent(s, t, p), e.entity_id)
-            pipe.get(self._started(s, p))
         answers = pipe.execute()
         found = DueNotices([], [])
         pipe = self.client.pipeline(transaction=False)
         for index, e in enumerate(due):
-            checkpoint, head, parked, locked, resent, started = answers[6 * index : 6 * index + 6]
+            checkpoint, head, parked, locked, resent = answers[5 * index : 5 * index + 5]
             due_key = self._due(e.subscriber_id, e.partition)
             resent_key = self._resent(e.subscriber_id, e.entity_type, e.partition)
             if parked or int(checkpoint or 0) >= int(head or 0) or (
@@ -466,11 +470,10 @@ class SubscriberState:
                 pipe.hdel(resent_key, e.entity_id)
                 continue
             times, _, began_then = text(resent or "0 -").partition(" ")
-            began = text(started or "0")
-            sends = int(times)
+            sends, began = int(times), str(begun[e.subscriber_id])
             if locked:
                 pass
-            elif sends and began == began_then:
+            elif not workers_alive or (sends and began == began_then):
                 found.waiting.append(e)
             else:
                 found.resend.append(e)
@@ -481,13 +484,18 @@ class SubscriberState:
         pipe.execute()
         return found
 
-    def deliveries_begun(self, subscriber_id: str) -> int:
-        """How many times workers began deliveries of the subscriber (begin.lua counts
-        them): when it grows, the subscriber's queue moves."""
+    def begun_counts(self, subscriber_ids: Sequence[str]) -> dict[tuple[str, int], int]:
+        """How many deliveries workers began per (subscriber ID, partition) (begin.lua
+        counts them): while a count stands still, nothing takes that queue."""
+        slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
         pipe = self.client.pipeline(transaction=False)
-        for partition in range(self.keys.partitions):
+        for subscriber_id, partition in slots:
             pipe.get(self._started(subscriber_id, partition))
-        return sum(int(n or 0) for n in pipe.execute())
+        return {slot: int(n or 0) for slot, n in zip(slots, pipe.execute(), strict=True)}
+
+    def deliveries_begun(self, subscriber_id: str) -> int:
+        """How many deliveries of the subscriber workers began, over its partitions."""
+        return sum(self.begun_counts([subscriber_id]).values())
 
     def due_count(self, subscriber_id: str) -> int:
         """Notices of the subscriber waiting to be seen handled (0 once it is idle)."""
