@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     __version__: str
 
-    from .async_store import AsyncStore
+    from .app import AsyncStore, Store
     from .async_stream import AsyncStream
     from .encryption import EncryptionError, MasterKeys
     from .errors import (
@@ -81,7 +81,6 @@ if TYPE_CHECKING:
     from .retention import Retention
     from .settings import Settings
     from .snapshot import Snapshot, SnapshotError
-    from .store import Store
     from .stream import Stream
     from .upgrade import EventUpgrade
     from .workers import DramatiqEventBus
@@ -90,7 +89,7 @@ _SOURCES = {  # public name: the module that defines it
     "AsyncInMemoryStorage": ".memory",
     "AsyncRedisStorage": ".redis",
     "AsyncStorage": ".ports",
-    "AsyncStore": ".async_store",
+    "AsyncStore": ".app",
     "AsyncStream": ".async_stream",
     "ConcurrencyError": ".errors",
     "ConfigurationError": ".errors",
@@ -129,7 +128,7 @@ _SOURCES = {  # public name: the module that defines it
     "StorageFullError": ".errors",
     "StorageUnavailableError": ".errors",
     "StreamDeletedError": ".errors",
-    "Store": ".store",
+    "Store": ".app",
     "Stream": ".stream",
     "StreamNotReadError": ".errors",
     "SubjectForgotten": ".forgetting",

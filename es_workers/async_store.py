@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar, overload
+from typing import Self, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -20,9 +20,10 @@ from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import AsyncKeyring, Keyring
-from .memory.bus import InMemoryEventBus
 from .names import check_entity_id, check_entity_type, subscribers_to_wait_for
 from .ports import (
+    AsyncOpening,
+    AsyncProgressStorage,
     AsyncStorage,
     Bus,
     Progress,
@@ -32,24 +33,23 @@ from .ports import (
     rebuilding,
 )
 from .position import After, Position
-from .redis.async_storage import AsyncRedisStorage
 from .retention import Retention, check_retention, check_truncate
-from .settings import Settings
 from .snapshot import Snapshot, from_store, state_name, to_store
 from .stream import check_stream
 from .upgrade import AsyncReader, AsyncReading, EventUpgrade, check_upgrades
-from .wiring import build_async_storage
 
 S = TypeVar("S", bound=BaseModel)
 
 
 class AsyncStore:
-    """`AsyncStore(storage, bus=..., events={...}, upgrades={...})`, as `Store`.
+    """The core of `es_workers.AsyncStore` (no backend, settings or wiring imported;
+    `from_settings` and the default bus are the composition root's, `es_workers.app`).
 
-    `storage` is an `AsyncRedisStorage` or an `AsyncInMemoryStorage`. Subscribers are not
-    run here: they are a `Store`'s, in its worker processes (or its `start()` in memory).
-    `bus` (by default an `InMemoryEventBus`) tells `subscriber_ids`. `logger` receives the
-    records of what it builds, as `Store`'s.
+    `AsyncStore(storage, bus=..., events={...}, upgrades={...})`, as `Store`. `storage` is
+    an `AsyncRedisStorage` or an `AsyncInMemoryStorage`. Subscribers are not run here: they
+    are a `Store`'s, in its worker processes (or its `start()` in memory). `bus` (on
+    `es_workers.AsyncStore`, by default an `InMemoryEventBus`) tells `subscriber_ids`.
+    `logger` receives the records of what it builds, as `Store`'s.
     """
 
     def __init__(
@@ -65,7 +65,7 @@ class AsyncStore:
         self.storage = storage
         self.retention = check_retention(retention)
         self.logger = logger
-        self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
+        self.bus: Bus = bus if bus is not None else self.default_bus(logger)
         self._owns_bus = bus is None
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
@@ -75,22 +75,11 @@ class AsyncStore:
         check_upgrades(upgrades or {})
         self.reader = AsyncReader(storage.read, upgrades or {})
 
-    @classmethod
-    def from_settings(
-        cls,
-        *,
-        events: Mapping[str, Iterable[type[Content]]] | None = None,
-        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
-        settings: Settings | None = None,
-        bus: Bus | None = None,
-        logger: logging.Logger | None = None,
-        retention: Mapping[str, Retention] | None = None,
-    ) -> AsyncStore:
-        """An AsyncStore on the Redis the `ES_...` settings name (as `Store.from_settings`;
-        with no `ES_REDIS_URL`, the embedded fakeredis). It builds no Dramatiq broker: pass
-        the workers' `bus` (e.g. `bus=store.bus`) to know their subscribers."""
-        return cls(build_async_storage(settings, logger=logger), bus=bus, events=events,
-                   upgrades=upgrades, logger=logger, retention=retention)
+    def default_bus(self, logger: logging.Logger | None) -> Bus:
+        """The bus of a store given none; see `Store.default_bus`."""
+        raise ConfigurationError(
+            f"{type(self).__name__}(storage) needs a bus: pass bus=..., or build the store "
+            "with es_workers.AsyncStore, whose default bus is an InMemoryEventBus")
 
     def open(self, entity_type: str, entity_id: str) -> AsyncStream:
         """A stream of the entity from its first event. Use it with `async with`."""
@@ -195,7 +184,7 @@ class AsyncStore:
         )
         if not wanted or event_number <= 0:
             return
-        if isinstance(self.storage, AsyncRedisStorage):
+        if isinstance(self.storage, AsyncProgressStorage):
             state = await self.storage.subscriber_state()
             await state.wait_handled_async(wanted, entity_type, entity_id, event_number,
                                            timeout)
@@ -275,11 +264,11 @@ class AsyncStore:
         if self._owns_bus:
             self.bus.close()
 
-    async def __aenter__(self) -> AsyncStore:
+    async def __aenter__(self) -> Self:
         """Opens the storage first (on Redis: reads its partitions and runs the start-up
         checks `Store(...)` runs when it is built), so that a store that cannot work fails
         here rather than at its first write."""
-        if isinstance(self.storage, AsyncRedisStorage):
+        if isinstance(self.storage, AsyncOpening):
             await self.storage.open()
         return self
 

@@ -1,10 +1,14 @@
-"""The ports: what a storage and a bus must do. Backends implement them; the Store and the
-Stream use nothing else.
+"""The ports: what a storage and a bus must do. Backends implement them; the Store, the
+Stream and the workers use nothing else.
 
 The ladder of abilities: every `Storage` reads, writes and pages entity IDs, and has a
 publishing hook that relays new events to a bus. A `NotifyingEventBus` (Dramatiq
 subscribers) is only told which entity moved and reads the events itself, keeping its
-checkpoints in a storage that can hold them.
+checkpoints in a storage that can hold them: a `SubscriberStorage`, whose
+`SubscriberState` (locks, checkpoints, failures, parking, backoff, due notices, rebuild
+pauses), `Heartbeats` and `SubscriberRegistry` are all the workers (`es_workers.workers`)
+know of a backend. Those ports raise es_workers errors only (`StorageUnavailableError`,
+...): an adapter translates its client's errors before they reach them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from .errors import ConfigurationError
 from .event import Content, Event, Handler
@@ -354,6 +359,331 @@ class Progress(Protocol):
                      event_number: int, timeout: float) -> None:
         """Returns once each subscriber has handled the entity up to `event_number`; raises
         `WaitTimeoutError` (naming those behind) or `ParkedError`."""
+        ...
+
+
+# -- Subscriber state: what the workers of a NotifyingEventBus keep in a storage ----------
+
+# `SubscriberState.begin`'s answers, per entity
+READY = 0
+NOTHING_TO_DO = 1
+BUSY = 2
+NOT_A_STREAM = 3  # the lock is ours, but the entity cannot be read (not an entity stream)
+BACKING_OFF = 4  # the entity's last attempt failed and its backoff has not passed
+PAUSED = 5  # a rebuild holds the subscriber: nothing begun
+
+BEAT_EVERY_S = 5.0
+"""How often a process beats (`Heartbeats.beat`); `es-workers health` allows a few missed
+beats."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberEntity:
+    """One entity as one subscriber sees it: what every piece of subscriber state is
+    keyed by (`SubscriberState.entity` gives it its partition)."""
+
+    subscriber_id: str
+    entity_type: str
+    entity_id: str
+    partition: int
+
+    @property
+    def member(self) -> str:
+        """The entity in a due set: `<entity type>:<entity ID>` (types hold no ':')."""
+        return f"{self.entity_type}:{self.entity_id}"
+
+
+@dataclass(frozen=True)
+class Begun:
+    """`SubscriberState.begin`'s answer for one entity: READY (the lock is ours),
+    NOTHING_TO_DO, BUSY, NOT_A_STREAM (the lock is ours, the entity cannot be read),
+    BACKING_OFF or PAUSED.
+    When READY, `entries` are the first stored entries after the checkpoint, as the storage
+    read them (`SubscriberState.begun_events` decodes them), `store_entity_id` event 1's ID
+    when it is not among them, and `attempts` the failed attempts at the entity's next
+    event so far. When BACKING_OFF, `retry_in_ms` is what is left of the backoff."""
+
+    state: int
+    checkpoint: int
+    entries: list[Any] = field(default_factory=list)
+    store_entity_id: str = ""
+    attempts: int = 0
+    retry_in_ms: int = 0
+
+    @property
+    def paused(self) -> bool:
+        """A rebuild holds the subscriber: nothing was begun (the notice must stay due)."""
+        return self.state == PAUSED
+
+
+@dataclass(frozen=True)
+class Committed:
+    """`SubscriberState.commit`'s answer for one entity. `lost`: the lock was no longer
+    ours, nothing recorded."""
+
+    head: int
+    released: bool
+
+    @property
+    def lost(self) -> bool:
+        return self.head < 0
+
+
+@dataclass(frozen=True)
+class Failed:
+    """`SubscriberState.fail`'s answer: the attempts so far and the wait before the next
+    one; `parked` when that was the last attempt, `lost` when the lock was no longer the
+    caller's (nothing recorded)."""
+
+    attempts: int
+    retry_in_ms: int
+
+    @property
+    def lost(self) -> bool:
+        return self.attempts < 0
+
+    @property
+    def parked(self) -> bool:
+        return self.retry_in_ms < 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed attempt at an entity's event records: the error as
+    "ExceptionType: message", its traceback, and the backoff before the next attempt."""
+
+    event_number: int
+    error: str
+    traceback: str
+    backoff_ms: int
+
+
+@dataclass(frozen=True)
+class RebuildRecord:
+    """A rebuild that has started over (see `Store.rebuild`); it is deleted when the
+    rebuild finishes, so one still there after its pause is gone died halfway."""
+
+    subscriber_id: str
+    started_at: str  # ISO 8601, UTC
+    by: str  # the rebuilding process: host:pid
+    stage: str  # the step it was at: starting over, reset hook, replaying
+
+
+@runtime_checkable
+class SubscriberState(Progress, Protocol):
+    """Where the subscribers of a NotifyingEventBus keep their state, per (subscriber,
+    entity): a lock with a lease (one worker on an entity at a time; every call that
+    records something checks the caller's token still holds it, so a holder whose lease
+    expired is fenced off), the checkpoint, failed attempts and their backoff, the parked
+    entity, the due notices (re-sent should they be lost); per subscriber a rebuild's pause
+    and its record. Calls that take several entities take them of one subscriber, entity
+    type and partition. Failures of the backend raise es_workers errors
+    (StorageUnavailableError, StorageFullError)."""
+
+    def entity(self, subscriber_id: str, entity_type: str, entity_id: str) -> SubscriberEntity:
+        """The entity as the subscriber sees it (with its partition)."""
+        ...
+
+    def partition(self, entity_type: str, entity_id: str) -> int:
+        """The partition the entity is in."""
+        ...
+
+    def begin(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int | None],
+              token: str, lock_ms: int, read_count: int) -> list[Begun]:
+        """For each entity whose notice says it has events up to `event_numbers[i]` (None:
+        its head): skips it if parked, the notice is old or its failure is backing off
+        (PAUSED for all while a rebuild holds the subscriber), else takes its lock under
+        `token` for `lock_ms` and reads up to `read_count` events after its checkpoint."""
+        ...
+
+    def begun_events(self, e: SubscriberEntity, begun: Begun) -> Iterator[Event]:
+        """The stored events `begin` read for the entity, decoded as iterated: a
+        DecodeError, when iterated, at one that cannot be read (NOT_A_STREAM: at once)."""
+        ...
+
+    def read_stored(self, entity_type: str, entity_id: str, after: int) -> Iterator[Event]:
+        """The entity's stored events after `after`, those before a truncation still kept
+        for subscribers included."""
+        ...
+
+    def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
+               token: str, lock_ms: int, *, release: bool | Sequence[bool]) -> list[Committed]:
+        """Moves each entity's checkpoint to its event number if its lock is still
+        `token`'s, renewing it; with `release` (one flag for all, or one per entity), lets
+        the lock go when that was the entity's last event."""
+        ...
+
+    def unlock(self, entities: Sequence[SubscriberEntity], token: str) -> None:
+        """Releases the entities' locks that `token` still holds."""
+        ...
+
+    def renew(self, entities: Sequence[SubscriberEntity], token: str, lock_ms: int
+              ) -> list[bool]:
+        """Extends the entities' locks by `lock_ms` where `token` still holds them; False
+        for each one it no longer holds (lost)."""
+        ...
+
+    def fail(self, e: SubscriberEntity, token: str, failure: Failure, max_attempts: int
+             ) -> Failed:
+        """Counts a failed attempt at the entity's next event if `token` still holds its
+        lock: no attempt starts before `failure.backoff_ms` has passed; at `max_attempts`,
+        parks the entity."""
+        ...
+
+    def mark_due(self, entities: Iterable[SubscriberEntity]) -> None:
+        """Records notices sent (or to send): re-sent while the subscriber lags the entity
+        when they are due."""
+        ...
+
+    def hold_pause(self, subscriber_id: str, token: str, pause_ms: int) -> bool:
+        """Pauses the subscriber for `pause_ms` (unless renewed): `begin` begins none of
+        its entities meanwhile. False, and nothing held, when another token holds it."""
+        ...
+
+    def renew_pause(self, subscriber_id: str, token: str, pause_ms: int) -> bool:
+        """Gives the pause `pause_ms` more; False when `token` no longer holds it all."""
+        ...
+
+    def lift_pause(self, subscriber_id: str, token: str) -> None:
+        """Lets workers begin the subscriber's entities again (where `token` holds it)."""
+        ...
+
+    def paused_by(self, subscriber_id: str) -> str | None:
+        """The token of the rebuild pausing the subscriber (None: not paused)."""
+        ...
+
+    def locked(self, subscriber_id: str) -> list[SubscriberEntity]:
+        """The subscriber's entities whose lock a worker holds (a handler may be running)."""
+        ...
+
+    def still_locked(self, entities: Sequence[SubscriberEntity]) -> list[SubscriberEntity]:
+        """Those of the entities whose lock is still held."""
+        ...
+
+    def start_over(self, subscriber_id: str, entity_type: str) -> None:
+        """Forgets the subscriber's checkpoints, failures and parked entities of the type,
+        and any catch-up in progress: the caller hands it the history again."""
+        ...
+
+    def record_rebuild(self, record: RebuildRecord) -> None:
+        """Keeps the record until `clear_rebuild`: a rebuild that died halfway stays
+        visible."""
+        ...
+
+    def clear_rebuild(self, subscriber_id: str) -> None:
+        """Deletes the subscriber's rebuild record."""
+        ...
+
+
+@runtime_checkable
+class Heartbeats(Protocol):
+    """Process heartbeats: each process beats as its role every BEAT_EVERY_S, and
+    `es-workers health` reads them."""
+
+    def beat(self, role: str) -> None:
+        """Says this process (as `role`: "publisher", "worker") is alive now."""
+        ...
+
+    def stop(self, role: str) -> None:
+        """Removes this process's beat: it stopped on purpose."""
+        ...
+
+
+@runtime_checkable
+class SubscriberRegistry(Protocol):
+    """The subscriber IDs run on a storage, with the entity types of each: two apps on the
+    same data with one subscriber ID would take each other's notices without a word."""
+
+    def claim(self, subscriptions: Mapping[str, Iterable[str]]) -> None:
+        """Records the app's subscribers (subscriber ID -> entity types), or raises
+        ConfigurationError naming each one recorded with other entity types."""
+        ...
+
+
+@runtime_checkable
+class SubscriberStorage(Storage, Protocol):
+    """A storage that keeps the state of subscribers beside the entities: what a
+    NotifyingEventBus whose workers read the events themselves (DramatiqEventBus) needs.
+    RedisStorage is one."""
+
+    def subscriber_state(self) -> SubscriberState:
+        """Where subscribers keep their locks, checkpoints, failures and parked entities."""
+        ...
+
+    def process_heartbeats(self) -> Heartbeats:
+        """Where worker processes say they are alive."""
+        ...
+
+    def subscriber_registry(self) -> SubscriberRegistry:
+        """Where the subscriber IDs run on the storage are recorded."""
+        ...
+
+
+SUBSCRIBER_STORAGE_METHODS = ("subscriber_state", "process_heartbeats", "subscriber_registry")
+
+
+def subscriber_storage(storage: object, needed_by: str) -> SubscriberStorage:
+    """The storage, if it keeps subscriber state; ConfigurationError naming what it lacks
+    otherwise."""
+    missing = [name for name in SUBSCRIBER_STORAGE_METHODS
+               if not callable(getattr(storage, name, None))]
+    if missing or not isinstance(storage, SubscriberStorage):
+        lacks = ", ".join(f"{name}()" for name in missing) or "the Storage methods"
+        raise ConfigurationError(
+            f"{needed_by} needs a storage that keeps subscriber state (ports."
+            f"SubscriberStorage: subscribers keep their locks and checkpoints beside the "
+            f"entities), and {type(storage).__name__} has no {lacks}: use RedisStorage"
+        )
+    return storage
+
+
+def subscriptions_of(bus: Subscriptions, entity_types: Iterable[str]) -> dict[str, list[str]]:
+    """The bus's subscriber IDs, each with the entity types (of `entity_types`) it has: what
+    `SubscriberRegistry.claim` takes."""
+    found: dict[str, list[str]] = {}
+    for entity_type in entity_types:
+        for subscriber_id in bus.subscriber_ids(entity_type):
+            found.setdefault(subscriber_id, []).append(entity_type)
+    return found
+
+
+@runtime_checkable
+class ProgressStorage(Protocol):
+    """A storage that keeps the checkpoints of a NotifyingEventBus's subscribers and so
+    knows how far they got (RedisStorage: its subscriber state)."""
+
+    @property
+    def state(self) -> Progress:
+        """Where the subscribers' checkpoints are kept."""
+        ...
+
+
+@runtime_checkable
+class AsyncProgress(Protocol):
+    """`Progress` awaited: what `AsyncStore.wait_for` asks of an async storage's state."""
+
+    async def wait_handled_async(self, subscriber_ids: Sequence[str], entity_type: str,
+                                 entity_id: str, event_number: int, timeout: float) -> None:
+        """`Progress.wait_handled`, awaited."""
+        ...
+
+
+@runtime_checkable
+class AsyncProgressStorage(Protocol):
+    """An async storage that reaches the subscribers' checkpoints (AsyncRedisStorage)."""
+
+    async def subscriber_state(self) -> AsyncProgress:
+        """The subscribers' state on this storage's client."""
+        ...
+
+
+@runtime_checkable
+class AsyncOpening(Protocol):
+    """An async storage with start-up work (AsyncRedisStorage: read its partitions, check
+    the server), done by `async with AsyncStore(...)` rather than at the first write."""
+
+    async def open(self) -> object:
+        """Does the start-up work; raises what makes the storage unusable."""
         ...
 
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .app import Store
 from .redis.storage import RedisStorage
-from .store import Store
 
 if TYPE_CHECKING:
     import fakeredis

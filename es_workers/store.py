@@ -17,7 +17,6 @@ from .errors import ConcurrencyError, ConfigurationError
 from .event import Content, Event, Handler, is_async
 from .forgetting import FORGOTTEN_TYPE, SubjectForgotten, missing_notices
 from .keyring import Keyring
-from .memory.bus import InMemoryEventBus
 from .names import (
     check_entity_id,
     check_entity_type,
@@ -28,6 +27,7 @@ from .ports import (
     Bus,
     NotifyingEventBus,
     Progress,
+    ProgressStorage,
     Rebuilding,
     ResetHook,
     Storage,
@@ -37,9 +37,7 @@ from .ports import (
     snapshot_storage,
 )
 from .position import After, Position
-from .redis.storage import RedisStorage
 from .retention import Retention, Scavenged, check_retention, check_truncate
-from .settings import Settings
 from .snapshot import (
     Snapshot,
     from_store,
@@ -50,8 +48,6 @@ from .snapshot import (
 )
 from .stream import Stream, check_stream
 from .upgrade import EventUpgrade, Reader, Reading, check_upgrades
-from .wiring import build_parts
-from .workers.bus import DramatiqEventBus
 
 H = TypeVar("H", bound=Handler)
 log = logging.getLogger(__name__)
@@ -59,11 +55,14 @@ S = TypeVar("S", bound=BaseModel)
 
 
 class Store:
-    """The entry point: `Store(storage, bus=..., events={...}, upgrades={...})`.
+    """The core of `es_workers.Store`: everything but `from_settings` and a default bus, which
+    only the composition root (`es_workers.app`) knows; it imports no backend, no settings
+    and no wiring. Build stores with `es_workers.Store`, documented there.
 
-    `events` maps each entity type to the Content classes it may hold; they are registered
-    with the storage at once, so reading and writing work without `start()`. `upgrades`
-    maps entity types to upgrades applied, in order, on read and on delivery.
+    `Store(storage, bus=..., events={...}, upgrades={...})`: `events` maps each entity type
+    to the Content classes it may hold; they are registered with the storage at once, so
+    reading and writing work without `start()`. `upgrades` maps entity types to upgrades
+    applied, in order, on read and on delivery.
 
     `logger` receives the records of the store and of what it builds and runs: the default
     in-memory bus, the publisher of `start()`, and (`from_settings`) the wiring. Without
@@ -85,7 +84,7 @@ class Store:
         for entity_type, limits in self.retention.items():
             retaining_storage(storage).retain(entity_type, limits)
         self.logger = logger
-        self.bus: Bus = bus if bus is not None else InMemoryEventBus(logger=logger)
+        self.bus: Bus = bus if bus is not None else self.default_bus(logger)
         for entity_type, content_types in (events or {}).items():
             storage.register(entity_type, *content_types)
             metrics.declare_entity_type(entity_type)
@@ -99,21 +98,12 @@ class Store:
         if isinstance(self.bus, NotifyingEventBus | Rebuilding):
             self.bus.bind(self.reader, storage)
 
-    @classmethod
-    def from_settings(
-        cls,
-        *,
-        events: Mapping[str, Iterable[type[Content]]] | None = None,
-        upgrades: Mapping[str, Sequence[EventUpgrade]] | None = None,
-        settings: Settings | None = None,
-        logger: logging.Logger | None = None,
-        retention: Mapping[str, Retention] | None = None,
-    ) -> Store:
-        """A Store on Redis with Dramatiq subscribers, configured by `ES_...` settings
-        (see `es_workers.settings`); with no `ES_REDIS_URL`, on an embedded fakeredis."""
-        storage, bus = build_parts(settings, logger=logger)
-        return cls(storage, bus=bus, events=events, upgrades=upgrades, logger=logger,
-                   retention=retention)
+    def default_bus(self, logger: logging.Logger | None) -> Bus:
+        """The bus of a store given none. The core knows no bus (it imports no backend):
+        `es_workers.Store` answers an `InMemoryEventBus`; this one asks for a bus."""
+        raise ConfigurationError(
+            f"{type(self).__name__}(storage) needs a bus: pass bus=..., or build the store "
+            "with es_workers.Store, whose default bus is an InMemoryEventBus")
 
     def open(self, entity_type: str, entity_id: str) -> Stream:
         """A stream of the entity from its first event. Use it as a context manager."""
@@ -276,7 +266,7 @@ class Store:
         if reset is not None:
             rebuilding(self.bus).declare_reset(subscriber_id, reset)
         self.bus.subscribe(entity_type, subscriber_id, handler)
-        if not isinstance(self.bus, DramatiqEventBus):  # its workers declare theirs
+        if not isinstance(self.bus, NotifyingEventBus):  # its workers declare theirs
             metrics.declare_subscriber(subscriber_id, entity_type)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
@@ -347,7 +337,7 @@ class Store:
         return found
 
     def _progress(self) -> Progress:
-        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, RedisStorage):
+        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, ProgressStorage):
             return self.storage.state
         if isinstance(self.bus, Progress):
             return self.bus

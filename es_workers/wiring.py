@@ -1,5 +1,8 @@
-"""Wiring: turns settings into the parts of a Store (Redis client, RedisStorage, Dramatiq
-broker, DramatiqEventBus), in one place. `Store.from_settings` calls `build_parts`.
+"""Wiring: turns settings into the parts of a Store (Redis clients, RedisStorage,
+AsyncRedisStorage, Dramatiq broker, DramatiqEventBus), in one place: with `settings`,
+`connection` and `app`, the composition root. `Store.from_settings` (es_workers.app) calls
+`build_parts`, `AsyncStore.from_settings` `build_async_storage`; every Redis client comes
+from the one connection spec (`connection.RedisConnection`).
 
 Reading settings, reaching Redis and checking the stored partitions all happen here, so a
 misconfigured process fails at start-up with a message naming the setting.
@@ -8,203 +11,47 @@ misconfigured process fails at start-up with a message naming the setting.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import dramatiq
 import redis
 import redis.asyncio
-import redis.asyncio.sentinel
-import redis.sentinel
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
-from redis.retry import Retry
 
+from .connection import RedisConnection, embedded_server
 from .encryption import MasterKeys
 from .errors import ConfigurationError
 from .redis.async_storage import AsyncRedisStorage
 from .redis.cluster import is_cluster
 from .redis.storage import RedisStorage
-from .settings import Settings, env_name, load_settings, redact_url, sentinel_addresses
+from .settings import Settings, env_name, load_settings, redact_url
 from .workers.broker import WakingRedisBroker
 from .workers.bus import DramatiqEventBus
 from .workers.middleware import WorkerProcessSetup
 
 log = logging.getLogger("es_workers.wiring")
 
-# redis-py retries a command whose connection failed this many times, backing off 50 ms
-# doubling to 1 s with jitter: a blip or a Sentinel failover's first seconds pass unseen,
-# while a Redis that stays down fails a call within about
-# (RETRIES + 1) x (connect or command timeout) + 2 s.
-REDIS_RETRIES = 3
-REDIS_BACKOFF_BASE_S, REDIS_BACKOFF_CAP_S = 0.05, 1.0
-
-_embedded_lock = threading.Lock()
-_embedded: Any = None  # fakeredis.FakeServer, made on first use
-
-
-def embedded_server() -> Any:
-    """The process's embedded Redis (fakeredis), shared by every Store built without
-    `redis_url`, as one real server would be. It lives in this process only."""
-    global _embedded
-    try:
-        import fakeredis  # an optional dependency: only the embedded default needs it
-    except ImportError as error:
-        raise ConfigurationError(
-            f"{env_name('redis_url')} is not set and the embedded Redis needs fakeredis: "
-            f"set {env_name('redis_url')}, or pip install 'es_workers[demo]' ({error})"
-        ) from None
-    with _embedded_lock:
-        if _embedded is None:
-            _embedded = fakeredis.FakeServer(version=(7, 0))
-        return _embedded
-
 
 def redis_client(settings: Settings) -> redis.Redis | RedisCluster:
-    """The Redis client the settings name: through Sentinel, from redis_url (a RedisCluster
-    on a Redis Cluster), or embedded; with the timeouts and retries of the settings (the
-    same for the storage and the broker)."""
-    if settings.redis_sentinels is not None:
-        return sentinel_client(settings)
-    if settings.redis_url is None:
-        server = embedded_server()  # first: it says what to do when fakeredis is missing
-        import fakeredis
-
-        client: redis.Redis = fakeredis.FakeRedis(server=server)
-        return client
-    if on_cluster(settings):
-        return cluster_client(settings.redis_url, settings)
-    return client_from_url(settings.redis_url, settings, **credentials(settings))
-
-
-def cluster_client(url: str, settings: Settings) -> RedisCluster:
-    """A client of the Redis Cluster that `url` (redis_url) names a node of."""
-    try:
-        return RedisCluster.from_url(url, **connection_options(settings), **credentials(settings))
-    except redis.exceptions.RedisClusterException as error:
-        raise _not_a_cluster(url, error) from None
-
-
-def _not_a_cluster(url: str, error: Exception) -> ConfigurationError:
-    return ConfigurationError(
-        f"{env_name('redis_url')}={redact_url(url)!r} does not answer as a Redis "
-        f"Cluster ({error}); with one Redis set {env_name('redis_cluster')}=auto or false"
-    )
-
-
-def on_cluster(settings: Settings) -> bool:
-    """Whether the events live on a Redis Cluster (`redis_cluster`; auto: ask the server)."""
-    if settings.redis_url is None or settings.redis_sentinels is not None:
-        return False
-    if settings.redis_cluster == "false":
-        return False
-    return settings.redis_cluster == "true" or cluster_enabled(
-        settings.redis_url, settings, **credentials(settings))
-
-
-def cluster_enabled(url: str, settings: Settings, **auth: str) -> bool:
-    """Whether the Redis at `url` is a node of a Redis Cluster (its INFO says so). A Redis
-    that does not answer is taken for one Redis: the storage then says it is unreachable."""
-    options = connection_options(settings)
-    with redis.Redis.from_url(url, socket_connect_timeout=options["socket_connect_timeout"],
-                              socket_timeout=options["socket_timeout"], **auth) as probe:
-        try:
-            return bool(probe.info("cluster").get("cluster_enabled"))
-        except redis.ResponseError as error:  # INFO may be denied to an ACL user
-            log.info("cannot ask %s whether it is a cluster (%s): taking it for one Redis; "
-                     "set %s=true if it is", redact_url(url), error, env_name("redis_cluster"))
-            return False
-        except redis.RedisError:  # unreachable: RedisStorage reports it, naming the server
-            return False
-
-
-def connection_options(settings: Settings) -> dict[str, Any]:
-    """Timeouts and retries for every connection to Redis."""
-    return {
-        "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
-        "socket_timeout": settings.redis_timeout_ms / 1000,
-        "retry": Retry(redis_backoff(), REDIS_RETRIES),
-        "health_check_interval": 30,  # a pooled connection idle that long is PINGed first
-    }
-
-
-def credentials(settings: Settings) -> dict[str, Any]:
-    """`redis_username` and `redis_password` as client keyword arguments (those set): for
-    every connection to the events' Redis. Settings checked that a URL holding credentials
-    too holds the same ones (redis-py would take the URL's)."""
-    found = {"username": settings.redis_username, "password": settings.redis_password and
-             settings.redis_password.get_secret_value()}
-    return {name: value for name, value in found.items() if value is not None}
-
-
-
-def redis_backoff() -> ExponentialWithJitterBackoff:
-    return ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP_S, base=REDIS_BACKOFF_BASE_S)
-
-
-def async_connection_options(settings: Settings) -> dict[str, Any]:
-    """`connection_options` for redis.asyncio: the same timeouts, and the same retries
-    through redis.asyncio's own Retry class."""
-    return {**connection_options(settings), "retry": AsyncRetry(redis_backoff(), REDIS_RETRIES)}
-
-
-
-def client_from_url(url: str, settings: Settings, **auth: str) -> redis.Redis:
-    """A client of `url`; `auth`: credentials the URL lacks (see `credentials`)."""
-    return redis.Redis.from_url(url, **connection_options(settings), **auth)
-
-
-def sentinel_client(settings: Settings) -> redis.Redis:
-    """A client of the primary the Sentinels name; after a failover it finds the new one."""
-    client: redis.Redis = _sentinel_primary(settings, redis.sentinel.Sentinel,
-                                            connection_options(settings))
-    return client
-
-
-def _sentinel_primary(settings: Settings, sentinel_class: Any, options: dict[str, Any]) -> Any:
-    """The primary's client from `sentinel_class` (redis-py's or redis.asyncio's)."""
-    assert settings.redis_sentinels is not None and settings.redis_sentinel_master is not None
-    # cast: redis-py typed Sentinel only from 8.2; this reads the same on both.
-    sentinel = cast(Any, sentinel_class)(
-        sentinel_addresses(settings.redis_sentinels),
-        sentinel_kwargs={key: options[key] for key in ("socket_connect_timeout",
-                                                       "socket_timeout")},
-        **options,
-    )
-    return sentinel.master_for(
-        settings.redis_sentinel_master, db=settings.redis_db, **credentials(settings)
-    )
+    """The redis-py client of the events' Redis the settings name (through Sentinel, from
+    redis_url, a RedisCluster on a Redis Cluster, or embedded): `RedisConnection`'s."""
+    return RedisConnection.from_settings(settings).sync_client()
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
-    """`redis_client`'s asyncio twin: the same server (through Sentinel, a cluster, or the
-    embedded one too), with the same timeouts and retries."""
-    if settings.redis_sentinels is not None:
-        sentinel: redis.asyncio.Redis = _sentinel_primary(
-            settings, redis.asyncio.sentinel.Sentinel, async_connection_options(settings))
-        return sentinel
-    if settings.redis_url is None:
-        server = embedded_server()  # first: it says what to do when fakeredis is missing
-        import fakeredis
-
-        client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=server)
-        return client
-    if on_cluster(settings):
-        try:
-            return redis.asyncio.RedisCluster.from_url(
-                settings.redis_url, **async_connection_options(settings), **credentials(settings))
-        except redis.exceptions.RedisClusterException as error:
-            raise _not_a_cluster(settings.redis_url, error) from None
-    return async_client_from_url(settings.redis_url, settings, **credentials(settings))
+    """`redis_client`'s asyncio twin, from the same `RedisConnection`: the same server
+    (through Sentinel, a cluster, or the embedded one too) and options."""
+    return RedisConnection.from_settings(settings).async_client()
 
 
-def async_client_from_url(url: str, settings: Settings, **auth: str) -> redis.asyncio.Redis:
-    """`client_from_url`'s asyncio twin."""
-    options: dict[str, Any] = {**async_connection_options(settings), **auth}
-    return redis.asyncio.Redis.from_url(url, **options)
+def client_from_url(url: str, settings: Settings, setting: str = "broker_url") -> redis.Redis:
+    """A redis-py client of one Redis at `url` (the `setting` it came from), with the
+    timeouts and retries of the settings."""
+    client = RedisConnection.for_url(url, settings, setting).sync_client()
+    assert isinstance(client, redis.Redis)  # for_url never asks for a cluster
+    return client
 
 
 # A RabbitMQ that turns the login or the vhost away is asked this many times, a second
@@ -303,9 +150,9 @@ def check_cluster_broker(broker_url: str | None, settings: Settings) -> None:
             f"cannot run: set {env_name('broker_url')} to RabbitMQ (amqp://..., pip install "
             "'es_workers[rabbitmq]') or to a standalone Redis (redis://...)"
         )
-    if urlsplit(broker_url).scheme in ("redis", "rediss", "unix") and cluster_enabled(
-        broker_url, settings
-    ):
+    if urlsplit(broker_url).scheme in ("redis", "rediss", "unix") and RedisConnection.for_url(
+        broker_url, settings, "broker_url"
+    ).cluster_enabled():
         raise ConfigurationError(
             f"{env_name('broker_url')}={redact_url(broker_url)!r} is a Redis Cluster node, "
             "where Dramatiq's Redis broker cannot run: name RabbitMQ (amqp://...) or a "

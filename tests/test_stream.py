@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import ALL_STORAGES, Deposited, Opened, Withdrawn
 
-from es_workers import ConcurrencyError, EsError, Event, StreamNotReadError
+from es_workers import ConcurrencyError, EsError, Event, Store, StreamNotReadError
 from es_workers.ids import new_ids
-from es_workers.store import Store
 
 pytestmark = ALL_STORAGES  # and on the async storages, through BlockingStorage
 

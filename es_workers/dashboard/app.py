@@ -31,10 +31,10 @@ from es_workers import (
     InvalidNameError,
     NotParkedError,
     StorageUnavailableError,
-    Store,
 )
 from es_workers.admin import ParkedEntity, retry_parked, skip_parked, status
 from es_workers.names import check_entity_type
+from es_workers.store import Store
 
 from .access import (
     CSRF_FIELD,

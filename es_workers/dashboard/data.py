@@ -14,9 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from es_workers import ConfigurationError, Event, RedisStorage, Store
+from es_workers import ConfigurationError, Event, RedisStorage
 from es_workers.admin import ParkedEntity, StoreStatus, count_entities, parked, status
 from es_workers.personal import redacted
+from es_workers.store import Store
 
 EVENTS_PER_PAGE = 100
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][\w.]*")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import redis
 
-from es_workers import EsError, Store
+from es_workers import EsError
+from es_workers.store import Store
 
 from .data import Overview, overview
 

@@ -9,20 +9,18 @@ than FORGET_AFTER_MS (a restarted container keeps its host name, not its PID).
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..ports import BEAT_EVERY_S
 from .keys import RedisKeys, text
 
-BEAT_EVERY_S = 5.0  # how often a process beats; health allows a few missed beats
-FORGET_AFTER_MS = 3_600_000
+__all__ = ["BEAT_EVERY_S", "FORGET_AFTER_MS", "Beat", "Heartbeats"]
 
-log = logging.getLogger("es_workers.heartbeats")
+FORGET_AFTER_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,9 @@ class Beat:
 
 
 class Heartbeats:
-    """Writes this process's beat (as `role`) and reads everyone's."""
+    """Writes this process's beat (as `role`) and reads everyone's; redis-py's errors (the
+    workers get it translated: `RedisStorage.process_heartbeats()`). The worker processes
+    beat from `workers.middleware.BeatingThread`."""
 
     def __init__(self, client: Any, keys: RedisKeys) -> None:
         self.client = client
@@ -70,33 +70,3 @@ class Heartbeats:
                 beats.append(Beat(role, host, int(pid), int(text(value))))
         return sorted(beats, key=lambda b: (b.role, b.host, b.pid))
 
-
-class BeatingThread:
-    """Beats as `role` every BEAT_EVERY_S in a daemon thread (the worker processes)."""
-
-    def __init__(self, heartbeats: Heartbeats, role: str, every_s: float = BEAT_EVERY_S) -> None:
-        self.heartbeats = heartbeats
-        self.role = role
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"es-{role}-heartbeat",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.heartbeats.beat(self.role)
-            except Exception as error:  # Redis down: health will say so; keep trying
-                log.debug("heartbeat of %s failed: %s", self.role, error)
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every_s)
-        try:
-            self.heartbeats.stop(self.role)
-        except Exception as error:
-            log.debug("removing the heartbeat of %s failed: %s", self.role, error)

@@ -31,43 +31,39 @@ import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import NotParkedError, ParkedError, WaitTimeoutError
+from ..ports import (  # the values of the SubscriberState port (re-exported: tests, admin)
+    BACKING_OFF,
+    BUSY,
+    NOT_A_STREAM,
+    NOTHING_TO_DO,
+    PAUSED,
+    READY,
+    Begun,
+    Committed,
+    Failed,
+    Failure,
+    RebuildRecord,
+    SubscriberEntity,
+)
 from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .scripts import Script
 
-NONE_WAITING = 2**62  # `least_handled` of an entity type no subscriber reads
+__all__ = [
+    "BACKING_OFF", "BUSY", "NONE_WAITING", "NOTHING_TO_DO", "NOT_A_STREAM", "PAUSED", "READY",
+    "TRACEBACK_LIMIT", "WAIT_POLL_S", "Begun", "Committed", "Failed", "Failure",
+    "ParkedEntity", "RebuildRecord", "SubscriberEntity", "SubscriberState",
+]
 
-# begin.lua's answers
-READY = 0
-NOTHING_TO_DO = 1
-BUSY = 2
-NOT_A_STREAM = 3  # the lock is ours, but the entity's stream key holds another type
-BACKING_OFF = 4  # the entity's last attempt failed and its backoff has not passed
-PAUSED = 5  # a rebuild holds the subscriber: nothing begun
+NONE_WAITING = 2**62  # `least_handled` of an entity type no subscriber reads
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
 WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
 RESEND_DOUBLINGS = 6  # a notice not begun is looked at again after at most 64 redrives
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberEntity:
-    """One entity as one subscriber sees it: what every piece of subscriber state is
-    keyed by."""
-
-    subscriber_id: str
-    entity_type: str
-    entity_id: str
-    partition: int
-
-    @property
-    def member(self) -> str:
-        """The entity in a due set: `<entity type>:<entity ID>` (types hold no ':')."""
-        return f"{self.entity_type}:{self.entity_id}"
 
 
 @dataclass(frozen=True)
@@ -92,82 +88,11 @@ class ParkedEntity:
     traceback: str = ""  # the last attempt's, cut to TRACEBACK_LIMIT characters
 
 
-@dataclass(frozen=True)
-class RebuildRecord:
-    """A rebuild that has started over (see `Store.rebuild`); it is deleted when the
-    rebuild finishes, so one still there after its pause is gone died halfway."""
-
-    subscriber_id: str
-    started_at: str  # ISO 8601, UTC
-    by: str  # the rebuilding process: host:pid
-    stage: str  # the step it was at: starting over, reset hook, replaying
-
-
-@dataclass(frozen=True)
-class Begun:
-    """begin.lua's answer for one entity: READY (the lock is ours), NOTHING_TO_DO, BUSY,
-    NOT_A_STREAM (the lock is ours, the entity cannot be read) or BACKING_OFF.
-    When READY, `entries` are the first stream entries after the checkpoint (as XRANGE
-    replies hold them), `store_entity_id` event 1's ID when it is not among them, and
-    `attempts` the failed attempts at the entity's next event so far. When BACKING_OFF,
-    `retry_in_ms` is what is left of the backoff."""
-
-    state: int
-    checkpoint: int
-    entries: list[Any] = field(default_factory=list)
-    store_entity_id: str = ""
-    attempts: int = 0
-    retry_in_ms: int = 0
-
-    @property
-    def paused(self) -> bool:
-        """A rebuild holds the subscriber: nothing was begun (the notice must stay due)."""
-        return self.state == PAUSED
-
-
-@dataclass(frozen=True)
-class Committed:
-    """checkpoint.lua's answer for one entity. `lost`: the lock was no longer ours, nothing
-    recorded."""
-
-    head: int
-    released: bool
-
-    @property
-    def lost(self) -> bool:
-        return self.head < 0
-
-
-@dataclass(frozen=True)
-class Failed:
-    """fail.lua's answer: the attempts so far and the wait before the next one; `parked`
-    when that was the last attempt, `lost` when the lock was no longer the caller's
-    (nothing recorded)."""
-
-    attempts: int
-    retry_in_ms: int
-
-    @property
-    def lost(self) -> bool:
-        return self.attempts < 0
-
-    @property
-    def parked(self) -> bool:
-        return self.retry_in_ms < 0
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What a failed attempt at an entity's event records: the error as
-    "ExceptionType: message", its traceback, and the backoff before the next attempt."""
-
-    event_number: int
-    error: str
-    traceback: str
-    backoff_ms: int
-
-
 class SubscriberState:
+    """Subscriber state in Redis (see the module's doc): the Redis commands and scripts,
+    raising redis-py's errors. The workers get it through `RedisStorage.subscriber_state()`
+    (`redis.worker_ports`), which translates them."""
+
     def __init__(self, client: Any, keys: RedisKeys, *, redrive_after_ms: int) -> None:
         self.client = client
         self.keys = keys

@@ -56,6 +56,7 @@ from .snapshots import (
 )
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
+from .worker_ports import RedisHeartbeats, RedisSubscriberRegistry, RedisSubscriberState
 
 
 class RedisStorage:
@@ -112,6 +113,13 @@ class RedisStorage:
         )
         self.heartbeats = Heartbeats(client, self.keys)
         self.subscribers = SubscriberRegistry(client, self.keys)
+        self._worker_ports = (
+            RedisSubscriberState(self.state, self.server, decode=self.decode_entries,
+                                 not_a_stream=self.not_a_stream,
+                                 read_stored=self.read_stored),
+            RedisHeartbeats(self.heartbeats, self.server),
+            RedisSubscriberRegistry(self.subscribers, self.server),
+        )
         # The append script; a documented hook: tests replace it to lose a reply.
         self.append_script = Script(client, "append")
         self._snapshot_script = Script(client, "snapshot")
@@ -225,6 +233,21 @@ class RedisStorage:
         key = self._entity_keys(entity_type, entity_id)[0]
         return EntityPages(self.registry, key, entity_type, entity_id, after,
                            partition=0).not_a_stream()
+
+    # -- ports.SubscriberStorage: what the workers of a DramatiqEventBus use ---------------
+
+    def subscriber_state(self) -> RedisSubscriberState:
+        """The subscribers' locks, checkpoints, failures and parked entities, as the
+        workers use them (`ports.SubscriberState`: Redis errors translated)."""
+        return self._worker_ports[0]
+
+    def process_heartbeats(self) -> RedisHeartbeats:
+        """The heartbeats worker processes write (`ports.Heartbeats`)."""
+        return self._worker_ports[1]
+
+    def subscriber_registry(self) -> RedisSubscriberRegistry:
+        """The record of the subscriber IDs run under the prefix (`ports.SubscriberRegistry`)."""
+        return self._worker_ports[2]
 
     def position(self, entity_type: str, entity_id: str) -> int:
         """The entity's last event number (0 when it has none)."""

@@ -22,23 +22,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..ports import Subscriptions
+from ..ports import subscriptions_of
 from .keys import RedisKeys, text
+
+__all__ = ["SubscriberRegistry", "subscriptions_of"]
 
 log = logging.getLogger("es_workers.subscribers")
 
 
-def subscriptions_of(bus: Subscriptions, entity_types: Iterable[str]) -> dict[str, list[str]]:
-    """The bus's subscriber IDs, each with the entity types (of `entity_types`) it has."""
-    found: dict[str, list[str]] = {}
-    for entity_type in entity_types:
-        for subscriber_id in bus.subscriber_ids(entity_type):
-            found.setdefault(subscriber_id, []).append(entity_type)
-    return found
-
-
 class SubscriberRegistry:
-    """Reads and claims the record of a prefix's subscribers (see the module's doc)."""
+    """Reads and claims the record of a prefix's subscribers (see the module's doc);
+    redis-py's errors (the workers get it translated: `RedisStorage.subscriber_registry()`)."""
 
     def __init__(self, client: Any, keys: RedisKeys) -> None:
         self.client = client

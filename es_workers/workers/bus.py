@@ -21,10 +21,14 @@ from .. import metrics
 from ..errors import ConfigurationError, SubscriberError
 from ..event import Event, Handler, as_callable, awaited_in, is_async
 from ..names import check_entity_id, check_entity_type, check_subscriber_id, one_reset_hook
-from ..ports import ResetHook, Storage
-from ..redis.failures import translated
-from ..redis.storage import RedisStorage
-from ..redis.subscribers import subscriptions_of
+from ..ports import (
+    ResetHook,
+    Storage,
+    SubscriberState,
+    SubscriberStorage,
+    subscriber_storage,
+    subscriptions_of,
+)
 from ..upgrade import Reader
 from .delivery import Deliverer, DeliveryOptions, Notice
 from .middleware import SingleStop, SubscriberClaim, WorkerHeartbeat
@@ -83,20 +87,20 @@ class DramatiqEventBus:
         self._handlers: dict[tuple[str, str], Callable[[Event], Any]] = {}
         self._actors: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._deliverer: Deliverer | None = None
-        self._storage: RedisStorage | None = None
+        self._storage: SubscriberStorage | None = None
         self._resets: dict[str, ResetHook] = {}
         self._partition: Callable[[str, str], int] = lambda entity_type, entity_id: 0
 
     def bind(self, reader: Reader, storage: Storage) -> None:
-        if not isinstance(storage, RedisStorage):
-            raise ConfigurationError(
-                "DramatiqEventBus needs a RedisStorage: subscribers keep their checkpoints "
-                "beside the entity streams"
-            )
-        self._deliverer = Deliverer(reader, storage, self.options)
-        self._storage = storage
-        self._partition = storage.keys.partition
-        self._heartbeat.heartbeats = storage.heartbeats
+        """Subscribers read through `reader` and keep their state in `storage`, which must
+        keep subscriber state (`ports.SubscriberStorage`: RedisStorage), else
+        ConfigurationError naming what it lacks."""
+        bound = subscriber_storage(storage, "DramatiqEventBus")
+        state: SubscriberState = bound.subscriber_state()
+        self._deliverer = Deliverer(reader, state, self.options)
+        self._storage = bound
+        self._partition = state.partition
+        self._heartbeat.heartbeats = bound.process_heartbeats()
         self._claim.claim = self._worker_boots
 
     def subscribe(self, entity_type: str, subscriber_id: str, handler: Handler) -> None:
@@ -128,13 +132,12 @@ class DramatiqEventBus:
     def claim_subscribers(self) -> None:
         """Records this app's subscriber IDs, with their entity types, under the storage's
         prefix; raises ConfigurationError if another app runs one of them there (see
-        `redis/subscribers.py`). Workers do it as they boot (the publisher does the same in
+        `ports.SubscriberRegistry`). Workers do it as they boot (the publisher does the same in
         `RedisStorage.start_publish`)."""
         if self._storage is None:
             raise ConfigurationError("DramatiqEventBus is not bound to a Store")
         storage = self._storage
-        with translated(storage.server, "recording the subscribers"):
-            storage.subscribers.claim(subscriptions_of(self, storage.entity_types()))
+        storage.subscriber_registry().claim(subscriptions_of(self, storage.entity_types()))
 
     def actor(self, subscriber_id: str) -> dramatiq.Actor[Any, Any]:
         """The Dramatiq actor of a subscriber (its queue is the subscriber ID)."""

@@ -42,7 +42,7 @@ from .. import metrics
 from ..backoff import Backoff
 from ..errors import DecodeError
 from ..event import Event
-from ..redis.state import (
+from ..ports import (
     BACKING_OFF,
     BUSY,
     NOT_A_STREAM,
@@ -51,8 +51,8 @@ from ..redis.state import (
     Committed,
     Failure,
     SubscriberEntity,
+    SubscriberState,
 )
-from ..redis.storage import RedisStorage
 from ..tracing import Handling, handler_call
 from ..upgrade import Reader, Reading
 from .lease import HandlerCall, HandlerTimeLimitExceeded, Lease, LeaseLost, keeper
@@ -115,12 +115,10 @@ class _Stop(Exception):
 class Deliverer:
     """Runs a subscriber's handler for the events of entities it has not handled yet."""
 
-    def __init__(self, reader: Reader, storage: RedisStorage, options: DeliveryOptions) -> None:
+    def __init__(self, reader: Reader, state: SubscriberState, options: DeliveryOptions
+                 ) -> None:
         self.reader = reader
-        self.state = storage.state
-        self.decode = storage.decode_entries
-        self.read_stored = storage.read_stored
-        self.not_a_stream = storage.not_a_stream
+        self.state = state
         self.options = options
         self.keeper = keeper()
 
@@ -263,8 +261,8 @@ class _Run:
 
     def __init__(self, batch: _Batch, e: SubscriberEntity, begun: Begun) -> None:
         deliverer = batch.deliverer
-        self.reader, self.state, self.options, self.read_stored = (
-            deliverer.reader, deliverer.state, deliverer.options, deliverer.read_stored
+        self.reader, self.state, self.options = (
+            deliverer.reader, deliverer.state, deliverer.options
         )
         self.keeper, self.lease, self.token = deliverer.keeper, batch.lease, batch.token
         self.e = e
@@ -274,11 +272,9 @@ class _Run:
         self.released = False  # the lock is no longer ours to release (let go, or lost)
         self.committed = begun.checkpoint  # the last checkpoint recorded
         self.attempts = begun.attempts  # failed attempts at the next event so far
-        # The entity's key holds no stream: retried, then parked, like an unreadable event.
-        self._unreadable = deliverer.not_a_stream(
-            e.entity_type, e.entity_id, begun.checkpoint) if begun.state == NOT_A_STREAM else None
-        stored = deliverer.decode(e.entity_type, e.entity_id, begun.checkpoint, begun.entries,
-                                  begun.store_entity_id or None)
+        # NOT_A_STREAM: the entity cannot be read (its events raise DecodeError at once):
+        # retried, then parked, like an unreadable event.
+        stored = self.state.begun_events(e, begun)
         self._read(self.reader.reading(e.entity_type, stored, begun.checkpoint))
 
     def _read(self, reading: Reading) -> None:
@@ -299,8 +295,6 @@ class _Run:
         if not self.lease.holds(self.e):
             self._stop_unsure(self.handled + 1, "before")
         try:
-            if self._unreadable is not None:
-                raise self._unreadable
             item = next(self._ahead, None)
         except DecodeError as unreadable:  # a record we cannot read: retry, then park
             self._failed(self.handled + 1, unreadable)
@@ -331,7 +325,7 @@ class _Run:
             return False
         # More events were written meanwhile (or the page ended): read on, still holding
         # the lock; events before a truncation are still the subscriber's to handle.
-        stored = self.read_stored(self.e.entity_type, self.e.entity_id, event_number)
+        stored = self.state.read_stored(self.e.entity_type, self.e.entity_id, event_number)
         self._read(self.reader.reading(self.e.entity_type, stored, event_number))
         return True
 

@@ -29,7 +29,7 @@ from types import TracebackType
 
 from dramatiq.middleware import Interrupt
 
-from ..redis.state import SubscriberEntity, SubscriberState
+from ..ports import SubscriberEntity, SubscriberState
 
 log = logging.getLogger("es_workers.delivery")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -20,12 +21,13 @@ from ..observability import (
     configure_logging,
     forget_process_metrics,
 )
-from ..redis.heartbeats import BeatingThread, Heartbeats
+from ..ports import BEAT_EVERY_S, Heartbeats
 from .dramatiq_internals import stop_already_requested
 
 SAME_STOP_S = 2.0  # a SIGTERM this soon after the first is the same stop request
 
 log = logging.getLogger("es_workers")
+heartbeat_log = logging.getLogger("es_workers.heartbeats")  # the logger it had in redis/
 
 
 class WorkerProcessSetup(dramatiq.Middleware):
@@ -55,6 +57,37 @@ class WorkerProcessSetup(dramatiq.Middleware):
 
     def before_process_stop(self, broker: Any) -> None:
         forget_process_metrics()
+
+
+class BeatingThread:
+    """Beats as `role` every BEAT_EVERY_S in a daemon thread (the worker processes)."""
+
+    def __init__(self, heartbeats: Heartbeats, role: str, every_s: float = BEAT_EVERY_S) -> None:
+        self.heartbeats = heartbeats
+        self.role = role
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"es-{role}-heartbeat",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.heartbeats.beat(self.role)
+            except Exception as error:  # Redis down: health will say so; keep trying
+                heartbeat_log.debug("heartbeat of %s failed: %s", self.role, error)
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s)
+        try:
+            self.heartbeats.stop(self.role)
+        except Exception as error:
+            heartbeat_log.debug("removing the heartbeat of %s failed: %s", self.role, error)
 
 
 class WorkerHeartbeat(dramatiq.Middleware):

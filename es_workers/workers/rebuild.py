@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from ..errors import RebuildError
-from ..redis.state import RebuildRecord, SubscriberEntity, SubscriberState
-from ..redis.storage import RedisStorage
+from ..ports import RebuildRecord, SubscriberEntity, SubscriberState, SubscriberStorage
 
 log = logging.getLogger("es_workers.rebuild")
 
@@ -45,10 +44,10 @@ NotifyMany = Callable[[str, Sequence[tuple[str, int | None]], Sequence[str]], No
 class Rebuild:
     """One rebuild of `subscriber_id` over its `entity_types` (see the module's doc)."""
 
-    def __init__(self, storage: RedisStorage, notify_many: NotifyMany, subscriber_id: str,
-                 entity_types: Sequence[str], pause_ms: int) -> None:
+    def __init__(self, storage: SubscriberStorage, notify_many: NotifyMany,
+                 subscriber_id: str, entity_types: Sequence[str], pause_ms: int) -> None:
         self.storage = storage
-        self.state = storage.state
+        self.state = storage.subscriber_state()
         self.notify_many = notify_many
         self.subscriber_id = subscriber_id
         self.entity_types = list(entity_types)
