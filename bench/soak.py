@@ -198,10 +198,10 @@ class Report:
 
 
 def key_kind(prefix: str, key: str) -> str:
-    """The kind segment of a key: `<prefix>:{pN}:<kind>:...` or `<prefix>:<kind>...`."""
+    """The kind segment of a key: `<prefix>:{<tag>}:<kind>:...` or `<prefix>:<kind>...`."""
     rest = key[len(prefix) + 1:]
     if rest.startswith("{"):
-        rest = rest.split(":", 1)[1]
+        rest = rest.split("}:", 1)[1]
     return rest.split(":", 1)[0]
 
 
@@ -298,6 +298,8 @@ def expected_keys(app: ModuleType, entities: int, parked: list[str]) -> dict[str
         "parked": parked_partitions,
         "lock": 0,
         "due": 0,
+        "resent": 0,  # re-sent notices: forgotten once a worker begins their entity
+        "started": len(SUBSCRIBERS) * used,  # deliveries begun per subscriber and partition
         "caught-up": 1,
         "catch-up": 0,
         "meta": 1,

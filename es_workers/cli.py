@@ -1196,6 +1196,38 @@ def forget(app_ref: AppRef, subject: Annotated[str, typer.Argument(
     out.print(f"{subject!r} forgotten ({destroyed} data keys destroyed so far)", markup=False)
 
 
+@app.command("migrate-keys")
+def migrate_keys(
+    prefix: Annotated[str | None, typer.Option(
+        help="The prefix to rename (default: ES_PREFIX, else 'es')")] = None,
+    yes: Yes = False,
+) -> None:
+    """Rename the keys of a prefix written by an earlier es_workers (hash tags {pN}) to
+    this version's tags, which name the prefix and spread the partitions evenly over a
+    cluster's masters. Stop the prefix's publishers and workers first; asks first.
+    Running it again is harmless."""
+    from .redis.migration import migrate_keys as migrate
+    from .redis.migration import needs_migration
+    from .wiring import redis_client
+
+    settings = settings_or_exit()
+    if settings.redis_url is None and settings.redis_sentinels is None:
+        refuse_embedded()
+    name = prefix or settings.prefix
+    with reported_errors():
+        client = redis_client(settings)
+        if not needs_migration(client, name):
+            migrate(client, name)  # refuses a prefix that does not exist
+            out.print(f"prefix {name!r} has this version's keys already: nothing to do",
+                      markup=False)
+            return
+    confirm_or_exit(f"Rename every key of prefix {name!r} to the new hash tags? Its "
+                    "publishers and workers must be stopped.", yes)
+    with reported_errors():
+        done = migrate(client, name)
+    out.print(f"prefix {name!r}: {done.keys} keys renamed", markup=False)
+
+
 def main() -> None:
     app()
 

@@ -507,3 +507,21 @@ async def test_an_async_read_of_a_deleted_entity_shows_none_of_its_archived_even
     finally:
         archive.close()
         delete_prefix(client, prefix)
+
+
+def test_status_counts_what_a_scavenge_would_free_as_the_archive_allows(
+        archived_store: Callable[..., Store]) -> None:
+    from es_workers import Retention
+
+    store = archived_store(retention={"account": Retention(max_count=5)})
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    store.scavenge()  # truncated to 26.., nothing archived: nothing may go
+    assert storage.footprint("account", []).removable_events == 0
+    archiver = storage.archiver({}, HotWindow(events=10), batch=7)
+    archiver.run_once()
+    archiver.release()
+    assert storage.footprint("account", []).removable_events == 20  # up to the mark
+    store.scavenge()
+    assert storage.footprint("account", []).removable_events == 0

@@ -99,5 +99,5 @@ def test_the_settings_page_documents_every_setting() -> None:
 
 def test_the_readme_links_the_docs_and_the_changelog() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "(docs/index.md)" in readme
-    assert "(CHANGELOG.md)" in readme
+    assert "/docs/index.md)" in readme  # absolute: the README is also the package index's page
+    assert "/CHANGELOG.md)" in readme

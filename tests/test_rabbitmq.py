@@ -7,6 +7,7 @@ test_processes_cluster.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from apps.delivery_kit import (
     Delivery,
     Recorder,
     assert_exactly_once_in_order,
+    check_quiet_while_no_worker_runs,
 )
 from conftest import ACCOUNT_EVENTS, REDIS_URL, delete_prefix, real_redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -69,6 +71,15 @@ def test_every_subscriber_handles_every_event_once_in_order_over_rabbitmq(
         assert recorder.overlaps == 0
     status = admin.status(delivery.store)
     assert all(s.events_behind == 0 and s.caught_up for s in status.subscribers)
+
+
+
+def test_while_no_worker_runs_waiting_notices_are_not_sent_again_over_rabbitmq(
+    delivery: Delivery, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="es_workers.publisher")
+    check_quiet_while_no_worker_runs(
+        delivery, lambda: [r.getMessage() for r in list(caplog.records)])
 
 
 def test_a_failing_handler_parks_its_entity_only_then_retry_delivers_it(

@@ -524,15 +524,17 @@ def test_every_key_of_one_append_shares_one_hash_slot(
     assert touched - {storage.keys.meta()} <= {key for keys in calls for key in keys}
 
 
-def test_every_partition_has_its_own_hash_tag(storage: RedisStorage) -> None:
+def test_every_partition_has_its_own_hash_tag_naming_the_prefix(storage: RedisStorage) -> None:
+    prefix = storage.keys.prefix
     for partition in range(storage.partitions):
-        tag = f"{{p{partition}}}"
+        tag = storage.keys.tag(partition)
+        assert tag.startswith(f"{prefix}:{{{prefix}:p{partition}.")
         keys = [
             storage.keys.heads("account", partition),
             storage.keys.index("account", partition),
             storage.keys.outbox(partition),
         ]
-        assert all(tag in key for key in keys)
+        assert all(key.startswith(tag + ":") for key in keys)
         assert {key_slot(key.encode()) for key in keys} == {key_slot(tag.encode())}
 
 

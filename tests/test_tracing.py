@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -244,10 +245,48 @@ def test_one_trace_across_publisher_and_worker_processes(
         (invoice,) = store.open("invoice", "inv-o1").all()
         assert invoice.causation_id == order.store_event_id
         assert invoice.correlation_id == order.store_event_id
+
+        wait_for(lambda: any(s["name"] == "relay order" for s in worker_spans()),
+                 "the publisher's relay span", timeout=30)
+        real = [*worker_spans(), *({"name": s.name, "kind": str(s.kind),
+                                    "attributes": dict(s.attributes or {})}
+                                   for s in spans.get_finished_spans())]
+        for shown in readme_trace():
+            assert_shown_as_made(shown, [s for s in real if s["name"] == shown["name"]])
     finally:
         processes.stop_all()
         delete_prefix(client, prefix)
         client.close()
+
+
+def readme_trace() -> list[dict[str, Any]]:
+    """The spans of the README's trace (its `# web` block, comment lines left out)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```text\n# web\n", 1)[1].split("```", 1)[0]
+    text = "\n".join(line for line in block.splitlines() if not line.startswith("#"))
+    found, decoder, at = [], json.JSONDecoder(), 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        span, at = decoder.raw_decode(text, at)
+        found.append(span)
+    return found
+
+
+# What differs from run to run, or names what the README's example names otherwise.
+VARYING = {"messaging.message.id", "es.entity_id"}
+
+
+def assert_shown_as_made(shown: dict[str, Any], made: list[dict[str, Any]]) -> None:
+    """A span of the README's trace has a span of a real run: same name, kind, attribute
+    names and (but for IDs) values."""
+    assert made, f"the README shows a span {shown['name']!r} that no process made"
+    attributes = shown.get("attributes", {})
+    fits = [
+        s for s in made
+        if s["kind"] == shown["kind"] and set(s["attributes"]) == set(attributes)
+        and all(s["attributes"][k] == v for k, v in attributes.items() if k not in VARYING)
+    ]
+    assert fits, f"README's {shown['name']!r}: {shown} differs from the real {made}"
 
 
 def test_without_opentelemetry_writes_and_handlers_work_and_nothing_is_imported() -> None:

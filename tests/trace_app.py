@@ -27,6 +27,7 @@ def export_spans_to(path: str) -> None:
                     context, parent = span.get_span_context(), span.parent
                     out.write(json.dumps({
                         "name": span.name,
+                        "kind": str(span.kind),
                         "trace_id": f"{context.trace_id:032x}" if context else "",
                         "span_id": f"{context.span_id:016x}" if context else "",
                         "parent_id": f"{parent.span_id:016x}" if parent else None,

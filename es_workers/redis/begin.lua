@@ -8,10 +8,13 @@
 -- KEYS[5] failures     {tag}:failures:<subscriber>:<type>     hash entity ID -> failed attempts
 -- then per entity i (from 0): KEYS[6 + 2i] lock {tag}:lock:<subscriber>:<type>:<id> (string:
 -- the holder's token), KEYS[7 + 2i] the entity stream {tag}:stream:<type>:<id>
--- then KEYS[#KEYS - 2] missed {tag}:missed:<subscriber>:<type> (string: how many events the
--- subscriber could not get, removed before it handled them), KEYS[#KEYS - 1] truncated
+-- then KEYS[#KEYS - 4] missed {tag}:missed:<subscriber>:<type> (string: how many events the
+-- subscriber could not get, removed before it handled them), KEYS[#KEYS - 3] truncated
 -- {tag}:truncated:<type> (hash entity ID -> "<first kept> <event 1's e>", truncate.lua),
--- and last, KEYS[#KEYS] paused {tag}:paused:<subscriber> (string, while a rebuild holds it)
+-- KEYS[#KEYS - 2] paused {tag}:paused:<subscriber> (string, while a rebuild holds it),
+-- KEYS[#KEYS - 1] resent {tag}:resent:<subscriber>:<type> (hash entity ID -> re-sends not
+-- begun, see state.py: a delivery began, so forgotten here) and last, KEYS[#KEYS] started
+-- {tag}:started:<subscriber> (count of the calls: the queue moves)
 -- ARGV[1] lock token, ARGV[2] lock ms, ARGV[3] events to read at most per entity,
 -- then per entity i: ARGV[4 + 2i] entity ID, ARGV[5 + 2i] the notice's event number
 -- (-1: the entity's head)
@@ -50,13 +53,17 @@ local function backoff_left(id)
   return math.max(0, tonumber(at) - now_ms)
 end
 
-if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+local count = (#ARGV - 3) / 2
+redis.call('INCR', KEYS[#KEYS])
+for i = 0, count - 1 do redis.call('HDEL', KEYS[#KEYS - 1], ARGV[4 + 2 * i]) end
+
+if redis.call('EXISTS', KEYS[#KEYS - 2]) == 1 then
   local paused = {}
-  for i = 1, (#ARGV - 3) / 2 do paused[i] = {5, 0, '', {}, 0, 0} end
+  for i = 1, count do paused[i] = {5, 0, '', {}, 0, 0} end
   return paused
 end
 
-local truncated, missed = KEYS[#KEYS - 1], KEYS[#KEYS - 2]
+local truncated, missed = KEYS[#KEYS - 3], KEYS[#KEYS - 4]
 
 -- The entity's truncation: its first kept event number (0: none) and event 1's ID.
 local function truncation(id)
@@ -118,7 +125,7 @@ local function begin(id, target, lock, stream)
 end
 
 local answers = {}
-for i = 0, (#ARGV - 3) / 2 - 1 do
+for i = 0, count - 1 do
   answers[i + 1] = begin(ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i]), KEYS[6 + 2 * i],
     KEYS[7 + 2 * i])
 end

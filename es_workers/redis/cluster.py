@@ -103,25 +103,46 @@ def masters(client: Any) -> list[str]:
     return sorted(node.name for node in client.get_primaries())
 
 
-def partition_masters(client: Any, keys: RedisKeys) -> set[str]:
-    """The masters serving the prefix's partitions."""
-    return {client.get_node_from_key(keys.outbox(p)).name for p in range(keys.partitions)}
+def partition_masters(client: Any, keys: RedisKeys) -> dict[str, int]:
+    """The masters serving the prefix's partitions, with how many each serves."""
+    served: dict[str, int] = {}
+    for p in range(keys.partitions):
+        name = client.get_node_from_key(keys.outbox(p)).name
+        served[name] = served.get(name, 0) + 1
+    return served
 
 
 def spread_warning(client: Any, keys: RedisKeys) -> str | None:
-    """A warning when the prefix's partitions leave masters of the cluster unused (None on
-    one Redis, or when every master serves some partition)."""
+    """A warning when the prefix's partitions leave masters of the cluster unused, or one
+    master serves more than its share (partitions / masters, rounded up); None on one
+    Redis, or when they are spread evenly."""
     if not is_cluster(client):
         return None
-    every, used = masters(client), partition_masters(client, keys)
-    if len(used) >= len(every):
-        return None
-    return (
-        f"prefix {keys.prefix!r} has {keys.partitions} partitions, served by {len(used)} of "
-        f"the cluster's {len(every)} masters: the others hold none of its events. A prefix "
-        "can use at most as many masters as it has partitions; choose partitions of at "
-        "least 4 x masters for a new prefix (ES_PARTITIONS)"
-    )
+    every, served = masters(client), partition_masters(client, keys)
+    share = -(-keys.partitions // len(every))
+    crowded = {name: count for name, count in served.items() if count > share}
+    if len(served) < min(len(every), keys.partitions):
+        return (
+            f"prefix {keys.prefix!r} has {keys.partitions} partitions, served by "
+            f"{len(served)} of the cluster's {len(every)} masters: the others hold none "
+            "of its events. Move slots to them (redis-cli --cluster rebalance)"
+        )
+    if len(served) < len(every):
+        return (
+            f"prefix {keys.prefix!r} has {keys.partitions} partitions, served by "
+            f"{len(served)} of the cluster's {len(every)} masters: the others hold none "
+            "of its events. A prefix can use at most as many masters as it has "
+            "partitions; choose partitions of at least 4 x masters for a new prefix "
+            "(ES_PARTITIONS)"
+        )
+    if crowded:
+        listed = ", ".join(f"{name} serves {count}" for name, count in sorted(crowded.items()))
+        return (
+            f"prefix {keys.prefix!r}: {listed} of its {keys.partitions} partitions, more "
+            f"than its share of {share} over {len(every)} masters: they carry more of the "
+            "load. Spread the slots evenly (redis-cli --cluster rebalance)"
+        )
+    return None
 
 
 class Wakeups:

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from ..retention import Retention, first_kept_by_count, removable_before
+from ..retention import KeepBound, Retention, first_kept_by_count, removable_before
 from .entries import truncation
 from .keys import RedisKeys, text
 from .state import SubscriberState
@@ -53,12 +53,15 @@ class _Sampled:
 
 def footprint(client: Any, keys: RedisKeys, state: SubscriberState, entity_type: str,
               retention: Retention | None, subscriber_ids: Sequence[str],
-              sample: int = SAMPLE) -> Footprint:
-    """The entity type's estimated footprint (see the module's doc)."""
+              sample: int = SAMPLE, *, bounds: Sequence[KeepBound] = (),
+              archived: bool = False) -> Footprint:
+    """The entity type's estimated footprint (see the module's doc). `bounds` and
+    `archived` as the scavenger's: what a `KeepBound` needs is not removable, and with an
+    archive an entity's events up to its archived mark are."""
     total, measured = _Sampled(), True
     for partition in range(keys.partitions):
         part, ok = _partition(client, keys, state, entity_type, partition, retention,
-                              subscriber_ids, sample)
+                              subscriber_ids, sample, bounds, archived)
         measured = measured and ok
         scale = part.entities / part.looked_at if part.looked_at else 0.0
         total.entities += part.entities
@@ -73,7 +76,8 @@ def footprint(client: Any, keys: RedisKeys, state: SubscriberState, entity_type:
 
 def _partition(client: Any, keys: RedisKeys, state: SubscriberState, entity_type: str,
                partition: int, retention: Retention | None, subscriber_ids: Sequence[str],
-               sample: int) -> tuple[_Sampled, bool]:
+               sample: int, bounds: Sequence[KeepBound] = (),
+               archived: bool = False) -> tuple[_Sampled, bool]:
     heads_key = keys.heads(entity_type, partition)
     found = _Sampled(entities=int(client.hlen(heads_key)))
     if not found.entities:
@@ -84,13 +88,15 @@ def _partition(client: Any, keys: RedisKeys, state: SubscriberState, entity_type
     pipe = client.pipeline(transaction=False)
     pipe.hmget(heads_key, ids)
     pipe.hmget(keys.truncated(entity_type, partition), ids)
+    pipe.hmget(keys.archived(entity_type, partition), ids)
     for entity_id in ids:
         stream = keys.stream(entity_type, entity_id)
         pipe.xlen(stream)
         pipe.xinfo_stream(stream)
     replies = pipe.execute(raise_on_error=False)
-    heads, truncations, per_stream = replies[0], replies[1], replies[2:]
+    heads, truncations, marks, per_stream = replies[0], replies[1], replies[2], replies[3:]
     handled = state.least_handled(list(subscriber_ids), entity_type, partition, ids)
+    needed = [list(bound.first_needed(entity_type, ids)) for bound in bounds]
     memory = _memory(client, [keys.stream(entity_type, i) for i in ids])
     found.looked_at = len(ids)
     for i in range(len(ids)):
@@ -101,8 +107,11 @@ def _partition(client: Any, keys: RedisKeys, state: SubscriberState, entity_type
         kept = truncation(truncations[i])[0] if truncations[i] is not None else 1
         if retention is not None:
             kept = max(kept, first_kept_by_count(retention, head))
+        if archived and marks[i] is not None:  # up to the mark may go (read through)
+            kept = max(kept, int(text(marks[i]).split(" ", 1)[0]) + 1)
         first_stored = int(text(info["first-entry"][0]).split("-")[0])
-        removable = max(0, removable_before(kept, [handled[i]]) - first_stored)
+        before = removable_before(kept, [handled[i]], [numbers[i] for numbers in needed])
+        removable = max(0, before - first_stored)
         found.stored += length
         found.removable += removable
         if memory is not None:

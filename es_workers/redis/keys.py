@@ -1,14 +1,22 @@
 """Redis key names of the entity streams and the outbox. Subscriber state has its keys in
 `state.py`, which alone uses them.
 
-Every key that one append touches carries the hash tag of the entity's partition, `{pN}`,
-so the append script stays in one Redis Cluster slot. Order is kept per entity (and per
+Every key that one append touches carries the hash tag of the entity's partition, so the
+append script stays in one Redis Cluster slot. Order is kept per entity (and per
 partition in the outbox), never globally.
+
+The tag names the prefix, so two prefixes' partitions do not share slots, and is chosen by
+its slot (`partition_tag`): partition N of P lands in the N-th P-th of the slot range, so a
+cluster whose masters split the slots evenly (as `redis-cli --cluster create` does) serves
+as many partitions on each master. Keys written before that used `{pN}` (`legacy_tag`); a
+storage refuses such a prefix until `es-workers migrate-keys` renamed them (migration.py).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from binascii import crc_hqx
 
 from ..errors import ConfigurationError
 from ..position import partition_of
@@ -20,6 +28,34 @@ def text(value: bytes | str) -> str:
 
 
 _PREFIX = re.compile(r"[A-Za-z0-9_\-.]{1,40}")
+SLOTS = 16384  # Redis Cluster's hash slots
+_WIDEST_SEARCH = 256  # with more partitions, a tag's slot window is 16384 / 256 slots wide
+LAYOUT = "2"  # the meta hash's 'layout' field of a prefix with the tags below
+
+
+def slot(tag: str) -> int:
+    """The Redis Cluster slot of a hash tag (CRC16/XMODEM of it, modulo 16384)."""
+    return crc_hqx(tag.encode(), 0) % SLOTS
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_tag(prefix: str, partitions: int, partition: int) -> str:
+    """The hash tag of `partition` (without braces): `<prefix>:p<N>.<k>` with the least k
+    whose slot falls in the partition's window of the slot range, so the partitions are
+    spread evenly over the slots (computed, never stored: the same on every client)."""
+    start = partition * SLOTS // partitions
+    width = max(SLOTS // partitions, SLOTS // _WIDEST_SEARCH)
+    k = 0
+    while True:
+        tag = f"{prefix}:p{partition}.{k}"
+        if (slot(tag) - start) % SLOTS < width:
+            return tag
+        k += 1
+
+
+def legacy_tag(prefix: str, partition: int) -> str:
+    """The partition's tag before the prefix was in it: `{pN}` (see migration.py)."""
+    return f"{prefix}:{{p{partition}}}"
 
 
 class RedisKeys:
@@ -37,7 +73,8 @@ class RedisKeys:
         return partition_of(entity_type, entity_id, self.partitions)
 
     def tag(self, partition: int) -> str:
-        return f"{self.prefix}:{{p{partition}}}"
+        """What every key of the partition starts with: `<prefix>:{<partition tag>}`."""
+        return f"{self.prefix}:{{{partition_tag(self.prefix, self.partitions, partition)}}}"
 
     # Written by the append script.
     def stream(self, entity_type: str, entity_id: str) -> str:

@@ -21,7 +21,7 @@ import redis
 from ..errors import ConfigurationError
 from .durability import Durability
 from .entries import DEFAULT_PARTITIONS, stored_partitions
-from .keys import RedisKeys, text
+from .keys import LAYOUT, RedisKeys, text
 
 log = logging.getLogger("es_workers.durability")
 
@@ -78,11 +78,27 @@ def opening(prefix: str, partitions: int | None, durability: Durability,
     meta = RedisKeys(prefix, wanted).meta()  # validates before anything is written
     stored = yield "hget", (meta, "partitions")
     if stored is None:  # a new prefix; written only then: a full Redis refuses writes
+        # The layout first: whoever sees the partitions sees it (never a false refusal).
+        yield "hsetnx", (meta, "layout", LAYOUT)
         yield "hsetnx", (meta, "partitions", wanted)
         stored = yield "hget", (meta, "partitions")
     keys = stored_partitions(prefix, partitions, stored)
+    layout = yield "hget", (meta, "layout")
+    if layout is None:
+        raise legacy_layout_error(prefix)
     yield from server_checks(durability, server)
     return keys
+
+
+def legacy_layout_error(prefix: str) -> ConfigurationError:
+    """The refusal of a prefix whose keys still carry the `{pN}` hash tags."""
+    return ConfigurationError(
+        f"prefix {prefix!r} was written by an earlier es_workers, whose keys carry the "
+        "hash tags {pN} (shared by every prefix, and spread unevenly over a cluster's "
+        "masters); this version does not read them. Stop its publishers and workers, then "
+        f"run `es-workers migrate-keys --prefix {prefix}` (with ES_REDIS_URL set as for "
+        "them) to rename its keys"
+    )
 
 
 def server_checks(durability: Durability, server: str) -> Steps[None]:

@@ -12,7 +12,10 @@ It also runs two slower duties:
 - catch-up: a subscriber the entity type has never seen is sent a notice for every entity
   of the type (paging through `entity_ids`), so it receives the whole history first;
 - sweep: notices sent but not seen handled within `redrive_after_ms` (a worker was killed
-  with them prefetched) are sent again if the subscriber still lags.
+  with them prefetched) are sent again if the subscriber still lags, with a backoff, and
+  not while they wait in the queue (no worker beat lately, or none began a delivery of
+  the subscriber since they were re-sent): while no worker runs, the queue does not grow
+  with re-sends.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from ..upgrade import Reader
 from .cluster import Wakeups, is_cluster, read_groups, spread_warning
 from .heartbeats import BEAT_EVERY_S, Heartbeats
 from .keys import RedisKeys, text
-from .state import SubscriberState
+from .state import SubscriberEntity, SubscriberState
 
 log = logging.getLogger("es_workers.publisher")
 
 GROUP = "publishers"
 FORGET_EVERY_S = 60.0  # how often to drop dead publishers from the group
+WORKER_GONE_S = 3 * BEAT_EVERY_S  # no worker beat for this long: none runs
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class Publisher:
         self._next_forget = time.monotonic() + FORGET_EVERY_S
         self._next_beat = 0.0
         self._caught_up: set[tuple[str, str]] = set()
+        # subscriber ID -> (since when, deliveries begun then): its notices wait in its queue
+        self._stalled: dict[str, tuple[float, int]] = {}
         # On a cluster one XREADGROUP cannot span the outboxes (their slots differ): a round
         # reads, without blocking, the outboxes whose partition sent a wake-up (see
         # append.lua) or had entries last round, and every outbox each block_ms; an idle
@@ -421,17 +427,71 @@ class Publisher:
         return busy
 
     def sweep(self) -> None:
-        """Re-sends notices that are due and whose subscriber still lags the entity."""
+        """Re-sends notices that are due and whose subscriber still lags the entity, unless
+        they wait in the queue (`SubscriberState.take_due`). Logs one line per subscriber
+        and round that re-sends, one when its notices start waiting (no worker takes its
+        queue) and one when its queue moves again, never one per entity."""
         assert isinstance(self.bus, NotifyingEventBus)
         subscribed = {
             (t, s) for t in self.storage.entity_types() for s in self.bus.subscriber_ids(t)
         }
         subscriber_ids = sorted({s for _, s in subscribed})
         if subscriber_ids:
-            for e in self.state.take_due(subscriber_ids, subscribed):
-                self.log.info("re-sending %s %r to %s: not seen handled in time", e.entity_type,
-                         e.entity_id, e.subscriber_id,
-                         extra={"subscriber_id": e.subscriber_id, "entity_type": e.entity_type,
-                                "entity_id": e.entity_id})
-                self.bus.notify(e.entity_type, e.entity_id, None, [e.subscriber_id])
+            found = self.state.take_due(subscriber_ids, subscribed,
+                                        workers_alive=self._workers_alive())
+            for subscriber_id, entities in _by_subscriber(found.resend).items():
+                self._resend(subscriber_id, entities)
+            self._watch_queues(_by_subscriber(found.waiting))
         metrics.outbox_backlog().set(self.storage.outbox_backlog())
+
+    def _workers_alive(self) -> bool:
+        """Whether a worker process beat lately (a killed one stops within WORKER_GONE_S)."""
+        now_ms = int(time.time() * 1000)
+        return any(b.role == "worker" and b.age_s(now_ms) < WORKER_GONE_S
+                   for b in self.storage.heartbeats.read())
+
+    def _resend(self, subscriber_id: str, entities: Sequence[SubscriberEntity]) -> None:
+        first = entities[0]
+        # While its queue stands still (a warning said so) re-sends are no news.
+        level = logging.DEBUG if subscriber_id in self._stalled else logging.INFO
+        self.log.log(
+            level, "re-sending %d notices to %s not seen handled in time (first: %s %r)",
+            len(entities), subscriber_id, first.entity_type, first.entity_id,
+            extra={"subscriber_id": subscriber_id, "entity_type": first.entity_type,
+                   "entity_id": first.entity_id},
+        )
+        by_type: dict[str, list[tuple[str, int | None]]] = {}
+        for e in entities:
+            by_type.setdefault(e.entity_type, []).append((e.entity_id, None))
+        assert isinstance(self.bus, NotifyingEventBus)
+        for entity_type, positions in by_type.items():
+            self.bus.notify_many(entity_type, positions, [subscriber_id])
+
+    def _watch_queues(self, waiting: Mapping[str, Sequence[SubscriberEntity]]) -> None:
+        """One warning when a subscriber's notices start waiting in its queue, one line
+        when deliveries of it begin again (the outage is over)."""
+        for subscriber_id, entities in waiting.items():
+            if subscriber_id not in self._stalled:
+                begun = self.state.deliveries_begun(subscriber_id)
+                self._stalled[subscriber_id] = (time.monotonic(), begun)
+                first = entities[0]
+                self.log.warning(
+                    "subscriber %s: %d notices wait in its queue and no worker takes them "
+                    "(first: %s %r); not sending them again until a worker runs and its "
+                    "queue moves", subscriber_id, self.state.due_count(subscriber_id),
+                    first.entity_type, first.entity_id,
+                    extra={"subscriber_id": subscriber_id},
+                )
+        for subscriber_id, (since, begun) in list(self._stalled.items()):
+            if self.state.deliveries_begun(subscriber_id) != begun:
+                del self._stalled[subscriber_id]
+                self.log.info("subscriber %s: workers take its notices again after %.0f s",
+                              subscriber_id, time.monotonic() - since,
+                              extra={"subscriber_id": subscriber_id})
+
+
+def _by_subscriber(entities: Sequence[SubscriberEntity]) -> dict[str, list[SubscriberEntity]]:
+    grouped: dict[str, list[SubscriberEntity]] = {}
+    for e in entities:
+        grouped.setdefault(e.subscriber_id, []).append(e)
+    return grouped

@@ -8,7 +8,12 @@ Per (subscriber, entity type, partition) it keeps hashes keyed by entity ID:
 - retry-at: when the next attempt may start (server time, ms), while a failure backs off;
 - parked: a JSON record of the event it gave up on;
 and per (subscriber, partition) a sorted set of due notices: notices sent but not yet seen
-handled, re-sent by the publisher's sweep if still lagging when due. A lock per
+handled, re-sent by the publisher's sweep if still lagging when due. A re-sent notice is
+remembered (per subscriber, entity type and partition: entity ID -> re-sends since its
+delivery last began, and the subscriber's count of deliveries begun then) until a worker
+begins the entity; begin.lua counts the deliveries begun per (subscriber, partition). A
+notice re-sent while no delivery of its subscriber began since, or any notice while no
+worker runs, is waiting in the queue, not lost: it is not sent again (see `take_due`). A lock per
 (subscriber, entity) keeps one worker on an entity at a time: its value is the holder's
 token, and every script that records something for the entity (checkpoint, failure,
 parking, renewal, release) first checks the token is still the caller's, so a holder whose
@@ -58,6 +63,17 @@ __all__ = [
 NONE_WAITING = 2**62  # `least_handled` of an entity type no subscriber reads
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
 WAIT_POLL_S = 0.25  # wait_handled looks again this often should a message be missed
+RESEND_DOUBLINGS = 6  # a notice not begun is looked at again after at most 64 redrives
+
+
+@dataclass(frozen=True)
+class DueNotices:
+    """What a sweep found due (`take_due`): the notices to send again, and those waiting
+    in their queue (no worker runs, or none began a delivery of the subscriber since they
+    were re-sent)."""
+
+    resend: list[SubscriberEntity]
+    waiting: list[SubscriberEntity]
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,12 @@ class SubscriberState:
     def _due(self, subscriber_id: str, partition: int) -> str:
         return f"{self.keys.tag(partition)}:due:{subscriber_id}"
 
+    def _resent(self, subscriber_id: str, entity_type: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:resent:{subscriber_id}:{entity_type}"
+
+    def _started(self, subscriber_id: str, partition: int) -> str:
+        return f"{self.keys.tag(partition)}:started:{subscriber_id}"
+
     def _handled_channel(self, e: SubscriberEntity) -> str:
         """Pub/Sub channel told each checkpoint move and parking of the entity."""
         return (f"{self.keys.tag(e.partition)}:handled:{e.subscriber_id}:{e.entity_type}:"
@@ -155,7 +177,9 @@ class SubscriberState:
             args += (e.entity_id, -1 if number is None else number)
         keys.append(self._missed(s, t, p))
         keys.append(self.keys.truncated(t, p))
-        keys.append(self._paused(first.subscriber_id, first.partition))
+        keys.append(self._paused(s, p))
+        keys.append(self._resent(s, t, p))
+        keys.append(self._started(s, p))
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
                   int(attempts), int(retry_in_ms))
@@ -329,11 +353,16 @@ class SubscriberState:
             pipe.execute()
 
     def take_due(self, subscriber_ids: Sequence[str], subscribed: set[tuple[str, str]],
-                 limit: int = 200) -> list[SubscriberEntity]:
+                 limit: int = 200, *, workers_alive: bool = True) -> DueNotices:
         """The due entities whose notice must be sent again: still lagging, not parked,
-        not locked by a worker busy with them. Forgets the due entries that are done (or
-        whose subscription is gone) and postpones the rest by `redrive_after_ms`.
-        `subscribed` holds the (entity type, subscriber ID) pairs that exist."""
+        not locked by a worker busy with them, and not waiting in the queue. A notice waits
+        in the queue while no worker runs (`workers_alive` False: no worker beat lately),
+        or when it was re-sent and no delivery of its subscriber began since (nothing
+        takes the queue): it is not sent again, only looked at again. Each re-send of a
+        notice not begun doubles the time to its next look (from `redrive_after_ms` up to
+        64 times it); a begun delivery of the entity starts it over. Forgets the due
+        entries that are done (or whose subscription is gone). `subscribed` holds the
+        (entity type, subscriber ID) pairs that exist."""
         now_ms = time.time() * 1000
         slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
         pipe = self.client.pipeline(transaction=False)
@@ -345,31 +374,57 @@ class SubscriberState:
                 entity_type, _, entity_id = text(member).partition(":")
                 due.append(SubscriberEntity(subscriber_id, entity_type, entity_id, partition))
         if not due:
-            return []
+            return DueNotices([], [])
+        begun: dict[str, int] = {}
+        for (subscriber_id, _), count in self.begun_counts(subscriber_ids).items():
+            begun[subscriber_id] = begun.get(subscriber_id, 0) + count
         pipe = self.client.pipeline(transaction=False)
         for e in due:
-            pipe.hget(self._checkpoints(e.subscriber_id, e.entity_type, e.partition),
-                      e.entity_id)
-            pipe.hget(self.keys.heads(e.entity_type, e.partition), e.entity_id)
-            pipe.hexists(self._parked(e.subscriber_id, e.entity_type, e.partition),
-                         e.entity_id)
+            s, t, p = e.subscriber_id, e.entity_type, e.partition
+            pipe.hget(self._checkpoints(s, t, p), e.entity_id)
+            pipe.hget(self.keys.heads(t, p), e.entity_id)
+            pipe.hexists(self._parked(s, t, p), e.entity_id)
             pipe.exists(self._lock(e))
+            pipe.hget(self._resent(s, t, p), e.entity_id)
         answers = pipe.execute()
-        resend = []
-        later = now_ms + self.redrive_after_ms
+        found = DueNotices([], [])
         pipe = self.client.pipeline(transaction=False)
         for index, e in enumerate(due):
-            checkpoint, head, parked, locked = answers[4 * index : 4 * index + 4]
+            checkpoint, head, parked, locked, resent = answers[5 * index : 5 * index + 5]
             due_key = self._due(e.subscriber_id, e.partition)
+            resent_key = self._resent(e.subscriber_id, e.entity_type, e.partition)
             if parked or int(checkpoint or 0) >= int(head or 0) or (
                 e.entity_type, e.subscriber_id) not in subscribed:
                 pipe.zrem(due_key, e.member)
+                pipe.hdel(resent_key, e.entity_id)
                 continue
-            if not locked:
-                resend.append(e)
+            times, _, began_then = text(resent or "0 -").partition(" ")
+            sends, began = int(times), str(begun[e.subscriber_id])
+            if locked:
+                pass
+            elif not workers_alive or (sends and began == began_then):
+                found.waiting.append(e)
+            else:
+                found.resend.append(e)
+                sends += 1
+                pipe.hset(resent_key, e.entity_id, f"{sends} {began}")
+            later = now_ms + self.redrive_after_ms * 2 ** min(sends, RESEND_DOUBLINGS)
             pipe.zadd(due_key, {e.member: later}, xx=True)
         pipe.execute()
-        return resend
+        return found
+
+    def begun_counts(self, subscriber_ids: Sequence[str]) -> dict[tuple[str, int], int]:
+        """How many deliveries workers began per (subscriber ID, partition) (begin.lua
+        counts them): while a count stands still, nothing takes that queue."""
+        slots = [(s, p) for s in subscriber_ids for p in range(self.keys.partitions)]
+        pipe = self.client.pipeline(transaction=False)
+        for subscriber_id, partition in slots:
+            pipe.get(self._started(subscriber_id, partition))
+        return {slot: int(n or 0) for slot, n in zip(slots, pipe.execute(), strict=True)}
+
+    def deliveries_begun(self, subscriber_id: str) -> int:
+        """How many deliveries of the subscriber workers began, over its partitions."""
+        return sum(self.begun_counts([subscriber_id]).values())
 
     def due_count(self, subscriber_id: str) -> int:
         """Notices of the subscriber waiting to be seen handled (0 once it is idle)."""
@@ -505,6 +560,7 @@ class SubscriberState:
             pipe.delete(self._retry_at(subscriber_id, entity_type, partition))
             pipe.delete(self._parked(subscriber_id, entity_type, partition))
             pipe.delete(self._missed(subscriber_id, entity_type, partition))
+            pipe.delete(self._resent(subscriber_id, entity_type, partition))
         pipe.execute()
 
     # -- Rebuild: pause, running handlers, record -----------------------------------------
@@ -554,14 +610,18 @@ class SubscriberState:
     def locked(self, subscriber_id: str) -> list[SubscriberEntity]:
         """The subscriber's entities a worker holds the lock of (a handler may be running):
         one SCAN of the keyspace (of each master on a cluster)."""
-        start = f"{self.keys.prefix}:{{p"
+        start = f"{self.keys.prefix}:{{"
         middle = f"}}:lock:{subscriber_id}:"
+        partition_of = {self.keys.tag(p): p for p in range(self.keys.partitions)}
         found = []
         for key in self.client.scan_iter(match=f"{start}*{middle}*", count=1000):
-            partition, _, rest = text(key).removeprefix(start).partition(middle)
+            tag, _, rest = text(key).partition(middle)
             entity_type, _, entity_id = rest.partition(":")
+            partition = partition_of.get(tag + "}")
+            if partition is None:
+                continue
             e = self.entity(subscriber_id, entity_type, entity_id)
-            if str(e.partition) == partition and self._lock(e) == text(key):
+            if e.partition == partition and self._lock(e) == text(key):
                 found.append(e)
         return found
 

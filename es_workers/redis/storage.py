@@ -427,7 +427,8 @@ class RedisStorage:
         sample of its entities (see `footprint.py`)."""
         with translated(self.server, f"estimating the memory of {entity_type}"):
             return footprint(self.client, self.keys, self.state, entity_type,
-                             self.retention.get(entity_type), subscriber_ids)
+                             self.retention.get(entity_type), subscriber_ids,
+                             bounds=self.keep_bounds, archived=self.archive is not None)
 
     def _check_names(self, entity_type: str, entity_id: str) -> str:
         self._entity_keys(entity_type, entity_id)  # checks both names

@@ -18,6 +18,7 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.stub import StubBroker
+from kit import wait_for, write_count
 
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.redis.publisher import Publisher, PublisherOptions
@@ -222,3 +223,53 @@ class Delivery:
         if self._started is not None:
             self._started.join(timeout=10)
             self._started = None
+
+
+class EnqueueCounter(dramatiq.Middleware):
+    """Counts the messages a broker was handed (Dramatiq's public `after_enqueue` hook)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: int | None) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def check_quiet_while_no_worker_runs(delivery: Delivery, records: Callable[[], list[str]]
+                                     ) -> None:
+    """The publisher runs and no worker does: a notice waiting in the queue is not sent
+    again (the queue stays as the writes left it), the log says so in a few lines (not one
+    per entity and round), and once a worker starts every event is handled once, in order.
+    `records`: the publisher's log lines so far."""
+    from es_workers import admin
+
+    counter = EnqueueCounter()
+    delivery.broker.add_middleware(counter)
+    recorder = Recorder()
+    delivery.store.subscribe("account", "balances", recorder)
+    delivery.start_publisher()
+    heads = {}
+    for i in range(10):  # two appends each
+        write_count(delivery.store, f"acc-{i}", 1)
+        heads[f"acc-{i}"] = write_count(delivery.store, f"acc-{i}", 1)
+    wait_for(lambda: delivery.storage.outbox_backlog() == 0
+             and admin.status(delivery.store).subscribers[0].caught_up,
+             "the writes relayed and the history handed over")
+    sent = counter.count
+    assert sent <= 10 * 3, f"{sent} messages for 10 entities"
+    wait_for(lambda: any("wait in its queue" in line for line in records()),
+             "the publisher to see the notices wait in the queue", timeout=30)
+    # Ten more redrive periods: each used to re-send every notice again.
+    time.sleep(10 * FAST_PUBLISHER.redrive_after_ms / 1000)
+    assert counter.count == sent, "nothing is sent again while no worker runs"
+    lines = [line for line in records() if "notices" in line]
+    assert len(lines) == 1, f"the log says it once per outage, not per entity: {lines}"
+    assert "10 notices wait in its queue" in lines[0]
+
+    delivery.start_worker()
+    wait_for(lambda: recorder.has(heads), "every event once a worker runs")
+    wait_for(lambda: any("take its notices again" in line for line in records()),
+             "one line when the queue moves again")
+    assert_exactly_once_in_order(recorder, heads)
