@@ -157,7 +157,7 @@ class BlockingStore:
 
 
 class BlockingStream:
-    """An AsyncStream used through a Stream's blocking calls (`all` reads every event)."""
+    """An AsyncStream used through a Stream's blocking calls."""
 
     def __init__(self, stream: AsyncStream, store: BlockingStore) -> None:
         self.async_stream = stream
@@ -171,11 +171,15 @@ class BlockingStream:
     def position(self) -> int:
         return self.async_stream.position
 
-    def all(self) -> list[Event]:
-        async def events() -> list[Event]:
-            return [event async for event in self.async_stream.all()]
-
-        return self._store.run(events())
+    def all(self) -> Iterator[Event]:
+        """The events, read lazily as a Stream's are: one event per step, so an error is
+        raised where the sync half raises it (after the events before it)."""
+        events = self.async_stream.all()
+        while True:
+            try:
+                yield self._store.run(anext(events))
+            except StopAsyncIteration:
+                return
 
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         self._store.run(self.async_stream.write(*contents, metadata=metadata))

@@ -25,7 +25,6 @@ import pytest
 import redis
 import redis.asyncio
 import servers
-import settings_app
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
 from halves import client_from, client_of, close, store_from_settings, store_on
@@ -308,9 +307,9 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
     # When Redis is full is when an operator needs them; they must not need to write.
     prefix = f"full-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_full_server.url, prefix=prefix)
-    store = Store.from_settings(events=settings_app.EVENTS, settings=settings)
+    store = Store.from_settings(events=ACCOUNT_EVENTS, settings=settings)
     store.subscribe("account", "audit", lambda event: None)
-    store.open("account", "a1").write(settings_app.Opened(owner="ann"))
+    store.open("account", "a1").write(Opened(owner="ann"))
     storage: RedisStorage = store.storage  # type: ignore[assignment]
     storage.heartbeats.beat("worker")  # a worker of this host, as `health` wants
     env = dict(os.environ, ES_REDIS_URL=redis_full_server.url, ES_PREFIX=prefix,
@@ -320,7 +319,7 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
     client = redis_full_server.client()
     with servers.memory_full(client, prefix):
         with pytest.raises(StorageFullError):
-            store.open("account", "a2").write(settings_app.Opened(owner="bob"))
+            store.open("account", "a2").write(Opened(owner="bob"))
         for command in commands:
             at = 2 if command[0] == "parked" else 1
             done = subprocess.run(
@@ -337,7 +336,7 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
 async def read_async(url: str, prefix: str, entity_id: str) -> list[int]:
     """The entity's event numbers, read by an AsyncStore opened on the prefix."""
     storage = AsyncRedisStorage(redis.asyncio.Redis.from_url(url), prefix=prefix)
-    async with AsyncStore(storage, events=settings_app.EVENTS) as store:
+    async with AsyncStore(storage, events=ACCOUNT_EVENTS) as store:
         return [event.event_number async for event in store.read("account", entity_id)]
 
 
