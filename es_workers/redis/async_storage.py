@@ -50,7 +50,9 @@ from .snapshots import (
     loaded,
     snapshot_args,
     snapshot_keys,
+    tombstone_args,
     tombstone_keys,
+    truncate_args,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -144,9 +146,10 @@ class AsyncRedisStorage:
         partition = entity_keys.keys.partition(entity_type, entity_id)
         if self.keyring is not None:  # encoding is synchronous: the data keys first
             await self.keyring.prepare_write(subjects_of(events))
-        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
-        if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
-            args.append(entity_keys.keys.wake(partition))
+        # On a cluster the append wakes the cluster publisher, as RedisStorage's does.
+        wake = entity_keys.keys.wake(partition) if self._on_cluster else None
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes,
+                           wake=wake)
         with appending(self.server, entity_type, entity_id):
             if self.durability.waits:
                 reply, confirmed = await self.append_script.then(keys, args,
@@ -231,14 +234,14 @@ class AsyncRedisStorage:
         entity_keys(entity_type, entity_id)  # checks both names
         keys = tombstone_keys(entity_keys.keys, entity_type, entity_id)
         with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
-            await self._tombstone_script(keys, [entity_id])
+            await self._tombstone_script(keys, tombstone_args(entity_id))
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         """Marks the entity's events before `event_number` as removable (the scavenger removes
         them); returns the first kept event number."""
         keys = truncate_keys(await self.open(), entity_type, entity_id)
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
-            reply = await self._truncate_script(keys, [entity_id, event_number])
+            reply = await self._truncate_script(keys, truncate_args(entity_id, event_number))
         return check_truncated(entity_type, entity_id, event_number, reply)
 
     # -- the log (see log.py), as RedisStorage's -----------------------------------------

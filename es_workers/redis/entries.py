@@ -34,6 +34,7 @@ from ..personal import PLAIN, personal_fields
 from ..position import Position
 from .durability import Durability
 from .keys import RedisKeys, text
+from .layouts import APPEND
 
 DEFAULT_PARTITIONS = 16
 READ_PAGE = 1000
@@ -95,14 +96,15 @@ class EntityKeys:
 
 
 def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event],
-                max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
+                max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, *,
+                wake: str | None = None) -> list[Any]:
     """append.lua's ARGV for a non-empty write: checks the events are one entity's, numbered
     on from the first, of Content classes registered for the type, encoded as JSON that
     reads back (InvalidContentError), and each at most `max_event_bytes` encoded
-    (EventTooLargeError)."""
+    (EventTooLargeError). `wake`: the partition's wake-up channel (on a cluster)."""
     entity_id = events[0].entity_id
     expected = events[0].event_number - 1
-    args: list[Any] = [entity_type, entity_id, expected, len(events)]
+    items: list[tuple[Any, ...]] = []
     event_time, micros = None, 0
     metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
@@ -124,8 +126,10 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
         check_size(event, name, data, stored_metadata, max_event_bytes)
-        args += (name, data, micros, event.store_event_id, stored_metadata)
-    return args
+        items.append((name, data, micros, event.store_event_id, stored_metadata))
+    tail = {} if wake is None else {"wake": wake}
+    return APPEND.args.pack(items, entity_type=entity_type, entity_id=entity_id,
+                            expected=expected, count=len(events), **tail)
 
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),

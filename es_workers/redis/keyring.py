@@ -25,13 +25,29 @@ import redis
 from .cluster import is_cluster
 from .failures import server_name, translated
 from .keys import RedisKeys, text
+from .layouts import KEYRING
 from .scripts import AsyncScript, Script
 
 
 def keyring_keys(prefix: str) -> list[str]:
     RedisKeys(prefix, 1)  # validates the prefix
     tag = f"{prefix}:{{{prefix}:keys}}"
-    return [f"{tag}:data", f"{tag}:subjects", f"{tag}:forgotten", f"{tag}:version"]
+    return KEYRING.keys.pack(data=f"{tag}:data", subjects=f"{tag}:subjects",
+                             forgotten=f"{tag}:forgotten", version=f"{tag}:version")
+
+
+def _create(subject: str, key_id: str, wrapped: str) -> list[Any]:
+    return KEYRING.args.pack(op="create", subject_or_key_id=subject, key_id_or_old=key_id,
+                             wrapped_or_new=wrapped)
+
+
+def _forget(subject: str) -> list[Any]:
+    return KEYRING.args.pack(op="forget", subject_or_key_id=subject)
+
+
+def _rewrap(key_id: str, old: str, new: str) -> list[Any]:
+    return KEYRING.args.pack(op="rewrap", subject_or_key_id=key_id, key_id_or_old=old,
+                             wrapped_or_new=new)
 
 
 def _pair(reply: Any) -> tuple[str, str]:
@@ -61,7 +77,7 @@ class RedisKeyStore:
     def create_key(self, subject: str, key_id: str, wrapped: str) -> tuple[str, str]:
         # Retried after a lost reply, it finds the key it made and answers it.
         with translated(self.server, "making a data key", writing=True):
-            return _pair(self._script(self.keys, ["create", subject, key_id, wrapped]))
+            return _pair(self._script(self.keys, _create(subject, key_id, wrapped)))
 
     def data_keys(self, key_ids: Sequence[str]) -> list[str | None]:
         with translated(self.server, "reading data keys"):
@@ -70,7 +86,7 @@ class RedisKeyStore:
 
     def forget(self, subject: str) -> int:
         with translated(self.server, f"forgetting {subject!r}", writing=True):
-            count = int(self._script(self.keys, ["forget", subject]))
+            count = int(self._script(self.keys, _forget(subject)))
         self._rewrite_aof()
         return count
 
@@ -98,7 +114,7 @@ class RedisKeyStore:
 
     def rewrap(self, key_id: str, old: str, new: str) -> bool:
         with translated(self.server, "re-wrapping a data key", writing=True):
-            return bool(self._script(self.keys, ["rewrap", key_id, old, new]))
+            return bool(self._script(self.keys, _rewrap(key_id, old, new)))
 
     def forgotten(self) -> dict[str, int]:
         """Every forgotten subject, with how many of its keys were destroyed."""
@@ -123,14 +139,14 @@ class AsyncRedisKeyStore:
         return None if wrapped is None else (text(key_id), text(wrapped))
 
     async def create_key(self, subject: str, key_id: str, wrapped: str) -> tuple[str, str]:
-        return _pair(await self._script(self.keys, ["create", subject, key_id, wrapped]))
+        return _pair(await self._script(self.keys, _create(subject, key_id, wrapped)))
 
     async def data_keys(self, key_ids: Sequence[str]) -> list[str | None]:
         found = await self.client.hmget(self.keys[0], key_ids)
         return [None if w is None else text(w) for w in found]
 
     async def forget(self, subject: str) -> int:
-        count = int(await self._script(self.keys, ["forget", subject]))
+        count = int(await self._script(self.keys, _forget(subject)))
         try:  # as RedisKeyStore._rewrite_aof (one Redis; a cluster's forget goes there)
             info = await self.client.info("persistence")
             if isinstance(info, dict) and info.get("aof_enabled"):
@@ -147,4 +163,4 @@ class AsyncRedisKeyStore:
             yield text(key_id), text(wrapped)
 
     async def rewrap(self, key_id: str, old: str, new: str) -> bool:
-        return bool(await self._script(self.keys, ["rewrap", key_id, old, new]))
+        return bool(await self._script(self.keys, _rewrap(key_id, old, new)))

@@ -40,6 +40,7 @@ from .failures import appending, server_name, translated
 from .heartbeats import Heartbeats
 from .keyring import RedisKeyStore
 from .keys import text
+from .layouts import APPEND
 from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
@@ -51,11 +52,15 @@ from .snapshots import (
     loaded,
     snapshot_args,
     snapshot_keys,
+    tombstone_args,
     tombstone_keys,
+    truncate_args,
     truncate_keys,
 )
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
+
+OUTBOX = APPEND.keys.index("outbox")
 
 
 class RedisStorage:
@@ -156,10 +161,10 @@ class RedisStorage:
         entity_id = events[0].entity_id
         keys = self._entity_keys(entity_type, entity_id)
         if not self.logs:
-            keys = keys[:6]
-        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
-        if self._wake_channels:  # after the events' ARGV (append.lua)
-            args.append(self._wake_channels[keys[3]])
+            keys = keys[:APPEND.keys.required]  # without the log
+        wake = self._wake_channels[keys[OUTBOX]] if self._wake_channels else None
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes,
+                           wake=wake)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         with appending(self.server, entity_type, entity_id):
@@ -298,14 +303,14 @@ class RedisStorage:
         returns its first kept event number (a truncation never moves back)."""
         keys = truncate_keys(self.keys, entity_type, entity_id)
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
-            reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
+            reply = self._truncate_script(keys=keys, args=truncate_args(entity_id, event_number))
         return check_truncated(entity_type, entity_id, event_number, reply)
 
     def tombstone(self, entity_type: str, entity_id: str) -> None:
         """The entity is gone for good (see tombstone.lua)."""
         keys = tombstone_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
         with translated(self.server, f"tombstoning {entity_type} {entity_id!r}", writing=True):
-            self._tombstone_script(keys=keys, args=[entity_id])
+            self._tombstone_script(keys=keys, args=tombstone_args(entity_id))
 
     def _check_names(self, entity_type: str, entity_id: str) -> str:
         self._entity_keys(entity_type, entity_id)  # checks both names

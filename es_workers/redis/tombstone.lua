@@ -1,4 +1,7 @@
 -- tombstone.lua: an entity is gone for good. Its truncation moves past its head with the
+-- layout KEYS: stream heads index truncated snapshots
+-- layout ARGV: id
+-- layout items: i from 0
 -- mark ' tombstone' (append.lua then refuses every write, reads raise StreamDeletedError);
 -- it leaves the entity index (entity_ids) and its snapshots are deleted. Its stored events
 -- stay until every subscriber has handled them (the scavenger removes them); its head
@@ -13,16 +16,17 @@
 --
 -- Returns {0, head} (also when it was tombstoned already).
 
+local stream, heads, index, truncated, snapshots = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id = ARGV[1]
-local head = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-local old = redis.call('HGET', KEYS[4], id)
+local head = tonumber(redis.call('HGET', heads, id) or '0')
+local old = redis.call('HGET', truncated, id)
 local first_id = ''
 if old then
   if string.sub(old, -10) == ' tombstone' then return {0, head} end
   first_id = string.match(old, '^%d+ ?([^ ]*)') or ''
 end
 if first_id == '' then
-  local first = redis.call('XRANGE', KEYS[1], '1-0', '1-0')
+  local first = redis.call('XRANGE', stream, '1-0', '1-0')
   if #first > 0 then
     local fields = first[1][2]
     for i = 1, #fields, 2 do
@@ -30,7 +34,7 @@ if first_id == '' then
     end
   end
 end
-redis.call('HSET', KEYS[4], id, (head + 1) .. ' ' .. first_id .. ' tombstone')
-if first_id ~= '' then redis.call('ZREM', KEYS[3], first_id .. id) end
-redis.call('DEL', KEYS[5])
+redis.call('HSET', truncated, id, (head + 1) .. ' ' .. first_id .. ' tombstone')
+if first_id ~= '' then redis.call('ZREM', index, first_id .. id) end
+redis.call('DEL', snapshots)
 return {0, head}
