@@ -40,29 +40,41 @@ class Part:
         return len(self.fixed) + len(self.tail) - self.optional
 
     def pack(self, items: Sequence[Sequence[Any]] = (), /, **named: Any) -> list[Any]:
-        """The values in the declared order: the fixed and tail names from `named` (an
-        optional tail name may be left out, the last ones first), then each item's values
-        in the order of `each`. ValueError naming what is missing, extra or misshapen."""
-        tail = [name for name in self.tail if name in named]
-        if tail != list(self.tail[:len(tail)]) or len(tail) < len(self.tail) - self.optional:
-            raise ValueError(f"{self.render()}: the tail needs "
-                             f"{list(self.tail[:len(self.tail) - self.optional])}, in order; "
-                             f"got {tail}")
-        extra = set(named) - set(self.fixed) - set(self.tail)
-        missing = [name for name in self.fixed if name not in named]
-        if extra or missing:
-            raise ValueError(f"{self.render()}: missing {missing}, unknown {sorted(extra)}")
-        if items and not self.each:
-            raise ValueError(f"{self.render()} takes no items")
-        values = [named[name] for name in self.fixed]
+        """The values in the declared order: the fixed names' from `named`, each item's
+        values in the order of `each`, then the tail names' (an optional one may be left
+        out, the last ones first). ValueError naming what is missing, extra or misshapen.
+        (It runs on every append: the checks are counts, the message is built on failure.)"""
+        try:
+            values = [named[name] for name in self.fixed]
+        except KeyError:
+            raise self._refused(items, named) from None
         width = len(self.each)
         for item in items:
             if len(item) != width:
-                raise ValueError(f"{self.render()}: an item holds {list(self.each)}, "
-                                 f"got {len(item)} values")
+                raise self._refused(items, named)
             values += item
-        values += (named[name] for name in tail)
+        given = len(self.fixed)
+        for name in self.tail:
+            if name not in named:
+                break
+            values.append(named[name])
+            given += 1
+        if given != len(named) or given < len(self.fixed) + len(self.tail) - self.optional:
+            raise self._refused(items, named)
         return values
+
+    def _refused(self, items: Sequence[Sequence[Any]], named: dict[str, Any]) -> ValueError:
+        missing = [name for name in self.fixed if name not in named]
+        extra = sorted(set(named) - set(self.fixed) - set(self.tail))
+        if missing or extra:
+            return ValueError(f"{self.render()}: missing {missing}, unknown {extra}")
+        if any(len(item) != len(self.each) for item in items):
+            return ValueError(f"{self.render()}: an item holds {list(self.each)}" if self.each
+                              else f"{self.render()} takes no items")
+        required = list(self.tail[:len(self.tail) - self.optional])
+        return ValueError(f"{self.render()}: the tail needs {required}, in order, an "
+                          "optional name only after those before it; got "
+                          f"{[name for name in self.tail if name in named]}")
 
     def render(self) -> str:
         """The layout as the scripts' headers give it: `a b (c d)* e [f]`."""
