@@ -130,6 +130,25 @@ class BlockingStore:
                    limit: int = 100) -> tuple[list[str], str | None]:
         return self.run(self.async_store.entity_ids(entity_type, after, limit))
 
+    def read_all(self, after: Any = None, **options: Any) -> list[Event]:
+        async def events() -> list[Event]:
+            return [e async for e in self.async_store.read_all(after, **options)]
+
+        return self.run(events())
+
+    def followed(self, name: str) -> list[Event]:
+        """The events a follower named `name` has not done yet, up to the log's end."""
+        async def events() -> list[Event]:
+            found: list[Event] = []
+            async with self.async_store.follow(name=name) as follower:
+                async for event in follower:
+                    found.append(event)
+                    if len(found) == 1:
+                        follower.stop()
+            return found
+
+        return self.run(events())
+
     def wait_for(self, entity_type: str, entity_id: str, event_number: int,
                  **options: Any) -> None:
         self.run(self.async_store.wait_for(entity_type, entity_id, event_number, **options))

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import dramatiq
 import pytest
@@ -27,21 +27,25 @@ import redis.asyncio
 import servers
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
-from halves import client_from, client_of, close, store_from_settings, store_on
+from halves import client_from, client_of, close, followed, store_from_settings, store_on
 from servers import RedisSentinelServers, RedisServer, TcpProxy
 
 from es_workers import (
     AsyncRedisStorage,
     AsyncStore,
     ConfigurationError,
+    Content,
     DramatiqEventBus,
     DurabilityError,
     EsError,
+    MasterKeys,
+    Personal,
     RedisStorage,
     StorageFullError,
     StorageUnavailableError,
     Store,
 )
+from es_workers.encryption import new_master_key
 from es_workers.redis.durability import Durability
 from es_workers.redis.entries import DEFAULT_PARTITIONS
 from es_workers.redis.keys import RedisKeys
@@ -105,6 +109,8 @@ def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
         "read": lambda: list(store.read("account", "a1")),
         "entity_ids": lambda: store.entity_ids("account"),
         "wait_for": lambda: store.wait_for("account", "a1", 1, timeout=1),
+        "read_all": lambda: list(store.read_all()),
+        "follow": lambda: followed(store, "f"),
     }
     server = url.removeprefix("redis://")
     for name, call in calls.items():
@@ -117,6 +123,29 @@ def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
         assert raised.value.server == server
         assert isinstance(raised.value.cause, redis.ConnectionError)
         assert raised.value.outcome_unknown is (name == "write"), name
+
+
+class Registered(Content):
+    name: Annotated[str, Personal]
+
+
+def test_personal_data_with_redis_down_raises_storage_unavailable(
+    half: str, proxy: TcpProxy, prefix: str
+) -> None:
+    """The data keys of personal fields are in Redis too: reaching them fails alike."""
+    settings = Settings(redis_url=through(proxy), redis_connect_timeout_ms=500)
+    store = store_on(half, client_from(half, settings), prefix=prefix,
+                     events={"user": [Registered]}, encryption=MasterKeys(new_master_key()))
+    store.open("user", "u1").write(Registered(name="Ada"))
+    proxy.down()
+    try:
+        with pytest.raises(StorageUnavailableError) as raised:
+            store.open("user", "u2").write(Registered(name="Grace"))  # a new data key
+        assert "making a data key" in str(raised.value) or "reading a data key" in str(
+            raised.value)
+    finally:
+        proxy.up()
+    close(store)
 
 
 def test_a_hung_redis_fails_a_write_within_the_timeout_and_the_same_write_lands_once_after(

@@ -253,50 +253,60 @@ class AsyncRedisStorage:
                        entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
         """The events of one partition's log after log number `after`, in log order."""
         pages = LogPages(self.registry, await self.open(), partition, after, entity_types)
-        reader = self._reader
+        reader, doing = self._reader, f"reading the log of partition {partition}"
         while pages.more:
-            entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
+            with translated(self.server, doing):
+                entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
             runs = pages.take(entries)
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
             pages.queue_reads(pipe, runs)
-            for event in pages.decode(runs, await pipe.execute(raise_on_error=False)):
+            with translated(self.server, doing):
+                replies = await pipe.execute(raise_on_error=False)
+            for event in pages.decode(runs, replies):
                 yield event
 
     async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
         """(entity type, entity ID, event number) at a log position; None if none."""
         key, entry_id = (await self.open()).log(position.partition), f"{position.number}-0"
-        return event_at(await xrange(self._reader, key, entry_id, count=1), position.number)
+        with translated(self.server, f"reading log entry {position}"):
+            entries = await xrange(self._reader, key, entry_id, count=1)
+        return event_at(entries, position.number)
 
     async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
         """As RedisStorage.wait_log: one blocking XREAD, or polling on a cluster."""
         keys = await self.open()
         streams = {keys.log(p): f"{after.get(p, 0)}-0" for p in range(keys.partitions)}
-        if not self._on_cluster:
-            await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
-            return
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            for key, start in streams.items():
-                if await self.client.xread({key: start}, count=1):
-                    return
-            await asyncio.sleep(0.05)
+        with translated(self.server, "waiting for the log"):
+            if not self._on_cluster:
+                await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+                return
+            deadline = asyncio.get_running_loop().time() + timeout
+            while asyncio.get_running_loop().time() < deadline:
+                for key, start in streams.items():
+                    if await self.client.xread({key: start}, count=1):
+                        return
+                await asyncio.sleep(0.05)
 
     async def followed(self, name: str) -> dict[int, int]:
         keys = await self.open()
         pipe = self.client.pipeline(transaction=False)
         for partition in range(keys.partitions):
             pipe.hget(keys.followers(partition), name)
-        replies = await pipe.execute()
+        with translated(self.server, f"reading follower {name!r}"):
+            replies = await pipe.execute()
         return {p: int(v) for p, v in enumerate(replies) if v is not None}
 
     async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        if not done:
+            return
         keys = await self.open()
         pipe = self.client.pipeline(transaction=False)
         for partition, number in done.items():
             pipe.hset(keys.followers(partition), name, number)
-        await pipe.execute()
+        with translated(self.server, f"recording follower {name!r}", writing=True):
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
