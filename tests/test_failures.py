@@ -161,7 +161,8 @@ def test_a_hung_redis_fails_a_write_within_the_timeout_and_the_same_write_lands_
     stream.write(Opened(owner="a"))
     proxy.hang()
     for name, call in {"write": lambda: stream.write(Deposited(amount=1)),
-                       "read": lambda: list(store.read("account", "a1"))}.items():
+                       "read": lambda: list(store.read("account", "a1")),
+                       "read_all": lambda: list(store.read_all())}.items():
         began = time.monotonic()
         with pytest.raises(StorageUnavailableError) as raised:
             call()
