@@ -130,6 +130,25 @@ class BlockingStore:
                    limit: int = 100) -> tuple[list[str], str | None]:
         return self.run(self.async_store.entity_ids(entity_type, after, limit))
 
+    def read_all(self, after: Any = None, **options: Any) -> list[Event]:
+        async def events() -> list[Event]:
+            return [e async for e in self.async_store.read_all(after, **options)]
+
+        return self.run(events())
+
+    def followed(self, name: str) -> list[Event]:
+        """The events a follower named `name` has not done yet, up to the log's end."""
+        async def events() -> list[Event]:
+            found: list[Event] = []
+            async with self.async_store.follow(name=name) as follower:
+                async for event in follower:
+                    found.append(event)
+                    if len(found) == 1:
+                        follower.stop()
+            return found
+
+        return self.run(events())
+
     def wait_for(self, entity_type: str, entity_id: str, event_number: int,
                  **options: Any) -> None:
         self.run(self.async_store.wait_for(entity_type, entity_id, event_number, **options))
@@ -160,7 +179,7 @@ class BlockingStore:
 
 
 class BlockingStream:
-    """An AsyncStream used through a Stream's blocking calls (`all` reads every event)."""
+    """An AsyncStream used through a Stream's blocking calls."""
 
     def __init__(self, stream: AsyncStream, store: BlockingStore) -> None:
         self.async_stream = stream
@@ -174,11 +193,15 @@ class BlockingStream:
     def position(self) -> int:
         return self.async_stream.position
 
-    def all(self) -> list[Event]:
-        async def events() -> list[Event]:
-            return [event async for event in self.async_stream.all()]
-
-        return self._store.run(events())
+    def all(self) -> Iterator[Event]:
+        """The events, read lazily as a Stream's are: one event per step, so an error is
+        raised where the sync half raises it (after the events before it)."""
+        events = self.async_stream.all()
+        while True:
+            try:
+                yield self._store.run(anext(events))
+            except StopAsyncIteration:
+                return
 
     def write(self, *contents: Content, metadata: Mapping[str, str] | None = None) -> None:
         self._store.run(self.async_stream.write(*contents, metadata=metadata))

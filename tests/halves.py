@@ -5,6 +5,7 @@ give the same errors and guarantees (DESIGN.md, guarantee 9)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -15,7 +16,15 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from es_workers import AsyncRedisStorage, AsyncStore, RedisStorage, Settings, Store
+from es_workers import (
+    AsyncRedisStorage,
+    AsyncStore,
+    Content,
+    Event,
+    RedisStorage,
+    Settings,
+    Store,
+)
 from es_workers.ports import Bus
 from es_workers.wiring import async_redis_client, redis_client
 
@@ -36,15 +45,17 @@ def client_from(half: str, settings: Settings) -> Any:
     return (redis_client if half == "sync" else async_redis_client)(settings)
 
 
-def store_on(half: str, client: Any, *, bus: Bus | None = None, **storage_options: Any
-             ) -> AnyStore:
-    """A store of the half on `client` (its kind: see `client_of`), account events
-    registered; `storage_options` go to RedisStorage / AsyncRedisStorage (prefix,
-    durability, partitions...). Raises what opening the storage raises."""
+def store_on(half: str, client: Any, *, bus: Bus | None = None,
+             events: Mapping[str, list[type[Content]]] = ACCOUNT_EVENTS,
+             **storage_options: Any) -> AnyStore:
+    """A store of the half on `client` (its kind: see `client_of`), `events` (account events
+    by default) registered; `storage_options` go to RedisStorage / AsyncRedisStorage
+    (prefix, durability, partitions, encryption...). Raises what opening the storage
+    raises."""
     if half == "sync":
-        return Store(RedisStorage(client, **storage_options), bus=bus, events=ACCOUNT_EVENTS)
+        return Store(RedisStorage(client, **storage_options), bus=bus, events=events)
     return BlockingStore(AsyncStore(AsyncRedisStorage(client, **storage_options), bus=bus,
-                                    events=ACCOUNT_EVENTS))
+                                    events=events))
 
 
 def store_from_settings(half: str, settings: Settings) -> AnyStore:
@@ -52,6 +63,19 @@ def store_from_settings(half: str, settings: Settings) -> AnyStore:
     if half == "sync":
         return Store.from_settings(events=ACCOUNT_EVENTS, settings=settings)
     return BlockingStore(AsyncStore.from_settings(events=ACCOUNT_EVENTS, settings=settings))
+
+
+def followed(store: AnyStore, name: str) -> list[Event]:
+    """The first event a follower named `name` has not done yet (follow(name=...) reads and
+    records its progress in Redis)."""
+    if isinstance(store, BlockingStore):
+        return store.followed(name)
+    found: list[Event] = []
+    with store.follow(name=name) as follower:
+        for event in follower:
+            found.append(event)
+            follower.stop()
+    return found
 
 
 def close(store: AnyStore) -> None:

@@ -1,19 +1,19 @@
 """Corrupt records in Redis, written with raw commands into an entity's stream key: reading
 raises a DecodeError (CorruptEventError, UnknownEventError or InvalidPayloadError) that
 names the key and the event number, on every way of reading, with replies as bytes and as
-text, through RedisStorage and AsyncRedisStorage. Writing behind a corrupt entry is refused
-with a CorruptEventError too, nothing written. (tests/test_storage_redis.py covers the basic
-cases; these are the odder ones.)
+text, on both halves (`half`: Store on RedisStorage, AsyncStore on AsyncRedisStorage).
+Writing behind a corrupt entry is refused with a CorruptEventError too, nothing written.
+(tests/test_storage_redis.py covers the basic cases; these are the odder ones.)
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-import redis.asyncio
 from apps.delivery_kit import Delivery, Recorder, stub_broker
+from async_kit import BlockingStore
 from conftest import Deposited, Opened, Withdrawn, client_beside
 from kit import wait_for
 
@@ -33,21 +33,44 @@ from es_workers import (
 
 GOOD_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
 EVENTS: dict[str, list[type[Content]]] = {"account": [Opened, Deposited, Withdrawn]}
+AnyStore = Store | BlockingStore
 
 
 @pytest.fixture(params=[False, True], ids=["bytes", "text"])
 def store(
-    request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
-) -> Iterator[Store]:
-    """A Store whose client (of the backend's server) replies in bytes, or (decode_responses)
-    in text."""
-    client = redis_client
-    if request.param:
-        client = client_beside(redis_client, request, decode_responses=True)
-    store = Store(RedisStorage(client, prefix=prefix), events=EVENTS)
-    yield store
-    if client is not redis_client:
+    request: pytest.FixtureRequest, half: str, redis_client: redis.Redis, prefix: str
+) -> Iterator[AnyStore]:
+    """A Store or an AsyncStore (`half`) whose client (of the backend's server) replies in
+    bytes, or (decode_responses) in text."""
+    client = client_beside(redis_client, request, decode_responses=request.param,
+                           use_asyncio=half == "async")
+    made: AnyStore
+    if half == "sync":
+        made = Store(RedisStorage(client, prefix=prefix), events=EVENTS)
+    else:
+        made = BlockingStore(AsyncStore(AsyncRedisStorage(client, prefix=prefix),
+                                        events=EVENTS))
+    RAW[id(made)] = redis_client
+    yield made
+    del RAW[id(made)]
+    if isinstance(made, BlockingStore):
+        made.close()
+    else:
         client.close()
+
+
+RAW: dict[int, redis.Redis] = {}
+"""The backend's own client (bytes) of each store of the `store` fixture: records are
+written with it as a buggy or foreign writer would."""
+
+
+@pytest.fixture
+def sync_store(redis_client: redis.Redis, prefix: str) -> Iterator[Store]:
+    """A Store on the backend's server (delivery runs on the sync half only)."""
+    made = Store(RedisStorage(redis_client, prefix=prefix), events=EVENTS)
+    RAW[id(made)] = redis_client
+    yield made
+    del RAW[id(made)]
 
 
 def fields(name: str = "Deposited", data: bytes | str = '{"amount": 1}',
@@ -55,37 +78,59 @@ def fields(name: str = "Deposited", data: bytes | str = '{"amount": 1}',
     return {"n": name, "d": data, "t": time, "e": event_id}
 
 
-def key_of(store: Store) -> str:
-    storage = store.storage
-    assert isinstance(storage, RedisStorage)
-    return storage.keys.stream("account", "a1")
+def raw(store: AnyStore) -> redis.Redis:
+    return RAW[id(store)]
 
 
-def add_raw(store: Store, entry_id: str, values: dict[str, bytes | str]) -> str:
+def key_of(store: AnyStore) -> str:
+    if isinstance(store, BlockingStore):
+        storage = store.async_store.storage
+        assert isinstance(storage, AsyncRedisStorage)
+        return store.run(storage.open()).stream("account", "a1")
+    assert isinstance(store.storage, RedisStorage)
+    return store.storage.keys.stream("account", "a1")
+
+
+def add_raw(store: AnyStore, entry_id: str, values: dict[str, bytes | str]) -> str:
     """Appends a record to a1's stream as a buggy or foreign writer would, bypassing the
     append script (so heads, index and outbox know nothing of it)."""
     key = key_of(store)
-    store.storage.client.xadd(key, values, id=entry_id)  # type: ignore[attr-defined, arg-type]
+    raw(store).xadd(key, values, id=entry_id)  # type: ignore[arg-type]
     return key
 
 
-def readers(store: Store) -> dict[str, Callable[[], list[Event]]]:
+def storage_read(store: AnyStore, after: int = 0) -> Callable[[], list[Event]]:
+    """Reading a1 from the store's storage itself."""
+    if isinstance(store, Store):
+        return lambda: list(store.storage.read("account", "a1", after))
+
+    async def events() -> list[Event]:
+        return [e async for e in store.async_store.storage.read("account", "a1", after)]
+
+    return lambda: store.run(events())
+
+
+def readers(store: AnyStore) -> dict[str, Callable[[], list[Event]]]:
     """Every way events are read: a stream, a projection, what subscribers are handed, and
     the storage itself."""
     def project() -> list[Event]:
         seen: list[Event] = []
-        store.project("account", "a1", seen.append)
+        if isinstance(store, Store):
+            store.project("account", "a1", seen.append)
+        else:
+            store.run(store.async_store.project("account", "a1", seen.append))
         return seen
 
     return {
         "stream": lambda: list(store.open("account", "a1").all()),
         "project": project,
         "subscriber": lambda: list(store.read("account", "a1", 1)),
-        "storage": lambda: list(store.storage.read("account", "a1", 1)),
+        "storage": storage_read(store, 1),
     }
 
 
-def assert_reads_fail(store: Store, error_type: type[DecodeError], key: str, number: int) -> None:
+def assert_reads_fail(store: AnyStore, error_type: type[DecodeError], key: str,
+                      number: int) -> None:
     for way, read in readers(store).items():
         with pytest.raises(error_type) as caught:
             read()
@@ -95,12 +140,11 @@ def assert_reads_fail(store: Store, error_type: type[DecodeError], key: str, num
         assert key in str(error) and f"event number {number}" in str(error), way
 
 
-def stream_ids(store: Store) -> list[str]:
-    entries = store.storage.client.xrange(key_of(store))  # type: ignore[attr-defined]
-    return [i.decode() if isinstance(i, bytes) else i for i, _ in entries]
+def stream_ids(store: AnyStore) -> list[str]:
+    return [i.decode() for i, _ in raw(store).xrange(key_of(store))]
 
 
-def write_first(store: Store) -> None:
+def write_first(store: AnyStore) -> None:
     store.open("account", "a1").write(Opened(owner="a"))
 
 
@@ -124,7 +168,7 @@ def write_first(store: Store) -> None:
          "empty time", "only data", "foreign fields"],
 )
 def test_a_corrupt_record_is_reported_with_its_key_and_number(
-    store: Store, values: dict[str, bytes | str], error_type: type[DecodeError]
+    store: AnyStore, values: dict[str, bytes | str], error_type: type[DecodeError]
 ) -> None:
     write_first(store)
     key = add_raw(store, "2-0", values)
@@ -138,7 +182,7 @@ def test_a_corrupt_record_is_reported_with_its_key_and_number(
     ids=["data", "name"],
 )
 def test_a_record_that_is_not_utf8_is_reported_with_its_key_and_number(
-    store: Store, values: dict[str, bytes | str], error_type: type[DecodeError]
+    store: AnyStore, values: dict[str, bytes | str], error_type: type[DecodeError]
 ) -> None:
     write_first(store)
     key = add_raw(store, "2-0", values)
@@ -146,7 +190,7 @@ def test_a_record_that_is_not_utf8_is_reported_with_its_key_and_number(
     assert_reads_fail(store, error_type, key, 2)
 
 
-def test_a_record_with_extra_fields_in_another_order_is_read(store: Store) -> None:
+def test_a_record_with_extra_fields_in_another_order_is_read(store: AnyStore) -> None:
     """Not corrupt: the fields are found by name."""
     write_first(store)
     add_raw(store, "2-0", {"x": "1", **dict(reversed(fields().items()))})
@@ -158,7 +202,7 @@ def test_a_record_with_extra_fields_in_another_order_is_read(store: Store) -> No
     assert events[1].store_event_id == GOOD_ID
 
 
-def test_events_before_a_corrupt_one_are_handed_out_first(store: Store) -> None:
+def test_events_before_a_corrupt_one_are_handed_out_first(store: AnyStore) -> None:
     write_first(store)
     key = add_raw(store, "2-0", fields(data="{"))
     stream = store.open("account", "a1")
@@ -172,13 +216,13 @@ def test_events_before_a_corrupt_one_are_handed_out_first(store: Store) -> None:
 
 
 def test_a_record_that_is_not_utf8_parks_its_entity_in_delivery_and_nothing_else(
-    store: Store,
+    sync_store: Store,
 ) -> None:
     """The lock-and-read script's reply holds the entries: with a client that decodes
     replies, a field that is not UTF-8 still fails only its own entity."""
-    write_first(store)
-    key = add_raw(store, "2-0", fields(data=b"\xff\xfe"))
-    storage = store.storage
+    write_first(sync_store)
+    key = add_raw(sync_store, "2-0", fields(data=b"\xff\xfe"))
+    storage = sync_store.storage
     assert isinstance(storage, RedisStorage)
     # As if appended: the head counts it (else delivery has nothing to hand out).
     storage.client.hset(storage.keys.heads("account", storage.keys.partition("account", "a1")),
@@ -208,12 +252,12 @@ def test_a_record_that_is_not_utf8_parks_its_entity_in_delivery_and_nothing_else
 @pytest.mark.parametrize(("entry_ids", "bad"), [(["1-0", "5-0"], 5), (["2-0"], 2)],
                          ids=["5 after 1", "2 first"])
 def test_an_entry_number_out_of_sequence_is_corrupt(
-    store: Store, entry_ids: list[str], bad: int
+    store: AnyStore, entry_ids: list[str], bad: int
 ) -> None:
     for entry_id in entry_ids:
         key = add_raw(store, entry_id, fields())
     readings = {"stream": lambda: list(store.open("account", "a1").all()),
-                "storage": lambda: list(store.storage.read("account", "a1"))}
+                "storage": storage_read(store)}
 
     for read in readings.values():
         try:
@@ -225,7 +269,7 @@ def test_an_entry_number_out_of_sequence_is_corrupt(
         raise AssertionError(f"read {[e.event_number for e in events]} without an error")
 
 
-def test_a_gap_after_the_number_read_from_is_corrupt(store: Store) -> None:
+def test_a_gap_after_the_number_read_from_is_corrupt(store: AnyStore) -> None:
     """Read from event 1 on (event 1 read apart for the store_entity_id): 2 must follow."""
     write_first(store)
     key = add_raw(store, "3-0", fields())
@@ -237,7 +281,7 @@ def test_a_gap_after_the_number_read_from_is_corrupt(store: Store) -> None:
 
 @pytest.mark.parametrize("time", ["9" * 20, "-" + "9" * 20, "9" * 18],
                          ids=["past int64", "before", "past year 9999"])
-def test_an_event_time_out_of_range_is_corrupt(store: Store, time: str) -> None:
+def test_an_event_time_out_of_range_is_corrupt(store: AnyStore, time: str) -> None:
     write_first(store)
     key = add_raw(store, "2-0", fields(time=time))
 
@@ -245,9 +289,9 @@ def test_an_event_time_out_of_range_is_corrupt(store: Store, time: str) -> None:
 
 
 @pytest.mark.parametrize("after", [0, 1])
-def test_a_stream_key_of_the_wrong_type_is_corrupt(store: Store, after: int) -> None:
+def test_a_stream_key_of_the_wrong_type_is_corrupt(store: AnyStore, after: int) -> None:
     key = key_of(store)
-    store.storage.client.set(key, "not a stream")  # type: ignore[attr-defined]
+    raw(store).set(key, "not a stream")
 
     with pytest.raises(CorruptEventError) as caught:
         list(store.open_from("account", "a1", after).all())
@@ -256,7 +300,7 @@ def test_a_stream_key_of_the_wrong_type_is_corrupt(store: Store, after: int) -> 
 
 
 def test_writing_after_an_entry_number_out_of_sequence_is_refused_with_an_es_error(
-    store: Store,
+    store: AnyStore,
 ) -> None:
     stream = store.open("account", "a1")
     stream.write(Opened(owner="a"))
@@ -273,14 +317,14 @@ def test_writing_after_an_entry_number_out_of_sequence_is_refused_with_an_es_err
 
 @pytest.mark.parametrize("known", [True, False], ids=["position known", "new entity"])
 def test_writing_to_a_stream_key_of_the_wrong_type_is_refused_with_an_es_error(
-    store: Store, known: bool
+    store: AnyStore, known: bool
 ) -> None:
     """Whether heads records a position for the entity (its stream then replaced) or not."""
     stream = store.open("account", "a1")
     if known:
         stream.write(Opened(owner="a"))
     key = key_of(store)
-    client = store.storage.client  # type: ignore[attr-defined]
+    client = raw(store)
     client.delete(key)
     client.set(key, "not a stream")
 
@@ -289,99 +333,4 @@ def test_writing_to_a_stream_key_of_the_wrong_type_is_refused_with_an_es_error(
 
     assert (caught.value.key, caught.value.event_number) == (key, 2 if known else 1)
     assert "another type than a stream" in str(caught.value)
-    assert client.get(key) in (b"not a stream", "not a stream")
-
-
-# --- the same through AsyncRedisStorage -------------------------------------------------
-
-
-@pytest.fixture(params=[False, True], ids=["bytes", "text"])
-async def async_store(
-    request: pytest.FixtureRequest, redis_client: redis.Redis, prefix: str
-) -> AsyncIterator[AsyncStore]:
-    """An AsyncStore on the backend's server, its client replying in bytes or in text."""
-    client = client_beside(redis_client, request, decode_responses=request.param,
-                           use_asyncio=True)
-    store = AsyncStore(AsyncRedisStorage(client, prefix=prefix), events=EVENTS)
-    yield store
-    await store.close()
-
-
-async def async_key(store: AsyncStore) -> str:
-    storage = store.storage
-    assert isinstance(storage, AsyncRedisStorage)
-    return (await storage.open()).stream("account", "a1")
-
-
-async def assert_async_reads_fail(store: AsyncStore, error_type: type[DecodeError], key: str,
-                                  number: int) -> None:
-    async def stream() -> None:
-        async for _ in store.open("account", "a1").all():
-            pass
-
-    async def storage() -> None:
-        async for _ in store.storage.read("account", "a1", 1):
-            pass
-
-    async def project() -> None:
-        await store.project("account", "a1", lambda event: None)
-
-    for read in (stream, storage, project):
-        with pytest.raises(error_type) as caught:
-            await read()
-        assert (caught.value.key, caught.value.event_number) == (key, number), read.__name__
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("values", "error_type", "number"),
-    [(fields(data=b"\xff\xfe"), InvalidPayloadError, 2),
-     (fields(name=b"\xff"), CorruptEventError, 2),
-     (fields(time="9" * 20), CorruptEventError, 2)],
-    ids=["data not utf-8", "name not utf-8", "time out of range"],
-)
-async def test_a_corrupt_record_is_reported_through_the_async_storage(
-    async_store: AsyncStore, redis_client: redis.Redis, values: dict[str, bytes | str],
-    error_type: type[DecodeError], number: int,
-) -> None:
-    await async_store.open("account", "a1").write(Opened(owner="a"))
-    key = await async_key(async_store)
-    redis_client.xadd(key, values, id="2-0")  # type: ignore[arg-type]
-
-    await assert_async_reads_fail(async_store, error_type, key, number)
-
-
-@pytest.mark.anyio
-async def test_an_entry_out_of_sequence_is_corrupt_through_the_async_storage(
-    async_store: AsyncStore, redis_client: redis.Redis
-) -> None:
-    stream = async_store.open("account", "a1")
-    await stream.write(Opened(owner="a"))
-    key = await async_key(async_store)
-    redis_client.xadd(key, fields(), id="5-0")  # type: ignore[arg-type]
-
-    await assert_async_reads_fail(async_store, CorruptEventError, key, 5)
-    with pytest.raises(CorruptEventError) as caught:
-        await stream.write(Deposited(amount=2))
-    assert (caught.value.key, caught.value.event_number) == (key, 2)
-    assert redis_client.xlen(key) == 2
-
-
-@pytest.mark.anyio
-async def test_a_stream_key_of_the_wrong_type_is_corrupt_through_the_async_storage(
-    async_store: AsyncStore, redis_client: redis.Redis
-) -> None:
-    stream = async_store.open("account", "a1")
-    await stream.write(Opened(owner="a"))
-    key = await async_key(async_store)
-    redis_client.delete(key)
-    redis_client.set(key, "not a stream")
-
-    for after in (0, 1):
-        with pytest.raises(CorruptEventError) as caught:
-            async for _ in async_store.open_from("account", "a1", after).all():
-                pass
-        assert caught.value.key == key
-    with pytest.raises(CorruptEventError) as caught:
-        await stream.write(Deposited(amount=2))
-    assert caught.value.key == key and "another type than a stream" in str(caught.value)
+    assert client.get(key) == b"not a stream"

@@ -18,31 +18,34 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import dramatiq
 import pytest
 import redis
 import redis.asyncio
 import servers
-import settings_app
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
 from dramatiq.brokers.stub import StubBroker
-from halves import client_from, client_of, close, store_from_settings, store_on
+from halves import client_from, client_of, close, followed, store_from_settings, store_on
 from servers import RedisSentinelServers, RedisServer, TcpProxy
 
 from es_workers import (
     AsyncRedisStorage,
     AsyncStore,
     ConfigurationError,
+    Content,
     DramatiqEventBus,
     DurabilityError,
     EsError,
+    MasterKeys,
+    Personal,
     RedisStorage,
     StorageFullError,
     StorageUnavailableError,
     Store,
 )
+from es_workers.encryption import new_master_key
 from es_workers.redis.durability import Durability
 from es_workers.redis.entries import DEFAULT_PARTITIONS
 from es_workers.redis.keys import RedisKeys
@@ -106,6 +109,8 @@ def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
         "read": lambda: list(store.read("account", "a1")),
         "entity_ids": lambda: store.entity_ids("account"),
         "wait_for": lambda: store.wait_for("account", "a1", 1, timeout=1),
+        "read_all": lambda: list(store.read_all()),
+        "follow": lambda: followed(store, "f"),
     }
     server = url.removeprefix("redis://")
     for name, call in calls.items():
@@ -118,6 +123,29 @@ def test_store_calls_with_redis_down_raise_storage_unavailable_fast_naming_it(
         assert raised.value.server == server
         assert isinstance(raised.value.cause, redis.ConnectionError)
         assert raised.value.outcome_unknown is (name == "write"), name
+
+
+class Registered(Content):
+    name: Annotated[str, Personal]
+
+
+def test_personal_data_with_redis_down_raises_storage_unavailable(
+    half: str, proxy: TcpProxy, prefix: str
+) -> None:
+    """The data keys of personal fields are in Redis too: reaching them fails alike."""
+    settings = Settings(redis_url=through(proxy), redis_connect_timeout_ms=500)
+    store = store_on(half, client_from(half, settings), prefix=prefix,
+                     events={"user": [Registered]}, encryption=MasterKeys(new_master_key()))
+    store.open("user", "u1").write(Registered(name="Ada"))
+    proxy.down()
+    try:
+        with pytest.raises(StorageUnavailableError) as raised:
+            store.open("user", "u2").write(Registered(name="Grace"))  # a new data key
+        assert "making a data key" in str(raised.value) or "reading a data key" in str(
+            raised.value)
+    finally:
+        proxy.up()
+    close(store)
 
 
 def test_a_hung_redis_fails_a_write_within_the_timeout_and_the_same_write_lands_once_after(
@@ -133,7 +161,8 @@ def test_a_hung_redis_fails_a_write_within_the_timeout_and_the_same_write_lands_
     stream.write(Opened(owner="a"))
     proxy.hang()
     for name, call in {"write": lambda: stream.write(Deposited(amount=1)),
-                       "read": lambda: list(store.read("account", "a1"))}.items():
+                       "read": lambda: list(store.read("account", "a1")),
+                       "read_all": lambda: list(store.read_all())}.items():
         began = time.monotonic()
         with pytest.raises(StorageUnavailableError) as raised:
             call()
@@ -308,9 +337,9 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
     # When Redis is full is when an operator needs them; they must not need to write.
     prefix = f"full-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_full_server.url, prefix=prefix)
-    store = Store.from_settings(events=settings_app.EVENTS, settings=settings)
+    store = Store.from_settings(events=ACCOUNT_EVENTS, settings=settings)
     store.subscribe("account", "audit", lambda event: None)
-    store.open("account", "a1").write(settings_app.Opened(owner="ann"))
+    store.open("account", "a1").write(Opened(owner="ann"))
     storage: RedisStorage = store.storage  # type: ignore[assignment]
     storage.heartbeats.beat("worker")  # a worker of this host, as `health` wants
     env = dict(os.environ, ES_REDIS_URL=redis_full_server.url, ES_PREFIX=prefix,
@@ -320,7 +349,7 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
     client = redis_full_server.client()
     with servers.memory_full(client, prefix):
         with pytest.raises(StorageFullError):
-            store.open("account", "a2").write(settings_app.Opened(owner="bob"))
+            store.open("account", "a2").write(Opened(owner="bob"))
         for command in commands:
             at = 2 if command[0] == "parked" else 1
             done = subprocess.run(
@@ -337,7 +366,7 @@ def test_status_show_parked_list_and_health_work_with_redis_memory_full(
 async def read_async(url: str, prefix: str, entity_id: str) -> list[int]:
     """The entity's event numbers, read by an AsyncStore opened on the prefix."""
     storage = AsyncRedisStorage(redis.asyncio.Redis.from_url(url), prefix=prefix)
-    async with AsyncStore(storage, events=settings_app.EVENTS) as store:
+    async with AsyncStore(storage, events=ACCOUNT_EVENTS) as store:
         return [event.event_number async for event in store.read("account", entity_id)]
 
 

@@ -4,8 +4,9 @@ ES_WAIT_REPLICAS=1, and the whole app under an ACL user confined to its prefix a
 
 The app is tests/failure_app.py (wired from ES_ settings); the writer, tests/failure_writer.py,
 writes again what raised StorageUnavailableError or DurabilityError and prints each
-acknowledged write. Every acknowledged write must be stored, each entity's stream contiguous,
-and every subscriber must handle every event in order, while publisher and worker stay up.
+acknowledged write; it writes through a Store or an AsyncStore (`half`). Every acknowledged
+write must be stored, each entity's stream contiguous, and every subscriber must handle
+every event in order, while publisher and worker stay up.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def acknowledged(processes: Processes) -> dict[str, int]:
     return heads
 
 
-def write_through(processes: Processes, disrupt: Callable[[], None], count: int = 600,
-                  entities: int = 12, rate: float = 80) -> list[str]:
-    """Runs the writer, calls `disrupt` once a third of the events are acknowledged, and
-    waits for the writer to finish; returns its lines about failed attempts."""
+def write_through(processes: Processes, disrupt: Callable[[], None], half: str,
+                  count: int = 600, entities: int = 12, rate: float = 80) -> list[str]:
+    """Runs the writer on the half (Store or AsyncStore), calls `disrupt` once a third of the
+    events are acknowledged, and waits for the writer to finish; returns its lines about
+    failed attempts."""
     writer = processes.start("writer", sys.executable, "-m", "tests.failure_writer",
-                             str(count), str(entities), str(rate))
+                             str(count), str(entities), str(rate), half)
     def writing() -> None:
         assert writer.poll() is None, processes.log_of["writer"].read_text()[-2000:]
 
@@ -114,7 +116,7 @@ def log_lines(processes: Processes, name: str, text: str) -> int:
 
 @pytest.mark.parametrize("down_s", [0, 4], ids=["kill-9-and-restart", "down-4-s"])
 def test_redis_killed_under_load_loses_no_acknowledged_write_and_delivery_completes(
-    redis_aof: Callable[[], RedisServer], tmp_path: Path, down_s: float
+    half: str, redis_aof: Callable[[], RedisServer], tmp_path: Path, down_s: float
 ) -> None:
     server = redis_aof()
     prefix = f"aof-{uuid.uuid4().hex[:8]}"
@@ -126,7 +128,7 @@ def test_redis_killed_under_load_loses_no_acknowledged_write_and_delivery_comple
             time.sleep(down_s)
             server.start()
 
-        failed = write_through(processes, outage)
+        failed = write_through(processes, outage, half)
         with server.client() as client:
             check_everything_stored_and_handled(processes, client, prefix)
     finally:
@@ -189,7 +191,7 @@ def test_publisher_and_worker_keep_going_once_a_full_memory_is_freed(
 
 
 def test_a_sentinel_failover_under_writes_confirmed_by_a_replica_loses_nothing(
-    redis_sentinel: RedisSentinelServers, tmp_path: Path
+    half: str, redis_sentinel: RedisSentinelServers, tmp_path: Path
 ) -> None:
     prefix = f"ha-{uuid.uuid4().hex[:8]}"
     sentinels = ",".join(f"{host}:{port}" for host, port in redis_sentinel.sentinel_addresses)
@@ -207,7 +209,7 @@ def test_a_sentinel_failover_under_writes_confirmed_by_a_replica_loses_nothing(
         redis_sentinel.restore()  # the old primary back as a replica: WAIT 1 can succeed
 
     try:
-        failed = write_through(processes, failover, count=500, rate=60)
+        failed = write_through(processes, failover, half, count=500, rate=60)
         with redis_sentinel.primary().client() as client:
             check_everything_stored_and_handled(processes, client, prefix)
             delete_prefix(client, prefix)
@@ -221,11 +223,11 @@ def test_a_sentinel_failover_under_writes_confirmed_by_a_replica_loses_nothing(
 
 
 def test_the_whole_app_runs_as_an_acl_user_confined_to_its_prefix(
-    redis_acl: AclUser, redis_acl_server: RedisServer, tmp_path: Path
+    half: str, redis_acl: AclUser, redis_acl_server: RedisServer, tmp_path: Path
 ) -> None:
     processes = start_app(tmp_path, redis_url=redis_acl.url, prefix=redis_acl.prefix)
     try:
-        write_through(processes, lambda: None, count=200, rate=200)
+        write_through(processes, lambda: None, half, count=200, rate=200)
         with redis_acl_server.client() as client:
             check_everything_stored_and_handled(processes, client, redis_acl.prefix)
     finally:
@@ -237,11 +239,11 @@ def test_the_whole_app_runs_as_an_acl_user_confined_to_its_prefix(
         assert redis_acl.password not in processes.log_of[name].read_text(errors="replace")
 
 
-def test_the_whole_app_runs_over_tls(redis_tls: str, tmp_path: Path) -> None:
+def test_the_whole_app_runs_over_tls(half: str, redis_tls: str, tmp_path: Path) -> None:
     prefix = f"tls-{uuid.uuid4().hex[:8]}"
     processes = start_app(tmp_path, redis_url=redis_tls, prefix=prefix)
     try:
-        write_through(processes, lambda: None, count=200, rate=200)
+        write_through(processes, lambda: None, half, count=200, rate=200)
         with redis.Redis.from_url(redis_tls) as client:
             check_everything_stored_and_handled(processes, client, prefix)
             delete_prefix(client, prefix)

@@ -5,7 +5,6 @@ never shown. Against servers of the run's own: one with `requirepass`, ACL users
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
-import settings_app
-from conftest import delete_prefix
-from servers import RedisClusterServers, RedisSentinelServers, RedisServer
+from conftest import Opened, delete_prefix
+from halves import close, store_from_settings
+from servers import AclUser, RedisClusterServers, RedisSentinelServers, RedisServer
 
-from es_workers import AsyncStore, ConfigurationError, RedisStorage, Settings, Store
+from es_workers import ConfigurationError, RedisStorage, Settings, Store
 from es_workers.settings import load_settings
 from es_workers.workers.broker import WakingRedisBroker
 
@@ -42,35 +41,37 @@ def password_of(server: RedisServer) -> str:
     return str(server.client_options["password"])
 
 
-def write_and_read_back(settings: Settings, entity_id: str = "a1") -> list[int]:
-    """Writes an event through a Store of the settings, reads it back through an AsyncStore
-    of the same settings, and pings the Store's broker: every client they build."""
-    store = Store.from_settings(events=settings_app.EVENTS, settings=settings)
+def write_and_read_back(settings: Settings, half: str = "sync", entity_id: str = "a1"
+                        ) -> list[int]:
+    """Writes an event through a store of the half built from the settings, reads it back
+    through one of the other half, and pings the Store's broker: every client they build."""
+    other = "async" if half == "sync" else "sync"
+    store = store_from_settings(half, settings)
     try:
-        store.open("account", entity_id).write(settings_app.Opened(owner="ann"))
-        broker = store.bus.broker  # type: ignore[union-attr]
-        if isinstance(broker, WakingRedisBroker):
-            assert broker.client.ping()
+        store.open("account", entity_id).write(Opened(owner="ann"))
+        if isinstance(store, Store):
+            broker = store.bus.broker  # type: ignore[union-attr]
+            if isinstance(broker, WakingRedisBroker):
+                assert broker.client.ping()
     finally:
-        store.close()
-    return asyncio.run(read_async(settings, entity_id))
-
-
-async def read_async(settings: Settings, entity_id: str) -> list[int]:
-    async with AsyncStore.from_settings(events=settings_app.EVENTS, settings=settings) as store:
-        return [event.event_number async for event in store.read("account", entity_id)]
+        close(store)
+    reader = store_from_settings(other, settings)
+    try:
+        return [event.event_number for event in reader.read("account", entity_id)]
+    finally:
+        close(reader)
 
 
 def test_the_password_setting_reaches_every_client_of_one_redis(
-    redis_password_server: RedisServer, prefix: str
+    half: str, redis_password_server: RedisServer, prefix: str
 ) -> None:
     settings = Settings(redis_url=redis_password_server.url, prefix=prefix,
                         redis_password=password_of(redis_password_server))
-    assert write_and_read_back(settings) == [1]
+    assert write_and_read_back(settings, half) == [1]
 
 
 def test_the_user_and_password_settings_reach_every_client_as_an_acl_user(
-    redis_password_server: RedisServer, prefix: str
+    half: str, redis_password_server: RedisServer, prefix: str
 ) -> None:
     username, password = f"user-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     with redis_password_server.client() as admin:
@@ -80,7 +81,7 @@ def test_the_user_and_password_settings_reach_every_client_as_an_acl_user(
     try:
         settings = Settings(redis_url=redis_password_server.url, prefix=prefix,
                             redis_username=username, redis_password=password)
-        assert write_and_read_back(settings) == [1]
+        assert write_and_read_back(settings, half) == [1]
     finally:
         with redis_password_server.client() as admin:
             admin.acl_deluser(username)
@@ -108,30 +109,51 @@ def cluster_user(cluster: RedisClusterServers) -> Iterator[tuple[str, str]]:
 
 
 def test_the_user_and_password_settings_reach_every_node_of_a_cluster(
-    redis_cluster: RedisClusterServers,
+    half: str, redis_cluster: RedisClusterServers,
 ) -> None:
     prefix = f"cred-{uuid.uuid4().hex[:8]}"
     with cluster_user(redis_cluster) as (username, password):
         settings = Settings(redis_url=redis_cluster.urls[0], redis_cluster="auto",
                             broker_url="stub://", prefix=prefix, redis_username=username,
                             redis_password=password)
-        assert write_and_read_back(settings) == [1]
+        assert write_and_read_back(settings, half) == [1]
     with redis_cluster.client() as client:
         delete_prefix(client, prefix)  # type: ignore[arg-type]
 
 
-def test_the_async_store_follows_the_sentinels_as_the_store_does(
-    redis_sentinel: RedisSentinelServers,
+def test_both_halves_follow_the_sentinels(
+    half: str, redis_sentinel: RedisSentinelServers,
 ) -> None:
     settings = Settings(
         redis_sentinels=",".join(f"{h}:{p}" for h, p in redis_sentinel.sentinel_addresses),
         redis_sentinel_master=redis_sentinel.master_name, prefix=f"cred-{uuid.uuid4().hex[:8]}",
     )
     try:
-        assert write_and_read_back(settings) == [1]  # not an empty embedded Redis
+        assert write_and_read_back(settings, half) == [1]  # not an empty embedded Redis
     finally:
         with redis_sentinel.primary().client() as client:
             delete_prefix(client, settings.prefix)
+
+
+def test_both_halves_write_and_read_over_tls(half: str, redis_tls: str) -> None:
+    """A rediss:// URL (with its CA file) reaches the events' Redis over TLS on both halves."""
+    settings = Settings(redis_url=redis_tls, prefix=f"tls-{uuid.uuid4().hex[:8]}",
+                        broker_url="stub://")
+    try:
+        assert write_and_read_back(settings, half) == [1]
+    finally:
+        with redis.Redis.from_url(redis_tls) as client:
+            delete_prefix(client, settings.prefix)
+
+
+def test_both_halves_run_as_an_acl_user_confined_to_its_prefix(
+    half: str, redis_acl: AclUser
+) -> None:
+    """No @admin, no @dangerous (CONFIG GET refused: the eviction check is skipped, not
+    failed), keys and channels of its prefix only."""
+    settings = Settings(redis_url=redis_acl.url, prefix=redis_acl.prefix,
+                        broker_url="stub://")
+    assert write_and_read_back(settings, half) == [1]
 
 
 def test_the_cli_uses_the_password_setting_and_never_shows_it(

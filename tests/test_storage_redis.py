@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 import redis
+from async_kit import BlockingStorage
 from conftest import ACCOUNT_EVENTS, Deposited, Opened, Withdrawn, client_beside, events_of
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
 from es_workers import (
+    AsyncRedisStorage,
     ConcurrencyError,
     ConfigurationError,
     CorruptEventError,
@@ -138,35 +140,58 @@ def test_writing_the_same_events_twice_adds_nothing_to_stream_or_outbox(
     assert storage.client.xlen(keys.outbox) == 1
 
 
+@pytest.fixture
+def half_storage(half: str, storage: RedisStorage, redis_client: redis.Redis, prefix: str,
+                 request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The backend's RedisStorage, or (`half` async) an AsyncRedisStorage on the same
+    server and prefix behind the sync port; account events registered."""
+    if half == "sync":
+        made: Any = storage
+    else:
+        client = client_beside(redis_client, request, decode_responses=False, use_asyncio=True)
+        made = BlockingStorage(AsyncRedisStorage(client, prefix=prefix))
+    made.register("account", *ACCOUNT_EVENTS["account"])
+    yield made
+    if half == "async":
+        made.close()
+
+
 def test_a_lost_reply_retried_by_the_caller_with_the_same_events_succeeds_once(
-    storage: RedisStorage, monkeypatch: pytest.MonkeyPatch
+    half: str, half_storage: Any, storage: RedisStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage.register("account", *ACCOUNT_EVENTS["account"])
     batch = events_of("a1", Opened(owner="a"), Deposited(amount=1))
-    script = storage.append_script
+    target = half_storage if half == "sync" else half_storage.async_storage
+    script = target.append_script
     replies: list[Any] = []
 
-    def lose_first_reply(**kwargs: Any) -> Any:
-        reply = script(**kwargs)  # the script ran: the events are stored
+    def lost(reply: Any) -> Any:
         replies.append(reply)
         if len(replies) == 1:
             raise redis.ConnectionError("connection reset before the reply arrived")
         return reply
 
-    monkeypatch.setattr(storage, "append_script", lose_first_reply)
+    def lose_first_reply(**kwargs: Any) -> Any:
+        return lost(script(**kwargs))  # the script ran: the events are stored
+
+    async def lose_first_reply_async(**kwargs: Any) -> Any:
+        return lost(await script(**kwargs))
+
+    monkeypatch.setattr(target, "append_script",
+                        lose_first_reply if half == "sync" else lose_first_reply_async)
 
     with pytest.raises(StorageUnavailableError) as raised:
-        storage.write("account", batch)
+        half_storage.write("account", batch)
     assert raised.value.outcome_unknown
     # the caller retries with the same Event objects: told the positions first written
     partition = storage.keys.partition("account", "a1")
-    assert storage.write("account", batch) == [Position(partition, 1), Position(partition, 2)]
+    assert half_storage.write("account", batch) == [Position(partition, 1),
+                                                    Position(partition, 2)]
 
-    keys = Keys(storage, "a1")
+    keys = Keys(storage, "a1")  # the sync storage on the same prefix, to look
     assert [list(reply) for reply in replies] == [[0, 2, 1], [1, 2, 1]]
     assert keys.stream_ids() == ["1-0", "2-0"]
     assert storage.client.xlen(keys.outbox) == 1
-    assert [e.store_event_id for e in storage.read("account", "a1")] == [
+    assert [e.store_event_id for e in half_storage.read("account", "a1")] == [
         e.store_event_id for e in batch
     ]
 
@@ -203,16 +228,15 @@ def test_redis_py_resending_a_script_whose_reply_was_lost_does_not_duplicate(
 
 
 def test_a_server_without_the_append_script_is_given_it_again(
-    backend: str, store: Store, storage: RedisStorage
+    backend: str, half_storage: Any, storage: RedisStorage
 ) -> None:
+    """(With WAIT after the script: test_failures.py, on a server of its own.)"""
     if backend == "redis":
         pytest.skip("SCRIPT FLUSH would empty the shared server's script cache")
-    store.open("account", "a1").write(Opened(owner="a"))
+    half_storage.write("account", events_of("a1", Opened(owner="a")))
     storage.client.script_flush()
 
-    with store.open("account", "a1") as stream:
-        list(stream.all())
-        stream.write(Deposited(amount=1))
+    half_storage.write("account", events_of("a1", Deposited(amount=1), after=1))
 
     assert Keys(storage, "a1").stream_ids() == ["1-0", "2-0"]
 

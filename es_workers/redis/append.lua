@@ -1,4 +1,7 @@
 -- append.lua: optimistic, atomic append of a batch of events to one entity stream.
+-- layout KEYS: stream heads index outbox scratch truncated [log]
+-- layout ARGV: entity_type entity_id expected count (name data time store_event_id metadata)* [wake]
+-- layout items: i from 0
 --
 -- KEYS[1] entity stream   {tag}:stream:<type>:<id>   stream IDs are "<event number>-0";
 --                                                     fields n, d, t, e and (optional) m
@@ -36,7 +39,9 @@
 -- Given a wake-up channel, an append to an empty outbox (its publishers idle) SPUBLISHes
 -- there: cluster publishers cannot block on every outbox at once, so they wait for it.
 
-local stream, heads, index, outbox, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
+local stream, heads, index, outbox, scratch, truncated, log = KEYS[1], KEYS[2], KEYS[3],
+  KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local entity_type, entity_id = ARGV[1], ARGV[2]
 local expected = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
@@ -56,13 +61,13 @@ local function last_generated()
   return 0
 end
 
-local removed = redis.call('HGET', KEYS[6], ARGV[2])
+local removed = redis.call('HGET', truncated, entity_id)
 if removed and string.sub(removed, -10) == ' tombstone' then return {6, 0} end
 -- Deleted (remove.lua): the first event after the deleted ones lists the entity again.
 local relisted
 if removed and string.sub(removed, -8) == ' deleted' then
   local kept, first_id = string.match(removed, '^(%d+) ([^ ]*)')
-  if tonumber(kept) == tonumber(ARGV[3]) + 1 and first_id ~= '' then relisted = first_id end
+  if tonumber(kept) == expected + 1 and first_id ~= '' then relisted = first_id end
 end
 
 -- The position is the entity's entry in heads: this script alone writes it, with the
@@ -70,7 +75,7 @@ end
 -- costs one HGET (XINFO STREAM made every append ~40% slower on the server). Should the
 -- entry be lost, the stream's last generated ID is the position.
 local position
-local head = redis.call('HGET', heads, ARGV[2])
+local head = redis.call('HGET', heads, entity_id)
 if head then
   position = tonumber(head)
 else
@@ -166,28 +171,28 @@ end
 -- and the next node is allocated whole, as before. So small entities cost what they hold
 -- and long streams are as they were. COPY refuses an existing destination: then nothing
 -- is moved.
-if position == 0 and redis.call('COPY', stream, KEYS[5]) == 1 then
+if position == 0 and redis.call('COPY', stream, scratch) == 1 then
   redis.call('DEL', stream)
-  redis.call('RENAME', KEYS[5], stream)
+  redis.call('RENAME', scratch, stream)
 end
 local new_position = expected + count
 -- The log: one entry for the write, whose events take consecutive numbers (scripts run
 -- one at a time).
 if log then
-  redis.call('XADD', log, (log_last + count) .. '-0', 'type', ARGV[1], 'id', ARGV[2],
+  redis.call('XADD', log, (log_last + count) .. '-0', 'type', entity_type, 'id', entity_id,
     'n', expected + 1, 'c', count)
 end
-redis.call('HSET', heads, ARGV[2], new_position)
+redis.call('HSET', heads, entity_id, new_position)
 if expected == 0 then
-  redis.call('ZADD', index, 0, ARGV[8] .. ARGV[2])
+  redis.call('ZADD', index, 0, ARGV[8] .. entity_id)
 elseif relisted then
-  redis.call('ZADD', index, 0, relisted .. ARGV[2])
+  redis.call('ZADD', index, 0, relisted .. entity_id)
 end
 local wake = ARGV[5 + 5 * count]
 local idle = wake and wake ~= '' and redis.call('XLEN', outbox) == 0
-redis.call('XADD', outbox, '*', 'type', ARGV[1], 'id', ARGV[2],
+redis.call('XADD', outbox, '*', 'type', entity_type, 'id', entity_id,
   'first', expected + 1, 'last', new_position)
 if idle then
-  redis.call('SPUBLISH', wake, ARGV[2])
+  redis.call('SPUBLISH', wake, entity_id)
 end
 return {0, new_position, log and log_last + 1 or 0}

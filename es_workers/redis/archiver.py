@@ -28,6 +28,7 @@ from ..errors import StorageUnavailableError
 from ..retention import HotWindow
 from .entries import flat_entries, xrange
 from .keys import RedisKeys, text
+from .layouts import ARCHIVED
 from .scripts import Script
 
 log = logging.getLogger("es_workers.archiver")
@@ -274,10 +275,10 @@ class RedisArchiver:
             return Archived()
         stored = self.archive.insert(pending.rows)
         metrics.ARCHIVED.labels(entity_type).inc(stored)
-        args: list[Any] = []
-        for entity_id, (number, first_id) in pending.marks.items():
-            args += (entity_id, number, first_id)
-        moved = self._script(keys=[self.keys.archived(entity_type, partition)], args=args)
+        moved = self._script(
+            keys=ARCHIVED.keys.pack(archived=self.keys.archived(entity_type, partition)),
+            args=ARCHIVED.args.pack([(entity_id, number, first_id) for entity_id, (
+                number, first_id) in pending.marks.items()]))
         pending.rows.clear()
         pending.marks.clear()
         return Archived(stored, int(moved))

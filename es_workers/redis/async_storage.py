@@ -55,10 +55,12 @@ from .snapshots import (
     check_saved,
     check_truncated,
     loaded,
+    remove_args,
     remove_keys,
     removed,
     snapshot_args,
     snapshot_keys,
+    truncate_args,
     truncate_keys,
 )
 from .state import SubscriberState
@@ -156,9 +158,10 @@ class AsyncRedisStorage:
         partition = entity_keys.keys.partition(entity_type, entity_id)
         if self.keyring is not None:  # encoding is synchronous: the data keys first
             await self.keyring.prepare_write(subjects_of(events))
-        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
-        if self._on_cluster:  # wakes the cluster publisher, as RedisStorage does
-            args.append(entity_keys.keys.wake(partition))
+        # On a cluster the append wakes the cluster publisher, as RedisStorage's does.
+        wake = entity_keys.keys.wake(partition) if self._on_cluster else None
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes,
+                           wake=wake)
         with appending(self.server, entity_type, entity_id):
             if self.durability.waits:
                 reply, confirmed = await self.append_script.then(keys, args,
@@ -295,14 +298,14 @@ class AsyncRedisStorage:
         keys = remove_keys(entity_keys.keys, entity_type, entity_id)
         with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
                         writing=True):
-            return removed(await self._remove_script(keys, [entity_id, mark]))
+            return removed(await self._remove_script(keys, remove_args(entity_id, mark)))
 
     async def truncate_before(self, entity_type: str, entity_id: str, event_number: int) -> int:
         """Marks the entity's events before `event_number` as removable (the scavenger removes
         them); returns the first kept event number."""
         keys = truncate_keys(await self.open(), entity_type, entity_id)
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
-            reply = await self._truncate_script(keys, [entity_id, event_number])
+            reply = await self._truncate_script(keys, truncate_args(entity_id, event_number))
         return check_truncated(entity_type, entity_id, event_number, reply)
 
     # -- the log (see log.py), as RedisStorage's -----------------------------------------
@@ -314,19 +317,21 @@ class AsyncRedisStorage:
                        entity_types: Collection[str] | None = None) -> AsyncIterator[Event]:
         """The events of one partition's log after log number `after`, in log order."""
         pages = LogPages(self.registry, await self.open(), partition, after, entity_types)
-        reader = self._reader
+        reader, doing = self._reader, f"reading the log of partition {partition}"
         fetched: dict[tuple[str, str, int, int], list[Any]] = {}
         if self.archive is not None:  # fetched before each page is decoded (no I/O there)
             pages.archived = lambda *wanted: fetched[wanted]
         while pages.more:
-            entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
+            with translated(self.server, doing):
+                entries = await xrange(reader, pages.key, pages.start_id, count=pages.count)
             runs = pages.take(entries)
             if not runs:
                 continue
             pipe = reader.pipeline(transaction=False)
             pages.queue_reads(pipe, runs)
-            replies = await pipe.execute(raise_on_error=False)
-            if self.archive is not None:
+            with translated(self.server, doing):
+                replies = await pipe.execute(raise_on_error=False)
+            if self.archive is not None:  # outside: the archive raises its own errors
                 fetched.clear()
                 for wanted in pages.archived_reads(runs, replies):
                     fetched[wanted] = await self.archive.entries(*wanted)
@@ -336,36 +341,43 @@ class AsyncRedisStorage:
     async def log_entry(self, position: Position) -> tuple[str, str, int] | None:
         """(entity type, entity ID, event number) at a log position; None if none."""
         key, entry_id = (await self.open()).log(position.partition), f"{position.number}-0"
-        return event_at(await xrange(self._reader, key, entry_id, count=1), position.number)
+        with translated(self.server, f"reading log entry {position}"):
+            entries = await xrange(self._reader, key, entry_id, count=1)
+        return event_at(entries, position.number)
 
     async def wait_log(self, after: Mapping[int, int], timeout: float) -> None:
         """As RedisStorage.wait_log: one blocking XREAD, or polling on a cluster."""
         keys = await self.open()
         streams = {keys.log(p): f"{after.get(p, 0)}-0" for p in range(keys.partitions)}
-        if not self._on_cluster:
-            await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
-            return
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            for key, start in streams.items():
-                if await self.client.xread({key: start}, count=1):
-                    return
-            await asyncio.sleep(0.05)
+        with translated(self.server, "waiting for the log"):
+            if not self._on_cluster:
+                await self.client.xread(streams, count=1, block=max(1, int(timeout * 1000)))
+                return
+            deadline = asyncio.get_running_loop().time() + timeout
+            while asyncio.get_running_loop().time() < deadline:
+                for key, start in streams.items():
+                    if await self.client.xread({key: start}, count=1):
+                        return
+                await asyncio.sleep(0.05)
 
     async def followed(self, name: str) -> dict[int, int]:
         keys = await self.open()
         pipe = self.client.pipeline(transaction=False)
         for partition in range(keys.partitions):
             pipe.hget(keys.followers(partition), name)
-        replies = await pipe.execute()
+        with translated(self.server, f"reading follower {name!r}"):
+            replies = await pipe.execute()
         return {p: int(v) for p, v in enumerate(replies) if v is not None}
 
     async def record_followed(self, name: str, done: Mapping[int, int]) -> None:
+        if not done:
+            return
         keys = await self.open()
         pipe = self.client.pipeline(transaction=False)
         for partition, number in done.items():
             pipe.hset(keys.followers(partition), name, number)
-        await pipe.execute()
+        with translated(self.server, f"recording follower {name!r}", writing=True):
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()

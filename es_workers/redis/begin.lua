@@ -1,4 +1,7 @@
 -- begin.lua: a subscriber got a notice for entities of one partition; for each, decide in
+-- layout KEYS: checkpoints parked heads retry_at failures (lock stream)* missed truncated paused resent started
+-- layout ARGV: token lock_ms page (id target)*
+-- layout items: i from 0
 -- one step whether to handle it and, if so, take its lock and read its first events.
 --
 -- KEYS[1] checkpoints  {tag}:checkpoints:<subscriber>:<type>  hash entity ID -> event number

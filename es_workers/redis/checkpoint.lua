@@ -1,4 +1,7 @@
 -- checkpoint.lua: a subscriber has handled events of entities of one partition; record them
+-- layout KEYS: checkpoints heads due failures retry_at (lock)*
+-- layout ARGV: token lock_ms (id number member channel release)*
+-- layout items: i from 0
 -- for each entity whose lock it still holds.
 --
 -- KEYS[1] checkpoints  {tag}:checkpoints:<subscriber>:<type>  hash entity ID -> event number

@@ -34,6 +34,7 @@ from ..personal import PLAIN, personal_fields
 from ..position import Position
 from .durability import Durability
 from .keys import RedisKeys, text
+from .layouts import APPEND
 
 DEFAULT_PARTITIONS = 16
 READ_PAGE = 1000
@@ -95,14 +96,15 @@ class EntityKeys:
 
 
 def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Event],
-                max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[Any]:
+                max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, *,
+                wake: str | None = None) -> list[Any]:
     """append.lua's ARGV for a non-empty write: checks the events are one entity's, numbered
     on from the first, of Content classes registered for the type, encoded as JSON that
     reads back (InvalidContentError), and each at most `max_event_bytes` encoded
-    (EventTooLargeError)."""
+    (EventTooLargeError). `wake`: the partition's wake-up channel (on a cluster)."""
     entity_id = events[0].entity_id
     expected = events[0].event_number - 1
-    args: list[Any] = [entity_type, entity_id, expected, len(events)]
+    items: list[tuple[Any, ...]] = []
     event_time, micros = None, 0
     metadata, stored_metadata = NO_METADATA, ""
     checked: type | None = None  # the class last checked by registry.encode
@@ -124,8 +126,10 @@ def append_args(registry: ContentRegistry, entity_type: str, events: Sequence[Ev
             metadata = event.metadata
             stored_metadata = encode_metadata(metadata)
         check_size(event, name, data, stored_metadata, max_event_bytes)
-        args += (name, data, micros, event.store_event_id, stored_metadata)
-    return args
+        items.append((name, data, micros, event.store_event_id, stored_metadata))
+    tail = {} if wake is None else {"wake": wake}
+    return APPEND.args.pack(items, entity_type=entity_type, entity_id=entity_id,
+                            expected=expected, count=len(events), **tail)
 
 
 # append.lua's statuses: the events were written (now, or by an earlier try of the write),
@@ -383,19 +387,21 @@ class EntityPages:
     def _in_sequence(self, entries: Sequence[Any]) -> int:
         """How many entries, from the first, hold the event numbers `start`, `start + 1`...
 
-        XRANGE gives IDs in increasing order, and an ID must end in '-0' (each entry's own
-        check), so when the first and the last entry hold the right numbers, so does every
-        entry between: one check per page, not one per entry."""
+        XRANGE gives IDs in increasing order, so when every ID ends in '-0' and the first and
+        the last entry hold the right numbers, so does every entry between. (An ID with
+        another sequence number, '3-1', breaks that: 1-0 3-0 3-1 would pass as 1, 2, 3.)"""
         start, count = self.start, len(entries)
+        zero = b"-0" if isinstance(entries[0][0], bytes) else "-0"
         try:
             if (int(entries[0][0][:-2]) == start
-                    and int(entries[-1][0][:-2]) == start + count - 1):
+                    and int(entries[-1][0][:-2]) == start + count - 1
+                    and all(entry_id[-2:] == zero for entry_id, _ in entries)):
                 return count
         except ValueError:  # an ID of another form: found below
             pass
         for index, (entry_id, _) in enumerate(entries):
-            number, _, _ = text(entry_id).partition("-")
-            if not number.isdigit() or int(number) != start + index:
+            number, _, sequence = text(entry_id).partition("-")
+            if not number.isdigit() or int(number) != start + index or sequence != "0":
                 return index
         return count
 
@@ -408,7 +414,7 @@ class EntityPages:
         entity_type, entity_id = self.entity_type, self.entity_id
         decoders = self.registry.decoders(entity_type)
         raw = isinstance(entries[0][0], bytes)
-        (n_, d_, t_, e_), zero = (_RAW_FIELDS, b"-0") if raw else (_TEXT_FIELDS, "-0")
+        n_, d_, t_, e_ = _RAW_FIELDS if raw else _TEXT_FIELDS
         metadata_name = _RAW_METADATA if raw else _TEXT_METADATA
         logged_name = _RAW_LOGGED if raw else _TEXT_LOGGED
         # tuple.__new__ directly: a third of the cost of Position(...) (NamedTuple's
@@ -423,23 +429,31 @@ class EntityPages:
                     n, name, d, data, t, micros, e, event_id, p, logged = values
                     if p == logged_name:
                         m, metadata = metadata_name, NO_METADATA
-                        position = new_tuple(position_class, (partition, int(logged)))
+                        log_number = int(logged)
+                        position = new_tuple(position_class, (partition, log_number))
                     else:
                         m, metadata, p, position = p, decode_metadata(logged), logged_name, None
+                        log_number = 1
                 elif len(values) == 12:
                     (n, name, d, data, t, micros, e, event_id, p, logged, m,
                      stored_metadata) = values
                     metadata = decode_metadata(stored_metadata)
-                    position = new_tuple(position_class, (partition, int(logged)))
+                    log_number = int(logged)
+                    position = new_tuple(position_class, (partition, log_number))
                 else:  # stored before the log; a ValueError unless 8 values
                     n, name, d, data, t, micros, e, event_id = values
                     p, m, metadata, position = logged_name, metadata_name, NO_METADATA, None
+                    log_number = 1
                 if n != n_ or d != d_ or t != t_ or e != e_ or m != metadata_name or (
-                        p != logged_name or entry_id[-2:] != zero):
-                    raise ValueError(entry_id)
+                        p != logged_name or log_number < 1):
+                    raise ValueError(entry_id)  # `_decode` says what it is (no log number: 0)
                 content = decoders[name](data)
-                # float seconds are exact to the microsecond until the year 2255
-                event_time = from_timestamp(int(micros) / 1e6, utc)
+                # float seconds are exact to the microsecond until the year 2255 (and since
+                # 1685); a time beyond goes through `_decode`, exact
+                since_epoch = int(micros)
+                if not -_EXACT_MICROS < since_epoch < _EXACT_MICROS:
+                    raise ValueError(micros)
+                event_time = from_timestamp(since_epoch / 1e6, utc)
                 store_event_id = event_id.decode() if raw else event_id
             except Exception:
                 self.store_entity_id = first_id
@@ -522,6 +536,7 @@ class EntityPages:
 
 _T = TypeVar("_T")
 _NEW_TUPLE: Any = tuple.__new__
+_EXACT_MICROS = 2**53
 _FIELD_NAMES = {"n": "event name", "d": "JSON data", "t": "event time, µs since 1970",
                 "e": "store_event_id", "m": "metadata", "p": "log number"}
 

@@ -1,4 +1,7 @@
 -- fail.lua: a handler failed on an entity's next event (or the event cannot be read); count
+-- layout KEYS: failures retry_at parked due lock
+-- layout ARGV: token id member channel max_attempts backoff_ms record
+-- layout items: i from 0
 -- the attempt, under the holder's lock, then either set when the next attempt may start or,
 -- at the last attempt, park the entity.
 --

@@ -25,13 +25,29 @@ import redis
 from .cluster import is_cluster
 from .failures import server_name, translated
 from .keys import RedisKeys, text
+from .layouts import KEYRING
 from .scripts import AsyncScript, Script
 
 
 def keyring_keys(prefix: str) -> list[str]:
     RedisKeys(prefix, 1)  # validates the prefix
     tag = f"{prefix}:{{{prefix}:keys}}"
-    return [f"{tag}:data", f"{tag}:subjects", f"{tag}:forgotten", f"{tag}:version"]
+    return KEYRING.keys.pack(data=f"{tag}:data", subjects=f"{tag}:subjects",
+                             forgotten=f"{tag}:forgotten", version=f"{tag}:version")
+
+
+def _create(subject: str, key_id: str, wrapped: str) -> list[Any]:
+    return KEYRING.args.pack(op="create", subject_or_key_id=subject, key_id_or_old=key_id,
+                             wrapped_or_new=wrapped)
+
+
+def _forget(subject: str) -> list[Any]:
+    return KEYRING.args.pack(op="forget", subject_or_key_id=subject)
+
+
+def _rewrap(key_id: str, old: str, new: str) -> list[Any]:
+    return KEYRING.args.pack(op="rewrap", subject_or_key_id=key_id, key_id_or_old=old,
+                             wrapped_or_new=new)
 
 
 def _pair(reply: Any) -> tuple[str, str]:
@@ -61,7 +77,7 @@ class RedisKeyStore:
     def create_key(self, subject: str, key_id: str, wrapped: str) -> tuple[str, str]:
         # Retried after a lost reply, it finds the key it made and answers it.
         with translated(self.server, "making a data key", writing=True):
-            return _pair(self._script(self.keys, ["create", subject, key_id, wrapped]))
+            return _pair(self._script(self.keys, _create(subject, key_id, wrapped)))
 
     def data_keys(self, key_ids: Sequence[str]) -> list[str | None]:
         with translated(self.server, "reading data keys"):
@@ -70,7 +86,7 @@ class RedisKeyStore:
 
     def forget(self, subject: str) -> int:
         with translated(self.server, f"forgetting {subject!r}", writing=True):
-            count = int(self._script(self.keys, ["forget", subject]))
+            count = int(self._script(self.keys, _forget(subject)))
         self._rewrite_aof()
         return count
 
@@ -98,7 +114,7 @@ class RedisKeyStore:
 
     def rewrap(self, key_id: str, old: str, new: str) -> bool:
         with translated(self.server, "re-wrapping a data key", writing=True):
-            return bool(self._script(self.keys, ["rewrap", key_id, old, new]))
+            return bool(self._script(self.keys, _rewrap(key_id, old, new)))
 
     def forgotten(self) -> dict[str, int]:
         """Every forgotten subject, with how many of its keys were destroyed."""
@@ -108,43 +124,53 @@ class RedisKeyStore:
 
 
 class AsyncRedisKeyStore:
-    """`RedisKeyStore` through a `redis.asyncio` client."""
+    """`RedisKeyStore` through a `redis.asyncio` client: the same errors (Redis failures
+    raise StorageUnavailableError)."""
 
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.keys = keyring_keys(prefix)
+        self.server = server_name(client)
         self._script = AsyncScript(client, "keyring")
 
     async def subject_key(self, subject: str) -> tuple[str, str] | None:
-        key_id = await self.client.hget(self.keys[1], subject)
-        if key_id is None:
-            return None
-        wrapped = await self.client.hget(self.keys[0], key_id)
+        with translated(self.server, "reading a data key"):
+            key_id = await self.client.hget(self.keys[1], subject)
+            if key_id is None:
+                return None
+            wrapped = await self.client.hget(self.keys[0], key_id)
         return None if wrapped is None else (text(key_id), text(wrapped))
 
     async def create_key(self, subject: str, key_id: str, wrapped: str) -> tuple[str, str]:
-        return _pair(await self._script(self.keys, ["create", subject, key_id, wrapped]))
+        with translated(self.server, "making a data key", writing=True):
+            return _pair(await self._script(self.keys, _create(subject, key_id, wrapped)))
 
     async def data_keys(self, key_ids: Sequence[str]) -> list[str | None]:
-        found = await self.client.hmget(self.keys[0], key_ids)
+        with translated(self.server, "reading data keys"):
+            found = await self.client.hmget(self.keys[0], key_ids)
         return [None if w is None else text(w) for w in found]
 
     async def forget(self, subject: str) -> int:
-        count = int(await self._script(self.keys, ["forget", subject]))
+        with translated(self.server, f"forgetting {subject!r}", writing=True):
+            count = int(await self._script(self.keys, _forget(subject)))
         try:  # as RedisKeyStore._rewrite_aof (one Redis; a cluster's forget goes there)
             info = await self.client.info("persistence")
             if isinstance(info, dict) and info.get("aof_enabled"):
                 await self.client.bgrewriteaof()
-        except redis.ResponseError:
-            pass
+        except redis.RedisError:
+            pass  # as RedisKeyStore's: a rewrite running, denied by ACL, Redis gone
         return count
 
     async def version(self) -> int:
-        return int(await self.client.get(self.keys[3]) or 0)
+        with translated(self.server, "reading the data keys' version"):
+            return int(await self.client.get(self.keys[3]) or 0)
 
     async def wrapped_keys(self) -> AsyncIterator[tuple[str, str]]:
-        async for key_id, wrapped in self.client.hscan_iter(self.keys[0], count=500):
+        with translated(self.server, "listing data keys"):
+            found = [pair async for pair in self.client.hscan_iter(self.keys[0], count=500)]
+        for key_id, wrapped in found:
             yield text(key_id), text(wrapped)
 
     async def rewrap(self, key_id: str, old: str, new: str) -> bool:
-        return bool(await self._script(self.keys, ["rewrap", key_id, old, new]))
+        with translated(self.server, "re-wrapping a data key", writing=True):
+            return bool(await self._script(self.keys, _rewrap(key_id, old, new)))

@@ -20,6 +20,7 @@ from binascii import crc_hqx
 
 from ..errors import ConfigurationError
 from ..position import partition_of
+from .layouts import APPEND
 
 
 def text(value: bytes | str) -> str:
@@ -125,15 +126,15 @@ class RedisKeys:
         index, outbox, scratch key, truncations (tombstones are there) and log (the
         partition computed once: this runs on every append)."""
         tag = self.tag(self.partition(entity_type, entity_id))
-        return [
-            f"{tag}:stream:{entity_type}:{entity_id}",
-            f"{tag}:heads:{entity_type}",
-            f"{tag}:index:{entity_type}",
-            f"{tag}:outbox",
-            f"{tag}:scratch",
-            f"{tag}:truncated:{entity_type}",
-            f"{tag}:log",
-        ]
+        return APPEND.keys.pack(
+            stream=f"{tag}:stream:{entity_type}:{entity_id}",
+            heads=f"{tag}:heads:{entity_type}",
+            index=f"{tag}:index:{entity_type}",
+            outbox=f"{tag}:outbox",
+            scratch=f"{tag}:scratch",
+            truncated=f"{tag}:truncated:{entity_type}",
+            log=f"{tag}:log",
+        )
 
     def wake(self, partition: int) -> str:
         """The partition's wake-up channel (sharded pub/sub, on its master): append.lua

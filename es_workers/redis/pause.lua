@@ -1,4 +1,7 @@
 -- pause.lua: a rebuild holds, renews or lifts its subscriber's pause on one partition.
+-- layout KEYS: paused
+-- layout ARGV: token action [ms]
+-- layout items: i from 0
 --
 -- KEYS[1] paused  {tag}:paused:<subscriber>  string: the rebuild's token, expiring unless
 --                 renewed; while it exists begin.lua begins none of the subscriber's
@@ -9,10 +12,10 @@
 -- Returns 1 when done; 0 when the pause is another rebuild's (hold) or no longer ours
 -- (renew, lift: it expired, and may have been taken since).
 
-local paused, token, action = KEYS[1], ARGV[1], ARGV[2]
+local paused, token, action, ms = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local holder = redis.call('GET', paused)
 if action == 'hold' and not holder then
-  redis.call('SET', paused, token, 'PX', ARGV[3])
+  redis.call('SET', paused, token, 'PX', ms)
   return 1
 end
 if holder ~= token then
@@ -21,6 +24,6 @@ end
 if action == 'lift' then
   redis.call('DEL', paused)
 else
-  redis.call('PEXPIRE', paused, ARGV[3])
+  redis.call('PEXPIRE', paused, ms)
 end
 return 1

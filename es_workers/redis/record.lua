@@ -1,5 +1,8 @@
 -- record.lua: one atomic write of an eventsourcing recorder (es_workers.eventsourcing):
 -- stored events, their notifications in the application's log, and a tracking record.
+-- layout KEYS: log tracking (stream)*
+-- layout ARGV: logged upstream tracked count write_token (version topic state originator uuid)*
+-- layout items: i from 1
 --
 -- KEYS[1] log          <prefix>:es:{<app>}:notifications  stream, entry "<notification ID>-0"
 --                                                         per event: fields o (originator ID),
@@ -27,6 +30,7 @@ local log, tracking = KEYS[1], KEYS[2]
 local logged = ARGV[1] == '1'
 local upstream, tracked = ARGV[2], tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
+local write_token = ARGV[5]
 
 -- A write sent again (redis-py retries a command whose connection failed): its first event
 -- is recorded with its write token. Returns that event's notification ID (0 if none).
@@ -39,7 +43,7 @@ local function written_before()
     if fields[j] == 'w' then token = fields[j + 1] end
     if fields[j] == 'n' then number = tonumber(fields[j + 1]) end
   end
-  if token == ARGV[5] then return number end
+  if token == write_token then return number end
   return nil
 end
 
@@ -75,14 +79,14 @@ for i = 1, count do
     local number = first + i - 1
     if i == 1 then
       redis.call('XADD', KEYS[3], id, 't', ARGV[at + 1], 's', ARGV[at + 2], 'n', number,
-        'w', ARGV[5])
+        'w', write_token)
     else
       redis.call('XADD', KEYS[2 + i], id, 't', ARGV[at + 1], 's', ARGV[at + 2], 'n', number)
     end
     redis.call('XADD', log, number .. '-0', 'o', ARGV[at + 3], 'u', ARGV[at + 4],
       'v', ARGV[at], 't', ARGV[at + 1])
   elseif i == 1 then
-    redis.call('XADD', KEYS[3], id, 't', ARGV[at + 1], 's', ARGV[at + 2], 'w', ARGV[5])
+    redis.call('XADD', KEYS[3], id, 't', ARGV[at + 1], 's', ARGV[at + 2], 'w', write_token)
   else
     redis.call('XADD', KEYS[2 + i], id, 't', ARGV[at + 1], 's', ARGV[at + 2])
   end

@@ -35,6 +35,7 @@ from ..errors import ConfigurationError
 from .durability import Durability
 from .failures import server_name, translated
 from .keys import text
+from .layouts import RECORD
 from .scripts import Script
 
 # How long a subscription's listener blocks on the log before it looks whether it was
@@ -107,21 +108,24 @@ class _Recording:
 
     def _keys_and_args(self, events: Sequence[StoredEvent],
                        tracking: Tracking | None) -> tuple[list[str], list[Any]]:
-        keys = [self.keys.notifications(), self.keys.tracking()]
-        args: list[Any] = [
-            "1" if self.logged else "0", tracking.application_name if tracking else "",
-            tracking.notification_id if tracking else 0, len(events),
-            # The same on redis-py's retry of this call: record.lua then knows its write.
-            uuid4().hex,
-        ]
+        streams: list[tuple[str]] = []
+        items: list[tuple[Any, ...]] = []
         for event in events:
             if event.originator_version < 0:
                 raise IntegrityError(f"version {event.originator_version} of {event.topic} "
                                      f"{event.originator_id} is negative: it cannot be stored")
-            keys.append(self.keys.aggregate(self.purpose, event.originator_id))
-            args += [event.originator_version, event.topic, event.state,
-                     str(event.originator_id), "1" if isinstance(event.originator_id, UUID)
-                     else "0"]
+            streams.append((self.keys.aggregate(self.purpose, event.originator_id),))
+            items.append((event.originator_version, event.topic, event.state,
+                          str(event.originator_id), "1" if isinstance(event.originator_id, UUID)
+                          else "0"))
+        keys = RECORD.keys.pack(streams, log=self.keys.notifications(),
+                                tracking=self.keys.tracking())
+        args = RECORD.args.pack(
+            items, logged="1" if self.logged else "0",
+            upstream=tracking.application_name if tracking else "",
+            tracked=tracking.notification_id if tracking else 0, count=len(events),
+            # The same on redis-py's retry of this call: record.lua then knows its write.
+            write_token=uuid4().hex)
         return keys, args
 
     def _check_durable(self, confirmed: Any, events: Sequence[StoredEvent]) -> None:

@@ -7,6 +7,10 @@
 -- the stream's last ID does. Deleting an entity with no events, or a tombstoned one, does
 -- nothing.
 --
+-- layout KEYS: stream heads index truncated snapshots
+-- layout ARGV: id mark
+-- layout items: i from 0
+--
 -- KEYS[1] entity stream   {tag}:stream:<type>:<id>
 -- KEYS[2] heads           {tag}:heads:<type>          hash entity ID -> position
 -- KEYS[3] entity index    {tag}:index:<type>          zset "<store_entity_id><entity ID>"
@@ -17,9 +21,10 @@
 -- Returns {0, head} when recorded, {1, head} when nothing was to do (already tombstoned;
 -- deleting an entity with no events).
 
+local stream, heads, index, truncated, snapshots = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, mark = ARGV[1], ARGV[2]
-local head = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-local old = redis.call('HGET', KEYS[4], id)
+local head = tonumber(redis.call('HGET', heads, id) or '0')
+local old = redis.call('HGET', truncated, id)
 local first_id = ''
 if old then
   if string.sub(old, -10) == ' tombstone' then return {1, head} end
@@ -27,7 +32,7 @@ if old then
 end
 if mark == 'deleted' and head == 0 then return {1, head} end
 if first_id == '' then
-  local first = redis.call('XRANGE', KEYS[1], '1-0', '1-0')
+  local first = redis.call('XRANGE', stream, '1-0', '1-0')
   if #first > 0 then
     local fields = first[1][2]
     for i = 1, #fields, 2 do
@@ -35,7 +40,7 @@ if first_id == '' then
     end
   end
 end
-redis.call('HSET', KEYS[4], id, (head + 1) .. ' ' .. first_id .. ' ' .. mark)
-if first_id ~= '' then redis.call('ZREM', KEYS[3], first_id .. id) end
-redis.call('DEL', KEYS[5])
+redis.call('HSET', truncated, id, (head + 1) .. ' ' .. first_id .. ' ' .. mark)
+if first_id ~= '' then redis.call('ZREM', index, first_id .. id) end
+redis.call('DEL', snapshots)
 return {0, head}

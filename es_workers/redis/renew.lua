@@ -1,4 +1,7 @@
 -- renew.lua: extend the (subscriber, entity) locks of one partition that a holder still
+-- layout KEYS: (lock)*
+-- layout ARGV: token lock_ms
+-- layout items: i from 0
 -- holds, while its handlers run (a lease is renewed, never taken over).
 --
 -- KEYS  the locks  {tag}:lock:<subscriber>:<type>:<id>

@@ -1,4 +1,7 @@
 -- snapshot.lua: saves an entity's snapshot beside its stream, if the event it follows is
+-- layout KEYS: stream heads snapshots truncated
+-- layout ARGV: id name version number data
+-- layout items: i from 0
 -- stored; never touches the stream, the outbox or the log (subscribers never see one).
 --
 -- KEYS[1] entity stream   {tag}:stream:<type>:<id>
@@ -15,16 +18,17 @@
 -- the entity was tombstoned.
 -- Nothing is written before every check.
 
-local number = tonumber(ARGV[4])
-local head = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-local truncated = redis.call('HGET', KEYS[4], ARGV[1])
-if truncated and string.sub(truncated, -10) == ' tombstone' then return {3, head} end
+local stream, heads, snapshots, truncated = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, name, version, number, data = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local head = tonumber(redis.call('HGET', heads, id) or '0')
+local truncation = redis.call('HGET', truncated, id)
+if truncation and string.sub(truncation, -10) == ' tombstone' then return {3, head} end
 if number > head then return {1, head} end
-if truncated and number + 1 < tonumber(string.match(truncated, '^(%d+)')) then
+if truncation and number + 1 < tonumber(string.match(truncation, '^(%d+)')) then
   return {2, head}
 end
 
-local entries = redis.pcall('XRANGE', KEYS[1], number .. '-0', number .. '-0')
+local entries = redis.pcall('XRANGE', stream, number .. '-0', number .. '-0')
 if entries.err or #entries == 0 then return {2, head} end
 local time
 local fields = entries[1][2]
@@ -33,10 +37,10 @@ for i = 1, #fields, 2 do
 end
 if not time then return {2, head} end
 
-local old = redis.call('HGET', KEYS[3], ARGV[2])
+local old = redis.call('HGET', snapshots, name)
 if old then
-  local version, kept = string.match(old, '^(%d+) (%d+) ')
-  if version == ARGV[3] and tonumber(kept) >= number then return {0, tonumber(kept)} end
+  local old_version, kept = string.match(old, '^(%d+) (%d+) ')
+  if old_version == version and tonumber(kept) >= number then return {0, tonumber(kept)} end
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. number .. ' ' .. time .. ' ' .. ARGV[5])
+redis.call('HSET', snapshots, name, version .. ' ' .. number .. ' ' .. time .. ' ' .. data)
 return {0, number}

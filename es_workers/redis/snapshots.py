@@ -13,6 +13,7 @@ from ..errors import StreamDeletedError
 from ..retention import beyond_head as truncation_beyond_head
 from ..snapshot import StoredSnapshot, beyond_head, not_stored
 from .keys import RedisKeys
+from .layouts import REMOVE, SNAPSHOT, TRUNCATE
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -21,28 +22,44 @@ def snapshot_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str
     """snapshot.lua's KEYS: the entity's stream, its partition's heads, its snapshots, its
     partition's truncations."""
     partition = keys.partition(entity_type, entity_id)
-    return [keys.stream(entity_type, entity_id), keys.heads(entity_type, partition),
-            keys.snapshots(entity_type, entity_id), keys.truncated(entity_type, partition)]
+    return SNAPSHOT.keys.pack(stream=keys.stream(entity_type, entity_id),
+                              heads=keys.heads(entity_type, partition),
+                              snapshots=keys.snapshots(entity_type, entity_id),
+                              truncated=keys.truncated(entity_type, partition))
 
 
 def snapshot_args(entity_id: str, stored: StoredSnapshot) -> list[Any]:
-    return [entity_id, stored.name, stored.version, stored.event_number, stored.data]
+    return SNAPSHOT.args.pack(id=entity_id, name=stored.name, version=stored.version,
+                              number=stored.event_number, data=stored.data)
 
 
 def truncate_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str]:
     """truncate.lua's KEYS: the entity's stream, its partition's heads and truncations."""
     partition = keys.partition(entity_type, entity_id)
-    return [keys.stream(entity_type, entity_id), keys.heads(entity_type, partition),
-            keys.truncated(entity_type, partition)]
+    return TRUNCATE.keys.pack(stream=keys.stream(entity_type, entity_id),
+                              heads=keys.heads(entity_type, partition),
+                              truncated=keys.truncated(entity_type, partition))
+
+
+def truncate_args(entity_id: str, event_number: int) -> list[Any]:
+    """truncate.lua's ARGV: the entity, its first event number to keep."""
+    return TRUNCATE.args.pack(id=entity_id, kept=event_number)
 
 
 def remove_keys(keys: RedisKeys, entity_type: str, entity_id: str) -> list[str]:
     """remove.lua's KEYS: the entity's stream, its partition's heads, index and
     truncations, its snapshots."""
     partition = keys.partition(entity_type, entity_id)
-    return [keys.stream(entity_type, entity_id), keys.heads(entity_type, partition),
-            keys.index(entity_type, partition), keys.truncated(entity_type, partition),
-            keys.snapshots(entity_type, entity_id)]
+    return REMOVE.keys.pack(stream=keys.stream(entity_type, entity_id),
+                            heads=keys.heads(entity_type, partition),
+                            index=keys.index(entity_type, partition),
+                            truncated=keys.truncated(entity_type, partition),
+                            snapshots=keys.snapshots(entity_type, entity_id))
+
+
+def remove_args(entity_id: str, mark: str) -> list[Any]:
+    """remove.lua's ARGV: the entity, the mark (TOMBSTONED_MARK or DELETED_MARK)."""
+    return REMOVE.args.pack(id=entity_id, mark=mark)
 
 
 def removed(reply: Any) -> int:

@@ -52,6 +52,7 @@ from ..ports import (  # the values of the SubscriberState port (re-exported: te
 )
 from .failures import server_name, translated
 from .keys import RedisKeys, text
+from .layouts import BEGIN, CHECKPOINT, FAIL, PAUSE, RENEW, UNLOCK
 from .scripts import Script
 
 __all__ = [
@@ -166,20 +167,19 @@ class SubscriberState:
         `read_count` events after its checkpoint. One round trip for them all."""
         first = entities[0]
         s, t, p = first.subscriber_id, first.entity_type, first.partition
-        keys = [
-            self._checkpoints(s, t, p), self._parked(s, t, p), self.keys.heads(t, p),
-            self._retry_at(s, t, p), self._failures(s, t, p),
-        ]
-        args: list[Any] = [token, lock_ms, read_count]
+        locks: list[tuple[str, str]] = []
+        items: list[tuple[str, int]] = []
         for e, number in zip(entities, event_numbers, strict=True):
             _check_same_group(first, e)
-            keys += (self._lock(e), self.keys.stream(e.entity_type, e.entity_id))
-            args += (e.entity_id, -1 if number is None else number)
-        keys.append(self._missed(s, t, p))
-        keys.append(self.keys.truncated(t, p))
-        keys.append(self._paused(s, p))
-        keys.append(self._resent(s, t, p))
-        keys.append(self._started(s, p))
+            locks.append((self._lock(e), self.keys.stream(e.entity_type, e.entity_id)))
+            items.append((e.entity_id, -1 if number is None else number))
+        keys = BEGIN.keys.pack(
+            locks, checkpoints=self._checkpoints(s, t, p), parked=self._parked(s, t, p),
+            heads=self.keys.heads(t, p), retry_at=self._retry_at(s, t, p),
+            failures=self._failures(s, t, p), missed=self._missed(s, t, p),
+            truncated=self.keys.truncated(t, p), paused=self._paused(s, p),
+            resent=self._resent(s, t, p), started=self._started(s, p))
+        args = BEGIN.args.pack(items, token=token, lock_ms=lock_ms, page=read_count)
         return [
             Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
                   int(attempts), int(retry_in_ms))
@@ -196,15 +196,17 @@ class SubscriberState:
         releases = [release] * len(entities) if isinstance(release, bool) else release
         first = entities[0]
         s, t, p = first.subscriber_id, first.entity_type, first.partition
-        keys = [
-            self._checkpoints(s, t, p), self.keys.heads(t, p), self._due(s, p),
-            self._failures(s, t, p), self._retry_at(s, t, p),
-        ]
-        args: list[Any] = [token, lock_ms]
+        locks: list[tuple[str]] = []
+        items: list[tuple[Any, ...]] = []
         for e, number, let_go in zip(entities, event_numbers, releases, strict=True):
             _check_same_group(first, e)
-            keys.append(self._lock(e))
-            args += (e.entity_id, number, e.member, self._handled_channel(e), int(let_go))
+            locks.append((self._lock(e),))
+            items.append((e.entity_id, number, e.member, self._handled_channel(e), int(let_go)))
+        keys = CHECKPOINT.keys.pack(
+            locks, checkpoints=self._checkpoints(s, t, p), heads=self.keys.heads(t, p),
+            due=self._due(s, p), failures=self._failures(s, t, p),
+            retry_at=self._retry_at(s, t, p))
+        args = CHECKPOINT.args.pack(items, token=token, lock_ms=lock_ms)
         return [
             Committed(int(head), bool(released))
             for head, released in self._checkpoint(keys=keys, args=args)
@@ -215,7 +217,8 @@ class SubscriberState:
         first = entities[0]
         for e in entities:
             _check_same_group(first, e)
-        self._unlock(keys=[self._lock(e) for e in entities], args=[token])
+        self._unlock(keys=UNLOCK.keys.pack([(self._lock(e),) for e in entities]),
+                     args=UNLOCK.args.pack(token=token))
 
     def renew(self, entities: Sequence[SubscriberEntity], token: str, lock_ms: int
               ) -> list[bool]:
@@ -225,7 +228,8 @@ class SubscriberState:
         first = entities[0]
         for e in entities:
             _check_same_group(first, e)
-        answers = self._renew(keys=[self._lock(e) for e in entities], args=[token, lock_ms])
+        answers = self._renew(keys=RENEW.keys.pack([(self._lock(e),) for e in entities]),
+                              args=RENEW.args.pack(token=token, lock_ms=lock_ms))
         return [bool(int(answer)) for answer in answers]
 
     def fail(self, e: SubscriberEntity, token: str, failure: Failure, max_attempts: int
@@ -241,10 +245,12 @@ class SubscriberState:
             "traceback": failure.traceback[-TRACEBACK_LIMIT:],
         }
         attempts, retry_in_ms = self._fail(
-            keys=[self._failures(s, t, p), self._retry_at(s, t, p), self._parked(s, t, p),
-                  self._due(s, p), self._lock(e)],
-            args=[token, e.entity_id, e.member, self._handled_channel(e), max_attempts,
-                  failure.backoff_ms, json.dumps(record)],
+            keys=FAIL.keys.pack(failures=self._failures(s, t, p),
+                                retry_at=self._retry_at(s, t, p), parked=self._parked(s, t, p),
+                                due=self._due(s, p), lock=self._lock(e)),
+            args=FAIL.args.pack(token=token, id=e.entity_id, member=e.member,
+                                channel=self._handled_channel(e), max_attempts=max_attempts,
+                                backoff_ms=failure.backoff_ms, record=json.dumps(record)),
         )
         return Failed(int(attempts), int(retry_in_ms))
 
@@ -575,13 +581,20 @@ class SubscriberState:
     def _pause(self) -> Script:
         return Script(self.client, "pause")
 
+    def _pause_call(self, subscriber_id: str, partition: int, token: str, action: str,
+                    ms: int | None = None) -> Any:
+        """Runs pause.lua on the subscriber's pause in the partition (`ms`: its time to live,
+        for hold and renew)."""
+        ttl = {} if ms is None else {"ms": ms}
+        return self._pause(PAUSE.keys.pack(paused=self._paused(subscriber_id, partition)),
+                           PAUSE.args.pack(token=token, action=action, **ttl))
+
     def hold_pause(self, subscriber_id: str, token: str, pause_ms: int) -> bool:
         """Pauses the subscriber on every partition for `pause_ms` (unless renewed): no
         worker begins any of its entities meanwhile (begin.lua answers PAUSED). False, and
         nothing held, when another token holds it."""
         for partition in range(self.keys.partitions):
-            if not self._pause([self._paused(subscriber_id, partition)],
-                               [token, "hold", pause_ms]):
+            if not self._pause_call(subscriber_id, partition, token, "hold", ms=pause_ms):
                 self.lift_pause(subscriber_id, token, range(partition))
                 return False
         return True
@@ -590,7 +603,7 @@ class SubscriberState:
         """Gives the pause `pause_ms` more; False when `token` no longer holds it all (it
         expired: workers may have begun entities since)."""
         return all(
-            self._pause([self._paused(subscriber_id, partition)], [token, "renew", pause_ms])
+            self._pause_call(subscriber_id, partition, token, "renew", ms=pause_ms)
             for partition in range(self.keys.partitions)
         )
 
@@ -598,7 +611,7 @@ class SubscriberState:
                    partitions: Iterable[int] | None = None) -> None:
         """Lets workers begin the subscriber's entities again (where `token` holds it)."""
         for partition in range(self.keys.partitions) if partitions is None else partitions:
-            self._pause([self._paused(subscriber_id, partition)], [token, "lift"])
+            self._pause_call(subscriber_id, partition, token, "lift")
 
     def paused_by(self, subscriber_id: str) -> str | None:
         """The token of the rebuild pausing the subscriber (None: not paused)."""

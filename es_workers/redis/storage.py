@@ -45,6 +45,7 @@ from .footprint import Footprint, footprint
 from .heartbeats import Heartbeats
 from .keyring import RedisKeyStore
 from .keys import text
+from .layouts import APPEND
 from .log import LogPages, event_at, log_number
 from .opening import opening, run_steps
 from .publisher import Publisher, PublisherOptions
@@ -54,15 +55,19 @@ from .snapshots import (
     check_saved,
     check_truncated,
     loaded,
+    remove_args,
     remove_keys,
     removed,
     snapshot_args,
     snapshot_keys,
+    truncate_args,
     truncate_keys,
 )
 from .state import SubscriberState
 from .subscribers import SubscriberRegistry, subscriptions_of
 from .worker_ports import RedisHeartbeats, RedisSubscriberRegistry, RedisSubscriberState
+
+OUTBOX = APPEND.keys.index("outbox")
 
 
 class RedisStorage:
@@ -185,10 +190,10 @@ class RedisStorage:
         entity_id = events[0].entity_id
         keys = self._entity_keys(entity_type, entity_id)
         if not self.logs:
-            keys = keys[:6]
-        args = append_args(self.registry, entity_type, events, self.max_event_bytes)
-        if self._wake_channels:  # after the events' ARGV (append.lua)
-            args.append(self._wake_channels[keys[3]])
+            keys = keys[:APPEND.keys.required]  # without the log
+        wake = self._wake_channels[keys[OUTBOX]] if self._wake_channels else None
+        args = append_args(self.registry, entity_type, events, self.max_event_bytes,
+                           wake=wake)
         # redis-py retries a command whose connection failed; the script then finds the
         # same store_event_ids in place and answers 1, so a lost reply never duplicates.
         with appending(self.server, entity_type, entity_id):
@@ -395,13 +400,13 @@ class RedisStorage:
         returns its first kept event number (a truncation never moves back)."""
         keys = truncate_keys(self.keys, entity_type, entity_id)
         with translated(self.server, f"truncating {entity_type} {entity_id!r}", writing=True):
-            reply = self._truncate_script(keys=keys, args=[entity_id, event_number])
+            reply = self._truncate_script(keys=keys, args=truncate_args(entity_id, event_number))
         return check_truncated(entity_type, entity_id, event_number, reply)
 
     def _truncate_many(self, entity_type: str, truncations: Sequence[tuple[str, int]]) -> None:
         """`truncate_before` of entities of one type and partition, in one round trip."""
-        calls = [(truncate_keys(self.keys, entity_type, entity_id), [entity_id, number])
-                 for entity_id, number in truncations]
+        calls = [(truncate_keys(self.keys, entity_type, entity_id),
+                  truncate_args(entity_id, number)) for entity_id, number in truncations]
         replies = self._truncate_script.many(calls)
         for (entity_id, number), reply in zip(truncations, replies, strict=True):
             check_truncated(entity_type, entity_id, number, reply)
@@ -420,7 +425,7 @@ class RedisStorage:
         keys = remove_keys(self.keys, self._check_names(entity_type, entity_id), entity_id)
         with translated(self.server, f"removing {entity_type} {entity_id!r} ({mark})",
                         writing=True):
-            return removed(self._remove_script(keys=keys, args=[entity_id, mark]))
+            return removed(self._remove_script(keys=keys, args=remove_args(entity_id, mark)))
 
     def footprint(self, entity_type: str, subscriber_ids: Sequence[str]) -> Footprint:
         """The entity type's estimated memory and what a scavenge would free now, from a

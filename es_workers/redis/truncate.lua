@@ -1,4 +1,7 @@
 -- truncate.lua: records that an entity's events before a number are no longer kept: reads
+-- layout KEYS: stream heads truncated
+-- layout ARGV: id kept
+-- layout items: i from 0
 -- from before it raise TruncatedError at once, the scavenger removes them later (never
 -- before every subscriber handled them). The stream is not touched: numbering and the
 -- optimistic check go on from the head as before.
@@ -11,11 +14,12 @@
 -- Returns {0, first kept} (never moved back: the greater of the old and the new), or
 -- {1, head} when the number is beyond the head + 1 (nothing written).
 
+local stream, heads, truncated = KEYS[1], KEYS[2], KEYS[3]
 local id, kept = ARGV[1], tonumber(ARGV[2])
-local head = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+local head = tonumber(redis.call('HGET', heads, id) or '0')
 if kept > head + 1 then return {1, head} end
 
-local old = redis.call('HGET', KEYS[3], id)
+local old = redis.call('HGET', truncated, id)
 local old_kept, first_id = 1, ''
 if old then
   local number, rest = string.match(old, '^(%d+) ?([^ ]*)')
@@ -26,7 +30,7 @@ if kept <= old_kept then return {0, old_kept} end
 -- Event 1's store_event_id is the entity's store_entity_id: kept here before the
 -- scavenger removes event 1.
 if first_id == '' then
-  local first = redis.call('XRANGE', KEYS[1], '1-0', '1-0')
+  local first = redis.call('XRANGE', stream, '1-0', '1-0')
   if #first > 0 then
     local fields = first[1][2]
     for i = 1, #fields, 2 do
@@ -34,5 +38,5 @@ if first_id == '' then
     end
   end
 end
-redis.call('HSET', KEYS[3], id, kept .. ' ' .. first_id)
+redis.call('HSET', truncated, id, kept .. ' ' .. first_id)
 return {0, kept}
