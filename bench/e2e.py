@@ -392,6 +392,16 @@ def measure_backlog(
     return publisher, write_rate, (events - at_first) / elapsed, elapsed
 
 
+def finish(folder: str, keep: bool) -> None:
+    if keep:
+        print(f"\nstamp files kept in {folder} (tick, event_time, then {', '.join(STAMP_NAMES)})")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+STAMP_NAMES = ["read", "sent", "fetched", "started", "handler", "handled", "done"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -413,6 +423,11 @@ def main() -> None:
         "--own-redis",
         action="store_true",
         help="start a redis-server of the bench's own on a free port (instead of --redis-url)",
+    )
+    parser.add_argument(
+        "--keep-stamps",
+        action="store_true",
+        help="keep the workers' stamp files (latency-<pid>.txt) and print where",
     )
     parser.add_argument("--events", type=int, default=20_000, help="P5 backlog")
     parser.add_argument("--entities", type=int, default=1000, help="P5 entities")
@@ -528,7 +543,7 @@ def main() -> None:
         print(f"\n{'figure':<28} {'measured':<28} {'':<10}")
         for name, value, goal, _ in rows:
             print(f"{name:<28} {value:<28} {goal}")
-        shutil.rmtree(logs, ignore_errors=True)
+        finish(logs, args.keep_stamps)
         return
     ratio = p5_rate / noop_rate
     rows += [
@@ -564,7 +579,7 @@ def main() -> None:
     for name, value, goal, ok in rows:
         result = "" if ok is None else "PASS" if ok else "MISS"
         print(f"{name:<28} {value:<28} {goal:<10} {result}")
-    shutil.rmtree(logs, ignore_errors=True)
+    finish(logs, args.keep_stamps)
 
 
 if __name__ == "__main__":
