@@ -4,8 +4,14 @@ Configured by environment: BENCH_BROKER (waking or polling), BENCH_REDIS_URL,
 BENCH_PREFIX (key prefix; the Dramatiq namespace is "<prefix>-dq"), BENCH_DIR (where
 workers write the latencies they saw).
 
-- `tick` events go to the subscriber `latency`, which writes `now - event_time` (seconds)
-  to BENCH_DIR/latency-<pid>.txt, one line per event (P4);
+- `tick` events go to the subscriber `latency`, which writes one line per event to
+  BENCH_DIR/latency-<pid>.txt: the tick's number and the timeline of its delivery (P4; see
+  STAMPS). The stamps are taken from outside the package: the event's `event_time`, a
+  Redis client class of the bench's own that notes when the publisher's XREADGROUP
+  returned, a Dramatiq middleware (`before_enqueue` in the publisher, `before_process_message`
+  in the worker), a wrapper around the broker's consumers (when a consumer hands a message
+  to its worker), the handler itself, and the bus' `observer` (called once the delivery's
+  checkpoint is recorded and its lock released);
 - `bulk` events go to the subscriber `bulk`, a no-op handler (P5); `single` events too,
   to the subscriber `single` (P5 with one event per entity: no notice carries two events);
 - `noop` is a bare Dramatiq actor doing nothing, on the same broker: P5's yardstick.
@@ -16,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import dramatiq
 import redis
@@ -25,6 +31,7 @@ from dramatiq.brokers.redis import RedisBroker
 from es_workers import Content, Event, RedisStorage, Store
 from es_workers.workers.broker import WakingRedisBroker
 from es_workers.workers.bus import DramatiqEventBus
+from es_workers.workers.delivery import Notice
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")
@@ -40,17 +47,99 @@ class Added(Content):
     amount: int
 
 
+STAMPS = ("read", "sent", "fetched", "started", "handler", "handled", "done")
+"""A P4 line: tick number, event_time, then these (UNIX seconds, "nan" when unknown):
+read     the publisher's XREADGROUP that returned the tick's outbox entry returned
+sent     the publisher began enqueueing the notice (Dramatiq `before_enqueue`)
+fetched  the worker's consumer thread handed the message on (to the work queue)
+started  a worker thread began processing it (`before_process_message`, our middleware last)
+handler  the handler was called (after the lock was taken and the events read)
+handled  the handler returned
+done     the delivery ended: checkpoint recorded, lock released (the bus' observer)"""
+
+_read_at = float("nan")  # publisher process: when XREADGROUP last returned entries
+
+
+class _TimedRedis(redis.Redis):
+    """The publisher reads its outboxes with XREADGROUP: note when a read returned entries."""
+
+    def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
+        global _read_at
+        reply = super().xreadgroup(*args, **kwargs)
+        if reply:
+            _read_at = time.time()
+        return reply
+
+
+class _StampedConsumer:
+    """A broker's consumer whose messages carry when the consumer handed them on."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def __iter__(self) -> _StampedConsumer:
+        return self
+
+    def __next__(self) -> Any:
+        message = next(self._consumer)
+        if message is not None:
+            message.options["bench_fetched"] = time.time()
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+class _Stamping:
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        return _StampedConsumer(super().consume(queue_name, prefetch, timeout))  # type: ignore[misc]
+
+
+class _StampedRedisBroker(_Stamping, RedisBroker):
+    pass
+
+
+class _StampedWakingBroker(_Stamping, WakingRedisBroker):
+    pass
+
+
+_current = threading.local()  # worker thread: the message it processes, its handled ticks
+
+
+class _Stamps(dramatiq.Middleware):
+    def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        message.options["bench_read"] = _read_at
+        message.options["bench_sent"] = time.time()
+
+    def before_process_message(self, broker: Any, message: Any) -> None:
+        _current.options = dict(message.options, bench_started=time.time())
+
+
 # BENCH_BROKER=polling: Dramatiq's own RedisBroker; waking (the default, as in
 # Store.from_settings): consumers woken by the enqueue instead of polling.
 if os.environ.get("BENCH_BROKER", "waking") == "polling":
-    broker: RedisBroker = RedisBroker(url=URL, namespace=f"{PREFIX}-dq")  # type: ignore[no-untyped-call]
+    broker: RedisBroker = _StampedRedisBroker(url=URL, namespace=f"{PREFIX}-dq")  # type: ignore[no-untyped-call]
 else:
-    broker = WakingRedisBroker(url=URL, namespace=f"{PREFIX}-dq")
+    broker = _StampedWakingBroker(url=URL, namespace=f"{PREFIX}-dq")
+
+
+def _delivered(notice: Notice) -> None:
+    """The bus' observer: the delivery is over; write the ticks it handled."""
+    ticks = getattr(_current, "ticks", None)
+    if not ticks:
+        return
+    done = time.time()
+    lines = "".join(f"{line} {done:.6f}\n" for line in ticks)
+    ticks.clear()
+    _latency_file().write(lines)
+
+
 store = Store(
-    RedisStorage(redis.Redis.from_url(URL), prefix=PREFIX),
-    bus=DramatiqEventBus(broker),
+    RedisStorage(_TimedRedis.from_url(URL), prefix=PREFIX),
+    bus=DramatiqEventBus(broker, observer=_delivered),
     events={"tick": [Tick], "bulk": [Added], "single": [Added]},
 )
+broker.add_middleware(_Stamps())  # last: `started` is as close to the actor call as can be
 
 _out_lock = threading.Lock()
 _out: dict[int, TextIO] = {}
@@ -66,8 +155,15 @@ def _latency_file() -> TextIO:
 
 @store.subscribe("tick", "latency")
 def latency(event: Event) -> None:
-    seen = time.time() - event.event_time.timestamp()
-    _latency_file().write(f"{seen:.6f}\n")
+    called = time.time()
+    options = getattr(_current, "options", {})
+    stamps = [options.get(f"bench_{name}", float("nan")) for name in STAMPS[:4]]
+    line = " ".join(
+        f"{value:.6f}" for value in [event.event_time.timestamp(), *stamps, called, time.time()]
+    )
+    if not hasattr(_current, "ticks"):
+        _current.ticks = []
+    _current.ticks.append(f"{event.content.n} {line}")  # type: ignore[attr-defined]
 
 
 @store.subscribe("bulk", "bulk")
