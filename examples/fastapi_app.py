@@ -30,7 +30,7 @@ from typing import Annotated
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field, PositiveInt
+from pydantic import BaseModel, Field, PositiveInt, field_validator
 from redis.asyncio import Redis
 
 from es_workers import (
@@ -115,6 +115,15 @@ MAX_DEPOSIT = 1_000_000_000  # keeps any balance far inside Redis' 64-bit intege
 
 class DepositRequest(BaseModel):
     amount: int = Field(gt=0, le=MAX_DEPOSIT)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def json_integer(cls, value: object) -> object:
+        """JSON Schema's integer, as the OpenAPI schema says: a number without a fraction
+        (5 or 5.0), never `true` or `"5"`, which lax pydantic would take as 1 and 5."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a JSON integer")
+        return value
 
 
 class DepositWritten(BaseModel):

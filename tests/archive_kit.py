@@ -1,6 +1,6 @@
 """The real PostgreSQL of the archive tests: a database of each test's own, dropped after it.
 
-ES_POSTGRES_URL names the server's maintenance database (default: postgres@127.0.0.1:5432);
+ES_TEST_POSTGRES_URL names the server's maintenance database (default: postgres@127.0.0.1:5432);
 when it cannot be reached the tests are skipped, unless ES_REQUIRE_POSTGRES=1 (CI sets it):
 then they fail.
 """
@@ -18,7 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-POSTGRES_URL = os.environ.get("ES_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "ES_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REQUIRE_POSTGRES = os.environ.get("ES_REQUIRE_POSTGRES") == "1"
 
 

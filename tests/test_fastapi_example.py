@@ -106,7 +106,9 @@ async def test_concurrent_deposits_each_get_a_number_and_all_count(
 
 
 async def test_a_bad_amount_is_refused_and_writes_nothing(http: httpx.AsyncClient) -> None:
-    assert (await http.post("/accounts/a3/deposits", json={"amount": -1})).status_code == 422
+    for amount in (-1, True, "5", 2.5):  # the schema says integer: no bool, text or float
+        answer = await http.post("/accounts/a3/deposits", json={"amount": amount})
+        assert answer.status_code == 422, (amount, answer.text)
     assert (await http.get("/accounts/a3")).status_code == 404
 
 
