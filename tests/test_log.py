@@ -301,7 +301,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
-        redis_client: redis.Redis, prefix: str) -> None:
+        redis_client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = RedisStorage(redis_client, prefix=prefix, partitions=1,
                            publisher=PublisherOptions(log_keep=1, trim_every_ms=10))
     store = Store(storage, events=ACCOUNT_EVENTS)
@@ -318,11 +318,20 @@ def test_the_publisher_trims_the_log_but_never_past_a_named_follower(
             return error.first_kept
         return None
 
+    rounds: list[int] = []
+    trim = storage.trim_logs
+
+    def counted(keep: int | None = None, keep_for_ms: int | None = None) -> int:
+        rounds.append(1)
+        return trim(keep, keep_for_ms)
+
+    monkeypatch.setattr(storage, "trim_logs", counted)
     publishing = threading.Thread(target=store.start)
     publishing.start()
     try:
         wait_until(lambda: first_kept() == Position(0, 3))
-        time.sleep(0.05)  # a few trimming rounds more: still kept
+        done = len(rounds)
+        wait_until(lambda: len(rounds) >= done + 3)  # a few trimming rounds more: still kept
         assert first_kept() == Position(0, 3)
     finally:
         store.close()

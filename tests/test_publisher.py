@@ -174,7 +174,12 @@ def test_dead_publishers_holding_nothing_are_dropped_from_the_group(
     holding = fast_storage.keys.outbox(fast_storage.keys.partition("account", "acc-0"))
     streams = {holding: ">"}
     client.xreadgroup(GROUP, "dead-holding-entries", streams, count=10)  # type: ignore[arg-type]
-    time.sleep(0.3)
+
+    def idle_ms(name: str) -> int:
+        return next(int(c["idle"]) for c in client.xinfo_consumers(key, GROUP)
+                    if text(c["name"]) == name)
+
+    wait_for(lambda: idle_ms("dead-publisher") > 250, "the dead publisher silent for 200 ms")
 
     live._forget_dead_consumers()
 
