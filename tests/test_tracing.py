@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util._once import Once
 from trace_events import ORDER_EVENTS, InvoiceIssued, OrderPlaced
 
 import es_workers
@@ -34,11 +35,19 @@ EXPORTER = InMemorySpanExporter()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tracing() -> None:
-    """The SDK, as an app would set it up (once per process: OpenTelemetry allows one)."""
+def tracing() -> Iterator[None]:
+    """The SDK, as an app would set it up (once per process: OpenTelemetry allows one).
+    Taken down after the module, as OpenTelemetry's own test utilities reset its globals,
+    so that the tests after these write no trace context (it changes metadata sizes)."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(provider)
+    yield
+    provider.shutdown()
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    es_workers.tracing._provider_set = False
+    assert not es_workers.tracing.enabled()
 
 
 @pytest.fixture
