@@ -660,17 +660,6 @@ def subscriptions_of(bus: Subscriptions, entity_types: Iterable[str]) -> dict[st
 
 
 @runtime_checkable
-class ProgressStorage(Protocol):
-    """A storage that keeps the checkpoints of a NotifyingEventBus's subscribers and so
-    knows how far they got (RedisStorage: its subscriber state)."""
-
-    @property
-    def state(self) -> Progress:
-        """Where the subscribers' checkpoints are kept."""
-        ...
-
-
-@runtime_checkable
 class AsyncProgress(Protocol):
     """`Progress` awaited: what `AsyncStore.wait_for` asks of an async storage's state."""
 

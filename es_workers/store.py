@@ -27,10 +27,10 @@ from .ports import (
     Bus,
     NotifyingEventBus,
     Progress,
-    ProgressStorage,
     Rebuilding,
     ResetHook,
     Storage,
+    SubscriberStorage,
     check_rebuild,
     rebuilding,
     retaining_storage,
@@ -383,8 +383,9 @@ class Store:
         return found
 
     def _progress(self) -> Progress:
-        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage, ProgressStorage):
-            return self.storage.state
+        if isinstance(self.bus, NotifyingEventBus) and isinstance(self.storage,
+                                                                   SubscriberStorage):
+            return self.storage.subscriber_state()
         if isinstance(self.bus, Progress):
             return self.bus
         raise ConfigurationError(
