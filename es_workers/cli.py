@@ -566,15 +566,16 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
 
 
 def print_archive(report: StoreStatus) -> None:
-    """The archive's table: per entity type, events written, archived, and the lag."""
+    """The archive's table: per entity type, events written, archived, and the lag (events
+    past the hot window not archived yet, and how long ago the oldest of them was written)."""
     if not report.archive:
         return
     table = folding_table("entity type", "events", "marked archived", "archive lag",
-                          "in the archive", "archived bytes", title="archive")
+                          "lag age", "in the archive", "archived bytes", title="archive")
     for row in report.archive:
         table.add_row(row.entity_type, str(row.events), str(row.archived_marked),
-                      str(row.lag), "?" if row.archived_events is None else str(
-                          row.archived_events),
+                      str(row.lag), "-" if row.lag_age_s is None else f"{row.lag_age_s:.1f} s",
+                      "?" if row.archived_events is None else str(row.archived_events),
                       "?" if row.archived_bytes is None else str(row.archived_bytes))
     out.print(table)
     for error in sorted({row.error for row in report.archive if row.error}):

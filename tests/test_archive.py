@@ -4,6 +4,8 @@ archive_kit.py)."""
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -525,3 +527,89 @@ def test_status_counts_what_a_scavenge_would_free_as_the_archive_allows(
     assert storage.footprint("account", []).removable_events == 20  # up to the mark
     store.scavenge()
     assert storage.footprint("account", []).removable_events == 0
+
+
+def test_status_shows_the_archive_lag_and_how_old_its_oldest_event_is(
+        archived_store: Callable[..., Store]) -> None:
+    from es_workers import admin
+
+    store = archived_store(archive={"account": HotWindow(events=10)})
+    started = time.time()
+    write_account(store, "a1", 12)  # events 1 and 2 past the window of 10
+    first_written = time.time()
+    time.sleep(0.3)  # events 3..20, also past the window, are younger than 1 and 2
+    with store.open_from("account", "a1", 12) as stream:
+        list(stream.all())
+        stream.write(*(Deposited(amount=n) for n in range(18)))  # 13..30
+    checked = time.time()
+    [row] = admin.status(store).archive
+    assert (row.lag, row.archived_marked) == (20, 0)
+    # The oldest of the lag is event 1, written between `started` and `first_written`.
+    assert row.lag_age_s is not None
+    assert checked - first_written <= row.lag_age_s <= time.time() - started
+
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver(store.hot_windows, storage.hot_window, batch=7)
+    archiver.run_once()
+    archiver.release()
+    [row] = admin.status(store).archive
+    assert (row.lag, row.lag_age_s, row.archived_marked) == (0, None, 20)
+
+
+def test_the_archiver_reports_what_each_pass_found_past_the_window(
+        archived_store: Callable[..., Store]) -> None:
+    store = archived_store(events={"account": ACCOUNT_EVENTS["account"],
+                                   "ledger": ACCOUNT_EVENTS["account"]})
+    started = time.time()
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver({}, HotWindow(events=10), batch=7)
+    archiver.run_once()
+
+    def gauge(name: str, entity_type: str = "account") -> float | None:
+        return REGISTRY.get_sample_value(name, {"entity_type": entity_type})
+
+    assert archiver.lag["account"].events == 20
+    assert gauge("es_archive_lag_events") == 20
+    assert 0 < gauge("es_archive_lag_seconds") <= time.time() - started  # type: ignore[operator]
+    assert gauge("es_archive_lag_events", "ledger") == 0  # exported at 0, as counters are
+    archiver.run_once()  # nothing left past the window
+    assert (gauge("es_archive_lag_events"), gauge("es_archive_lag_seconds")) == (0, 0)
+    archiver.release()
+
+
+def test_the_dashboard_shows_the_archive_and_its_lag(
+        archived_store: Callable[..., Store]) -> None:
+    from starlette.testclient import TestClient
+
+    from es_workers.dashboard.app import create_app
+
+    store = archived_store(archive={"account": HotWindow(events=10)})
+    write_account(store, "a1", 30)
+    write_account(store, "a2", 5)
+    client = TestClient(create_app(store, sample_every=0.05))
+    html = client.get("/").text
+    row = re.search(r'<table id="archive">.*?<tr data-entity-type="account">(.*?)</tr>', html,
+                    re.DOTALL)
+    assert row, html
+    assert 'class="n marked">0<' in row.group(1)
+    assert 'class="n lag warn">20<' in row.group(1)
+    assert re.search(r'class="n lag-age">\d+\.\d s<', row.group(1))
+    assert 'class="n stored">0<' in row.group(1)
+    [found] = client.get("/api/status").json()["archive"]
+    assert (found["lag"], found["lag_age_s"] > 0) == (20, True)
+
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver(store.hot_windows, storage.hot_window)
+    archiver.run_once()
+    archiver.release()
+    html = client.get("/fragments/overview", headers={"HX-Request": "true"}).text
+    row = re.search(r'<table id="archive">.*?<tr data-entity-type="account">(.*?)</tr>', html,
+                    re.DOTALL)
+    assert row
+    assert 'class="n lag ">0<' in row.group(1) and 'class="n lag-age">-<' in row.group(1)
+    assert 'class="n stored">20<' in row.group(1)
+    assert re.search(r'class="n stored-bytes">\d+ B<', row.group(1))

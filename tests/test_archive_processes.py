@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,7 +131,13 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     created = cli(env, "archive", APP, "--init")
     assert created.returncode == 0 and "version 0 -> 1" in created.stdout, created.stderr
     archive = PostgresArchive(archive_url, prefix=prefix)
+    started = time.time()
     store = write_history(client, prefix, archive)
+    status = cli(env, "status", APP, "--json")
+    assert status.returncode == 0, status.stderr
+    [lagging] = json.loads(status.stdout)["archive"]
+    assert (lagging["lag"], lagging["archived_marked"]) == (ENTITIES * (EVENTS - HOT), 0)
+    assert 0 < lagging["lag_age_s"] <= time.time() - started  # a0's event 1, written first
     assert cli(env, "archive", APP, "--once").returncode == 0
 
     status = cli(env, "status", APP, "--json")
@@ -139,7 +146,8 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     assert rows == [{"entity_type": "account", "events": ENTITIES * EVENTS,
                      "archived_marked": ENTITIES * (EVENTS - HOT), "lag": 0,
                      "archived_events": ENTITIES * (EVENTS - HOT),
-                     "archived_bytes": rows[0]["archived_bytes"], "error": None}]
+                     "archived_bytes": rows[0]["archived_bytes"], "error": None,
+                     "lag_age_s": None}]
 
     # An archived event altered in PostgreSQL while still in Redis: --verify says so.
     with psycopg.connect(archive_url) as connection:
