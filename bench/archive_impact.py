@@ -194,6 +194,8 @@ def main() -> int:
                         help="cold events/s written all along (10 per write)")
     parser.add_argument("--cold-entities", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20, help="the cold events' hot window")
+    parser.add_argument("--scavenge-ms", type=int, default=1000,
+                        help="how often the publisher scavenges what was archived (0: never)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="worker threads")
     parser.add_argument("--worker-timeout", type=int, default=20, help="ms")
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace, folder: str, url: str, archive_url: str) -> in
     prefix = f"bench-impact-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, BENCH_REDIS_URL=url, BENCH_PREFIX=prefix, BENCH_DIR=folder,
                BENCH_ARCHIVE_URL=archive_url, BENCH_ARCHIVE_HOT=str(args.hot), ES_REDIS_URL=url,
+               BENCH_SCAVENGE_MS=str(args.scavenge_ms),
                PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                         str(ROOT)])))
     os.environ.update({k: v for k, v in env.items() if k.startswith("BENCH_")})
@@ -247,7 +250,8 @@ def run(args: argparse.Namespace, folder: str, url: str, archive_url: str) -> in
         delete_prefix(client, f"{prefix}-dq")
     print(f"\nRedis {url} of the bench's own; PostgreSQL {args.postgres_url.rsplit('@')[-1]}; "
           f"feeder: {args.feed:,.0f} cold events/s over {args.cold_entities} entities, hot "
-          f"window {args.hot}; worker 1 process x {args.threads} threads; {os.cpu_count()} CPUs")
+          f"window {args.hot}; the publisher scavenges every {args.scavenge_ms} ms (0: never); "
+          f"worker 1 process x {args.threads} threads; {os.cpu_count()} CPUs")
     report(rows, args)
     return 0
 

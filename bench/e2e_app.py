@@ -5,7 +5,7 @@ BENCH_PREFIX (key prefix; the Dramatiq namespace is "<prefix>-dq"), BENCH_DIR (w
 workers write the latencies they saw), and for bench/archive_impact.py BENCH_ARCHIVE_URL (a
 PostgreSQL: the store gets an archive, which `es-workers archive bench.e2e_app:store` fills)
 with BENCH_ARCHIVE_HOT (the hot window of `cold` events, default 20); the publisher then
-scavenges every second.
+scavenges every BENCH_SCAVENGE_MS (default 1000; 0: never).
 
 - `tick` events go to the subscriber `latency`, which writes one line per event to
   BENCH_DIR/latency-<pid>.txt: the tick's number and the timeline of its delivery (P4; see
@@ -44,6 +44,7 @@ PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")
 OUT = os.environ.get("BENCH_DIR", ".")
 ARCHIVE_URL = os.environ.get("BENCH_ARCHIVE_URL")
 ARCHIVE_HOT = int(os.environ.get("BENCH_ARCHIVE_HOT", "20"))
+SCAVENGE_MS = int(os.environ.get("BENCH_SCAVENGE_MS", "1000" if ARCHIVE_URL else "0"))
 NOOP_QUEUE = "bench_noop"
 
 
@@ -153,7 +154,7 @@ def _archive() -> Any:
 store = Store(
     RedisStorage(_TimedRedis.from_url(URL), prefix=PREFIX, archive=_archive(),
                  # with an archive, the publisher removes what was archived, as an app would
-                 publisher=PublisherOptions(scavenge_interval_ms=1000 if ARCHIVE_URL else None)),
+                 publisher=PublisherOptions(scavenge_interval_ms=SCAVENGE_MS or None)),
     bus=DramatiqEventBus(broker, observer=_delivered),
     events={"tick": [Tick], "bulk": [Added], "single": [Added], "cold": [Added]},
     archive={"cold": HotWindow(events=ARCHIVE_HOT)},
