@@ -613,3 +613,47 @@ def test_the_dashboard_shows_the_archive_and_its_lag(
     assert 'class="n lag ">0<' in row.group(1) and 'class="n lag-age">-<' in row.group(1)
     assert 'class="n stored">20<' in row.group(1)
     assert re.search(r'class="n stored-bytes">\d+ B<', row.group(1))
+
+
+def test_forget_reaches_archived_events_they_read_with_placeholders(
+        redis_client: redis.Redis, prefix: str, archive: PostgresArchive,
+        archive_url: str) -> None:  # noqa: F811
+    from typing import Annotated
+
+    from es_workers import Content, MasterKeys, Personal
+    from es_workers.encryption import new_master_key
+    from es_workers.personal import FORGOTTEN_TEXT
+
+    class Moved(Content):
+        personal_subject = "customer_id"
+        customer_id: str
+        street: Annotated[str, Personal]
+        floor: int
+
+    street = "12 Analytical Engine Row"
+    store = Store(RedisStorage(redis_client, prefix=prefix, archive=archive,
+                               encryption=MasterKeys(new_master_key())),
+                  events={"customer": [Moved]})
+    with store.open("customer", "c1") as stream:
+        stream.write(*(Moved(customer_id="c1", street=f"{street} {n}", floor=n)
+                       for n in range(12)))
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver({}, HotWindow(events=2))
+    archiver.run_once()
+    archiver.release()
+    store.scavenge()
+    hot = redis_client.xrange(storage.keys.stream("customer", "c1"))
+    assert [entry_id for entry_id, _ in hot] == [b"11-0", b"12-0"]
+    assert [e.content.street for e in store.read("customer", "c1")][:2] == [  # type: ignore[attr-defined]
+        f"{street} 0", f"{street} 1"]  # read back from the archive, decrypted
+    with psycopg.connect(archive_url) as connection:
+        rows = connection.execute(f'SELECT data FROM "{table_name(prefix)}"').fetchall()
+    assert len(rows) == 10 and not any(street.encode() in bytes(data) for data, in rows)
+
+    assert store.forget("c1") == 1
+    events = list(store.read("customer", "c1"))
+    assert [e.event_number for e in events] == list(range(1, 13))
+    assert all(e.forgotten and e.content.street == FORGOTTEN_TEXT  # type: ignore[attr-defined]
+               for e in events)
+    assert [e.content.floor for e in events] == list(range(12))  # type: ignore[attr-defined]
