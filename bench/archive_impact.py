@@ -62,9 +62,10 @@ class ArchiveProcesses(Processes):
     """bench/e2e.py's processes, and the archiver and the feeder."""
 
     def archiver(self) -> subprocess.Popen[bytes]:
+        nice = ["nice", "-n", str(self.args.archiver_nice)] if self.args.archiver_nice else []
         return self._start(
-            "archiver", [str(Path(sys.executable).parent / "es-workers"), "archive", APP],
-            self.env)
+            "archiver",
+            [*nice, str(Path(sys.executable).parent / "es-workers"), "archive", APP], self.env)
 
     def feeder(self) -> subprocess.Popen[bytes]:
         a = self.args
@@ -196,6 +197,8 @@ def main() -> int:
     parser.add_argument("--hot", type=int, default=20, help="the cold events' hot window")
     parser.add_argument("--scavenge-ms", type=int, default=1000,
                         help="how often the publisher scavenges what was archived (0: never)")
+    parser.add_argument("--archiver-nice", type=int, default=0,
+                        help="run the archiver under `nice -n N` (0: as the others)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=8, help="worker threads")
     parser.add_argument("--worker-timeout", type=int, default=20, help="ms")
@@ -251,6 +254,7 @@ def run(args: argparse.Namespace, folder: str, url: str, archive_url: str) -> in
     print(f"\nRedis {url} of the bench's own; PostgreSQL {args.postgres_url.rsplit('@')[-1]}; "
           f"feeder: {args.feed:,.0f} cold events/s over {args.cold_entities} entities, hot "
           f"window {args.hot}; the publisher scavenges every {args.scavenge_ms} ms (0: never); "
+          f"archiver niceness {args.archiver_nice}; "
           f"worker 1 process x {args.threads} threads; {os.cpu_count()} CPUs")
     report(rows, args)
     return 0
