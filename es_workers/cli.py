@@ -1002,6 +1002,10 @@ def archive(
     lease_ms: Annotated[int, typer.Option(
         "--lease-ms", min=100, help="How long a partition stays this archiver's without "
         "renewal (another one takes it over after a crash)")] = 15_000,
+    scavenge: Annotated[bool, typer.Option(
+        "--scavenge/--no-scavenge", help="Scavenge after each pass that archived events, "
+        "so they leave Redis without a publisher's ES_SCAVENGE_INTERVAL_MS (never what a "
+        "subscriber has not handled)")] = True,
 ) -> None:
     """Run the archiver: copy events older than the hot window (ES_ARCHIVE_AFTER, or the
     app's `archive={...}`) to PostgreSQL (ES_ARCHIVE_URL), then mark them archived so the
@@ -1048,7 +1052,8 @@ def archive(
             if stop.requested:
                 return
             log.info("archiving %s to %s", app_ref, storage.archive.server)
-            archiver.run(threads_stop)
+            archiver.run(threads_stop, after_pass=(lambda _: store.scavenge()) if scavenge
+                         else None)
 
 
 def verify_archive(store: Store, storage: RedisStorage) -> None:

@@ -158,3 +158,33 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     assert "'a3': events 1..40 differ" in verified.stdout
     store.storage.close()
     archive.close()
+
+
+def test_a_running_archiver_scavenges_what_it_archived_unless_told_not_to(
+        client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    store = write_history(client, prefix, archive)
+    keys = RedisStorage(client, prefix=prefix).keys
+    total = ENTITIES * (EVENTS - HOT)
+
+    def held_in_redis() -> list[int]:
+        return [client.xlen(keys.stream("account", f"a{n}")) for n in range(ENTITIES)]
+
+    env = environment(prefix, archive_url)
+    for flag, held in (("--no-scavenge", EVENTS), ("--scavenge", HOT)):
+        archiver = subprocess.Popen([ES_WORKERS, "archive", APP, flag], env=env, cwd=HERE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: archived_rows(archive_url, prefix)[0] == total, "every batch",
+                     timeout=60)
+            if held == HOT:  # the events archived leave Redis without a publisher
+                wait_for(lambda: held_in_redis() == [HOT] * ENTITIES, "the scavenge",
+                         timeout=60)
+        finally:
+            archiver.send_signal(signal.SIGTERM)
+            output = archiver.communicate(timeout=30)[0].decode()
+        assert archiver.returncode == 0, output
+        assert held_in_redis() == [held] * ENTITIES
+    assert [e.event_number for e in store.read("account", "a0")] == list(range(1, EVENTS + 1))
+    archive.close()

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -183,16 +183,23 @@ class RedisArchiver:
         self.lag: dict[str, ArchiveLag] = {}
 
     def run(self, stop: threading.Event, *, idle_s: float = 1.0,
-            max_backoff_s: float = 30.0) -> None:
+            max_backoff_s: float = 30.0,
+            after_pass: Callable[[Archived], object] | None = None) -> None:
         """Archives until `stop` (blocks): a pass over every partition it can lease, then
         waits `idle_s` unless the pass archived a whole batch or more (a backlog). When
         Redis or the archive cannot be reached it logs why and tries again, waiting longer
         each time (up to `max_backoff_s`): a failed batch moved no mark, so nothing is
-        lost."""
-        backoff = idle_s
+        lost. `after_pass` is called after its first pass and each one that archived events
+        (`es-workers archive` scavenges there: what it archived leaves Redis without the
+        publisher pausing its relay to remove it, and what an archiver that stopped before
+        its scavenge left behind goes at the next one's start)."""
+        backoff, first = idle_s, True
         while not stop.is_set():
             try:
                 done = self.run_once()
+                if (done.events or first) and after_pass is not None:
+                    after_pass(done)
+                first = False
             except (StorageUnavailableError, redis.ConnectionError, redis.TimeoutError) as error:
                 log.warning("archiving failed, trying again in %.0f s: %s", backoff, error)
                 stop.wait(backoff)
