@@ -3,6 +3,7 @@ P1 and P4 within 10% of without).
 
     python bench/archive_impact.py [--rounds 3] [--seconds 5] [--rates 200,1000]
                                    [--feed 2000] [--cold-entities 500] [--hot 20]
+                                   [--scavenge-ms 0] [--archiver-nice 0]
 
 Starts a Redis server of its own, a database of its own on the PostgreSQL of --postgres-url
 (dropped at the end), and bench/e2e.py's app (bench/e2e_app.py, here with an archive) as a
@@ -10,7 +11,9 @@ publisher and a worker process. A feeder process writes `cold` events all along,
 events/s in 10-event writes over --cold-entities entities whose hot window is --hot events,
 so that the store always has events past the window. Each round runs the measures once
 without and once with an `es-workers archive` process (the order alternates; the archiver is
-started, allowed to catch up with the backlog of the round without it, and stopped after):
+started, allowed to catch up with the backlog of the round without it, and stopped after).
+The archiver scavenges after its passes (`es-workers archive`'s default); `--scavenge-ms N`
+also has the publisher scavenge every N ms, which pauses its relay meanwhile:
 
 P1  single-event appends/s through one Stream (bench/append.py's `Bench.single_writes`)
     / raw sequential XADD/s, in this process;
@@ -195,8 +198,8 @@ def main() -> int:
                         help="cold events/s written all along (10 per write)")
     parser.add_argument("--cold-entities", type=int, default=500)
     parser.add_argument("--hot", type=int, default=20, help="the cold events' hot window")
-    parser.add_argument("--scavenge-ms", type=int, default=1000,
-                        help="how often the publisher scavenges what was archived (0: never)")
+    parser.add_argument("--scavenge-ms", type=int, default=0,
+                        help="how often the publisher scavenges too (0: never)")
     parser.add_argument("--archiver-nice", type=int, default=0,
                         help="run the archiver under `nice -n N` (0: as the others)")
     parser.add_argument("--processes", type=int, default=1, help="worker processes")

@@ -4,8 +4,8 @@ Configured by environment: BENCH_BROKER (waking or polling), BENCH_REDIS_URL,
 BENCH_PREFIX (key prefix; the Dramatiq namespace is "<prefix>-dq"), BENCH_DIR (where
 workers write the latencies they saw), and for bench/archive_impact.py BENCH_ARCHIVE_URL (a
 PostgreSQL: the store gets an archive, which `es-workers archive bench.e2e_app:store` fills)
-with BENCH_ARCHIVE_HOT (the hot window of `cold` events, default 20); the publisher then
-scavenges every BENCH_SCAVENGE_MS (default 1000; 0: never).
+with BENCH_ARCHIVE_HOT (the hot window of `cold` events, default 20); the publisher
+scavenges every BENCH_SCAVENGE_MS (default 0: never; the archiver does).
 
 - `tick` events go to the subscriber `latency`, which writes one line per event to
   BENCH_DIR/latency-<pid>.txt: the tick's number and the timeline of its delivery (P4; see
@@ -44,7 +44,7 @@ PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")
 OUT = os.environ.get("BENCH_DIR", ".")
 ARCHIVE_URL = os.environ.get("BENCH_ARCHIVE_URL")
 ARCHIVE_HOT = int(os.environ.get("BENCH_ARCHIVE_HOT", "20"))
-SCAVENGE_MS = int(os.environ.get("BENCH_SCAVENGE_MS", "1000" if ARCHIVE_URL else "0"))
+SCAVENGE_MS = int(os.environ.get("BENCH_SCAVENGE_MS", "0"))
 NOOP_QUEUE = "bench_noop"
 
 
