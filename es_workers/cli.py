@@ -1003,9 +1003,9 @@ def archive(
         "--lease-ms", min=100, help="How long a partition stays this archiver's without "
         "renewal (another one takes it over after a crash)")] = 15_000,
     scavenge: Annotated[bool, typer.Option(
-        "--scavenge/--no-scavenge", help="Scavenge after each pass that archived events, "
-        "so they leave Redis without a publisher's ES_SCAVENGE_INTERVAL_MS (never what a "
-        "subscriber has not handled)")] = True,
+        "--scavenge/--no-scavenge", help="Scavenge after the first pass and each pass "
+        "that archived events, so they leave Redis without a publisher's "
+        "ES_SCAVENGE_INTERVAL_MS (never what a subscriber has not handled)")] = True,
 ) -> None:
     """Run the archiver: copy events older than the hot window (ES_ARCHIVE_AFTER, or the
     app's `archive={...}`) to PostgreSQL (ES_ARCHIVE_URL), then mark them archived so the
