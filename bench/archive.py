@@ -1,11 +1,12 @@
 """The archive in PostgreSQL: archiver throughput, reads through the archive against reads from
 Redis, and Redis memory against events written with a hot window.
 
-    python bench/archive.py --entities 2000 --events 200 --hot 100 --steps 8
+    python bench/archive.py --entities 2000 --events 200 --hot 100 --steps 8 [--plot PNG]
 
 Starts a Redis server of its own (unless --redis-url), so `used_memory` counts this bench's
 keys only, and a database of its own on the PostgreSQL of --postgres-url (dropped at the
-end). Prints tables; no plot (matplotlib is not a dependency).
+end). Prints tables; `--plot memory.png` also draws Redis memory against events written
+(matplotlib: `pip install -c requirements-dev.lock -e '.[bench]'`).
 
 A partly trimmed stream keeps its first node (`stream-node-max-bytes`, 4 KB by default)
 until every entry in it is removed: `--node-bytes 1024` measures a smaller node.
@@ -106,6 +107,36 @@ def settle(client: redis.Redis, storage: RedisStorage, args: argparse.Namespace)
     storage.trim_logs(args.entities * args.hot)
 
 
+def plot(path: str, curve: list[tuple[int, int]], hot_cost: int | None,
+         args: argparse.Namespace) -> None:
+    """Redis used_memory (MB) against events written, with the hot window's cost and the
+    budget (+15%) as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a file
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(8, 4.5), dpi=100)
+    axes.plot([w for w, _ in curve], [m / 1e6 for _, m in curve], marker="o",
+              label="Redis used_memory, after each step's archiving and scavenge")
+    if hot_cost:
+        axes.axhline(hot_cost / 1e6, color="grey", linestyle="--",
+                     label=f"the hot window's cost ({args.hot} events x {args.entities:,})")
+        axes.axhline(hot_cost * 1.15 / 1e6, color="red", linestyle=":", label="+15%")
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("events written")
+    axes.set_ylabel("MB")
+    axes.set_title(f"Redis memory with an archive\n{args.entities:,} entities, hot window "
+                   f"{args.hot} events, stream-node-max-bytes {args.node_bytes or 4096}",
+                   fontsize=11)
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    print(f"plot: {path}")
+
+
 def memory(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     archive = PostgresArchive(archive_url, prefix=prefix)
@@ -121,6 +152,7 @@ def memory(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> N
           "| archiver events/s |")
     print("|---|---|---|---|---|")
     written = 0
+    curve: list[tuple[int, int]] = []  # (events written, used_memory) after each step
     for step in range(args.steps):
         for n in range(args.entities):
             write(store, f"a{n}", step * per_step, per_step)
@@ -135,6 +167,7 @@ def memory(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> N
         store.scavenge()
         settle(client, storage, args)
         used = int(client.info("memory")["used_memory"])
+        curve.append((written, used))
         ratio = f"{used / hot_cost:.2f}x" if hot_cost else "-"
         rate = f"{done.events / took:,.0f}" if done.events else "-"
         print(f"| {written:,} | {used / 1e6:.1f} MB | {ratio} | {done.events:,} | {rate} |")
@@ -147,6 +180,8 @@ def memory(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> N
     total = sum(1 for n in range(args.entities) for _ in store.read("account", f"a{n}"))
     print(f"every event readable at the end: {total:,} of {written:,}")
     archive.close()
+    if args.plot:
+        plot(args.plot, curve, hot_cost, args)
 
 
 def reads(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
@@ -196,7 +231,16 @@ def main() -> int:
     parser.add_argument("--read-runs", type=int, default=21)
     parser.add_argument("--node-bytes", type=int,
                         help="the own Redis' stream-node-max-bytes (default: Redis', 4096)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="also draw Redis memory against events written to this file "
+                        "(needs matplotlib: the bench extra)")
     args = parser.parse_args()
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install -c requirements-dev.lock "
+                         "-e '.[bench]'")
     with own_database(args.postgres_url) as archive_url:
         if args.redis_url:
             client = redis.Redis.from_url(args.redis_url)

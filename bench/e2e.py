@@ -258,12 +258,19 @@ async def _write_ticks(
         await client.aclose()
 
 
+def p4_latencies(
+    run: P4Run, found: dict[int, list[float]], skip_s: float
+) -> tuple[list[int], list[float]]:
+    """The run's ticks past the first `skip_s` seconds, and each one's append -> handler ms."""
+    skip = int(skip_s * run.rate)  # the first second: connections, imports, JIT of caches
+    ticks = [n for n in range(run.first + skip, run.first + run.total) if n in found]
+    return ticks, [(found[n][5] - found[n][0]) * 1000 for n in ticks]
+
+
 def report_latency(run: P4Run, folder: str, skip_s: float) -> tuple[float, float, float]:
     """Prints P4 at one rate and its per-stage breakdown; returns p50, p99, max (ms)."""
     found = timelines(folder)
-    skip = int(skip_s * run.rate)  # the first second: connections, imports, JIT of caches
-    ticks = [n for n in range(run.first + skip, run.first + run.total) if n in found]
-    p4 = [(found[n][5] - found[n][0]) * 1000 for n in ticks]
+    ticks, p4 = p4_latencies(run, found, skip_s)
     achieved = run.total / run.written_in
     print(
         f"\nP4 at {run.rate:,.0f} appends/s ({achieved:,.0f}/s achieved by the writers), "
@@ -392,6 +399,19 @@ def measure_backlog(
     return publisher, write_rate, (events - at_first) / elapsed, elapsed
 
 
+def start_app(app: ModuleType, processes: Processes, folder: str) -> subprocess.Popen[bytes]:
+    """Starts the publisher and a worker and waits until a tick is handled; returns the
+    publisher."""
+    publisher = processes.publisher()
+    processes.worker()
+    write_one(app, "tick", "warm-up", 0, app.Tick(n=-1))
+    wait(lambda: -1 in timelines(folder), "the worker to start", timeout=120)
+    # Let the publisher finish handing new subscribers their (empty) history.
+    state = app.store.storage.state
+    wait(lambda: state.is_caught_up("bulk", "bulk"), "catch-up")
+    return publisher
+
+
 def finish(folder: str, keep: bool) -> None:
     if keep:
         print(f"\nstamp files kept in {folder} (tick, event_time, then {', '.join(STAMP_NAMES)})")
@@ -479,13 +499,7 @@ def main() -> None:
     processes = Processes(env, Path(folder), args)
     runs: list[P4Run] = []
     try:
-        publisher = processes.publisher()
-        processes.worker()
-        write_one(app, "tick", "warm-up", 0, app.Tick(n=-1))
-        wait(lambda: -1 in timelines(folder), "the worker to start", timeout=120)
-        # Let the publisher finish handing new subscribers their (empty) history.
-        state = app.store.storage.state
-        wait(lambda: state.is_caught_up("bulk", "bulk"), "catch-up")
+        publisher = start_app(app, processes, folder)
 
         first = 0
         for rate in rates:

@@ -2,7 +2,10 @@
 
 Configured by environment: BENCH_BROKER (waking or polling), BENCH_REDIS_URL,
 BENCH_PREFIX (key prefix; the Dramatiq namespace is "<prefix>-dq"), BENCH_DIR (where
-workers write the latencies they saw).
+workers write the latencies they saw), and for bench/archive_impact.py BENCH_ARCHIVE_URL (a
+PostgreSQL: the store gets an archive, which `es-workers archive bench.e2e_app:store` fills)
+with BENCH_ARCHIVE_HOT (the hot window of `cold` events, default 20); the publisher
+scavenges every BENCH_SCAVENGE_MS (default 0: never; the archiver does).
 
 - `tick` events go to the subscriber `latency`, which writes one line per event to
   BENCH_DIR/latency-<pid>.txt: the tick's number and the timeline of its delivery (P4; see
@@ -14,6 +17,8 @@ workers write the latencies they saw).
   checkpoint is recorded and its lock released);
 - `bulk` events go to the subscriber `bulk`, a no-op handler (P5); `single` events too,
   to the subscriber `single` (P5 with one event per entity: no notice carries two events);
+- `cold` events have no subscriber: bench/archive_impact.py writes them steadily so that an
+  archiver always has events past their hot window to copy;
 - `noop` is a bare Dramatiq actor doing nothing, on the same broker: P5's yardstick.
 """
 
@@ -28,7 +33,8 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from es_workers import Content, Event, RedisStorage, Store
+from es_workers import Content, Event, HotWindow, RedisStorage, Store
+from es_workers.redis import PublisherOptions
 from es_workers.workers.broker import WakingRedisBroker
 from es_workers.workers.bus import DramatiqEventBus
 from es_workers.workers.delivery import Notice
@@ -36,6 +42,9 @@ from es_workers.workers.delivery import Notice
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench-e2e")
 OUT = os.environ.get("BENCH_DIR", ".")
+ARCHIVE_URL = os.environ.get("BENCH_ARCHIVE_URL")
+ARCHIVE_HOT = int(os.environ.get("BENCH_ARCHIVE_HOT", "20"))
+SCAVENGE_MS = int(os.environ.get("BENCH_SCAVENGE_MS", "0"))
 NOOP_QUEUE = "bench_noop"
 
 
@@ -134,10 +143,21 @@ def _delivered(notice: Notice) -> None:
     _latency_file().write(lines)
 
 
+def _archive() -> Any:
+    if not ARCHIVE_URL:
+        return None
+    from es_workers.postgres import PostgresArchive  # psycopg: the archive extra
+
+    return PostgresArchive(ARCHIVE_URL, prefix=PREFIX)
+
+
 store = Store(
-    RedisStorage(_TimedRedis.from_url(URL), prefix=PREFIX),
+    RedisStorage(_TimedRedis.from_url(URL), prefix=PREFIX, archive=_archive(),
+                 # with an archive, the publisher removes what was archived, as an app would
+                 publisher=PublisherOptions(scavenge_interval_ms=SCAVENGE_MS or None)),
     bus=DramatiqEventBus(broker, observer=_delivered),
-    events={"tick": [Tick], "bulk": [Added], "single": [Added]},
+    events={"tick": [Tick], "bulk": [Added], "single": [Added], "cold": [Added]},
+    archive={"cold": HotWindow(events=ARCHIVE_HOT)},
 )
 broker.add_middleware(_Stamps())  # last: `started` is as close to the actor call as can be
 

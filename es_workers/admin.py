@@ -5,6 +5,7 @@ read and write."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -68,6 +69,7 @@ class ArchiveStatus:
     archived_events: int | None  # rows in the archive (None: it could not be reached)
     archived_bytes: int | None  # their JSON data
     error: str | None = None  # why the archive could not be counted
+    lag_age_s: float | None = None  # how long ago the oldest of the lag was written
 
 
 @dataclass(frozen=True)
@@ -208,15 +210,16 @@ def archive_status(store: Store) -> list[ArchiveStatus]:
     except StorageUnavailableError as failure:  # the rest of the status still shows
         counts, error = None, str(failure)
     found = []
+    now_us = time.time_ns() // 1000
     for entity_type in store.entity_types():
         window = store.hot_windows.get(entity_type, HotWindow()).over(storage.hot_window)
         heads, marks = storage.heads(entity_type), storage.archived_marks(entity_type)
-        lag = sum(max(0, window.archive_up_to(head) - marks.get(entity_id, 0))
-                  for entity_id, head in heads.items())
+        lag = storage.archive_lag(entity_type, window)
         stored = counts.get(entity_type, (0, 0)) if counts is not None else None
         found.append(ArchiveStatus(
-            entity_type, sum(heads.values()), sum(marks.values()), lag,
-            stored[0] if stored else None, stored[1] if stored else None, error))
+            entity_type, sum(heads.values()), sum(marks.values()), lag.events,
+            stored[0] if stored else None, stored[1] if stored else None, error,
+            lag.age_s(now_us)))
     return found
 
 

@@ -566,15 +566,16 @@ def print_status(app_ref: str, store: Store, report: StoreStatus) -> None:
 
 
 def print_archive(report: StoreStatus) -> None:
-    """The archive's table: per entity type, events written, archived, and the lag."""
+    """The archive's table: per entity type, events written, archived, and the lag (events
+    past the hot window not archived yet, and how long ago the oldest of them was written)."""
     if not report.archive:
         return
     table = folding_table("entity type", "events", "marked archived", "archive lag",
-                          "in the archive", "archived bytes", title="archive")
+                          "lag age", "in the archive", "archived bytes", title="archive")
     for row in report.archive:
         table.add_row(row.entity_type, str(row.events), str(row.archived_marked),
-                      str(row.lag), "?" if row.archived_events is None else str(
-                          row.archived_events),
+                      str(row.lag), "-" if row.lag_age_s is None else f"{row.lag_age_s:.1f} s",
+                      "?" if row.archived_events is None else str(row.archived_events),
                       "?" if row.archived_bytes is None else str(row.archived_bytes))
     out.print(table)
     for error in sorted({row.error for row in report.archive if row.error}):
@@ -1001,6 +1002,10 @@ def archive(
     lease_ms: Annotated[int, typer.Option(
         "--lease-ms", min=100, help="How long a partition stays this archiver's without "
         "renewal (another one takes it over after a crash)")] = 15_000,
+    scavenge: Annotated[bool, typer.Option(
+        "--scavenge/--no-scavenge", help="Scavenge after the first pass and each pass "
+        "that archived events, so they leave Redis without a publisher's "
+        "ES_SCAVENGE_INTERVAL_MS (never what a subscriber has not handled)")] = True,
 ) -> None:
     """Run the archiver: copy events older than the hot window (ES_ARCHIVE_AFTER, or the
     app's `archive={...}`) to PostgreSQL (ES_ARCHIVE_URL), then mark them archived so the
@@ -1047,7 +1052,8 @@ def archive(
             if stop.requested:
                 return
             log.info("archiving %s to %s", app_ref, storage.archive.server)
-            archiver.run(threads_stop)
+            archiver.run(threads_stop, after_pass=(lambda _: store.scavenge()) if scavenge
+                         else None)
 
 
 def verify_archive(store: Store, storage: RedisStorage) -> None:

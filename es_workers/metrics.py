@@ -4,7 +4,8 @@ Each role exports its own series only: the writer's (`es_appends_total`,
 `es_conflicts_total`) wherever a Store is, the publisher's (`es_published_total`,
 `es_publish_lag_seconds`, `es_outbox_backlog`) where it relays, the workers'
 (`es_handled_total`, `es_handler_seconds`, `es_handler_failures_total`, `es_parked_total`)
-where handlers run."""
+where handlers run; the archiver's (`es_archived_total`, `es_archive_lag_events`,
+`es_archive_lag_seconds`) in `es-workers archive`."""
 
 from __future__ import annotations
 
@@ -51,6 +52,27 @@ def outbox_backlog() -> Any:
     return Gauge(
         "es_outbox_backlog", "Outbox entries not yet relayed (last seen)",
         multiprocess_mode="mostrecent",  # several processes report it: the latest wins
+    )
+
+
+class ArchiveLagMetrics(NamedTuple):
+    """What an archiver found past the hot window, not yet archived, at its latest pass."""
+
+    events: Any
+    seconds: Any
+
+
+@cache
+def archive_lag() -> ArchiveLagMetrics:
+    """The archiver's lag gauges, made by the first pass (see `publish_lag`). Each archiver
+    reports the partitions it holds: sum the events across archivers, take the max age."""
+    return ArchiveLagMetrics(
+        Gauge("es_archive_lag_events", "Events past the hot window not yet archived, as the "
+              "archiver's latest pass found them (its partitions)", ["entity_type"],
+              multiprocess_mode="mostrecent"),
+        Gauge("es_archive_lag_seconds", "Age of the oldest event past the hot window not yet "
+              "archived, as the archiver's latest pass found it (0: none)", ["entity_type"],
+              multiprocess_mode="mostrecent"),
     )
 
 

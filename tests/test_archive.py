@@ -4,6 +4,8 @@ archive_kit.py)."""
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -525,3 +527,133 @@ def test_status_counts_what_a_scavenge_would_free_as_the_archive_allows(
     assert storage.footprint("account", []).removable_events == 20  # up to the mark
     store.scavenge()
     assert storage.footprint("account", []).removable_events == 0
+
+
+def test_status_shows_the_archive_lag_and_how_old_its_oldest_event_is(
+        archived_store: Callable[..., Store]) -> None:
+    from es_workers import admin
+
+    store = archived_store(archive={"account": HotWindow(events=10)})
+    started = time.time()
+    write_account(store, "a1", 12)  # events 1 and 2 past the window of 10
+    first_written = time.time()
+    time.sleep(0.3)  # events 3..20, also past the window, are younger than 1 and 2
+    with store.open_from("account", "a1", 12) as stream:
+        list(stream.all())
+        stream.write(*(Deposited(amount=n) for n in range(18)))  # 13..30
+    checked = time.time()
+    [row] = admin.status(store).archive
+    assert (row.lag, row.archived_marked) == (20, 0)
+    # The oldest of the lag is event 1, written between `started` and `first_written`.
+    assert row.lag_age_s is not None
+    assert checked - first_written <= row.lag_age_s <= time.time() - started
+
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver(store.hot_windows, storage.hot_window, batch=7)
+    archiver.run_once()
+    archiver.release()
+    [row] = admin.status(store).archive
+    assert (row.lag, row.lag_age_s, row.archived_marked) == (0, None, 20)
+
+
+def test_the_archiver_reports_what_each_pass_found_past_the_window(
+        archived_store: Callable[..., Store]) -> None:
+    store = archived_store(events={"account": ACCOUNT_EVENTS["account"],
+                                   "ledger": ACCOUNT_EVENTS["account"]})
+    started = time.time()
+    write_account(store, "a1", 30)
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver({}, HotWindow(events=10), batch=7)
+    archiver.run_once()
+
+    def gauge(name: str, entity_type: str = "account") -> float | None:
+        return REGISTRY.get_sample_value(name, {"entity_type": entity_type})
+
+    assert archiver.lag["account"].events == 20
+    assert gauge("es_archive_lag_events") == 20
+    assert 0 < gauge("es_archive_lag_seconds") <= time.time() - started  # type: ignore[operator]
+    assert gauge("es_archive_lag_events", "ledger") == 0  # exported at 0, as counters are
+    archiver.run_once()  # nothing left past the window
+    assert (gauge("es_archive_lag_events"), gauge("es_archive_lag_seconds")) == (0, 0)
+    archiver.release()
+
+
+def test_the_dashboard_shows_the_archive_and_its_lag(
+        archived_store: Callable[..., Store]) -> None:
+    from starlette.testclient import TestClient
+
+    from es_workers.dashboard.app import create_app
+
+    store = archived_store(archive={"account": HotWindow(events=10)})
+    write_account(store, "a1", 30)
+    write_account(store, "a2", 5)
+    client = TestClient(create_app(store, sample_every=0.05))
+    html = client.get("/").text
+    row = re.search(r'<table id="archive">.*?<tr data-entity-type="account">(.*?)</tr>', html,
+                    re.DOTALL)
+    assert row, html
+    assert 'class="n marked">0<' in row.group(1)
+    assert 'class="n lag warn">20<' in row.group(1)
+    assert re.search(r'class="n lag-age">\d+\.\d s<', row.group(1))
+    assert 'class="n stored">0<' in row.group(1)
+    [found] = client.get("/api/status").json()["archive"]
+    assert (found["lag"], found["lag_age_s"] > 0) == (20, True)
+
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver(store.hot_windows, storage.hot_window)
+    archiver.run_once()
+    archiver.release()
+    html = client.get("/fragments/overview", headers={"HX-Request": "true"}).text
+    row = re.search(r'<table id="archive">.*?<tr data-entity-type="account">(.*?)</tr>', html,
+                    re.DOTALL)
+    assert row
+    assert 'class="n lag ">0<' in row.group(1) and 'class="n lag-age">-<' in row.group(1)
+    assert 'class="n stored">20<' in row.group(1)
+    assert re.search(r'class="n stored-bytes">\d+ B<', row.group(1))
+
+
+def test_forget_reaches_archived_events_they_read_with_placeholders(
+        redis_client: redis.Redis, prefix: str, archive: PostgresArchive,
+        archive_url: str) -> None:  # noqa: F811
+    from typing import Annotated
+
+    from es_workers import Content, MasterKeys, Personal
+    from es_workers.encryption import new_master_key
+    from es_workers.personal import FORGOTTEN_TEXT
+
+    class Moved(Content):
+        personal_subject = "customer_id"
+        customer_id: str
+        street: Annotated[str, Personal]
+        floor: int
+
+    street = "12 Analytical Engine Row"
+    store = Store(RedisStorage(redis_client, prefix=prefix, archive=archive,
+                               encryption=MasterKeys(new_master_key())),
+                  events={"customer": [Moved]})
+    with store.open("customer", "c1") as stream:
+        stream.write(*(Moved(customer_id="c1", street=f"{street} {n}", floor=n)
+                       for n in range(12)))
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    archiver = storage.archiver({}, HotWindow(events=2))
+    archiver.run_once()
+    archiver.release()
+    store.scavenge()
+    hot = redis_client.xrange(storage.keys.stream("customer", "c1"))
+    assert [entry_id for entry_id, _ in hot] == [b"11-0", b"12-0"]
+    assert [e.content.street for e in store.read("customer", "c1")][:2] == [  # type: ignore[attr-defined]
+        f"{street} 0", f"{street} 1"]  # read back from the archive, decrypted
+    with psycopg.connect(archive_url) as connection:
+        rows = connection.execute(f'SELECT data FROM "{table_name(prefix)}"').fetchall()
+    assert len(rows) == 10 and not any(street.encode() in bytes(data) for data, in rows)
+
+    assert store.forget("c1") == 1
+    events = list(store.read("customer", "c1"))
+    assert [e.event_number for e in events] == list(range(1, 13))
+    assert all(e.forgotten and e.content.street == FORGOTTEN_TEXT  # type: ignore[attr-defined]
+               for e in events)
+    assert [e.content.floor for e in events] == list(range(12))  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,7 +131,13 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     created = cli(env, "archive", APP, "--init")
     assert created.returncode == 0 and "version 0 -> 1" in created.stdout, created.stderr
     archive = PostgresArchive(archive_url, prefix=prefix)
+    started = time.time()
     store = write_history(client, prefix, archive)
+    status = cli(env, "status", APP, "--json")
+    assert status.returncode == 0, status.stderr
+    [lagging] = json.loads(status.stdout)["archive"]
+    assert (lagging["lag"], lagging["archived_marked"]) == (ENTITIES * (EVENTS - HOT), 0)
+    assert 0 < lagging["lag_age_s"] <= time.time() - started  # a0's event 1, written first
     assert cli(env, "archive", APP, "--once").returncode == 0
 
     status = cli(env, "status", APP, "--json")
@@ -139,7 +146,8 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     assert rows == [{"entity_type": "account", "events": ENTITIES * EVENTS,
                      "archived_marked": ENTITIES * (EVENTS - HOT), "lag": 0,
                      "archived_events": ENTITIES * (EVENTS - HOT),
-                     "archived_bytes": rows[0]["archived_bytes"], "error": None}]
+                     "archived_bytes": rows[0]["archived_bytes"], "error": None,
+                     "lag_age_s": None}]
 
     # An archived event altered in PostgreSQL while still in Redis: --verify says so.
     with psycopg.connect(archive_url) as connection:
@@ -149,4 +157,34 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     assert verified.returncode == 1
     assert "'a3': events 1..40 differ" in verified.stdout
     store.storage.close()
+    archive.close()
+
+
+def test_a_running_archiver_scavenges_what_it_archived_unless_told_not_to(
+        client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    store = write_history(client, prefix, archive)
+    keys = RedisStorage(client, prefix=prefix).keys
+    total = ENTITIES * (EVENTS - HOT)
+
+    def held_in_redis() -> list[int]:
+        return [client.xlen(keys.stream("account", f"a{n}")) for n in range(ENTITIES)]
+
+    env = environment(prefix, archive_url)
+    for flag, held in (("--no-scavenge", EVENTS), ("--scavenge", HOT)):
+        archiver = subprocess.Popen([ES_WORKERS, "archive", APP, flag], env=env, cwd=HERE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: archived_rows(archive_url, prefix)[0] == total, "every batch",
+                     timeout=60)
+            if held == HOT:  # the events archived leave Redis without a publisher
+                wait_for(lambda: held_in_redis() == [HOT] * ENTITIES, "the scavenge",
+                         timeout=60)
+        finally:
+            archiver.send_signal(signal.SIGTERM)
+            output = archiver.communicate(timeout=30)[0].decode()
+        assert archiver.returncode == 0, output
+        assert held_in_redis() == [held] * ENTITIES
+    assert [e.event_number for e in store.read("account", "a0")] == list(range(1, EVENTS + 1))
     archive.close()

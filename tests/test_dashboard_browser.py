@@ -1,7 +1,8 @@
 """The dashboard in a real browser (headless Chromium from Debian, driven by Selenium), on a
 real Redis with a publisher and a Dramatiq worker running: the overview shows the lag, the
 parked page the entity a subscriber gave up on; Skip (confirmed) repairs it, and the open
-entity page shows it handled without being reloaded.
+entity page shows it handled without being reloaded; with an archive (the real PostgreSQL:
+archive_kit.py), the overview shows the archive lag fall once the archiver ran.
 
 Screenshots of the three pages go to tests/artifacts/. Without Chromium the test is skipped,
 unless ES_REQUIRE_BROWSER=1 (then it fails). Install it with
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import uvicorn
 from apps.delivery_kit import FAST_PUBLISHER, Delivery, Recorder, redis_broker
+from archive_kit import archive_url  # noqa: F401  (a fixture)
 from conftest import ACCOUNT_EVENTS, REDIS_URL, Deposited, Opened, delete_prefix, real_redis
 from kit import write_at_head
 
@@ -285,3 +287,42 @@ def test_a_long_field_wraps_on_the_entity_page_and_can_be_seen_whole(
     assert link.is_displayed()
     with urllib.request.urlopen(link.get_attribute("href")) as answer:
         assert json.load(answer)["events"][0]["content"] == {"owner": owner}
+
+
+def test_the_open_overview_shows_the_archive_lag_fall_once_the_archiver_ran(
+    browser: Any, serve: Callable[[Any], str], archive_url: str  # noqa: F811
+) -> None:
+    import re
+
+    import fakeredis
+
+    from es_workers import HotWindow, Store
+    from es_workers.postgres import PostgresArchive
+
+    prefix = f"t-dash-{uuid.uuid4().hex[:10]}"
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    archive.init()
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(7, 0)))
+    store = Store(RedisStorage(client, prefix=prefix, archive=archive), events=ACCOUNT_EVENTS,
+                  archive={"account": HotWindow(events=10)})
+    write_at_head(store, "account", "a1", Opened(owner="ann"),
+                  *(Deposited(amount=n) for n in range(29)))
+    try:
+        base = serve(create_app(store, sample_every=0.2))
+        browser.get(base)
+        row = '#archive tr[data-entity-type="account"]'
+        wait(lambda: text_of(browser, f"{row} .lag") == "20", "the archive lag")
+        assert re.fullmatch(r"\d+\.\d s", text_of(browser, f"{row} .lag-age"))
+        assert text_of(browser, f"{row} .stored") == "0"
+        screenshot(browser, "archive-lag")
+
+        storage = store.storage
+        assert isinstance(storage, RedisStorage)
+        archiver = storage.archiver(store.hot_windows, storage.hot_window)
+        archiver.run_once()
+        archiver.release()
+        wait(lambda: text_of(browser, f"{row} .lag") == "0", "the lag to fall, unreloaded")
+        assert text_of(browser, f"{row} .lag-age") == "-"
+        assert text_of(browser, f"{row} .stored") == "20"
+    finally:
+        archive.close()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -108,6 +109,44 @@ class Archived:
         return Archived(self.events + other.events, self.entities + other.entities)
 
 
+@dataclass(frozen=True)
+class ArchiveLag:
+    """Events past the hot window not yet archived, and when the oldest of them was written
+    (µs since 1970; None: there is none)."""
+
+    events: int = 0
+    oldest_us: int | None = None
+
+    def __add__(self, other: ArchiveLag) -> ArchiveLag:
+        times = [t for t in (self.oldest_us, other.oldest_us) if t is not None]
+        return ArchiveLag(self.events + other.events, min(times) if times else None)
+
+    def age_s(self, now_us: int) -> float | None:
+        """Seconds since the oldest event was written (None: nothing lags)."""
+        return None if self.oldest_us is None else max(0.0, (now_us - self.oldest_us) / 1e6)
+
+
+def archive_lag(client: Any, keys: RedisKeys, entity_type: str, window: HotWindow,
+                heads: Mapping[str, int], marks: Mapping[str, int]) -> ArchiveLag:
+    """The entity type's events past the window's count not yet archived, and the time of
+    the oldest of them: one XRANGE ... COUNT 1 per lagging entity (pipelined)."""
+    lagging = [(entity_id, marks.get(entity_id, 0), window.archive_up_to(head))
+               for entity_id, head in heads.items()]
+    lagging = [(entity_id, mark, last) for entity_id, mark, last in lagging if last > mark]
+    lag = ArchiveLag(sum(last - mark for _, mark, last in lagging))
+    for start in range(0, len(lagging), 500):
+        pipe = client.pipeline(transaction=False)
+        for entity_id, mark, last in lagging[start:start + 500]:
+            pipe.xrange(keys.stream(entity_type, entity_id), f"{mark + 1}-0", f"{last}-0",
+                        count=1)
+        for entries in pipe.execute():
+            for entry in flat_entries(entries):
+                micros = _micros(entry)
+                if micros is not None:
+                    lag += ArchiveLag(0, micros)
+    return lag
+
+
 def archived_mark(value: bytes | str | None) -> tuple[int, str]:
     """An entity's mark as archived.lua writes it: (archived up to, event 1's ID)."""
     if value is None:
@@ -122,6 +161,7 @@ class _Pending:
 
     rows: list[ArchivedRow]
     marks: dict[str, tuple[int, str]]
+    lag: ArchiveLag = ArchiveLag()  # what the pass found to archive
 
 
 class RedisArchiver:
@@ -139,17 +179,27 @@ class RedisArchiver:
         self.batch, self.lease_ms = batch, lease_ms
         self.owner = uuid.uuid4().hex
         self._script = Script(client, "archived")
+        # Per entity type, what the latest pass found past the window (its partitions).
+        self.lag: dict[str, ArchiveLag] = {}
 
     def run(self, stop: threading.Event, *, idle_s: float = 1.0,
-            max_backoff_s: float = 30.0) -> None:
+            max_backoff_s: float = 30.0,
+            after_pass: Callable[[Archived], object] | None = None) -> None:
         """Archives until `stop` (blocks): a pass over every partition it can lease, then
-        waits `idle_s` when a pass found nothing to do. When Redis or the archive cannot
-        be reached it logs why and tries again, waiting longer each time (up to
-        `max_backoff_s`): a failed batch moved no mark, so nothing is lost."""
-        backoff = idle_s
+        waits `idle_s` unless the pass archived a whole batch or more (a backlog). When
+        Redis or the archive cannot be reached it logs why and tries again, waiting longer
+        each time (up to `max_backoff_s`): a failed batch moved no mark, so nothing is
+        lost. `after_pass` is called after its first pass and each one that archived events
+        (`es-workers archive` scavenges there: what it archived leaves Redis without the
+        publisher pausing its relay to remove it, and what an archiver that stopped before
+        its scavenge left behind goes at the next one's start)."""
+        backoff, first = idle_s, True
         while not stop.is_set():
             try:
                 done = self.run_once()
+                if (done.events or first) and after_pass is not None:
+                    after_pass(done)
+                first = False
             except (StorageUnavailableError, redis.ConnectionError, redis.TimeoutError) as error:
                 log.warning("archiving failed, trying again in %.0f s: %s", backoff, error)
                 stop.wait(backoff)
@@ -158,18 +208,27 @@ class RedisArchiver:
             backoff = idle_s
             if done.events:
                 log.info("archived %d events of %d entities", done.events, done.entities)
-            else:
-                stop.wait(idle_s)
+            if done.events < self.batch:  # caught up: the next pass after a rest, not at
+                stop.wait(idle_s)  # once (each pass reads every entity's head)
         self.release()
 
     def run_once(self) -> Archived:
-        """One pass over the partitions this archiver holds (or takes) the lease of."""
+        """One pass over the partitions this archiver holds (or takes) the lease of; what it
+        found past the window before archiving it goes to `lag` and the lag gauges."""
         done = Archived()
+        found = {entity_type: ArchiveLag() for entity_type in self.entity_types}
+        started_us = time.time_ns() // 1000
         for partition in range(self.keys.partitions):
             if not self._lease(partition):
                 continue
             for entity_type in self.entity_types:
-                done += self._archive(entity_type, partition)
+                archived, lag = self._archive(entity_type, partition)
+                done, found[entity_type] = done + archived, found[entity_type] + lag
+        self.lag = found
+        gauges = metrics.archive_lag()
+        for entity_type, lag in found.items():
+            gauges.events.labels(entity_type).set(lag.events)
+            gauges.seconds.labels(entity_type).set(lag.age_s(started_us) or 0.0)
         return done
 
     def release(self) -> None:
@@ -188,10 +247,10 @@ class RedisArchiver:
             return True
         return False
 
-    def _archive(self, entity_type: str, partition: int) -> Archived:
+    def _archive(self, entity_type: str, partition: int) -> tuple[Archived, ArchiveLag]:
         window = self.windows[entity_type]
         if window.events is None and window.age is None:
-            return Archived()
+            return Archived(), ArchiveLag()
         done, page = Archived(), []
         pending = _Pending([], {})
         heads = self.keys.heads(entity_type, partition)
@@ -203,7 +262,7 @@ class RedisArchiver:
         done += self._page(entity_type, partition, window, page, pending)
         done += self._flush(entity_type, partition, pending)
         self._delete_tombstoned(entity_type, partition)
-        return done
+        return done, pending.lag
 
     def _delete_tombstoned(self, entity_type: str, partition: int) -> None:
         """Deletes the archived events of the partition's tombstoned entities, then their
@@ -245,6 +304,7 @@ class RedisArchiver:
                 taken = _older(entries, by_count, cutoff)
                 if not taken:
                     break
+                pending.lag += ArchiveLag(len(taken), _micros(taken[0]))
                 first_id = self._add(entity_type, entity_id, partition, taken, first_id,
                                      pending)
                 upto = int(taken[-1][0][:-2])
@@ -284,6 +344,13 @@ class RedisArchiver:
         return Archived(stored, int(moved))
 
 
+def _micros(entry: Any) -> int | None:
+    """An entry's event time (its `t` field, µs since 1970)."""
+    values = entry[1]
+    return next((int(v) for k, v in zip(values[::2], values[1::2], strict=True) if k == b"t"),
+                None)
+
+
 def _older(entries: list[Any], by_count: int, cutoff: int | None) -> list[Any]:
     """The leading entries that are past the hot window: numbered up to `by_count`, or
     written before `cutoff` (µs since 1970)."""
@@ -291,9 +358,7 @@ def _older(entries: list[Any], by_count: int, cutoff: int | None) -> list[Any]:
     for entry in entries:
         number = int(entry[0][:-2])
         if number > by_count:
-            values = entry[1]
-            micros = next((int(v) for k, v in zip(values[::2], values[1::2], strict=True)
-                           if k == b"t"), None)
+            micros = _micros(entry)
             if cutoff is None or micros is None or micros >= cutoff:
                 break
         taken.append(entry)

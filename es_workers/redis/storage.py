@@ -23,7 +23,16 @@ from ..position import Position, check_log_keep, trim_from
 from ..retention import HotWindow, KeepBound, Retention, Scavenged
 from ..snapshot import StoredSnapshot
 from ..upgrade import Reader, StoredEvents
-from .archiver import Archive, ArchiveBound, ArchiveCheck, RedisArchiver, archived_mark, verify
+from .archiver import (
+    Archive,
+    ArchiveBound,
+    ArchiveCheck,
+    ArchiveLag,
+    RedisArchiver,
+    archive_lag,
+    archived_mark,
+    verify,
+)
 from .cluster import is_cluster
 from .durability import Durability
 from .entries import (
@@ -568,6 +577,13 @@ class RedisStorage:
         return RedisArchiver(self.client, self.keys, self.archive,
                              entity_types=self.entity_types(), windows=windows,
                              default=default, batch=batch, lease_ms=lease_ms)
+
+    def archive_lag(self, entity_type: str, window: HotWindow) -> ArchiveLag:
+        """The entity type's events past `window` (by count) not yet archived, and the time
+        of the oldest of them (`es-workers status`)."""
+        heads, marks = self.heads(entity_type), self.archived_marks(entity_type)
+        with translated(self.server, f"reading the archive lag of {entity_type}"):
+            return archive_lag(self.client, self.keys, entity_type, window, heads, marks)
 
     def verify_archive(self, entity_type: str) -> ArchiveCheck:
         """Compares the archive with Redis for every entity of the type that has archived
