@@ -332,7 +332,7 @@ def main() -> int:
     if args.concurrency:
         if args.processes < 1 or args.tasks < 1 or args.seconds <= 0 or args.rounds < 1:
             parser.error("--processes, --tasks, --seconds and --rounds must be positive")
-        if "--redis-url" not in sys.argv:
+        if not any(arg.startswith("--redis-url") for arg in sys.argv):
             args.redis_url = None  # a server of the bench's own
         return concurrency(args)
 
