@@ -30,6 +30,7 @@ from ..ports import (
     subscriptions_of,
 )
 from ..upgrade import Reader
+from .broker import WakingRedisBroker
 from .delivery import Deliverer, DeliveryOptions, Notice
 from .middleware import SingleStop, SubscriberClaim, WorkerHeartbeat
 from .rebuild import Rebuild
@@ -191,6 +192,11 @@ class DramatiqEventBus:
 
     def _send(self, subscriber_id: str, entity_type: str,
               positions: Sequence[tuple[str, int | None]], delay_ms: int | None = None) -> None:
+        self.broker.enqueue(self._message(subscriber_id, entity_type, positions),
+                            delay=delay_ms)
+
+    def _message(self, subscriber_id: str, entity_type: str,
+                 positions: Sequence[tuple[str, int | None]]) -> dramatiq.Message[Any]:
         """One message naming the entities: positional arguments for one (as workers before
         many-entity notices read them), `entities` for several."""
         if len(positions) == 1:
@@ -198,7 +204,7 @@ class DramatiqEventBus:
             kwargs: dict[str, Any] = {}
         else:
             args, kwargs = (entity_type,), {"entities": [list(p) for p in positions]}
-        self.actor(subscriber_id).send_with_options(args=args, kwargs=kwargs, delay=delay_ms)
+        return self.actor(subscriber_id).message_with_options(args=args, kwargs=kwargs)
 
     def subscriber_ids(self, entity_type: str) -> list[str]:
         with self._lock:
@@ -224,7 +230,8 @@ class DramatiqEventBus:
         subscriber_ids: Sequence[str] | None = None,
     ) -> None:
         """One message per subscriber and partition (of at most MAX_NOTICE_ENTITIES
-        entities) for many entities at once: a worker handles them in two round trips."""
+        entities) for many entities at once: a worker handles them in two round trips. On a
+        WakingRedisBroker they are all enqueued in one round trip (`enqueue_many`)."""
         check_entity_type(entity_type)
         by_partition: dict[int, list[tuple[str, int | None]]] = {}
         for entity_id, event_number in positions:
@@ -232,11 +239,17 @@ class DramatiqEventBus:
             by_partition.setdefault(self._partition(entity_type, entity_id), []).append(
                 (entity_id, event_number))
         targets = self.subscriber_ids(entity_type) if subscriber_ids is None else subscriber_ids
-        for subscriber_id in targets:
-            for group in by_partition.values():
-                for start in range(0, len(group), MAX_NOTICE_ENTITIES):
-                    self._send(subscriber_id, entity_type,
-                               group[start : start + MAX_NOTICE_ENTITIES])
+        messages = [
+            self._message(subscriber_id, entity_type, group[start : start + MAX_NOTICE_ENTITIES])
+            for subscriber_id in targets
+            for group in by_partition.values()
+            for start in range(0, len(group), MAX_NOTICE_ENTITIES)
+        ]
+        if isinstance(self.broker, WakingRedisBroker):
+            self.broker.enqueue_many(messages)  # one round trip, one wake-up per queue
+        else:  # RabbitMQ, Dramatiq's own RedisBroker, a StubBroker: one at a time
+            for message in messages:
+                self.broker.enqueue(message)
 
     def declare_reset(self, subscriber_id: str, reset: ResetHook) -> None:
         with self._lock:
