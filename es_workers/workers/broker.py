@@ -158,6 +158,7 @@ class WakingRedisBroker(RedisBroker):
         self._wakeups: _Wakeups | None = None
         self._wakeups_lock = threading.Lock()
         self.outage = _Outage(OUTAGE_BACKOFF)
+        self._dispatch_loaded = False
 
     @property
     def consumer_class(self) -> type[RedisConsumer]:
@@ -186,6 +187,9 @@ class WakingRedisBroker(RedisBroker):
                     for message in messages]
         for message in enqueued:
             self.emit_before("enqueue", message, None)
+        if not self._dispatch_loaded:  # once: so the first round does not meet NOSCRIPT
+            self.client.script_load(dispatch_script(self))
+            self._dispatch_loaded = True
         pending = enqueued
         for attempt in (1, 2):
             failed = self._enqueue_pipelined(pending)
@@ -199,7 +203,8 @@ class WakingRedisBroker(RedisBroker):
                      if not isinstance(e, redis.exceptions.NoScriptError)]
             if other or attempt == 2:
                 raise (other or list(errors.values()))[0]
-            # A Redis that never ran the script (or flushed it): load it, send those again.
+            # A Redis that lost the script (flushed, or another server after a failover):
+            # load it, send those again.
             self.client.script_load(dispatch_script(self))
             pending = [message for message, _ in failed]
         return enqueued
