@@ -3,9 +3,10 @@
 Every append also adds an entry to its partition's outbox (same Lua script), so nothing is
 stored without being queued. The publisher reads the outboxes through one consumer group,
 sends the bus a notice per (entity, subscriber), and only then acknowledges and deletes
-the entries. A publisher killed in between leaves its entries pending in the group; any
-publisher claims them after `claim_idle_ms` and sends them again (duplicates are skipped
-by the subscribers' checkpoints). While the bus or Redis is down it retries with
+the entries (on a single Redis on the pipeline of its next read). A publisher killed in
+between leaves its entries pending in the group; any publisher claims them after
+`claim_idle_ms` and sends them again (duplicates are skipped by the subscribers'
+checkpoints). While the bus or Redis is down it retries with
 exponential backoff and jitter. Several publishers may run at once.
 
 It also runs two slower duties:
