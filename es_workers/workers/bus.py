@@ -41,8 +41,9 @@ MAX_NOTICE_ENTITIES = 32
 """Entities one message names at most: more per message costs fewer messages, fewer lets
 more workers share a partition's backlog."""
 MAX_NOTICE_PARTITIONS = 4
-"""Partitions one message names at most: a worker handles them one after the other (two
-round trips each), so more per message costs latency, fewer costs more messages."""
+"""Partitions one message names at most: a worker begins and commits them together (a
+script call each, on one pipeline); more per message means fewer messages (each costs a
+worker Dramatiq's fetch, dispatch and ack) but fewer worker threads sharing a round."""
 
 _M = TypeVar("_M", bound=dramatiq.Middleware)
 
@@ -234,8 +235,8 @@ class DramatiqEventBus:
     ) -> None:
         """Messages of at most MAX_NOTICE_ENTITIES entities for many entities at once, the
         same for each subscriber: a partition's entities in as few messages as they fill,
-        and partitions with fewer packed together (a worker handles a message partition
-        after partition, each in two round trips), so a round of a few events over many
+        and partitions with fewer packed together (up to MAX_NOTICE_PARTITIONS; a worker
+        begins a message's partitions together), so a round of a few events over many
         partitions is one message per subscriber, not one per partition (each message
         costs a worker ~1 ms of Dramatiq's fetch, dispatch and ack). On a
         WakingRedisBroker they are all enqueued in one round trip (`enqueue_many`)."""
