@@ -169,7 +169,7 @@ class SubscriberState:
         events after its checkpoint. One script call per partition, all in one round trip
         (on a cluster, where partitions are slots apart, one per partition)."""
         calls = []
-        for group in _by_partition(entities):
+        for group in _by_partition(entities, event_numbers):
             first = entities[group[0]]
             s, t, p = first.subscriber_id, first.entity_type, first.partition
             locks: list[tuple[str, str]] = []
@@ -205,7 +205,7 @@ class SubscriberState:
         when that was the entity's last event. Entities of one subscriber and entity type;
         one script call per partition, in one round trip (see `begin`)."""
         releases = [release] * len(entities) if isinstance(release, bool) else release
-        groups = _by_partition(entities)
+        groups = _by_partition(entities, event_numbers, releases)
         calls = []
         for group in groups:
             first = entities[group[0]]
@@ -699,10 +699,14 @@ class SubscriberState:
         return list(pipe.execute())
 
 
-def _by_partition(entities: Sequence[SubscriberEntity]) -> list[list[int]]:
+def _by_partition(entities: Sequence[SubscriberEntity], *values: Sequence[Any]
+                  ) -> list[list[int]]:
     """The entities' indexes by partition, partitions in the order first met: a script call
     takes one subscriber's entities of one type and partition (one slot). ValueError for
-    entities of another subscriber or type than the first's."""
+    entities of another subscriber or type than the first's, or `values` (one per entity)
+    of another length."""
+    if any(len(v) != len(entities) for v in values):
+        raise ValueError(f"{[len(v) for v in values]} values for {len(entities)} entities")
     first = entities[0]
     groups: dict[int, list[int]] = {}
     for i, e in enumerate(entities):

@@ -183,6 +183,8 @@ class WakingRedisBroker(RedisBroker):
         is sent and `after_enqueue` for each once it is (as from `enqueue`). Returns the
         messages enqueued; raises the first error met, once the others are in (a caller
         sends again, as after a failed `enqueue`)."""
+        if not messages:
+            return []
         enqueued = [message.copy(options={"redis_message_id": str(uuid.uuid4())})
                     for message in messages]
         for message in enqueued:
