@@ -59,7 +59,8 @@ class Added(Content):
 STAMPS = ("read", "sent", "fetched", "started", "handler", "handled", "done")
 """A P4 line: tick number, event_time, then these (UNIX seconds, "nan" when unknown):
 read     the publisher's XREADGROUP that returned the tick's outbox entry returned
-sent     the publisher began enqueueing the notice (Dramatiq `before_enqueue`)
+sent     the publisher began enqueueing the notice (Dramatiq `before_enqueue`; a round's
+         messages all see it before the pipeline that enqueues them is sent)
 fetched  the worker's consumer thread handed the message on (to the work queue)
 started  a worker thread began processing it (`before_process_message`, our middleware last)
 handler  the handler was called (after the lock was taken and the events read)
@@ -70,7 +71,8 @@ _read_at = float("nan")  # publisher process: when XREADGROUP last returned entr
 
 
 class _TimedRedis(redis.Redis):
-    """The publisher reads its outboxes with XREADGROUP: note when a read returned entries."""
+    """The publisher reads its outboxes with XREADGROUP, alone or last on a pipeline (after
+    the previous round's acknowledgements): note when a read returned entries."""
 
     def xreadgroup(self, *args: Any, **kwargs: Any) -> Any:
         global _read_at
@@ -78,6 +80,20 @@ class _TimedRedis(redis.Redis):
         if reply:
             _read_at = time.time()
         return reply
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return _TimedPipeline(self.connection_pool, self.response_callbacks, transaction,
+                              shard_hint)
+
+
+class _TimedPipeline(redis.client.Pipeline):
+    def execute(self, raise_on_error: bool = True) -> Any:
+        global _read_at
+        reads = bool(self.command_stack) and self.command_stack[-1][0][0] == "XREADGROUP"
+        replies = super().execute(raise_on_error)
+        if reads and replies and replies[-1]:
+            _read_at = time.time()
+        return replies
 
 
 class _StampedConsumer:

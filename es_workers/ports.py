@@ -488,8 +488,8 @@ class SubscriberState(Progress, Protocol):
     records something checks the caller's token still holds it, so a holder whose lease
     expired is fenced off), the checkpoint, failed attempts and their backoff, the parked
     entity, the due notices (re-sent should they be lost); per subscriber a rebuild's pause
-    and its record. Calls that take several entities take them of one subscriber, entity
-    type and partition. Failures of the backend raise es_workers errors
+    and its record. Calls that take several entities take them of one subscriber and entity
+    type, of any partitions. Failures of the backend raise es_workers errors
     (StorageUnavailableError, StorageFullError)."""
 
     def entity(self, subscriber_id: str, entity_type: str, entity_id: str) -> SubscriberEntity:

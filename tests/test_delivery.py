@@ -19,6 +19,7 @@ import redis
 from apps.delivery_kit import (
     FAST_PUBLISHER,
     Delivery,
+    EnqueueCounter,
     Recorder,
     assert_exactly_once_in_order,
     redis_broker,
@@ -390,6 +391,38 @@ def test_a_notice_naming_many_entities_handles_each_once_in_order(delivery: Deli
     wait_for(lambda: delivery.done() >= before + 41, "the duplicate notices to be done")
     wait_for(lambda: settled_for(delivery, "balances"), "no lag")
 
+    assert_exactly_once_in_order(recorder, heads)
+
+
+def test_a_round_over_many_partitions_is_packed_into_few_messages_each_handled(
+    delivery: Delivery,
+) -> None:
+    """Two entities in each of six partitions: two messages (four partitions, then two),
+    not six; the worker handles each message partition after partition, every entity's
+    events once and in order."""
+    keys = delivery.storage.keys
+    by_partition: dict[int, list[str]] = {}
+    for i in range(100_000):
+        entity_id = f"acc-{i}"
+        partition = keys.partition("account", entity_id)
+        if len(by_partition) < 6 or partition in by_partition:
+            group = by_partition.setdefault(partition, [])
+            if len(group) < 2:
+                group.append(entity_id)
+        if len(by_partition) == 6 and all(len(g) == 2 for g in by_partition.values()):
+            break
+    heads = {entity_id: write(delivery, entity_id, 1 + n % 3)
+             for n, entity_id in enumerate(e for g in by_partition.values() for e in g)}
+    (recorder,) = subscribe(delivery, "balances")
+    counter = EnqueueCounter()
+    delivery.broker.add_middleware(counter)
+    delivery.start_worker()  # no publisher: only these notices tell the worker
+
+    before = counter.count
+    delivery.bus.notify_many("account", list(heads.items()))
+    assert counter.count - before == 2
+    wait_for(lambda: recorder.has(heads), "all 12 entities handled")
+    wait_for(lambda: settled_for(delivery, "balances"), "no lag")
     assert_exactly_once_in_order(recorder, heads)
 
 

@@ -13,6 +13,8 @@ import fakeredis
 from es_workers.workers.broker import WakingRedisBroker
 from es_workers.workers.dramatiq_internals import (
     RedisConsumer,
+    dispatch_script,
+    enqueue_call,
     has_cached_messages,
     redis_broker_scripts,
     stop_already_requested,
@@ -32,6 +34,32 @@ def test_redis_consumer_is_the_class_behind_consumer_class_with_the_expected_sha
         assert consumer.prefetch == 2
         assert consumer.outstanding_message_count == 0
         consumer.close()
+    finally:
+        broker.close()
+
+
+def test_enqueue_call_passes_the_dispatch_script_what_redis_broker_enqueue_does() -> None:
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis(), maintenance_chance=0)
+    calls: list[tuple[list[object], list[object]]] = []
+
+    class Recording:
+        sha = broker.scripts["dispatch"].sha
+
+        def __call__(self, args: list[object], keys: list[object]) -> None:
+            calls.append((keys, args))
+
+    try:
+        broker.scripts["dispatch"] = Recording()
+        broker.do_enqueue("q", "message-id", b"data")
+        sha, arguments = enqueue_call(broker, "q", "message-id", b"data")
+        [(keys, args)] = calls
+        assert sha == Recording.sha
+        assert arguments[:1] == keys == [broker.namespace]
+        # All but the timestamp (the clock moved): [command, timestamp, queue, ...]
+        assert arguments[1] == args[0] == "enqueue"
+        assert arguments[3:] == args[2:]
+        assert isinstance(arguments[2], int) and isinstance(args[1], int)
+        assert "enqueue" in dispatch_script(broker)
     finally:
         broker.close()
 

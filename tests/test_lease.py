@@ -32,7 +32,7 @@ from kit import wait_for, write_count
 from servers import TcpProxy
 
 from es_workers import Event, RedisStorage, Store, admin
-from es_workers.redis.state import READY, Failure
+from es_workers.redis.state import BUSY, NOTHING_TO_DO, READY, Failure
 from es_workers.workers.delivery import DeliveryOptions
 
 LEASE_MS = 300
@@ -223,6 +223,44 @@ def test_every_script_refuses_a_holder_whose_lease_ran_out(fast_storage: RedisSt
     assert state.renew([e], "new", 60_000) == [True]  # still the new holder's
     assert not state.commit([e], [2], "new", 60_000, release=True)[0].lost
     assert state.checkpoint(e) == 2
+
+
+def test_entities_of_several_partitions_are_begun_committed_renewed_and_released_together(
+    fast_storage: RedisStorage,
+) -> None:
+    """One delivery may name entities of several partitions (a packed notice): each call
+    takes them all (a script call per partition, one round trip) and answers in the order
+    the entities were given, the lock checks as for one partition."""
+    store = Store(fast_storage, events=ACCOUNT_EVENTS)
+    state = fast_storage.state
+    by_partition: dict[int, list[str]] = {}
+    for i in range(1000):  # two entities in each of three partitions
+        partition = fast_storage.keys.partition("account", f"acc-{i}")
+        if partition in by_partition or len(by_partition) < 3:
+            group = by_partition.setdefault(partition, [])
+            if len(group) < 2:
+                group.append(f"acc-{i}")
+        if sum(len(g) for g in by_partition.values()) == 6:
+            break
+    ids = [g[0] for g in by_partition.values()] + [g[1] for g in by_partition.values()]
+    heads = {entity_id: write_count(store, entity_id, 1 + n % 3)
+             for n, entity_id in enumerate(ids)}
+    entities = [state.entity("balances", "account", entity_id) for entity_id in ids]
+    assert len({e.partition for e in entities}) == 3
+    other = state.entity("balances", "account", ids[0])
+    assert state.begin([other], [None], "other", 60_000, 10)[0].state == READY  # busy
+
+    begun = state.begin(entities, [None] * 6, "mine", 60_000, 10)
+    assert [b.state for b in begun] == [BUSY] + [READY] * 5
+    assert [len(b.entries) for b in begun[1:]] == [heads[i] for i in ids[1:]]
+    assert state.renew(entities, "mine", 60_000) == [False] + [True] * 5
+    committed = state.commit(entities[1:], [heads[i] for i in ids[1:]], "mine", 60_000,
+                             release=True)
+    assert [c.lost for c in committed] == [False] * 5
+    assert [state.checkpoint(e) for e in entities] == [0] + [heads[i] for i in ids[1:]]
+    state.unlock(entities, "other")  # releases only the one "other" holds
+    assert [b.state for b in state.begin(entities, [None] * 6, "again", 60_000, 10)] == [
+        READY] + [NOTHING_TO_DO] * 5
 
 
 def test_a_handler_past_its_time_limit_is_stopped_and_parks_its_entity_with_the_reason(

@@ -379,3 +379,28 @@ def test_sweep_resends_catch_up_notices_that_were_lost(fast_storage: RedisStorag
     finally:
         delivery.stop()
     assert_exactly_once_in_order(recorder, heads)
+
+
+def test_a_publisher_stopped_right_after_a_round_acknowledges_that_round(
+    storage: RedisStorage,
+) -> None:
+    """On a single Redis a round's entries are acknowledged with the next read; a publisher
+    asked to stop while it sends (no next read comes) acknowledges them as it stops."""
+    stop = threading.Event()
+
+    class StoppingBus(RecordingBus):
+        def notify_many(self, entity_type: str, positions: Sequence[tuple[str, int | None]],
+                        subscriber_ids: Sequence[str] | None = None) -> None:
+            super().notify_many(entity_type, positions, subscriber_ids)
+            stop.set()  # the loop ends after this round
+
+    bus = StoppingBus("balances")
+    store = Store(storage, bus=bus, events=ACCOUNT_EVENTS)
+    storage.state.mark_caught_up("account", "balances")
+    for i in range(5):
+        write(store, f"acc-{i}", 1)
+    publisher = Publisher(storage, bus, PublisherOptions(block_ms=10))
+    publisher.run(stop)
+
+    assert sorted(notice[1] for notice in bus.notices) == [f"acc-{i}" for i in range(5)]
+    assert outbox(storage) == (0, 0)

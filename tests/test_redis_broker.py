@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import dramatiq
 import fakeredis
 import pytest
 import redis
 from conftest import REDIS_URL, delete_prefix
+from dramatiq.brokers.stub import StubBroker
 from kit import wait_for
 
 from es_workers.workers.broker import WakingRedisBroker
+from es_workers.workers.bus import DramatiqEventBus
 
 pytestmark = pytest.mark.single_redis  # Dramatiq's Redis broker cannot run on a cluster
 
@@ -140,3 +143,137 @@ def test_an_outage_of_the_wake_channel_logs_one_warning_per_retry_and_one_recove
     ]
     [recovered] = [m for m in messages if "recovered" in m]
     assert recovered.startswith("Redis broker recovered after")
+
+
+class _Recorder(dramatiq.Middleware):
+    """The enqueue signals middleware sees (tracing and Prometheus hook the same ones)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        self.seen.append(("before", message.message_id))
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+        self.seen.append(("after", message.message_id))
+
+
+def _wake_ups(broker: WakingRedisBroker, send: Callable[[], None]) -> list[str]:
+    """The queue names published on the wake channel while `send` ran, counted by a
+    subscriber of the channel (a marker published after `send` returned ends the count:
+    Redis delivers one channel's messages in the order it ran the PUBLISHes)."""
+    pubsub = cast(Any, broker.client).pubsub()
+    try:
+        pubsub.subscribe(broker.wake_channel)
+        confirmed = pubsub.get_message(timeout=10)  # the server subscribed us: count from here
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+        send()
+        marker = f"end-{uuid.uuid4().hex}"
+        broker.client.publish(broker.wake_channel, marker)
+        names: list[str] = []
+        while not names or names[-1] != marker:
+            message = pubsub.get_message(timeout=10)
+            assert message is not None, "the marker never came back"
+            names.append(message["data"].decode())
+        return names[:-1]
+    finally:
+        pubsub.close()
+
+
+def _fetch_all(broker: WakingRedisBroker, queue_name: str, expected: int) -> list[Any]:
+    """Every message waiting in the queue, through a consumer of the broker (acked)."""
+    consumer = broker.consume(queue_name, prefetch=expected + 1, timeout=100)
+    got: list[Any] = []
+    try:
+        wait_for(lambda: _took(consumer, got) >= expected,
+                 f"{expected} messages on {queue_name}")
+        for message in got:
+            consumer.ack(message)
+    finally:
+        consumer.close()
+    return got
+
+
+def _took(consumer: Any, got: list[Any]) -> int:
+    message = next(consumer)
+    if message is not None:
+        got.append(message)
+    return len(got)
+
+
+def _bus_with_two_subscribers(broker: dramatiq.Broker) -> DramatiqEventBus:
+    bus = DramatiqEventBus(broker)
+    bus.subscribe("order", "totals", lambda event: None)
+    bus.subscribe("order", "emails", lambda event: None)
+    return bus
+
+
+def test_a_round_of_notices_wakes_each_queue_once_and_every_message_arrives(
+    broker: WakingRedisBroker,
+) -> None:
+    # 70 entities of one partition: 3 messages (of <= 32 entities) for each of 2 subscribers.
+    # Before enqueue_many each of the 6 messages published its own wake-up.
+    recorder = _Recorder()
+    broker.add_middleware(recorder)
+    bus = _bus_with_two_subscribers(broker)
+    positions: list[tuple[str, int | None]] = [(f"o{n}", n + 1) for n in range(70)]
+
+    woken = _wake_ups(broker, lambda: bus.notify_many("order", positions))
+
+    assert sorted(woken) == ["emails", "totals"]
+    for queue_name in ("totals", "emails"):
+        messages = _fetch_all(broker, queue_name, 3)
+        assert len(messages) == 3
+        named = [tuple(pair) for m in messages for pair in m.kwargs["entities"]]
+        assert sorted(named) == sorted(positions)
+        assert all(m.actor_name == f"es_{queue_name}" for m in messages)
+    ids = [message_id for signal, message_id in recorder.seen if signal == "before"]
+    assert len(ids) == len(set(ids)) == 6
+    # Each message: before_enqueue ahead of the round trip, after_enqueue once it is in.
+    assert [signal for signal, _ in recorder.seen] == ["before"] * 6 + ["after"] * 6
+    assert [m for s, m in recorder.seen if s == "after"] == ids
+
+
+def test_enqueue_many_loads_the_dispatch_script_again_on_a_redis_that_lost_it() -> None:
+    server = fakeredis.FakeServer(version=(7, 0))  # this test's own: flushing it is safe
+    client = fakeredis.FakeRedis(server=server)
+    broker = WakingRedisBroker(client=client)
+    try:
+        actor = dramatiq.Actor(lambda n: None, broker=broker, actor_name="fresh",
+                               queue_name="fresh", priority=0, options={})
+        broker.enqueue_many([actor.message(0)])
+        client.script_flush()  # as after a failover to a server that never ran it
+        sent = broker.enqueue_many([actor.message(n) for n in (1, 2, 3)])
+        got = _fetch_all(broker, "fresh", 4)
+        assert sorted(m.args[0] for m in got) == [0, 1, 2, 3]
+        assert {m.message_id for m in sent} < {m.message_id for m in got}
+    finally:
+        broker.close()
+
+
+def test_enqueue_many_raises_a_failed_enqueue_after_the_others_are_in(
+    broker: WakingRedisBroker, redis_client: redis.Redis,
+) -> None:
+    recorder = _Recorder()
+    broker.add_middleware(recorder)
+    good = dramatiq.Actor(lambda: None, broker=broker, actor_name="good", queue_name="good",
+                          priority=0, options={})
+    bad = dramatiq.Actor(lambda: None, broker=broker, actor_name="bad", queue_name="bad",
+                         priority=0, options={})
+    redis_client.set(f"{broker.namespace}:bad", "not a list")  # its enqueue fails: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        broker.enqueue_many([good.message(), bad.message(), good.message()])
+    assert len(_fetch_all(broker, "good", 2)) == 2
+    assert [signal for signal, _ in recorder.seen] == ["before"] * 3 + ["after"] * 2
+
+
+def test_notify_many_on_another_broker_enqueues_one_message_at_a_time() -> None:
+    broker = StubBroker()
+    recorder = _Recorder()
+    broker.add_middleware(recorder)
+    broker.emit_after("process_boot")
+    bus = _bus_with_two_subscribers(broker)
+    positions: list[tuple[str, int | None]] = [(f"o{n}", n + 1) for n in range(40)]
+    bus.notify_many("order", positions)
+    assert broker.queues["totals"].qsize() == broker.queues["emails"].qsize() == 2
+    assert [signal for signal, _ in recorder.seen] == ["before", "after"] * 4

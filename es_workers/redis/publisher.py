@@ -3,9 +3,10 @@
 Every append also adds an entry to its partition's outbox (same Lua script), so nothing is
 stored without being queued. The publisher reads the outboxes through one consumer group,
 sends the bus a notice per (entity, subscriber), and only then acknowledges and deletes
-the entries. A publisher killed in between leaves its entries pending in the group; any
-publisher claims them after `claim_idle_ms` and sends them again (duplicates are skipped
-by the subscribers' checkpoints). While the bus or Redis is down it retries with
+the entries (on a single Redis on the pipeline of its next read). A publisher killed in
+between leaves its entries pending in the group; any publisher claims them after
+`claim_idle_ms` and sends them again (duplicates are skipped by the subscribers'
+checkpoints). While the bus or Redis is down it retries with
 exponential backoff and jitter. Several publishers may run at once.
 
 It also runs two slower duties:
@@ -144,6 +145,9 @@ class Publisher:
         }
         self._had_entries: set[str] = set()
         self._next_full_read = 0.0
+        # What the last round relayed, to record (mark_due) and acknowledge (XACK + XDEL)
+        # on the pipeline of the next read: its notices are enqueued by then (see _send).
+        self._unacked: list[tuple[list[SubscriberEntity], dict[str, list[str]]]] = []
 
     def run(self, stop: threading.Event) -> None:
         """Relays until `stop` is set. Errors are logged and retried, never raised: one
@@ -156,6 +160,7 @@ class Publisher:
         finally:
             if self._wakeups is not None:
                 self._wakeups.stop()
+            self._flush_acks()
             self._stop_beating()
         self.log.info("publisher %s stopped", self.consumer)
 
@@ -269,9 +274,13 @@ class Publisher:
         if self._wakeups is None:
             block = None if start == "0" else self.options.block_ms
             streams = dict.fromkeys(self._outboxes, start)
-            reply: Any = self.client.xreadgroup(
-                GROUP, self.consumer, streams, count=count, block=block
-            )
+            # The last round's acknowledgements go on the same pipeline, ahead of the read
+            # (the server runs them first, even while the read blocks): a round trip saved.
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_acks(pipe)
+            pipe.xreadgroup(GROUP, self.consumer, streams, count=count, block=block)
+            reply: Any = pipe.execute()[-1]
+            self._unacked.clear()
         else:
             outboxes = self._outboxes_to_read(self._wakeups.take(), full=start == "0")
             reply = read_groups(self.client, GROUP, self.consumer, outboxes, start, count)
@@ -368,15 +377,42 @@ class Publisher:
         for entity_type, positions in by_type.items():
             assert isinstance(self.bus, NotifyingEventBus)
             self.bus.notify_many(entity_type, positions)
-        pipe = self.client.pipeline(transaction=False)
-        self.state.mark_due(due, pipe)
         by_key: dict[str, list[str]] = {}
         for key, (entry_id, _) in entries:
             by_key.setdefault(key, []).append(text(entry_id))
-        for key, ids in by_key.items():
-            pipe.xack(key, GROUP, *ids)
-            pipe.xdel(key, *ids)
-        pipe.execute()
+        # Only now, the notices enqueued, may the entries go (at least once): on a single
+        # Redis with the next read (_read_outboxes), on a cluster at once.
+        self._unacked.append((due, by_key))
+        if self._wakeups is not None:
+            self._flush_acks()
+
+    def _queue_acks(self, pipe: Any) -> None:
+        """Puts on `pipe` what relayed rounds left to record: their entities due (sent, to be
+        seen handled), their outbox entries acknowledged and deleted."""
+        for due, by_key in self._unacked:
+            self.state.mark_due(due, pipe)
+            for key, ids in by_key.items():
+                pipe.xack(key, GROUP, *ids)
+                pipe.xdel(key, *ids)
+
+    def _flush_acks(self) -> None:
+        """Records and acknowledges what relayed rounds left, now (a cluster after each
+        round; any publisher as it stops). A failure leaves them to be read again
+        (duplicates, which subscribers skip) by this publisher or, once it is gone, by
+        another's claim."""
+        if not self._unacked:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_acks(pipe)
+            pipe.execute()
+        except redis.RedisError as error:
+            if self._wakeups is not None:
+                raise  # the run loop retries the round
+            self.log.warning("publisher %s: acknowledging its last round failed: %s",
+                             self.consumer, error)
+            return
+        self._unacked.clear()
 
     def _write_events(self, notice: _Notice) -> None:
         assert isinstance(self.bus, EventBus)  # not a NotifyingEventBus

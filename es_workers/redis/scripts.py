@@ -71,21 +71,24 @@ class Script:
             self._client.script_load(source(self.name))
             return self._evalsha(keys, args, raw)
 
-    def many(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    def many(self, calls: Sequence[tuple[list[str], list[Any]]], *, raw: bool = False
+             ) -> list[Any]:
         """Runs the script once per (keys, args), in one pipeline (on a cluster, all calls'
         keys in one slot: sent through that node's own client, as `then`); the replies in
-        order, a failed call's error raised. For scripts that may run twice (a reply lost
-        to NOSCRIPT is run again after loading it)."""
+        order, a failed call's error raised; `raw` as for a call. For scripts that may run
+        twice (a reply lost to NOSCRIPT is run again after loading it: Redis refused them
+        all, the script being one)."""
         if not calls:
             return []
         if not self._on_cluster:
-            return _many(self._client, self.name, self.sha, calls)
-        return retried_while_slots_move(lambda: self._many_on_node(calls))
+            return _many(self._client, self.name, self.sha, calls, raw)
+        return retried_while_slots_move(lambda: self._many_on_node(calls, raw))
 
-    def _many_on_node(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    def _many_on_node(self, calls: Sequence[tuple[list[str], list[Any]]], raw: bool
+                      ) -> list[Any]:
         node = self._client.get_redis_connection(self._client.get_node_from_key(calls[0][0][0]))
         try:
-            return _many(node, self.name, self.sha, calls)
+            return _many(node, self.name, self.sha, calls, raw)
         except redis.exceptions.AskError as error:  # MOVED too: the slot map changed
             self._client.nodes_manager.initialize()
             raise redis.exceptions.ClusterError(str(error)) from error
@@ -113,12 +116,13 @@ class Script:
 
 
 def _many(client: Any, name: str, sha: str,
-          calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+          calls: Sequence[tuple[list[str], list[Any]]], raw: bool = False) -> list[Any]:
     answers: list[Any] = []
+    options: dict[str, Any] = {NEVER_DECODE: []} if raw else {}
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args, **options)
         answers = pipe.execute(raise_on_error=False)
         if attempt or not any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
             break

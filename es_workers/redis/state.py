@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..errors import NotParkedError, ParkedError, WaitTimeoutError
 from ..ports import (  # the values of the SubscriberState port (re-exported: tests, admin)
@@ -50,6 +50,7 @@ from ..ports import (  # the values of the SubscriberState port (re-exported: te
     RebuildRecord,
     SubscriberEntity,
 )
+from .cluster import is_cluster
 from .failures import server_name, translated
 from .keys import RedisKeys, text
 from .layouts import BEGIN, CHECKPOINT, FAIL, PAUSE, RENEW, UNLOCK
@@ -103,6 +104,7 @@ class SubscriberState:
         self._unlock = Script(client, "unlock")
         self._renew = Script(client, "renew")
         self._fail = Script(client, "fail")
+        self._on_cluster = is_cluster(client)
 
     def entity(self, subscriber_id: str, entity_type: str, entity_id: str) -> SubscriberEntity:
         return SubscriberEntity(
@@ -161,76 +163,103 @@ class SubscriberState:
 
     def begin(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int | None],
               token: str, lock_ms: int, read_count: int) -> list[Begun]:
-        """For each entity (all of one subscriber, entity type and partition) whose notice
-        says it has events up to `event_numbers[i]` (None: its head): skips it if parked,
-        the notice is old or its failure is backing off, else takes its lock and reads up to
-        `read_count` events after its checkpoint. One round trip for them all."""
-        first = entities[0]
-        s, t, p = first.subscriber_id, first.entity_type, first.partition
-        locks: list[tuple[str, str]] = []
-        items: list[tuple[str, int]] = []
-        for e, number in zip(entities, event_numbers, strict=True):
-            _check_same_group(first, e)
-            locks.append((self._lock(e), self.keys.stream(e.entity_type, e.entity_id)))
-            items.append((e.entity_id, -1 if number is None else number))
-        keys = BEGIN.keys.pack(
-            locks, checkpoints=self._checkpoints(s, t, p), parked=self._parked(s, t, p),
-            heads=self.keys.heads(t, p), retry_at=self._retry_at(s, t, p),
-            failures=self._failures(s, t, p), missed=self._missed(s, t, p),
-            truncated=self.keys.truncated(t, p), paused=self._paused(s, p),
-            resent=self._resent(s, t, p), started=self._started(s, p))
-        args = BEGIN.args.pack(items, token=token, lock_ms=lock_ms, page=read_count)
-        return [
-            Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
-                  int(attempts), int(retry_in_ms))
-            for state, checkpoint, store_entity_id, entries, attempts, retry_in_ms
-            in self._begin(keys, args, raw=True)
-        ]
+        """For each entity (all of one subscriber and entity type) whose notice says it has
+        events up to `event_numbers[i]` (None: its head): skips it if parked, the notice is
+        old or its failure is backing off, else takes its lock and reads up to `read_count`
+        events after its checkpoint. One script call per partition, all in one round trip
+        (on a cluster, where partitions are slots apart, one per partition)."""
+        calls = []
+        for group in _by_partition(entities, event_numbers):
+            first = entities[group[0]]
+            s, t, p = first.subscriber_id, first.entity_type, first.partition
+            locks: list[tuple[str, str]] = []
+            items: list[tuple[str, int]] = []
+            for i in group:
+                e, number = entities[i], event_numbers[i]
+                locks.append((self._lock(e), self.keys.stream(e.entity_type, e.entity_id)))
+                items.append((e.entity_id, -1 if number is None else number))
+            keys = BEGIN.keys.pack(
+                locks, checkpoints=self._checkpoints(s, t, p), parked=self._parked(s, t, p),
+                heads=self.keys.heads(t, p), retry_at=self._retry_at(s, t, p),
+                failures=self._failures(s, t, p), missed=self._missed(s, t, p),
+                truncated=self.keys.truncated(t, p), paused=self._paused(s, p),
+                resent=self._resent(s, t, p), started=self._started(s, p))
+            args = BEGIN.args.pack(items, token=token, lock_ms=lock_ms, page=read_count)
+            calls.append((group, keys, args))
+        return _in_order(len(entities), [
+            (group, [
+                Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
+                      int(attempts), int(retry_in_ms))
+                for state, checkpoint, store_entity_id, entries, attempts, retry_in_ms in reply
+            ])
+            for group, reply in zip(
+                [group for group, _, _ in calls],
+                self._calls(self._begin, [(keys, args) for _, keys, args in calls], raw=True),
+                strict=True)
+        ])
 
     def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
                token: str, lock_ms: int, *, release: bool | Sequence[bool]) -> list[Committed]:
         """Moves each entity's checkpoint to its event number if its lock is still ours,
         renewing it; with `release` (one flag for all, or one per entity), lets the lock go
-        when that was the entity's last event. Entities of one subscriber, entity type and
-        partition; one round trip."""
+        when that was the entity's last event. Entities of one subscriber and entity type;
+        one script call per partition, in one round trip (see `begin`)."""
         releases = [release] * len(entities) if isinstance(release, bool) else release
-        first = entities[0]
-        s, t, p = first.subscriber_id, first.entity_type, first.partition
-        locks: list[tuple[str]] = []
-        items: list[tuple[Any, ...]] = []
-        for e, number, let_go in zip(entities, event_numbers, releases, strict=True):
-            _check_same_group(first, e)
-            locks.append((self._lock(e),))
-            items.append((e.entity_id, number, e.member, self._handled_channel(e), int(let_go)))
-        keys = CHECKPOINT.keys.pack(
-            locks, checkpoints=self._checkpoints(s, t, p), heads=self.keys.heads(t, p),
-            due=self._due(s, p), failures=self._failures(s, t, p),
-            retry_at=self._retry_at(s, t, p))
-        args = CHECKPOINT.args.pack(items, token=token, lock_ms=lock_ms)
-        return [
-            Committed(int(head), bool(released))
-            for head, released in self._checkpoint(keys=keys, args=args)
-        ]
+        groups = _by_partition(entities, event_numbers, releases)
+        calls = []
+        for group in groups:
+            first = entities[group[0]]
+            s, t, p = first.subscriber_id, first.entity_type, first.partition
+            locks: list[tuple[str]] = []
+            items: list[tuple[Any, ...]] = []
+            for i in group:
+                e = entities[i]
+                locks.append((self._lock(e),))
+                items.append((e.entity_id, event_numbers[i], e.member,
+                              self._handled_channel(e), int(releases[i])))
+            keys = CHECKPOINT.keys.pack(
+                locks, checkpoints=self._checkpoints(s, t, p), heads=self.keys.heads(t, p),
+                due=self._due(s, p), failures=self._failures(s, t, p),
+                retry_at=self._retry_at(s, t, p))
+            calls.append((keys, CHECKPOINT.args.pack(items, token=token, lock_ms=lock_ms)))
+        return _in_order(len(entities), [
+            (group, [Committed(int(head), bool(released)) for head, released in reply])
+            for group, reply in zip(groups, self._calls(self._checkpoint, calls), strict=True)
+        ])
 
     def unlock(self, entities: Sequence[SubscriberEntity], token: str) -> None:
-        """Releases the entities' locks (of one partition) that `token` still holds."""
-        first = entities[0]
-        for e in entities:
-            _check_same_group(first, e)
-        self._unlock(keys=UNLOCK.keys.pack([(self._lock(e),) for e in entities]),
-                     args=UNLOCK.args.pack(token=token))
+        """Releases the entities' locks (of one subscriber and entity type) that `token`
+        still holds; one round trip (see `begin`)."""
+        self._calls(self._unlock, [
+            (UNLOCK.keys.pack([(self._lock(entities[i]),) for i in group]),
+             UNLOCK.args.pack(token=token))
+            for group in _by_partition(entities)])
 
     def renew(self, entities: Sequence[SubscriberEntity], token: str, lock_ms: int
               ) -> list[bool]:
-        """Extends the entities' locks (of one partition) by `lock_ms` where `token` still
-        holds them; False for each one it no longer holds (lost: stop it, record nothing).
-        One round trip."""
-        first = entities[0]
-        for e in entities:
-            _check_same_group(first, e)
-        answers = self._renew(keys=RENEW.keys.pack([(self._lock(e),) for e in entities]),
-                              args=RENEW.args.pack(token=token, lock_ms=lock_ms))
-        return [bool(int(answer)) for answer in answers]
+        """Extends the entities' locks (of one subscriber and entity type) by `lock_ms`
+        where `token` still holds them; False for each one it no longer holds (lost: stop
+        it, record nothing). One round trip (see `begin`)."""
+        groups = _by_partition(entities)
+        replies = self._calls(self._renew, [
+            (RENEW.keys.pack([(self._lock(entities[i]),) for i in group]),
+             RENEW.args.pack(token=token, lock_ms=lock_ms))
+            for group in groups])
+        return _in_order(len(entities), [
+            (group, [bool(int(answer)) for answer in reply])
+            for group, reply in zip(groups, replies, strict=True)])
+
+    def _calls(self, script: Script, calls: list[tuple[list[str], list[Any]]], *,
+               raw: bool = False) -> list[Any]:
+        """The script's replies to calls of one partition each: one call as it is, several
+        on one pipeline (a script that ran is not sent again: NOSCRIPT refuses them all), on
+        a cluster one after the other (each partition is a slot of its own)."""
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [script(keys, args, raw=raw)]
+        if self._on_cluster:
+            return [script(keys, args, raw=raw) for keys, args in calls]
+        return script.many(calls, raw=raw)
 
     def fail(self, e: SubscriberEntity, token: str, failure: Failure, max_attempts: int
              ) -> Failed:
@@ -670,12 +699,35 @@ class SubscriberState:
         return list(pipe.execute())
 
 
-def _check_same_group(first: SubscriberEntity, e: SubscriberEntity) -> None:
-    """The scripts take one subscriber's entities of one type and partition (one slot)."""
-    if (e.subscriber_id, e.entity_type, e.partition) != (
-        first.subscriber_id, first.entity_type, first.partition
-    ):
-        raise ValueError(f"{e} is not of the group of {first}")
+def _by_partition(entities: Sequence[SubscriberEntity], *values: Sequence[Any]
+                  ) -> list[list[int]]:
+    """The entities' indexes by partition, partitions in the order first met: a script call
+    takes one subscriber's entities of one type and partition (one slot). ValueError for
+    entities of another subscriber or type than the first's, or `values` (one per entity)
+    of another length."""
+    if any(len(v) != len(entities) for v in values):
+        raise ValueError(f"{[len(v) for v in values]} values for {len(entities)} entities")
+    first = entities[0]
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(entities):
+        if (e.subscriber_id, e.entity_type) != (first.subscriber_id, first.entity_type):
+            raise ValueError(f"{e} is not of the group of {first}")
+        groups.setdefault(e.partition, []).append(i)
+    return list(groups.values())
+
+
+_T = TypeVar("_T")
+
+
+def _in_order(count: int, answers: Sequence[tuple[list[int], list[_T]]]) -> list[_T]:
+    """Answers given per partition group (indexes, answers) back in the entities' order."""
+    ordered: list[_T | None] = [None] * count
+    for group, replies in answers:
+        if len(group) != len(replies):
+            raise ValueError(f"{len(replies)} answers for {len(group)} entities")
+        for i, reply in zip(group, replies, strict=True):
+            ordered[i] = reply
+    return cast(list[_T], ordered)
 
 
 def _parked_entity(subscriber_id: str, entity_type: str, entity_id: str,

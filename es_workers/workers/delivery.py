@@ -17,12 +17,13 @@ checkpoint on. That is what keeps the guarantees whatever Dramatiq does to the n
   only (others go on), until `retry` or `skip`. So does an event that cannot be read. No
   attempt starts before its backoff has passed, however many notices arrive meanwhile.
 
-A notice may name several entities of one partition (the publisher sends one per
-partition and subscriber when it relays many): they are locked and their first events
-read in one script call, then handled in rounds, each round one event per entity and one
-script call recording all their checkpoints (and releasing the locks of those caught up).
-So a backlog of single-event entities costs two round trips per notice, not three per
-entity, and one of many-event entities a round trip per round, not per event.
+A notice may name several entities, of up to a few partitions (the publisher packs a
+round's notices per subscriber): they are locked and their first events read in one round
+trip (a script call per partition, on one pipeline), then handled in rounds, each round
+one event per entity and one round trip recording all their checkpoints (and releasing
+the locks of those caught up). So a backlog of single-event entities costs two round trips
+per notice, not three per entity, and one of many-event entities a round trip per round,
+not per event.
 """
 
 from __future__ import annotations
@@ -124,19 +125,19 @@ class Deliverer:
 
     def deliver(self, notices: Sequence[Notice], handler: Callable[[Event], Any],
                 resend: Resend) -> None:
-        """Handles the notices (of one subscriber and entity type), partition after
-        partition: those of one partition are locked and read in one round trip, then
-        handled in rounds, each round's checkpoints recorded in one more (see `_Batch`)."""
-        groups: dict[int, list[tuple[SubscriberEntity, int | None]]] = {}
-        for notice in notices:
-            e = self.state.entity(notice.subscriber_id, notice.entity_type, notice.entity_id)
-            groups.setdefault(e.partition, []).append((e, notice.event_number))
-        for group in groups.values():
-            _Batch(self, group, handler, resend).run()
+        """Handles the notices (of one subscriber and entity type, of any partitions): all
+        locked and read in one round trip, then handled in rounds, each round's checkpoints
+        recorded in one more (see `_Batch`; a script call per partition, on one pipeline)."""
+        group = [
+            (self.state.entity(notice.subscriber_id, notice.entity_type, notice.entity_id),
+             notice.event_number)
+            for notice in notices
+        ]
+        _Batch(self, group, handler, resend).run()
 
 
 class _Batch:
-    """The entities of one partition in one delivery: begun together (locked and their
+    """The entities of one delivery: begun together (locked and their
     first events read), then handled in rounds. Each round hands every entity its next
     event, then records all their checkpoints in one script call, before any of them gets
     the next one: each entity's events are handled in order, each checkpointed before the

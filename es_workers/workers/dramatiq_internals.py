@@ -8,11 +8,15 @@
 - `has_cached_messages`: whether a RedisConsumer will answer its next `__next__` from the
   messages it prefetched (`message_cache`), without asking Redis: a consumer that got a
   message that way says nothing about whether Redis is back after an outage.
+- `enqueue_call`: what RedisBroker's `enqueue` hands its Lua dispatch script (`scripts`,
+  `_dispatch`'s argument list, `_should_do_maintenance`, `_max_unpack_size`), so
+  `WakingRedisBroker.enqueue_many` can queue many messages on one pipeline. Dramatiq offers
+  no batch enqueue.
 - `stop_already_requested`: reads the `running` flag Dramatiq's worker-process SIGTERM
   handler closes over, to know whether a stop arrived before our middleware was installed.
   Dramatiq offers no public way to ask.
 
-tests/test_dramatiq_internals.py fails loudly when an upgrade of Dramatiq changes either.
+tests/test_dramatiq_internals.py fails loudly when an upgrade of Dramatiq changes any.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 from dramatiq.brokers import redis as dramatiq_redis
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.redis import _RedisConsumer as RedisConsumer
+from dramatiq.common import current_millis
 
 __all__ = [
     "RedisConsumer",
     "closure_value",
+    "enqueue_call",
     "has_cached_messages",
     "redis_broker_scripts",
     "stop_already_requested",
@@ -33,6 +40,34 @@ __all__ = [
 
 def has_cached_messages(consumer: RedisConsumer) -> bool:
     return bool(consumer.message_cache)
+
+
+def enqueue_call(broker: RedisBroker, queue_name: str, redis_message_id: str,
+                 data: bytes) -> tuple[str, list[Any]]:
+    """The SHA1 of RedisBroker's dispatch script and the keys + arguments its `enqueue`
+    passes it (`do_enqueue(queue_name, redis_message_id, data)`): for an `EVALSHA sha 1
+    *arguments` of our own, on a pipeline."""
+    command = "enqueue"
+    arguments: list[Any] = [
+        broker.namespace,  # the one key
+        command,
+        current_millis(),
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        broker._should_do_maintenance(command),
+        broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+        redis_message_id,
+        data,
+    ]
+    return str(broker.scripts["dispatch"].sha), arguments
+
+
+def dispatch_script(broker: RedisBroker) -> str:
+    """The source of RedisBroker's dispatch script (to load it after a NOSCRIPT)."""
+    script = dramatiq_redis._scripts["dispatch"]
+    return script.decode() if isinstance(script, bytes) else str(script)
 
 
 def redis_broker_scripts() -> list[str]:

@@ -56,8 +56,8 @@ class LeaseLost(Interrupt):
 
 
 class Lease:
-    """The locks one delivery holds under one token, on entities of one subscriber, entity
-    type and partition (one renewal script call)."""
+    """The locks one delivery holds under one token, on entities of one subscriber and
+    entity type (one renewal round trip)."""
 
     def __init__(self, state: SubscriberState, token: str, lock_ms: int) -> None:
         self.state = state
