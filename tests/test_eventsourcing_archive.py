@@ -10,6 +10,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -172,6 +173,39 @@ def test_an_aggregate_archived_but_its_newest_still_refuses_a_lower_version(
         1, 2, 3, 4, 5, 6]
     assert [n.originator_version for n in recording.select_notifications(None, 10)] == [
         1, 2, 3, 4, 5, 6]
+
+
+def test_reads_while_an_archiver_moves_events_out_of_redis_see_every_event(
+        client: redis.Redis, prefix: str, archive: PostgresRecordedArchive) -> None:
+    recording = recorder(client, prefix, archive)
+    originators = [uuid.uuid4() for _ in range(4)]
+    write_history(recording, originators, 40)
+    written = {o: list(recording.select_events(o)) for o in originators}
+    notifications = recording.select_notifications(None, 200)
+    stop = threading.Event()
+
+    def archive_in_steps() -> None:  # small batches: the marks move between reads
+        for keep in range(39, 0, -2):
+            if stop.is_set():
+                return
+            archive_once(client, prefix, archive, keep=keep, batch=3)
+
+    archiving = threading.Thread(target=archive_in_steps)
+    archiving.start()
+    try:
+        while archiving.is_alive():
+            for originator in originators:
+                assert recording.select_events(originator) == written[originator]
+                assert recording.select_events(originator, desc=True, limit=3) == written[
+                    originator][::-1][:3]
+                assert recording.select_events(originator, gt=30, limit=5) == written[
+                    originator][30:35]
+            assert recording.select_notifications(None, 200) == notifications
+    finally:
+        stop.set()
+        archiving.join()
+    assert all(hot_versions(client, prefix, o) == [40] for o in originators)
+    assert recording.select_notifications(None, 200) == notifications
 
 
 def test_archiving_twice_or_after_a_crash_stores_each_event_once(
