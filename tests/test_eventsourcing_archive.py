@@ -138,6 +138,33 @@ def test_select_events_reads_archived_events_before_hot_ones_in_every_range(
             written[originator], gt, lte, desc, limit), (originator, gt, lte, desc, limit)
 
 
+def test_on_a_redis_cluster_an_application_is_archived_and_read_through(
+        redis_cluster: Any, archive_url: str) -> None:  # noqa: F811
+    client, prefix = redis_cluster.client(), f"t-{uuid.uuid4().hex[:12]}"
+    archive = PostgresRecordedArchive(archive_url, prefix=prefix)
+    archive.init()
+    try:
+        recording = recorder(client, prefix, archive)
+        originators = [uuid.uuid4(), uuid.uuid4()]
+        write_history(recording, originators, 12)
+        written = {o: list(recording.select_events(o)) for o in originators}
+        notifications = recording.select_notifications(None, 100)
+
+        assert archive_once(client, prefix, archive, keep=2).events == 20
+
+        for originator in originators:
+            assert hot_versions(client, prefix, originator) == [11, 12]
+            assert recording.select_events(originator) == written[originator]
+            assert recording.select_events(originator, gt=5, desc=True, limit=4) == written[
+                originator][::-1][:4]
+        assert recording.select_notifications(None, 100) == notifications
+        recording.insert_events([StoredEvent(originators[0], 13, "a", b"13")])
+    finally:
+        archive.close()
+        delete_prefix(client, prefix)
+        client.close()
+
+
 def test_select_notifications_reads_archived_events_in_order_before_hot_ones(
         client: redis.Redis, prefix: str, archive: PostgresRecordedArchive) -> None:
     recording = recorder(client, prefix, archive)
