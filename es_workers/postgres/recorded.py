@@ -7,15 +7,19 @@ purpose, originator ID, version)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from psycopg import sql
 
 from .archive import PostgresTable
 from .schema import RECORDED
 
-RecordedRow = tuple[str, str, str, int, str, bytes, int | None]
-"""One stored event as archived: application, purpose, originator ID, version, topic,
-state, notification ID (None: not logged)."""
+RecordedRow = tuple[str, str, str, bool, int, str, bytes, int | None]
+"""One stored event as archived: application, purpose, originator ID, whether it is a UUID,
+version, topic, state, notification ID (None: not logged)."""
+NotificationRow = tuple[int, str, bool, int, str, bytes]
+"""A notification as archived: ID, originator ID, whether it is a UUID, version, topic,
+state."""
 
 
 class PostgresRecordedArchive(PostgresTable):
@@ -58,3 +62,25 @@ class PostgresRecordedArchive(PostgresTable):
                 "notification_id = ANY(%s)").format(self._name),
                 [application, list(notification_ids)], binary=True).fetchall()
         return {int(number): bytes(state) for number, state in rows}
+
+    def notifications(self, application: str, first: int, last: int | None,
+                      topics: Sequence[str], limit: int) -> list[NotificationRow]:
+        """The application's archived notifications numbered `first..last` (None: no end),
+        of `topics` (empty: all), in order, at most `limit`."""
+        where = [sql.SQL("application = %s AND notification_id >= %s")]
+        values: list[Any] = [application, first]
+        if last is not None:
+            where.append(sql.SQL("notification_id <= %s"))
+            values.append(last)
+        if topics:
+            where.append(sql.SQL("topic = ANY(%s)"))
+            values.append(list(topics))
+        with self._using(f"reading {application} notifications from {first}") as connection:
+            self._ready(connection)
+            rows = connection.execute(sql.SQL(
+                "SELECT notification_id, originator_id, originator_uuid, version, topic, "
+                "state FROM {} WHERE {} ORDER BY notification_id LIMIT %s").format(
+                    self._name, sql.SQL(" AND ").join(where)), [*values, limit],
+                binary=True).fetchall()
+        return [(int(n), str(o), bool(u), int(v), str(t), bytes(state))
+                for n, o, u, v, t, state in rows]

@@ -75,6 +75,7 @@ RECORDED = TableLayout(
             application text NOT NULL,
             purpose text NOT NULL,
             originator_id text NOT NULL,
+            originator_uuid boolean NOT NULL,
             version bigint NOT NULL,
             topic text NOT NULL,
             state bytea NOT NULL,
@@ -86,13 +87,15 @@ RECORDED = TableLayout(
             WHERE notification_id IS NOT NULL;
         """,
     ),
-    ("application", "purpose", "originator_id", "version", "topic", "state",
+    ("application", "purpose", "originator_id", "originator_uuid", "version", "topic", "state",
      "notification_id"),
     "es_archive_recorded_batch",
 )
 """The stored events of `eventsourcing` applications (es_workers.eventsourcing) that
-`es-workers archive` moved out of Redis: keyed by (application, purpose, originator ID,
-version), with an index for notification reads."""
+`es-workers archive` moved out of Redis (or, for the notifications it moved out of the
+application's log, copied: an aggregate's newest events stay hot): keyed by (application,
+purpose, originator ID, version), with an index for notification reads; `originator_uuid`
+tells whether the originator ID is a UUID, as the log's `u` does."""
 
 
 def table_name(prefix: str) -> str:

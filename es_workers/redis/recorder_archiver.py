@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 from .archiver import Archived
 from .keys import text
-from .layouts import RECORDED_ARCHIVED
+from .layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
 from .recorders import ApplicationKeys, applications_key
 from .scripts import Script
 
-RecordedRow = tuple[str, str, str, int, str, bytes, int | None]
+RecordedRow = tuple[str, str, str, bool, int, str, bytes, int | None]
 PURPOSE = "events"  # the applications' aggregate events; snapshots stay in Redis
 LOG_PAGE = 1000
 HEADS_PAGE = 500
@@ -62,6 +62,7 @@ class RecorderArchiver:
         self.named = list(applications) if applications is not None else None
         self.owner = uuid.uuid4().hex
         self._script = Script(client, "recorded_archived")
+        self._log_script = Script(client, "recorded_log_archived")
 
     def applications(self) -> list[str]:
         """The applications this archiver archives."""
@@ -96,9 +97,9 @@ class RecorderArchiver:
         return False
 
     def _read_log(self, keys: ApplicationKeys) -> None:
-        """Reads the log's entries not read yet into the heads (originator ID -> newest
-        version): a page at a time, the heads before the place read up to (read again
-        after a crash, they set the same values)."""
+        """Reads the log's entries not read yet into the heads (originator ID -> `<newest
+        version> <1 if a UUID>`): a page at a time, the heads before the place read up to
+        (read again after a crash, they set the same values)."""
         heads, scanned = keys.archiver("heads"), keys.archiver("scanned")
         after = int(self.client.get(scanned) or 0)
         while True:
@@ -106,7 +107,8 @@ class RecorderArchiver:
                                       count=LOG_PAGE)
             if not page:
                 return
-            newest = {text(fields[b"o"]): int(fields[b"v"]) for _, fields in page}
+            newest = {text(fields[b"o"]): f"{int(fields[b'v'])} {text(fields[b'u'])}"
+                      for _, fields in page}
             after = int(text(page[-1][0]).partition("-")[0])
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(heads, mapping=newest)
@@ -120,24 +122,26 @@ class RecorderArchiver:
         done = Archived()
         rows: list[RecordedRow] = []
         marks: dict[str, int] = {}
-        page: list[tuple[str, int]] = []
+        page: list[tuple[str, int, bool]] = []
         for field, value in self.client.hscan_iter(keys.archiver("heads"), count=HEADS_PAGE):
-            page.append((text(field), int(value)))
+            version, _, flag = text(value).partition(" ")
+            page.append((text(field), int(version), flag == "1"))
             if len(page) == HEADS_PAGE:
                 done += self._page(keys, page, rows, marks)
                 page = []
         done += self._page(keys, page, rows, marks)
-        return done + self._flush(keys, rows, marks)
+        done += self._flush(keys, rows, marks)
+        return done + self._archive_log(keys)
 
-    def _page(self, keys: ApplicationKeys, page: list[tuple[str, int]],
+    def _page(self, keys: ApplicationKeys, page: list[tuple[str, int, bool]],
               rows: list[RecordedRow], marks: dict[str, int]) -> Archived:
         """Reads the page's aggregates' events past the hot window into `rows`, flushing
         each `batch` events."""
         if not page:
             return Archived()
         done = Archived()
-        found = self.client.hmget(keys.archived(PURPOSE), [originator for originator, _ in page])
-        for (originator, head), mark in zip(page, found, strict=True):
+        found = self.client.hmget(keys.archived(PURPOSE), [entry[0] for entry in page])
+        for (originator, head, is_uuid), mark in zip(page, found, strict=True):
             upto, last = head - self.keep, -1 if mark is None else int(mark)
             stream = keys.aggregate(PURPOSE, originator)
             while upto > last:
@@ -147,11 +151,11 @@ class RecorderArchiver:
                     break
                 for entry_id, fields in entries:
                     number = fields.get(b"n")
-                    rows.append((keys.application, PURPOSE, originator,
+                    rows.append((keys.application, PURPOSE, originator, is_uuid,
                                  int(text(entry_id).partition("-")[0]), text(fields[b"t"]),
                                  bytes(fields[b"s"]),
                                  int(number) if number is not None else None))
-                last = marks[originator] = rows[-1][3]
+                last = marks[originator] = rows[-1][4]
                 if len(rows) >= self.batch:
                     done += self._flush(keys, rows, marks)
         return done
@@ -171,3 +175,36 @@ class RecorderArchiver:
         rows.clear()
         marks.clear()
         return Archived(stored, int(moved))
+
+    def _archive_log(self, keys: ApplicationKeys) -> Archived:
+        """Copies the events of the log's entries older than its newest `keep` (read into
+        the heads already) to the archive, those still in Redis (an aggregate's hot events:
+        copied, not removed; the others were archived before they left), then moves the
+        log's mark and trims the log up to it (recorded_log_archived.lua)."""
+        log, mark_key = keys.notifications(), keys.archiver("log")
+        newest = self.client.xrevrange(log, "+", "-", count=1)
+        if not newest:
+            return Archived()
+        target = min(int(text(newest[0][0]).partition("-")[0]) - self.keep,
+                     int(self.client.get(keys.archiver("scanned")) or 0))
+        mark, stored = int(self.client.get(mark_key) or 0), 0
+        while target > mark:
+            page = self.client.xrange(log, f"{mark + 1}-0", f"{target}-0", count=self.batch)
+            if not page:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for _, fields in page:
+                version = text(fields[b"v"])
+                pipe.xrange(keys.aggregate(PURPOSE, text(fields[b"o"])), f"{version}-1",
+                            f"{version}-1")
+            rows: list[RecordedRow] = [
+                (keys.application, PURPOSE, text(fields[b"o"]), fields[b"u"] == b"1",
+                 int(fields[b"v"]), text(fields[b"t"]), bytes(event[0][1][b"s"]),
+                 int(text(entry_id).partition("-")[0]))
+                for (entry_id, fields), event in zip(page, pipe.execute(), strict=True)
+                if event]  # gone from Redis: archived (committed) before it went
+            stored += self.archive.insert(rows)
+            mark = int(text(page[-1][0]).partition("-")[0])
+            self._log_script(keys=RECORDED_LOG_ARCHIVED.keys.pack(log=log, mark=mark_key),
+                             args=RECORDED_LOG_ARCHIVED.args.pack(upto=mark))
+        return Archived(stored, 0)

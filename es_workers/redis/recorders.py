@@ -76,8 +76,9 @@ class ApplicationKeys:
         return f"{self.base}:archive:marks:{purpose}"
 
     def archiver(self, name: str) -> str:
-        """The archiver's own keys: `lease`, `heads` (originator ID -> newest version seen
-        in the log), `scanned` (the log's entries read up to)."""
+        """The archiver's keys: `log` (the notification ID up to which the archive holds
+        the log's events and the log no longer its entries), `lease`, `heads` (originator
+        ID -> newest version seen in the log), `scanned` (the log's entries read up to)."""
         return f"{self.base}:archive:{name}"
 
 
@@ -98,6 +99,10 @@ class RecordedArchive(Protocol):
 
     def states(self, application: str, notification_ids: Sequence[int]) -> dict[
         int, bytes]: ...
+
+    def notifications(self, application: str, first: int, last: int | None,
+                      topics: Sequence[str], limit: int) -> list[
+        tuple[int, str, bool, int, str, bytes]]: ...
 
 
 class _Recording:
@@ -274,15 +279,41 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
         wanted = {topic.encode() for topic in topics}
         size = max(limit, 100) if wanted else limit  # filtered: pages of at least 100
         found: list[tuple[bytes, dict[bytes, bytes]]] = []
-        low = f"{first}-0"
+        low, mark = f"{first}-0", None
         while len(found) < limit:
             with self.recording.reading():
-                page = self.client.xrange(self.keys.notifications(), low, last, count=size)
+                if self.archive is None:
+                    page = self.client.xrange(self.keys.notifications(), low, last, count=size)
+                else:  # the page, then the log's mark: it covers whatever went since
+                    pipe = self.client.pipeline(transaction=False)
+                    pipe.xrange(self.keys.notifications(), low, last, count=size)
+                    pipe.get(self.keys.archiver("log"))
+                    page, mark = pipe.execute()
             found += [entry for entry in page if not wanted or entry[1][b"t"] in wanted]
             if len(page) < size:
                 break
             low = f"{_number(page[-1][0]) + 1}-0"
+        if mark is not None and int(mark) >= first:
+            return self._joined_notifications(found, first, int(mark), stop, topics, limit)
         return self._with_states(found[:limit])
+
+    def _joined_notifications(self, found: list[tuple[bytes, dict[bytes, bytes]]], first: int,
+                              mark: int, stop: int | None, topics: Sequence[str],
+                              limit: int) -> list[Notification]:
+        """The notifications the archive holds from `first` up to the log's `mark`, then
+        the log's after it (read before the mark: the two have no gap)."""
+        assert self.archive is not None
+        cold = [Notification(id=number, originator_id=UUID(originator) if is_uuid
+                             else originator, originator_version=version, topic=topic,
+                             state=state)
+                for number, originator, is_uuid, version, topic, state in
+                self.archive.notifications(self.keys.application, first,
+                                           mark if stop is None else min(mark, stop),
+                                           topics, limit)]
+        if len(cold) >= limit:
+            return cold
+        hot = [entry for entry in found if _number(entry[0]) > mark]
+        return cold + self._with_states(hot[:limit - len(cold)])
 
     def _with_states(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Notification]:
         """The log's entries as notifications, each with its event's state (one round trip:
