@@ -8,7 +8,8 @@ PostgreSQL of --postgres-url (dropped at the end), as bench/archive.py does.
 
 1. Archiver: `--aggregates` aggregates of `--events` events each (10 per write, ~60-byte
    states) through `RedisApplicationRecorder`, then one `RecorderArchiver` pass (timed)
-   keeping `--keep` per aggregate: events/s moved to PostgreSQL and out of Redis.
+   keeping `--keep` per aggregate: events/s moved to PostgreSQL and out of Redis, and Redis
+   `used_memory` after it against the same aggregates written with `--keep` events only.
 2. Reads: one aggregate of 1,000 events, `select_events` whole, and
    `select_notifications` of its 1,000 in pages of 100, from Redis only, with every event
    archived but the newest, and with 900 archived + 100 hot; interleaved runs, medians,
@@ -52,17 +53,33 @@ def recorder_on(client: redis.Redis, archive_url: str | None) -> tuple[
             prefix, archive)
 
 
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
 def archiver(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
     recorder, prefix, archive = recorder_on(client, archive_url)
     assert archive is not None
+    empty = used_memory(client)
     for _ in range(args.aggregates):
         write(recorder, uuid.uuid4(), args.events)
+    written = used_memory(client) - empty
     started = time.perf_counter()
     done = RecorderArchiver(client, prefix, archive, keep=args.keep, batch=args.batch,
                             applications=[APP]).run_once()
     elapsed = time.perf_counter() - started
+    archived = used_memory(client) - empty
+    # The same aggregates holding only the hot window, never archived: what it costs.
+    hot, _, _ = recorder_on(client, None)
+    before_hot = used_memory(client)
+    for _ in range(args.aggregates):
+        write(hot, uuid.uuid4(), args.keep)
+    window = used_memory(client) - before_hot
     print(f"1. Archiver: {done.events:,} events of {args.aggregates} aggregates in "
           f"{elapsed:.2f} s: {done.events / elapsed:,.0f} events/s")
+    print(f"   Redis used_memory: {written / 1e6:.1f} MB written, {archived / 1e6:.1f} MB "
+          f"after the pass (the archiver's own keys included), {window / 1e6:.1f} MB for "
+          f"{args.keep} events per aggregate written alone: {archived / window:.2f}x")
 
 
 def reads(args: argparse.Namespace, client: redis.Redis, archive_url: str) -> None:
