@@ -30,7 +30,7 @@ from es_workers import ArchiveUnavailableError, StorageUnavailableError
 from es_workers.postgres import PostgresRecordedArchive
 from es_workers.postgres.schema import RECORDED
 from es_workers.redis.archiver import Archived
-from es_workers.redis.layouts import RECORDED_ARCHIVED
+from es_workers.redis.layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
 from es_workers.redis.recorder_archiver import RecordedRow, RecorderArchiver
 from es_workers.redis.recorders import (
     ApplicationKeys,
@@ -387,7 +387,7 @@ def test_es_workers_archive_archives_the_store_and_the_eventsourcing_application
     assert hot_versions(client, prefix, account.id) == list(range(6, 11))
 
 
-def test_a_mark_past_an_aggregates_newest_event_never_removes_it(
+def test_a_mark_past_an_aggregates_or_the_logs_newest_entry_never_removes_it(
         client: redis.Redis, prefix: str) -> None:
     recording = recorder(client, prefix)
     originator = uuid.uuid4()
@@ -399,9 +399,16 @@ def test_a_mark_past_an_aggregates_newest_event_never_removes_it(
                                          marks=keys.archived("events")),
         args=RECORDED_ARCHIVED.args.pack([(str(originator), 9)]))
 
+    Script(client, "recorded_log_archived")(
+        keys=RECORDED_LOG_ARCHIVED.keys.pack(log=keys.notifications(),
+                                             mark=keys.archiver("log")),
+        args=RECORDED_LOG_ARCHIVED.args.pack(upto=9))
+
     assert hot_versions(client, prefix, originator) == [4]  # record.lua reads it
+    assert client.xlen(keys.notifications()) == 1  # and the log's newest entry
     with pytest.raises(IntegrityError):
         recording.insert_events([StoredEvent(originator, 4, "a", b"again")])
+    assert recording.insert_events([StoredEvent(originator, 5, "a", b"five")]) == [5]
 
 
 # -- eventsourcing's own test kit, every aggregate archived but its newest after each write --

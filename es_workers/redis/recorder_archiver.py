@@ -1,6 +1,8 @@
 """The archiver of the `eventsourcing` applications' stored events (es_workers.eventsourcing):
 moves each aggregate's events older than its hot window to the archive (PostgreSQL), marks
-them archived and removes them from Redis, per application under the prefix.
+them archived and removes them from Redis, per application under the prefix; then the same
+for the application's log (its entries older than its newest `keep`: the events they name
+that are still hot are copied, the others are in the archive already).
 
 Which applications: the set `<prefix>:es:applications` (the factory adds its application's
 name when it makes a recorder). Which aggregates: those the application's log names (the
