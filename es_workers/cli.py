@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .admin import ParkedEntity, StoreStatus
     from .event import Event
     from .health import Thresholds
+    from .redis.recorder_archiver import RecorderArchiver
     from .redis.storage import RedisStorage
     from .settings import Settings
     from .store import Store
@@ -1006,11 +1007,17 @@ def archive(
         "--scavenge/--no-scavenge", help="Scavenge after the first pass and each pass "
         "that archived events, so they leave Redis without a publisher's "
         "ES_SCAVENGE_INTERVAL_MS (never what a subscriber has not handled)")] = True,
+    eventsourcing: Annotated[bool, typer.Option(
+        "--eventsourcing/--no-eventsourcing", help="Also archive the stored events of the "
+        "eventsourcing applications under the prefix (es_workers.eventsourcing), keeping "
+        "each aggregate's newest ES_ARCHIVE_AFTER (at least 1) in Redis")] = True,
 ) -> None:
     """Run the archiver: copy events older than the hot window (ES_ARCHIVE_AFTER, or the
     app's `archive={...}`) to PostgreSQL (ES_ARCHIVE_URL), then mark them archived so the
-    scavenger may remove them from Redis; reads go through the archive. Creates or migrates
-    the archive's table first. Several archivers may run; stops cleanly on SIGTERM."""
+    scavenger may remove them from Redis; reads go through the archive. The same for the
+    eventsourcing applications under the prefix (removed from Redis at once). Creates or
+    migrates the archive's tables first. Several archivers may run; stops cleanly on
+    SIGTERM."""
     import threading
 
     from .redis.storage import RedisStorage
@@ -1030,13 +1037,17 @@ def archive(
             if init or had != SCHEMA_VERSION:
                 out.print(f"archive table {storage.archive.table}: version {had} -> "
                           f"{SCHEMA_VERSION}")
+            also: list[RecorderArchiver] = []
+            if eventsourcing:
+                also.append(recorder_archiver(storage, settings, lease_ms, init))
             if init:
                 return
             if verify:
                 verify_archive(store, storage)
                 return
             archiver = storage.archiver(store.hot_windows, storage.hot_window,
-                                        batch=settings.archive_batch, lease_ms=lease_ms)
+                                        batch=settings.archive_batch, lease_ms=lease_ms,
+                                        also=also)
             if once:
                 done = archiver.run_once()
                 archiver.release()
@@ -1054,6 +1065,23 @@ def archive(
             log.info("archiving %s to %s", app_ref, storage.archive.server)
             archiver.run(threads_stop, after_pass=(lambda _: store.scavenge()) if scavenge
                          else None)
+
+
+def recorder_archiver(storage: RedisStorage, settings: Settings, lease_ms: int,
+                      init: bool) -> RecorderArchiver:
+    """The archiver of the eventsourcing applications under the storage's prefix, its table
+    created or migrated."""
+    from .postgres.schema import RECORDED
+    from .redis.recorder_archiver import RecorderArchiver
+    from .wiring import recorded_archive
+
+    archive = recorded_archive(settings)
+    had = archive.init()
+    if init or had != RECORDED.version:
+        out.print(f"archive table {archive.table}: version {had} -> {RECORDED.version}")
+    return RecorderArchiver(storage.client, storage.keys.prefix, archive,
+                            keep=settings.archive_after, batch=settings.archive_batch,
+                            lease_ms=lease_ms)
 
 
 def verify_archive(store: Store, storage: RedisStorage) -> None:

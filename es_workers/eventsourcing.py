@@ -8,6 +8,12 @@ settings from it (an application's own `<APP NAME>_ES_...` first, as eventsourci
 and builds the Redis client through es_workers' wiring: URL, cluster, Sentinel, TLS,
 credentials and timeouts apply as for a Store. The recorders live in `redis/recorders.py`;
 each application keeps its keys under `<prefix>:es:{<application name>}:`.
+
+With `ES_ARCHIVE_URL`, the recorders read through the archive: `es-workers archive` moves
+each aggregate's events older than its newest `ES_ARCHIVE_AFTER` to PostgreSQL
+(`redis/recorder_archiver.py`), and `select_events` and `select_notifications` return them,
+in order, before the hot ones. The factory adds its application's name to the set of the
+prefix's applications, which the archiver reads.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from .redis.recorders import (
     RedisApplicationRecorder,
     RedisProcessRecorder,
     RedisTrackingRecorder,
+    applications_key,
 )
 from .settings import Settings, env_name, load_settings
-from .wiring import redis_client
+from .wiring import recorded_archive, redis_client
 
 
 def settings_of(env: Environment) -> Settings:
@@ -51,17 +58,22 @@ class Factory(InfrastructureFactory[RedisTrackingRecorder]):
         self.settings = settings_of(self.env)
         self.client = redis_client(self.settings)
         self.durability = self.settings.durability()
-        server = server_name(self.client)
-        with translated(server, "opening the eventsourcing recorders"):
-            run_steps(server_checks(self.durability, server), self.client)
+        self.archive = recorded_archive(self.settings)
+        self.server = server_name(self.client)
+        with translated(self.server, "opening the eventsourcing recorders"):
+            run_steps(server_checks(self.durability, self.server), self.client)
 
     def _keys(self) -> ApplicationKeys:
         # Read when a recorder is made: eventsourcing may name the environment later.
-        return ApplicationKeys(self.settings.prefix, self.env.name)
+        keys = ApplicationKeys(self.settings.prefix, self.env.name)
+        with translated(self.server, "registering the eventsourcing application"):
+            # So that `es-workers archive` finds it (one SADD per recorder made).
+            self.client.sadd(applications_key(self.settings.prefix), self.env.name)
+        return keys
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
         return RedisAggregateRecorder(self.client, self._keys(), purpose,
-                                      durability=self.durability)
+                                      durability=self.durability, archive=self.archive)
 
     def application_recorder(self) -> ApplicationRecorder:
         recorder: ApplicationRecorder = self._built(
@@ -81,7 +93,11 @@ class Factory(InfrastructureFactory[RedisTrackingRecorder]):
         return recorder
 
     def _built(self, recorder_class: Any) -> Any:
-        return recorder_class(self.client, self._keys(), durability=self.durability)
+        # A recorder class of the application's own may not take an archive: passed only
+        # when there is one.
+        archived = {"archive": self.archive} if self.archive is not None else {}
+        return recorder_class(self.client, self._keys(), durability=self.durability,
+                              **archived)
 
     def _class(self, topic_name: str, default: type[Any]) -> Any:
         """The recorder class a topic in the environment names, else `default`."""
@@ -89,4 +105,6 @@ class Factory(InfrastructureFactory[RedisTrackingRecorder]):
         return resolve_topic(topic) if topic else default
 
     def close(self) -> None:
+        if self.archive is not None:
+            self.archive.close()
         self.client.close()

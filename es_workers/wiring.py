@@ -248,6 +248,21 @@ def postgres_archive(settings: Settings, *, asyncio: bool = False) -> Any:
     return kind(settings.archive_url.get_secret_value(), prefix=settings.prefix)
 
 
+def recorded_archive(settings: Settings) -> Any:
+    """The archive of the eventsourcing applications' stored events (a
+    `PostgresRecordedArchive` of the prefix) that `archive_url` names, or None."""
+    if settings.archive_url is None:
+        return None
+    try:
+        from .postgres import PostgresRecordedArchive  # the archive extra, as above
+    except ImportError as error:
+        raise ConfigurationError(
+            f"{env_name('archive_url')} is set but the archive needs psycopg: pip install "
+            f"'es_workers[archive]' ({error})") from None
+    return PostgresRecordedArchive(settings.archive_url.get_secret_value(),
+                                   prefix=settings.prefix)
+
+
 def hot_window(settings: Settings) -> HotWindow:
     """The hot window of every entity type the app does not give its own."""
     age = settings.archive_after_age_ms

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from ..errors import ArchiveUnavailableError, ConfigurationError
-from .schema import COLUMNS, check_version, migrate, table_name
+from .schema import EVENTS, TableLayout, check_version, migrate
 
 ArchivedRow = tuple[str, str, int, int, int | None, str, bytes, int, str, bytes | None]
 """One event as archived: the values of `schema.COLUMNS`, in order."""
@@ -41,16 +41,18 @@ def archive_server(url: str) -> str:
     return f"{user}{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
 
 
-class PostgresArchive:
-    """The archive of one prefix's events in the PostgreSQL at `url` (`ES_ARCHIVE_URL`).
+class PostgresTable:
+    """One archive table of a prefix (its `layout`) in the PostgreSQL at `url`: the
+    connection, the creation and migration of the table (`init()`), and idempotent inserts.
+    The other calls check the table is at the version this code knows (ConfigurationError
+    naming the command to run otherwise)."""
 
-    `init()` creates or migrates its table; the other calls check it is at the version
-    this code knows (ConfigurationError naming the command to run otherwise)."""
+    layout: TableLayout = EVENTS
 
     def __init__(self, url: str, *, prefix: str = "es", connect_timeout_s: int = 5) -> None:
         self._url, self.prefix = url, prefix
         self.server = archive_server(url)
-        self.table = table_name(prefix)
+        self.table = self.layout.table(prefix)
         self.connect_timeout_s = connect_timeout_s
         self._connection: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()
@@ -87,36 +89,49 @@ class PostgresArchive:
 
     def _ready(self, connection: psycopg.Connection[Any]) -> None:
         if not self._checked:
-            check_version(connection, self.prefix)
+            check_version(connection, self.prefix, self.layout)
             self._checked = True
 
     def init(self) -> int:
         """Creates or migrates the prefix's table; returns the version it had (0: none)."""
         with self._using("creating the archive's table") as connection:
-            had = migrate(connection, self.prefix)
+            had = migrate(connection, self.prefix, self.layout)
             self._checked = True
             return had
 
-    def insert(self, rows: Sequence[ArchivedRow]) -> int:
-        """Stores the rows in one transaction (COPY into a scratch table, then INSERT ... ON
-        CONFLICT DO NOTHING); returns how many were not there yet."""
+    def insert(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Stores the rows (values of the layout's columns) in one transaction (COPY into a
+        scratch table, then INSERT ... ON CONFLICT DO NOTHING); returns how many were not
+        there yet."""
         if not rows:
             return 0
+        scratch = sql.Identifier(self.layout.scratch)
         with self._using("archiving events") as connection:
             self._ready(connection)
             with connection.transaction(), connection.cursor() as cursor:
                 cursor.execute(sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS es_archive_batch (LIKE {} INCLUDING "
-                    "DEFAULTS) ON COMMIT DELETE ROWS").format(self._name))
-                columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-                with cursor.copy(sql.SQL("COPY es_archive_batch ({}) FROM STDIN").format(
-                        columns)) as copy:
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING "
+                    "DEFAULTS) ON COMMIT DELETE ROWS").format(scratch, self._name))
+                columns = sql.SQL(", ").join(map(sql.Identifier, self.layout.columns))
+                with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        scratch, columns)) as copy:
                     for row in rows:
                         copy.write_row(row)
                 cursor.execute(sql.SQL(
-                    "INSERT INTO {} ({}) SELECT {} FROM es_archive_batch "
-                    "ON CONFLICT DO NOTHING").format(self._name, columns, columns))
+                    "INSERT INTO {} ({}) SELECT {} FROM {} "
+                    "ON CONFLICT DO NOTHING").format(self._name, columns, columns, scratch))
                 return max(0, cursor.rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+class PostgresArchive(PostgresTable):
+    """The archive of one prefix's events in the PostgreSQL at `url` (`ES_ARCHIVE_URL`).
+
+    `init()` creates or migrates its table; the other calls check it is at the version
+    this code knows (ConfigurationError naming the command to run otherwise)."""
 
     def entries(self, entity_type: str, entity_id: str, first: int, last: int) -> list[Entry]:
         """The entity's archived events numbered `first..last`, as XRANGE entries (those
@@ -147,10 +162,6 @@ class PostgresArchive:
                 [entity_type, entity_id])
             return max(0, cursor.rowcount)
 
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
 
 class AsyncPostgresArchive:
     """`PostgresArchive`'s reads for asyncio (`AsyncRedisStorage(..., archive=...)`), on
@@ -159,7 +170,7 @@ class AsyncPostgresArchive:
     def __init__(self, url: str, *, prefix: str = "es", connect_timeout_s: int = 5) -> None:
         self._url, self.prefix = url, prefix
         self.server = archive_server(url)
-        self.table = table_name(prefix)
+        self.table = EVENTS.table(prefix)
         self.connect_timeout_s = connect_timeout_s
         self._connection: psycopg.AsyncConnection[Any] | None = None
         self._lock: asyncio.Lock | None = None

@@ -155,6 +155,15 @@ def archived_mark(value: bytes | str | None) -> tuple[int, str]:
     return (int(number) if number.isdigit() else 0), first_id
 
 
+class OtherArchiver(Protocol):
+    """An archiver that runs its passes with a `RedisArchiver`'s (the eventsourcing
+    applications' `RecorderArchiver`, in `es-workers archive`)."""
+
+    def run_once(self) -> Archived: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass
 class _Pending:
     """Rows read, not yet in the archive, and the marks they will move."""
@@ -166,11 +175,13 @@ class _Pending:
 
 class RedisArchiver:
     """Archives the entity types' events older than their hot window (`windows` per type,
-    over `default`), `batch` events per archive transaction."""
+    over `default`), `batch` events per archive transaction; each pass also runs a pass of
+    each archiver in `also`."""
 
     def __init__(self, client: Any, keys: RedisKeys, archive: Archive, *,
                  entity_types: Sequence[str], windows: Mapping[str, HotWindow],
-                 default: HotWindow, batch: int = 5000, lease_ms: int = 15_000) -> None:
+                 default: HotWindow, batch: int = 5000, lease_ms: int = 15_000,
+                 also: Sequence[OtherArchiver] = ()) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.client, self.keys, self.archive = client, keys, archive
@@ -178,6 +189,7 @@ class RedisArchiver:
         self.windows = {t: windows.get(t, HotWindow()).over(default) for t in entity_types}
         self.batch, self.lease_ms = batch, lease_ms
         self.owner = uuid.uuid4().hex
+        self.also = list(also)
         self._script = Script(client, "archived")
         # Per entity type, what the latest pass found past the window (its partitions).
         self.lag: dict[str, ArchiveLag] = {}
@@ -224,6 +236,8 @@ class RedisArchiver:
             for entity_type in self.entity_types:
                 archived, lag = self._archive(entity_type, partition)
                 done, found[entity_type] = done + archived, found[entity_type] + lag
+        for other in self.also:
+            done += other.run_once()
         self.lag = found
         gauges = metrics.archive_lag()
         for entity_type, lag in found.items():
@@ -233,6 +247,8 @@ class RedisArchiver:
 
     def release(self) -> None:
         """Gives up the leases this archiver holds (another may take them at once)."""
+        for other in self.also:
+            other.release()
         for partition in range(self.keys.partitions):
             key = self.keys.archiver(partition)
             if text(self.client.get(key) or b"") == self.owner:

@@ -142,6 +142,10 @@ RECORD = Layout(
          each=("version", "topic", "state", "originator", "uuid")),
     item_base=1,
 )
+RECORDED_ARCHIVED = Layout("recorded_archived", Part(("marks",), each=("stream",)),
+                           Part(each=("originator", "version")), item_base=1)
+RECORDED_LOG_ARCHIVED = Layout("recorded_log_archived", Part(("log", "mark")),
+                               Part(("upto",)))
 RENEW = Layout("renew", Part(each=("lock",)), Part(("token", "lock_ms")))
 SNAPSHOT = Layout(
     "snapshot",
@@ -157,6 +161,6 @@ TRUNCATE = Layout("truncate", Part(("stream", "heads", "truncated")), Part(("id"
 UNLOCK = Layout("unlock", Part(each=("lock",)), Part(("token",)))
 
 LAYOUTS = {layout.script: layout for layout in (
-    APPEND, ARCHIVED, BEGIN, CHECKPOINT, FAIL, KEYRING, PAUSE, RECORD, REMOVE, RENEW, SNAPSHOT,
-    TRUNCATE, UNLOCK)}
+    APPEND, ARCHIVED, BEGIN, CHECKPOINT, FAIL, KEYRING, PAUSE, RECORD, RECORDED_ARCHIVED,
+    RECORDED_LOG_ARCHIVED, REMOVE, RENEW, SNAPSHOT, TRUNCATE, UNLOCK)}
 """Every script's layout, by script name."""

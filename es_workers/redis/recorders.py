@@ -7,7 +7,14 @@ tag, so on a Redis Cluster they share a slot and `record.lua` may write them in 
   entry ID `<version>-1`, fields topic and state (the StoredEvent's bytes, as they are);
 - `...:notifications` the application's log: entry ID `<notification ID>-0`, one per event,
   pointing at its aggregate's entry; gap-free, in commit order (see record.lua);
-- `...:tracking` a hash: upstream application name -> notification ID processed.
+- `...:tracking` a hash: upstream application name -> notification ID processed;
+- with an archive (`ES_ARCHIVE_URL`, see `recorder_archiver.py`): `...:archive:marks:<purpose>`
+  a hash originator ID -> the version up to which the aggregate's events are in the archive
+  (and no longer in Redis, but for its newest), and the archiver's own keys under
+  `...:archive:`; `<prefix>:es:applications` is the set of the applications' names.
+
+A read that reaches at or below an aggregate's mark takes those events from the archive,
+then the hot ones from Redis; it raises ArchiveUnavailableError rather than return part.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import (
@@ -31,7 +38,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, CorruptEventError
 from .durability import Durability
 from .failures import server_name, translated
 from .keys import text
@@ -52,6 +59,7 @@ class ApplicationKeys:
                 f"eventsourcing application name {application_name!r} cannot name Redis "
                 "keys: it must be set and hold neither '{' nor '}' (its hash tag)"
             )
+        self.prefix, self.application = prefix, application_name
         self.base = f"{prefix}:es:{{{application_name}}}"
 
     def aggregate(self, purpose: str, originator_id: UUID | str) -> str:
@@ -62,6 +70,39 @@ class ApplicationKeys:
 
     def tracking(self) -> str:
         return f"{self.base}:tracking"
+
+    def archived(self, purpose: str) -> str:
+        """The hash of archived marks: originator ID -> version archived up to."""
+        return f"{self.base}:archive:marks:{purpose}"
+
+    def archiver(self, name: str) -> str:
+        """The archiver's keys: `log` (the notification ID up to which the archive holds
+        the log's events and the log no longer its entries), `lease`, `heads` (originator
+        ID -> newest version seen in the log), `scanned` (the log's entries read up to)."""
+        return f"{self.base}:archive:{name}"
+
+
+def applications_key(prefix: str) -> str:
+    """The set of the names of the eventsourcing applications under the prefix (the factory
+    adds its application's when it makes a recorder; the archiver reads it)."""
+    return f"{prefix}:es:applications"
+
+
+class RecordedArchive(Protocol):
+    """What the recorders read of an archive (`es_workers.postgres.PostgresRecordedArchive`)."""
+
+    server: str
+
+    def events(self, application: str, purpose: str, originator_id: str, *,
+               gt: int | None = None, lte: int | None = None, desc: bool = False,
+               limit: int | None = None) -> list[tuple[int, str, bytes]]: ...
+
+    def states(self, application: str, notification_ids: Sequence[int]) -> dict[
+        int, bytes]: ...
+
+    def notifications(self, application: str, first: int, last: int | None,
+                      topics: Sequence[str], limit: int) -> list[
+        tuple[int, str, bool, int, str, bytes]]: ...
 
 
 class _Recording:
@@ -142,8 +183,10 @@ class RedisAggregateRecorder(AggregateRecorder):
     recorded one raises IntegrityError."""
 
     def __init__(self, client: Any, keys: ApplicationKeys, purpose: str = "events", *,
-                 durability: Durability | None = None) -> None:
+                 durability: Durability | None = None,
+                 archive: RecordedArchive | None = None) -> None:
         self.client, self.keys, self.purpose = client, keys, purpose
+        self.archive = archive
         self.recording = _Recording(client, keys, purpose, logged=self._logs(),
                                      durability=durability)
 
@@ -171,11 +214,43 @@ class RedisAggregateRecorder(AggregateRecorder):
         high = "+" if lte is None else f"{lte}-1"
         key = self.keys.aggregate(self.purpose, originator_id)
         with self.recording.reading():
-            entries = (self.client.xrevrange(key, high, low, count=limit) if desc
-                       else self.client.xrange(key, low, high, count=limit))
-        return [StoredEvent(originator_id=originator_id, originator_version=_number(entry_id),
-                            topic=text(fields[b"t"]), state=fields[b"s"])
-                for entry_id, fields in entries]
+            if self.archive is None:
+                entries = (self.client.xrevrange(key, high, low, count=limit) if desc
+                           else self.client.xrange(key, low, high, count=limit))
+                mark = None
+            else:  # the entries, then the mark: it covers whatever went since (see _joined)
+                pipe = self.client.pipeline(transaction=False)
+                (pipe.xrevrange(key, high, low, count=limit) if desc
+                 else pipe.xrange(key, low, high, count=limit))
+                pipe.hget(self.keys.archived(self.purpose), str(originator_id))
+                entries, mark = pipe.execute()
+        hot = [(_number(entry_id), text(fields[b"t"]), fields[b"s"])
+               for entry_id, fields in entries]
+        if mark is not None:
+            hot = self._joined(originator_id, hot, int(mark), gt=gt, lte=lte, desc=desc,
+                               limit=limit)
+        return [StoredEvent(originator_id=originator_id, originator_version=version,
+                            topic=topic, state=state) for version, topic, state in hot]
+
+    def _joined(self, originator_id: UUID | str, hot: list[tuple[int, str, bytes]], mark: int,
+                *, gt: int | None, lte: int | None, desc: bool,
+                limit: int | None) -> list[tuple[int, str, bytes]]:
+        """The range's events: the archive's up to `mark`, Redis's after it. `hot` was read
+        before the mark, so the archiver may have removed some of its older events since
+        (then the mark covers them) but none of the range past them: the archive's up to
+        the mark and `hot` past it have no gap. The archive is asked only if the range
+        reaches the mark and the hot events do not fill the limit (newest first)."""
+        hot = [event for event in hot if event[0] > mark]
+        if (gt is not None and gt >= mark) or (desc and limit is not None
+                                                and len(hot) >= limit):
+            return hot[:limit] if limit is not None else hot
+        assert self.archive is not None
+        upto = mark if lte is None else min(mark, lte)
+        wanted = None if limit is None else limit - (len(hot) if desc else 0)
+        cold = self.archive.events(self.keys.application, self.purpose, str(originator_id),
+                                   gt=gt, lte=upto, desc=desc, limit=wanted)
+        joined = [*hot, *cold] if desc else [*cold, *hot]
+        return joined[:limit] if limit is not None else joined
 
 
 class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
@@ -204,15 +279,41 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
         wanted = {topic.encode() for topic in topics}
         size = max(limit, 100) if wanted else limit  # filtered: pages of at least 100
         found: list[tuple[bytes, dict[bytes, bytes]]] = []
-        low = f"{first}-0"
+        low, mark = f"{first}-0", None
         while len(found) < limit:
             with self.recording.reading():
-                page = self.client.xrange(self.keys.notifications(), low, last, count=size)
+                if self.archive is None:
+                    page = self.client.xrange(self.keys.notifications(), low, last, count=size)
+                else:  # the page, then the log's mark: it covers whatever went since
+                    pipe = self.client.pipeline(transaction=False)
+                    pipe.xrange(self.keys.notifications(), low, last, count=size)
+                    pipe.get(self.keys.archiver("log"))
+                    page, mark = pipe.execute()
             found += [entry for entry in page if not wanted or entry[1][b"t"] in wanted]
             if len(page) < size:
                 break
             low = f"{_number(page[-1][0]) + 1}-0"
+        if mark is not None and int(mark) >= first:
+            return self._joined_notifications(found, first, int(mark), stop, topics, limit)
         return self._with_states(found[:limit])
+
+    def _joined_notifications(self, found: list[tuple[bytes, dict[bytes, bytes]]], first: int,
+                              mark: int, stop: int | None, topics: Sequence[str],
+                              limit: int) -> list[Notification]:
+        """The notifications the archive holds from `first` up to the log's `mark`, then
+        the log's after it (read before the mark: the two have no gap)."""
+        assert self.archive is not None
+        cold = [Notification(id=number, originator_id=UUID(originator) if is_uuid
+                             else originator, originator_version=version, topic=topic,
+                             state=state)
+                for number, originator, is_uuid, version, topic, state in
+                self.archive.notifications(self.keys.application, first,
+                                           mark if stop is None else min(mark, stop),
+                                           topics, limit)]
+        if len(cold) >= limit:
+            return cold
+        hot = [entry for entry in found if _number(entry[0]) > mark]
+        return cold + self._with_states(hot[:limit - len(cold)])
 
     def _with_states(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Notification]:
         """The log's entries as notifications, each with its event's state (one round trip:
@@ -224,14 +325,27 @@ class RedisApplicationRecorder(RedisAggregateRecorder, ApplicationRecorder):
                         f"{version}-1", f"{version}-1")
         with self.recording.reading():
             states = pipe.execute() if entries else []
+        # An event gone from Redis was archived first (committed, then removed).
+        gone = [_number(entry_id) for (entry_id, _), stored in zip(entries, states, strict=True)
+                if not stored]
+        cold = (self.archive.states(self.keys.application, gone)
+                if gone and self.archive is not None else {})
         notifications = []
         for (entry_id, fields), stored in zip(entries, states, strict=True):
-            originator = text(fields[b"o"])
+            originator, number = text(fields[b"o"]), _number(entry_id)
+            state = stored[0][1][b"s"] if stored else cold.get(number)
+            if state is None:
+                raise CorruptEventError(
+                    "notification's event is neither in Redis nor in the archive"
+                    + ("" if self.archive is not None else " (no archive configured: set "
+                       "ES_ARCHIVE_URL to read archived events)"),
+                    key=self.keys.aggregate(self.purpose, originator),
+                    entity_type=self.keys.application, entity_id=originator,
+                    event_number=int(fields[b"v"]))
             notifications.append(Notification(
-                id=_number(entry_id),
+                id=number,
                 originator_id=UUID(originator) if fields[b"u"] == b"1" else originator,
-                originator_version=int(fields[b"v"]), topic=text(fields[b"t"]),
-                state=stored[0][1][b"s"]))
+                originator_version=int(fields[b"v"]), topic=text(fields[b"t"]), state=state))
         return notifications
 
     def max_notification_id(self) -> int | None:
@@ -284,7 +398,10 @@ class RedisTrackingRecorder(TrackingRecorder):
     below the recorded one raises IntegrityError."""
 
     def __init__(self, client: Any, keys: ApplicationKeys, *,
-                 durability: Durability | None = None) -> None:
+                 durability: Durability | None = None,
+                 archive: RecordedArchive | None = None) -> None:
+        # `archive`: taken (the factory builds every recorder alike), not needed: tracking
+        # records are never archived.
         self.client, self.keys = client, keys
         self._tracking = _Recording(client, keys, "events", logged=False,
                                     durability=durability)
@@ -303,8 +420,10 @@ class RedisProcessRecorder(RedisTrackingRecorder, RedisApplicationRecorder, Proc
     atomic step (`insert_events(events, tracking=...)`)."""
 
     def __init__(self, client: Any, keys: ApplicationKeys, *,
-                 durability: Durability | None = None) -> None:
-        RedisApplicationRecorder.__init__(self, client, keys, durability=durability)
+                 durability: Durability | None = None,
+                 archive: RecordedArchive | None = None) -> None:
+        RedisApplicationRecorder.__init__(self, client, keys, durability=durability,
+                                          archive=archive)
         RedisTrackingRecorder.__init__(self, client, keys, durability=durability)
 
 
