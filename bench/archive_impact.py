@@ -145,7 +145,12 @@ def one_round(app: ModuleType, args: argparse.Namespace, processes: ArchiveProce
     backlog = cold_backlog(app)
     archiver = processes.archiver()
     try:
-        wait(lambda: archived(app) >= backlog, "the archiver to catch up", timeout=120)
+        try:
+            wait(lambda: archived(app) >= backlog, "the archiver to catch up", timeout=120)
+        except SystemExit:
+            for log in sorted(processes.logs.glob("archiver-*.log")):  # what it said
+                print(f"--- {log.name}:\n" + log.read_text(errors="replace")[-3000:])
+            raise
         at_start = archived(app)
         first = measure(app, args, folder, bench, first, row)
         row.archived = archived(app) - at_start

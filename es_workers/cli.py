@@ -1038,8 +1038,10 @@ def archive(
                 out.print(f"archive table {storage.archive.table}: version {had} -> "
                           f"{SCHEMA_VERSION}")
             also: list[RecorderArchiver] = []
-            if eventsourcing:
-                also.append(recorder_archiver(storage, settings, lease_ms, init))
+            recorders = (recorder_archiver(storage, settings, lease_ms, init) if eventsourcing
+                         else None)
+            if recorders is not None:
+                also.append(recorders)
             if init:
                 return
             if verify:
@@ -1068,14 +1070,19 @@ def archive(
 
 
 def recorder_archiver(storage: RedisStorage, settings: Settings, lease_ms: int,
-                      init: bool) -> RecorderArchiver:
+                      init: bool) -> RecorderArchiver | None:
     """The archiver of the eventsourcing applications under the storage's prefix, its table
     created or migrated."""
+    from .postgres import PostgresArchive, PostgresRecordedArchive
     from .postgres.schema import RECORDED
     from .redis.recorder_archiver import RecorderArchiver
-    from .wiring import recorded_archive
 
-    archive = recorded_archive(settings)
+    # The app's archive (ES_ARCHIVE_URL, or built in code): the same PostgreSQL and prefix.
+    if not isinstance(storage.archive, PostgresArchive):
+        log.info("the archive %s is not PostgresArchive: eventsourcing applications are not "
+                 "archived", type(storage.archive).__name__)
+        return None
+    archive = storage.archive.sibling(PostgresRecordedArchive)
     had = archive.init()
     if init or had != RECORDED.version:
         out.print(f"archive table {archive.table}: version {had} -> {RECORDED.version}")

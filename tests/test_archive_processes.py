@@ -160,6 +160,22 @@ def test_the_cli_creates_the_table_verifies_and_status_shows_the_archive(
     archive.close()
 
 
+def test_an_archive_built_in_code_is_run_by_the_cli_without_es_archive_url(
+        client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    """The app gives its storage a PostgresArchive itself: `es-workers archive` archives its
+    entities and (the same PostgreSQL and prefix) its eventsourcing applications."""
+    env = environment(prefix, archive_url, APP_ARCHIVE_URL=archive_url, APP_HOT=str(HOT))
+    del env["ES_ARCHIVE_URL"]
+    archive = PostgresArchive(archive_url, prefix=prefix)
+    store = write_history(client, prefix, archive)
+    done = cli(env, "archive", "process_archive_code_app:store", "--once")
+    assert done.returncode == 0, done.stderr
+    assert f"archived {ENTITIES * (EVENTS - HOT)} events" in done.stdout
+    assert archived_rows(archive_url, prefix) == (ENTITIES * (EVENTS - HOT),) * 2
+    store.storage.close()
+    archive.close()
+
+
 def test_a_running_archiver_scavenges_what_it_archived_unless_told_not_to(
         client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
     archive = PostgresArchive(archive_url, prefix=prefix)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
@@ -41,6 +41,9 @@ def archive_server(url: str) -> str:
     return f"{user}{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
 
 
+_T = TypeVar("_T", bound="PostgresTable")
+
+
 class PostgresTable:
     """One archive table of a prefix (its `layout`) in the PostgreSQL at `url`: the
     connection, the creation and migration of the table (`init()`), and idempotent inserts.
@@ -58,6 +61,11 @@ class PostgresTable:
         self._lock = threading.RLock()
         self._checked = False
         self._name = sql.Identifier(self.table)
+
+    def sibling(self, kind: type[_T]) -> _T:
+        """The table of another layout (`kind`) for the same PostgreSQL and prefix, on a
+        connection of its own."""
+        return kind(self._url, prefix=self.prefix, connect_timeout_s=self.connect_timeout_s)
 
     @contextlib.contextmanager
     def _using(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
