@@ -39,7 +39,7 @@ from .redis.recorders import (
     applications_key,
 )
 from .settings import Settings, env_name, load_settings
-from .wiring import recorded_archive, redis_client
+from .wiring import postgres_archive, redis_client
 
 
 def settings_of(env: Environment) -> Settings:
@@ -58,7 +58,7 @@ class Factory(InfrastructureFactory[RedisTrackingRecorder]):
         self.settings = settings_of(self.env)
         self.client = redis_client(self.settings)
         self.durability = self.settings.durability()
-        self.archive = recorded_archive(self.settings)
+        self.archive = postgres_archive(self.settings, recorded=True)
         self.server = server_name(self.client)
         with translated(self.server, "opening the eventsourcing recorders"):
             run_steps(server_checks(self.durability, self.server), self.client)

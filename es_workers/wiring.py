@@ -232,35 +232,23 @@ def master_keys(settings: Settings) -> MasterKeys | None:
                       older.get_secret_value().split(",") if older is not None else ())
 
 
-def postgres_archive(settings: Settings, *, asyncio: bool = False) -> Any:
-    """The archive `archive_url` names (a `PostgresArchive` of the prefix, or with `asyncio`
-    an `AsyncPostgresArchive`), or None. It connects on first use, not here."""
+def postgres_archive(settings: Settings, *, asyncio: bool = False,
+                     recorded: bool = False) -> Any:
+    """The archive `archive_url` names, or None: a `PostgresArchive` of the prefix (with
+    `asyncio` an `AsyncPostgresArchive`; with `recorded` the eventsourcing applications'
+    `PostgresRecordedArchive`). It connects on first use, not here."""
     if settings.archive_url is None:
         return None
     try:
         # psycopg is an optional extra: imported only by an app that configures an archive.
-        from .postgres import AsyncPostgresArchive, PostgresArchive
+        from .postgres import AsyncPostgresArchive, PostgresArchive, PostgresRecordedArchive
     except ImportError as error:
         raise ConfigurationError(
             f"{env_name('archive_url')} is set but the archive needs psycopg: pip install "
             f"'es_workers[archive]' ({error})") from None
-    kind = AsyncPostgresArchive if asyncio else PostgresArchive
+    kind: type[Any] = (PostgresRecordedArchive if recorded else
+                       AsyncPostgresArchive if asyncio else PostgresArchive)
     return kind(settings.archive_url.get_secret_value(), prefix=settings.prefix)
-
-
-def recorded_archive(settings: Settings) -> Any:
-    """The archive of the eventsourcing applications' stored events (a
-    `PostgresRecordedArchive` of the prefix) that `archive_url` names, or None."""
-    if settings.archive_url is None:
-        return None
-    try:
-        from .postgres import PostgresRecordedArchive  # the archive extra, as above
-    except ImportError as error:
-        raise ConfigurationError(
-            f"{env_name('archive_url')} is set but the archive needs psycopg: pip install "
-            f"'es_workers[archive]' ({error})") from None
-    return PostgresRecordedArchive(settings.archive_url.get_secret_value(),
-                                   prefix=settings.prefix)
 
 
 def hot_window(settings: Settings) -> HotWindow:

@@ -147,6 +147,18 @@ def archive_lag(client: Any, keys: RedisKeys, entity_type: str, window: HotWindo
     return lag
 
 
+def take_lease(client: Any, key: str, owner: str, lease_ms: int) -> bool:
+    """Takes the lease at `key` for `owner` (SET NX PX), or renews it if `owner` holds it;
+    False while another archiver holds it. (A renewal that races the lease's expiry can only
+    let two archivers do the same work: their copies are idempotent, marks never go back.)"""
+    if client.set(key, owner, nx=True, px=lease_ms):
+        return True
+    if text(client.get(key) or b"") == owner:
+        client.pexpire(key, lease_ms)
+        return True
+    return False
+
+
 def archived_mark(value: bytes | str | None) -> tuple[int, str]:
     """An entity's mark as archived.lua writes it: (archived up to, event 1's ID)."""
     if value is None:
@@ -255,13 +267,8 @@ class RedisArchiver:
                 self.client.delete(key)  # a race with its expiry only costs duplicate work
 
     def _lease(self, partition: int) -> bool:
-        key = self.keys.archiver(partition)
-        if self.client.set(key, self.owner, nx=True, px=self.lease_ms):
-            return True
-        if text(self.client.get(key) or b"") == self.owner:
-            self.client.pexpire(key, self.lease_ms)
-            return True
-        return False
+        return take_lease(self.client, self.keys.archiver(partition), self.owner,
+                          self.lease_ms)
 
     def _archive(self, entity_type: str, partition: int) -> tuple[Archived, ArchiveLag]:
         window = self.windows[entity_type]

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from .archiver import Archived
+from .archiver import Archived, take_lease
 from .keys import text
 from .layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
 from .recorders import ApplicationKeys, applications_key
@@ -90,13 +90,7 @@ class RecorderArchiver:
                 self.client.delete(key)
 
     def _lease(self, keys: ApplicationKeys) -> bool:
-        key = keys.archiver("lease")
-        if self.client.set(key, self.owner, nx=True, px=self.lease_ms):
-            return True
-        if text(self.client.get(key) or b"") == self.owner:
-            self.client.pexpire(key, self.lease_ms)
-            return True
-        return False
+        return take_lease(self.client, keys.archiver("lease"), self.owner, self.lease_ms)
 
     def _read_log(self, keys: ApplicationKeys) -> None:
         """Reads the log's entries not read yet into the heads (originator ID -> `<newest
