@@ -249,7 +249,15 @@ def check_quiet_while_no_worker_runs(delivery: Delivery, records: Callable[[], l
     delivery.broker.add_middleware(counter)
     recorder = Recorder()
     delivery.store.subscribe("account", "balances", recorder)
-    delivery.start_publisher()
+    publisher = delivery.start_publisher()
+    sweeps = [0]
+    sweep = publisher.sweep
+
+    def counted() -> None:
+        sweep()
+        sweeps[0] += 1
+
+    publisher.sweep = counted  # type: ignore[method-assign]
     heads = {}
     for i in range(10):  # two appends each
         write_count(delivery.store, f"acc-{i}", 1)
@@ -261,8 +269,11 @@ def check_quiet_while_no_worker_runs(delivery: Delivery, records: Callable[[], l
     assert sent <= 10 * 3, f"{sent} messages for 10 entities"
     wait_for(lambda: any("wait in its queue" in line for line in records()),
              "the publisher to see the notices wait in the queue", timeout=30)
-    # Ten more redrive periods: each used to re-send every notice again.
-    time.sleep(10 * FAST_PUBLISHER.redrive_after_ms / 1000)
+    # Ten more redrive periods, counted in the publisher's sweeps (the round that re-sends):
+    # each used to re-send every notice again.
+    rounds = 10 * FAST_PUBLISHER.redrive_after_ms // FAST_PUBLISHER.sweep_every_ms
+    seen = sweeps[0]
+    wait_for(lambda: sweeps[0] >= seen + rounds, f"{rounds} more sweeps", timeout=30)
     assert counter.count == sent, "nothing is sent again while no worker runs"
     lines = [line for line in records() if "notices" in line]
     assert len(lines) == 1, f"the log says it once per outage, not per entity: {lines}"
