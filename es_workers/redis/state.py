@@ -168,8 +168,9 @@ class SubscriberState:
         old or its failure is backing off, else takes its lock and reads up to `read_count`
         events after its checkpoint. One script call per partition, all in one round trip
         (on a cluster, where partitions are slots apart, one per partition)."""
+        groups = _by_partition(entities, event_numbers)
         calls = []
-        for group in _by_partition(entities, event_numbers):
+        for group in groups:
             first = entities[group[0]]
             s, t, p = first.subscriber_id, first.entity_type, first.partition
             locks: list[tuple[str, str]] = []
@@ -184,18 +185,16 @@ class SubscriberState:
                 failures=self._failures(s, t, p), missed=self._missed(s, t, p),
                 truncated=self.keys.truncated(t, p), paused=self._paused(s, p),
                 resent=self._resent(s, t, p), started=self._started(s, p))
-            args = BEGIN.args.pack(items, token=token, lock_ms=lock_ms, page=read_count)
-            calls.append((group, keys, args))
+            calls.append((keys, BEGIN.args.pack(items, token=token, lock_ms=lock_ms,
+                                                page=read_count)))
         return _in_order(len(entities), [
             (group, [
                 Begun(int(state), int(checkpoint), list(entries), text(store_entity_id),
                       int(attempts), int(retry_in_ms))
                 for state, checkpoint, store_entity_id, entries, attempts, retry_in_ms in reply
             ])
-            for group, reply in zip(
-                [group for group, _, _ in calls],
-                self._calls(self._begin, [(keys, args) for _, keys, args in calls], raw=True),
-                strict=True)
+            for group, reply in zip(groups, self._calls(self._begin, calls, raw=True),
+                                    strict=True)
         ])
 
     def commit(self, entities: Sequence[SubscriberEntity], event_numbers: Sequence[int],
