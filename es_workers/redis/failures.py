@@ -3,7 +3,8 @@
 Store calls that reach Redis (the reads and writes of RedisStorage and AsyncRedisStorage,
 the subscriber state a store asks about, admin commands) run inside `translated(...)`:
 redis-py's connection and timeout errors (redis.asyncio raises the same ones), and the
-refusals of a server that is failing over (READONLY, MASTERDOWN) or loading (LOADING),
+refusals of a server that is failing over (READONLY, MASTERDOWN, a WAIT on a master just
+demoted) or loading (LOADING),
 become `StorageUnavailableError`; OOM becomes `StorageFullError`. Other errors pass
 through unchanged.
 """
@@ -26,6 +27,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
 )
+
+
+REPLICA_NOW = "cannot be used with replica instances"
+"""What Redis answers a WAIT or WAITAOF sent to a replica: a master that a failover
+demoted between a write and its WAIT."""
 
 
 def server_name(client: Any) -> str:
@@ -64,6 +70,11 @@ def translated(server: str, doing: str, *, writing: bool = False) -> Iterator[No
             "of ES_REDIS_URL (another service, e.g. HTTP, listening there?) and its scheme "
             "(rediss:// for TLS only)") from None
     except redis.ResponseError as error:
+        if REPLICA_NOW in str(error):
+            # WAIT (or WAITAOF) after the write, on a master demoted in between by a
+            # failover: the write may have run there and be lost with it.
+            raise StorageUnavailableError(
+                server, error, outcome_unknown=writing, doing=doing) from error
         if "DB index is out of range" not in str(error):
             raise
         raise ConfigurationError(
