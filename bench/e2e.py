@@ -11,7 +11,9 @@ P4  append-to-handler latency at each steady rate of --rates single-event append
     200/s. With the per-stage breakdown of each event's delivery, stamped from outside the
     package (see bench/e2e_app.py's STAMPS): per stage p50 / p90 / p99 / max and a
     histogram, and the timeline of the median event. The load average is printed with
-    each rate: on a loaded machine read the breakdown, not the goals.
+    each rate: on a loaded machine read the breakdown, not the goals. So is the CPU time
+    each process (writer, publisher, worker, the bench's own redis-server) spent per event
+    written, from /proc: on 2 cores the sum is what queues every stage.
 P5  handling rate under a backlog: the publisher is stopped, --events single-event appends
     are written over --entities entities, the publisher is started again and the bench
     times the subscriber's checkpoints from the first event handled to the last. Divided by
@@ -173,6 +175,27 @@ def histogram(values_ms: list[float]) -> str:
     return " ".join(f"{c:>5}" for c in counts)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each named process group (its processes' and their
+    reaped children's, from /proc/<pid>/stat), and of this process ("writer")."""
+    spent = dict.fromkeys(groups, 0.0)
+    names = {pgid: name for name, pgid in groups.items()}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        name = names.get(int(fields[2]))  # pgrp (fields[0] is the state)
+        if name is not None:
+            spent[name] += sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+    own = os.times()
+    spent["writer"] = own.user + own.system
+    return spent
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.2f}/{five:.2f}"
@@ -199,6 +222,8 @@ class P4Run:
         self.acked: dict[int, float] = {}  # tick -> when its append returned
         self.written_in = 0.0
         self.load_before = self.load_after = ""
+        self.cpu: dict[str, float] = {}  # process -> CPU seconds spent during the run
+        self.commands: dict[str, tuple[int, int]] = {}  # Redis command -> calls, usec
 
 
 def measure_latency(
@@ -209,6 +234,7 @@ def measure_latency(
     first: int,
     entities: int,
     writers: int,
+    groups: dict[str, int],
 ) -> P4Run:
     """P4: single-event appends at a steady rate over `entities` entities, written by
     `writers` asyncio tasks of this process through an AsyncStore (one sync thread cannot
@@ -216,6 +242,8 @@ def measure_latency(
     and of the schedule."""
     run = P4Run(rate, first, int(seconds * rate))
     run.load_before = load()
+    stats = command_stats(app)
+    before = cpu_seconds(groups)
     asyncio.run(_write_ticks(app, run, first, entities, writers))
     run.load_after = load()
     wanted = range(first, first + run.total)
@@ -224,7 +252,22 @@ def measure_latency(
         "every tick to be handled",
         timeout=120,
     )
+    after = cpu_seconds(groups)
+    run.cpu = {name: after[name] - before[name] for name in after}
+    for name, (calls, usec) in command_stats(app).items():
+        was = stats.get(name, (0, 0))
+        if calls > was[0]:
+            run.commands[name] = (calls - was[0], usec - was[1])
     return run
+
+
+def command_stats(app: ModuleType) -> dict[str, tuple[int, int]]:
+    """Redis' INFO commandstats: each command's calls and microseconds so far."""
+    info = redis.Redis.from_url(app.URL).info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): (int(stat["calls"]), int(stat["usec"]))
+        for name, stat in info.items()
+    }
 
 
 async def _write_ticks(
@@ -312,6 +355,25 @@ def report_latency(run: P4Run, folder: str, skip_s: float) -> tuple[float, float
         )
         ack = f"append ack +{(run.acked[middle] - t0) * 1000:.2f}, " if middle in run.acked else ""
         print(f"  timeline of the median tick ({middle}), ms after its event_time: {ack}{marks}")
+    if run.cpu:
+        spent = ", ".join(
+            f"{name} {seconds / run.total * 1e6:,.0f}" for name, seconds in run.cpu.items()
+        )
+        total, cpus = sum(run.cpu.values()), os.cpu_count() or 1
+        print(
+            f"  CPU per event written (us, user + system): {spent}; total "
+            f"{total / run.total * 1e6:,.0f} = {total / run.written_in / cpus:.0%} "
+            f"of the {cpus} CPUs over the writing"
+        )
+    if run.commands:
+        top = sorted(run.commands.items(), key=lambda item: -item[1][1])[:8]
+        print(
+            "  Redis commands per event written (calls, us): "
+            + ", ".join(
+                f"{name} {calls / run.total:.2f} x {usec / run.total:.1f}"
+                for name, (calls, usec) in top
+            )
+        )
     return p50, p99, top
 
 
@@ -501,11 +563,21 @@ def main() -> None:
     try:
         publisher = start_app(app, processes, folder)
 
+        groups = {"publisher": publisher.pid, "worker": processes.running[1].pid}
+        if server is not None:
+            groups["redis"] = server.pid
         first = 0
         for rate in rates:
             runs.append(
                 measure_latency(
-                    app, folder, args.seconds, rate, first, args.p4_entities, args.writers
+                    app,
+                    folder,
+                    args.seconds,
+                    rate,
+                    first,
+                    args.p4_entities,
+                    args.writers,
+                    groups,
                 )
             )
             first += runs[-1].total
