@@ -93,20 +93,27 @@ class _Wakeups:
         self._outage = outage
         self._client = client
         self._channel = channel
-        self._changed = threading.Condition()
+        # A condition per queue, all on one lock: a wake-up rouses the consumers of the
+        # queue it names, not every idle consumer of the process (each publisher round
+        # names its queues, hundreds of times a second under load).
+        self._lock = threading.Lock()
+        self._changed: dict[str, threading.Condition] = {}
         self._counts: dict[str, int] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="es-wakeups", daemon=True)
         self._thread.start()
 
     def count(self, queue_name: str) -> int:
-        with self._changed:
+        with self._lock:
             return self._counts.get(queue_name, 0)
 
     def wait(self, queue_name: str, seen: int, timeout: float) -> None:
         """Returns once the queue was named after `seen` was read, or after `timeout` s."""
-        with self._changed:
-            self._changed.wait_for(
+        with self._lock:
+            changed = self._changed.get(queue_name)
+            if changed is None:
+                changed = self._changed[queue_name] = threading.Condition(self._lock)
+            changed.wait_for(
                 lambda: self._counts.get(queue_name, 0) != seen or self._stopped.is_set(),
                 timeout,
             )
@@ -134,14 +141,17 @@ class _Wakeups:
 
     def _woken(self, data: bytes | str) -> None:
         queue_name = data.decode() if isinstance(data, bytes) else data
-        with self._changed:
+        with self._lock:
             self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
-            self._changed.notify_all()
+            changed = self._changed.get(queue_name)
+            if changed is not None:  # else no consumer of it has waited yet
+                changed.notify_all()
 
     def stop(self) -> None:
         self._stopped.set()
-        with self._changed:
-            self._changed.notify_all()
+        with self._lock:
+            for changed in self._changed.values():
+                changed.notify_all()
 
 
 class WakingRedisBroker(RedisBroker):
