@@ -366,12 +366,12 @@ def report_latency(run: P4Run, folder: str, skip_s: float) -> tuple[float, float
             f"of the {cpus} CPUs over the writing"
         )
     if run.commands:
-        top = sorted(run.commands.items(), key=lambda item: -item[1][1])[:8]
+        busiest = sorted(run.commands.items(), key=lambda item: -item[1][1])[:8]
         print(
             "  Redis commands per event written (calls, us): "
             + ", ".join(
                 f"{name} {calls / run.total:.2f} x {usec / run.total:.1f}"
-                for name, (calls, usec) in top
+                for name, (calls, usec) in busiest
             )
         )
     return p50, p99, top
