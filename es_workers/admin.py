@@ -62,7 +62,9 @@ class SubscriberStatus:
 
 @dataclass(frozen=True)
 class ArchiveStatus:
-    """One entity type's events in Redis and in the archive (with ES_ARCHIVE_URL)."""
+    """One entity type's events in Redis and in the archive (with ES_ARCHIVE_URL), or one
+    eventsourcing application's aggregate events (`entity_type` `eventsourcing:<name>`,
+    counted by versions, with no lag age)."""
 
     entity_type: str
     events: int  # every event written (the entities' heads)
