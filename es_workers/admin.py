@@ -17,11 +17,13 @@ from .ports import NotifyingEventBus
 from .redis.cluster import spread_warning
 from .redis.failures import translated
 from .redis.footprint import Footprint
+from .redis.recorder_archiver import archive_label, recorded_lag, registered_applications
 from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
 from .redis.storage import RedisStorage
 from .removal import REMOVED_TYPE
 from .retention import HotWindow
 from .store import Store
+from .wiring import recorded_archive
 
 __all__ = [
     "Footprint",
@@ -60,7 +62,9 @@ class SubscriberStatus:
 
 @dataclass(frozen=True)
 class ArchiveStatus:
-    """One entity type's events in Redis and in the archive (with ES_ARCHIVE_URL)."""
+    """One entity type's events in Redis and in the archive (with ES_ARCHIVE_URL), or one
+    eventsourcing application's aggregate events (`entity_type` `eventsourcing:<name>`,
+    counted by versions, with no lag age)."""
 
     entity_type: str
     events: int  # every event written (the entities' heads)
@@ -200,15 +204,12 @@ def status(store: Store) -> StoreStatus:
 
 def archive_status(store: Store) -> list[ArchiveStatus]:
     """Per entity type: events written, marked archived, past the hot window and not
-    archived yet, and the archive's own counts (None, with the error, if unreachable)."""
+    archived yet, and the archive's own counts (None, with the error, if unreachable); then
+    the same per eventsourcing application under the prefix (`eventsourcing:<name>`)."""
     storage = _redis(store)
     if storage.archive is None:
         return []
-    try:
-        counts: dict[str, tuple[int, int]] | None = storage.archive.counts()
-        error = None
-    except StorageUnavailableError as failure:  # the rest of the status still shows
-        counts, error = None, str(failure)
+    counts, error = _archive_counts(storage.archive.counts)
     found = []
     now_us = time.time_ns() // 1000
     for entity_type in store.entity_types():
@@ -220,7 +221,43 @@ def archive_status(store: Store) -> list[ArchiveStatus]:
             entity_type, sum(heads.values()), sum(marks.values()), lag.events,
             stored[0] if stored else None, stored[1] if stored else None, error,
             lag.age_s(now_us)))
+    return found + _applications_archive(storage, error)
+
+
+def _applications_archive(storage: RedisStorage, unreachable: str | None) -> list[ArchiveStatus]:
+    """The eventsourcing applications' rows (es_workers.eventsourcing, archived by
+    `es-workers archive` into their own table beside the app's): their aggregates' events
+    in Redis, and the archive's counts unless it was `unreachable` just now (the same
+    PostgreSQL: not waited for twice). No lag age: Redis keeps no time of a stored event."""
+    applications = registered_applications(storage.client, storage.keys.prefix)
+    archive = recorded_archive(storage.archive)
+    if not applications or archive is None:  # none, or not archived (no PostgresArchive)
+        return []
+    # A missing table is an error of the row, not of the status: the first `es-workers
+    # archive` that archives applications makes it.
+    counts, error = (None, unreachable) if unreachable else _archive_counts(
+        archive.counts, (StorageUnavailableError, ConfigurationError))
+    found = []
+    for application in applications:
+        lag = recorded_lag(storage.client, storage.keys.prefix, application,
+                           storage.hot_window.events)
+        stored = counts.get(application, (0, 0)) if counts is not None else None
+        found.append(ArchiveStatus(
+            archive_label(application), lag.events, lag.archived_marked, lag.lag,
+            stored[0] if stored else None, stored[1] if stored else None, error))
     return found
+
+
+def _archive_counts(
+    counts: Callable[[], dict[str, tuple[int, int]]],
+    failures: tuple[type[Exception], ...] = (StorageUnavailableError,),
+) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
+    """An archive's counts, or None and why it could not be counted (`failures`: the rest
+    of the status still shows)."""
+    try:
+        return counts(), None
+    except failures as failure:
+        return None, str(failure)
 
 
 def _unpark(

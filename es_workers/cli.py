@@ -1073,16 +1073,17 @@ def recorder_archiver(storage: RedisStorage, settings: Settings, lease_ms: int,
                       init: bool) -> RecorderArchiver | None:
     """The archiver of the eventsourcing applications under the storage's prefix, its table
     created or migrated."""
-    from .postgres import PostgresArchive, PostgresRecordedArchive
     from .postgres.schema import RECORDED
     from .redis.recorder_archiver import RecorderArchiver
+    from .wiring import recorded_archive
 
-    # The app's archive (ES_ARCHIVE_URL, or built in code): the same PostgreSQL and prefix.
-    if not isinstance(storage.archive, PostgresArchive):
+    # Beside the app's archive (ES_ARCHIVE_URL, or built in code): the same PostgreSQL and
+    # prefix, as `status` counts it.
+    archive = recorded_archive(storage.archive)
+    if archive is None:
         log.info("the archive %s is not PostgresArchive: eventsourcing applications are not "
                  "archived", type(storage.archive).__name__)
         return None
-    archive = storage.archive.sibling(PostgresRecordedArchive)
     had = archive.init()
     if init or had != RECORDED.version:
         out.print(f"archive table {archive.table}: version {had} -> {RECORDED.version}")

@@ -65,7 +65,9 @@ class ArchiveLagMetrics(NamedTuple):
 @cache
 def archive_lag() -> ArchiveLagMetrics:
     """The archiver's lag gauges, made by the first pass (see `publish_lag`). Each archiver
-    reports the partitions it holds: sum the events across archivers, take the max age."""
+    reports the partitions it holds: sum the events across archivers, take the max age. An
+    eventsourcing application's events are labelled `eventsourcing:<application>` (entity
+    types hold no `:`), with no age (Redis keeps no time of its stored events)."""
     return ArchiveLagMetrics(
         Gauge("es_archive_lag_events", "Events past the hot window not yet archived, as the "
               "archiver's latest pass found them (its partitions)", ["entity_type"],

@@ -251,6 +251,20 @@ def postgres_archive(settings: Settings, *, asyncio: bool = False,
     return kind(settings.archive_url.get_secret_value(), prefix=settings.prefix)
 
 
+def recorded_archive(archive: object) -> Any:
+    """The eventsourcing applications' archive (a `PostgresRecordedArchive`) beside the
+    app's `archive` (ES_ARCHIVE_URL, or one built in code): the same PostgreSQL and prefix,
+    made once; None when `archive` is not a `PostgresArchive` (or None)."""
+    if archive is None:
+        return None
+    try:  # psycopg, an optional extra: without it `archive` is no PostgresArchive
+        from .postgres import PostgresArchive, PostgresRecordedArchive
+    except ImportError:
+        return None
+    return (archive.sibling(PostgresRecordedArchive) if isinstance(archive, PostgresArchive)
+            else None)
+
+
 def hot_window(settings: Settings) -> HotWindow:
     """The hot window of every entity type the app does not give its own."""
     age = settings.archive_after_age_ms

@@ -7,7 +7,9 @@ database of its own, dropped after)."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -25,9 +27,20 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, ProcessRecorder, StoredEvent
 from eventsourcing.tests import persistence as kit
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
-from es_workers import ArchiveUnavailableError, StorageUnavailableError
-from es_workers.postgres import PostgresRecordedArchive
+from es_workers import (
+    ArchiveUnavailableError,
+    HotWindow,
+    RedisStorage,
+    StorageUnavailableError,
+    Store,
+    admin,
+)
+from es_workers.admin import ArchiveStatus
+from es_workers.cli import app as cli
+from es_workers.postgres import PostgresArchive, PostgresRecordedArchive
 from es_workers.postgres.schema import RECORDED
 from es_workers.redis.archiver import Archived
 from es_workers.redis.layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
@@ -39,6 +52,7 @@ from es_workers.redis.recorders import (
     applications_key,
 )
 from es_workers.redis.scripts import Script
+from es_workers.wiring import recorded_archive
 
 APP = "Ledger"
 HERE = Path(__file__).parent
@@ -409,6 +423,156 @@ def test_a_mark_past_an_aggregates_or_the_logs_newest_entry_never_removes_it(
     with pytest.raises(IntegrityError):
         recording.insert_events([StoredEvent(originator, 4, "a", b"again")])
     assert recording.insert_events([StoredEvent(originator, 5, "a", b"five")]) == [5]
+
+
+# -- what status, the dashboard and the archiver's gauges show of the applications ----------
+
+LABEL = f"eventsourcing:{APP}"
+
+
+@pytest.fixture
+def store(client: redis.Redis, prefix: str, archive_url: str,  # noqa: F811
+          archive: PostgresRecordedArchive) -> Iterator[Store]:
+    """A Store with no entity types on the applications' prefix, its archive (both tables
+    made) on the same PostgreSQL, keeping 10 events hot."""
+    native = PostgresArchive(archive_url, prefix=prefix)
+    native.init()
+    storage = RedisStorage(client, prefix=prefix, archive=native)
+    storage.hot_window = HotWindow(events=10)
+    yield Store(storage)
+    native.close()
+
+
+def application_row(store: Store) -> ArchiveStatus:
+    [row] = [row for row in admin.status(store).archive if row.entity_type == LABEL]
+    return row
+
+
+def sample(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"entity_type": LABEL})
+
+
+def test_status_shows_an_applications_archive_lag_until_a_pass_archived_it(
+        client: redis.Redis, prefix: str, archive_url: str,  # noqa: F811
+        archive: PostgresRecordedArchive, store: Store) -> None:
+    recording = recorder(client, prefix, archive)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    write_history(recording, [first, second], 30)
+    recording.insert_events([StoredEvent(uuid.uuid4(), 1, "a", b"one")])
+
+    assert application_row(store) == ArchiveStatus(LABEL, 61, 0, 40, 0, 0, None, None)
+    archived = store.storage.archive  # type: ignore[attr-defined]
+    assert recorded_archive(archived) is recorded_archive(archived)  # not a connection a call
+
+    counted = sample("es_archived_total") or 0
+    done = archive_once(client, prefix, archive, keep=10)
+    rows = rows_in(archive_url, prefix)
+    assert (done.events, len(rows)) == (51, 51)  # 40 past the window, 11 the log's
+    assert sample("es_archived_total") == counted + 51
+    assert sample("es_archive_lag_events") == 40  # what the pass found past the window
+    assert sample("es_archive_lag_seconds") is None  # no time: no series
+    assert application_row(store) == ArchiveStatus(
+        LABEL, 61, 40, 0, 51, sum(len(row[6]) for row in rows), None, None)
+
+    # Written since the pass, read from the log: the archiver's heads do not know them yet.
+    recording.insert_events([StoredEvent(first, version, "a", b"more")
+                             for version in range(31, 36)])
+    fresh = uuid.uuid4()
+    recording.insert_events([StoredEvent(fresh, version, "b", b"new")
+                             for version in range(1, 13)])
+    row = application_row(store)
+    assert (row.events, row.archived_marked, row.lag) == (61 + 5 + 12, 40, 5 + 2)
+    archive_once(client, prefix, archive, keep=10)
+    assert sample("es_archive_lag_events") == 7
+    assert application_row(store).lag == 0
+    assert hot_versions(client, prefix, fresh) == list(range(3, 13))
+    archive_once(client, prefix, archive, keep=10)
+    assert sample("es_archive_lag_events") == 0
+
+
+def test_status_shows_an_applications_redis_counts_when_its_archive_cannot_be_counted(
+        client: redis.Redis, prefix: str, archive_url: str) -> None:  # noqa: F811
+    proxy = Proxy(server_port(archive_url))
+    native = PostgresArchive(proxy.url(archive_url), prefix=prefix, connect_timeout_s=2)
+    native.init()
+    storage = RedisStorage(client, prefix=prefix, archive=native)
+    storage.hot_window = HotWindow(events=4)
+    store = Store(storage)
+    recording = recorder(client, prefix)
+    write_history(recording, [uuid.uuid4()], 10)
+
+    # No table yet (no `es-workers archive` archived applications): the row says so.
+    row = application_row(store)
+    assert (row.events, row.archived_marked, row.lag, row.archived_events) == (10, 0, 6, None)
+    assert row.error is not None and "es-workers archive APP --init" in row.error
+
+    recorded = PostgresRecordedArchive(archive_url, prefix=prefix)
+    recorded.init()
+    archive_once(client, prefix, recorded, keep=4)
+    recorded.close()
+    write_history(recording, [uuid.uuid4()], 7)
+    assert application_row(store).archived_events == 6  # the log's 1..6 were among them
+
+    proxy.close()
+    row = application_row(store)
+    assert (row.events, row.archived_marked, row.lag) == (17, 6, 3)
+    assert (row.archived_events, row.archived_bytes, row.lag_age_s) == (None, None, None)
+    assert row.error is not None and f"127.0.0.1:{proxy.port}/" in row.error
+    native.close()
+
+
+def test_status_json_and_text_show_the_applications_rows(
+        client: redis.Redis, prefix: str, archive_url: str,  # noqa: F811
+        environment: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for kind in (PostgresArchive, PostgresRecordedArchive):
+        table = kind(archive_url, prefix=prefix)
+        table.init()
+        table.close()
+    ledger = Ledger()
+    account = Account("ada")
+    for amount in range(1, 10):
+        account.deposit(amount)
+    ledger.save(account)  # 10 events: 5 past the window of ES_ARCHIVE_AFTER=5
+    ledger.close()
+    module = f"status_app_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{module}.py").write_text((HERE / "process_archive_app.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row, however wide
+    try:
+        shown = CliRunner().invoke(cli, ["status", f"{module}:store", "--json"])
+        text = CliRunner().invoke(cli, ["status", f"{module}:store"])
+    finally:
+        sys.modules.pop(module, None)
+
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.stdout)["archive"]
+    assert [row["entity_type"] for row in rows] == ["account", LABEL]
+    assert rows[1] == {"entity_type": LABEL, "events": 10, "archived_marked": 0, "lag": 5,
+                       "archived_events": 0, "archived_bytes": 0, "error": None,
+                       "lag_age_s": None}
+    assert text.exit_code == 0, text.output
+    assert re.search(rf"{LABEL}\W+10\W+0\W+5\W+-\W+0\W+0", text.stdout), text.stdout
+
+
+def test_the_dashboard_shows_the_applications_archive(
+        client: redis.Redis, prefix: str, archive: PostgresRecordedArchive,
+        store: Store) -> None:
+    from starlette.testclient import TestClient
+
+    from es_workers.dashboard.app import create_app
+
+    recording = recorder(client, prefix, archive)
+    write_history(recording, [uuid.uuid4()], 30)
+    dashboard = TestClient(create_app(store, sample_every=0.05))
+
+    html = dashboard.get("/").text
+    row = re.search(rf'<table id="archive">.*?<tr data-entity-type="{LABEL}">(.*?)</tr>',
+                    html, re.DOTALL)
+    assert row, html
+    assert 'class="n lag warn">20<' in row.group(1)
+    assert 'class="n lag-age">-<' in row.group(1) and 'class="n stored">0<' in row.group(1)
+    [found] = dashboard.get("/api/status").json()["archive"]
+    assert (found["entity_type"], found["events"], found["lag"]) == (LABEL, 30, 20)
 
 
 # -- eventsourcing's own test kit, every aggregate archived but its newest after each write --

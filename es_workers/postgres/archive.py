@@ -61,11 +61,18 @@ class PostgresTable:
         self._lock = threading.RLock()
         self._checked = False
         self._name = sql.Identifier(self.table)
+        self._siblings: dict[type[PostgresTable], PostgresTable] = {}
 
     def sibling(self, kind: type[_T]) -> _T:
         """The table of another layout (`kind`) for the same PostgreSQL and prefix, on a
-        connection of its own."""
-        return kind(self._url, prefix=self.prefix, connect_timeout_s=self.connect_timeout_s)
+        connection of its own: made once (`es-workers status` asks at each refresh), closed
+        with this one."""
+        with self._lock:
+            found = self._siblings.get(kind)
+            if not isinstance(found, kind):
+                found = self._siblings[kind] = kind(
+                    self._url, prefix=self.prefix, connect_timeout_s=self.connect_timeout_s)
+            return found
 
     @contextlib.contextmanager
     def _using(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
@@ -133,6 +140,8 @@ class PostgresTable:
     def close(self) -> None:
         with self._lock:
             self._drop()
+            for sibling in self._siblings.values():
+                sibling.close()
 
 
 class PostgresArchive(PostgresTable):

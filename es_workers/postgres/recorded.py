@@ -84,3 +84,12 @@ class PostgresRecordedArchive(PostgresTable):
                 binary=True).fetchall()
         return [(int(n), str(o), bool(u), int(v), str(t), bytes(state))
                 for n, o, u, v, t, state in rows]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per application: events archived and the bytes of their states."""
+        with self._using("counting archived stored events") as connection:
+            self._ready(connection)
+            rows = connection.execute(sql.SQL(
+                "SELECT application, count(*), coalesce(sum(octet_length(state)), 0) FROM {} "
+                "GROUP BY application").format(self._name)).fetchall()
+        return {str(application): (int(n), int(size)) for application, n, size in rows}

@@ -18,14 +18,21 @@ move the aggregates' marks and remove what they cover from Redis, in one script
 move, the events are still in Redis and are copied again) and duplicates nothing (the second
 insert finds them). Several archivers share the applications by leases, as `RedisArchiver`
 shares partitions.
+
+What is archived and what lags (`recorded_lag`, for `es-workers status` and the dashboard;
+`es_archive_lag_events` and `es_archived_total` for the archiver's passes) are labelled
+`eventsourcing:<application>` (`archive_label`) beside the entity types (which hold no `:`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import metrics
+from ..retention import HotWindow
 from .archiver import Archived, take_lease
 from .keys import text
 from .layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
@@ -49,6 +56,98 @@ class RecordedArchiveWriter(Protocol):
     def insert(self, rows: Sequence[RecordedRow]) -> int: ...
 
 
+def archive_label(application: str) -> str:
+    """How status rows and the archive's metrics name an application (beside entity types)."""
+    return f"eventsourcing:{application}"
+
+
+def registered_applications(client: Any, prefix: str) -> list[str]:
+    """The eventsourcing applications registered under the prefix, sorted."""
+    return sorted(text(name) for name in client.smembers(applications_key(prefix)))
+
+
+@dataclass(frozen=True)
+class RecordedLag:
+    """One application's aggregate events in Redis as the archiver counts them, by versions
+    (eventsourcing numbers an aggregate's events 1, 2, ...): recorded (the aggregates'
+    newest versions, summed), archived (their marks, summed) and past the hot window (more
+    than `keep` versions below the newest) not archived yet."""
+
+    application: str
+    events: int = 0
+    archived_marked: int = 0
+    lag: int = 0
+
+    def __add__(self, other: RecordedLag) -> RecordedLag:
+        return RecordedLag(self.application, self.events + other.events,
+                           self.archived_marked + other.archived_marked,
+                           self.lag + other.lag)
+
+
+def recorded_lag(client: Any, prefix: str, application: str,
+                 keep: int | None) -> RecordedLag:
+    """The application's `RecordedLag` with a hot window of `keep` (at least 1, as the
+    archiver keeps; None: no window by count, nothing lags), read without writing: the
+    archiver's heads, overlaid with the log's entries it has not read yet (all of them
+    before its first pass), a page at a time, and the marks of each page of aggregates."""
+    keys = ApplicationKeys(prefix, application)
+    window = HotWindow(events=None if keep is None else max(1, keep))
+    newer: dict[str, int] = {}
+    for page, _ in log_pages(client, keys, int(client.get(keys.archiver("scanned")) or 0)):
+        newer.update((originator, _version(head)) for originator, head in page.items())
+    found, seen, heads = RecordedLag(application), set[str](), []
+    for field_name, value in client.hscan_iter(keys.archiver("heads"), count=HEADS_PAGE):
+        originator = text(field_name)
+        if originator not in seen:  # HSCAN may return a field twice
+            seen.add(originator)
+            heads.append((originator, newer.pop(originator, _version(text(value)))))
+        if len(heads) == HEADS_PAGE:
+            found, heads = found + _counted(client, keys, heads, window), []
+    rest = heads + list(newer.items())  # and the aggregates the archiver has not seen yet
+    for start in range(0, len(rest), HEADS_PAGE):
+        found += _counted(client, keys, rest[start:start + HEADS_PAGE], window)
+    return found
+
+
+def _counted(client: Any, keys: ApplicationKeys, heads: list[tuple[str, int]],
+             window: HotWindow) -> RecordedLag:
+    """The aggregates (originator ID, newest version) counted, with their marks."""
+    marks = [0 if mark is None else int(mark) for mark in client.hmget(
+        keys.archived(PURPOSE), [originator for originator, _ in heads])]
+    return RecordedLag(keys.application, sum(head for _, head in heads), sum(marks),
+                       sum(max(0, window.archive_up_to(head) - mark)
+                           for (_, head), mark in zip(heads, marks, strict=True)))
+
+
+def log_pages(client: Any, keys: ApplicationKeys,
+              after: int) -> Iterator[tuple[dict[str, str], int]]:
+    """The log's entries after the notification ID `after`, a page at a time: originator ID
+    -> `<newest version> <1 if a UUID>` in the page, and the notification ID read up to."""
+    while True:
+        page = client.xrange(keys.notifications(), f"{after + 1}-0", "+", count=LOG_PAGE)
+        if not page:
+            return
+        after = int(text(page[-1][0]).partition("-")[0])
+        yield {text(fields[b"o"]): f"{int(fields[b'v'])} {text(fields[b'u'])}"
+               for _, fields in page}, after
+        if len(page) < LOG_PAGE:
+            return
+
+
+def _version(head: str) -> int:
+    return int(head.partition(" ")[0])
+
+
+@dataclass
+class _Batch:
+    """Rows read, not yet in the archive, the marks they will move, and the events past the
+    hot window the pass found (read, whether archived yet or not)."""
+
+    rows: list[RecordedRow] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    found: int = 0
+
+
 class RecorderArchiver:
     """Archives the events of the eventsourcing applications under `prefix` (those named in
     `applications`, else every one registered there), keeping the newest `keep` (at least
@@ -70,16 +169,21 @@ class RecorderArchiver:
         """The applications this archiver archives."""
         if self.named is not None:
             return self.named
-        return sorted(text(name) for name in self.client.smembers(applications_key(
-            self.prefix)))
+        return registered_applications(self.client, self.prefix)
 
     def run_once(self) -> Archived:
-        """One pass over the applications whose lease this archiver holds (or takes)."""
+        """One pass over the applications whose lease this archiver holds (or takes); what
+        it found past the window before archiving it goes to the lag gauge (0 for those
+        another archiver holds, as `RedisArchiver` reports partitions)."""
         done = Archived()
+        gauges = metrics.archive_lag()
         for application in self.applications():
-            keys = ApplicationKeys(self.prefix, application)
+            keys, found = ApplicationKeys(self.prefix, application), 0
             if self._lease(keys):
-                done += self._archive(keys)
+                archived, found = self._archive(keys)
+                done += archived
+            # No `es_archive_lag_seconds`: Redis keeps no time of a stored event.
+            gauges.events.labels(archive_label(application)).set(found)
         return done
 
     def release(self) -> None:
@@ -97,42 +201,33 @@ class RecorderArchiver:
         version> <1 if a UUID>`): a page at a time, the heads before the place read up to
         (read again after a crash, they set the same values)."""
         heads, scanned = keys.archiver("heads"), keys.archiver("scanned")
-        after = int(self.client.get(scanned) or 0)
-        while True:
-            page = self.client.xrange(keys.notifications(), f"{after + 1}-0", "+",
-                                      count=LOG_PAGE)
-            if not page:
-                return
-            newest = {text(fields[b"o"]): f"{int(fields[b'v'])} {text(fields[b'u'])}"
-                      for _, fields in page}
-            after = int(text(page[-1][0]).partition("-")[0])
+        for newest, after in log_pages(self.client, keys, int(self.client.get(scanned) or 0)):
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(heads, mapping=newest)
             pipe.set(scanned, after)
             pipe.execute()
-            if len(page) < LOG_PAGE:
-                return
 
-    def _archive(self, keys: ApplicationKeys) -> Archived:
+    def _archive(self, keys: ApplicationKeys) -> tuple[Archived, int]:
+        """Archives the application; returns what it did and the events it found past the
+        hot window."""
         self._read_log(keys)
-        done = Archived()
-        rows: list[RecordedRow] = []
-        marks: dict[str, int] = {}
+        done, batch = Archived(), _Batch()
         page: list[tuple[str, int, bool]] = []
-        for field, value in self.client.hscan_iter(keys.archiver("heads"), count=HEADS_PAGE):
+        for originator, value in self.client.hscan_iter(keys.archiver("heads"),
+                                                        count=HEADS_PAGE):
             version, _, flag = text(value).partition(" ")
-            page.append((text(field), int(version), flag == "1"))
+            page.append((text(originator), int(version), flag == "1"))
             if len(page) == HEADS_PAGE:
-                done += self._page(keys, page, rows, marks)
+                done += self._page(keys, page, batch)
                 page = []
-        done += self._page(keys, page, rows, marks)
-        done += self._flush(keys, rows, marks)
-        return done + self._archive_log(keys)
+        done += self._page(keys, page, batch)
+        done += self._flush(keys, batch)
+        return done + self._archive_log(keys), batch.found
 
     def _page(self, keys: ApplicationKeys, page: list[tuple[str, int, bool]],
-              rows: list[RecordedRow], marks: dict[str, int]) -> Archived:
-        """Reads the page's aggregates' events past the hot window into `rows`, flushing
-        each `batch` events."""
+              batch: _Batch) -> Archived:
+        """Reads the page's aggregates' events past the hot window into the batch, flushing
+        it each `batch` events."""
         if not page:
             return Archived()
         done = Archived()
@@ -142,35 +237,41 @@ class RecorderArchiver:
             stream = keys.aggregate(PURPOSE, originator)
             while upto > last:
                 entries = self.client.xrange(stream, f"{last + 1}-0", f"{upto}-1",
-                                             count=self.batch - len(rows))
+                                             count=self.batch - len(batch.rows))
                 if not entries:
                     break
                 for entry_id, fields in entries:
                     number = fields.get(b"n")
-                    rows.append((keys.application, PURPOSE, originator, is_uuid,
-                                 int(text(entry_id).partition("-")[0]), text(fields[b"t"]),
-                                 bytes(fields[b"s"]),
-                                 int(number) if number is not None else None))
-                last = marks[originator] = rows[-1][4]
-                if len(rows) >= self.batch:
-                    done += self._flush(keys, rows, marks)
+                    batch.rows.append((keys.application, PURPOSE, originator, is_uuid,
+                                       int(text(entry_id).partition("-")[0]),
+                                       text(fields[b"t"]), bytes(fields[b"s"]),
+                                       int(number) if number is not None else None))
+                batch.found += len(entries)
+                last = batch.marks[originator] = batch.rows[-1][4]
+                if len(batch.rows) >= self.batch:
+                    done += self._flush(keys, batch)
         return done
 
-    def _flush(self, keys: ApplicationKeys, rows: list[RecordedRow],
-               marks: dict[str, int]) -> Archived:
-        """Stores the rows in the archive, then (once committed) moves the marks and removes
-        what they cover from Redis."""
-        if not rows:
+    def _flush(self, keys: ApplicationKeys, batch: _Batch) -> Archived:
+        """Stores the batch's rows in the archive, then (once committed) moves the marks
+        and removes what they cover from Redis."""
+        if not batch.rows:
             return Archived()
-        stored = self.archive.insert(rows)
+        stored = self._insert(keys, batch.rows)
         moved = self._script(
             keys=RECORDED_ARCHIVED.keys.pack([(keys.aggregate(PURPOSE, originator),)
-                                              for originator in marks],
+                                              for originator in batch.marks],
                                              marks=keys.archived(PURPOSE)),
-            args=RECORDED_ARCHIVED.args.pack(list(marks.items())))
-        rows.clear()
-        marks.clear()
+            args=RECORDED_ARCHIVED.args.pack(list(batch.marks.items())))
+        batch.rows.clear()
+        batch.marks.clear()
         return Archived(stored, int(moved))
+
+    def _insert(self, keys: ApplicationKeys, rows: list[RecordedRow]) -> int:
+        """Stores the rows in the archive (counted in `es_archived_total`)."""
+        stored = self.archive.insert(rows)
+        metrics.ARCHIVED.labels(archive_label(keys.application)).inc(stored)
+        return stored
 
     def _archive_log(self, keys: ApplicationKeys) -> Archived:
         """Copies the events of the log's entries older than its newest `keep` (read into
@@ -199,7 +300,7 @@ class RecorderArchiver:
                  int(text(entry_id).partition("-")[0]))
                 for (entry_id, fields), event in zip(page, pipe.execute(), strict=True)
                 if event]  # gone from Redis: archived (committed) before it went
-            stored += self.archive.insert(rows)
+            stored += self._insert(keys, rows)
             mark = int(text(page[-1][0]).partition("-")[0])
             self._log_script(keys=RECORDED_LOG_ARCHIVED.keys.pack(log=log, mark=mark_key),
                              args=RECORDED_LOG_ARCHIVED.args.pack(upto=mark))
