@@ -13,12 +13,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from .errors import ConfigurationError, StorageUnavailableError, UnknownNameError
 from .names import check_entity_id
 from .names import check_entity_type as check_entity_type_name
-from .ports import NotifyingEventBus
+from .ports import NotifyingEventBus, RebuildRecord
 from .redis.cluster import spread_warning
 from .redis.failures import translated
 from .redis.footprint import Footprint
 from .redis.recorder_archiver import archive_label, recorded_lag, registered_applications
-from .redis.state import ParkedEntity, RebuildRecord, SubscriberState
+from .redis.state import ParkedEntity, SubscriberState
 from .redis.storage import RedisStorage
 from .removal import REMOVED_TYPE
 from .retention import HotWindow

@@ -32,7 +32,7 @@ from kit import wait_for, write_count
 from servers import TcpProxy
 
 from es_workers import Event, RedisStorage, Store, admin
-from es_workers.redis.state import BUSY, NOTHING_TO_DO, READY, Failure
+from es_workers.ports import BUSY, NOTHING_TO_DO, READY, Failure
 from es_workers.workers.delivery import DeliveryOptions
 
 LEASE_MS = 300

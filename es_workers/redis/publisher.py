@@ -35,14 +35,14 @@ import redis
 
 from .. import metrics
 from ..backoff import Backoff
-from ..ports import Bus, EventBus, NotifyingEventBus, Storage
+from ..ports import Bus, EventBus, NotifyingEventBus, Storage, SubscriberEntity
 from ..retention import Scavenged
 from ..tracing import relay_span
 from ..upgrade import Reader
 from .cluster import Wakeups, is_cluster, read_groups, spread_warning
 from .heartbeats import BEAT_EVERY_S, Heartbeats
 from .keys import RedisKeys, text
-from .state import SubscriberEntity, SubscriberState
+from .state import SubscriberState
 
 log = logging.getLogger("es_workers.publisher")
 

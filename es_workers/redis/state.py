@@ -36,13 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from ..errors import NotParkedError, ParkedError, WaitTimeoutError
-from ..ports import (  # the values of the SubscriberState port (re-exported: tests, admin)
-    BACKING_OFF,
-    BUSY,
-    NOT_A_STREAM,
-    NOTHING_TO_DO,
-    PAUSED,
-    READY,
+from ..ports import (  # the values of the SubscriberState port
     Begun,
     Committed,
     Failed,
@@ -56,11 +50,7 @@ from .keys import RedisKeys, text
 from .layouts import BEGIN, CHECKPOINT, FAIL, PAUSE, RENEW, UNLOCK
 from .scripts import Script
 
-__all__ = [
-    "BACKING_OFF", "BUSY", "NONE_WAITING", "NOTHING_TO_DO", "NOT_A_STREAM", "PAUSED", "READY",
-    "TRACEBACK_LIMIT", "WAIT_POLL_S", "Begun", "Committed", "Failed", "Failure",
-    "ParkedEntity", "RebuildRecord", "SubscriberEntity", "SubscriberState",
-]
+__all__ = ["NONE_WAITING", "TRACEBACK_LIMIT", "WAIT_POLL_S", "ParkedEntity", "SubscriberState"]
 
 NONE_WAITING = 2**62  # `least_handled` of an entity type no subscriber reads
 TRACEBACK_LIMIT = 4096  # characters of a handler's traceback kept with a parked entity
