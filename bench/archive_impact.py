@@ -23,7 +23,8 @@ P4  append -> handler latency at each of --rates single-event appends/s over 1,0
 
 Prints each round, the CPU each process spent during each P4 (from /proc), then the
 medians over the rounds with the archiver / without (goal: appends/s >= 0.9x, latencies
-<= 1.1x) and the range of the rounds without (the noise a ratio is read against). The
+<= 1.1x) and the range of the rounds without (the noise a ratio is read against), and the
+median of each round's own with / without (less moved by load that drifts). The
 archiver's work in the with-rounds is printed too: the events it archived while the
 measures ran.
 """
@@ -206,6 +207,14 @@ def report(rows: list[Round], args: argparse.Namespace) -> None:
         alone = [value(r) for r in rows if not r.archiver]
         print(f"  {name:<26} {with_:>10,.2f} / {without:>10,.2f} = {times:.3f}x ({better} is "
               f"better; without: {min(alone):,.2f} to {max(alone):,.2f})")
+    # Each round's with and without run a minute apart: their ratio moves less with load
+    # that drifts over the run (other work on the machine) than the medians' ratio.
+    print("\nmedian of each round's own with / without (and its range over the rounds):")
+    for name, value, _ in figures:
+        paired = [value(a) / value(b) for a, b in zip(rows[::2], rows[1::2], strict=False)]
+        paired = [1 / r if a.archiver else r for r, a in zip(paired, rows[1::2], strict=False)]
+        print(f"  {name:<26} {statistics.median(paired):.3f}x ({min(paired):.2f} to "
+              f"{max(paired):.2f})")
 
 
 def main() -> int:
