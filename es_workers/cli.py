@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -1025,6 +1026,7 @@ def archive(
 
     with StopSignals() as stop:
         settings = settings_or_exit()
+        lower_priority(settings.archive_nice)
         store = load_app(app_ref, embedded=True)
         require_shared_redis(store, "archive")
         storage = store.storage
@@ -1090,6 +1092,45 @@ def recorder_archiver(storage: RedisStorage, settings: Settings, lease_ms: int,
     return RecorderArchiver(storage.client, storage.keys.prefix, archive,
                             keep=settings.archive_after, batch=settings.archive_batch,
                             lease_ms=lease_ms)
+
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_priority(nice: int) -> None:
+    """Takes niceness `nice` (keeping a higher one it was started with), so that the app's
+    processes on the same cores get the CPU first: archiving only lags, and its lag is
+    watched. On Linux with autogroups (`kernel.sched_autogroup_enabled`) the CPU is shared
+    between sessions first and a process' niceness weighs only within its own session, so a
+    process that leads its session (honcho and `setsid` start each process in one) gives
+    the niceness to the session's autogroup too; one in another's session (a shell's)
+    leaves that as it is."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    group = "left as it is: this process does not lead its session"
+    if os.getsid(0) == os.getpid():
+        try:
+            group = _nicer_autogroup(nice)
+        except (OSError, ValueError) as error:  # no autogroups: not Linux, or not built in
+            group = f"none ({error})"
+    log.info("archiving at niceness %d; autogroup %s", os.getpriority(os.PRIO_PROCESS, 0),
+             group)
+
+
+def _nicer_autogroup(nice: int) -> str:
+    """Raises this process' autogroup's niceness to `nice`; returns it as the kernel shows
+    it (`/autogroup-12 nice 10`)."""
+    _, _, current = AUTOGROUP.read_text().partition(" nice ")
+    for _ in range(3):
+        if int(current) >= nice:
+            break
+        try:
+            AUTOGROUP.write_text(str(nice))
+            break
+        except BlockingIOError:  # EAGAIN: the kernel takes one such change per 0.1 s
+            time.sleep(0.15)
+    return AUTOGROUP.read_text().strip()
 
 
 def verify_archive(store: Store, storage: RedisStorage) -> None:

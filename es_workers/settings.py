@@ -312,6 +312,13 @@ class Settings(BaseSettings):
         default=5000, ge=1,
         description="Events `es-workers archive` copies to PostgreSQL per transaction",
     )
+    archive_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="Niceness `es-workers archive` takes at start (at least this; also its "
+        "session's autogroup on Linux when it leads the session, as under honcho): the app's "
+        "processes get the CPU first, archiving only lags (es_archive_lag_seconds); 0: as "
+        "the others",
+    )
 
     @classmethod
     def settings_customise_sources(

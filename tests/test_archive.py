@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 import psycopg
@@ -30,6 +31,7 @@ from es_workers import (
 )
 from es_workers.postgres import PostgresArchive
 from es_workers.postgres.schema import VERSION, table_name
+from es_workers.redis.archiver import ENTRIES_PER_CALL, MARKS_PER_CALL
 
 pytestmark = pytest.mark.single_redis
 
@@ -666,3 +668,73 @@ def test_forget_reaches_archived_events_they_read_with_placeholders(
     assert all(e.forgotten and e.content.street == FORGOTTEN_TEXT  # type: ignore[attr-defined]
                for e in events)
     assert [e.content.floor for e in events] == list(range(12))  # type: ignore[attr-defined]
+
+
+class Recording(redis.Redis):
+    """A client that notes the commands it sends."""
+
+    sent: list[tuple[Any, ...]]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(args)
+        return super().execute_command(*args, **options)
+
+
+def test_no_call_of_the_archiver_holds_redis_for_a_whole_batch(
+        redis_client: redis.Redis, prefix: str, archive: PostgresArchive) -> None:
+    """A batch of more entities than one archived.lua call takes (one partition), and an
+    entity with more events to archive than one XRANGE reads: every mark moves, in bounded
+    calls."""
+    store = Store(RedisStorage(redis_client, prefix=prefix, partitions=1, archive=archive),
+                  events=ACCOUNT_EVENTS)  # type: ignore[arg-type]
+    for n in range(MARKS_PER_CALL + 50):
+        write_account(store, f"a{n}", 2)
+    write_account(store, "long", ENTRIES_PER_CALL * 2 + 1, per_write=100)
+    client = Recording(connection_pool=redis_client.connection_pool)
+    client.sent = []
+    storage = RedisStorage(client, prefix=prefix, partitions=1, archive=archive)
+    Store(storage, events=ACCOUNT_EVENTS)  # type: ignore[arg-type]  (its entity types)
+    archiver = storage.archiver({}, HotWindow(events=1), batch=10_000)
+
+    done = archiver.run_once()
+
+    assert (done.events, done.entities) == (MARKS_PER_CALL + 50 + ENTRIES_PER_CALL * 2,
+                                            MARKS_PER_CALL + 51)
+    assert storage.archived_marks("account") == {
+        **{f"a{n}": 1 for n in range(MARKS_PER_CALL + 50)}, "long": ENTRIES_PER_CALL * 2}
+    counts = [int(args[5]) for args in client.sent if args[0] == "XRANGE" and len(args) > 4]
+    marks = [(len(args) - 4) // 3 for args in client.sent if args[0] == "EVALSHA"]
+    assert max(counts) == ENTRIES_PER_CALL and max(marks) == MARKS_PER_CALL
+
+
+def test_an_archiver_that_keeps_up_spreads_its_pass_and_one_behind_does_not(
+        archived_store: Callable[..., Store]) -> None:
+    store = archived_store()
+    storage = store.storage
+    assert isinstance(storage, RedisStorage)
+    for n in range(20):
+        write_account(store, f"a{n}", 10)
+    archiver = storage.archiver({}, HotWindow(events=5), batch=50)
+    rests: list[float] = []
+
+    assert archiver.run_once(rest=rests.append).events == 100  # its first pass: catching up
+    assert archiver.run_once(rest=rests.append).events == 0  # its pass after a backlog
+    assert rests == []
+    for n in range(3):  # less than a batch: it keeps up, so it rests after each partition
+        write_account(store, f"b{n}", 6)
+    assert archiver.run_once(rest=rests.append).events == 3
+    assert len(rests) == storage.partitions and all(seconds > 0 for seconds in rests)
+
+    rests.clear()
+    for n in range(20):  # a batch and more: no rest once this pass archived a batch
+        write_account(store, f"c{n}", 10)
+    assert archiver.run_once(rest=rests.append).events == 100
+    assert len(rests) < storage.partitions
+    rests.clear()
+    archiver.release()
+    paceless = storage.archiver({}, HotWindow(events=5), batch=50, pace=0)
+    for _ in range(2):
+        paceless.run_once(rest=rests.append)
+    write_account(store, "d", 6)
+    assert paceless.run_once(rest=rests.append).events == 1 and rests == []
+    paceless.release()

@@ -204,3 +204,42 @@ def test_a_running_archiver_scavenges_what_it_archived_unless_told_not_to(
         assert held_in_redis() == [held] * ENTITIES
     assert [e.event_number for e in store.read("account", "a0")] == list(range(1, EVENTS + 1))
     archive.close()
+
+
+def autogroup(pid: int) -> str | None:
+    """The process' autogroup and its niceness (`/autogroup-12 nice 7`); None: the kernel has
+    no autogroups."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize(("setting", "started_at", "own_session", "expected"), [
+    ("7", 0, True, 7),  # as honcho starts it: its niceness, and its session's autogroup's
+    ("0", 0, True, 0),  # 0: as the others
+    ("7", 15, False, 15),  # started nicer, in the session of another (this test's)
+])
+def test_a_running_archiver_takes_its_niceness_and_gives_it_to_its_own_session_only(
+        client: redis.Redis, prefix: str, archive_url: str,  # noqa: F811
+        setting: str, started_at: int, own_session: bool, expected: int) -> None:
+    keys = RedisStorage(client, prefix=prefix, partitions=4).keys
+    env = environment(prefix, archive_url, ES_ARCHIVE_NICE=setting)
+    ours = autogroup(os.getpid())
+    archiver = subprocess.Popen(["nice", "-n", str(started_at), ES_WORKERS, "archive", APP],
+                                env=env, cwd=HERE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=own_session)
+    try:
+        wait_for(lambda: any(client.exists(keys.archiver(p)) for p in range(4)),
+                 "its first pass (its leases)", timeout=60)
+        assert os.getpriority(os.PRIO_PROCESS, archiver.pid) == expected
+        found = autogroup(archiver.pid)
+        if not own_session:
+            assert found == ours  # the session of another is left as it was
+        elif ours is not None:  # a kernel with autogroups: its own session's has its niceness
+            assert found is not None and found.endswith(f" nice {expected}"), found
+        assert autogroup(os.getpid()) == ours
+    finally:
+        archiver.send_signal(signal.SIGTERM)
+        output = archiver.communicate(timeout=30)[0].decode()
+    assert archiver.returncode == 0, output

@@ -8,6 +8,13 @@ each entity's mark (archived.lua, never back). An archiver killed in between los
 nothing (the second insert finds them there). Several archivers share the partitions by
 leases (`SET NX PX`, renewed while they work); a lease only saves duplicate work, it is not
 what makes archiving correct.
+
+Gentle by construction, since it shares Redis (one thread) and the cores with the app: no
+call holds Redis long (at most ENTRIES_PER_CALL entries per XRANGE, MARKS_PER_CALL entities
+per archived.lua call), and while it keeps up it spreads a pass out, resting after each
+partition's work as long as that took (`pace`), so that the app's commands and processes
+never queue behind a burst of it; when behind (a batch or more per pass) it goes at full
+speed.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ log = logging.getLogger("es_workers.archiver")
 
 ArchivedRow = tuple[str, str, int, int, int | None, str, bytes, int, str, bytes | None]
 Entry = tuple[bytes, list[bytes]]
+ENTRIES_PER_CALL = 500  # entries per XRANGE: a reply Redis builds in a fraction of a ms
+MARKS_PER_CALL = 200  # entities per archived.lua call (an HGET and an HSET each)
 
 
 class Archive(Protocol):
@@ -188,18 +197,23 @@ class _Pending:
 class RedisArchiver:
     """Archives the entity types' events older than their hot window (`windows` per type,
     over `default`), `batch` events per archive transaction; each pass also runs a pass of
-    each archiver in `also`."""
+    each archiver in `also`. While it keeps up (its previous pass archived less than a
+    batch, and so far this one too) it rests after each partition's work (and each of
+    `also`) `pace` times as long as that work took (0: never)."""
 
     def __init__(self, client: Any, keys: RedisKeys, archive: Archive, *,
                  entity_types: Sequence[str], windows: Mapping[str, HotWindow],
                  default: HotWindow, batch: int = 5000, lease_ms: int = 15_000,
-                 also: Sequence[OtherArchiver] = ()) -> None:
+                 also: Sequence[OtherArchiver] = (), pace: float = 1.0) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        if pace < 0:
+            raise ValueError(f"pace must be >= 0, got {pace}")
         self.client, self.keys, self.archive = client, keys, archive
         self.entity_types = list(entity_types)
         self.windows = {t: windows.get(t, HotWindow()).over(default) for t in entity_types}
-        self.batch, self.lease_ms = batch, lease_ms
+        self.batch, self.lease_ms, self.pace = batch, lease_ms, pace
+        self._keeping_up = False  # a first pass catches up at full speed
         self.owner = uuid.uuid4().hex
         self.also = list(also)
         self._script = Script(client, "archived")
@@ -220,7 +234,7 @@ class RedisArchiver:
         backoff, first = idle_s, True
         while not stop.is_set():
             try:
-                done = self.run_once()
+                done = self.run_once(rest=stop.wait)
                 if (done.events or first) and after_pass is not None:
                     after_pass(done)
                 first = False
@@ -236,20 +250,27 @@ class RedisArchiver:
                 stop.wait(idle_s)  # once (each pass reads every entity's head)
         self.release()
 
-    def run_once(self) -> Archived:
+    def run_once(self, rest: Callable[[float], object] = time.sleep) -> Archived:
         """One pass over the partitions this archiver holds (or takes) the lease of; what it
-        found past the window before archiving it goes to `lag` and the lag gauges."""
+        found past the window before archiving it goes to `lag` and the lag gauges. While it
+        keeps up, `rest(seconds)` after each partition's work (`run` rests on its stop
+        event)."""
         done = Archived()
         found = {entity_type: ArchiveLag() for entity_type in self.entity_types}
         started_us = time.time_ns() // 1000
         for partition in range(self.keys.partitions):
             if not self._lease(partition):
                 continue
+            began = time.monotonic()
             for entity_type in self.entity_types:
                 archived, lag = self._archive(entity_type, partition)
                 done, found[entity_type] = done + archived, found[entity_type] + lag
+            self._rest(rest, time.monotonic() - began, done)
         for other in self.also:
+            began = time.monotonic()
             done += other.run_once()
+            self._rest(rest, time.monotonic() - began, done)
+        self._keeping_up = done.events < self.batch
         self.lag = found
         gauges = metrics.archive_lag()
         for entity_type, lag in found.items():
@@ -269,6 +290,12 @@ class RedisArchiver:
     def _lease(self, partition: int) -> bool:
         return take_lease(self.client, self.keys.archiver(partition), self.owner,
                           self.lease_ms)
+
+    def _rest(self, rest: Callable[[float], object], spent: float, done: Archived) -> None:
+        """Rests `pace` times the time a step took, while the archiver keeps up: a pass is
+        spread out instead of a burst the app's commands and processes queue behind."""
+        if self.pace and self._keeping_up and done.events < self.batch:
+            rest(spent * self.pace)
 
     def _archive(self, entity_type: str, partition: int) -> tuple[Archived, ArchiveLag]:
         window = self.windows[entity_type]
@@ -320,7 +347,7 @@ class RedisArchiver:
             by_count = window.archive_up_to(head) if window.events is not None else 0
             last = head - 1 if cutoff is not None else by_count
             while last > upto:
-                room = self.batch - len(pending.rows)
+                room = min(self.batch - len(pending.rows), ENTRIES_PER_CALL)
                 entries = flat_entries(xrange(
                     self.client, self.keys.stream(entity_type, entity_id), f"{upto + 1}-0",
                     f"{last}-0", count=room))
@@ -358,13 +385,16 @@ class RedisArchiver:
             return Archived()
         stored = self.archive.insert(pending.rows)
         metrics.ARCHIVED.labels(entity_type).inc(stored)
-        moved = self._script(
-            keys=ARCHIVED.keys.pack(archived=self.keys.archived(entity_type, partition)),
-            args=ARCHIVED.args.pack([(entity_id, number, first_id) for entity_id, (
-                number, first_id) in pending.marks.items()]))
+        marks = [(entity_id, number, first_id)
+                 for entity_id, (number, first_id) in pending.marks.items()]
+        moved = 0
+        for start in range(0, len(marks), MARKS_PER_CALL):  # each mark moves on its own
+            moved += int(self._script(
+                keys=ARCHIVED.keys.pack(archived=self.keys.archived(entity_type, partition)),
+                args=ARCHIVED.args.pack(marks[start:start + MARKS_PER_CALL])))
         pending.rows.clear()
         pending.marks.clear()
-        return Archived(stored, int(moved))
+        return Archived(stored, moved)
 
 
 def _micros(entry: Any) -> int | None:

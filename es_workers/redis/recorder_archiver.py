@@ -17,7 +17,8 @@ move the aggregates' marks and remove what they cover from Redis, in one script
 (recorded_archived.lua). An archiver killed in between loses nothing (the marks did not
 move, the events are still in Redis and are copied again) and duplicates nothing (the second
 insert finds them). Several archivers share the applications by leases, as `RedisArchiver`
-shares partitions.
+shares partitions, and no call holds Redis long, as there (ENTRIES_PER_CALL entries per
+XRANGE or pipeline, AGGREGATES_PER_CALL aggregates per recorded_archived.lua call).
 
 What is archived and what lags (`recorded_lag`, for `es-workers status` and the dashboard;
 `es_archive_lag_events` and `es_archived_total` for the archiver's passes) are labelled
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 from .. import metrics
 from ..retention import HotWindow
-from .archiver import Archived, take_lease
+from .archiver import ENTRIES_PER_CALL, Archived, take_lease
 from .keys import text
 from .layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
 from .recorders import ApplicationKeys, applications_key
@@ -43,6 +44,7 @@ RecordedRow = tuple[str, str, str, bool, int, str, bytes, int | None]
 PURPOSE = "events"  # the applications' aggregate events; snapshots stay in Redis
 LOG_PAGE = 1000
 HEADS_PAGE = 500
+AGGREGATES_PER_CALL = 100  # per recorded_archived.lua call: a mark and an XTRIM each
 
 
 class RecordedArchiveWriter(Protocol):
@@ -237,7 +239,8 @@ class RecorderArchiver:
             stream = keys.aggregate(PURPOSE, originator)
             while upto > last:
                 entries = self.client.xrange(stream, f"{last + 1}-0", f"{upto}-1",
-                                             count=self.batch - len(batch.rows))
+                                             count=min(self.batch - len(batch.rows),
+                                                       ENTRIES_PER_CALL))
                 if not entries:
                     break
                 for entry_id, fields in entries:
@@ -258,14 +261,17 @@ class RecorderArchiver:
         if not batch.rows:
             return Archived()
         stored = self._insert(keys, batch.rows)
-        moved = self._script(
-            keys=RECORDED_ARCHIVED.keys.pack([(keys.aggregate(PURPOSE, originator),)
-                                              for originator in batch.marks],
-                                             marks=keys.archived(PURPOSE)),
-            args=RECORDED_ARCHIVED.args.pack(list(batch.marks.items())))
+        moving, moved = list(batch.marks.items()), 0
+        for start in range(0, len(moving), AGGREGATES_PER_CALL):  # each moves on its own
+            chunk = moving[start:start + AGGREGATES_PER_CALL]
+            moved += int(self._script(
+                keys=RECORDED_ARCHIVED.keys.pack([(keys.aggregate(PURPOSE, originator),)
+                                                  for originator, _ in chunk],
+                                                 marks=keys.archived(PURPOSE)),
+                args=RECORDED_ARCHIVED.args.pack(chunk)))
         batch.rows.clear()
         batch.marks.clear()
-        return Archived(stored, int(moved))
+        return Archived(stored, moved)
 
     def _insert(self, keys: ApplicationKeys, rows: list[RecordedRow]) -> int:
         """Stores the rows in the archive (counted in `es_archived_total`)."""
@@ -286,7 +292,8 @@ class RecorderArchiver:
                      int(self.client.get(keys.archiver("scanned")) or 0))
         mark, stored = int(self.client.get(mark_key) or 0), 0
         while target > mark:
-            page = self.client.xrange(log, f"{mark + 1}-0", f"{target}-0", count=self.batch)
+            page = self.client.xrange(log, f"{mark + 1}-0", f"{target}-0",
+                                      count=min(self.batch, ENTRIES_PER_CALL))
             if not page:
                 break
             pipe = self.client.pipeline(transaction=False)

@@ -570,16 +570,18 @@ class RedisStorage:
 
     def archiver(self, windows: Mapping[str, HotWindow], default: HotWindow, *,
                  batch: int = 5000, lease_ms: int = 15_000,
-                 also: Sequence[OtherArchiver] = ()) -> RedisArchiver:
+                 also: Sequence[OtherArchiver] = (), pace: float = 1.0) -> RedisArchiver:
         """The archiver of this storage's entity types (`es-workers archive`): copies their
         events older than the hot window (`windows` per type, over `default`) to the
         archive, and marks them archived for the scavenger; each pass also runs the
-        archivers in `also` (the eventsourcing applications')."""
+        archivers in `also` (the eventsourcing applications'). While it keeps up it rests
+        `pace` times as long as each partition's work took (see `RedisArchiver`)."""
         if self.archive is None:
             raise ConfigurationError("this storage has no archive: set ES_ARCHIVE_URL")
         return RedisArchiver(self.client, self.keys, self.archive,
                              entity_types=self.entity_types(), windows=windows,
-                             default=default, batch=batch, lease_ms=lease_ms, also=also)
+                             default=default, batch=batch, lease_ms=lease_ms, also=also,
+                             pace=pace)
 
     def archive_lag(self, entity_type: str, window: HotWindow) -> ArchiveLag:
         """The entity type's events past `window` (by count) not yet archived, and the time
