@@ -118,15 +118,26 @@ def _send_delayed(actor: dramatiq.Actor[Any, Any], delay_ms: int) -> tuple[str, 
     return message_id, enqueued.options["eta"]
 
 
+def _run_subscribed_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
+    """A worker whose wake-up listener has subscribed: an enqueue from now on wakes it."""
+    worker = run_worker(broker, threads)
+    wait_for(lambda: _subscribers(broker) > 0, "the wake-up listener to subscribe")
+    return worker
+
+
+def _subscribers(broker: WakingRedisBroker) -> int:
+    [(_, count)] = cast(Any, broker.client).pubsub_numsub(broker.wake_channel)
+    return int(count)
+
+
 def test_a_delayed_message_is_handled_at_its_eta_not_at_the_idle_timeout(
     broker: WakingRedisBroker,
 ) -> None:
     # The delay queue's consumer is woken by the enqueue and holds the message: it must
     # then wait for the eta, not for a wake-up (none comes) or its idle timeout (60 s).
     actor, handled = _handled_at(broker, "eta")
-    worker = run_worker(broker)
+    worker = _run_subscribed_worker(broker)
     try:
-        wait_for(lambda: broker._wakeups is not None, "the consumers to start")
         threading.Event().wait(0.3)  # let the consumers find the queues empty and wait
         message_id, eta = _send_delayed(actor, 300)
         wait_for(lambda: message_id in handled, "the delayed message", timeout=10)
@@ -137,9 +148,8 @@ def test_a_delayed_message_is_handled_at_its_eta_not_at_the_idle_timeout(
 
 def test_delayed_messages_are_all_handled_in_eta_order(broker: WakingRedisBroker) -> None:
     actor, handled = _handled_at(broker, "etas")
-    worker = run_worker(broker, threads=1)
+    worker = _run_subscribed_worker(broker, threads=1)
     try:
-        wait_for(lambda: broker._wakeups is not None, "the consumers to start")
         sent = [_send_delayed(actor, delay) for delay in (1200, 400, 1600, 800, 400)]
         wait_for(lambda: len(handled) == len(sent), "every delayed message", timeout=10)
     finally:
@@ -164,7 +174,7 @@ def test_a_failed_message_is_retried_from_the_delay_queue(broker: WakingRedisBro
     actor = dramatiq.Actor(fail_once, broker=broker, actor_name="again", queue_name="again",
                            priority=0,
                            options={"max_retries": 1, "min_backoff": 100, "max_backoff": 200})
-    worker = run_worker(broker)
+    worker = _run_subscribed_worker(broker)
     try:
         actor.send()
         wait_for(lambda: len(attempts) == 2, "the retry (idle timeout: 60 s)", timeout=10)
