@@ -10,8 +10,8 @@ once per queue for a batch of messages, all on one pipeline; a delayed message n
 delay queue, `<q>.DQ`). In each worker process one listener thread follows that channel,
 and an idle consumer of a queue waits for its queue to be named (or `idle_timeout_ms`)
 instead of sleeping. Delay queues (retries and re-sent notices) wait the same way, but never
-past the earliest eta of the messages their consumer thread holds: it moves a message to
-its queue when due, and only between two fetches.
+past the earliest eta of the messages their consumer thread holds: it moves a due message
+to its queue only when the consumer returns to it.
 
 A wake-up that is lost (Redis pub/sub is fire-and-forget, and a plain RedisBroker sends
 none) only costs latency: the consumer still fetches at least every `idle_timeout_ms`.
