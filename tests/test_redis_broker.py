@@ -51,6 +51,18 @@ def run_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
     return worker
 
 
+def _run_subscribed_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
+    """A worker whose wake-up listener has subscribed: an enqueue from now on wakes it."""
+    worker = run_worker(broker, threads)
+    wait_for(lambda: _subscribers(broker) > 0, "the wake-up listener to subscribe")
+    return worker
+
+
+def _subscribers(broker: WakingRedisBroker) -> int:
+    [(_, count)] = cast(Any, broker.client).pubsub_numsub(broker.wake_channel)
+    return int(count)
+
+
 def test_an_idle_consumer_is_woken_by_a_message_long_before_its_idle_timeout(
     broker: WakingRedisBroker,
 ) -> None:
@@ -89,8 +101,9 @@ def test_delayed_messages_still_arrive(broker: WakingRedisBroker) -> None:
     handled = threading.Event()
     actor = dramatiq.Actor(lambda: handled.set(), broker=broker, actor_name="later",
                            queue_name="later", priority=0, options={"max_retries": 0})
-    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
-    worker.start()
+    # Subscribed first: a wake-up published before would be lost, and the delay queue's
+    # consumer would look again only after its idle timeout (60 s here, 1 s by default).
+    worker = _run_subscribed_worker(broker, threads=1)
     try:
         actor.send_with_options(delay=50)
         assert handled.wait(10), "a delayed message was never handled"
@@ -116,18 +129,6 @@ def _send_delayed(actor: dramatiq.Actor[Any, Any], delay_ms: int) -> tuple[str, 
     message_id = uuid.uuid4().hex
     enqueued = actor.send_with_options(args=(message_id,), delay=delay_ms)
     return message_id, enqueued.options["eta"]
-
-
-def _run_subscribed_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
-    """A worker whose wake-up listener has subscribed: an enqueue from now on wakes it."""
-    worker = run_worker(broker, threads)
-    wait_for(lambda: _subscribers(broker) > 0, "the wake-up listener to subscribe")
-    return worker
-
-
-def _subscribers(broker: WakingRedisBroker) -> int:
-    [(_, count)] = cast(Any, broker.client).pubsub_numsub(broker.wake_channel)
-    return int(count)
 
 
 def test_a_delayed_message_is_handled_at_its_eta_not_at_the_idle_timeout(
