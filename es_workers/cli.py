@@ -379,8 +379,8 @@ def worker(
     ] = None,
     worker_timeout: Annotated[
         int | None, typer.Option("--worker-timeout", min=1, help="Poll interval in ms of the "
-                                 "delay queues (retries); on Redis new messages wake the "
-                                 "workers [default: ES_WORKER_TIMEOUT_MS, 20]")
+                                 "queues on RabbitMQ; on Redis new and delayed messages "
+                                 "wake the workers [default: ES_WORKER_TIMEOUT_MS, 20]")
     ] = None,
 ) -> None:
     """Run the Dramatiq workers of the app's subscribers (replaces this process).

@@ -110,8 +110,9 @@ class Settings(BaseSettings):
     )
     worker_timeout_ms: int = Field(
         default=20, ge=1, le=60_000,
-        description="How often idle consumers poll: the delay queues (retries) always, and the "
-        "main queues too on a RabbitMQ broker (on Redis they are woken by each enqueue)",
+        description="How often idle consumers poll on a RabbitMQ broker (on Redis each enqueue "
+        "wakes them, and a delay queue's also its messages' etas), and idle worker threads "
+        "look for work",
     )
     worker_prefetch: int = Field(
         default=0, ge=0, le=65_535,

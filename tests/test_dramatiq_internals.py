@@ -9,13 +9,16 @@ import types
 import dramatiq
 import dramatiq.cli
 import fakeredis
+from dramatiq.worker import ConsumerThread
 
 from es_workers.workers.broker import WakingRedisBroker
 from es_workers.workers.dramatiq_internals import (
     RedisConsumer,
+    current_millis,
     dispatch_script,
     enqueue_call,
     has_cached_messages,
+    held_until,
     redis_broker_scripts,
     stop_already_requested,
 )
@@ -107,5 +110,28 @@ def test_has_cached_messages_reads_the_consumers_prefetched_messages() -> None:
         consumer.message_cache = [b"{}"]
         assert has_cached_messages(consumer)
         consumer.close()
+    finally:
+        broker.close()
+
+
+def test_the_consumer_thread_holds_messages_with_an_eta_and_moves_them_after_each_next() -> None:
+    # What the waking consumer's eta bound relies on: a message with an eta is held by the
+    # consumer thread, which moves the due ones after each return of its consumer.
+    assert '"eta" in message.options' in inspect.getsource(ConsumerThread.handle_message)
+    run = inspect.getsource(ConsumerThread.run)
+    loop = run[run.index("for message in self.consumer:"):]
+    assert "self.handle_delayed_messages()" in loop
+    assert "current_millis()" in inspect.getsource(ConsumerThread.handle_delayed_messages)
+
+
+def test_held_until_reads_the_eta_of_a_delayed_message() -> None:
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis())
+    try:
+        actor = dramatiq.Actor(lambda: None, broker=broker, actor_name="a", queue_name="a",
+                               priority=0, options={})
+        before = current_millis()
+        eta = held_until(broker.enqueue(actor.message(), delay=500))
+        assert eta is not None and before + 500 <= eta <= current_millis() + 500
+        assert held_until(broker.enqueue(actor.message())) is None
     finally:
         broker.close()

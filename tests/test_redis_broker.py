@@ -7,7 +7,9 @@ have been picked up through the wake-up (these check behaviour, not speed).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -49,6 +51,18 @@ def run_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
     return worker
 
 
+def _run_subscribed_worker(broker: WakingRedisBroker, threads: int = 2) -> dramatiq.Worker:
+    """A worker whose wake-up listener has subscribed: an enqueue from now on wakes it."""
+    worker = run_worker(broker, threads)
+    wait_for(lambda: _subscribers(broker) > 0, "the wake-up listener to subscribe")
+    return worker
+
+
+def _subscribers(broker: WakingRedisBroker) -> int:
+    [(_, count)] = cast(Any, broker.client).pubsub_numsub(broker.wake_channel)
+    return int(count)
+
+
 def test_an_idle_consumer_is_woken_by_a_message_long_before_its_idle_timeout(
     broker: WakingRedisBroker,
 ) -> None:
@@ -87,8 +101,9 @@ def test_delayed_messages_still_arrive(broker: WakingRedisBroker) -> None:
     handled = threading.Event()
     actor = dramatiq.Actor(lambda: handled.set(), broker=broker, actor_name="later",
                            queue_name="later", priority=0, options={"max_retries": 0})
-    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
-    worker.start()
+    # Subscribed first: a wake-up published before would be lost, and the delay queue's
+    # consumer would look again only after its idle timeout (60 s here, 1 s by default).
+    worker = _run_subscribed_worker(broker, threads=1)
     try:
         actor.send_with_options(delay=50)
         assert handled.wait(10), "a delayed message was never handled"
@@ -96,8 +111,143 @@ def test_delayed_messages_still_arrive(broker: WakingRedisBroker) -> None:
         worker.stop(timeout=10_000)
 
 
+def _handled_at(broker: WakingRedisBroker, name: str) -> tuple[dramatiq.Actor[Any, Any],
+                                                               dict[str, float]]:
+    """An actor that notes when (current_millis) it handled each message, by message ID."""
+    handled: dict[str, float] = {}
+
+    def note(message_id: str) -> None:
+        handled[message_id] = time.time() * 1000
+
+    actor = dramatiq.Actor(note, broker=broker, actor_name=name, queue_name=name, priority=0,
+                           options={"max_retries": 0})
+    return actor, handled
+
+
+def _send_delayed(actor: dramatiq.Actor[Any, Any], delay_ms: int) -> tuple[str, float]:
+    """Sends a message naming itself with `delay_ms`; returns its ID and eta."""
+    message_id = uuid.uuid4().hex
+    enqueued = actor.send_with_options(args=(message_id,), delay=delay_ms)
+    return message_id, enqueued.options["eta"]
+
+
+def test_a_delayed_message_is_handled_at_its_eta_not_at_the_idle_timeout(
+    broker: WakingRedisBroker,
+) -> None:
+    # The delay queue's consumer is woken by the enqueue and holds the message: it must
+    # then wait for the eta, not for a wake-up (none comes) or its idle timeout (60 s).
+    actor, handled = _handled_at(broker, "eta")
+    worker = _run_subscribed_worker(broker)
+    try:
+        threading.Event().wait(0.3)  # let the consumers find the queues empty and wait
+        message_id, eta = _send_delayed(actor, 300)
+        wait_for(lambda: message_id in handled, "the delayed message", timeout=10)
+    finally:
+        worker.stop(timeout=10_000)
+    assert handled[message_id] >= eta, "handled before its eta"
+
+
+def test_delayed_messages_are_all_handled_in_eta_order(broker: WakingRedisBroker) -> None:
+    actor, handled = _handled_at(broker, "etas")
+    worker = _run_subscribed_worker(broker, threads=1)
+    try:
+        sent = [_send_delayed(actor, delay) for delay in (1200, 400, 1600, 800, 400)]
+        wait_for(lambda: len(handled) == len(sent), "every delayed message", timeout=10)
+    finally:
+        worker.stop(timeout=10_000)
+    assert set(handled) == {message_id for message_id, _ in sent}
+    for message_id, eta in sent:
+        assert handled[message_id] >= eta, "handled before its eta"
+    # 400 ms apart (two share one): each is moved to the queue, and handled, in turn.
+    by_eta = [message_id for message_id, _ in sorted(sent, key=lambda pair: pair[1])]
+    by_handling = sorted(handled, key=lambda message_id: handled[message_id])
+    assert by_handling[2:] == by_eta[2:] and set(by_handling[:2]) == set(by_eta[:2])
+
+
+def test_a_failed_message_is_retried_from_the_delay_queue(broker: WakingRedisBroker) -> None:
+    attempts: list[int] = []
+
+    def fail_once() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            raise RuntimeError("the first attempt fails")
+
+    actor = dramatiq.Actor(fail_once, broker=broker, actor_name="again", queue_name="again",
+                           priority=0,
+                           options={"max_retries": 1, "min_backoff": 100, "max_backoff": 200})
+    worker = _run_subscribed_worker(broker)
+    try:
+        actor.send()
+        wait_for(lambda: len(attempts) == 2, "the retry (idle timeout: 60 s)", timeout=10)
+    finally:
+        worker.stop(timeout=10_000)
+    assert attempts == [1, 2]
+
+
+def test_idle_delay_queue_consumers_wait_for_a_wake_up_instead_of_polling(
+    broker: WakingRedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each fetch of a consumer is one call of the broker's do_fetch (its one Redis command
+    # while idle): counted per queue. At the 20 ms worker timeout below, a polling consumer
+    # fetches 50-100 times in the 2 s watched.
+    fetches: Counter[str] = Counter()
+    fetch = broker.do_fetch
+
+    def counted(queue_name: str, *args: Any) -> Any:
+        fetches[queue_name] += 1
+        return fetch(queue_name, *args)
+
+    monkeypatch.setattr(broker, "do_fetch", counted)
+    dramatiq.Actor(lambda: None, broker=broker, actor_name="idle", queue_name="idle",
+                   priority=0, options={})
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: fetches["idle.DQ"] and fetches["idle"], "each consumer's first fetch")
+        before = fetches.copy()
+        threading.Event().wait(2.0)  # watched: nothing is sent, nothing should be fetched
+        after = fetches.copy()
+    finally:
+        worker.stop(timeout=10_000)
+    assert after["idle.DQ"] - before["idle.DQ"] < 10
+    assert after["idle"] - before["idle"] < 10
+
+
+def test_a_delay_queue_consumer_with_its_prefetch_full_sleeps_until_the_earliest_eta(
+    broker: WakingRedisBroker,
+) -> None:
+    # Driven as Dramatiq's consumer thread drives it: each message with an eta is held until
+    # then, and acked once moved (here: just acked). With its prefetch (2) full, the
+    # consumer cannot fetch the third message: it must sleep until an eta, not spin.
+    actor, _ = _handled_at(broker, "full")
+    for delay in (300, 600, 900):
+        _send_delayed(actor, delay)
+    consumer = broker.consume("full.DQ", prefetch=2, timeout=20)
+    held: list[Any] = []
+    empty_returns = 0
+    moved = 0
+    deadline = time.monotonic() + 10
+    try:
+        while moved < 3 and time.monotonic() < deadline:
+            message = next(consumer)
+            if message is None:
+                empty_returns += 1
+            else:
+                held.append(message)
+            for due in [m for m in held if m.options["eta"] <= time.time() * 1000]:
+                held.remove(due)
+                consumer.ack(due)
+                moved += 1
+    finally:
+        consumer.close()
+    assert moved == 3
+    # Sleeping to each eta: a handful. Spinning: thousands; polling every 20 ms: ~45.
+    assert empty_returns < 15
+
+
+@pytest.mark.parametrize("delay", [None, 300], ids=["new", "delayed"])
 def test_without_wake_ups_a_consumer_still_fetches_every_idle_timeout(
-    backend: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    backend: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, delay: int | None
 ) -> None:
     namespace = f"t-wake-{uuid.uuid4().hex[:10]}"
     if backend == "fakeredis":
@@ -114,7 +264,7 @@ def test_without_wake_ups_a_consumer_still_fetches_every_idle_timeout(
     worker.start()
     try:
         threading.Event().wait(0.3)
-        actor.send()
+        actor.send_with_options(delay=delay)
         assert handled.wait(10), "a message whose wake-up was lost was never handled"
     finally:
         worker.stop(timeout=10_000)

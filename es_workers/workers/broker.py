@@ -6,18 +6,20 @@ and CPU while idle (measured here with 3 subscribers: ~5,300 commands/s at 5 ms,
 20 ms); a long one makes a quiet worker slow to react (~1 s at Dramatiq's default).
 
 This broker publishes the queue name on a Redis channel after each enqueue (`enqueue_many`:
-once per queue for a batch of messages, all on one pipeline). In each worker
-process one listener thread follows that channel, and an idle consumer of a queue waits for
-its queue to be named (or `idle_timeout_ms`) instead of sleeping. Delay queues (`<q>.DQ`,
-retries and re-sent notices) keep Dramatiq's polling: their messages become due on a clock,
-not on a message.
+once per queue for a batch of messages, all on one pipeline; a delayed message names its
+delay queue, `<q>.DQ`). In each worker process one listener thread follows that channel,
+and an idle consumer of a queue waits for its queue to be named (or `idle_timeout_ms`)
+instead of sleeping. Delay queues (retries and re-sent notices) wait the same way, but never
+past the earliest eta of the messages their consumer thread holds: it moves a due message
+to its queue only when the consumer returns to it.
 
-A wake-up that is lost (Redis pub/sub is fire-and-forget) only costs latency: the consumer
-still fetches at least every `idle_timeout_ms`.
+A wake-up that is lost (Redis pub/sub is fire-and-forget, and a plain RedisBroker sends
+none) only costs latency: the consumer still fetches at least every `idle_timeout_ms`.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -33,9 +35,11 @@ from dramatiq.errors import ConnectionClosed
 from ..backoff import Backoff
 from .dramatiq_internals import (
     RedisConsumer,
+    current_millis,
     dispatch_script,
     enqueue_call,
     has_cached_messages,
+    held_until,
 )
 
 log = logging.getLogger("es_workers.workers.broker")
@@ -181,9 +185,10 @@ class WakingRedisBroker(RedisBroker):
             return self._wakeups
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        """Enqueues as RedisBroker does, then wakes the queue's consumers: a delayed message
+        goes to the delay queue (`<queue>.DQ`), whose consumers then hold it until its eta."""
         enqueued = super().enqueue(message, delay=delay)
-        if delay is None:
-            self.client.publish(self.wake_channel, enqueued.queue_name)
+        self.client.publish(self.wake_channel, enqueued.queue_name)
         return enqueued
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
@@ -256,17 +261,48 @@ class WakingRedisBroker(RedisBroker):
                 self._wakeups = None
 
 
+class _HeldEtas:
+    """The etas of the delayed messages a consumer handed its worker's consumer thread, which
+    holds each in memory until its eta and moves the due ones to their queue after each
+    return of the consumer's `__next__` (see dramatiq_internals.held_until)."""
+
+    def __init__(self) -> None:
+        self._etas: list[int | float] = []  # a heap; ms on current_millis' clock
+        self._returned_at = 0  # when __next__ last returned (current_millis)
+
+    def handed(self, message: Any) -> None:
+        eta = held_until(message)
+        if eta is not None:
+            heapq.heappush(self._etas, eta)
+
+    def returned(self) -> None:
+        self._returned_at = current_millis()
+
+    def due_in_s(self) -> float | None:
+        """Seconds until the earliest held message is due (0: due now), or None if none is
+        held. Those due when __next__ last returned were moved then: they are dropped."""
+        while self._etas and self._etas[0] <= self._returned_at:
+            heapq.heappop(self._etas)
+        if not self._etas:
+            return None
+        # +1 ms: current_millis() truncates, and the consumer thread moves a message only
+        # once current_millis() >= its eta.
+        return max(0.0, (self._etas[0] + 1 - current_millis()) / 1000)
+
+
 class _WakingConsumer(RedisConsumer):
     def __init__(self, broker: WakingRedisBroker, queue_name: str, prefetch: int,
                  timeout: int) -> None:
-        self._waits = not queue_name.endswith(".DQ")
         # Its own sleep after an empty fetch stays under a millisecond; the wait replaces it.
-        super().__init__(  # type: ignore[no-untyped-call]
-            broker, queue_name, prefetch, 1 if self._waits else timeout
-        )
+        super().__init__(broker, queue_name, prefetch, 1)  # type: ignore[no-untyped-call]
         self._idle_timeout = max(broker.idle_timeout_ms, timeout) / 1000
-        self._wakeups = broker.wakeups() if self._waits else None
+        # With its prefetch full of messages being handled (none held) a consumer fetches
+        # nothing and waits for their acks, not for a wake-up: a main queue's keeps the
+        # short sleep, a delay queue's the poll timeout Dramatiq's sleep had.
+        self._full_wait = timeout / 1000 if queue_name.endswith(".DQ") else 0.0
+        self._wakeups = broker.wakeups()
         self._outage = broker.outage
+        self._held = _HeldEtas()
 
     def __next__(self) -> Any:
         """The next message, or None. While Redis is unavailable it waits out the broker's
@@ -280,19 +316,29 @@ class _WakingConsumer(RedisConsumer):
             message = self._next()
         except UNAVAILABLE as error:
             time.sleep(min(self._outage.failed(error), OUTAGE_POLL_S))
-            return None
-        if asks_redis:
-            self._outage.succeeded()
+            message = None
+        else:
+            if asks_redis:
+                self._outage.succeeded()
+        self._held.returned()
         return message
 
     def _next(self) -> Any:
-        if self._wakeups is None:
-            return super().__next__()  # type: ignore[no-untyped-call]
         seen = self._wakeups.count(self.queue_name)
-        # With its prefetch full the consumer fetches nothing: it waits for its own messages
-        # to be handled, not for new ones, so it keeps the short sleep.
         fetches = self.outstanding_message_count < self.prefetch
         message = super().__next__()  # type: ignore[no-untyped-call]
-        if message is None and fetches:
-            self._wakeups.wait(self.queue_name, seen, self._idle_timeout)
-        return message
+        if message is not None:
+            self._held.handed(message)
+            return message
+        timeout = self._wait_s(fetches)
+        if timeout > 0:
+            self._wakeups.wait(self.queue_name, seen, timeout)
+        return None
+
+    def _wait_s(self, fetched: bool) -> float:
+        """How long to wait for a wake-up after returning no message: up to the idle timeout,
+        never past the earliest eta of a message held by the consumer thread."""
+        due_in = self._held.due_in_s()
+        if due_in is not None:
+            return min(due_in, self._idle_timeout)
+        return self._idle_timeout if fetched else self._full_wait

@@ -12,6 +12,11 @@
   `_dispatch`'s argument list, `_should_do_maintenance`, `_max_unpack_size`), so
   `WakingRedisBroker.enqueue_many` can queue many messages on one pipeline. Dramatiq offers
   no batch enqueue.
+- `held_until`: the `eta` option of a message from a delay queue. Dramatiq's
+  `ConsumerThread` holds such a message in memory (`handle_message`) and moves the due ones
+  to their queue (`handle_delayed_messages`) after each return of its consumer's `__next__`;
+  so a delay queue's consumer may wait for a wake-up only until the earliest eta it handed
+  out. Nothing public says when a held message moves.
 - `stop_already_requested`: reads the `running` flag Dramatiq's worker-process SIGTERM
   handler closes over, to know whether a stop arrived before our middleware was installed.
   Dramatiq offers no public way to ask.
@@ -31,8 +36,10 @@ from dramatiq.common import current_millis
 __all__ = [
     "RedisConsumer",
     "closure_value",
+    "current_millis",
     "enqueue_call",
     "has_cached_messages",
+    "held_until",
     "redis_broker_scripts",
     "stop_already_requested",
 ]
@@ -40,6 +47,16 @@ __all__ = [
 
 def has_cached_messages(consumer: RedisConsumer) -> bool:
     return bool(consumer.message_cache)
+
+
+def held_until(message: Any) -> int | float | None:
+    """When the worker's consumer thread moves a message it was handed to its queue (ms since
+    the epoch, on `current_millis`' clock), or None for one it hands straight to the worker
+    threads (with no eta, or one that is not a number: Dramatiq moves those at once)."""
+    eta = message.options.get("eta")
+    if isinstance(eta, bool) or not isinstance(eta, int | float):
+        return None
+    return eta
 
 
 def enqueue_call(broker: RedisBroker, queue_name: str, redis_message_id: str,
