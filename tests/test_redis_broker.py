@@ -18,6 +18,7 @@ import fakeredis
 import pytest
 import redis
 from conftest import REDIS_URL, delete_prefix
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from kit import wait_for
 
@@ -293,6 +294,36 @@ def test_an_outage_of_the_wake_channel_logs_one_warning_per_retry_and_one_recove
     ]
     [recovered] = [m for m in messages if "recovered" in m]
     assert recovered.startswith("Redis broker recovered after")
+
+
+def test_a_message_enqueued_unannounced_is_fetched_once_the_listener_subscribes_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wake-up published while the listener was not subscribed (at start, during an
+    outage) is lost; once it subscribes again every waiting consumer fetches, rather than
+    sleeping out its idle timeout (LONG_IDLE_MS) on a message that is there."""
+    server = fakeredis.FakeServer(version=(7, 0))
+    broker = WakingRedisBroker(client=fakeredis.FakeRedis(server=server),
+                               namespace=f"t-wake-{uuid.uuid4().hex[:10]}",
+                               idle_timeout_ms=LONG_IDLE_MS)
+    caplog.set_level("INFO", logger="es_workers.workers.broker")
+    handled = threading.Event()
+    actor = dramatiq.Actor(lambda: handled.set(), broker=broker, actor_name="unannounced",
+                           queue_name="default", priority=0, options={})
+    worker = _run_subscribed_worker(broker)
+    try:
+        # The consumer fetched (nothing) and waits for a wake-up of its queue.
+        wait_for(lambda: "default" in broker.wakeups()._changed, "the consumer to wait")
+        # Enqueued as Dramatiq's own RedisBroker does: no wake-up is published.
+        RedisBroker.enqueue(broker, actor.message())
+        server.connected = False  # the listener's connection fails: it subscribes again
+        wait_for(lambda: "Redis broker unavailable" in caplog.text,
+                 "the listener to meet the outage")
+        server.connected = True
+        assert handled.wait(10), "the consumer slept on a message that was in its queue"
+    finally:
+        worker.stop()
+        broker.close()
 
 
 class _Recorder(dramatiq.Middleware):

@@ -127,14 +127,21 @@ class _Wakeups:
         one "recovered" line once subscribed again."""
         while not self._stopped.is_set():
             # cast: redis-py typed pubsub() only from 8.2; this reads the same on both.
-            pubsub = cast(Any, self._client).pubsub(ignore_subscribe_messages=True)
+            pubsub = cast(Any, self._client).pubsub()
             try:
                 pubsub.subscribe(self._channel)
                 self._outage.succeeded()
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
+                    if message is None:
+                        continue
+                    if message["type"] == "message":
                         self._woken(message["data"])
+                    elif message["type"] == "subscribe":
+                        # Subscribed (at start, or again after an outage): what was enqueued
+                        # before woke nobody, so every waiting consumer fetches once now
+                        # instead of at its idle timeout.
+                        self._woken_all()
             except (*UNAVAILABLE, redis.RedisError) as error:
                 if self._stopped.is_set():  # its connection went with the broker: no outage
                     return
@@ -149,6 +156,12 @@ class _Wakeups:
             self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
             changed = self._changed.get(queue_name)
             if changed is not None:  # else no consumer of it has waited yet
+                changed.notify_all()
+
+    def _woken_all(self) -> None:
+        with self._lock:
+            for queue_name, changed in self._changed.items():
+                self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
                 changed.notify_all()
 
     def stop(self) -> None:
