@@ -137,6 +137,16 @@ class PostgresTable:
                     "ON CONFLICT DO NOTHING").format(self._name, columns, columns, scratch))
                 return max(0, cursor.rowcount)
 
+    def _counts(self, doing: str, by: str, data: str) -> dict[str, tuple[int, int]]:
+        """Rows and the bytes of their column `data`, per value of the column `by`."""
+        with self._using(doing) as connection:
+            self._ready(connection)
+            rows = connection.execute(sql.SQL(
+                "SELECT {by}, count(*), coalesce(sum(octet_length({data})), 0) FROM {table} "
+                "GROUP BY {by}").format(by=sql.Identifier(by), data=sql.Identifier(data),
+                                        table=self._name)).fetchall()
+        return {str(key): (int(n), int(size)) for key, n, size in rows}
+
     def close(self) -> None:
         with self._lock:
             self._drop()
@@ -163,12 +173,7 @@ class PostgresArchive(PostgresTable):
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per entity type: events archived and the bytes of their data."""
-        with self._using("counting archived events") as connection:
-            self._ready(connection)
-            rows = connection.execute(sql.SQL(
-                "SELECT entity_type, count(*), coalesce(sum(octet_length(data)), 0) FROM {} "
-                "GROUP BY entity_type").format(self._name)).fetchall()
-        return {str(t): (int(n), int(size)) for t, n, size in rows}
+        return self._counts("counting archived events", "entity_type", "data")
 
     def delete_entity(self, entity_type: str, entity_id: str) -> int:
         """Deletes the entity's archived events (a tombstone); returns how many."""

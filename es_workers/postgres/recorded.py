@@ -87,9 +87,4 @@ class PostgresRecordedArchive(PostgresTable):
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per application: events archived and the bytes of their states."""
-        with self._using("counting archived stored events") as connection:
-            self._ready(connection)
-            rows = connection.execute(sql.SQL(
-                "SELECT application, count(*), coalesce(sum(octet_length(state)), 0) FROM {} "
-                "GROUP BY application").format(self._name)).fetchall()
-        return {str(application): (int(n), int(size)) for application, n, size in rows}
+        return self._counts("counting archived stored events", "application", "state")
