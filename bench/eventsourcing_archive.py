@@ -30,7 +30,8 @@ from eventsourcing.persistence import StoredEvent
 
 from es_workers.postgres import PostgresRecordedArchive
 from es_workers.redis.recorder_archiver import RecorderArchiver
-from es_workers.redis.recorders import ApplicationKeys, RedisApplicationRecorder
+from es_workers.redis.recorder_keys import ApplicationKeys
+from es_workers.redis.recorders import RedisApplicationRecorder
 
 APP = "Bench"
 

@@ -30,13 +30,12 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic
 
 from .redis.failures import server_name, translated
 from .redis.opening import run_steps, server_checks
+from .redis.recorder_keys import ApplicationKeys, applications_key
 from .redis.recorders import (
-    ApplicationKeys,
     RedisAggregateRecorder,
     RedisApplicationRecorder,
     RedisProcessRecorder,
     RedisTrackingRecorder,
-    applications_key,
 )
 from .settings import Settings, env_name, load_settings
 from .wiring import postgres_archive, redis_client

@@ -444,6 +444,29 @@ def test_demo_runs_end_to_end_on_an_embedded_redis(tmp_path: Path) -> None:
     assert "'publisher': 0, 'worker': 0" in result.stdout
 
 
+# The packages of the extras other than `demo` (pyproject.toml), as Python imports them.
+OTHER_EXTRAS = ("eventsourcing", "psycopg", "psycopg_pool", "cryptography", "opentelemetry",
+                "starlette", "jinja2", "uvicorn", "fastapi", "pika")
+
+
+@pytest.mark.process
+def test_the_demo_runs_with_the_demo_extra_alone(tmp_path: Path) -> None:
+    """`pip install -e '.[demo]' && es-workers demo` on a fresh machine: no module of another
+    extra is installed, in the demo's process or in its publisher and worker (blocked by a
+    sitecustomize on their PYTHONPATH, as if not installed)."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(
+        f"import sys\nfor name in {OTHER_EXTRAS!r}:\n    sys.modules[name] = None\n")
+    env = env_without_es()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocked), env.get("PYTHONPATH")]))
+    result = subprocess.run([ES_WORKERS, "demo", "--operations", "60"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "read models match the events" in result.stdout
+    assert "'publisher': 0, 'worker': 0" in result.stdout
+
+
 @pytest.mark.process
 def test_demo_on_real_redis_deletes_its_keys_afterwards(tmp_path: Path) -> None:
     client = real_redis()

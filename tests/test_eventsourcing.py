@@ -28,8 +28,8 @@ from eventsourcing.utils import Environment
 from es_workers import DurabilityError
 from es_workers.eventsourcing import Factory
 from es_workers.redis.durability import Durability
+from es_workers.redis.recorder_keys import ApplicationKeys
 from es_workers.redis.recorders import (
-    ApplicationKeys,
     RedisAggregateRecorder,
     RedisApplicationRecorder,
     RedisProcessRecorder,

@@ -45,12 +45,8 @@ from es_workers.postgres.schema import RECORDED
 from es_workers.redis.archiver import Archived
 from es_workers.redis.layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
 from es_workers.redis.recorder_archiver import RecordedRow, RecorderArchiver
-from es_workers.redis.recorders import (
-    ApplicationKeys,
-    RedisApplicationRecorder,
-    RedisProcessRecorder,
-    applications_key,
-)
+from es_workers.redis.recorder_keys import ApplicationKeys, applications_key
+from es_workers.redis.recorders import RedisApplicationRecorder, RedisProcessRecorder
 from es_workers.redis.scripts import Script
 from es_workers.wiring import recorded_archive
 

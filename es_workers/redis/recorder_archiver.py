@@ -37,7 +37,7 @@ from ..retention import HotWindow
 from .archiver import ENTRIES_PER_CALL, Archived, take_lease
 from .keys import text
 from .layouts import RECORDED_ARCHIVED, RECORDED_LOG_ARCHIVED
-from .recorders import ApplicationKeys, applications_key
+from .recorder_keys import ApplicationKeys, applications_key
 from .scripts import Script
 
 RecordedRow = tuple[str, str, str, bool, int, str, bytes, int | None]
