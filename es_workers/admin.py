@@ -215,7 +215,7 @@ def archive_status(store: Store) -> list[ArchiveStatus]:
     for entity_type in store.entity_types():
         window = store.hot_windows.get(entity_type, HotWindow()).over(storage.hot_window)
         heads, marks = storage.heads(entity_type), storage.archived_marks(entity_type)
-        lag = storage.archive_lag(entity_type, window)
+        lag = storage.archive_lag(entity_type, window, heads=heads, marks=marks)
         stored = counts.get(entity_type, (0, 0)) if counts is not None else None
         found.append(ArchiveStatus(
             entity_type, sum(heads.values()), sum(marks.values()), lag.events,

@@ -583,10 +583,14 @@ class RedisStorage:
                              default=default, batch=batch, lease_ms=lease_ms, also=also,
                              pace=pace)
 
-    def archive_lag(self, entity_type: str, window: HotWindow) -> ArchiveLag:
+    def archive_lag(self, entity_type: str, window: HotWindow, *,
+                    heads: Mapping[str, int] | None = None,
+                    marks: Mapping[str, int] | None = None) -> ArchiveLag:
         """The entity type's events past `window` (by count) not yet archived, and the time
-        of the oldest of them (`es-workers status`)."""
-        heads, marks = self.heads(entity_type), self.archived_marks(entity_type)
+        of the oldest of them (`es-workers status`); from its `heads` and archived `marks`
+        when the caller has read them already."""
+        heads = self.heads(entity_type) if heads is None else heads
+        marks = self.archived_marks(entity_type) if marks is None else marks
         with translated(self.server, f"reading the archive lag of {entity_type}"):
             return archive_lag(self.client, self.keys, entity_type, window, heads, marks)
 
