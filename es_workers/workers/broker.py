@@ -151,18 +151,20 @@ class _Wakeups:
                 pubsub.close()
 
     def _woken(self, data: bytes | str) -> None:
-        queue_name = data.decode() if isinstance(data, bytes) else data
         with self._lock:
-            self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
-            changed = self._changed.get(queue_name)
-            if changed is not None:  # else no consumer of it has waited yet
-                changed.notify_all()
+            self._name(data.decode() if isinstance(data, bytes) else data)
 
     def _woken_all(self) -> None:
         with self._lock:
-            for queue_name, changed in self._changed.items():
-                self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
-                changed.notify_all()
+            for queue_name in list(self._changed):
+                self._name(queue_name)
+
+    def _name(self, queue_name: str) -> None:
+        """Counts a wake-up of the queue and rouses its waiting consumers (lock held)."""
+        self._counts[queue_name] = self._counts.get(queue_name, 0) + 1
+        changed = self._changed.get(queue_name)
+        if changed is not None:  # else no consumer of it has waited yet
+            changed.notify_all()
 
     def stop(self) -> None:
         self._stopped.set()
